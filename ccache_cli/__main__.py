@@ -1,0 +1,3 @@
+from ccache_cli.cli.app import main
+
+main()

@@ -1,0 +1,55 @@
+"""The `ccache` command: global options, the commands, and error handling."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..core.errors import CcacheError
+from ..core.store import Store
+from . import fingerprint, inspect, precompile
+from .render import err
+
+app = typer.Typer(
+    name="ccache",
+    help="Precompile torch.compile caches, store them, and carry them into images so services start warm.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    store: Optional[Path] = typer.Option(
+        None,
+        "--store",
+        metavar="PATH",
+        help="Artifact store [default: $CCACHE_CLI_STORE, else $XDG_CACHE_HOME/ccache-cli]",
+    ),
+) -> None:
+    ctx.obj = Store(store)
+
+
+app.command("precompile")(precompile.command)
+app.command("inspect")(inspect.command)
+app.command("fingerprint")(fingerprint.command)
+
+
+def main() -> None:
+    try:
+        app()
+    except CcacheError as exc:
+        if os.environ.get("CCACHE_CLI_DEBUG"):
+            raise
+        err.print(f"ccache: error: {exc}", markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("ccache: interrupted", markup=False)
+        sys.exit(130)

@@ -1,0 +1,78 @@
+"""`ccache inspect [ENTRY] [--json]`: what the store holds."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..core import fingerprint
+from ..core.inspect import EntryReport, InspectReport, entry_json, inspect_store
+from .render import age, emit_json, human_bytes, out, seconds, warn, yes_no
+
+
+def command(
+    ctx: typer.Context,
+    entry: Optional[str] = typer.Argument(None, metavar="[ENTRY]", help="An entry id prefix or name: show it in detail"),
+    json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
+) -> None:
+    """List the stored entries, or show one in detail. Does not import torch."""
+    report = inspect_store(ctx.obj, entry)
+    for warning in report.warnings:
+        warn(warning)
+    if json_output:
+        emit_json({"entries": [entry_json(e) for e in report.entries], "warnings": list(report.warnings)})
+    elif entry is None:
+        _print_table(report, ctx.obj.root)
+    else:
+        _print_detail(report.entries[0], report)
+
+
+def _print_table(report: InspectReport, root: object) -> None:
+    if not report.entries:
+        out.print(f"No entries in {root}. `ccache precompile MODEL --sizes 1,8,32` makes one.")
+        return
+    table = Table("id", "name", "sizes", "device", "torch", "size", "age", "compatible")
+    for item in report.entries:
+        e = item.entry
+        sizes = ",".join(map(str, e.sizes)) + (",dyn" if e.dynamic else "")
+        device = e.fingerprint.get("gpu") or e.device
+        table.add_row(e.short_id, e.name, sizes, device, e.fingerprint["torch"], human_bytes(e.bytes), age(e.created), yes_no(item.compatible))
+    out.print(table)
+    if not report.machine_exact:
+        out.print("? = the components readable without torch match; `ccache fingerprint` records the rest for this machine.")
+
+
+def _print_detail(item: EntryReport, report: InspectReport) -> None:
+    e = item.entry
+    manifest = e.manifest
+    out.print(f"[bold]{e.id}[/bold]  {e.name}")
+    out.print(f"created {e.created} ({age(e.created)}), {len(e.files)} files, {human_bytes(e.bytes)}")
+    key = Table("key part", "entry", "this machine", title="Fingerprint", title_justify="left")
+    for name in fingerprint.components_for(e.device):
+        here = report.machine.get(name, "(unknown without torch)")
+        mark = "" if here == e.fingerprint.get(name) or name not in report.machine else " [red]≠[/red]"
+        key.add_row(name, str(e.fingerprint.get(name)), f"{here}{mark}")
+    out.print(key)
+    out.print(f"compatible with this machine: {yes_no(item.compatible)}")
+    compile_table = Table("option", "value", title="Compile options", title_justify="left")
+    for name, value in manifest["key"]["compile"].items():
+        compile_table.add_row(name, str(value))
+    model = manifest["key"]["model"]
+    compile_table.add_row("model", f"{model['module']}:{model['attr']}")
+    out.print(compile_table)
+    traced = Table("module", "path", "sha256", title="Traced sources", title_justify="left")
+    for source in e.sources:
+        traced.add_row(source.module, source.path, source.sha256[:16])
+    out.print(traced)
+    kinds = Table("kind", "files", "bytes", title="Artifacts", title_justify="left")
+    for kind in item.kinds:
+        kinds.add_row(kind.kind, str(kind.count), human_bytes(kind.bytes))
+    out.print(kinds)
+    timings = Table("size", "first call s", "dynamo s", "aot_autograd s", "inductor s", "kernels s", title="Recorded compile timings", title_justify="left")
+    for size in manifest["timings"]["sizes"]:
+        timings.add_row(size["label"], seconds(size["wall_s"]), seconds(size["dynamo_s"]), seconds(size["aot_autograd_s"]), seconds(size["inductor_s"]), seconds(size["kernel_compile_s"]))
+    out.print(timings)
+    aot = manifest["aot"]
+    out.print(f"AOT: {aot['status']}" + (f" ({aot['reason']})" if aot["reason"] else ""), soft_wrap=True)

@@ -1,0 +1,123 @@
+"""`ccache precompile MODEL --sizes 1,8,32`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from typing import Optional
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..core import precompile as core
+from ..core.inspect import entry_json, report_entry, this_machine
+from .render import emit_json, human_bytes, out, seconds
+
+
+def command(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., metavar="MODEL", help="pkg.module[:attr] or path/to/file.py[:attr]; attr defaults to build"),
+    sizes: str = typer.Option(..., "--sizes", help="Batch sizes to compile, e.g. 1,8,32"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N"),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Also compile a general shape with the batch dimension dynamic"),
+    mode: str = typer.Option("default", "--mode", help="torch.compile mode: " + ", ".join(core.MODES)),
+    name: Optional[str] = typer.Option(None, "--name", help="A name for the entry [default: module:attr]"),
+    inputs: Optional[str] = typer.Option(None, "--inputs", metavar="MOD:FN", help="example_inputs(size) -> tuple, if not beside the model"),
+    force: bool = typer.Option(False, "--force", help="Compile again even if the store has this entry"),
+    aot: bool = typer.Option(True, "--aot/--no-aot", help="Also store AOT-compiled functions (needs fullgraph)"),
+    json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
+) -> None:
+    """Compile MODEL for each size in an isolated cache and store the artifacts as one entry."""
+    if mode not in core.MODES:
+        raise typer.BadParameter(f"expected one of {', '.join(core.MODES)}", param_hint="--mode")
+    request = core.PrecompileRequest(
+        model=model,
+        sizes=core.parse_sizes(sizes),
+        device=device,
+        dynamic=dynamic,
+        mode=mode,
+        name=name,
+        inputs=inputs,
+        force=force,
+        aot=aot,
+    )
+    store = ctx.obj
+    with _progress(enabled=out.is_terminal and not json_output) as on_progress:
+        result = core.precompile(store, request, on_progress)
+    machine, exact = this_machine(store)
+    if json_output:
+        emit_json(
+            {
+                "entry": entry_json(report_entry(result.entry, machine, exact)),
+                "reused": result.reused,
+                "reports": [asdict(report) for report in result.reports],
+                "new_bytes": result.new_bytes,
+                "seconds": round(result.seconds, 3),
+            }
+        )
+        return
+    _print_summary(result)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[core.Progress], None]]:
+    if not enabled:
+        yield lambda _: None
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=out, transient=False) as progress:
+        tasks: dict[tuple[str, str | None], int] = {}
+
+        def on_progress(event: core.Progress) -> None:
+            key = (event.phase, event.label)
+            if key not in tasks:
+                for other in tasks.values():  # one step runs at a time
+                    progress.update(other, total=1, completed=1)
+                what = {"loading": "loading model and torch", "compile": "compile", "aot": "aot_compile"}[event.phase]
+                label = "" if event.label is None else (" dynamic shape" if event.label == "dynamic" else f" size {event.label}")
+                tasks[key] = progress.add_task(what + label, total=None)
+            if event.done:
+                progress.update(tasks[key], total=1, completed=1)
+
+        yield on_progress
+        for task in tasks.values():
+            progress.update(task, total=1, completed=1)
+
+
+def _print_summary(result: core.PrecompileResult) -> None:
+    entry = result.entry
+    if result.reused:
+        out.print(
+            f"Entry [bold]{entry.short_id}[/bold] ({entry.name}) already holds sizes "
+            f"{', '.join(map(str, entry.sizes))} for this environment and these sources; "
+            "nothing compiled (--force compiles again)."
+        )
+        return
+    table = Table(title=f"Compiled {entry.name} on {entry.device}", title_justify="left")
+    for column in ("size", "first call s", "dynamo s", "aot_autograd s", "inductor s", "kernels s", "fx graph hit/miss", "aot_autograd hit/miss"):
+        table.add_column(column, justify="right")
+    for report in result.reports:
+        c = report.counters
+        table.add_row(
+            report.label,
+            seconds(report.wall_s),
+            seconds(report.dynamo_s),
+            seconds(report.aot_autograd_s),
+            seconds(report.inductor_s),
+            seconds(report.kernel_compile_s),
+            f"{c['fxgraph_cache_hit']}/{c['fxgraph_cache_miss']}",
+            f"{c['autograd_cache_hit']}/{c['autograd_cache_miss']}",
+        )
+    out.print(table)
+    aot = entry.manifest["aot"]
+    if aot["status"] == "stored":
+        aot_seconds = sum((entry.manifest["timings"]["aot"] or {}).values())
+        out.print(f"AOT-compiled functions stored for every size ({aot_seconds:.1f} s).")
+    else:
+        out.print(f"AOT capture {aot['status']}: {aot['reason']}", soft_wrap=True)
+    out.print(
+        f"Stored entry [bold]{entry.short_id}[/bold] ({entry.name}): {len(entry.files)} files, "
+        f"{human_bytes(entry.bytes)} ({human_bytes(result.new_bytes)} new) in {result.seconds:.1f} s."
+    )

@@ -1,0 +1,2 @@
+"""Core logic of ccache-cli: no Typer, no rich. Functions return frozen dataclasses
+and raise CcacheError subclasses."""

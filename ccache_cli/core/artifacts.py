@@ -1,0 +1,66 @@
+"""What kind of artifact a stored file is, from its path in an entry.
+
+An entry's files live under a few top-level folders: `inductor/` is the Inductor
+cache directory as torch wrote it (TORCHINDUCTOR_CACHE_DIR), `megacache/` holds
+torch's portable Mega-Cache bytes and `aot/` the AOT-compiled functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+INDUCTOR_PREFIX = "inductor/"
+MEGACACHE_FILE = "megacache/cache_artifacts.bin"
+AOT_PREFIX = "aot/"
+
+# Folders of an Inductor cache directory that hold no artifact worth carrying.
+IGNORED_INDUCTOR_DIRS = frozenset({"locks"})
+
+_INDUCTOR_DIR_KINDS = {
+    "fxgraph": "fxgraph",
+    "aotautograd": "aotautograd",
+    "triton": "triton",
+    "cache": "autotune",  # Inductor's local autotune (benchmark) results
+    "dynamo": "pgo",  # Dynamo's profile-guided dynamic-shape decisions
+}
+
+
+@dataclass(frozen=True)
+class KindSummary:
+    kind: str
+    count: int
+    bytes: int
+
+
+def kind_of(path: str) -> str:
+    """The artifact kind of an entry file, e.g. `fxgraph`, `triton`, `kernels`."""
+    if path == MEGACACHE_FILE:
+        return "megacache"
+    if path.startswith(AOT_PREFIX):
+        return "aot"
+    if not path.startswith(INDUCTOR_PREFIX):
+        return "other"
+    top, _, rest = path[len(INDUCTOR_PREFIX) :].partition("/")
+    if top in _INDUCTOR_DIR_KINDS:
+        return _INDUCTOR_DIR_KINDS[top]
+    if rest.endswith(".best_config"):
+        return "autotune"
+    # Inductor's code cache: two-letter folders of generated Python, C++ and .so files.
+    if len(top) == 2 and rest:
+        return "kernels"
+    return "other"
+
+
+def summarize(files: Mapping[str, int] | Iterable[tuple[str, int]]) -> list[KindSummary]:
+    """Count and bytes per kind of (path, size) pairs, largest kinds first."""
+    pairs = files.items() if isinstance(files, Mapping) else files
+    counts: dict[str, list[int]] = {}
+    for path, size in pairs:
+        total = counts.setdefault(kind_of(path), [0, 0])
+        total[0] += 1
+        total[1] += size
+    return sorted(
+        (KindSummary(kind, count, size) for kind, (count, size) in counts.items()),
+        key=lambda summary: (-summary.bytes, summary.kind),
+    )

@@ -1,0 +1,78 @@
+"""What a store holds, and whether each entry fits this machine (no torch import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import artifacts, fingerprint
+from .fingerprint import Mismatch
+from .store import Entry, Store
+
+
+@dataclass(frozen=True)
+class EntryReport:
+    entry: Entry
+    compatible: bool | None  # None: only a full fingerprint of this machine could tell
+    mismatches: tuple[Mismatch, ...]
+    kinds: tuple[artifacts.KindSummary, ...]
+
+
+@dataclass(frozen=True)
+class InspectReport:
+    entries: tuple[EntryReport, ...]
+    warnings: tuple[str, ...]
+    machine: dict[str, Any]
+    machine_exact: bool  # False: only the components readable without torch are known
+
+
+def this_machine(store: Store) -> tuple[dict[str, Any], bool]:
+    """The exact fingerprint cached by an earlier run on this machine, else a static one."""
+    cached = store.cached_machine_fingerprint(fingerprint.probe_digest())
+    if cached is not None:
+        return cached, True
+    return fingerprint.static_fingerprint(), False
+
+
+def inspect_store(store: Store, ref: str | None = None) -> InspectReport:
+    machine, exact = this_machine(store)
+    if ref is None:
+        scan = store.scan()
+        entries, warnings = scan.entries, scan.warnings
+    else:
+        entries, warnings = (store.find(ref),), ()
+    return InspectReport(tuple(report_entry(entry, machine, exact) for entry in entries), warnings, machine, exact)
+
+
+def report_entry(entry: Entry, machine: dict[str, Any], exact: bool) -> EntryReport:
+    found = tuple(fingerprint.mismatches(entry.fingerprint, entry.device, machine))
+    compatible = False if found else (True if exact else None)
+    kinds = tuple(artifacts.summarize({path: ref.size for path, ref in entry.files.items()}))
+    return EntryReport(entry, compatible, found, kinds)
+
+
+def entry_json(report: EntryReport) -> dict[str, Any]:
+    """An entry as `inspect --json` prints it."""
+    entry = report.entry
+    manifest = entry.manifest
+    return {
+        "id": entry.id,
+        "name": entry.name,
+        "sizes": entry.sizes,
+        "dynamic": entry.dynamic,
+        "device": entry.device,
+        "fingerprint": entry.fingerprint,
+        "compile": manifest["key"]["compile"],
+        "model": manifest["key"]["model"],
+        "sources": [{"path": s.path, "module": s.module, "sha256": s.sha256} for s in entry.sources],
+        "artifacts": {kind.kind: kind.count for kind in report.kinds},
+        "artifact_bytes": {kind.kind: kind.bytes for kind in report.kinds},
+        "bytes": entry.bytes,
+        "created": entry.created,
+        "compatible": report.compatible,
+        "mismatches": [
+            {"component": m.component, "entry": m.entry, "machine": m.target} for m in report.mismatches
+        ],
+        "aot": manifest["aot"],
+        "timings": manifest["timings"],
+    }

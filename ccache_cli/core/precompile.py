@@ -1,0 +1,284 @@
+"""Precompile a model for a list of sizes and store the result as one entry.
+
+The CLI process never imports torch: a worker process (`worker.py`) loads the model
+and compiles it into a staging folder of the store; this side looks the key up,
+collects what the worker wrote into blobs and publishes the entry atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import errors, fingerprint, modelspec, sources
+from .artifacts import IGNORED_INDUCTOR_DIRS, INDUCTOR_PREFIX
+from .errors import CcacheError, CompileError, DeviceError, SizesError
+from .hashing import hash_json
+from .store import Entry, Source, Store
+
+MANIFEST_FORMAT = 1
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class PrecompileRequest:
+    model: str
+    sizes: tuple[int, ...]
+    device: str = "cpu"
+    dynamic: bool = False
+    mode: str = "default"
+    name: str | None = None
+    inputs: str | None = None
+    force: bool = False
+    aot: bool = True
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the worker is doing now, for a progress display."""
+
+    phase: str  # "loading", "compile" or "aot"
+    label: str | None = None  # a size, or "dynamic"
+    done: bool = False
+    wall_s: float | None = None
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    label: str
+    wall_s: float
+    compile_s: float
+    dynamo_s: float
+    aot_autograd_s: float
+    inductor_s: float
+    kernel_compile_s: float
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrecompileResult:
+    entry: Entry
+    reused: bool  # an entry with this key was already in the store
+    reports: tuple[SizeReport, ...]
+    new_bytes: int  # bytes this precompile added to the store
+    seconds: float
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """`1,8,32` -> (1, 8, 32): positive integers, each once, in the order given."""
+    if not text.strip():
+        raise SizesError("--sizes is empty: give batch sizes like 1,8,32")
+    sizes: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            raise SizesError(f"--sizes {text!r} has an empty item: give batch sizes like 1,8,32")
+        if not part.lstrip("-").isdigit():
+            raise SizesError(f"--sizes {text!r}: {part!r} is not an integer")
+        size = int(part)
+        if size < 1:
+            raise SizesError(f"--sizes {text!r}: {size} is not a positive batch size")
+        if size not in sizes:
+            sizes.append(size)
+    return tuple(sizes)
+
+
+def check_device(device: str) -> str:
+    if not _DEVICE.match(device):
+        raise DeviceError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    return "cuda:0" if device == "cuda" else device
+
+
+def lookup_key(planned: dict[str, Any]) -> str:
+    """The hash of every key part known before compiling (all but the sources)."""
+    return hash_json({part: planned[part] for part in ("fingerprint", "compile", "model", "inputs")})
+
+
+def precompile(
+    store: Store, request: PrecompileRequest, on_progress: Callable[[Progress], None] = lambda _: None
+) -> PrecompileResult:
+    start = time.perf_counter()
+    device = check_device(request.device)
+    modelspec.parse(request.model)  # malformed specs fail before a worker starts
+    if request.inputs:
+        modelspec.parse(request.inputs, default_attr=None)
+    with store.staging() as staging:
+        request_file = staging / "request.json"
+        request_file.write_text(
+            json.dumps(
+                {
+                    "model": request.model,
+                    "inputs": request.inputs,
+                    "sizes": list(request.sizes),
+                    "device": device,
+                    "dynamic": request.dynamic,
+                    "mode": request.mode,
+                    "aot": request.aot,
+                }
+            )
+        )
+        on_progress(Progress("loading"))
+        worker = _Worker(request_file, staging, staging / "artifacts")
+        try:
+            planned = worker.expect("planned")
+            store.save_machine_fingerprint(fingerprint.probe_digest(), planned["machine"])
+            lookup = lookup_key(planned)
+            if not request.force:
+                existing = _fresh_entry(store, lookup, planned["sys_path"])
+                if existing is not None:
+                    worker.send("stop")
+                    worker.finish()
+                    return PrecompileResult(existing, True, (), 0, time.perf_counter() - start)
+            worker.send("compile")
+            while True:
+                event = worker.next_event()
+                if event["event"] == "result":
+                    break
+                on_progress(
+                    Progress(event["phase"], event["label"], event["event"] == "size_done", event.get("wall_s"))
+                )
+            worker.finish()
+        finally:
+            worker.kill()
+        entry, new_bytes = _store_entry(store, staging, request, planned, lookup, event)
+    reports = tuple(SizeReport(**{k: v for k, v in r.items() if k != "graphs"}) for r in event["reports"])
+    return PrecompileResult(entry, False, reports, new_bytes, time.perf_counter() - start)
+
+
+def _fresh_entry(store: Store, lookup: str, sys_path: list[str]) -> Entry | None:
+    """A stored entry with this lookup key whose traced sources are unchanged."""
+    for entry in store.with_lookup_key(lookup):
+        if all(status.state == "fresh" for status in sources.check(entry.sources, sys_path)):
+            return entry
+    return None
+
+
+def _store_entry(
+    store: Store,
+    staging: Path,
+    request: PrecompileRequest,
+    planned: dict[str, Any],
+    lookup: str,
+    result: dict[str, Any],
+) -> tuple[Entry, int]:
+    files: dict[str, dict[str, Any]] = {}
+    new_bytes = 0
+    artifacts = staging / "artifacts"
+    for path in sorted(artifacts.rglob("*")):
+        relative = path.relative_to(artifacts).as_posix()
+        if not path.is_file():
+            continue
+        top = relative[len(INDUCTOR_PREFIX) :].partition("/")[0] if relative.startswith(INDUCTOR_PREFIX) else ""
+        if top in IGNORED_INDUCTOR_DIRS:
+            continue
+        ref, added = store.adopt_blob(path)
+        new_bytes += ref.size if added else 0
+        files[relative] = {"sha256": ref.sha256, "size": ref.size}
+    key = {
+        "fingerprint": planned["fingerprint"],
+        "compile": planned["compile"],
+        "model": planned["model"],
+        "inputs": planned["inputs"],
+        "sources": sorted(result["sources"], key=lambda source: source["path"]),
+    }
+    entry_id = hash_json(key)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "id": entry_id,
+        "name": request.name or f"{planned['model']['module']}:{planned['model']['attr']}",
+        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "lookup": lookup,
+        "key": key,
+        "timings": {"sizes": result["reports"], "aot": result["aot"].get("seconds")},
+        "aot": {"status": result["aot"]["status"], "reason": result["aot"]["reason"]},
+        "files": files,
+    }
+    staged_entry = staging / "entry"
+    staged_entry.mkdir()
+    (staged_entry / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    entry, _ = store.publish(staged_entry, entry_id)
+    return entry, new_bytes
+
+
+class _Worker:
+    """The compile worker process and its event stream."""
+
+    def __init__(self, request_file: Path, staging: Path, artifacts: Path) -> None:
+        env = dict(os.environ)
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(artifacts / INDUCTOR_PREFIX.rstrip("/"))
+        env["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
+        env["TORCHINDUCTOR_AUTOGRAD_CACHE"] = "1"
+        # Triton then caches under the Inductor dir (triton/<device>), inside the entry.
+        env.pop("TRITON_CACHE_DIR", None)
+        env.pop("TORCHINDUCTOR_FORCE_DISABLE_CACHES", None)
+        self._log = open(staging / "worker.log", "wb")
+        self._debug = bool(os.environ.get("CCACHE_CLI_DEBUG"))
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "ccache_cli.core.worker", str(request_file), str(artifacts)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None if self._debug else self._log,
+            env=env,
+            text=True,
+        )
+        self._log_path = staging / "worker.log"
+
+    def next_event(self) -> dict[str, Any]:
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            code = self._process.wait()
+            raise CompileError(f"the compile worker exited with code {code} before it finished{self._log_tail()}")
+        event = json.loads(line)
+        if event["event"] == "error":
+            if self._debug:
+                sys.stderr.write(event["traceback"])
+            raise _error_class(event["kind"], event["exit_code"])(event["message"])
+        return event
+
+    def expect(self, name: str) -> dict[str, Any]:
+        event = self.next_event()
+        if event["event"] != name:
+            raise CompileError(f"the compile worker sent {event['event']!r} where {name!r} was expected")
+        return event
+
+    def send(self, line: str) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.write(line + "\n")
+        self._process.stdin.flush()
+
+    def finish(self) -> None:
+        code = self._process.wait()
+        if code != 0:
+            raise CompileError(f"the compile worker exited with code {code}{self._log_tail()}")
+
+    def kill(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._log.close()
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self._log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return f": {lines[-1]}" if lines else ""
+
+
+def _error_class(kind: str, exit_code: int) -> type[CcacheError]:
+    """The exception class the worker raised, by name, so its exit code carries over."""
+    error = getattr(errors, kind, None)
+    if isinstance(error, type) and issubclass(error, CcacheError):
+        return error
+    return errors.BadInputError if exit_code == 2 else errors.CompileError

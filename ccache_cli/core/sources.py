@@ -1,0 +1,75 @@
+"""Traced Python sources: which files count, and how they are named.
+
+A source is named by its path relative to the sys.path root it was imported from
+(`mypkg/layers.py`, module `mypkg.layers`), never by an absolute path, so that moving
+the code or the store does not change the key. Files of torch itself are covered by
+the torch version, and the standard library by the Python version.
+"""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .hashing import sha256_file
+from .store import Source
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    source: Source
+    state: str  # "fresh", "changed" or "missing"
+    found_at: str | None
+
+
+def collect(filenames: Iterable[str], sys_path: Sequence[str], torch_dir: str | None) -> list[Source]:
+    """The traced files that the key must hash, sorted by path."""
+    paths = sysconfig.get_paths()
+    stdlib = tuple(os.path.realpath(paths[name]) + os.sep for name in ("stdlib", "platstdlib"))
+    site = tuple(os.path.realpath(paths[name]) + os.sep for name in ("purelib", "platlib"))
+    torch_prefix = os.path.realpath(torch_dir) + os.sep if torch_dir else None
+    roots = sorted({os.path.realpath(p or os.getcwd()) for p in sys_path}, key=len, reverse=True)
+    sources: dict[str, Source] = {}
+    for filename in filenames:
+        if not filename.endswith(".py") or not os.path.isfile(filename):
+            continue  # <string>, <eval_with_key>, frozen modules
+        real = os.path.realpath(filename)
+        if torch_prefix and real.startswith(torch_prefix):
+            continue
+        # site-packages often lies inside the stdlib folder; only the stdlib proper is covered.
+        if real.startswith(stdlib) and not real.startswith(site):
+            continue
+        relative = _relative_to_root(real, roots)
+        sources[relative] = Source(module=_module_name(relative), path=relative, sha256=sha256_file(Path(real)))
+    return [sources[path] for path in sorted(sources)]
+
+
+def check(sources: Iterable[Source], sys_path: Sequence[str]) -> list[SourceStatus]:
+    """Look each source up as it resolves now, on `sys_path`, and re-hash it."""
+    roots = [p or os.getcwd() for p in sys_path]
+    statuses = []
+    for source in sources:
+        found = next((Path(root) / source.path for root in roots if (Path(root) / source.path).is_file()), None)
+        if found is None:
+            statuses.append(SourceStatus(source, "missing", None))
+        else:
+            state = "fresh" if sha256_file(found) == source.sha256 else "changed"
+            statuses.append(SourceStatus(source, state, str(found)))
+    return statuses
+
+
+def _relative_to_root(real: str, roots: Sequence[str]) -> str:
+    for root in roots:  # longest first: the most specific root names the module
+        if real.startswith(root.rstrip(os.sep) + os.sep):
+            return os.path.relpath(real, root).replace(os.sep, "/")
+    return os.path.basename(real)
+
+
+def _module_name(relative: str) -> str:
+    parts = relative[: -len(".py")].split("/")
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)

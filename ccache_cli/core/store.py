@@ -1,0 +1,310 @@
+"""The artifact store: content-addressed blobs and entry manifests.
+
+Layout::
+
+    <store>/store.json                  format version
+    <store>/objects/ab/<sha256>         blobs, written once, never changed
+    <store>/entries/<id>/manifest.json  one published entry
+    <store>/machines/<probe>.json       exact machine fingerprints, cached for `inspect`
+    <store>/tmp/                        staging areas of writers in progress
+    <store>/.lock                       held by writers while they publish
+
+Readers take no lock: blobs are published by `os.replace` and entries by renaming a
+complete staged folder into `entries/`, so a reader sees an entry whole or not at all.
+Writers stage under `tmp/` (same filesystem) and publish with check-lock-check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from .errors import BadInputError, EntryNotFoundError, StoreError
+from .hashing import sha256_file
+
+FORMAT_VERSION = 1
+STORE_ENV = "CCACHE_CLI_STORE"
+ID_DISPLAY_LENGTH = 12
+_LOCK_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class FileRef:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Source:
+    """A Python file Dynamo traced, named independently of where it lies."""
+
+    module: str
+    path: str  # relative to its sys.path root, '/'-separated
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A published entry, as its manifest describes it."""
+
+    id: str
+    manifest: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:ID_DISPLAY_LENGTH]
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def device(self) -> str:
+        return self.manifest["key"]["compile"]["device"]
+
+    @property
+    def sizes(self) -> list[int]:
+        return list(self.manifest["key"]["compile"]["sizes"])
+
+    @property
+    def dynamic(self) -> bool:
+        return bool(self.manifest["key"]["compile"]["dynamic"])
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return dict(self.manifest["key"]["fingerprint"])
+
+    @property
+    def sources(self) -> list[Source]:
+        return [Source(**source) for source in self.manifest["key"]["sources"]]
+
+    @property
+    def files(self) -> dict[str, FileRef]:
+        return {path: FileRef(**ref) for path, ref in self.manifest["files"].items()}
+
+    @property
+    def bytes(self) -> int:
+        return sum(ref["size"] for ref in self.manifest["files"].values())
+
+    @property
+    def created(self) -> str:
+        return self.manifest["created"]
+
+
+@dataclass(frozen=True)
+class Scan:
+    """The entries of a store, and what could not be read, as warnings."""
+
+    entries: tuple[Entry, ...]
+    warnings: tuple[str, ...]
+
+
+def default_root() -> Path:
+    if env := os.environ.get(STORE_ENV):
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(xdg) / "ccache-cli"
+
+
+class Store:
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+
+    # -- paths -------------------------------------------------------------
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.root / "objects"
+
+    @property
+    def entries_dir(self) -> Path:
+        return self.root / "entries"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.objects_dir / sha256[:2] / sha256
+
+    # -- reading -----------------------------------------------------------
+
+    def scan(self) -> Scan:
+        """Every readable entry, newest first; unreadable ones become warnings."""
+        self._check_format()
+        entries: list[Entry] = []
+        warnings: list[str] = []
+        if not self.entries_dir.is_dir():
+            return Scan((), ())
+        for path in sorted(self.entries_dir.iterdir()):
+            try:
+                entries.append(self._read_entry(path))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                warnings.append(f"entry {path.name[:ID_DISPLAY_LENGTH]}: unreadable manifest ({exc})")
+        entries.sort(key=lambda entry: entry.created, reverse=True)
+        return Scan(tuple(entries), tuple(warnings))
+
+    def find(self, ref: str) -> Entry:
+        """The one entry whose id starts with `ref`, or whose name is `ref`."""
+        entries = self.scan().entries
+        matches = [entry for entry in entries if entry.id.startswith(ref.lower())]
+        if not matches:
+            matches = [entry for entry in entries if entry.name == ref]
+        if not matches:
+            raise EntryNotFoundError(f"no entry matches {ref!r} in store {self.root}; `ccache inspect` lists them")
+        if len(matches) > 1:
+            ids = ", ".join(entry.short_id for entry in matches)
+            raise BadInputError(f"{ref!r} matches {len(matches)} entries ({ids}); give a longer id prefix")
+        return matches[0]
+
+    def with_lookup_key(self, lookup: str) -> list[Entry]:
+        """Entries compiled from the same model, options and environment."""
+        return [entry for entry in self.scan().entries if entry.manifest.get("lookup") == lookup]
+
+    def cached_machine_fingerprint(self, probe: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.root / "machines" / f"{probe}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    # -- writing -----------------------------------------------------------
+
+    def ensure_writable(self) -> None:
+        """Create the store's folders, or fail with one clear line."""
+        try:
+            for folder in (self.objects_dir, self.entries_dir, self.tmp_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+            format_file = self.root / "store.json"
+            if not format_file.exists():
+                _atomic_write(format_file, json.dumps({"format": FORMAT_VERSION}).encode() + b"\n", self.tmp_dir)
+            probe = tempfile.NamedTemporaryFile(dir=self.tmp_dir, prefix="probe-")
+            probe.close()
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write to store {self.root}: {exc.strerror or exc}; "
+                f"pass --store or set {STORE_ENV} to a writable directory"
+            ) from exc
+        self._check_format()
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A private folder inside the store, removed on exit whatever happens."""
+        self.ensure_writable()
+        path = self.tmp_dir / f"stage-{uuid.uuid4().hex}"
+        path.mkdir()
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def adopt_blob(self, path: Path) -> tuple[FileRef, bool]:
+        """Move a staged file (under this store's tmp/) into the store as a blob.
+
+        Returns the blob's reference and whether it was new to the store; a blob that
+        is already there stays as it is and the staged file is left behind.
+        """
+        size = path.stat().st_size
+        sha256 = sha256_file(path)
+        target = self.blob_path(sha256)
+        if target.exists():
+            return FileRef(sha256, size), False
+        target.parent.mkdir(exist_ok=True)
+        os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        os.replace(path, target)
+        return FileRef(sha256, size), True
+
+    def publish(self, staged_entry: Path, entry_id: str) -> tuple[Entry, bool]:
+        """Publish a staged entry folder holding manifest.json.
+
+        Returns the entry and whether it was new; an entry with the same id already
+        there is kept as it is.
+        """
+        target = self.entries_dir / entry_id
+        if target.exists():
+            return self._read_entry(target), False
+        with self.lock():
+            if target.exists():
+                return self._read_entry(target), False
+            manifest = json.loads((staged_entry / "manifest.json").read_text())
+            missing = [
+                path for path, ref in manifest["files"].items() if not self.blob_path(ref["sha256"]).is_file()
+            ]
+            if missing:
+                raise StoreError(f"cannot publish entry {entry_id[:ID_DISPLAY_LENGTH]}: blob of {missing[0]} is missing")
+            os.rename(staged_entry, target)
+        return self._read_entry(target), True
+
+    def save_machine_fingerprint(self, probe: str, fingerprint: Mapping[str, Any]) -> None:
+        """Cache an exact machine fingerprint in an existing, writable store; else skip."""
+        if not (self.root / "store.json").is_file():
+            return
+        with contextlib.suppress(OSError):
+            folder = self.root / "machines"
+            folder.mkdir(parents=True, exist_ok=True)
+            _atomic_write(folder / f"{probe}.json", json.dumps(fingerprint, sort_keys=True).encode(), folder)
+
+    def materialize(self, entry: Entry, dest: Path, prefix: str) -> int:
+        """Copy the entry's files under `prefix` into `dest`; returns the file count."""
+        count = 0
+        for path, ref in entry.files.items():
+            if not path.startswith(prefix):
+                continue
+            out = dest / path[len(prefix) :]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.blob_path(ref.sha256), out)
+            count += 1
+        return count
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        try:
+            with filelock.FileLock(str(self.root / ".lock"), timeout=_LOCK_TIMEOUT_S):
+                yield
+        except filelock.Timeout as exc:
+            raise StoreError(f"store {self.root} stayed locked for {_LOCK_TIMEOUT_S} s; is another writer stuck?") from exc
+
+    # -- internals ---------------------------------------------------------
+
+    def _read_entry(self, path: Path) -> Entry:
+        manifest = json.loads((path / "manifest.json").read_text())
+        if manifest.get("id") != path.name:
+            raise ValueError("id does not match its folder")
+        entry = Entry(path.name, manifest)
+        # Touch every field once so a malformed manifest fails here, not in a renderer.
+        entry.name, entry.device, entry.sizes, entry.fingerprint, entry.sources, entry.files, entry.created
+        return entry
+
+    def _check_format(self) -> None:
+        try:
+            version = json.loads((self.root / "store.json").read_text())["format"]
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{self.root / 'store.json'} is unreadable ({exc})") from exc
+        if version != FORMAT_VERSION:
+            raise StoreError(
+                f"store {self.root} has format {version}; this ccache-cli reads format {FORMAT_VERSION}"
+            )
+
+
+def _atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=".write-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,287 @@
+"""The compile worker: one fresh process per precompile.
+
+The parent (`precompile.py`) starts it with TORCHINDUCTOR_CACHE_DIR pointing into a
+staging folder of the store, so everything torch writes lands there and nothing else
+is touched. A fresh process also means fresh Dynamo state, user code that can crash
+or exit without taking the CLI along, and no torch import in the CLI process.
+
+Protocol: the worker writes JSON events, one per line, to its original stdout (user
+code's prints go to stderr). After the `planned` event, which carries the key parts
+known before compiling, it reads one line from stdin: `compile` to go on, anything
+else to stop (the parent found a matching entry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import fingerprint, modelspec, sources
+from .artifacts import AOT_PREFIX, MEGACACHE_FILE
+from .errors import CcacheError, CompileError, DeviceError
+
+Emit = Callable[..., None]
+
+# Environment variables that change what Inductor generates; they join the key.
+_INDUCTOR_ENV_IGNORED = {"TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"}
+
+
+def main(argv: list[str]) -> int:
+    request = json.loads(Path(argv[1]).read_text())
+    events = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # the model's own prints must not corrupt the event stream
+
+    def emit(event: str, **fields: Any) -> None:
+        events.write(json.dumps({"event": event, **fields}) + "\n")
+
+    try:
+        run(request, Path(argv[2]), emit, sys.stdin)
+    except CcacheError as exc:
+        emit("error", kind=type(exc).__name__, exit_code=exc.exit_code, message=str(exc), traceback=traceback.format_exc())
+        return exc.exit_code
+    except Exception as exc:  # a failure inside torch: report it, the parent cleans up
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        emit(
+            "error",
+            kind="CompileError",
+            exit_code=1,
+            message=f"compilation failed: {type(exc).__name__}: {first_line}",
+            traceback=traceback.format_exc(),
+        )
+        return 1
+    return 0
+
+
+def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None:
+    spec = modelspec.parse(request["model"])
+    inputs_spec = modelspec.parse(request["inputs"], default_attr=None) if request["inputs"] else None
+    module = modelspec.import_target(spec)
+    inputs_fn = modelspec.load_inputs(module, inputs_spec)
+
+    import torch
+
+    device = _check_device(torch, request["device"])
+    machine = fingerprint.machine_fingerprint(device)
+    sizes: list[int] = request["sizes"]
+    inputs = {size: _to_device(torch, modelspec.call_inputs(inputs_fn, size), device) for size in sizes}
+    dynamic_hint = max(sizes) + 1 if request["dynamic"] else None
+    compile_options = {
+        "backend": "inductor",
+        "mode": request["mode"],
+        "dynamic": request["dynamic"],
+        "dynamic_hint": dynamic_hint,
+        "sizes": sizes,
+        "device": device,
+        "grad": False,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "inductor_env": {
+            name: value
+            for name, value in sorted(os.environ.items())
+            if name.startswith("TORCHINDUCTOR_") and name not in _INDUCTOR_ENV_IGNORED
+        },
+    }
+    emit(
+        "planned",
+        machine=machine,
+        fingerprint=fingerprint.entry_fingerprint(machine, device),
+        compile=compile_options,
+        model=modelspec.module_identity(module, spec),
+        inputs={str(size): _describe(inputs[size]) for size in sizes},
+        sys_path=sys.path,
+    )
+    if replies.readline().strip() != "compile":
+        return
+
+    model = modelspec.load_model(module, spec).to(device)
+    with _recording_traced_files() as traced:
+        reports = _compile_sizes(torch, model, inputs, compile_options, inputs_fn, emit)
+        if torch._dynamo.utils.counters["graph_break"]:
+            reason = next(iter(torch._dynamo.utils.counters["graph_break"]))
+            aot = {"status": "skipped", "reason": f"graph break, so no fullgraph capture: {_one_line(reason)}"}
+        elif not request["aot"]:
+            aot = {"status": "disabled", "reason": "--no-aot"}
+        else:
+            aot = _aot_compile(torch, model, inputs, compile_options, out, emit)
+    artifacts = torch.compiler.save_cache_artifacts()
+    if artifacts is not None:
+        (out / MEGACACHE_FILE).parent.mkdir(parents=True, exist_ok=True)
+        (out / MEGACACHE_FILE).write_bytes(artifacts[0])
+    traced_sources = sources.collect(traced, sys.path, os.path.dirname(torch.__file__))
+    emit(
+        "result",
+        reports=reports,
+        aot=aot,
+        sources=[source.__dict__ for source in traced_sources],
+    )
+
+
+def _compile_sizes(
+    torch: Any,
+    model: Any,
+    inputs: dict[int, tuple[Any, ...]],
+    options: dict[str, Any],
+    inputs_fn: Callable[[int], Any],
+    emit: Emit,
+) -> list[dict[str, Any]]:
+    # One static graph per size, as serving stacks compile their batch sizes; a
+    # dynamic graph is compiled on top when asked for.
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, len(inputs) + 2)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, len(inputs) + 2)
+    compiled = torch.compile(model, backend="inductor", mode=options["mode"], dynamic=False)
+    runs: list[tuple[str, tuple[Any, ...]]] = [(str(size), args) for size, args in inputs.items()]
+    if options["dynamic"]:
+        hint = options["dynamic_hint"]
+        args = _to_device(torch, modelspec.call_inputs(inputs_fn, hint), options["device"])
+        for tensor in args:
+            if isinstance(tensor, torch.Tensor) and tensor.dim() > 0 and tensor.shape[0] == hint:
+                torch._dynamo.mark_dynamic(tensor, 0)
+        runs.append(("dynamic", args))
+    reports = []
+    for label, args in runs:
+        emit("size_start", label=label, phase="compile")
+        report = _measure(torch, options["device"], lambda: compiled(*args))
+        report["label"] = label
+        reports.append(report)
+        emit("size_done", phase="compile", **report)
+    return reports
+
+
+def _aot_compile(
+    torch: Any, model: Any, inputs: dict[int, tuple[Any, ...]], options: dict[str, Any], out: Path, emit: Emit
+) -> dict[str, Any]:
+    torch._dynamo.config.enable_aot_compile = True  # needed before torch.compile on torch 2.11
+    folder = out / AOT_PREFIX
+    folder.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    for size, args in inputs.items():
+        emit("size_start", label=str(size), phase="aot")
+        start = time.perf_counter()
+        try:
+            compiled = torch.compile(
+                model.forward, backend="inductor", mode=options["mode"], dynamic=False, fullgraph=True
+            ).aot_compile((args, {}))
+            compiled.save_compiled_function(str(folder / f"size-{size}.pt"))
+        except Exception as exc:
+            for partial in folder.iterdir():
+                partial.unlink()
+            return {"status": "skipped", "reason": f"aot_compile failed: {type(exc).__name__}: {_one_line(str(exc))}"}
+        seconds[str(size)] = round(time.perf_counter() - start, 3)
+        emit("size_done", label=str(size), phase="aot", wall_s=seconds[str(size)])
+    return {"status": "stored", "reason": None, "seconds": seconds}
+
+
+def _measure(torch: Any, device: str, call: Callable[[], Any]) -> dict[str, Any]:
+    """Run one first call; its wall time, torch's compile-time split and cache counters."""
+    from torch._dynamo.utils import clear_compilation_metrics, counters, get_compilation_metrics
+
+    before = _cache_counters(counters)
+    clear_compilation_metrics()
+    start = time.perf_counter()
+    with torch.no_grad():
+        call()
+    if fingerprint.is_gpu_device(device):
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - start
+    metrics = get_compilation_metrics()
+
+    def total(name: str, scale: float = 1.0) -> float:
+        return sum((getattr(m, name, None) or 0) * scale for m in metrics)
+
+    frame, backend = total("entire_frame_compile_time_s"), total("backend_compile_time_s")
+    inductor, kernels = total("inductor_compile_time_s"), total("triton_compile_time_us", 1e-6)
+    after = _cache_counters(counters)
+    return {
+        "wall_s": round(wall, 3),
+        "compile_s": round(frame, 3),
+        "dynamo_s": round(max(frame - backend, 0.0), 3),
+        "aot_autograd_s": round(max(backend - inductor, 0.0), 3),
+        "inductor_s": round(max(inductor - kernels, 0.0), 3),
+        "kernel_compile_s": round(kernels, 3),
+        "graphs": len(metrics),
+        "counters": {name: after[name] - before.get(name, 0) for name in after},
+    }
+
+
+def _cache_counters(counters: Any) -> dict[str, int]:
+    return {
+        "fxgraph_cache_hit": counters["inductor"]["fxgraph_cache_hit"],
+        "fxgraph_cache_miss": counters["inductor"]["fxgraph_cache_miss"],
+        "fxgraph_cache_bypass": counters["inductor"]["fxgraph_cache_bypass"],
+        "autograd_cache_hit": counters["aot_autograd"]["autograd_cache_hit"],
+        "autograd_cache_miss": counters["aot_autograd"]["autograd_cache_miss"],
+        "autograd_cache_bypass": counters["aot_autograd"]["autograd_cache_bypass"],
+    }
+
+
+@contextlib.contextmanager
+def _recording_traced_files() -> Iterator[set[str]]:
+    """Collect the file of every code object Dynamo traces, inlined calls included.
+
+    Dynamo appends each traced code object to `TracingContext.traced_code`; a list
+    that records on append sees them all without holding on to any tracing state.
+    """
+    from torch._guards import TracingContext
+
+    filenames: set[str] = set()
+
+    class RecordingList(list):  # type: ignore[type-arg]
+        def append(self, code: Any) -> None:
+            filenames.add(code.co_filename)
+            super().append(code)
+
+    original_init = TracingContext.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        filenames.update(code.co_filename for code in self.traced_code)
+        self.traced_code = RecordingList(self.traced_code)
+
+    TracingContext.__init__ = init  # type: ignore[method-assign]
+    try:
+        yield filenames
+    finally:
+        TracingContext.__init__ = original_init  # type: ignore[method-assign]
+
+
+def _check_device(torch: Any, device: str) -> str:
+    if device == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {device}: this machine has no CUDA GPU that torch {torch.__version__} can use")
+    index = fingerprint.device_index(device)
+    if index >= torch.cuda.device_count():
+        raise DeviceError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return f"cuda:{index}"
+
+
+def _to_device(torch: Any, args: tuple[Any, ...], device: str) -> tuple[Any, ...]:
+    return tuple(arg.to(device) if isinstance(arg, torch.Tensor) else arg for arg in args)
+
+
+def _describe(args: tuple[Any, ...]) -> list[Any]:
+    described: list[Any] = []
+    for arg in args:
+        if hasattr(arg, "shape") and hasattr(arg, "dtype"):
+            described.append({"shape": list(arg.shape), "dtype": str(arg.dtype)})
+        elif isinstance(arg, (bool, int, float, str)) or arg is None:
+            described.append({"value": arg})
+        else:
+            raise CompileError(f"example input of type {type(arg).__name__} is not supported; pass tensors or scalars")
+    return described
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else "no reason given"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

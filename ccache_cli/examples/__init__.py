@@ -1,0 +1,1 @@
+"""Example models bundled with ccache-cli."""

@@ -1,0 +1,138 @@
+"""precompile on the CPU: real torch.compile, real files, real subprocesses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from conftest import EXAMPLE, ccache, ccache_json, store_leftovers
+
+import ccache_cli.examples.tiny_transformer as example_module
+from ccache_cli.core.store import Store
+
+HIT_PROBE = textwrap.dedent(
+    """
+    import json, sys, torch
+    from torch._dynamo.utils import counters
+    from ccache_cli.examples.tiny_transformer import build, example_inputs
+    compiled = torch.compile(build(), backend="inductor", dynamic=False)
+    torch._dynamo.config.recompile_limit = 16
+    with torch.no_grad():
+        for size in json.loads(sys.argv[1]):
+            compiled(*example_inputs(size))
+    print(json.dumps({**counters["inductor"], **counters["aot_autograd"]}))
+    """
+)
+
+
+def test_manifest_lists_sources_fingerprint_and_artifacts(example_store: Path, example_entry: dict) -> None:
+    assert example_entry["sizes"] == [1, 8, 32]
+    assert example_entry["device"] == "cpu"
+    expected_sha = hashlib.sha256(Path(example_module.__file__).read_bytes()).hexdigest()
+    assert example_entry["sources"] == [
+        {"path": "ccache_cli/examples/tiny_transformer.py", "module": EXAMPLE, "sha256": expected_sha}
+    ]
+    fp = example_entry["fingerprint"]
+    import platform
+
+    import torch
+
+    assert fp["python"] == platform.python_version()
+    assert fp["torch"] == torch.__version__
+    assert fp["cpu_isa"] and fp["cpu_threads"]
+    artifacts = example_entry["artifacts"]
+    assert artifacts["fxgraph"] >= 3 and artifacts["aotautograd"] >= 3 and artifacts["kernels"] > 0
+    assert artifacts["megacache"] == 1
+    assert artifacts["aot"] == 3, example_entry["aot"]
+    assert example_entry["aot"]["status"] == "stored"
+    assert example_entry["compatible"] is True
+    # Every file the manifest names is a blob with exactly those bytes.
+    entry = Store(example_store).find(example_entry["id"])
+    for path, ref in entry.files.items():
+        blob = Store(example_store).blob_path(ref.sha256)
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == ref.sha256, path
+        assert blob.stat().st_size == ref.size
+    assert store_leftovers(example_store) == [f"entries/{example_entry['id']}"]
+
+
+def test_fresh_process_on_materialized_inductor_dir_only_hits(example_store: Path, example_entry: dict, tmp_path: Path) -> None:
+    store = Store(example_store)
+    inductor_dir = tmp_path / "elsewhere" / "inductor"
+    assert store.materialize(store.find(example_entry["id"]), inductor_dir, "inductor/") > 0
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
+    result = subprocess.run(
+        [sys.executable, "-c", HIT_PROBE, "[1, 8, 32]"],
+        capture_output=True, text=True, env={**__import__("os").environ, **env}, cwd=tmp_path, check=True,
+    )
+    counters = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counters.get("fxgraph_cache_hit") == 3
+    assert counters.get("fxgraph_cache_miss", 0) == 0
+    assert counters.get("autograd_cache_miss", 0) == 0
+
+
+def test_second_precompile_finds_the_entry(example_store: Path, example_entry: dict) -> None:
+    result = ccache_json("precompile", EXAMPLE, "--sizes", "1,8,32", store=example_store)
+    assert result["reused"] is True
+    assert result["entry"]["id"] == example_entry["id"]
+    assert result["reports"] == []
+
+
+def test_file_model_records_both_user_files_and_no_torch_file(models: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    result = ccache_json("precompile", str(models / "two_files" / "model.py:build"), "--sizes", "2", "--no-aot",
+                         store=store, cwd=tmp_path)
+    paths = {source["path"]: source for source in result["entry"]["sources"]}
+    assert set(paths) == {"model.py", "helpers.py"}
+    assert paths["helpers.py"]["module"] == "helpers"
+    assert paths["helpers.py"]["sha256"] == hashlib.sha256((models / "two_files" / "helpers.py").read_bytes()).hexdigest()
+    assert not any("torch" in path for path in paths)
+    assert result["entry"]["aot"]["status"] == "disabled"
+
+
+def test_graph_break_skips_aot_and_stores_the_rest(models: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    result = ccache("precompile", str(models / "small.py:build_graph_break"), "--sizes", "2", store=store, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "AOT capture skipped" in result.stdout and "graph break" in result.stdout
+    entry = ccache_json("inspect", store=store)["entries"][0]
+    assert entry["aot"]["status"] == "skipped"
+    assert "aot" not in entry["artifacts"]
+    assert entry["artifacts"]["fxgraph"] >= 2  # one graph each side of the break
+
+
+def test_force_compiles_again_and_inputs_option(models: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    args = ("precompile", str(models / "small.py:build_wide"), "--inputs", str(models / "small.py:wide_inputs"),
+            "--sizes", "3", "--no-aot", "--name", "wide")
+    first = ccache_json(*args, store=store, cwd=tmp_path)
+    assert first["entry"]["name"] == "wide" and not first["reused"]
+    forced = ccache_json(*args, "--force", store=store, cwd=tmp_path)
+    assert not forced["reused"] and forced["reports"][0]["label"] == "3"
+    # Same key, so the same entry: compiling again adds nothing new.
+    assert forced["entry"]["id"] == first["entry"]["id"]
+
+
+def test_concurrent_precompiles_of_two_models_both_complete(models: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    commands = [
+        [str(models / "small.py:build"), "--sizes", "2"],
+        [str(models / "small.py:build_wide"), "--inputs", str(models / "small.py:wide_inputs"), "--sizes", "2"],
+    ]
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "ccache_cli", "--store", str(store), "precompile", *c, "--no-aot"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        for c in commands
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr
+    entries = ccache_json("inspect", store=store)["entries"]
+    assert sorted(e["model"]["attr"] for e in entries) == ["build", "build_wide"]
+    scanned = Store(store)
+    for entry in scanned.scan().entries:
+        assert all(scanned.blob_path(ref.sha256).is_file() for ref in entry.files.values())
+    assert sorted(store_leftovers(store)) == sorted(f"entries/{e['id']}" for e in entries)
