@@ -124,6 +124,7 @@ def precompile(
                     "dynamic": request.dynamic,
                     "mode": request.mode,
                     "aot": request.aot,
+                    "machine": _cached_machine(store, device),
                 }
             )
         )
@@ -131,7 +132,8 @@ def precompile(
         worker = _Worker(request_file, staging, staging / "artifacts")
         try:
             planned = worker.expect("planned")
-            store.save_machine_fingerprint(fingerprint.probe_digest(), planned["machine"])
+            if device in _PRIMARY_DEVICES:
+                store.save_machine_fingerprint(fingerprint.probe_digest(), planned["machine"])
             lookup = lookup_key(planned)
             if not request.force:
                 existing = _fresh_entry(store, lookup, planned["sys_path"])
@@ -153,6 +155,17 @@ def precompile(
         entry, new_bytes = _store_entry(store, staging, request, planned, lookup, event)
     reports = tuple(SizeReport(**{k: v for k, v in r.items() if k != "graphs"}) for r in event["reports"])
     return PrecompileResult(entry, False, reports, new_bytes, time.perf_counter() - start)
+
+
+# Cached machine fingerprints describe GPU 0; other GPUs are probed every time.
+_PRIMARY_DEVICES = ("cpu", "cuda:0")
+
+
+def _cached_machine(store: Store, device: str) -> dict[str, Any] | None:
+    """This machine's fingerprint from an earlier run, which saves the worker seconds."""
+    if device not in _PRIMARY_DEVICES:
+        return None
+    return store.cached_machine_fingerprint(fingerprint.probe_digest())
 
 
 def _fresh_entry(store: Store, lookup: str, sys_path: list[str]) -> Entry | None:

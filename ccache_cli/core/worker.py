@@ -68,7 +68,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
     import torch
 
     device = _check_device(torch, request["device"])
-    machine = fingerprint.machine_fingerprint(device)
+    machine = request["machine"] or fingerprint.machine_fingerprint(device)
     sizes: list[int] = request["sizes"]
     inputs = {size: _to_device(torch, modelspec.call_inputs(inputs_fn, size), device) for size in sizes}
     dynamic_hint = max(sizes) + 1 if request["dynamic"] else None

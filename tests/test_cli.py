@@ -1,0 +1,82 @@
+"""inspect, fingerprint and the import-time promise: --help and inspect never import torch."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from pathlib import Path
+
+from conftest import ccache, ccache_json
+
+
+def imported_modules(result) -> set[str]:
+    """Top-level module names from `python -X importtime` output."""
+    names = set()
+    for line in result.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return names
+
+
+def test_help_does_not_import_torch() -> None:
+    result = ccache("--help", python_flags=["-X", "importtime"])
+    assert result.returncode == 0
+    assert "precompile" in result.stdout
+    modules = imported_modules(result)
+    assert "ccache_cli" in modules and "torch" not in modules
+
+
+def test_inspect_does_not_import_torch(example_store: Path, example_entry: dict) -> None:
+    for args in (("inspect",), ("inspect", example_entry["id"][:8]), ("inspect", "--json")):
+        result = ccache(*args, store=example_store, python_flags=["-X", "importtime"])
+        assert result.returncode == 0, result.stderr
+        modules = imported_modules(result)
+        assert "rich" in modules and "torch" not in modules
+
+
+def test_inspect_table_and_detail(example_store: Path, example_entry: dict) -> None:
+    table = ccache("inspect", store=example_store)
+    assert example_entry["id"][:12] in table.stdout
+    assert "1,8,32" in table.stdout and "yes" in table.stdout
+    detail = ccache("inspect", example_entry["id"][:6], store=example_store)
+    assert detail.returncode == 0
+    for text in ("Traced sources", "ccache_cli/examples/tiny_transformer.py", "fxgraph", "megacache", "cpu_isa",
+                 "Recorded compile timings", "AOT: stored"):
+        assert text in detail.stdout, text
+
+
+def test_inspect_json_shape(example_entry: dict) -> None:
+    for key in ("id", "name", "sizes", "device", "fingerprint", "sources", "artifacts", "bytes", "created", "compatible"):
+        assert key in example_entry
+    assert {"python", "torch", "cuda"} <= set(example_entry["fingerprint"])
+    assert example_entry["bytes"] == sum(example_entry["artifact_bytes"].values())
+
+
+def test_inspect_reports_a_corrupt_manifest_as_a_warning(example_store: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(example_store, store)
+    broken = store / "entries" / ("f" * 64)
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    result = ccache("inspect", "--json", store=store)
+    assert result.returncode == 0
+    data = json.loads(result.stdout)
+    assert len(data["entries"]) == 1
+    assert "warning: entry ffffffffffff: unreadable manifest" in result.stderr
+
+
+def test_inspect_empty_store(tmp_path: Path) -> None:
+    result = ccache("inspect", store=tmp_path / "none")
+    assert result.returncode == 0 and "No entries" in result.stdout
+    assert ccache_json("inspect", store=tmp_path / "none") == {"entries": [], "warnings": []}
+
+
+def test_fingerprint_json(tmp_path: Path) -> None:
+    data = ccache_json("fingerprint", store=tmp_path / "store")
+    import torch
+
+    assert data["python"] == platform.python_version()
+    assert data["torch"] == torch.__version__
+    assert data["machine"] == platform.machine()
+    assert data["cpu_threads"] == torch.get_num_threads()

@@ -1,0 +1,28 @@
+"""GPU paths: run on a machine with CUDA; skipped elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE, ccache, ccache_json
+
+torch = pytest.importorskip("torch")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def test_cuda_precompile_stores_triton_kernels(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    result = ccache("precompile", EXAMPLE, "--sizes", "1,8,32", "--device", "cuda", store=store)
+    assert result.returncode == 0, result.stderr
+    entry = ccache_json("inspect", store=store)["entries"][0]
+    assert entry["device"] == "cuda:0"
+    assert entry["fingerprint"]["gpu"] == torch.cuda.get_device_name(0)
+    major, minor = torch.cuda.get_device_capability(0)
+    assert entry["fingerprint"]["capability"] == f"sm_{major}{minor}"
+    assert entry["fingerprint"]["triton"]
+    assert entry["artifacts"].get("triton", 0) > 0, entry["artifacts"]
+    assert entry["compatible"] is True
