@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,32 @@ def ccache_json(*args: str, **kwargs: object) -> dict:
     result = ccache(*args, "--json", **kwargs)  # type: ignore[arg-type]
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+HIT_PROBE = textwrap.dedent(
+    """
+    import json, sys, torch
+    from torch._dynamo.utils import counters
+    from ccache_cli.examples.tiny_transformer import build, example_inputs
+    device = sys.argv[1]
+    compiled = torch.compile(build().to(device), backend="inductor", dynamic=False)
+    torch._dynamo.config.recompile_limit = 16
+    with torch.no_grad():
+        for size in json.loads(sys.argv[2]):
+            compiled(*(t.to(device) for t in example_inputs(size)))
+    print(json.dumps({**counters["inductor"], **counters["aot_autograd"]}))
+    """
+)
+
+
+def run_on_cache_dir(inductor_dir: Path, device: str, sizes: list[int], cwd: Path) -> dict[str, int]:
+    """Compile the example in a fresh process on `inductor_dir`; torch's cache counters."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
+    env.pop("TRITON_CACHE_DIR", None)
+    result = subprocess.run([sys.executable, "-c", HIT_PROBE, device, json.dumps(sizes)],
+                            capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def store_leftovers(store: Path) -> list[str]:

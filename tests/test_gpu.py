@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, ccache, ccache_json
+from conftest import EXAMPLE, ccache, ccache_json, run_on_cache_dir
+
+from ccache_cli.core.store import Store
 
 torch = pytest.importorskip("torch")
 pytestmark = [
@@ -26,3 +28,8 @@ def test_cuda_precompile_stores_triton_kernels(tmp_path: Path) -> None:
     assert entry["fingerprint"]["triton"]
     assert entry["artifacts"].get("triton", 0) > 0, entry["artifacts"]
     assert entry["compatible"] is True
+    # A fresh process on a copy of the entry's Inductor dir, elsewhere, compiles nothing.
+    inductor_dir = tmp_path / "moved" / "inductor"
+    Store(store).materialize(Store(store).find(entry["id"]), inductor_dir, "inductor/")
+    counters = run_on_cache_dir(inductor_dir, "cuda", [1, 8, 32], cwd=tmp_path)
+    assert counters.get("fxgraph_cache_hit") == 3 and counters.get("fxgraph_cache_miss", 0) == 0

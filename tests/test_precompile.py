@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
-from conftest import EXAMPLE, ccache, ccache_json, store_leftovers
+from conftest import EXAMPLE, ccache, ccache_json, run_on_cache_dir, store_leftovers
 
 import ccache_cli.examples.tiny_transformer as example_module
 from ccache_cli.core.store import Store
 
-HIT_PROBE = textwrap.dedent(
-    """
-    import json, sys, torch
-    from torch._dynamo.utils import counters
-    from ccache_cli.examples.tiny_transformer import build, example_inputs
-    compiled = torch.compile(build(), backend="inductor", dynamic=False)
-    torch._dynamo.config.recompile_limit = 16
-    with torch.no_grad():
-        for size in json.loads(sys.argv[1]):
-            compiled(*example_inputs(size))
-    print(json.dumps({**counters["inductor"], **counters["aot_autograd"]}))
-    """
-)
 
 
 def test_manifest_lists_sources_fingerprint_and_artifacts(example_store: Path, example_entry: dict) -> None:
@@ -63,12 +48,7 @@ def test_fresh_process_on_materialized_inductor_dir_only_hits(example_store: Pat
     store = Store(example_store)
     inductor_dir = tmp_path / "elsewhere" / "inductor"
     assert store.materialize(store.find(example_entry["id"]), inductor_dir, "inductor/") > 0
-    env = {"TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
-    result = subprocess.run(
-        [sys.executable, "-c", HIT_PROBE, "[1, 8, 32]"],
-        capture_output=True, text=True, env={**__import__("os").environ, **env}, cwd=tmp_path, check=True,
-    )
-    counters = json.loads(result.stdout.strip().splitlines()[-1])
+    counters = run_on_cache_dir(inductor_dir, "cpu", [1, 8, 32], cwd=tmp_path)
     assert counters.get("fxgraph_cache_hit") == 3
     assert counters.get("fxgraph_cache_miss", 0) == 0
     assert counters.get("autograd_cache_miss", 0) == 0

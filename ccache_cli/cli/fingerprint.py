@@ -15,8 +15,7 @@ def command(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N: the GPU whose components to report"),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
 ) -> None:
-    """Print this machine's key components (imports torch). Save the JSON on a deployment
-    machine and pass it to `verify --target` on a CI runner."""
+    """Print this machine's key components, as torch reports them."""
     machine = fingerprint.machine_fingerprint(check_device(device))
     ctx.obj.save_machine_fingerprint(fingerprint.probe_digest(), machine)
     if json_output:
