@@ -11,7 +11,7 @@ import typer
 
 from ..core.errors import CcacheError
 from ..core.store import Store
-from . import fingerprint, inspect, precompile
+from . import fingerprint, inspect, pack, precompile
 from .render import err
 
 app = typer.Typer(
@@ -39,6 +39,8 @@ def _options(
 
 app.command("precompile")(precompile.command)
 app.command("inspect")(inspect.command)
+app.command("pack")(pack.pack_command)
+app.command("unpack")(pack.unpack_command)
 app.command("fingerprint")(fingerprint.command)
 
 

@@ -8,23 +8,27 @@ import typer
 from rich.table import Table
 
 from ..core import fingerprint
-from ..core.inspect import EntryReport, InspectReport, entry_json, inspect_store
+from ..core.archive import is_archive_path
+from ..core.inspect import EntryReport, InspectReport, entry_json, inspect_archive, inspect_store
 from .render import age, emit_json, human_bytes, out, seconds, warn, yes_no
 
 
 def command(
     ctx: typer.Context,
-    entry: Optional[str] = typer.Argument(None, metavar="[ENTRY]", help="An entry id prefix or name: show it in detail"),
+    entry: Optional[str] = typer.Argument(
+        None, metavar="[ENTRY|ARCHIVE]", help="An entry id prefix or name to show in detail, or a .tar.zst archive to list"
+    ),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
 ) -> None:
-    """List the stored entries, or show one in detail. Does not import torch."""
-    report = inspect_store(ctx.obj, entry)
+    """List the stored entries, or show one in detail, or list an archive's. Does not import torch."""
+    archive = entry is not None and is_archive_path(entry)
+    report = inspect_archive(ctx.obj, entry) if archive else inspect_store(ctx.obj, entry)
     for warning in report.warnings:
         warn(warning)
     if json_output:
         emit_json({"entries": [entry_json(e) for e in report.entries], "warnings": list(report.warnings)})
-    elif entry is None:
-        _print_table(report, ctx.obj.root)
+    elif entry is None or archive:
+        _print_table(report, entry if archive else ctx.obj.root)
     else:
         _print_detail(report.entries[0], report)
 

@@ -44,6 +44,17 @@ def inspect_store(store: Store, ref: str | None = None) -> InspectReport:
     return InspectReport(tuple(report_entry(entry, machine, exact) for entry in entries), warnings, machine, exact)
 
 
+def inspect_archive(store: Store, path: str) -> InspectReport:
+    """The entries of an archive, from its index alone: nothing is extracted."""
+    from .archive import open_source, read_index
+
+    machine, exact = this_machine(store)
+    with open_source(path) as source:
+        index = read_index(source)
+    entries = (Entry(manifest["id"], manifest) for manifest in index["entries"])
+    return InspectReport(tuple(report_entry(entry, machine, exact) for entry in entries), (), machine, exact)
+
+
 def report_entry(entry: Entry, machine: dict[str, Any], exact: bool) -> EntryReport:
     found = tuple(fingerprint.mismatches(entry.fingerprint, entry.device, machine))
     compatible = False if found else (True if exact else None)

@@ -1,0 +1,113 @@
+"""`ccache pack` and `ccache unpack`: entries to and from .tar.zst archives."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from ..core import archive
+from ..core.errors import BadInputError
+from ..core.inspect import report_entry, this_machine
+from ..core.store import Entry, Store
+from .render import emit_json, err, human_bytes, out, warn
+
+
+def pack_command(
+    ctx: typer.Context,
+    output: str = typer.Argument(..., metavar="OUTPUT.tar.zst|-", help="Archive to write, or - for stdout"),
+    entries: Optional[list[str]] = typer.Argument(None, metavar="[ENTRY...]", help="Entry id prefixes or names [default: all]"),
+    compatible_only: bool = typer.Option(False, "--compatible-only", help="Only entries that fit this machine"),
+    level: int = typer.Option(3, "--level", min=1, max=22, help="zstd level"),
+    json_output: bool = typer.Option(False, "--json", help="Write a JSON summary to stdout (not with -)"),
+) -> None:
+    """Write entries and their blobs to a deterministic .tar.zst archive. Does not import torch."""
+    store: Store = ctx.obj
+    if json_output and output == "-":
+        raise BadInputError("--json writes to stdout, so it cannot be used with OUTPUT -")
+    chosen = [store.find(ref) for ref in entries] if entries else list(store.scan().entries)
+    if compatible_only:
+        chosen = _compatible(store, chosen)
+    if not chosen:
+        raise BadInputError(f"nothing to pack: no {'compatible ' if compatible_only else ''}entries in {store.root}")
+    total = sum(ref.size for ref in {r.sha256: r for e in chosen for r in e.files.values()}.values())
+    with archive.open_output(output) as handle, _progress("packing", total, output != "-") as on_progress:
+        result = archive.pack(store, chosen, handle, level, on_progress)
+    if json_output:
+        emit_json({"output": output, "entries": [e.id for e in result.entries], "blobs": result.blobs, "bytes": result.bytes,
+                   "archive_bytes": Path(output).stat().st_size})
+    elif output != "-":
+        size = Path(output).stat().st_size
+        err.print(f"Packed {len(result.entries)} entries, {result.blobs} blobs, {human_bytes(result.bytes)} "
+                  f"into {output} ({human_bytes(size)}).")
+
+
+def unpack_command(
+    ctx: typer.Context,
+    source: str = typer.Argument(..., metavar="ARCHIVE|-", help="Archive to read, or - for stdin"),
+    compatible_only: bool = typer.Option(False, "--compatible-only", help="Only entries that fit this machine"),
+    export_dir: Optional[Path] = typer.Option(None, "--export-dir", metavar="DIR",
+                                              help="Also write one entry's plain Inductor cache dir here (for TORCHINDUCTOR_CACHE_DIR)"),
+    entry: Optional[str] = typer.Option(None, "--entry", help="With --export-dir: the entry to export [default: the one that fits this machine]"),
+    json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
+) -> None:
+    """Merge an archive's entries into the store, checking every byte. Does not import torch."""
+    store: Store = ctx.obj
+    machine, exact = this_machine(store)
+
+    def select(candidate: Entry) -> bool:
+        return not compatible_only or report_entry(candidate, machine, exact).compatible is not False
+
+    total = Path(source).stat().st_size if source != "-" and Path(source).is_file() else None
+    with archive.open_source(source) as handle, _progress("unpacking", total, not json_output) as on_progress:
+        result = archive.unpack(store, handle, select, on_progress)
+    exported = None
+    if export_dir is not None:
+        exported = _export(store, [*result.added, *result.kept], entry, export_dir, machine, exact)
+    if json_output:
+        emit_json({
+            "added": [e.id for e in result.added], "kept": [e.id for e in result.kept], "skipped": list(result.skipped),
+            "new_blobs": result.new_blobs, "new_bytes": result.new_bytes,
+            "exported": None if exported is None else {"entry": exported.id, "dir": str(export_dir)},
+        })
+        return
+    out.print(f"Unpacked {len(result.added)} new entries ({len(result.kept)} already there, {len(result.skipped)} "
+              f"skipped as incompatible); {result.new_blobs} new blobs, {human_bytes(result.new_bytes)}.")
+    if exported is not None:
+        out.print(f"Exported entry {exported.short_id} ({exported.name}) to {export_dir}: "
+                  f"TORCHINDUCTOR_CACHE_DIR={export_dir}")
+
+
+def _compatible(store: Store, entries: list[Entry]) -> list[Entry]:
+    machine, exact = this_machine(store)
+    return [e for e in entries if report_entry(e, machine, exact).compatible is not False]
+
+
+def _export(store: Store, entries: list[Entry], ref: str | None, target: Path, machine: dict, exact: bool) -> Entry:
+    if ref is not None:
+        chosen = store.find(ref)
+    else:
+        fitting = [e for e in entries if report_entry(e, machine, exact).compatible is not False]
+        if len(fitting) != 1:
+            ids = ", ".join(e.short_id for e in fitting) or "none"
+            raise BadInputError(f"--export-dir needs one entry that fits this machine; found {len(fitting)} ({ids}): pass --entry")
+        chosen = fitting[0]
+    if not exact:
+        warn("this machine's full fingerprint is unknown (run `ccache fingerprint`); exporting on the components read without torch")
+    store.materialize(chosen, target, "inductor/")
+    return chosen
+
+
+@contextlib.contextmanager
+def _progress(what: str, total: int | None, enabled: bool) -> Iterator[Callable[[int], None]]:
+    if not (enabled and err.is_terminal):
+        yield lambda _: None
+        return
+    columns = (TextColumn(what), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(what, total=total)
+        yield lambda n: progress.advance(task, n)

@@ -1,0 +1,356 @@
+"""Pack and unpack entries as deterministic, streamable `.tar.zst` archives.
+
+Members, in this order: `index.json` (format version, every manifest, every blob's
+size), then `objects/<sha256>` once per blob, sorted. Headers are fixed (mtime 0,
+uid/gid 0, no user names, mode 0644), so the same entries always give the same bytes.
+
+Unpacking trusts nothing: the index must come first and be of a known format; every
+other member must be a regular file named `objects/<sha256>` that the index lists,
+once, with the size the index gives; its bytes must hash to its name. Blobs are
+staged in the store's tmp/ and only adopted, and entries published, once the whole
+archive has checked out, so a bad archive leaves the store exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+import zstandard
+
+from .errors import BadInputError, CcacheError
+from .store import Entry, Store
+
+ARCHIVE_FORMAT = 1
+INDEX_NAME = "index.json"
+_INDEX_LIMIT = 256 << 20  # an index past this is not one this tool wrote
+_BLOB_NAME = re.compile(r"^objects/([0-9a-f]{64})$")
+_CHUNK = 1 << 20
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_TAIL_LIMIT = 64 << 10  # tar pads its end to a 10 KiB record; allow for any record size
+
+Progress = Callable[[int], None]  # called with a count of bytes just handled
+
+
+class ArchiveError(BadInputError):
+    """An archive that is not one this tool can read, or that fails a check."""
+
+
+@dataclass(frozen=True)
+class PackResult:
+    entries: tuple[Entry, ...]
+    blobs: int
+    bytes: int  # uncompressed blob bytes
+
+
+@dataclass(frozen=True)
+class UnpackResult:
+    added: tuple[Entry, ...]  # entries new to the store
+    kept: tuple[Entry, ...]  # entries the store already had
+    skipped: tuple[str, ...]  # ids left out by --compatible-only
+    new_blobs: int
+    new_bytes: int
+
+
+def pack(
+    store: Store,
+    entries: Sequence[Entry],
+    output: BinaryIO,
+    level: int = 3,
+    on_progress: Progress = lambda _: None,
+) -> PackResult:
+    """Write `entries` and their blobs to `output` as one zstd-compressed tar stream."""
+    blobs: dict[str, int] = {}
+    for entry in entries:
+        for ref in entry.files.values():
+            blobs[ref.sha256] = ref.size
+    for sha256 in blobs:
+        if not store.blob_path(sha256).is_file():
+            raise CcacheError(f"blob {sha256[:12]} is missing from store {store.root}; the store is damaged")
+    index = {
+        "format": ARCHIVE_FORMAT,
+        "entries": sorted((dict(entry.manifest) for entry in entries), key=lambda m: m["id"]),
+        "blobs": dict(sorted(blobs.items())),
+    }
+    # threads=-1 uses every core; zstd's output does not depend on the worker count.
+    compressor = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
+    with compressor.stream_writer(output, closefd=False) as compressed:
+        with tarfile.open(fileobj=compressed, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+            data = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
+            tar.addfile(_member(INDEX_NAME, len(data)), io.BytesIO(data))
+            for sha256, size in index["blobs"].items():
+                with open(store.blob_path(sha256), "rb") as blob:
+                    tar.addfile(_member(f"objects/{sha256}", size), _Counting(blob, on_progress))
+    return PackResult(tuple(entries), len(blobs), sum(blobs.values()))
+
+
+def read_index(source: BinaryIO) -> dict[str, Any]:
+    """The index of an archive, reading only as far as its first member."""
+    with _open_tar(source) as tar:
+        return _read_index(tar)
+
+
+def unpack(
+    store: Store,
+    source: BinaryIO,
+    select: Callable[[Entry], bool] = lambda _: True,
+    on_progress: Progress = lambda _: None,
+) -> UnpackResult:
+    """Merge an archive's entries into `store`; all or nothing."""
+    with store.staging() as staging, _open_tar(_Counting(source, on_progress)) as tar:
+        index = _read_index(tar)
+        wanted_entries, skipped = [], []
+        for manifest in index["entries"]:
+            entry = Entry(manifest["id"], manifest)
+            (wanted_entries if select(entry) else skipped).append(entry)
+        wanted_blobs = {ref.sha256 for entry in wanted_entries for ref in entry.files.values()}
+        received: set[str] = set()
+        for member in _members(tar):
+            sha256 = _check_member(member, index["blobs"], received)
+            received.add(sha256)
+            reader = tar.extractfile(member)
+            assert reader is not None
+            if sha256 in wanted_blobs and not store.blob_path(sha256).exists():
+                with open(staging / sha256, "wb") as out:
+                    _copy_checked(reader, sha256, member.size, out)
+            else:
+                _copy_checked(reader, sha256, member.size, None)
+        _check_end(tar)
+        missing = set(index["blobs"]) - received
+        if missing:
+            raise ArchiveError(f"archive is truncated or incomplete: {len(missing)} blob(s) listed in its index are absent")
+        new_blobs = new_bytes = 0
+        for staged in sorted(staging.iterdir()):
+            if _BLOB_NAME.match(f"objects/{staged.name}"):
+                ref, added = store.adopt_blob(staged)
+                new_blobs += added
+                new_bytes += ref.size if added else 0
+        added_entries, kept = [], []
+        for entry in wanted_entries:
+            staged_entry = staging / "entries" / entry.id
+            staged_entry.mkdir(parents=True)
+            (staged_entry / "manifest.json").write_text(json.dumps(dict(entry.manifest), indent=1, sort_keys=True) + "\n")
+            published, is_new = store.publish(staged_entry, entry.id)
+            (added_entries if is_new else kept).append(published)
+    return UnpackResult(tuple(added_entries), tuple(kept), tuple(e.id for e in skipped), new_blobs, new_bytes)
+
+
+@contextlib.contextmanager
+def open_source(path: str) -> Iterator[BinaryIO]:
+    """An archive path, or `-` for standard input."""
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise BadInputError(f"cannot read archive {path}: {exc.strerror or exc}") from exc
+    with handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def open_output(path: str) -> Iterator[BinaryIO]:
+    """An archive path written atomically (temp file, then rename), or `-` for stdout."""
+    if path == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    target = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.")
+    except OSError as exc:
+        raise CcacheError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def is_archive_path(text: str) -> bool:
+    """Whether an ENTRY argument names an archive rather than an entry."""
+    return text == "-" or text.endswith((".tar.zst", ".tzst")) or os.path.isfile(text)
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+@contextlib.contextmanager
+def _open_tar(source: IO[bytes]) -> Iterator[tarfile.TarFile]:
+    """A streaming tar reader over a zstd stream."""
+    head = source.read(4)
+    if head != _ZSTD_MAGIC:
+        raise ArchiveError("not a zstd-compressed archive (expected a .tar.zst written by `ccache pack`)")
+    reader = zstandard.ZstdDecompressor().stream_reader(_Prefixed(head, source), closefd=False)
+    try:
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            yield tar
+    except zstandard.ZstdError as exc:
+        raise ArchiveError(f"corrupt zstd stream: {exc}") from exc
+    except tarfile.TarError as exc:
+        raise ArchiveError(f"corrupt or truncated tar stream: {exc}") from exc
+    except EOFError as exc:
+        raise ArchiveError("archive is truncated") from exc
+
+
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The members after the index, one at a time, holding none of them in memory."""
+    while True:
+        try:
+            member = tar.next()
+        except tarfile.TarError as exc:
+            raise ArchiveError(f"corrupt or truncated tar stream: {exc}") from exc
+        if member is None:
+            return
+        tar.members.clear()  # TarFile keeps every header it has read; a stream needs none
+        yield member
+
+
+def _check_end(tar: tarfile.TarFile) -> None:
+    """Past the last member only tar's zero padding may follow.
+
+    Tar readers stop at an unreadable header without a word, which would hide data
+    after the last member; at most `_TAIL_LIMIT` bytes are read to tell.
+    """
+    tail = tar.fileobj.read(_TAIL_LIMIT + 1)  # type: ignore[union-attr]
+    if len(tail) > _TAIL_LIMIT or tail.strip(b"\0"):
+        raise ArchiveError("archive has data past its last member; it is corrupt or was tampered with")
+
+
+def _read_index(tar: tarfile.TarFile) -> dict[str, Any]:
+    first = tar.next()
+    if first is None or first.name != INDEX_NAME or not first.isreg():
+        raise ArchiveError(f"archive does not start with {INDEX_NAME}; it was not written by `ccache pack`")
+    if first.size > _INDEX_LIMIT:
+        raise ArchiveError(f"{INDEX_NAME} declares {first.size} bytes, more than any index this tool writes")
+    reader = tar.extractfile(first)
+    assert reader is not None
+    data = reader.read(first.size)
+    if len(data) != first.size:
+        raise ArchiveError("archive is truncated inside its index")
+    try:
+        index = json.loads(data)
+        version = index["format"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArchiveError(f"{INDEX_NAME} is malformed ({exc})") from exc
+    if version != ARCHIVE_FORMAT:
+        raise ArchiveError(
+            f"archive format {version!r} is not supported (this ccache-cli reads format {ARCHIVE_FORMAT}); upgrade ccache-cli"
+        )
+    try:
+        blobs = {str(sha): int(size) for sha, size in index["blobs"].items()}
+        for manifest in index["entries"]:
+            entry = Entry(manifest["id"], manifest)
+            for ref in entry.files.values():
+                if blobs.get(ref.sha256) != ref.size:
+                    raise ArchiveError(f"{INDEX_NAME} is inconsistent: entry {entry.short_id} names a blob it does not list")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ArchiveError(f"{INDEX_NAME} is malformed ({exc})") from exc
+    index["blobs"] = blobs
+    return index
+
+
+def _check_member(member: tarfile.TarInfo, blobs: dict[str, int], received: set[str]) -> str:
+    name = member.name
+    if name.startswith("/") or ".." in name.split("/"):
+        raise ArchiveError(f"archive member {name!r} has an unsafe path")
+    if member.issym() or member.islnk():
+        raise ArchiveError(f"archive member {name!r} is a link; archives hold regular files only")
+    if not member.isreg():
+        raise ArchiveError(f"archive member {name!r} is not a regular file")
+    match = _BLOB_NAME.match(name)
+    if match is None:
+        raise ArchiveError(f"unexpected archive member {name!r}")
+    sha256 = match.group(1)
+    if sha256 in received:
+        raise ArchiveError(f"archive member {name!r} appears twice")
+    if sha256 not in blobs:
+        raise ArchiveError(f"archive member {name!r} is not listed in {INDEX_NAME}")
+    if member.size != blobs[sha256]:
+        raise ArchiveError(f"archive member {name!r} is {member.size} bytes; {INDEX_NAME} says {blobs[sha256]}")
+    return sha256
+
+
+def _copy_checked(reader: IO[bytes], sha256: str, size: int, out: IO[bytes] | None) -> None:
+    """Read exactly `size` bytes of a member, into `out` if given, and check their hash."""
+    digest = hashlib.sha256()
+    remaining = size
+    while remaining:
+        chunk = reader.read(min(_CHUNK, remaining))
+        if not chunk:
+            raise ArchiveError(f"archive is truncated inside blob {sha256[:12]}")
+        digest.update(chunk)
+        if out is not None:
+            out.write(chunk)
+        remaining -= len(chunk)
+    if digest.hexdigest() != sha256:
+        raise ArchiveError(f"blob {sha256[:12]} does not match its hash; the archive is corrupt")
+
+
+class _Counting(io.RawIOBase):
+    """A reader that reports how many bytes pass through it."""
+
+    def __init__(self, inner: IO[bytes], on_progress: Progress) -> None:
+        self._inner = inner
+        self._on_progress = on_progress
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._inner.read(size)
+        if data:
+            self._on_progress(len(data))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class _Prefixed(io.RawIOBase):
+    """`source` with bytes already read from it put back in front."""
+
+    def __init__(self, head: bytes, source: IO[bytes]) -> None:
+        self._head = head
+        self._source = source
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            data = self._head if size < 0 else self._head[:size]
+            self._head = self._head[len(data) :]
+            return data
+        return self._source.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)

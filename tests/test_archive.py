@@ -1,0 +1,193 @@
+"""pack / unpack: determinism, streaming, merging, and hostile archives."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+from conftest import ccache, ccache_json
+
+from ccache_cli.core.store import Store
+
+
+def make_entry(store: Store, name: str, files: dict[str, bytes]) -> str:
+    """Publish a synthetic entry (no compile): real blobs, a real manifest."""
+    with store.staging() as staging:
+        refs = {}
+        for path, data in files.items():
+            staged = staging / hashlib.sha256(path.encode()).hexdigest()
+            staged.write_bytes(data)
+            ref, _ = store.adopt_blob(staged)
+            refs[path] = {"sha256": ref.sha256, "size": ref.size}
+        key = {
+            "fingerprint": {"python": "3.11.7", "torch": "2.13.0+cpu", "cuda": None, "hip": None, "machine": "x86_64",
+                            "cpu_isa": "avx2", "cpu_threads": 2},
+            "compile": {"device": "cpu", "sizes": [1], "dynamic": False, "mode": "default"},
+            "model": {"module": name, "attr": "build"},
+            "inputs": {},
+            "sources": [],
+        }
+        entry_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        manifest = {"format": 1, "id": entry_id, "name": name, "created": "2026-11-22T00:00:00Z", "lookup": "x",
+                    "key": key, "timings": {"sizes": [], "aot": None}, "aot": {"status": "disabled", "reason": None},
+                    "files": refs}
+        staged_entry = staging / "entry"
+        staged_entry.mkdir()
+        (staged_entry / "manifest.json").write_text(json.dumps(manifest))
+        store.publish(staged_entry, entry_id)
+    return entry_id
+
+
+@pytest.fixture
+def source_store(tmp_path: Path) -> Path:
+    store = Store(tmp_path / "source")
+    shared = b"shared kernel header\n" * 100
+    make_entry(store, "alpha", {"inductor/fxgraph/ab/x": b"graph a", "inductor/ab/k.py": shared, "inductor/ab/k.so": b"\x7fELF" * 500})
+    make_entry(store, "beta", {"inductor/fxgraph/cd/y": b"graph b", "inductor/cd/k.py": shared})
+    return store.root
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def test_pack_is_deterministic_across_runs_and_stores(source_store: Path, tmp_path: Path) -> None:
+    first, second, third = tmp_path / "1.tar.zst", tmp_path / "2.tar.zst", tmp_path / "3.tar.zst"
+    assert ccache("pack", str(first), store=source_store).returncode == 0
+    assert ccache("pack", str(second), store=source_store).returncode == 0
+    assert first.read_bytes() == second.read_bytes()
+    other = tmp_path / "other"
+    assert ccache("unpack", str(first), store=other).returncode == 0
+    assert ccache("pack", str(third), store=other).returncode == 0
+    assert third.read_bytes() == first.read_bytes()
+    with tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(first.open("rb")), mode="r|") as tar:
+        members = [m for m in tar]
+    assert members[0].name == "index.json"
+    names = [m.name for m in members[1:]]
+    assert names == sorted(names) and len(names) == len(set(names)) == 4  # the shared blob once
+    assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in members)
+
+
+def test_unpack_merges_dedupes_and_is_idempotent(source_store: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "a.tar.zst"
+    assert ccache("pack", str(archive), store=source_store).returncode == 0
+    target = tmp_path / "target"
+    first = ccache_json("unpack", str(archive), store=target)
+    assert len(first["added"]) == 2 and first["new_blobs"] == 4
+    before = snapshot(target)
+    again = ccache_json("unpack", str(archive), store=target)
+    assert again["added"] == [] and len(again["kept"]) == 2 and again["new_blobs"] == 0
+    assert snapshot(target) == before
+    assert snapshot(target / "objects") == snapshot(Path(source_store) / "objects")
+    assert list((target / "tmp").iterdir()) == []
+
+
+def test_pack_selected_entries_to_stdout_and_unpack_from_stdin(source_store: Path, tmp_path: Path) -> None:
+    beta = next(e for e in Store(source_store).scan().entries if e.name == "beta")
+    packed = subprocess.run([sys.executable, "-m", "ccache_cli", "--store", str(source_store), "pack", "-", "beta"],
+                            capture_output=True, check=True)
+    assert packed.stderr == b""  # no progress in a pipe
+    target = tmp_path / "target"
+    unpacked = subprocess.run([sys.executable, "-m", "ccache_cli", "--store", str(target), "unpack", "-", "--json"],
+                              input=packed.stdout, capture_output=True, check=True)
+    assert json.loads(unpacked.stdout)["added"] == [beta.id]
+
+
+def test_inspect_archive_reads_the_index_only(source_store: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "a.tar.zst"
+    assert ccache("pack", str(archive), store=source_store).returncode == 0
+    listed = ccache_json("inspect", str(archive), store=tmp_path / "empty")
+    assert sorted(e["name"] for e in listed["entries"]) == ["alpha", "beta"]
+    assert not (tmp_path / "empty").exists()
+
+
+def test_export_dir_writes_a_plain_inductor_dir(source_store: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "a.tar.zst"
+    assert ccache("pack", str(archive), "alpha", store=source_store).returncode == 0
+    export = tmp_path / "export"
+    result = ccache_json("unpack", str(archive), "--export-dir", str(export), store=tmp_path / "t")
+    assert result["exported"]["dir"] == str(export)
+    assert (export / "fxgraph" / "ab" / "x").read_bytes() == b"graph a"
+    assert (export / "ab" / "k.so").read_bytes() == b"\x7fELF" * 500
+
+
+# -- hostile archives --------------------------------------------------------
+
+
+def tar_zst(members: list[tuple[tarfile.TarInfo, bytes | None]], trailing: bytes = b"") -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return zstandard.ZstdCompressor().compress(raw.getvalue() + trailing)
+
+
+def regular(name: str, data: bytes, size: int | None = None) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data) if size is None else size
+    return info, data
+
+
+def index_for(blobs: dict[str, bytes], version: int = 1) -> tuple[tarfile.TarInfo, bytes]:
+    """An index with one entry that needs every blob, so a wrong publish would show."""
+    refs = {f"inductor/{name}": {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for name, d in blobs.items()}
+    manifest = {"id": "e" * 64, "name": "hostile", "created": "2026-11-22T00:00:00Z",
+                "key": {"fingerprint": {}, "compile": {"device": "cpu", "sizes": [1], "dynamic": False},
+                        "model": {}, "inputs": {}, "sources": []},
+                "files": refs}
+    index = {"format": version, "entries": [manifest], "blobs": {r["sha256"]: r["size"] for r in refs.values()}}
+    return regular("index.json", json.dumps(index).encode())
+
+
+BLOB = b"kernel bytes" * 10
+SHA = hashlib.sha256(BLOB).hexdigest()
+
+
+def special(name: str, kind: bytes, link: str = "") -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    return info, None
+
+
+HOSTILE = {
+    "not zstd": (b"PK\x03\x04 this is a zip", "not a zstd-compressed archive"),
+    "truncated": (tar_zst([index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB)])[:-20], "truncated"),
+    "absolute path": (tar_zst([index_for({"b": BLOB}), regular("/etc/passwd", BLOB)]), "unsafe path"),
+    "dot dot": (tar_zst([index_for({"b": BLOB}), regular(f"objects/../../{SHA}", BLOB)]), "unsafe path"),
+    "symlink": (tar_zst([index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.SYMTYPE, "/etc/passwd")]), "is a link"),
+    "hardlink": (tar_zst([index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.LNKTYPE, "index.json")]), "is a link"),
+    "fifo": (tar_zst([index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.FIFOTYPE)]), "not a regular file"),
+    "device": (tar_zst([index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.CHRTYPE)]), "not a regular file"),
+    "duplicate": (tar_zst([index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB), regular(f"objects/{SHA}", BLOB)]), "appears twice"),
+    "bad hash": (tar_zst([index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB[:-1] + b"!")]), "does not match its hash"),
+    "larger than index": (tar_zst([index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB + b"x" * 10)]), "index.json says"),
+    # The member's bytes run on far past the size its header declares: reading stops
+    # at the declared size and what follows is rejected, never written out.
+    "runs past declared size": (
+        tar_zst([index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB)], trailing=b"\xff" * (64 << 20)), "corrupt"),
+    "future format": (tar_zst([index_for({"b": BLOB}, version=99)]), "format 99 is not supported"),
+    "no index": (tar_zst([regular(f"objects/{SHA}", BLOB)]), "does not start with index.json"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_archive_is_rejected_and_store_unchanged(case: str, source_store: Path, tmp_path: Path) -> None:
+    data, needle = HOSTILE[case]
+    archive = tmp_path / "hostile.tar.zst"
+    archive.write_bytes(data)
+    before = snapshot(source_store)
+    result = ccache("unpack", str(archive), store=source_store, cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ccache: error: ") and needle in lines[0], result.stderr
+    assert snapshot(source_store) == before
+    assert list((source_store / "tmp").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.tar.zst", "source"]
