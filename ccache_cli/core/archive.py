@@ -76,9 +76,6 @@ def pack(
     for entry in entries:
         for ref in entry.files.values():
             blobs[ref.sha256] = ref.size
-    for sha256 in blobs:
-        if not store.blob_path(sha256).is_file():
-            raise CcacheError(f"blob {sha256[:12]} is missing from store {store.root}; the store is damaged")
     index = {
         "format": ARCHIVE_FORMAT,
         "entries": sorted((dict(entry.manifest) for entry in entries), key=lambda m: m["id"]),
@@ -86,13 +83,22 @@ def pack(
     }
     # threads=-1 uses every core; zstd's output does not depend on the worker count.
     compressor = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
+    objects = str(store.objects_dir)
     with compressor.stream_writer(output, closefd=False) as compressed:
-        with tarfile.open(fileobj=compressed, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-            data = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
-            tar.addfile(_member(INDEX_NAME, len(data)), io.BytesIO(data))
-            for sha256, size in index["blobs"].items():
-                with open(store.blob_path(sha256), "rb") as blob:
-                    tar.addfile(_member(f"objects/{sha256}", size), _Counting(blob, on_progress))
+        # The tar stream is written by hand: tarfile's stream writer re-buffers every
+        # byte through Python and costs more than the compression itself.
+        data = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
+        written = _write_member(compressed, INDEX_NAME, io.BytesIO(data), len(data))
+        for sha256, size in index["blobs"].items():
+            try:
+                blob = open(os.path.join(objects, sha256[:2], sha256), "rb")
+            except FileNotFoundError:
+                raise CcacheError(f"blob {sha256[:12]} is missing from store {store.root}; the store is damaged") from None
+            with blob:
+                written += _write_member(compressed, f"objects/{sha256}", blob, size)
+            on_progress(size)
+        end = 2 * tarfile.BLOCKSIZE
+        compressed.write(bytes(end + (-(written + end)) % tarfile.RECORDSIZE))
     return PackResult(tuple(entries), len(blobs), sum(blobs.values()))
 
 
@@ -109,6 +115,7 @@ def unpack(
     on_progress: Progress = lambda _: None,
 ) -> UnpackResult:
     """Merge an archive's entries into `store`; all or nothing."""
+    objects = str(store.objects_dir)
     with store.staging() as staging, _open_tar(_Counting(source, on_progress)) as tar:
         index = _read_index(tar)
         wanted_entries, skipped = [], []
@@ -117,24 +124,21 @@ def unpack(
             (wanted_entries if select(entry) else skipped).append(entry)
         wanted_blobs = {ref.sha256 for entry in wanted_entries for ref in entry.files.values()}
         received: set[str] = set()
-        for member in _members(tar):
+        while (member := tar.next()) is not None:
             sha256 = _check_member(member, index["blobs"], received)
             received.add(sha256)
-            reader = tar.extractfile(member)
-            assert reader is not None
-            if sha256 in wanted_blobs and not store.blob_path(sha256).exists():
-                with open(staging / sha256, "wb") as out:
-                    _copy_checked(reader, sha256, member.size, out)
+            if sha256 in wanted_blobs and not os.path.exists(os.path.join(objects, sha256[:2], sha256)):
+                with open(os.path.join(staging, sha256), "wb") as out:
+                    _copy_checked(tar, sha256, member.size, out)
             else:
-                _copy_checked(reader, sha256, member.size, None)
-        _check_end(tar)
+                _copy_checked(tar, sha256, member.size, None)
         missing = set(index["blobs"]) - received
         if missing:
             raise ArchiveError(f"archive is truncated or incomplete: {len(missing)} blob(s) listed in its index are absent")
         new_blobs = new_bytes = 0
         for staged in sorted(staging.iterdir()):
             if _BLOB_NAME.match(f"objects/{staged.name}"):
-                ref, added = store.adopt_blob(staged)
+                ref, added = store.adopt_blob(staged, verified_sha256=staged.name)
                 new_blobs += added
                 new_bytes += ref.size if added else 0
         added_entries, kept = [], []
@@ -189,69 +193,47 @@ def is_archive_path(text: str) -> bool:
     return text == "-" or text.endswith((".tar.zst", ".tzst")) or os.path.isfile(text)
 
 
-def _member(name: str, size: int) -> tarfile.TarInfo:
+def _write_member(out: IO[bytes], name: str, content: IO[bytes], size: int) -> int:
+    """Write one regular-file member with fixed metadata; returns the bytes written."""
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = 0
     info.mode = 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    return info
+    out.write(info.tobuf(tarfile.USTAR_FORMAT))
+    remaining = size
+    while remaining:
+        chunk = content.read(min(_CHUNK * 8, remaining))
+        if not chunk:
+            raise CcacheError(f"{name} is shorter than {size} bytes; the store is damaged")
+        out.write(chunk)
+        remaining -= len(chunk)
+    padding = -size % tarfile.BLOCKSIZE
+    out.write(bytes(padding))
+    return tarfile.BLOCKSIZE + size + padding
 
 
 @contextlib.contextmanager
-def _open_tar(source: IO[bytes]) -> Iterator[tarfile.TarFile]:
+def _open_tar(source: IO[bytes]) -> Iterator[_TarReader]:
     """A streaming tar reader over a zstd stream."""
     head = source.read(4)
     if head != _ZSTD_MAGIC:
         raise ArchiveError("not a zstd-compressed archive (expected a .tar.zst written by `ccache pack`)")
     reader = zstandard.ZstdDecompressor().stream_reader(_Prefixed(head, source), closefd=False)
     try:
-        with tarfile.open(fileobj=reader, mode="r|") as tar:
-            yield tar
+        yield _TarReader(io.BufferedReader(reader, _CHUNK))  # type: ignore[arg-type]
     except zstandard.ZstdError as exc:
         raise ArchiveError(f"corrupt zstd stream: {exc}") from exc
-    except tarfile.TarError as exc:
-        raise ArchiveError(f"corrupt or truncated tar stream: {exc}") from exc
-    except EOFError as exc:
-        raise ArchiveError("archive is truncated") from exc
 
 
-def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    """The members after the index, one at a time, holding none of them in memory."""
-    while True:
-        try:
-            member = tar.next()
-        except tarfile.TarError as exc:
-            raise ArchiveError(f"corrupt or truncated tar stream: {exc}") from exc
-        if member is None:
-            return
-        tar.members.clear()  # TarFile keeps every header it has read; a stream needs none
-        yield member
-
-
-def _check_end(tar: tarfile.TarFile) -> None:
-    """Past the last member only tar's zero padding may follow.
-
-    Tar readers stop at an unreadable header without a word, which would hide data
-    after the last member; at most `_TAIL_LIMIT` bytes are read to tell.
-    """
-    tail = tar.fileobj.read(_TAIL_LIMIT + 1)  # type: ignore[union-attr]
-    if len(tail) > _TAIL_LIMIT or tail.strip(b"\0"):
-        raise ArchiveError("archive has data past its last member; it is corrupt or was tampered with")
-
-
-def _read_index(tar: tarfile.TarFile) -> dict[str, Any]:
+def _read_index(tar: _TarReader) -> dict[str, Any]:
     first = tar.next()
     if first is None or first.name != INDEX_NAME or not first.isreg():
         raise ArchiveError(f"archive does not start with {INDEX_NAME}; it was not written by `ccache pack`")
     if first.size > _INDEX_LIMIT:
         raise ArchiveError(f"{INDEX_NAME} declares {first.size} bytes, more than any index this tool writes")
-    reader = tar.extractfile(first)
-    assert reader is not None
-    data = reader.read(first.size)
-    if len(data) != first.size:
-        raise ArchiveError("archive is truncated inside its index")
+    data = tar.read_exactly(first.size, f"its {INDEX_NAME}")
     try:
         index = json.loads(data)
         version = index["format"]
@@ -295,20 +277,62 @@ def _check_member(member: tarfile.TarInfo, blobs: dict[str, int], received: set[
     return sha256
 
 
-def _copy_checked(reader: IO[bytes], sha256: str, size: int, out: IO[bytes] | None) -> None:
+def _copy_checked(tar: _TarReader, sha256: str, size: int, out: IO[bytes] | None) -> None:
     """Read exactly `size` bytes of a member, into `out` if given, and check their hash."""
     digest = hashlib.sha256()
     remaining = size
     while remaining:
-        chunk = reader.read(min(_CHUNK, remaining))
-        if not chunk:
-            raise ArchiveError(f"archive is truncated inside blob {sha256[:12]}")
+        chunk = tar.read_exactly(min(_CHUNK, remaining), f"blob {sha256[:12]}")
         digest.update(chunk)
         if out is not None:
             out.write(chunk)
         remaining -= len(chunk)
     if digest.hexdigest() != sha256:
         raise ArchiveError(f"blob {sha256[:12]} does not match its hash; the archive is corrupt")
+
+
+class _TarReader:
+    """Reads the members of a tar stream in order, holding none of them in memory.
+
+    tarfile's own stream mode re-buffers every byte in Python (slow for many small
+    members) and stops without a word at an unreadable header, which would hide data
+    after the last member; this reader does neither.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._unread = 0  # bytes of the current member's data and padding not yet read
+
+    def next(self) -> tarfile.TarInfo | None:
+        """The next member's header, or None at the end-of-archive marker."""
+        self._skip(self._unread)
+        header = self.read_exactly(tarfile.BLOCKSIZE, "a member header")
+        if header == bytes(tarfile.BLOCKSIZE):
+            self._check_end()
+            return None
+        try:
+            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+        except tarfile.HeaderError as exc:
+            raise ArchiveError(f"corrupt tar header ({exc}); the archive is damaged") from exc
+        self._unread = info.size + (-info.size % tarfile.BLOCKSIZE) if info.isreg() else 0
+        return info
+
+    def read_exactly(self, size: int, what: str) -> bytes:
+        data = self._stream.read(size)
+        if len(data) != size:
+            raise ArchiveError(f"archive is truncated inside {what}")
+        self._unread = max(self._unread - size, 0)
+        return data
+
+    def _skip(self, size: int) -> None:
+        while size:
+            size -= len(self.read_exactly(min(size, _CHUNK), "a member"))
+
+    def _check_end(self) -> None:
+        # Only tar's zero padding may follow the marker; read a bounded amount to tell.
+        tail = self._stream.read(_TAIL_LIMIT + 1)
+        if len(tail) > _TAIL_LIMIT or tail.strip(b"\0"):
+            raise ArchiveError("archive has data past its end-of-archive marker; it is corrupt or was tampered with")
 
 
 class _Counting(io.RawIOBase):

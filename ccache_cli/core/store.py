@@ -208,14 +208,15 @@ class Store:
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
-    def adopt_blob(self, path: Path) -> tuple[FileRef, bool]:
+    def adopt_blob(self, path: Path, verified_sha256: str | None = None) -> tuple[FileRef, bool]:
         """Move a staged file (under this store's tmp/) into the store as a blob.
 
-        Returns the blob's reference and whether it was new to the store; a blob that
-        is already there stays as it is and the staged file is left behind.
+        `verified_sha256` skips hashing for a file whose bytes were hashed as they were
+        written. Returns the blob's reference and whether it was new to the store; a
+        blob that is already there stays as it is and the staged file is left behind.
         """
         size = path.stat().st_size
-        sha256 = sha256_file(path)
+        sha256 = verified_sha256 or sha256_file(path)
         target = self.blob_path(sha256)
         if target.exists():
             return FileRef(sha256, size), False

@@ -1,0 +1,150 @@
+"""Benchmark `ccache pack` / `unpack` / `inspect ARCHIVE` against tar + zstd -T0 -3.
+
+Builds a synthetic store shaped like real compile caches (many small generated .py
+and .json files, .so libraries, cubin-sized binaries, some files shared between
+entries), then, in one run, times each tool on the same files and prints the figures.
+
+    python benchmarks/archive.py [--mb 600] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ccache_cli.core.store import Store
+
+WORDS = (
+    "def kernel triton_poi_fused xindex xmask tl.load tl.store in_ptr0 out_ptr0 tmp0 tmp1 = + * "
+    "import torch from torch._inductor runtime triton_heuristics @triton.jit pointwise size_hints "
+    "buf0 buf1 empty_strided_cuda assert_size_stride reinterpret_tensor extern_kernels.mm"
+).split()
+
+
+def text_blob(rng: random.Random, size: int) -> bytes:
+    lines = []
+    total = 0
+    while total < size:
+        line = " ".join(rng.choices(WORDS, k=rng.randint(4, 14))) + f"  # {rng.getrandbits(32):08x}\n"
+        lines.append(line)
+        total += len(line)
+    return "".join(lines).encode()[:size]
+
+
+def binary_blob(rng: random.Random, size: int) -> bytes:
+    # Machine code compresses about 2-3x: random bytes interleaved with repeated runs.
+    parts = []
+    total = 0
+    while total < size:
+        chunk = rng.randbytes(rng.randint(64, 512)) + bytes(rng.randint(32, 512)) + b"\x48\x89\xe5\x41\x57" * 40
+        parts.append(chunk)
+        total += len(chunk)
+    return b"".join(parts)[:size]
+
+
+def build_store(root: Path, target_mb: int) -> Store:
+    rng = random.Random(0)
+    store = Store(root)
+    shared: dict[str, bytes] = {f"inductor/ab/shared{i}.py": text_blob(rng, 20_000) for i in range(200)}
+    total = 0
+    n = 0
+    while total < target_mb * 1_000_000:
+        files: dict[str, bytes] = dict(rng.sample(sorted(shared.items()), 50))
+        for i in range(600):  # generated Python kernels and JSON metadata
+            files[f"inductor/{i % 97:02x}/k{n}_{i}.py"] = text_blob(rng, rng.randint(1_000, 12_000))
+            files[f"inductor/triton/0/{n}_{i}/meta.json"] = json.dumps({"name": f"k{i}", "n": n, "r": rng.random()}).encode()
+        for i in range(12):  # C++ kernels and launchers
+            files[f"inductor/{i:02x}/c{n}_{i}.so"] = binary_blob(rng, rng.randint(200_000, 900_000))
+        for i in range(60):  # cubins
+            files[f"inductor/triton/0/{n}_{i}/k.cubin"] = binary_blob(rng, rng.randint(20_000, 120_000))
+        publish(store, f"synthetic-{n}", files)
+        total += sum(len(d) for d in files.values())
+        n += 1
+    return store
+
+
+def publish(store: Store, name: str, files: dict[str, bytes]) -> None:
+    with store.staging() as staging:
+        refs = {}
+        for i, (path, data) in enumerate(files.items()):
+            staged = staging / f"f{i}"
+            staged.write_bytes(data)
+            ref, _ = store.adopt_blob(staged)
+            refs[path] = {"sha256": ref.sha256, "size": ref.size}
+        key = {"fingerprint": {}, "compile": {"device": "cpu", "sizes": [1], "dynamic": False},
+               "model": {"module": name, "attr": "build"}, "inputs": {}, "sources": []}
+        entry_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        manifest = {"format": 1, "id": entry_id, "name": name, "created": "2026-11-22T00:00:00Z", "lookup": "",
+                    "key": key, "timings": {"sizes": [], "aot": None}, "aot": {"status": "disabled", "reason": None},
+                    "files": refs}
+        (staging / "entry").mkdir()
+        (staging / "entry" / "manifest.json").write_text(json.dumps(manifest))
+        store.publish(staging / "entry", entry_id)
+
+
+def timed(command: list[str] | str, **kwargs: object) -> tuple[float, int]:
+    """Wall seconds and peak RSS (MB) of one command, measured on that process alone."""
+    drop_caches()
+    start = time.perf_counter()
+    process = subprocess.Popen(command, shell=isinstance(command, str), **kwargs)  # type: ignore[call-overload]
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"failed: {command}")
+    return elapsed, usage.ru_maxrss // 1024
+
+
+def drop_caches() -> None:
+    subprocess.run("sync", shell=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mb", type=int, default=600, help="size of the synthetic store")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="ccache-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    ccache = [sys.executable, "-m", "ccache_cli"]
+    try:
+        t0 = time.perf_counter()
+        store = build_store(work / "store", args.mb)
+        files = sum(1 for p in (store.root / "objects").rglob("*") if p.is_file())
+        size = sum(p.stat().st_size for p in (store.root / "objects").rglob("*") if p.is_file())
+        print(f"synthetic store: {len(store.scan().entries)} entries, {files} blobs, {size / 1e6:.0f} MB "
+              f"(built in {time.perf_counter() - t0:.0f} s); {os.cpu_count()} cores")
+
+        archive, tarball = work / "a.tar.zst", work / "t.tar.zst"
+        pack_s, pack_mb = timed([*ccache, "--store", str(store.root), "pack", str(archive)])
+        tar_s, _ = timed(f"tar -C {store.root} -cf - objects entries | zstd -q -T0 -3 -o {tarball}")
+        print(f"pack      ccache {pack_s:6.2f} s  {archive.stat().st_size / 1e6:7.1f} MB  peak {pack_mb} MB | "
+              f"tar+zstd {tar_s:6.2f} s  {tarball.stat().st_size / 1e6:7.1f} MB | "
+              f"time {pack_s / tar_s:.2f}x  size {archive.stat().st_size / tarball.stat().st_size:.3f}x")
+
+        target, plain = work / "unpacked", work / "plain"
+        plain.mkdir()
+        unpack_s, unpack_mb = timed([*ccache, "--store", str(target), "unpack", str(archive)])
+        untar_s, _ = timed(f"zstd -q -d -c {tarball} | tar -C {plain} -xf -")
+        print(f"unpack    ccache {unpack_s:6.2f} s  peak {unpack_mb} MB (checks every hash) | "
+              f"tar+zstd {untar_s:6.2f} s | time {unpack_s / untar_s:.2f}x")
+
+        inspect_s, _ = timed([*ccache, "--store", str(work / "none"), "inspect", str(archive), "--json"],
+                             stdout=subprocess.DEVNULL)
+        print(f"inspect   ccache {inspect_s:6.2f} s on a {archive.stat().st_size / 1e6:.0f} MB archive "
+              f"({size / 1e6:.0f} MB of blobs)")
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
