@@ -109,7 +109,7 @@ def drop_caches() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mb", type=int, default=600, help="size of the synthetic store")
+    parser.add_argument("--mb", type=int, default=560, help="size of the synthetic store, MB")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ccache-bench-"))

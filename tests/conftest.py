@@ -26,6 +26,15 @@ def ccache(*args: str, store: Path | None = None, cwd: Path | None = None, env: 
     return subprocess.run(command + list(args), capture_output=True, text=True, cwd=cwd, env=full_env, timeout=900)
 
 
+def imported_modules(result: subprocess.CompletedProcess[str]) -> set[str]:
+    """Top-level module names from `python -X importtime` output."""
+    names = set()
+    for line in result.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return names
+
+
 def ccache_json(*args: str, **kwargs: object) -> dict:
     result = ccache(*args, "--json", **kwargs)  # type: ignore[arg-type]
     assert result.returncode == 0, result.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import ccache, ccache_json
+from conftest import ccache, ccache_json, imported_modules
 
 from ccache_cli.core.store import Store
 
@@ -87,6 +87,15 @@ def test_unpack_merges_dedupes_and_is_idempotent(source_store: Path, tmp_path: P
     assert snapshot(target) == before
     assert snapshot(target / "objects") == snapshot(Path(source_store) / "objects")
     assert list((target / "tmp").iterdir()) == []
+
+
+def test_pack_and_unpack_do_not_import_torch(source_store: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "a.tar.zst"
+    for args, store in ((("pack", str(archive)), source_store), (("unpack", str(archive)), tmp_path / "t")):
+        result = ccache(*args, store=store, python_flags=["-X", "importtime"])
+        assert result.returncode == 0, result.stderr
+        modules = imported_modules(result)
+        assert "zstandard" in modules and "torch" not in modules
 
 
 def test_pack_selected_entries_to_stdout_and_unpack_from_stdin(source_store: Path, tmp_path: Path) -> None:

@@ -7,16 +7,7 @@ import platform
 import shutil
 from pathlib import Path
 
-from conftest import ccache, ccache_json
-
-
-def imported_modules(result) -> set[str]:
-    """Top-level module names from `python -X importtime` output."""
-    names = set()
-    for line in result.stderr.splitlines():
-        if line.startswith("import time:") and "|" in line:
-            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
-    return names
+from conftest import ccache, ccache_json, imported_modules
 
 
 def test_help_does_not_import_torch() -> None:
