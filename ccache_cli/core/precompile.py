@@ -23,7 +23,7 @@ from . import errors, fingerprint, modelspec, sources
 from .artifacts import IGNORED_INDUCTOR_DIRS, INDUCTOR_PREFIX
 from .errors import CcacheError, CompileError, DeviceError, SizesError
 from .hashing import hash_json
-from .store import Entry, Source, Store
+from .store import Entry, Store
 
 MANIFEST_FORMAT = 1
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
