@@ -12,7 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from ..core import archive
 from ..core.errors import BadInputError
-from ..core.inspect import report_entry, this_machine
+from ..core.inspect import fits, this_machine
 from ..core.store import Entry, Store
 from .render import emit_json, err, human_bytes, out, warn
 
@@ -31,7 +31,7 @@ def pack_command(
         raise BadInputError("--json writes to stdout, so it cannot be used with OUTPUT -")
     chosen = [store.find(ref) for ref in entries] if entries else list(store.scan().entries)
     if compatible_only:
-        chosen = _compatible(store, chosen)
+        chosen = fits(chosen, *this_machine(store))
     if not chosen:
         raise BadInputError(f"nothing to pack: no {'compatible ' if compatible_only else ''}entries in {store.root}")
     total = sum(ref.size for ref in {r.sha256: r for e in chosen for r in e.files.values()}.values())
@@ -60,7 +60,7 @@ def unpack_command(
     machine, exact = this_machine(store)
 
     def select(candidate: Entry) -> bool:
-        return not compatible_only or report_entry(candidate, machine, exact).compatible is not False
+        return not compatible_only or bool(fits([candidate], machine, exact))
 
     total = Path(source).stat().st_size if source != "-" and Path(source).is_file() else None
     with archive.open_source(source) as handle, _progress("unpacking", total, not json_output) as on_progress:
@@ -82,16 +82,11 @@ def unpack_command(
                   f"TORCHINDUCTOR_CACHE_DIR={export_dir}")
 
 
-def _compatible(store: Store, entries: list[Entry]) -> list[Entry]:
-    machine, exact = this_machine(store)
-    return [e for e in entries if report_entry(e, machine, exact).compatible is not False]
-
-
 def _export(store: Store, entries: list[Entry], ref: str | None, target: Path, machine: dict, exact: bool) -> Entry:
     if ref is not None:
         chosen = store.find(ref)
     else:
-        fitting = [e for e in entries if report_entry(e, machine, exact).compatible is not False]
+        fitting = fits(entries, machine, exact)
         if len(fitting) != 1:
             ids = ", ".join(e.short_id for e in fitting) or "none"
             raise BadInputError(f"--export-dir needs one entry that fits this machine; found {len(fitting)} ({ids}): pass --entry")

@@ -62,6 +62,11 @@ def report_entry(entry: Entry, machine: dict[str, Any], exact: bool) -> EntryRep
     return EntryReport(entry, compatible, found, kinds)
 
 
+def fits(entries: list[Entry] | tuple[Entry, ...], machine: dict[str, Any], exact: bool) -> list[Entry]:
+    """The entries whose key does not contradict `machine` (unknown parts count as fitting)."""
+    return [entry for entry in entries if report_entry(entry, machine, exact).compatible is not False]
+
+
 def entry_json(report: EntryReport) -> dict[str, Any]:
     """An entry as `inspect --json` prints it."""
     entry = report.entry

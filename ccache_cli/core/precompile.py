@@ -112,6 +112,7 @@ def precompile(
     modelspec.parse(request.model)  # malformed specs fail before a worker starts
     if request.inputs:
         modelspec.parse(request.inputs, default_attr=None)
+    probe = fingerprint.probe_digest()
     with store.staging() as staging:
         request_file = staging / "request.json"
         request_file.write_text(
@@ -124,7 +125,7 @@ def precompile(
                     "dynamic": request.dynamic,
                     "mode": request.mode,
                     "aot": request.aot,
-                    "machine": _cached_machine(store, device),
+                    "machine": store.cached_machine_fingerprint(probe) if device in _PRIMARY_DEVICES else None,
                 }
             )
         )
@@ -133,7 +134,7 @@ def precompile(
         try:
             planned = worker.expect("planned")
             if device in _PRIMARY_DEVICES:
-                store.save_machine_fingerprint(fingerprint.probe_digest(), planned["machine"])
+                store.save_machine_fingerprint(probe, planned["machine"])
             lookup = lookup_key(planned)
             if not request.force:
                 existing = _fresh_entry(store, lookup, planned["sys_path"])
@@ -157,15 +158,9 @@ def precompile(
     return PrecompileResult(entry, False, reports, new_bytes, time.perf_counter() - start)
 
 
-# Cached machine fingerprints describe GPU 0; other GPUs are probed every time.
+# Cached machine fingerprints describe GPU 0; other GPUs are probed every time. A cached
+# one spares the worker seconds of probing (Inductor's ISA check compiles test programs).
 _PRIMARY_DEVICES = ("cpu", "cuda:0")
-
-
-def _cached_machine(store: Store, device: str) -> dict[str, Any] | None:
-    """This machine's fingerprint from an earlier run, which saves the worker seconds."""
-    if device not in _PRIMARY_DEVICES:
-        return None
-    return store.cached_machine_fingerprint(fingerprint.probe_digest())
 
 
 def _fresh_entry(store: Store, lookup: str, sys_path: list[str]) -> Entry | None:
