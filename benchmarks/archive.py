@@ -86,9 +86,7 @@ def publish(store: Store, name: str, files: dict[str, bytes]) -> None:
         manifest = {"format": 1, "id": entry_id, "name": name, "created": "2026-11-22T00:00:00Z", "lookup": "",
                     "key": key, "timings": {"sizes": [], "aot": None}, "aot": {"status": "disabled", "reason": None},
                     "files": refs}
-        (staging / "entry").mkdir()
-        (staging / "entry" / "manifest.json").write_text(json.dumps(manifest))
-        store.publish(staging / "entry", entry_id)
+        store.publish([manifest], staging)
 
 
 def timed(command: list[str] | str, **kwargs: object) -> tuple[float, int]:

@@ -38,10 +38,7 @@ def make_entry(store: Store, name: str, files: dict[str, bytes]) -> str:
         manifest = {"format": 1, "id": entry_id, "name": name, "created": "2026-11-22T00:00:00Z", "lookup": "x",
                     "key": key, "timings": {"sizes": [], "aot": None}, "aot": {"status": "disabled", "reason": None},
                     "files": refs}
-        staged_entry = staging / "entry"
-        staged_entry.mkdir()
-        (staged_entry / "manifest.json").write_text(json.dumps(manifest))
-        store.publish(staged_entry, entry_id)
+        store.publish([manifest], staging)
     return entry_id
 
 

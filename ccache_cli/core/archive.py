@@ -18,10 +18,12 @@ import hashlib
 import io
 import json
 import os
+import queue
 import re
 import sys
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ _INDEX_LIMIT = 256 << 20  # an index past this is not one this tool wrote
 _BLOB_NAME = re.compile(r"^objects/([0-9a-f]{64})$")
 _CHUNK = 1 << 20
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
 _TAIL_LIMIT = 64 << 10  # tar pads its end to a 10 KiB record; allow for any record size
 
 Progress = Callable[[int], None]  # called with a count of bytes just handled
@@ -82,7 +85,6 @@ def pack(
     }
     # threads=-1 uses every core; zstd's output does not depend on the worker count.
     compressor = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
-    objects = str(store.objects_dir)
     with compressor.stream_writer(output, closefd=False) as compressed:
         # The tar stream is written by hand: tarfile's stream writer re-buffers every
         # byte through Python and costs more than the compression itself.
@@ -90,7 +92,7 @@ def pack(
         written = _write_member(compressed, INDEX_NAME, io.BytesIO(data), len(data))
         for sha256, size in index["blobs"].items():
             try:
-                blob = open(os.path.join(objects, sha256[:2], sha256), "rb")
+                blob = open(store.blob_file(sha256), "rb")
             except FileNotFoundError:
                 raise CcacheError(f"blob {sha256[:12]} is missing from store {store.root}; the store is damaged") from None
             with blob:
@@ -114,7 +116,6 @@ def unpack(
     on_progress: Progress = lambda _: None,
 ) -> UnpackResult:
     """Merge an archive's entries into `store`; all or nothing."""
-    objects = str(store.objects_dir)
     with store.staging() as staging, _open_tar(_Counting(source, on_progress)) as tar:
         index = _read_index(tar)
         wanted_entries, skipped = [], []
@@ -122,32 +123,31 @@ def unpack(
             entry = Entry(manifest["id"], manifest)
             (wanted_entries if select(entry) else skipped).append(entry)
         wanted_blobs = {ref.sha256 for entry in wanted_entries for ref in entry.files.values()}
+        wanted_blobs -= store.blobs_present(wanted_blobs)
         received: set[str] = set()
+        staged: dict[str, str] = {}
         while (member := tar.next()) is not None:
             sha256 = _check_member(member, index["blobs"], received)
             received.add(sha256)
-            if sha256 in wanted_blobs and not os.path.exists(os.path.join(objects, sha256[:2], sha256)):
-                with open(os.path.join(staging, sha256), "wb") as out:
-                    _copy_checked(tar, sha256, member.size, out)
+            path = os.path.join(staging, sha256) if sha256 in wanted_blobs else None
+            if member.size <= _CHUNK:  # most blobs: read whole, check, then write
+                data = tar.read_exactly(member.size, f"blob {sha256[:12]}")
+                _check_hash(hashlib.sha256(data), sha256)
+                if path is not None:
+                    _write_new_file(path, data)
             else:
-                _copy_checked(tar, sha256, member.size, None)
+                _copy_checked(tar, sha256, member.size, path)
+            if path is not None:
+                staged[sha256] = path
         missing = set(index["blobs"]) - received
         if missing:
             raise ArchiveError(f"archive is truncated or incomplete: {len(missing)} blob(s) listed in its index are absent")
-        new_blobs = new_bytes = 0
-        for staged in sorted(staging.iterdir()):
-            if _BLOB_NAME.match(f"objects/{staged.name}"):
-                ref, added = store.adopt_blob(staged, verified_sha256=staged.name)
-                new_blobs += added
-                new_bytes += ref.size if added else 0
-        added_entries, kept = [], []
-        for entry in wanted_entries:
-            staged_entry = staging / "entries" / entry.id
-            staged_entry.mkdir(parents=True)
-            (staged_entry / "manifest.json").write_text(json.dumps(dict(entry.manifest), indent=1, sort_keys=True) + "\n")
-            published, is_new = store.publish(staged_entry, entry.id)
-            (added_entries if is_new else kept).append(published)
-    return UnpackResult(tuple(added_entries), tuple(kept), tuple(e.id for e in skipped), new_blobs, new_bytes)
+        store.adopt_verified_blobs(staged)
+        published = store.publish([entry.manifest for entry in wanted_entries], staging)
+    added_entries = [entry for entry, is_new in published if is_new]
+    kept = [entry for entry, is_new in published if not is_new]
+    new_bytes = sum(index["blobs"][sha256] for sha256 in staged)
+    return UnpackResult(tuple(added_entries), tuple(kept), tuple(e.id for e in skipped), len(staged), new_bytes)
 
 
 @contextlib.contextmanager
@@ -221,14 +221,15 @@ def _open_tar(source: IO[bytes]) -> Iterator[_TarReader]:
         raise ArchiveError("not a zstd-compressed archive (expected a .tar.zst written by `ccache pack`)")
     reader = zstandard.ZstdDecompressor().stream_reader(_Prefixed(head, source), closefd=False)
     try:
-        yield _TarReader(io.BufferedReader(reader, _CHUNK))  # type: ignore[arg-type]
+        with contextlib.closing(_ReadAhead(reader)) as ahead:
+            yield _TarReader(io.BufferedReader(ahead, _CHUNK))
     except zstandard.ZstdError as exc:
         raise ArchiveError(f"corrupt zstd stream: {exc}") from exc
 
 
 def _read_index(tar: _TarReader) -> dict[str, Any]:
     first = tar.next()
-    if first is None or first.name != INDEX_NAME or not first.isreg():
+    if first is None or first.name != INDEX_NAME or first.type not in _REGULAR:
         raise ArchiveError(f"archive does not start with {INDEX_NAME}; it was not written by `ccache pack`")
     if first.size > _INDEX_LIMIT:
         raise ArchiveError(f"{INDEX_NAME} declares {first.size} bytes, more than any index this tool writes")
@@ -255,13 +256,13 @@ def _read_index(tar: _TarReader) -> dict[str, Any]:
     return index
 
 
-def _check_member(member: tarfile.TarInfo, blobs: dict[str, int], received: set[str]) -> str:
+def _check_member(member: _Member, blobs: dict[str, int], received: set[str]) -> str:
     name = member.name
     if name.startswith("/") or ".." in name.split("/"):
         raise ArchiveError(f"archive member {name!r} has an unsafe path")
-    if member.issym() or member.islnk():
+    if member.type in (tarfile.SYMTYPE, tarfile.LNKTYPE):
         raise ArchiveError(f"archive member {name!r} is a link; archives hold regular files only")
-    if not member.isreg():
+    if member.type not in _REGULAR:
         raise ArchiveError(f"archive member {name!r} is not a regular file")
     match = _BLOB_NAME.match(name)
     if match is None:
@@ -276,18 +277,68 @@ def _check_member(member: tarfile.TarInfo, blobs: dict[str, int], received: set[
     return sha256
 
 
-def _copy_checked(tar: _TarReader, sha256: str, size: int, out: IO[bytes] | None) -> None:
-    """Read exactly `size` bytes of a member, into `out` if given, and check their hash."""
+def _copy_checked(tar: _TarReader, sha256: str, size: int, path: str | None) -> None:
+    """Read exactly `size` bytes of a member, into a new read-only file at `path` if
+    given, and check that they hash to `sha256`."""
     digest = hashlib.sha256()
-    remaining = size
-    while remaining:
-        chunk = tar.read_exactly(min(_CHUNK, remaining), f"blob {sha256[:12]}")
-        digest.update(chunk)
-        if out is not None:
-            out.write(chunk)
-        remaining -= len(chunk)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444) if path is not None else None
+    try:
+        remaining = size
+        while remaining:
+            chunk = tar.read_exactly(min(_CHUNK, remaining), f"blob {sha256[:12]}")
+            digest.update(chunk)
+            if fd is not None:
+                os.write(fd, chunk)  # a regular file takes the whole chunk
+            remaining -= len(chunk)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    _check_hash(digest, sha256)
+
+
+def _check_hash(digest: Any, sha256: str) -> None:
     if digest.hexdigest() != sha256:
         raise ArchiveError(f"blob {sha256[:12]} does not match its hash; the archive is corrupt")
+
+
+def _write_new_file(path: str, data: bytes) -> None:
+    """Create a read-only file that must not exist yet, holding `data`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    try:
+        os.write(fd, data)  # a regular file takes the whole buffer
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class _Member:
+    name: str
+    size: int
+    type: bytes  # the ustar typeflag
+
+
+def _parse_header(block: bytes) -> _Member:
+    """A ustar header block; only what unpacking needs, checksum verified.
+
+    tarfile's own parser handles every tar dialect and costs more than the rest of
+    unpacking; archives of this tool are plain ustar.
+    """
+    if _octal(block[148:156], "checksum") != sum(block[:148]) + 8 * ord(" ") + sum(block[156:]):
+        raise ArchiveError("corrupt tar header (bad checksum); the archive is damaged")
+    name = block[:100].split(b"\0", 1)[0]
+    prefix = block[345:500].split(b"\0", 1)[0] if block[257:262] == b"ustar" else b""
+    if prefix:
+        name = prefix + b"/" + name
+    return _Member(name.decode("utf-8", "surrogateescape"), _octal(block[124:136], "size"), block[156:157])
+
+
+def _octal(field: bytes, what: str) -> int:
+    if field[:1] == b"\x80":  # GNU base-256 for large numbers
+        return int.from_bytes(field[1:], "big")
+    try:
+        return int(field.strip(b" \0") or b"0", 8)
+    except ValueError:
+        raise ArchiveError(f"corrupt tar header (bad {what} field); the archive is damaged") from None
 
 
 class _TarReader:
@@ -302,19 +353,16 @@ class _TarReader:
         self._stream = stream
         self._unread = 0  # bytes of the current member's data and padding not yet read
 
-    def next(self) -> tarfile.TarInfo | None:
+    def next(self) -> _Member | None:
         """The next member's header, or None at the end-of-archive marker."""
         self._skip(self._unread)
         header = self.read_exactly(tarfile.BLOCKSIZE, "a member header")
         if header == bytes(tarfile.BLOCKSIZE):
             self._check_end()
             return None
-        try:
-            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
-        except tarfile.HeaderError as exc:
-            raise ArchiveError(f"corrupt tar header ({exc}); the archive is damaged") from exc
-        self._unread = info.size + (-info.size % tarfile.BLOCKSIZE) if info.isreg() else 0
-        return info
+        member = _parse_header(header)
+        self._unread = member.size + (-member.size % tarfile.BLOCKSIZE) if member.type in _REGULAR else 0
+        return member
 
     def read_exactly(self, size: int, what: str) -> bytes:
         data = self._stream.read(size)
@@ -332,6 +380,60 @@ class _TarReader:
         tail = self._stream.read(_TAIL_LIMIT + 1)
         if len(tail) > _TAIL_LIMIT or tail.strip(b"\0"):
             raise ArchiveError("archive has data past its end-of-archive marker; it is corrupt or was tampered with")
+
+
+class _ReadAhead(io.RawIOBase):
+    """Reads `inner` in a thread, a few chunks ahead of the consumer.
+
+    Decompression (and reading the archive) then overlaps with hashing and writing
+    blobs: zstd and hashlib both release the GIL. At most `_AHEAD` chunks are held.
+    """
+
+    _AHEAD = 8
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self._chunks: queue.Queue[bytes | BaseException] = queue.Queue(self._AHEAD)
+        self._current = memoryview(b"")
+        self._stopped = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._fill, args=(inner,), daemon=True)
+        self._thread.start()
+
+    def _fill(self, inner: IO[bytes]) -> None:
+        while not self._stopped.is_set():
+            try:
+                item: bytes | BaseException = inner.read(_CHUNK)
+            except BaseException as exc:  # handed to the consumer, raised there
+                item = exc
+            while not self._stopped.is_set():
+                try:
+                    self._chunks.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not item or isinstance(item, BaseException):
+                return
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._current and not self._done:
+            item = self._chunks.get()
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            self._done = not item
+            self._current = memoryview(item)
+        size = min(len(buffer), len(self._current))
+        buffer[:size] = self._current[:size]
+        self._current = self._current[size:]
+        return size
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+        super().close()
 
 
 class _Counting(io.RawIOBase):

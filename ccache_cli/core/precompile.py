@@ -211,10 +211,7 @@ def _store_entry(
         "aot": {"status": result["aot"]["status"], "reason": result["aot"]["reason"]},
         "files": files,
     }
-    staged_entry = staging / "entry"
-    staged_entry.mkdir()
-    (staged_entry / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    entry, _ = store.publish(staged_entry, entry_id)
+    [(entry, _)] = store.publish([manifest], staging)
     return entry, new_bytes
 
 

@@ -23,7 +23,7 @@ import shutil
 import stat
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,7 +136,25 @@ class Store:
         return self.root / "tmp"
 
     def blob_path(self, sha256: str) -> Path:
-        return self.objects_dir / sha256[:2] / sha256
+        return Path(self.blob_file(sha256))
+
+    def blob_file(self, sha256: str) -> str:
+        """`blob_path` as a str: cheaper where tens of thousands of blobs are visited."""
+        return f"{self.root}/objects/{sha256[:2]}/{sha256}"
+
+    def blobs_present(self, wanted: Iterable[str]) -> set[str]:
+        """Which of these blobs the store holds: one listing per two-letter folder
+        instead of one stat per blob."""
+        by_folder: dict[str, set[str]] = {}
+        for sha256 in wanted:
+            by_folder.setdefault(sha256[:2], set()).add(sha256)
+        present: set[str] = set()
+        for folder, shas in by_folder.items():
+            try:
+                present |= shas.intersection(os.listdir(self.objects_dir / folder))
+            except FileNotFoundError:
+                continue
+        return present
 
     # -- reading -----------------------------------------------------------
 
@@ -208,15 +226,14 @@ class Store:
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
-    def adopt_blob(self, path: Path, verified_sha256: str | None = None) -> tuple[FileRef, bool]:
+    def adopt_blob(self, path: Path) -> tuple[FileRef, bool]:
         """Move a staged file (under this store's tmp/) into the store as a blob.
 
-        `verified_sha256` skips hashing for a file whose bytes were hashed as they were
-        written. Returns the blob's reference and whether it was new to the store; a
-        blob that is already there stays as it is and the staged file is left behind.
+        Returns the blob's reference and whether it was new to the store; a blob that
+        is already there stays as it is and the staged file is left behind.
         """
         size = path.stat().st_size
-        sha256 = verified_sha256 or sha256_file(path)
+        sha256 = sha256_file(path)
         target = self.blob_path(sha256)
         if target.exists():
             return FileRef(sha256, size), False
@@ -225,26 +242,46 @@ class Store:
         os.replace(path, target)
         return FileRef(sha256, size), True
 
-    def publish(self, staged_entry: Path, entry_id: str) -> tuple[Entry, bool]:
-        """Publish a staged entry folder holding manifest.json.
+    def adopt_verified_blobs(self, staged: Mapping[str, str]) -> None:
+        """Move staged read-only files, each already hashed as it was written
+        (sha256 -> path under this store's tmp/), into the store as blobs.
 
-        Returns the entry and whether it was new; an entry with the same id already
-        there is kept as it is.
+        A blob a concurrent writer added meanwhile is replaced by the same bytes, which
+        is harmless: readers keep the file they opened.
         """
-        target = self.entries_dir / entry_id
-        if target.exists():
-            return self._read_entry(target), False
+        made: set[str] = set()
+        for sha256, path in sorted(staged.items()):
+            target = self.blob_file(sha256)
+            if sha256[:2] not in made:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                made.add(sha256[:2])
+            os.replace(path, target)
+
+    def publish(self, manifests: Sequence[Mapping[str, Any]], staging: Path) -> list[tuple[Entry, bool]]:
+        """Publish entries whose blobs are already in the store, under one lock.
+
+        Each manifest is written into `staging` (a folder from `staging()`) and its
+        folder renamed into entries/, so each entry appears whole or not at all.
+        Returns each entry and whether it was new; one already there is kept as it is.
+        """
+        entries = [_validated(Entry(manifest["id"], manifest)) for manifest in manifests]
         with self.lock():
-            if target.exists():
-                return self._read_entry(target), False
-            manifest = json.loads((staged_entry / "manifest.json").read_text())
-            missing = [
-                path for path, ref in manifest["files"].items() if not self.blob_path(ref["sha256"]).is_file()
-            ]
+            new = [entry for entry in entries if not (self.entries_dir / entry.id).exists()]
+            needed = {ref.sha256: (entry, path) for entry in new for path, ref in entry.files.items()}
+            missing = sorted(set(needed) - self.blobs_present(needed))
             if missing:
-                raise StoreError(f"cannot publish entry {entry_id[:ID_DISPLAY_LENGTH]}: blob of {missing[0]} is missing")
-            os.rename(staged_entry, target)
-        return self._read_entry(target), True
+                entry, path = needed[missing[0]]
+                raise StoreError(f"cannot publish entry {entry.short_id}: blob of {path} is missing")
+            for entry in new:
+                folder = staging / "entries" / entry.id
+                folder.mkdir(parents=True)
+                (folder / "manifest.json").write_text(json.dumps(dict(entry.manifest), sort_keys=True) + "\n")
+                os.rename(folder, self.entries_dir / entry.id)
+        new_ids = {entry.id for entry in new}
+        return [
+            (entry, True) if entry.id in new_ids else (self._read_entry(self.entries_dir / entry.id), False)
+            for entry in entries
+        ]
 
     def save_machine_fingerprint(self, probe: str, fingerprint: Mapping[str, Any]) -> None:
         """Cache an exact machine fingerprint in an existing, writable store; else skip."""
@@ -281,10 +318,7 @@ class Store:
         manifest = json.loads((path / "manifest.json").read_text())
         if manifest.get("id") != path.name:
             raise ValueError("id does not match its folder")
-        entry = Entry(path.name, manifest)
-        # Touch every field once so a malformed manifest fails here, not in a renderer.
-        entry.name, entry.device, entry.sizes, entry.fingerprint, entry.sources, entry.files, entry.created
-        return entry
+        return _validated(Entry(path.name, manifest))
 
     def _check_format(self) -> None:
         try:
@@ -297,6 +331,12 @@ class Store:
             raise StoreError(
                 f"store {self.root} has format {version}; this ccache-cli reads format {FORMAT_VERSION}"
             )
+
+
+def _validated(entry: Entry) -> Entry:
+    """Touch every field once, so a malformed manifest fails here, not in a renderer."""
+    entry.name, entry.device, entry.sizes, entry.fingerprint, entry.sources, entry.files, entry.created
+    return entry
 
 
 def _atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
