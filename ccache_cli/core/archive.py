@@ -86,20 +86,20 @@ def pack(
     # threads=-1 uses every core; zstd's output does not depend on the worker count.
     compressor = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
     with compressor.stream_writer(output, closefd=False) as compressed:
-        # The tar stream is written by hand: tarfile's stream writer re-buffers every
-        # byte through Python and costs more than the compression itself.
+        tar = _TarWriter(compressed)
         data = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
-        written = _write_member(compressed, INDEX_NAME, io.BytesIO(data), len(data))
+        tar.add(INDEX_NAME, size=len(data), data=data)
         for sha256, size in index["blobs"].items():
             try:
-                blob = open(store.blob_file(sha256), "rb")
+                fd = os.open(store.blob_file(sha256), os.O_RDONLY)
             except FileNotFoundError:
                 raise CcacheError(f"blob {sha256[:12]} is missing from store {store.root}; the store is damaged") from None
-            with blob:
-                written += _write_member(compressed, f"objects/{sha256}", blob, size)
+            try:
+                tar.add(f"objects/{sha256}", size=size, fd=fd)
+            finally:
+                os.close(fd)
             on_progress(size)
-        end = 2 * tarfile.BLOCKSIZE
-        compressed.write(bytes(end + (-(written + end)) % tarfile.RECORDSIZE))
+        tar.close()
     return PackResult(tuple(entries), len(blobs), sum(blobs.values()))
 
 
@@ -192,25 +192,71 @@ def is_archive_path(text: str) -> bool:
     return text == "-" or text.endswith((".tar.zst", ".tzst")) or os.path.isfile(text)
 
 
-def _write_member(out: IO[bytes], name: str, content: IO[bytes], size: int) -> int:
-    """Write one regular-file member with fixed metadata; returns the bytes written."""
-    info = tarfile.TarInfo(name)
-    info.size = size
+def _header_template() -> bytes:
+    info = tarfile.TarInfo("")
     info.mtime = 0
     info.mode = 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    out.write(info.tobuf(tarfile.USTAR_FORMAT))
-    remaining = size
-    while remaining:
-        chunk = content.read(min(_CHUNK * 8, remaining))
-        if not chunk:
-            raise CcacheError(f"{name} is shorter than {size} bytes; the store is damaged")
-        out.write(chunk)
-        remaining -= len(chunk)
-    padding = -size % tarfile.BLOCKSIZE
-    out.write(bytes(padding))
-    return tarfile.BLOCKSIZE + size + padding
+    return info.tobuf(tarfile.USTAR_FORMAT)
+
+
+_HEADER_TEMPLATE = _header_template()
+
+
+def _ustar_header(name: str, size: int) -> bytes:
+    """What tarfile writes for a regular file with our fixed metadata, built directly
+    (tarfile's generic header code costs more than compressing small members).
+    Sizes of 8 GiB and more use GNU's base-256 size field, which the reader accepts."""
+    header = bytearray(_HEADER_TEMPLATE)
+    encoded = name.encode()
+    header[: len(encoded)] = encoded  # names we write are at most 72 bytes
+    header[124:136] = b"%011o\0" % size if size < 8**11 else b"\x80" + size.to_bytes(11, "big")
+    header[148:156] = b" " * 8
+    header[148:155] = b"%06o\0" % sum(header)
+    return bytes(header)
+
+
+class _TarWriter:
+    """Writes a ustar stream of regular files by hand, in large writes.
+
+    tarfile's stream writer re-buffers every byte through Python and builds each
+    header generically, which together cost more than compressing small members.
+    """
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self._pending = bytearray()
+        self._written = 0
+
+    def add(self, name: str, size: int, data: bytes | None = None, fd: int | None = None) -> None:
+        """Add a member whose bytes are `data`, or are read from `fd`."""
+        self._append(_ustar_header(name, size))
+        if data is not None:
+            self._append(data)
+        remaining = size if data is None else 0
+        while remaining:
+            chunk = os.read(fd, min(remaining, _CHUNK))  # type: ignore[arg-type]
+            if not chunk:
+                raise CcacheError(f"{name} is shorter than {size} bytes; the store is damaged")
+            self._append(chunk)
+            remaining -= len(chunk)
+        self._append(bytes(-size % tarfile.BLOCKSIZE))
+
+    def close(self) -> None:
+        end = 2 * tarfile.BLOCKSIZE
+        self._append(bytes(end + (-(self._written + len(self._pending) + end)) % tarfile.RECORDSIZE))
+        self._flush()
+
+    def _append(self, data: bytes) -> None:
+        self._pending += data
+        if len(self._pending) >= _CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._out.write(self._pending)
+        self._written += len(self._pending)
+        self._pending.clear()
 
 
 @contextlib.contextmanager
