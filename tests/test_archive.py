@@ -66,8 +66,8 @@ def test_pack_is_deterministic_across_runs_and_stores(source_store: Path, tmp_pa
     assert third.read_bytes() == first.read_bytes()
     with tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(first.open("rb")), mode="r|") as tar:
         members = [m for m in tar]
-    assert members[0].name == "index.json"
-    names = [m.name for m in members[1:]]
+    assert [m.name for m in members[:2]] == ["index.json", "files.json"]
+    names = [m.name for m in members[2:]]
     assert names == sorted(names) and len(names) == len(set(names)) == 4  # the shared blob once
     assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in members)
 
@@ -111,6 +111,10 @@ def test_inspect_archive_reads_the_index_only(source_store: Path, tmp_path: Path
     assert ccache("pack", str(archive), store=source_store).returncode == 0
     listed = ccache_json("inspect", str(archive), store=tmp_path / "empty")
     assert sorted(e["name"] for e in listed["entries"]) == ["alpha", "beta"]
+    stored = {e["id"]: e for e in ccache_json("inspect", store=source_store)["entries"]}
+    for entry in listed["entries"]:
+        for key in ("artifacts", "artifact_bytes", "bytes", "sizes", "fingerprint", "sources"):
+            assert entry[key] == stored[entry["id"]][key], key
     assert not (tmp_path / "empty").exists()
 
 
@@ -141,15 +145,16 @@ def regular(name: str, data: bytes, size: int | None = None) -> tuple[tarfile.Ta
     return info, data
 
 
-def index_for(blobs: dict[str, bytes], version: int = 1) -> tuple[tarfile.TarInfo, bytes]:
-    """An index with one entry that needs every blob, so a wrong publish would show."""
+def index_for(blobs: dict[str, bytes], version: int = 1) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """index.json and files.json for one entry that needs every blob, so that a wrong
+    publish would show."""
     refs = {f"inductor/{name}": {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for name, d in blobs.items()}
     manifest = {"id": "e" * 64, "name": "hostile", "created": "2026-11-22T00:00:00Z",
                 "key": {"fingerprint": {}, "compile": {"device": "cpu", "sizes": [1], "dynamic": False},
-                        "model": {}, "inputs": {}, "sources": []},
-                "files": refs}
-    index = {"format": version, "entries": [manifest], "blobs": {r["sha256"]: r["size"] for r in refs.values()}}
-    return regular("index.json", json.dumps(index).encode())
+                        "model": {}, "inputs": {}, "sources": []}}
+    index = {"format": version, "entries": [manifest], "artifacts": {manifest["id"]: []}}
+    files = {"blobs": {r["sha256"]: r["size"] for r in refs.values()}, "files": {manifest["id"]: refs}}
+    return [regular("index.json", json.dumps(index).encode()), regular("files.json", json.dumps(files).encode())]
 
 
 BLOB = b"kernel bytes" * 10
@@ -165,21 +170,21 @@ def special(name: str, kind: bytes, link: str = "") -> tuple[tarfile.TarInfo, No
 
 HOSTILE = {
     "not zstd": (b"PK\x03\x04 this is a zip", "not a zstd-compressed archive"),
-    "truncated": (tar_zst([index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB)])[:-20], "truncated"),
-    "absolute path": (tar_zst([index_for({"b": BLOB}), regular("/etc/passwd", BLOB)]), "unsafe path"),
-    "dot dot": (tar_zst([index_for({"b": BLOB}), regular(f"objects/../../{SHA}", BLOB)]), "unsafe path"),
-    "symlink": (tar_zst([index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.SYMTYPE, "/etc/passwd")]), "is a link"),
-    "hardlink": (tar_zst([index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.LNKTYPE, "index.json")]), "is a link"),
-    "fifo": (tar_zst([index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.FIFOTYPE)]), "not a regular file"),
-    "device": (tar_zst([index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.CHRTYPE)]), "not a regular file"),
-    "duplicate": (tar_zst([index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB), regular(f"objects/{SHA}", BLOB)]), "appears twice"),
-    "bad hash": (tar_zst([index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB[:-1] + b"!")]), "does not match its hash"),
-    "larger than index": (tar_zst([index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB + b"x" * 10)]), "index.json says"),
+    "truncated": (tar_zst([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB)])[:-20], "truncated"),
+    "absolute path": (tar_zst([*index_for({"b": BLOB}), regular("/etc/passwd", BLOB)]), "unsafe path"),
+    "dot dot": (tar_zst([*index_for({"b": BLOB}), regular(f"objects/../../{SHA}", BLOB)]), "unsafe path"),
+    "symlink": (tar_zst([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.SYMTYPE, "/etc/passwd")]), "is a link"),
+    "hardlink": (tar_zst([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.LNKTYPE, "index.json")]), "is a link"),
+    "fifo": (tar_zst([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.FIFOTYPE)]), "not a regular file"),
+    "device": (tar_zst([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.CHRTYPE)]), "not a regular file"),
+    "duplicate": (tar_zst([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB), regular(f"objects/{SHA}", BLOB)]), "appears twice"),
+    "bad hash": (tar_zst([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB[:-1] + b"!")]), "does not match its hash"),
+    "larger than index": (tar_zst([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB + b"x" * 10)]), "files.json says"),
     # The member's bytes run on far past the size its header declares: reading stops
     # at the declared size and what follows is rejected, never written out.
     "runs past declared size": (
-        tar_zst([index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB)], trailing=b"\xff" * (64 << 20)), "corrupt"),
-    "future format": (tar_zst([index_for({"b": BLOB}, version=99)]), "format 99 is not supported"),
+        tar_zst([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB)], trailing=b"\xff" * (64 << 20)), "corrupt"),
+    "future format": (tar_zst([*index_for({"b": BLOB}, version=99)]), "format 99 is not supported"),
     "no index": (tar_zst([regular(f"objects/{SHA}", BLOB)]), "does not start with index.json"),
 }
 

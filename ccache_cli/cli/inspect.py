@@ -42,7 +42,7 @@ def _print_table(report: InspectReport, root: object) -> None:
         e = item.entry
         sizes = ",".join(map(str, e.sizes)) + (",dyn" if e.dynamic else "")
         device = e.fingerprint.get("gpu") or e.device
-        table.add_row(e.short_id, e.name, sizes, device, e.fingerprint["torch"], human_bytes(e.bytes), age(e.created), yes_no(item.compatible))
+        table.add_row(e.short_id, e.name, sizes, device, e.fingerprint["torch"], human_bytes(item.bytes), age(e.created), yes_no(item.compatible))
     out.print(table)
     if not report.machine_exact:
         out.print("? = the components readable without torch match; `ccache fingerprint` records the rest for this machine.")
@@ -52,7 +52,7 @@ def _print_detail(item: EntryReport, report: InspectReport) -> None:
     e = item.entry
     manifest = e.manifest
     out.print(f"[bold]{e.id}[/bold]  {e.name}")
-    out.print(f"created {e.created} ({age(e.created)}), {len(e.files)} files, {human_bytes(e.bytes)}")
+    out.print(f"created {e.created} ({age(e.created)}), {item.file_count} files, {human_bytes(item.bytes)}")
     key = Table("key part", "entry", "this machine", title="Fingerprint", title_justify="left")
     for name in fingerprint.components_for(e.device):
         here = report.machine.get(name, "(unknown without torch)")

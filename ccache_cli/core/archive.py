@@ -1,12 +1,14 @@
 """Pack and unpack entries as deterministic, streamable `.tar.zst` archives.
 
-Members, in this order: `index.json` (format version, every manifest, every blob's
-size), then `objects/<sha256>` once per blob, sorted. Headers are fixed (mtime 0,
-uid/gid 0, no user names, mode 0644), so the same entries always give the same bytes.
+Members, in this order: `index.json` (format version, every manifest without its
+file list, artifact counts per entry: all that `inspect ARCHIVE` reads, small whatever
+the archive's size), `files.json` (each entry's files, every blob's size), then
+`objects/<sha256>` once per blob, sorted. Headers are fixed (mtime 0, uid/gid 0, no
+user names, mode 0644), so the same entries always give the same bytes.
 
 Unpacking trusts nothing: the index must come first and be of a known format; every
-other member must be a regular file named `objects/<sha256>` that the index lists,
-once, with the size the index gives; its bytes must hash to its name. Blobs are
+other member must be a regular file named `objects/<sha256>` that files.json lists,
+once, with the size it gives; its bytes must hash to its name. Blobs are
 staged in the store's tmp/ and only adopted, and entries published, once the whole
 archive has checked out, so a bad archive leaves the store exactly as it was.
 """
@@ -31,11 +33,13 @@ from typing import IO, Any, BinaryIO
 
 import zstandard
 
+from .artifacts import KindSummary, summarize
 from .errors import BadInputError, CcacheError
 from .store import Entry, Store
 
 ARCHIVE_FORMAT = 1
 INDEX_NAME = "index.json"
+FILES_NAME = "files.json"
 _INDEX_LIMIT = 256 << 20  # an index past this is not one this tool wrote
 _BLOB_NAME = re.compile(r"^objects/([0-9a-f]{64})$")
 _CHUNK = 1 << 20
@@ -78,18 +82,29 @@ def pack(
     for entry in entries:
         for ref in entry.files.values():
             blobs[ref.sha256] = ref.size
+    ordered = sorted(entries, key=lambda entry: entry.id)
+    # The first member holds what `inspect ARCHIVE` shows, small whatever the archive
+    # size: manifests without their file lists, and artifact counts per entry.
     index = {
         "format": ARCHIVE_FORMAT,
-        "entries": sorted((dict(entry.manifest) for entry in entries), key=lambda m: m["id"]),
+        "entries": [{k: v for k, v in entry.manifest.items() if k != "files"} for entry in ordered],
+        "artifacts": {
+            entry.id: [[k.kind, k.count, k.bytes] for k in summarize({p: r.size for p, r in entry.files.items()})]
+            for entry in ordered
+        },
+    }
+    files = {
         "blobs": dict(sorted(blobs.items())),
+        "files": {entry.id: entry.manifest["files"] for entry in ordered},
     }
     # threads=-1 uses every core; zstd's output does not depend on the worker count.
     compressor = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
     with compressor.stream_writer(output, closefd=False) as compressed:
         tar = _TarWriter(compressed)
-        data = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
-        tar.add(INDEX_NAME, size=len(data), data=data)
-        for sha256, size in index["blobs"].items():
+        for name, content in ((INDEX_NAME, index), (FILES_NAME, files)):
+            data = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
+            tar.add(name, size=len(data), data=data)
+        for sha256, size in files["blobs"].items():
             try:
                 fd = os.open(store.blob_file(sha256), os.O_RDONLY)
             except FileNotFoundError:
@@ -117,9 +132,9 @@ def unpack(
 ) -> UnpackResult:
     """Merge an archive's entries into `store`; all or nothing."""
     with store.staging() as staging, _open_tar(_Counting(source, on_progress)) as tar:
-        index = _read_index(tar)
+        manifests, blobs = _read_files(tar, _read_index(tar))
         wanted_entries, skipped = [], []
-        for manifest in index["entries"]:
+        for manifest in manifests:
             entry = Entry(manifest["id"], manifest)
             (wanted_entries if select(entry) else skipped).append(entry)
         wanted_blobs = {ref.sha256 for entry in wanted_entries for ref in entry.files.values()}
@@ -127,7 +142,7 @@ def unpack(
         received: set[str] = set()
         staged: dict[str, str] = {}
         while (member := tar.next()) is not None:
-            sha256 = _check_member(member, index["blobs"], received)
+            sha256 = _check_member(member, blobs, received)
             received.add(sha256)
             path = os.path.join(staging, sha256) if sha256 in wanted_blobs else None
             if member.size <= _CHUNK:  # most blobs: read whole, check, then write
@@ -139,14 +154,14 @@ def unpack(
                 _copy_checked(tar, sha256, member.size, path)
             if path is not None:
                 staged[sha256] = path
-        missing = set(index["blobs"]) - received
+        missing = set(blobs) - received
         if missing:
-            raise ArchiveError(f"archive is truncated or incomplete: {len(missing)} blob(s) listed in its index are absent")
+            raise ArchiveError(f"archive is truncated or incomplete: {len(missing)} blob(s) listed in {FILES_NAME} are absent")
         store.adopt_verified_blobs(staged)
         published = store.publish([entry.manifest for entry in wanted_entries], staging)
     added_entries = [entry for entry, is_new in published if is_new]
     kept = [entry for entry, is_new in published if not is_new]
-    new_bytes = sum(index["blobs"][sha256] for sha256 in staged)
+    new_bytes = sum(blobs[sha256] for sha256 in staged)
     return UnpackResult(tuple(added_entries), tuple(kept), tuple(e.id for e in skipped), len(staged), new_bytes)
 
 
@@ -273,33 +288,51 @@ def _open_tar(source: IO[bytes]) -> Iterator[_TarReader]:
         raise ArchiveError(f"corrupt zstd stream: {exc}") from exc
 
 
-def _read_index(tar: _TarReader) -> dict[str, Any]:
-    first = tar.next()
-    if first is None or first.name != INDEX_NAME or first.type not in _REGULAR:
-        raise ArchiveError(f"archive does not start with {INDEX_NAME}; it was not written by `ccache pack`")
-    if first.size > _INDEX_LIMIT:
-        raise ArchiveError(f"{INDEX_NAME} declares {first.size} bytes, more than any index this tool writes")
-    data = tar.read_exactly(first.size, f"its {INDEX_NAME}")
+def _read_json_member(tar: _TarReader, name: str) -> Any:
+    member = tar.next()
+    if member is None or member.name != name or member.type not in _REGULAR:
+        where = "start with" if name == INDEX_NAME else f"have {name} after"
+        raise ArchiveError(f"archive does not {where} {INDEX_NAME}; it was not written by `ccache pack`")
+    if member.size > _INDEX_LIMIT:
+        raise ArchiveError(f"{name} declares {member.size} bytes, more than any this tool writes")
     try:
-        index = json.loads(data)
-        version = index["format"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ArchiveError(f"{INDEX_NAME} is malformed ({exc})") from exc
+        return json.loads(tar.read_exactly(member.size, f"its {name}"))
+    except ValueError as exc:
+        raise ArchiveError(f"{name} is malformed ({exc})") from exc
+
+
+def _read_index(tar: _TarReader) -> dict[str, Any]:
+    """The first member: format, manifests without file lists, artifact counts."""
+    index = _read_json_member(tar, INDEX_NAME)
+    version = index.get("format") if isinstance(index, dict) else None
     if version != ARCHIVE_FORMAT:
         raise ArchiveError(
             f"archive format {version!r} is not supported (this ccache-cli reads format {ARCHIVE_FORMAT}); upgrade ccache-cli"
         )
     try:
-        blobs = {str(sha): int(size) for sha, size in index["blobs"].items()}
-        for manifest in index["entries"]:
-            entry = Entry(manifest["id"], manifest)
-            for ref in entry.files.values():
-                if blobs.get(ref.sha256) != ref.size:
-                    raise ArchiveError(f"{INDEX_NAME} is inconsistent: entry {entry.short_id} names a blob it does not list")
+        index["artifacts"] = {
+            manifest["id"]: [KindSummary(str(kind), int(count), int(size)) for kind, count, size in index["artifacts"][manifest["id"]]]
+            for manifest in index["entries"]
+        }
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArchiveError(f"{INDEX_NAME} is malformed ({exc})") from exc
-    index["blobs"] = blobs
     return index
+
+
+def _read_files(tar: _TarReader, index: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The second member: each entry's file list and every blob's size. Returns the
+    complete manifests and the blobs, checked against each other."""
+    files = _read_json_member(tar, FILES_NAME)
+    try:
+        blobs = {str(sha): int(size) for sha, size in files["blobs"].items()}
+        manifests = [{**manifest, "files": files["files"][manifest["id"]]} for manifest in index["entries"]]
+        for manifest in manifests:
+            for ref in manifest["files"].values():
+                if blobs.get(ref["sha256"]) != ref["size"]:
+                    raise ArchiveError(f"{FILES_NAME} is inconsistent: entry {manifest['id'][:12]} names a blob it does not list")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ArchiveError(f"{FILES_NAME} is malformed ({exc})") from exc
+    return manifests, blobs
 
 
 def _check_member(member: _Member, blobs: dict[str, int], received: set[str]) -> str:
@@ -317,9 +350,9 @@ def _check_member(member: _Member, blobs: dict[str, int], received: set[str]) ->
     if sha256 in received:
         raise ArchiveError(f"archive member {name!r} appears twice")
     if sha256 not in blobs:
-        raise ArchiveError(f"archive member {name!r} is not listed in {INDEX_NAME}")
+        raise ArchiveError(f"archive member {name!r} is not listed in {FILES_NAME}")
     if member.size != blobs[sha256]:
-        raise ArchiveError(f"archive member {name!r} is {member.size} bytes; {INDEX_NAME} says {blobs[sha256]}")
+        raise ArchiveError(f"archive member {name!r} is {member.size} bytes; {FILES_NAME} says {blobs[sha256]}")
     return sha256
 
 

@@ -12,10 +12,18 @@ from .store import Entry, Store
 
 @dataclass(frozen=True)
 class EntryReport:
-    entry: Entry
+    entry: Entry  # from an archive's index, its manifest lacks "files"
     compatible: bool | None  # None: only a full fingerprint of this machine could tell
     mismatches: tuple[Mismatch, ...]
     kinds: tuple[artifacts.KindSummary, ...]
+
+    @property
+    def file_count(self) -> int:
+        return sum(kind.count for kind in self.kinds)
+
+    @property
+    def bytes(self) -> int:
+        return sum(kind.bytes for kind in self.kinds)
 
 
 @dataclass(frozen=True)
@@ -45,26 +53,39 @@ def inspect_store(store: Store, ref: str | None = None) -> InspectReport:
 
 
 def inspect_archive(store: Store, path: str) -> InspectReport:
-    """The entries of an archive, from its index alone: nothing is extracted."""
+    """The entries of an archive, from its first member alone: nothing is extracted."""
     from .archive import open_source, read_index
 
     machine, exact = this_machine(store)
     with open_source(path) as source:
         index = read_index(source)
-    entries = (Entry(manifest["id"], manifest) for manifest in index["entries"])
-    return InspectReport(tuple(report_entry(entry, machine, exact) for entry in entries), (), machine, exact)
+    reports = []
+    for manifest in index["entries"]:
+        entry = Entry(manifest["id"], manifest)
+        reports.append(report_entry(entry, machine, exact, tuple(index["artifacts"][entry.id])))
+    return InspectReport(tuple(reports), (), machine, exact)
 
 
-def report_entry(entry: Entry, machine: dict[str, Any], exact: bool) -> EntryReport:
+def compatibility(entry: Entry, machine: dict[str, Any], exact: bool) -> tuple[bool | None, tuple[Mismatch, ...]]:
+    """Whether `entry` fits `machine` (None: only a full fingerprint could tell), and why not."""
     found = tuple(fingerprint.mismatches(entry.fingerprint, entry.device, machine))
-    compatible = False if found else (True if exact else None)
-    kinds = tuple(artifacts.summarize({path: ref.size for path, ref in entry.files.items()}))
-    return EntryReport(entry, compatible, found, kinds)
+    return (False if found else (True if exact else None)), found
+
+
+def kinds_of(entry: Entry) -> tuple[artifacts.KindSummary, ...]:
+    return tuple(artifacts.summarize({path: ref["size"] for path, ref in entry.manifest["files"].items()}))
+
+
+def report_entry(
+    entry: Entry, machine: dict[str, Any], exact: bool, kinds: tuple[artifacts.KindSummary, ...] | None = None
+) -> EntryReport:
+    compatible, found = compatibility(entry, machine, exact)
+    return EntryReport(entry, compatible, found, kinds_of(entry) if kinds is None else kinds)
 
 
 def fits(entries: list[Entry] | tuple[Entry, ...], machine: dict[str, Any], exact: bool) -> list[Entry]:
     """The entries whose key does not contradict `machine` (unknown parts count as fitting)."""
-    return [entry for entry in entries if report_entry(entry, machine, exact).compatible is not False]
+    return [entry for entry in entries if compatibility(entry, machine, exact)[0] is not False]
 
 
 def entry_json(report: EntryReport) -> dict[str, Any]:
@@ -83,7 +104,7 @@ def entry_json(report: EntryReport) -> dict[str, Any]:
         "sources": [{"path": s.path, "module": s.module, "sha256": s.sha256} for s in entry.sources],
         "artifacts": {kind.kind: kind.count for kind in report.kinds},
         "artifact_bytes": {kind.kind: kind.bytes for kind in report.kinds},
-        "bytes": entry.bytes,
+        "bytes": report.bytes,
         "created": entry.created,
         "compatible": report.compatible,
         "mismatches": [

@@ -17,6 +17,7 @@ Writers stage under `tmp/` (same filesystem) and publish with check-lock-check.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -85,11 +86,11 @@ class Entry:
     def fingerprint(self) -> dict[str, Any]:
         return dict(self.manifest["key"]["fingerprint"])
 
-    @property
+    @functools.cached_property
     def sources(self) -> list[Source]:
         return [Source(**source) for source in self.manifest["key"]["sources"]]
 
-    @property
+    @functools.cached_property  # built once: entries can name tens of thousands of files
     def files(self) -> dict[str, FileRef]:
         return {path: FileRef(**ref) for path, ref in self.manifest["files"].items()}
 
