@@ -108,6 +108,7 @@ def drop_caches() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=560, help="size of the synthetic store, MB")
+    parser.add_argument("--inspect-gb", type=float, default=1.0, help="size of the archive inspect is timed on")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ccache-bench-"))
@@ -139,6 +140,20 @@ def main() -> None:
                              stdout=subprocess.DEVNULL)
         print(f"inspect   ccache {inspect_s:6.2f} s on a {archive.stat().st_size / 1e6:.0f} MB archive "
               f"({size / 1e6:.0f} MB of blobs)")
+
+        # A 1 GB archive: the same store's entries plus incompressible blobs.
+        shutil.rmtree(target)
+        rng = random.Random(1)
+        n = 0
+        while archive.stat().st_size < args.inspect_gb * 1e9:
+            publish(store, f"incompressible-{n}", {f"inductor/aa/big{n}_{i}.so": rng.randbytes(4_000_000) for i in range(25)})
+            subprocess.run([*ccache, "--store", str(store.root), "pack", str(archive), "--level", "1"],
+                           check=True, stderr=subprocess.DEVNULL)
+            n += 1
+        inspect_s, _ = timed([*ccache, "--store", str(work / "none"), "inspect", str(archive), "--json"],
+                             stdout=subprocess.DEVNULL)
+        print(f"inspect   ccache {inspect_s:6.2f} s on a {archive.stat().st_size / 1e9:.2f} GB archive "
+              f"({len(store.scan().entries)} entries)")
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -202,3 +202,27 @@ def test_hostile_archive_is_rejected_and_store_unchanged(case: str, source_store
     assert snapshot(source_store) == before
     assert list((source_store / "tmp").iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.tar.zst", "source"]
+
+
+def test_concurrent_unpacks_into_one_store(source_store: Path, tmp_path: Path) -> None:
+    archives = {name: tmp_path / f"{name}.tar.zst" for name in ("alpha", "beta", "all")}
+    for name, path in archives.items():
+        selection = [] if name == "all" else [name]
+        assert ccache("pack", str(path), *selection, store=source_store).returncode == 0
+    target = tmp_path / "target"
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "ccache_cli", "--store", str(target), "unpack", str(path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for path in [*archives.values(), archives["all"]]
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
+    assert snapshot(target / "objects") == snapshot(source_store / "objects")
+    assert sorted(p.name for p in (target / "entries").iterdir()) == sorted(
+        p.name for p in (source_store / "entries").iterdir()
+    )
+    for entry in Store(target).scan().entries:
+        for ref in entry.files.values():
+            assert hashlib.sha256(Store(target).blob_path(ref.sha256).read_bytes()).hexdigest() == ref.sha256
+    assert list((target / "tmp").iterdir()) == []
