@@ -140,11 +140,19 @@ def unpack(
         wanted_blobs = {ref.sha256 for entry in wanted_entries for ref in entry.files.values()}
         wanted_blobs -= store.blobs_present(wanted_blobs)
         received: set[str] = set()
-        staged: dict[str, str] = {}
+        staged: dict[str, int] = {}  # sha256 -> size of the blobs written to staging
+        staged_objects = staging / "objects"
+        staged_folders: set[str] = set()
         while (member := tar.next()) is not None:
             sha256 = _check_member(member, blobs, received)
             received.add(sha256)
-            path = os.path.join(staging, sha256) if sha256 in wanted_blobs else None
+            path = None
+            if sha256 in wanted_blobs:
+                folder = os.path.join(staged_objects, sha256[:2])
+                if sha256[:2] not in staged_folders:
+                    os.makedirs(folder)
+                    staged_folders.add(sha256[:2])
+                path = os.path.join(folder, sha256)
             if member.size <= _CHUNK:  # most blobs: read whole, check, then write
                 data = tar.read_exactly(member.size, f"blob {sha256[:12]}")
                 _check_hash(hashlib.sha256(data), sha256)
@@ -153,15 +161,15 @@ def unpack(
             else:
                 _copy_checked(tar, sha256, member.size, path)
             if path is not None:
-                staged[sha256] = path
+                staged[sha256] = member.size
         missing = set(blobs) - received
         if missing:
             raise ArchiveError(f"archive is truncated or incomplete: {len(missing)} blob(s) listed in {FILES_NAME} are absent")
-        store.adopt_verified_blobs(staged)
+        store.adopt_verified_blobs(staged_objects)
         published = store.publish([entry.manifest for entry in wanted_entries], staging)
     added_entries = [entry for entry, is_new in published if is_new]
     kept = [entry for entry, is_new in published if not is_new]
-    new_bytes = sum(blobs[sha256] for sha256 in staged)
+    new_bytes = sum(staged.values())
     return UnpackResult(tuple(added_entries), tuple(kept), tuple(e.id for e in skipped), len(staged), new_bytes)
 
 

@@ -243,20 +243,29 @@ class Store:
         os.replace(path, target)
         return FileRef(sha256, size), True
 
-    def adopt_verified_blobs(self, staged: Mapping[str, str]) -> None:
-        """Move staged read-only files, each already hashed as it was written
-        (sha256 -> path under this store's tmp/), into the store as blobs.
+    def adopt_verified_blobs(self, staged_objects: Path) -> None:
+        """Move staged read-only blobs, each already hashed as it was written and laid
+        out as `<staged_objects>/ab/<sha256>` under this store's tmp/, into the store.
 
-        A blob a concurrent writer added meanwhile is replaced by the same bytes, which
-        is harmless: readers keep the file they opened.
+        A two-letter folder the store lacks is moved whole, one rename for all its
+        blobs (unpacking into an empty store, as in an image build). A blob that a
+        concurrent writer added meanwhile is replaced by the same bytes, which is
+        harmless: readers keep the file they opened.
         """
-        made: set[str] = set()
-        for sha256, path in sorted(staged.items()):
-            target = self.blob_file(sha256)
-            if sha256[:2] not in made:
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                made.add(sha256[:2])
-            os.replace(path, target)
+        if not staged_objects.is_dir():
+            return
+        for folder in sorted(os.listdir(staged_objects)):
+            source = os.path.join(staged_objects, folder)
+            target = os.path.join(self.objects_dir, folder)
+            if not os.path.exists(target):
+                try:
+                    os.rename(source, target)
+                    continue
+                except OSError:  # another writer made it first: merge file by file
+                    pass
+            os.makedirs(target, exist_ok=True)
+            for name in os.listdir(source):
+                os.replace(os.path.join(source, name), os.path.join(target, name))
 
     def publish(self, manifests: Sequence[Mapping[str, Any]], staging: Path) -> list[tuple[Entry, bool]]:
         """Publish entries whose blobs are already in the store, under one lock.
