@@ -11,7 +11,7 @@ import typer
 
 from ..core.errors import CcacheError
 from ..core.store import Store
-from . import fingerprint, inspect, pack, precompile
+from . import fingerprint, inspect, pack, precompile, verify
 from .render import err
 
 app = typer.Typer(
@@ -41,6 +41,7 @@ app.command("precompile")(precompile.command)
 app.command("inspect")(inspect.command)
 app.command("pack")(pack.pack_command)
 app.command("unpack")(pack.unpack_command)
+app.command("verify")(verify.command)
 app.command("fingerprint")(fingerprint.command)
 
 

@@ -159,7 +159,7 @@ def unpack(
                 if path is not None:
                     _write_new_file(path, data)
             else:
-                _copy_checked(tar, sha256, member.size, path)
+                _check_hash(_copy_member(tar, sha256, member.size, path), sha256)
             if path is not None:
                 staged[sha256] = member.size
         missing = set(blobs) - received
@@ -171,6 +171,24 @@ def unpack(
     kept = [entry for entry, is_new in published if not is_new]
     new_bytes = sum(staged.values())
     return UnpackResult(tuple(added_entries), tuple(kept), tuple(e.id for e in skipped), len(staged), new_bytes)
+
+
+def check_blobs(source: BinaryIO) -> tuple[list[Entry], dict[str, str]]:
+    """Read a whole archive as a stream, writing nothing: its entries, and what is
+    wrong with each blob that is absent or does not hash to its name. An archive
+    that is not well formed raises ArchiveError."""
+    with _open_tar(source) as tar:
+        manifests, blobs = _read_files(tar, _read_index(tar))
+        received: set[str] = set()
+        broken: dict[str, str] = {}
+        while (member := tar.next()) is not None:
+            sha256 = _check_member(member, blobs, received)
+            received.add(sha256)
+            if _copy_member(tar, sha256, member.size, None).hexdigest() != sha256:
+                broken[sha256] = "content does not match its hash"
+    for sha256 in set(blobs) - received:
+        broken[sha256] = "absent from the archive"
+    return [Entry(manifest["id"], manifest) for manifest in manifests], broken
 
 
 @contextlib.contextmanager
@@ -364,9 +382,9 @@ def _check_member(member: _Member, blobs: dict[str, int], received: set[str]) ->
     return sha256
 
 
-def _copy_checked(tar: _TarReader, sha256: str, size: int, path: str | None) -> None:
-    """Read exactly `size` bytes of a member, into a new read-only file at `path` if
-    given, and check that they hash to `sha256`."""
+def _copy_member(tar: _TarReader, sha256: str, size: int, path: str | None) -> Any:
+    """Read exactly `size` bytes of blob `sha256`'s member, into a new read-only file
+    at `path` if given; returns their hash object."""
     digest = hashlib.sha256()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444) if path is not None else None
     try:
@@ -380,7 +398,7 @@ def _copy_checked(tar: _TarReader, sha256: str, size: int, path: str | None) -> 
     finally:
         if fd is not None:
             os.close(fd)
-    _check_hash(digest, sha256)
+    return digest
 
 
 def _check_hash(digest: Any, sha256: str) -> None:

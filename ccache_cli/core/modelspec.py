@@ -71,9 +71,9 @@ def import_target(spec: ModelSpec) -> ModuleType:
         raise CompileError(f"importing {name} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def module_identity(module: ModuleType, spec: ModelSpec) -> dict[str, str]:
-    """How the key names the model: by module and attribute, never by a path."""
-    return {"module": module.__name__, "attr": spec.attr}
+def module_identity(module: ModuleType, spec: ModelSpec, inputs: Callable[[int], Any]) -> dict[str, str]:
+    """How the key names the model and its inputs: by module and attribute, never by a path."""
+    return {"module": module.__name__, "attr": spec.attr, "inputs": f"{inputs.__module__}:{inputs.__name__}"}
 
 
 def load_model(module: ModuleType, spec: ModelSpec) -> Any:

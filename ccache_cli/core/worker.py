@@ -70,7 +70,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
     device = _check_device(torch, request["device"])
     machine = request["machine"] or fingerprint.machine_fingerprint(device)
     sizes: list[int] = request["sizes"]
-    inputs = {size: _to_device(torch, modelspec.call_inputs(inputs_fn, size), device) for size in sizes}
+    inputs = {size: to_device(torch, modelspec.call_inputs(inputs_fn, size), device) for size in sizes}
     dynamic_hint = max(sizes) + 1 if request["dynamic"] else None
     compile_options = {
         "backend": "inductor",
@@ -92,7 +92,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
         machine=machine,
         fingerprint=fingerprint.entry_fingerprint(machine, device),
         compile=compile_options,
-        model=modelspec.module_identity(module, spec),
+        model=modelspec.module_identity(module, spec, inputs_fn),
         inputs={str(size): _describe(inputs[size]) for size in sizes},
         sys_path=sys.path,
     )
@@ -139,7 +139,7 @@ def _compile_sizes(
     runs: list[tuple[str, tuple[Any, ...]]] = [(str(size), args) for size, args in inputs.items()]
     if options["dynamic"]:
         hint = options["dynamic_hint"]
-        args = _to_device(torch, modelspec.call_inputs(inputs_fn, hint), options["device"])
+        args = to_device(torch, modelspec.call_inputs(inputs_fn, hint), options["device"])
         for tensor in args:
             if isinstance(tensor, torch.Tensor) and tensor.dim() > 0 and tensor.shape[0] == hint:
                 torch._dynamo.mark_dynamic(tensor, 0)
@@ -182,7 +182,7 @@ def _measure(torch: Any, device: str, call: Callable[[], Any]) -> dict[str, Any]
     """Run one first call; its wall time, torch's compile-time split and cache counters."""
     from torch._dynamo.utils import clear_compilation_metrics, counters, get_compilation_metrics
 
-    before = _cache_counters(counters)
+    before = cache_counters(counters)
     clear_compilation_metrics()
     start = time.perf_counter()
     with torch.no_grad():
@@ -197,7 +197,7 @@ def _measure(torch: Any, device: str, call: Callable[[], Any]) -> dict[str, Any]
 
     frame, backend = total("entire_frame_compile_time_s"), total("backend_compile_time_s")
     inductor, kernels = total("inductor_compile_time_s"), total("triton_compile_time_us", 1e-6)
-    after = _cache_counters(counters)
+    after = cache_counters(counters)
     return {
         "wall_s": round(wall, 3),
         "compile_s": round(frame, 3),
@@ -210,7 +210,7 @@ def _measure(torch: Any, device: str, call: Callable[[], Any]) -> dict[str, Any]
     }
 
 
-def _cache_counters(counters: Any) -> dict[str, int]:
+def cache_counters(counters: Any) -> dict[str, int]:
     return {
         "fxgraph_cache_hit": counters["inductor"]["fxgraph_cache_hit"],
         "fxgraph_cache_miss": counters["inductor"]["fxgraph_cache_miss"],
@@ -262,7 +262,7 @@ def _check_device(torch: Any, device: str) -> str:
     return f"cuda:{index}"
 
 
-def _to_device(torch: Any, args: tuple[Any, ...], device: str) -> tuple[Any, ...]:
+def to_device(torch: Any, args: tuple[Any, ...], device: str) -> tuple[Any, ...]:
     return tuple(arg.to(device) if isinstance(arg, torch.Tensor) else arg for arg in args)
 
 

@@ -1,0 +1,42 @@
+"""`ccache verify [ENTRY|ARCHIVE] [--run] [--target FILE] [--json] [--junit FILE]`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..core import verify as core
+from .render import emit_json, out
+
+
+def command(
+    ctx: typer.Context,
+    ref: Optional[str] = typer.Argument(
+        None, metavar="[ENTRY|ARCHIVE]", help="An entry id prefix or name, or a .tar.zst archive [default: every entry]"
+    ),
+    run: bool = typer.Option(False, "--run", help="Also start each entry in a fresh process: zero misses, zero recompiles, outputs equal to eager"),
+    target: Optional[Path] = typer.Option(None, "--target", metavar="FINGERPRINT.json",
+                                          help="Check compatibility against this machine fingerprint (from `ccache fingerprint --json`)"),
+    json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
+    junit: Optional[Path] = typer.Option(None, "--junit", metavar="FILE", help="Also write a JUnit XML report"),
+) -> None:
+    """Check that entries are intact, fit the target machine and their sources are unchanged; exit 1 if not."""
+    report = core.verify(ctx.obj, ref, target, run)
+    if junit is not None:
+        junit.write_bytes(core.junit_xml(report))
+    if json_output:
+        emit_json({"ok": report.ok, "target": report.target, "checks": [asdict(check) for check in report.checks]})
+    else:
+        table = Table("entry", "check", "result", "detail", title=f"ccache verify against {report.target}", title_justify="left")
+        for check in report.checks:
+            verdict = "[green]pass[/green]" if check.ok else "[red]FAIL[/red]"
+            table.add_row(check.entry[:12], check.check, verdict, check.detail)
+        out.print(table)
+        failed = sum(not check.ok for check in report.checks)
+        out.print(f"{len(report.checks) - failed} passed, {failed} failed")
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,226 @@
+"""`verify`: will a cache be used, and is it intact? Each check names what fails.
+
+- integrity: every blob present, of its size, hashing to its name; archives are read
+  as a stream, never unpacked.
+- compatibility: every key component against this machine or a `--target` fingerprint.
+- freshness: every traced source, looked up as it resolves now, hashes as recorded.
+- run (store entries, `--run`): see `verify_run.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+from . import fingerprint, sources
+from .errors import BadInputError
+from .hashing import sha256_file
+from .store import Entry, Store
+
+_SHOWN = 3  # problems named in one check's detail; the rest are counted
+
+
+@dataclass(frozen=True)
+class Check:
+    entry: str  # the entry id
+    check: str  # integrity, compatibility, freshness or run
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    checks: tuple[Check, ...]
+    target: str  # what compatibility was checked against
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+
+def verify(store: Store, ref: str | None, target: Path | None, run: bool) -> VerifyReport:
+    """Every check of the entries `ref` names: an id prefix or name, an archive, or
+    (None) the whole store."""
+    from .archive import check_blobs, is_archive_path, open_source
+
+    target_fingerprint = load_target(target) if target is not None else None
+    checks: list[Check] = []
+    if ref is not None and is_archive_path(ref):
+        if run:
+            raise BadInputError("--run needs stored entries: `ccache unpack` the archive, then verify the entries")
+        with open_source(ref) as source:
+            entries, broken = check_blobs(source)
+    else:
+        if ref is not None:
+            entries = [store.find(ref)]
+        else:
+            scan = store.scan()
+            entries = list(scan.entries)
+            checks += [Check("?", "integrity", False, warning) for warning in scan.warnings]
+        broken = broken_store_blobs(store, entries)
+    if not entries and not checks:
+        raise BadInputError(f"nothing to verify: no entries in {ref or store.root}")
+    machine = target_fingerprint or this_machine_exact(store)
+    search = search_path()
+    checks += static_checks(entries, broken, machine, search)
+    if run:
+        checks += [run_check(store, entry, search) for entry in entries]
+    return VerifyReport(tuple(checks), str(target) if target is not None else "this machine")
+
+
+def load_target(path: Path) -> dict[str, Any]:
+    """A fingerprint written by `ccache fingerprint --json` on the deployment machine."""
+    try:
+        target = json.loads(path.read_text())
+    except OSError as exc:
+        raise BadInputError(f"cannot read --target {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise BadInputError(f"--target {path} is not JSON ({exc}); write it with `ccache fingerprint --json`") from exc
+    if not isinstance(target, dict) or not set(fingerprint.BUILD_COMPONENTS) <= set(target):
+        raise BadInputError(f"--target {path} is not a fingerprint; write it with `ccache fingerprint --json`")
+    return target
+
+
+def this_machine_exact(store: Store) -> dict[str, Any]:
+    """This machine's full fingerprint: cached by an earlier run, else asked of torch."""
+    probe = fingerprint.probe_digest()
+    cached = store.cached_machine_fingerprint(probe)
+    if cached is not None:
+        return cached
+    machine = fingerprint.machine_fingerprint()
+    store.save_machine_fingerprint(probe, machine)
+    return machine
+
+
+def static_checks(
+    entries: Sequence[Entry], broken_blobs: dict[str, str], target: dict[str, Any], search_path: Sequence[str]
+) -> list[Check]:
+    """Integrity, compatibility and freshness of each entry.
+
+    `broken_blobs` maps a blob's sha256 to what is wrong with it.
+    """
+    checks = []
+    for entry in entries:
+        problems = [
+            f"blob {ref.sha256[:12]} ({path}): {broken_blobs[ref.sha256]}"
+            for path, ref in sorted(entry.files.items())
+            if ref.sha256 in broken_blobs
+        ]
+        checks.append(_check(entry, "integrity", problems, f"{len(entry.files)} files intact"))
+        mismatches = [str(m) for m in fingerprint.mismatches(entry.fingerprint, entry.device, target)]
+        checks.append(_check(entry, "compatibility", mismatches, "every key component matches"))
+        stale = [
+            f"{status.state}: {status.source.path}" + (f" (at {status.found_at})" if status.found_at else "")
+            for status in sources.check(entry.sources, search_path)
+            if status.state != "fresh"
+        ]
+        checks.append(_check(entry, "freshness", stale, f"{len(entry.sources)} traced sources unchanged"))
+    return checks
+
+
+def broken_store_blobs(store: Store, entries: Iterable[Entry]) -> dict[str, str]:
+    """Re-hash every blob the entries name; what is wrong with each bad one."""
+    broken: dict[str, str] = {}
+    sizes = {ref.sha256: ref.size for entry in entries for ref in entry.files.values()}
+    for sha256, size in sizes.items():
+        path = store.blob_path(sha256)
+        try:
+            actual_size = path.stat().st_size
+        except FileNotFoundError:
+            broken[sha256] = "missing from the store"
+            continue
+        if actual_size != size:
+            broken[sha256] = f"{actual_size} bytes, manifest says {size}"
+        elif sha256_file(path) != sha256:
+            broken[sha256] = "content does not match its hash"
+    return broken
+
+
+def run_check(store: Store, entry: Entry, search: Sequence[str]) -> Check:
+    """Start a fresh process on a copy of the entry's Inductor cache (see verify_run)."""
+    model = entry.manifest["key"]["model"]
+    roots = _import_roots(entry, search)
+    with tempfile.TemporaryDirectory(prefix="ccache-verify-") as scratch:
+        inductor_dir = Path(scratch) / "inductor"
+        store.materialize(entry, inductor_dir, "inductor/")
+        request, result_file = Path(scratch) / "request.json", Path(scratch) / "result.json"
+        request.write_text(json.dumps({"model": model, "compile": entry.manifest["key"]["compile"]}))
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(inductor_dir))
+        env.pop("TRITON_CACHE_DIR", None)
+        env["PYTHONPATH"] = os.pathsep.join([*roots, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        process = subprocess.run(
+            [sys.executable, "-m", "ccache_cli.core.verify_run", str(request), str(result_file)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=None if os.environ.get("CCACHE_CLI_DEBUG") else subprocess.DEVNULL,
+        )
+        if process.returncode != 0 or not result_file.is_file():
+            return Check(entry.id, "run", False, f"the check process exited with code {process.returncode}")
+        result = json.loads(result_file.read_text())
+    if "error" in result:
+        return Check(entry.id, "run", False, f"running the model failed: {result['error']}")
+    problems = []
+    for label, outcome in result["runs"].items():
+        misses = [f"{outcome[key]} {what} cache miss(es)" for key, what in
+                  (("fxgraph_miss", "FX-graph"), ("autograd_miss", "AOTAutograd")) if outcome[key]]
+        if misses:
+            problems.append(f"size {label}: " + ", ".join(misses) + " (its artifacts are missing or do not match)")
+        if outcome["mismatch"]:
+            problems.append(f"size {label}: {outcome['mismatch']}")
+    if result["recompile"]:
+        problems.append(f"recompiled under fail_on_recompile at {result['recompile']}")
+    cold = sum(size["wall_s"] for size in entry.manifest["timings"]["sizes"])
+    timing = f"warm start {result['warm_s']:.2f} s (model built at {result['built_s']:.2f} s), recorded cold compile {cold:.2f} s"
+    unlisted = f", unlisted sizes {result['unlisted']} served without compiling" if result["unlisted"] else ""
+    return _check(entry, "run", problems, f"{timing}; {len(result['runs'])} sizes hit, outputs match eager{unlisted}")
+
+
+def _import_roots(entry: Entry, search: Sequence[str]) -> list[str]:
+    """The sys.path roots the entry's traced sources resolve from now, so that the
+    check process imports the model as precompile did."""
+    roots = []
+    for status in sources.check(entry.sources, search):
+        if status.found_at:
+            root = status.found_at[: -len(status.source.path)].rstrip("/") or "/"
+            if root not in roots:
+                roots.append(root)
+    return roots
+
+
+def search_path() -> list[str]:
+    """Where traced sources are looked up: this process's sys.path and the working dir."""
+    return [*sys.path, os.getcwd()]
+
+
+def junit_xml(report: VerifyReport) -> bytes:
+    suite = ElementTree.Element(
+        "testsuite",
+        name="ccache verify",
+        tests=str(len(report.checks)),
+        failures=str(sum(not check.ok for check in report.checks)),
+    )
+    for check in report.checks:
+        case = ElementTree.SubElement(suite, "testcase", classname=f"entry {check.entry[:12]}", name=check.check)
+        if check.ok:
+            ElementTree.SubElement(case, "system-out").text = check.detail
+        else:
+            ElementTree.SubElement(case, "failure", message=check.detail).text = check.detail
+    root = ElementTree.Element("testsuites")
+    root.append(suite)
+    return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def _check(entry: Entry, name: str, problems: list[str], ok_detail: str) -> Check:
+    if not problems:
+        return Check(entry.id, name, True, ok_detail)
+    shown = "; ".join(problems[:_SHOWN])
+    more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+    return Check(entry.id, name, False, shown + more)
