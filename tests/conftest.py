@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from ccache_cli.core.store import Store
+
 MODELS = Path(__file__).parent / "models"
 EXAMPLE = "ccache_cli.examples.tiny_transformer"
 
@@ -74,6 +76,37 @@ def store_leftovers(store: Path) -> list[str]:
         if (store / folder).is_dir():
             found += [f"{folder}/{p.name}" for p in (store / folder).iterdir()]
     return found
+
+
+CPU_FINGERPRINT = {"python": "3.11.7", "torch": "2.13.0+cpu", "cuda": None, "hip": None, "machine": "x86_64",
+                   "cpu_isa": "avx2", "cpu_threads": 2}
+
+
+def make_entry(store: Store, name: str, files: dict[str, bytes], fingerprint: dict | None = None,
+               device: str = "cpu") -> str:
+    """Publish a synthetic entry (no compile): real blobs, a real manifest."""
+    import hashlib
+
+    with store.staging() as staging:
+        refs = {}
+        for path, data in files.items():
+            staged = staging / hashlib.sha256(path.encode()).hexdigest()
+            staged.write_bytes(data)
+            ref, _ = store.adopt_blob(staged)
+            refs[path] = {"sha256": ref.sha256, "size": ref.size}
+        key = {
+            "fingerprint": fingerprint or CPU_FINGERPRINT,
+            "compile": {"device": device, "sizes": [1], "dynamic": False, "mode": "default"},
+            "model": {"module": name, "attr": "build", "inputs": f"{name}:example_inputs"},
+            "inputs": {},
+            "sources": [],
+        }
+        entry_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        manifest = {"format": 1, "id": entry_id, "name": name, "created": "2026-11-22T00:00:00Z", "lookup": "x",
+                    "key": key, "timings": {"sizes": [], "aot": None}, "aot": {"status": "disabled", "reason": None},
+                    "files": refs}
+        store.publish([manifest], staging)
+    return entry_id
 
 
 @pytest.fixture(scope="session")

@@ -12,34 +12,9 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import ccache, ccache_json, imported_modules
+from conftest import ccache, ccache_json, imported_modules, make_entry
 
 from ccache_cli.core.store import Store
-
-
-def make_entry(store: Store, name: str, files: dict[str, bytes]) -> str:
-    """Publish a synthetic entry (no compile): real blobs, a real manifest."""
-    with store.staging() as staging:
-        refs = {}
-        for path, data in files.items():
-            staged = staging / hashlib.sha256(path.encode()).hexdigest()
-            staged.write_bytes(data)
-            ref, _ = store.adopt_blob(staged)
-            refs[path] = {"sha256": ref.sha256, "size": ref.size}
-        key = {
-            "fingerprint": {"python": "3.11.7", "torch": "2.13.0+cpu", "cuda": None, "hip": None, "machine": "x86_64",
-                            "cpu_isa": "avx2", "cpu_threads": 2},
-            "compile": {"device": "cpu", "sizes": [1], "dynamic": False, "mode": "default"},
-            "model": {"module": name, "attr": "build"},
-            "inputs": {},
-            "sources": [],
-        }
-        entry_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-        manifest = {"format": 1, "id": entry_id, "name": name, "created": "2026-11-22T00:00:00Z", "lookup": "x",
-                    "key": key, "timings": {"sizes": [], "aot": None}, "aot": {"status": "disabled", "reason": None},
-                    "files": refs}
-        store.publish([manifest], staging)
-    return entry_id
 
 
 @pytest.fixture
