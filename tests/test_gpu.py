@@ -33,3 +33,17 @@ def test_cuda_precompile_stores_triton_kernels(tmp_path: Path) -> None:
     Store(store).materialize(Store(store).find(entry["id"]), inductor_dir, "inductor/")
     counters = run_on_cache_dir(inductor_dir, "cuda", [1, 8, 32], cwd=tmp_path)
     assert counters.get("fxgraph_cache_hit") == 3 and counters.get("fxgraph_cache_miss", 0) == 0
+
+    # Packed, unpacked elsewhere and exported as a plain TORCHINDUCTOR_CACHE_DIR: still only hits.
+    archive = tmp_path / "cache.tar.zst"
+    assert ccache("pack", str(archive), store=store).returncode == 0
+    exported = tmp_path / "exported"
+    unpacked = ccache_json("unpack", str(archive), "--export-dir", str(exported), store=tmp_path / "image-store")
+    assert unpacked["exported"]["entry"] == entry["id"]
+    counters = run_on_cache_dir(exported, "cuda", [1, 8, 32], cwd=tmp_path)
+    assert counters.get("fxgraph_cache_hit") == 3 and counters.get("fxgraph_cache_miss", 0) == 0
+
+    # verify --run: a fresh process on the entry, zero misses, outputs equal to eager.
+    result = ccache("verify", "--run", "--json", store=store)
+    assert result.returncode == 0, result.stdout
+    print(result.stdout)
