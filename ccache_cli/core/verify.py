@@ -21,6 +21,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 from . import fingerprint, sources
+from .archive import check_blobs, is_archive_path, open_source
 from .errors import BadInputError
 from .hashing import sha256_file
 from .store import Entry, Store
@@ -49,8 +50,6 @@ class VerifyReport:
 def verify(store: Store, ref: str | None, target: Path | None, run: bool) -> VerifyReport:
     """Every check of the entries `ref` names: an id prefix or name, an archive, or
     (None) the whole store."""
-    from .archive import check_blobs, is_archive_path, open_source
-
     target_fingerprint = load_target(target) if target is not None else None
     checks: list[Check] = []
     if ref is not None and is_archive_path(ref):
