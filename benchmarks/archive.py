@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccache_cli.core.store import Store
+from ccache_cli.core.store import Entry, Store
 
 WORDS = (
     "def kernel triton_poi_fused xindex xmask tl.load tl.store in_ptr0 out_ptr0 tmp0 tmp1 = + * "
@@ -89,7 +89,7 @@ def publish(store: Store, name: str, files: dict[str, bytes]) -> None:
         manifest = {"format": 1, "id": entry_id, "name": name, "created": "2026-11-22T00:00:00Z", "lookup": "",
                     "key": key, "timings": {"sizes": [], "aot": None}, "aot": {"status": "disabled", "reason": None},
                     "files": refs}
-        store.publish([manifest], staging)
+        store.publish([Entry(manifest["id"], manifest)], staging)
 
 
 def timed(command: list[str] | str, **kwargs: object) -> tuple[float, int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ccache_cli.core.store import Store
+from ccache_cli.core.store import Entry, Store
 
 MODELS = Path(__file__).parent / "models"
 EXAMPLE = "ccache_cli.examples.tiny_transformer"
@@ -105,7 +105,7 @@ def make_entry(store: Store, name: str, files: dict[str, bytes], fingerprint: di
         manifest = {"format": 1, "id": entry_id, "name": name, "created": "2026-11-22T00:00:00Z", "lookup": "x",
                     "key": key, "timings": {"sizes": [], "aot": None}, "aot": {"status": "disabled", "reason": None},
                     "files": refs}
-        store.publish([manifest], staging)
+        store.publish([Entry(manifest["id"], manifest)], staging)
     return entry_id
 
 

@@ -26,7 +26,7 @@ import sys
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -141,32 +141,22 @@ def unpack(
         wanted_blobs -= store.blobs_present(wanted_blobs)
         received: set[str] = set()
         staged: dict[str, int] = {}  # sha256 -> size of the blobs written to staging
-        staged_objects = staging / "objects"
-        staged_folders: set[str] = set()
-        while (member := tar.next()) is not None:
-            sha256 = _check_member(member, blobs, received)
-            received.add(sha256)
-            path = None
-            if sha256 in wanted_blobs:
-                folder = os.path.join(staged_objects, sha256[:2])
-                if sha256[:2] not in staged_folders:
-                    os.makedirs(folder)
-                    staged_folders.add(sha256[:2])
-                path = os.path.join(folder, sha256)
-            if member.size <= _CHUNK:  # most blobs: read whole, check, then write
-                data = tar.read_exactly(member.size, f"blob {sha256[:12]}")
-                _check_hash(hashlib.sha256(data), sha256)
-                if path is not None:
-                    _write_new_file(path, data)
-            else:
-                _check_hash(_copy_member(tar, sha256, member.size, path), sha256)
-            if path is not None:
-                staged[sha256] = member.size
+        with _StagedBlobs(staging / "objects", (sha256[:2] for sha256 in wanted_blobs)) as sink:
+            while (member := tar.next()) is not None:
+                sha256 = _check_member(member, blobs, received)
+                received.add(sha256)
+                wanted = sha256 in wanted_blobs
+                if member.size <= _CHUNK:  # most blobs: read whole; checked and written in a thread
+                    sink.add(sha256, tar.read_member(f"blob {sha256[:12]}"), wanted)
+                else:
+                    _check_hash(_copy_member(tar, sha256, member.size, sink.create(sha256) if wanted else None), sha256)
+                if wanted:
+                    staged[sha256] = member.size
         missing = set(blobs) - received
         if missing:
             raise ArchiveError(f"archive is truncated or incomplete: {len(missing)} blob(s) listed in {FILES_NAME} are absent")
-        store.adopt_verified_blobs(staged_objects)
-        published = store.publish([entry.manifest for entry in wanted_entries], staging)
+        store.adopt_verified_blobs(staging / "objects")
+        published = store.publish(wanted_entries, staging)
     added_entries = [entry for entry, is_new in published if is_new]
     kept = [entry for entry, is_new in published if not is_new]
     new_bytes = sum(staged.values())
@@ -243,6 +233,8 @@ def _header_template() -> bytes:
 
 
 _HEADER_TEMPLATE = _header_template()
+# The checksum of a header from the template, less its name and size fields.
+_TEMPLATE_FIXED_SUM = sum(_HEADER_TEMPLATE[100:124]) + sum(_HEADER_TEMPLATE[136:148]) + 8 * ord(" ") + sum(_HEADER_TEMPLATE[156:])
 
 
 def _ustar_header(name: str, size: int) -> bytes:
@@ -252,52 +244,81 @@ def _ustar_header(name: str, size: int) -> bytes:
     header = bytearray(_HEADER_TEMPLATE)
     encoded = name.encode()
     header[: len(encoded)] = encoded  # names we write are at most 72 bytes
-    header[124:136] = b"%011o\0" % size if size < 8**11 else b"\x80" + size.to_bytes(11, "big")
-    header[148:156] = b" " * 8
-    header[148:155] = b"%06o\0" % sum(header)
+    size_field = b"%011o\0" % size if size < 8**11 else b"\x80" + size.to_bytes(11, "big")
+    header[124:136] = size_field
+    # The template's other bytes never change: only name and size need summing.
+    header[148:155] = b"%06o\0" % (_TEMPLATE_FIXED_SUM + sum(encoded) + sum(size_field))
     return bytes(header)
 
 
 class _TarWriter:
     """Writes a ustar stream of regular files by hand, in large writes.
 
-    tarfile's stream writer re-buffers every byte through Python and builds each
-    header generically, which together cost more than compressing small members.
+    Headers and file contents are placed straight into one reused buffer (files read
+    with readv, no copies), which goes out whole: tarfile's stream writer re-buffers
+    every byte through Python and builds each header generically, which together
+    cost more than compressing small members.
     """
 
     def __init__(self, out: IO[bytes]) -> None:
         self._out = out
-        self._pending = bytearray()
+        self._buffer = bytearray(_CHUNK)
+        self._view = memoryview(self._buffer)
+        self._used = 0
         self._written = 0
 
     def add(self, name: str, size: int, data: bytes | None = None, fd: int | None = None) -> None:
         """Add a member whose bytes are `data`, or are read from `fd`."""
-        self._append(_ustar_header(name, size))
+        self._put(_ustar_header(name, size))
+        padded = size + (-size % tarfile.BLOCKSIZE)
         if data is not None:
-            self._append(data)
-        remaining = size if data is None else 0
-        while remaining:
-            chunk = os.read(fd, min(remaining, _CHUNK))  # type: ignore[arg-type]
-            if not chunk:
+            self._put(data + bytes(padded - size))
+            return
+        if padded > _CHUNK - self._used:
+            self._flush()
+        if padded > _CHUNK:  # a large file: stream it through the buffer
+            remaining = size
+            while remaining:
+                got = os.readv(fd, [self._view[: min(remaining, _CHUNK)]])  # type: ignore[arg-type]
+                if not got:
+                    raise CcacheError(f"{name} is shorter than {size} bytes; the store is damaged")
+                self._used = got
+                self._flush()
+                remaining -= got
+            self._put(bytes(padded - size))
+            return
+        start = self._used
+        got = 0
+        while got < size:
+            n = os.readv(fd, [self._view[start + got : start + size]])  # type: ignore[arg-type]
+            if not n:
                 raise CcacheError(f"{name} is shorter than {size} bytes; the store is damaged")
-            self._append(chunk)
-            remaining -= len(chunk)
-        self._append(bytes(-size % tarfile.BLOCKSIZE))
+            got += n
+        self._view[start + size : start + padded] = _ZEROS[: padded - size]
+        self._used = start + padded
 
     def close(self) -> None:
         end = 2 * tarfile.BLOCKSIZE
-        self._append(bytes(end + (-(self._written + len(self._pending) + end)) % tarfile.RECORDSIZE))
+        self._put(bytes(end + (-(self._written + self._used + end)) % tarfile.RECORDSIZE))
         self._flush()
 
-    def _append(self, data: bytes) -> None:
-        self._pending += data
-        if len(self._pending) >= _CHUNK:
-            self._flush()
+    def _put(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._used == _CHUNK:
+                self._flush()
+            take = min(len(view), _CHUNK - self._used)
+            self._view[self._used : self._used + take] = view[:take]
+            self._used += take
+            view = view[take:]
 
     def _flush(self) -> None:
-        self._out.write(self._pending)
-        self._written += len(self._pending)
-        self._pending.clear()
+        self._out.write(self._view[: self._used])
+        self._written += self._used
+        self._used = 0
+
+
+_ZEROS = bytes(tarfile.BLOCKSIZE)
 
 
 @contextlib.contextmanager
@@ -382,11 +403,10 @@ def _check_member(member: _Member, blobs: dict[str, int], received: set[str]) ->
     return sha256
 
 
-def _copy_member(tar: _TarReader, sha256: str, size: int, path: str | None) -> Any:
-    """Read exactly `size` bytes of blob `sha256`'s member, into a new read-only file
-    at `path` if given; returns their hash object."""
+def _copy_member(tar: _TarReader, sha256: str, size: int, fd: int | None) -> Any:
+    """Read exactly `size` bytes of blob `sha256`'s member, into the file open at `fd`
+    (closed after) if given; returns their hash object."""
     digest = hashlib.sha256()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444) if path is not None else None
     try:
         remaining = size
         while remaining:
@@ -406,13 +426,95 @@ def _check_hash(digest: Any, sha256: str) -> None:
         raise ArchiveError(f"blob {sha256[:12]} does not match its hash; the archive is corrupt")
 
 
-def _write_new_file(path: str, data: bytes) -> None:
-    """Create a read-only file that must not exist yet, holding `data`."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-    try:
-        os.write(fd, data)  # a regular file takes the whole buffer
-    finally:
-        os.close(fd)
+class _StagedBlobs:
+    """Checks blobs against their hashes and writes the new ones as read-only files
+    `<root>/ab/<sha256>`, in threads.
+
+    Blobs are handed over in batches, so hashing and the file system calls (both
+    release the GIL) overlap with reading and parsing the next members. Each file is
+    opened through its folder's descriptor, all folders made up front: no path
+    building or lookup per blob, nothing shared that threads change. At most
+    `_QUEUED` batches of up to `_BATCH_BYTES` each are held.
+    """
+
+    _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    _BATCH_BYTES = 4 << 20
+    _BATCH_BLOBS = 512
+    _QUEUED = 4
+    _THREADS = 2
+
+    def __init__(self, root: Path, folders: Iterable[str]) -> None:
+        self._folders: dict[str, int] = {}
+        for folder in sorted(set(folders)):
+            (root / folder).mkdir(parents=True)
+            self._folders[folder] = os.open(root / folder, os.O_RDONLY | os.O_DIRECTORY)
+        self._batch: list[tuple[str, bytes | memoryview, bool]] = []
+        self._batch_bytes = 0
+        self._batches: queue.Queue[list[tuple[str, bytes | memoryview, bool]] | None] = queue.Queue(self._QUEUED)
+        self._error: BaseException | None = None
+        self._threads = [threading.Thread(target=self._drain, daemon=True) for _ in range(self._THREADS)]
+        for thread in self._threads:
+            thread.start()
+
+    def __enter__(self) -> _StagedBlobs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self._flush()
+        finally:
+            for thread in self._threads:
+                self._batches.put(None)
+            for thread in self._threads:
+                thread.join()
+            for fd in self._folders.values():
+                os.close(fd)
+        if self._error is not None and exc[0] is None:
+            raise self._error
+
+    def add(self, sha256: str, data: bytes | memoryview, write: bool) -> None:
+        """Check `data` against `sha256` and, if `write`, store it as a new file."""
+        self._batch.append((sha256, data, write))
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= self._BATCH_BYTES or len(self._batch) >= self._BATCH_BLOBS:
+            self._flush()
+
+    def create(self, sha256: str) -> int:
+        """A new file for blob `sha256`, open for writing by the caller."""
+        self._flush()
+        self._batches.join()  # keeps members in order
+        if self._error is not None:
+            raise self._error
+        return self._create(sha256)
+
+    def _flush(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._batch:
+            self._batches.put(self._batch)
+            self._batch, self._batch_bytes = [], 0
+
+    def _create(self, sha256: str) -> int:
+        return os.open(sha256, self._FLAGS, 0o444, dir_fd=self._folders[sha256[:2]])
+
+    def _drain(self) -> None:
+        while (batch := self._batches.get()) is not None:
+            try:
+                if self._error is None:
+                    for sha256, data, write in batch:
+                        _check_hash(hashlib.sha256(data), sha256)
+                        if write:
+                            fd = self._create(sha256)
+                            try:
+                                os.write(fd, data)  # a regular file takes the whole buffer
+                            finally:
+                                os.close(fd)
+            except BaseException as exc:  # raised in the reading thread
+                self._error = exc
+            finally:
+                self._batches.task_done()
+        self._batches.task_done()
 
 
 @dataclass(frozen=True)
@@ -428,7 +530,14 @@ def _parse_header(block: bytes) -> _Member:
     tarfile's own parser handles every tar dialect and costs more than the rest of
     unpacking; archives of this tool are plain ustar.
     """
-    if _octal(block[148:156], "checksum") != sum(block[:148]) + 8 * ord(" ") + sum(block[156:]):
+    template = _HEADER_TEMPLATE
+    if block[156:] == template[156:] and block[100:124] == template[100:124] and block[136:148] == template[136:148]:
+        # What pack writes: only name, size and checksum differ from the template,
+        # so only they need summing (a full sum costs more than the rest of parsing).
+        checksum = _TEMPLATE_FIXED_SUM + sum(block[:100]) + sum(block[124:136])
+    else:
+        checksum = sum(block[:148]) + 8 * ord(" ") + sum(block[156:])
+    if _octal(block[148:156], "checksum") != checksum:
         raise ArchiveError("corrupt tar header (bad checksum); the archive is damaged")
     name = block[:100].split(b"\0", 1)[0]
     prefix = block[345:500].split(b"\0", 1)[0] if block[257:262] == b"ustar" else b""
@@ -457,6 +566,7 @@ class _TarReader:
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
         self._unread = 0  # bytes of the current member's data and padding not yet read
+        self._size = 0  # the current member's size
 
     def next(self) -> _Member | None:
         """The next member's header, or None at the end-of-archive marker."""
@@ -466,8 +576,15 @@ class _TarReader:
             self._check_end()
             return None
         member = _parse_header(header)
+        self._size = member.size
         self._unread = member.size + (-member.size % tarfile.BLOCKSIZE) if member.type in _REGULAR else 0
         return member
+
+    def read_member(self, what: str) -> memoryview:
+        """The whole data of the current member (its padding read and dropped)."""
+        size = self._unread
+        data = self.read_exactly(size, what)
+        return memoryview(data)[: size - (-self._size % tarfile.BLOCKSIZE)]
 
     def read_exactly(self, size: int, what: str) -> bytes:
         data = self._stream.read(size)

@@ -211,7 +211,7 @@ def _store_entry(
         "aot": {"status": result["aot"]["status"], "reason": result["aot"]["reason"]},
         "files": files,
     }
-    [(entry, _)] = store.publish([manifest], staging)
+    [(entry, _)] = store.publish([Entry(manifest["id"], manifest)], staging)
     return entry, new_bytes
 
 

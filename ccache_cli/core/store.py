@@ -267,14 +267,15 @@ class Store:
             for name in os.listdir(source):
                 os.replace(os.path.join(source, name), os.path.join(target, name))
 
-    def publish(self, manifests: Sequence[Mapping[str, Any]], staging: Path) -> list[tuple[Entry, bool]]:
+    def publish(self, entries: Sequence[Entry], staging: Path) -> list[tuple[Entry, bool]]:
         """Publish entries whose blobs are already in the store, under one lock.
 
-        Each manifest is written into `staging` (a folder from `staging()`) and its
+        Each entry's manifest is written into `staging` (a folder from `staging()`) and its
         folder renamed into entries/, so each entry appears whole or not at all.
         Returns each entry and whether it was new; one already there is kept as it is.
         """
-        entries = [_validated(Entry(manifest["id"], manifest)) for manifest in manifests]
+        for entry in entries:
+            _validated(entry)
         with self.lock():
             new = [entry for entry in entries if not (self.entries_dir / entry.id).exists()]
             needed = {ref.sha256: (entry, path) for entry in new for path, ref in entry.files.items()}
