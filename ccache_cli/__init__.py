@@ -1,0 +1,45 @@
+"""ccache-cli: precompiled torch.compile caches, stored and carried into images.
+
+The Python API for a serving process::
+
+    import ccache_cli
+    ccache_cli.activate()                    # the stored entries that fit this machine
+    compiled = ccache_cli.compile(model)     # instead of torch.compile(model)
+
+Importing this package does not import torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+
+def activate(store: str | os.PathLike[str] | None = None, entry: str | Sequence[str] | None = None) -> Any:
+    """Make stored entries active in this process, before it compiles anything.
+
+    `store` defaults to $CCACHE_CLI_STORE, else ~/.cache/ccache-cli; `entry` is one or
+    more id prefixes or names, by default every entry that fits this machine. Points
+    TORCHINDUCTOR_CACHE_DIR at a writable view of them (the store itself is never
+    written) and returns the activation (its entries, view and environment).
+    Raises `ccache_cli.core.errors.CcacheError` when there is nothing to activate.
+    """
+    from .core.runtime import activate as _activate
+
+    return _activate(store, entry)
+
+
+def compile(model: Any, *, mode: str | None = None, dynamic: bool = False, **torch_compile_kwargs: Any) -> Any:
+    """A drop-in for `torch.compile(model)` on the active entries.
+
+    A call whose inputs match a size that precompile stored as an AOT-compiled function
+    (same shapes, dtypes and device, no_grad, sources unchanged, guards passing) runs
+    that function: no tracing, no compiling. Any other call goes to
+    `torch.compile(model, mode=mode, dynamic=dynamic, ...)`, which finds the stored
+    Inductor caches warm. `dynamic` defaults to False, as precompile compiles one static
+    graph per size; without an active entry this is plain torch.compile.
+    """
+    from .core.runtime import compile as _compile
+
+    return _compile(model, mode=mode, dynamic=dynamic, **torch_compile_kwargs)

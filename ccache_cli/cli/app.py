@@ -11,7 +11,7 @@ import typer
 
 from ..core.errors import CcacheError
 from ..core.store import Store
-from . import fingerprint, inspect, pack, precompile, verify
+from . import fingerprint, inspect, pack, precompile, run, verify
 from .render import err
 
 app = typer.Typer(
@@ -43,6 +43,8 @@ app.command("pack")(pack.pack_command)
 app.command("unpack")(pack.unpack_command)
 app.command("verify")(verify.command)
 app.command("fingerprint")(fingerprint.command)
+app.command("env")(run.env_command)
+app.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})(run.run_command)
 
 
 def main() -> None:

@@ -64,7 +64,8 @@ def _print_detail(item: EntryReport, report: InspectReport) -> None:
     for name, value in manifest["key"]["compile"].items():
         compile_table.add_row(name, str(value))
     model = manifest["key"]["model"]
-    compile_table.add_row("model", f"{model['module']}:{model['attr']}")
+    if model is not None:  # None: captured from a command, which the options show
+        compile_table.add_row("model", f"{model['module']}:{model['attr']}")
     out.print(compile_table)
     traced = Table("module", "path", "sha256", title="Traced sources", title_justify="left")
     for source in e.sources:

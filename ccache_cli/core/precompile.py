@@ -125,7 +125,7 @@ def precompile(
                     "dynamic": request.dynamic,
                     "mode": request.mode,
                     "aot": request.aot,
-                    "machine": store.cached_machine_fingerprint(probe) if device in _PRIMARY_DEVICES else None,
+                    "machine": store.cached_machine_fingerprint(probe) if device in PRIMARY_DEVICES else None,
                 }
             )
         )
@@ -133,7 +133,7 @@ def precompile(
         worker = _Worker(request_file, staging, staging / "artifacts")
         try:
             planned = worker.expect("planned")
-            if device in _PRIMARY_DEVICES:
+            if device in PRIMARY_DEVICES:
                 store.save_machine_fingerprint(probe, planned["machine"])
             lookup = lookup_key(planned)
             if not request.force:
@@ -160,7 +160,7 @@ def precompile(
 
 # Cached machine fingerprints describe GPU 0; other GPUs are probed every time. A cached
 # one spares the worker seconds of probing (Inductor's ISA check compiles test programs).
-_PRIMARY_DEVICES = ("cpu", "cuda:0")
+PRIMARY_DEVICES = ("cpu", "cuda:0")
 
 
 def _fresh_entry(store: Store, lookup: str, sys_path: list[str]) -> Entry | None:
@@ -179,19 +179,7 @@ def _store_entry(
     lookup: str,
     result: dict[str, Any],
 ) -> tuple[Entry, int]:
-    files: dict[str, dict[str, Any]] = {}
-    new_bytes = 0
-    artifacts = staging / "artifacts"
-    for path in sorted(artifacts.rglob("*")):
-        relative = path.relative_to(artifacts).as_posix()
-        if not path.is_file():
-            continue
-        top = relative[len(INDUCTOR_PREFIX) :].partition("/")[0] if relative.startswith(INDUCTOR_PREFIX) else ""
-        if top in IGNORED_INDUCTOR_DIRS:
-            continue
-        ref, added = store.adopt_blob(path)
-        new_bytes += ref.size if added else 0
-        files[relative] = {"sha256": ref.sha256, "size": ref.size}
+    files, new_bytes = adopt_artifacts(store, staging / "artifacts")
     key = {
         "fingerprint": planned["fingerprint"],
         "compile": planned["compile"],
@@ -204,7 +192,7 @@ def _store_entry(
         "format": MANIFEST_FORMAT,
         "id": entry_id,
         "name": request.name or f"{planned['model']['module']}:{planned['model']['attr']}",
-        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": created_now(),
         "lookup": lookup,
         "key": key,
         "timings": {"sizes": result["reports"], "aot": result["aot"].get("seconds")},
@@ -213,6 +201,28 @@ def _store_entry(
     }
     [(entry, _)] = store.publish([Entry(manifest["id"], manifest)], staging)
     return entry, new_bytes
+
+
+def adopt_artifacts(store: Store, artifacts: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """Move the cache files a compile wrote under `artifacts` into the store as blobs;
+    returns the entry's file list and the bytes new to the store."""
+    files: dict[str, dict[str, Any]] = {}
+    new_bytes = 0
+    for path in sorted(artifacts.rglob("*")):
+        relative = path.relative_to(artifacts).as_posix()
+        if not path.is_file() or path.is_symlink():
+            continue
+        top = relative[len(INDUCTOR_PREFIX) :].partition("/")[0] if relative.startswith(INDUCTOR_PREFIX) else ""
+        if top in IGNORED_INDUCTOR_DIRS:
+            continue
+        ref, added = store.adopt_blob(path)
+        new_bytes += ref.size if added else 0
+        files[relative] = {"sha256": ref.sha256, "size": ref.size}
+    return files, new_bytes
+
+
+def created_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _Worker:

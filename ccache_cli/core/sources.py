@@ -8,9 +8,10 @@ the torch version, and the standard library by the Python version.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sysconfig
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,12 @@ class SourceStatus:
     found_at: str | None
 
 
-def collect(filenames: Iterable[str], sys_path: Sequence[str], torch_dir: str | None) -> list[Source]:
-    """The traced files that the key must hash, sorted by path."""
+def collect(filenames: Iterable[str], sys_path: Sequence[str], torch_dir: str | None,
+            modules: Mapping[str, str] | None = None) -> list[Source]:
+    """The traced files that the key must hash, sorted by path. A file imported as a
+    module (`modules`: real path -> module name) is named after the module, which also
+    covers packages found by import hooks rather than a sys.path folder (editable
+    installs); any other file after its sys.path root."""
     paths = sysconfig.get_paths()
     stdlib = tuple(os.path.realpath(paths[name]) + os.sep for name in ("stdlib", "platstdlib"))
     site = tuple(os.path.realpath(paths[name]) + os.sep for name in ("purelib", "platlib"))
@@ -42,17 +47,21 @@ def collect(filenames: Iterable[str], sys_path: Sequence[str], torch_dir: str | 
         # site-packages often lies inside the stdlib folder; only the stdlib proper is covered.
         if real.startswith(stdlib) and not real.startswith(site):
             continue
-        relative = _relative_to_root(real, roots)
+        module = (modules or {}).get(real)
+        relative = _module_path(module, real) if module else _relative_to_root(real, roots)
         sources[relative] = Source(module=_module_name(relative), path=relative, sha256=sha256_file(Path(real)))
     return [sources[path] for path in sorted(sources)]
 
 
 def check(sources: Iterable[Source], sys_path: Sequence[str]) -> list[SourceStatus]:
-    """Look each source up as it resolves now, on `sys_path`, and re-hash it."""
+    """Look each source up as it resolves now and re-hash it: where the import system
+    finds its top-level package (import hooks such as editable installs included),
+    else on `sys_path`."""
     roots = [p or os.getcwd() for p in sys_path]
     statuses = []
     for source in sources:
-        found = next((Path(root) / source.path for root in roots if (Path(root) / source.path).is_file()), None)
+        found = next((Path(root) / source.path for root in [*_package_root(source.module), *roots]
+                      if (Path(root) / source.path).is_file()), None)
         if found is None:
             statuses.append(SourceStatus(source, "missing", None))
         else:
@@ -61,11 +70,31 @@ def check(sources: Iterable[Source], sys_path: Sequence[str]) -> list[SourceStat
     return statuses
 
 
+def _package_root(module: str) -> list[str]:
+    """The folder holding `module`'s top-level package or module, as `import` would
+    find it; finding a top-level name runs no code of it."""
+    try:
+        spec = importlib.util.find_spec(module.partition(".")[0])
+    except (ImportError, ValueError):
+        return []
+    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+        return []
+    top = os.path.dirname(spec.origin)
+    return [os.path.dirname(top) if spec.submodule_search_locations is not None else top]
+
+
 def _relative_to_root(real: str, roots: Sequence[str]) -> str:
     for root in roots:  # longest first: the most specific root names the module
         if real.startswith(root.rstrip(os.sep) + os.sep):
             return os.path.relpath(real, root).replace(os.sep, "/")
     return os.path.basename(real)
+
+
+def _module_path(module: str, real: str) -> str:
+    parts = module.split(".")
+    if os.path.basename(real) == "__init__.py":
+        parts.append("__init__")
+    return "/".join(parts) + ".py"
 
 
 def _module_name(relative: str) -> str:

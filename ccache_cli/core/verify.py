@@ -146,6 +146,8 @@ def broken_store_blobs(store: Store, entries: Iterable[Entry]) -> dict[str, str]
 def run_check(store: Store, entry: Entry, search: Sequence[str]) -> Check:
     """Start a fresh process on a copy of the entry's Inductor cache (see verify_run)."""
     model = entry.manifest["key"]["model"]
+    if model is None:  # captured from a command: there is no model to build here
+        return Check(entry.id, "run", True, "skipped: a captured entry has no model to run; run its command under `ccache run`")
     roots = _import_roots(entry, search)
     with tempfile.TemporaryDirectory(prefix="ccache-verify-") as scratch:
         inductor_dir = Path(scratch) / "inductor"

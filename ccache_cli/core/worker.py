@@ -26,6 +26,7 @@ from typing import Any, TextIO
 from . import fingerprint, modelspec, sources
 from .artifacts import AOT_PREFIX, MEGACACHE_FILE
 from .errors import CcacheError, CompileError, DeviceError
+from .tracing import modules_by_file, record_traced_files
 
 Emit = Callable[..., None]
 
@@ -113,7 +114,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
     if artifacts is not None:
         (out / MEGACACHE_FILE).parent.mkdir(parents=True, exist_ok=True)
         (out / MEGACACHE_FILE).write_bytes(artifacts[0])
-    traced_sources = sources.collect(traced, sys.path, os.path.dirname(torch.__file__))
+    traced_sources = sources.collect(traced, sys.path, os.path.dirname(torch.__file__), modules_by_file(traced, sys.modules))
     emit(
         "result",
         reports=reports,
@@ -165,9 +166,11 @@ def _aot_compile(
         emit("size_start", label=str(size), phase="aot")
         start = time.perf_counter()
         try:
-            compiled = torch.compile(
-                model.forward, backend="inductor", mode=options["mode"], dynamic=False, fullgraph=True
-            ).aot_compile((args, {}))
+            # Under no_grad like every other call: the grad mode is part of the guards.
+            with torch.no_grad():
+                compiled = torch.compile(
+                    model.forward, backend="inductor", mode=options["mode"], dynamic=False, fullgraph=True
+                ).aot_compile((args, {}))
             compiled.save_compiled_function(str(folder / f"size-{size}.pt"))
         except Exception as exc:
             for partial in folder.iterdir():
@@ -223,28 +226,11 @@ def cache_counters(counters: Any) -> dict[str, int]:
 
 @contextlib.contextmanager
 def _recording_traced_files() -> Iterator[set[str]]:
-    """Collect the file of every code object Dynamo traces, inlined calls included.
-
-    Dynamo appends each traced code object to `TracingContext.traced_code`; a list
-    that records on append sees them all without holding on to any tracing state.
-    """
+    """The files of every code object Dynamo traces while in this block."""
     from torch._guards import TracingContext
 
     filenames: set[str] = set()
-
-    class RecordingList(list):  # type: ignore[type-arg]
-        def append(self, code: Any) -> None:
-            filenames.add(code.co_filename)
-            super().append(code)
-
-    original_init = TracingContext.__init__
-
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        original_init(self, *args, **kwargs)
-        filenames.update(code.co_filename for code in self.traced_code)
-        self.traced_code = RecordingList(self.traced_code)
-
-    TracingContext.__init__ = init  # type: ignore[method-assign]
+    original_init = record_traced_files(TracingContext, filenames)
     try:
         yield filenames
     finally:

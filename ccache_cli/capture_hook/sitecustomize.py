@@ -1,0 +1,87 @@
+"""Loaded at start-up by every Python process under `ccache run --capture`.
+
+`ccache run --capture` puts this folder first on PYTHONPATH. The hook stays idle
+until the program imports torch's tracing module, then records the files Dynamo
+traces; at exit it writes them, with what the key needs, to a JSON record in
+$CCACHE_CLI_CAPTURE_DIR. It never imports torch itself, and it then runs the
+sitecustomize it shadows, if there is one.
+"""
+
+import atexit
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_RECORDS = os.environ.get("CCACHE_CLI_CAPTURE_DIR")
+_PACKAGE_ROOT = os.environ.get("CCACHE_CLI_CAPTURE_PACKAGE")
+_TRACED = set()
+
+
+def _load_tracing():
+    path = os.path.join(_PACKAGE_ROOT, "ccache_cli", "core", "tracing.py")
+    spec = importlib.util.spec_from_file_location("_ccache_cli_capture_tracing", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _WhenTracingIsImported:
+    """A meta path finder that patches torch._guards right after it is first imported."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch._guards":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            _load_tracing().record_traced_files(module.TracingContext, _TRACED)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+def _write_record():
+    torch = sys.modules.get("torch")
+    record = {"pid": os.getpid(), "argv": sys.argv, "traced": sorted(_TRACED), "sys_path": sys.path, "error": None,
+              "modules": _load_tracing().modules_by_file(_TRACED, sys.modules) if _TRACED else {}}
+    if torch is not None:
+        record["torch_dir"] = os.path.dirname(torch.__file__)
+    if _TRACED and torch is not None:
+        try:
+            cuda = getattr(torch, "cuda", None)
+            device = f"cuda:{cuda.current_device()}" if cuda is not None and cuda.is_initialized() else "cpu"
+            sys.path.insert(0, _PACKAGE_ROOT)
+            try:
+                from ccache_cli.core import fingerprint
+            finally:
+                sys.path.remove(_PACKAGE_ROOT)
+            record["device"] = device
+            record["machine"] = fingerprint.machine_fingerprint(device)
+        except Exception as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
+    path = os.path.join(_RECORDS, f"{os.getpid()}.json")
+    with open(path + ".tmp", "w") as handle:
+        json.dump(record, handle)
+    os.replace(path + ".tmp", path)
+
+
+def _run_shadowed_sitecustomize():
+    others = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != _HERE]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", others)
+    if spec is not None and spec.loader is not None:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+
+
+if _RECORDS and _PACKAGE_ROOT:
+    sys.meta_path.insert(0, _WhenTracingIsImported())
+    atexit.register(_write_record)
+_run_shadowed_sitecustomize()

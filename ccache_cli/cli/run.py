@@ -1,0 +1,76 @@
+"""`ccache env` and `ccache run`: start programs with stored entries active."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import typer
+
+from ..core import capture, runtime
+from ..core.errors import BadInputError
+from ..core.store import Store
+from .render import emit_json, err, human_bytes
+
+
+def env_command(
+    ctx: typer.Context,
+    entries: Optional[list[str]] = typer.Argument(None, metavar="[ENTRY...]", help="Entry id prefixes or names [default: all that fit this machine]"),
+    json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
+) -> None:
+    """Print shell exports that make entries active: eval "$(ccache env)". Does not import torch."""
+    active = runtime.activation(ctx.obj, runtime.select_entries(ctx.obj, entries or ()))
+    if json_output:
+        emit_json({"entries": [e.id for e in active.entries], "view": str(active.view),
+                   "set": active.set_env, "unset": list(active.unset_env)})
+        return
+    sys.stdout.write(active.shell_exports())
+
+
+def run_command(
+    ctx: typer.Context,
+    args: Optional[list[str]] = typer.Argument(None, metavar="[ENTRY...] -- CMD...", help="Entries [default: all that fit], then the command"),
+    capture_name: Optional[str] = typer.Option(None, "--capture", metavar="NAME",
+                                               help="Run CMD on an empty cache and store what it compiles as entry NAME"),
+    json_output: bool = typer.Option(False, "--json", help="With --capture: write only a JSON summary to stdout (CMD's output goes to stderr)"),
+) -> None:
+    """Run CMD with entries active (or, with --capture, record what it compiles). Does not import torch."""
+    store: Store = ctx.obj
+    refs, command = _split_command(args or [])
+    if not command:
+        raise BadInputError("nothing to run: put the command after --, as in `ccache run -- python serve.py`")
+    if capture_name is not None:
+        if refs:
+            raise BadInputError("--capture runs on an empty cache; it takes no ENTRY")
+        # With --json, stdout carries only the summary: the command's output goes to stderr.
+        result = capture.capture(store, capture_name, command, stdout=2 if json_output else None)
+        if json_output:
+            emit_json({"entry": result.entry.id, "name": result.entry.name, "new": result.new,
+                       "files": result.files, "bytes": result.entry.bytes, "seconds": round(result.seconds, 3)})
+        else:
+            state = "stored" if result.new else "already stored"
+            err.print(f"Captured entry {result.entry.short_id} ({result.entry.name}, {state}): {result.files} files, "
+                      f"{human_bytes(result.entry.bytes)}, {len(result.entry.sources)} traced sources, "
+                      f"command ran {result.seconds:.1f} s.")
+        return
+    active = runtime.activation(store, runtime.select_entries(store, refs))
+    active.apply(os.environ)
+    try:
+        os.execvp(command[0], command)  # the command takes this process's place: its exit code, its signals
+    except FileNotFoundError:
+        raise BadInputError(f"command not found: {command[0]}") from None
+
+
+def _split_command(args: list[str]) -> tuple[list[str], list[str]]:
+    """ENTRY arguments and the command. Click keeps the `--` after an ENTRY, but drops
+    it when it comes first; then count what followed it on the command line."""
+    if "--" in args:
+        split = args.index("--")
+        return args[:split], args[split + 1 :]
+    argv = sys.argv[1:]
+    start = argv.index("run") if "run" in argv else 0
+    if "--" not in argv[start:]:
+        return [], args
+    after = len(argv) - argv.index("--", start) - 1
+    return args[: len(args) - after], args[len(args) - after :]

@@ -1,0 +1,135 @@
+"""`ccache run --capture NAME -- CMD`: store what any command compiles as an entry.
+
+CMD runs with an empty Inductor cache of its own (Triton's inside it) in the store's
+staging area, and with a start-up hook (`ccache_cli/capture_hook`) that records,
+in every Python process CMD starts, the files Dynamo traces and the machine's key
+components. When CMD succeeds, the cache files it wrote become the entry's blobs
+and the records its key; when it fails, nothing is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ccache_cli
+
+from . import fingerprint, sources
+from .errors import BadInputError, CcacheError
+from .hashing import hash_json
+from .precompile import MANIFEST_FORMAT, PRIMARY_DEVICES, adopt_artifacts, created_now
+from .runtime import VIEW_ENV
+from .store import Entry, Store
+
+CAPTURE_DIR_ENV = "CCACHE_CLI_CAPTURE_DIR"
+CAPTURE_PACKAGE_ENV = "CCACHE_CLI_CAPTURE_PACKAGE"
+_HOOK_DIR = Path(ccache_cli.__file__).parent / "capture_hook"
+
+
+class CaptureError(CcacheError):
+    """The captured command failed, or compiled nothing that could be stored."""
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    entry: Entry
+    new: bool  # False: an identical entry was already stored
+    files: int
+    seconds: float
+
+
+def capture(store: Store, name: str, command: Sequence[str], stdout: int | None = None) -> CaptureResult:
+    """Run `command` to completion on an empty cache and store what it compiled;
+    its standard output goes to `stdout` (a file descriptor) if given."""
+    if not command:
+        raise BadInputError("nothing to run: put the command after --")
+    environ = os.environ
+    with store.staging() as staging:
+        inductor = staging / "artifacts" / "inductor"
+        records = staging / "records"
+        inductor.mkdir(parents=True)
+        records.mkdir()
+        env = {var: value for var, value in environ.items() if var not in ("TRITON_CACHE_DIR", VIEW_ENV)}
+        env.update({
+            "TORCHINDUCTOR_CACHE_DIR": str(inductor),
+            CAPTURE_DIR_ENV: str(records),
+            CAPTURE_PACKAGE_ENV: str(_HOOK_DIR.parent.parent),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(_HOOK_DIR), environ.get("PYTHONPATH")])),
+        })
+        started = time.perf_counter()
+        code = _run(command, env, stdout)
+        seconds = time.perf_counter() - started
+        if code != 0:
+            raise CaptureError(f"{command[0]} exited with code {code}; nothing was stored")
+        if not any(path.is_file() for path in inductor.rglob("*")):
+            raise CaptureError(f"{command[0]} wrote nothing to the Inductor cache: it compiled nothing with torch.compile")
+        record = _merged_record(records)
+        if record["device"] in PRIMARY_DEVICES:  # as precompile: inspect can then answer without torch
+            store.save_machine_fingerprint(fingerprint.probe_digest(), record["machine"])
+        key = {
+            "fingerprint": fingerprint.entry_fingerprint(record["machine"], record["device"]),
+            "compile": {"backend": "inductor", "device": record["device"], "sizes": [], "dynamic": False,
+                        "mode": None, "captured": list(command)},
+            "model": None,
+            "inputs": {},
+            "sources": [source.__dict__ for source in record["sources"]],
+        }
+        files, _ = adopt_artifacts(store, staging / "artifacts")
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "id": hash_json(key),
+            "name": name,
+            "created": created_now(),
+            "lookup": None,
+            "key": key,
+            "timings": {"sizes": [], "aot": None, "captured_s": round(seconds, 3)},
+            "aot": {"status": "disabled", "reason": "captured from a command"},
+            "files": files,
+        }
+        [(entry, new)] = store.publish([Entry(manifest["id"], manifest)], staging)
+    return CaptureResult(entry, new, len(files), seconds)
+
+
+def _run(command: Sequence[str], env: dict[str, str], stdout: int | None) -> int:
+    """Run the command to completion; Ctrl-C reaches it (same process group), not us."""
+    try:
+        process = subprocess.Popen(list(command), env=env, stdout=stdout)
+    except FileNotFoundError:
+        raise BadInputError(f"command not found: {command[0]}") from None
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return process.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _merged_record(records: Path) -> dict[str, Any]:
+    """What the key needs, from the records of the processes that compiled."""
+    compiled = []
+    for path in sorted(records.glob("*.json")):
+        record = json.loads(path.read_text())
+        if record["traced"]:
+            compiled.append(record)
+    if not compiled:
+        raise CaptureError(
+            "no Python process of the command traced anything with torch.compile that ccache could see "
+            "(a process that replaces PYTHONPATH, or exits without running exit handlers, is not seen)"
+        )
+    with_machine = [record for record in compiled if record.get("machine")]
+    if not with_machine:
+        raise CaptureError(f"could not read the machine's key components: {compiled[0].get('error')}")
+    devices = {record["device"] for record in with_machine}
+    device = sorted(devices)[-1]  # a GPU over the CPU when processes differ
+    traced_sources: dict[str, sources.Source] = {}
+    for record in compiled:
+        for source in sources.collect(record["traced"], record["sys_path"], record.get("torch_dir"), record["modules"]):
+            traced_sources[source.path] = source
+    machine = next(record["machine"] for record in with_machine if record["device"] == device)
+    return {"device": device, "machine": machine, "sources": [traced_sources[p] for p in sorted(traced_sources)]}

@@ -1,0 +1,295 @@
+"""Activate stored entries for a process: a writable view, its environment, AOT loading.
+
+A view is a folder of real directories whose files are symbolic links to the store's
+read-only blobs: `inductor/` (the Inductor, Triton and AOTAutograd caches, used as
+TORCHINDUCTOR_CACHE_DIR) and `aot/<entry>/size-N.pt` (the AOT-compiled functions),
+plus `activation.json`, which tells `ccache_cli.compile` in the running process what
+it holds, so that process never needs the store.
+
+Why links are safe: torch writes every cache file at run time as a new file that it
+moves into place (`write_atomic`, Triton's `FileCacheManager.put`), which replaces the
+link in the view and never touches the blob it pointed to; the one file torch appends
+to in its cache folder (a `.done` marker after a fresh compile) is never a stored file.
+Links also work across file systems and when the store is read-only, as in an image
+layer. A view is built once per store and set of entries, under a temporary name
+that is renamed into place, and shared by the processes that use it; what they add
+to it (fresh compiles of shapes the entries lack) stays there for the next process.
+
+This module imports torch only inside `compile`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .artifacts import AOT_PREFIX
+from .errors import EntryNotFoundError
+from .hashing import hash_json
+from .inspect import fits, this_machine
+from .sources import check
+from .store import Entry, Source, Store
+
+VIEW_ENV = "CCACHE_CLI_VIEW"  # set in an activated process: the view it uses
+VIEWS_ENV = "CCACHE_CLI_VIEWS"  # where views are made
+ACTIVATION_FILE = "activation.json"
+INDUCTOR_PREFIX = "inductor/"
+
+
+@dataclass(frozen=True)
+class Activation:
+    """Entries made available to a process, and the environment that does it."""
+
+    entries: tuple[Entry, ...]
+    view: Path
+    set_env: dict[str, str]
+    unset_env: tuple[str, ...]
+
+    def apply(self, environ: dict[str, str] | os._Environ[str]) -> None:
+        for name in self.unset_env:
+            environ.pop(name, None)
+        environ.update(self.set_env)
+
+    def shell_exports(self) -> str:
+        lines = [f"export {name}={_shell_quote(value)}" for name, value in self.set_env.items()]
+        return "\n".join([*lines, *(f"unset {name}" for name in self.unset_env)]) + "\n"
+
+
+def select_entries(store: Store, refs: Sequence[str] = ()) -> list[Entry]:
+    """The named entries, or every entry that fits this machine."""
+    if refs:
+        return [store.find(ref) for ref in refs]
+    entries = store.scan().entries
+    fitting = fits(entries, *this_machine(store))
+    if not fitting:
+        what = f"none of its {len(entries)} entries fits this machine" if entries else "it holds no entries"
+        raise EntryNotFoundError(f"nothing to activate in store {store.root}: {what} (run `ccache inspect`)")
+    return fitting
+
+
+def activation(store: Store, entries: Sequence[Entry]) -> Activation:
+    """The environment that makes `entries` active, building their view if needed."""
+    view = ensure_view(store, entries)
+    return Activation(
+        tuple(entries),
+        view,
+        # Triton then keeps its kernels inside the Inductor cache, as at precompile time.
+        {"TORCHINDUCTOR_CACHE_DIR": str(view / "inductor"), VIEW_ENV: str(view)},
+        ("TRITON_CACHE_DIR",),
+    )
+
+
+def ensure_view(store: Store, entries: Sequence[Entry]) -> Path:
+    """The shared writable view of `entries`, made if missing (atomically)."""
+    root = views_root()
+    # Keyed on content too: an entry id names a key, not the exact files stored for it.
+    contents = sorted((e.id, hash_json(e.manifest["files"])) for e in entries)
+    view = root / hash_json({"store": str(store.root.resolve()), "entries": contents})[:24]
+    if (view / ACTIVATION_FILE).is_file():
+        return view
+    building = root / f".building-{uuid.uuid4().hex}"
+    building.mkdir(parents=True)
+    try:
+        description = _link_files(store, entries, building)
+        (building / ACTIVATION_FILE).write_text(json.dumps(description, indent=1, sort_keys=True))
+        try:
+            os.rename(building, view)
+        except OSError:  # another process made it first; use theirs
+            if not (view / ACTIVATION_FILE).is_file():
+                raise
+    finally:
+        if building.exists():
+            _remove_tree(building)
+    return view
+
+
+def views_root() -> Path:
+    """Where views live: $CCACHE_CLI_VIEWS, else a private folder in the temp dir."""
+    if env := os.environ.get(VIEWS_ENV):
+        return Path(env)
+    root = Path(tempfile.gettempdir()) / f"ccache-cli-{os.getuid()}" / "views"
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root.parent, 0o700)
+    return root
+
+
+def _link_files(store: Store, entries: Sequence[Entry], view: Path) -> dict[str, Any]:
+    described = []
+    made: set[str] = set()
+    for entry in entries:
+        aot: dict[str, str] = {}
+        for path, ref in entry.files.items():
+            if path.startswith(INDUCTOR_PREFIX):
+                target = path
+            elif path.startswith(AOT_PREFIX):
+                target = f"aot/{entry.id}/{path[len(AOT_PREFIX):]}"
+                size = Path(path).stem.removeprefix("size-")
+                aot[size] = target
+            else:
+                continue
+            if target in made:  # the same cache file from two entries: content-keyed alike
+                continue
+            link = view / target
+            parent = str(link.parent)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
+            os.symlink(store.blob_file(ref.sha256), link)
+            made.add(target)
+        key = entry.manifest["key"]
+        described.append({
+            "id": entry.id,
+            "name": entry.name,
+            "compile": key["compile"],
+            "inputs": key.get("inputs", {}),
+            "model": key.get("model"),
+            "sources": key["sources"],
+            "aot": aot,
+        })
+    (view / "inductor").mkdir(exist_ok=True)
+    return {"store": str(store.root), "entries": described}
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _shell_quote(value: str) -> str:
+    import shlex
+
+    return shlex.quote(value)
+
+
+def activate(store: Store | str | os.PathLike[str] | None = None, entry: str | Sequence[str] | None = None) -> Activation:
+    """Make stored entries active in this process (see `ccache_cli.activate`)."""
+    store = store if isinstance(store, Store) else Store(store)
+    refs = [entry] if isinstance(entry, str) else list(entry or ())
+    active = activation(store, select_entries(store, refs))
+    active.apply(os.environ)
+    return active
+
+
+# -- compile: stored AOT functions first, torch.compile on the warm caches after --------
+
+
+def compile(model: Any, *, mode: str | None = None, dynamic: bool = False, **torch_compile_kwargs: Any) -> Any:
+    """A drop-in for `torch.compile(model)` (see `ccache_cli.compile`)."""
+    import torch
+
+    return _CompiledModel(torch, model, mode, dynamic, torch_compile_kwargs, _active_aot_functions())
+
+
+@dataclass(frozen=True)
+class _AotFunction:
+    path: str
+    device: str
+    mode: str
+    inputs: tuple[tuple[tuple[int, ...], str] | tuple[str, Any], ...]
+    sources: tuple[Source, ...]
+
+
+def _active_aot_functions() -> list[_AotFunction]:
+    view = os.environ.get(VIEW_ENV)
+    if not view:
+        return []
+    try:
+        description = json.loads((Path(view) / ACTIVATION_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    functions = []
+    for entry in description["entries"]:
+        options = entry["compile"]
+        if options.get("backend") != "inductor" or options.get("grad", True) or options.get("dynamic"):
+            continue
+        for size, path in entry["aot"].items():
+            functions.append(_AotFunction(
+                path=str(Path(view) / path),
+                device=options["device"],
+                mode=options.get("mode") or "default",
+                inputs=tuple(_signature_of_description(arg) for arg in entry["inputs"].get(size, [])),
+                sources=tuple(Source(**source) for source in entry["sources"]),
+            ))
+    return functions
+
+
+def _signature_of_description(arg: dict[str, Any]) -> Any:
+    if "shape" in arg:
+        return (tuple(arg["shape"]), arg["dtype"])
+    return ("value", arg["value"])
+
+
+class _CompiledModel:
+    """Calls `model` through a stored AOT function when one was compiled for these
+    inputs (and its traced sources are unchanged), else through torch.compile, which
+    hits the warm caches. The choice is made once per input signature."""
+
+    def __init__(self, torch: Any, model: Any, mode: str | None, dynamic: bool, kwargs: dict[str, Any],
+                 aot_functions: list[_AotFunction]) -> None:
+        self._torch = torch
+        self._model = model
+        self._mode = mode or "default"
+        self._dynamic = dynamic
+        self._kwargs = kwargs
+        # Stored functions are static graphs from Inductor's default options.
+        plain = not dynamic and kwargs.get("backend", "inductor") == "inductor" and not kwargs.get("options")
+        self._aot = [f for f in aot_functions if f.mode == self._mode] if plain else []
+        self._chosen: dict[Any, Callable[..., Any] | None] = {}
+        self._fresh_sources: dict[tuple[Source, ...], bool] = {}
+        self._compiled: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._aot and not kwargs and not self._torch.is_grad_enabled():
+            signature = self._signature(args)
+            if signature not in self._chosen:
+                self._chosen[signature] = self._load_aot(signature, args)
+            function = self._chosen[signature]
+            if function is not None:
+                return function(self._model, *args)
+        return self._torch_compiled()(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def _signature(self, args: tuple[Any, ...]) -> Any:
+        torch = self._torch
+        return tuple(
+            ((tuple(arg.shape), str(arg.dtype)), str(arg.device))
+            if isinstance(arg, torch.Tensor) else (("value", arg), None)
+            for arg in args
+        )
+
+    def _load_aot(self, signature: Any, args: tuple[Any, ...]) -> Callable[..., Any] | None:
+        wanted = tuple(part for part, _ in signature)
+        devices = {device for _, device in signature if device is not None}
+        for candidate in self._aot:
+            if candidate.inputs != wanted or (devices and devices != {candidate.device}):
+                continue
+            if candidate.sources not in self._fresh_sources:
+                statuses = check(candidate.sources, [*sys.path, os.getcwd()])
+                self._fresh_sources[candidate.sources] = all(status.state == "fresh" for status in statuses)
+            if not self._fresh_sources[candidate.sources]:
+                continue  # compiled from other code: never serve it
+            self._torch._dynamo.config.enable_aot_compile = True
+            with open(candidate.path, "rb") as handle:
+                function = self._torch.compiler.load_compiled_function(handle)
+            if function.guard_check(self._model, *args):
+                return function
+        return None
+
+    def _torch_compiled(self) -> Any:
+        if self._compiled is None:
+            config = self._torch._dynamo.config
+            # One static graph per batch size, as precompile stored them.
+            config.recompile_limit = max(config.recompile_limit, 64)
+            config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 256)
+            self._compiled = self._torch.compile(self._model, mode=self._mode, dynamic=self._dynamic, **self._kwargs)
+        return self._compiled

@@ -1,0 +1,193 @@
+"""`ccache env`, `ccache run`, `run --capture` and the Python API, on real compiles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import ccache, ccache_json, store_leftovers
+
+# Compiles the example as a server would, prints torch's cache counters and whether
+# every output equals eager. `api` goes through ccache_cli.compile, `torch` through
+# torch.compile.
+SERVE = textwrap.dedent(
+    """
+    import json, sys, torch
+    import ccache_cli
+    from ccache_cli.examples.tiny_transformer import build, example_inputs
+    way, sizes = sys.argv[1], json.loads(sys.argv[2])
+    model = build()
+    compiled = ccache_cli.compile(model) if way == "api" else torch.compile(model, dynamic=False)
+    torch._dynamo.config.recompile_limit = 16
+    with torch.no_grad():
+        same = all(torch.allclose(compiled(*example_inputs(s)), model(*example_inputs(s)), atol=1e-4) for s in sizes)
+    from torch._dynamo.utils import counters
+    print(json.dumps({"same": same, **counters["inductor"], **counters["aot_autograd"],
+                      "frames": counters["stats"]["unique_graphs"]}))
+    """
+)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Path:
+    script = tmp_path / "serve.py"
+    script.write_text(SERVE)
+    return script
+
+
+def _counters(result) -> dict:  # type: ignore[no-untyped-def]
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _views(tmp_path: Path) -> dict[str, str]:
+    return {"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
+
+
+def test_run_hits_every_size_with_torch_compile(example_store: Path, serve: Path, tmp_path: Path) -> None:
+    result = ccache("run", "--", sys.executable, str(serve), "torch", "[1, 8, 32]", store=example_store,
+                    cwd=tmp_path, env=_views(tmp_path))
+    counters = _counters(result)
+    assert counters["same"] is True
+    assert counters.get("fxgraph_cache_miss", 0) == 0 and counters.get("autograd_cache_miss", 0) == 0
+    assert counters["fxgraph_cache_hit"] == 3
+
+
+def test_api_serves_stored_aot_functions_without_compiling(example_store: Path, serve: Path, tmp_path: Path) -> None:
+    result = ccache("run", "--", sys.executable, str(serve), "api", "[1, 8, 32]", store=example_store,
+                    cwd=tmp_path, env=_views(tmp_path))
+    counters = _counters(result)
+    assert counters["same"] is True
+    # No frame was traced at all: every size ran its stored AOT function.
+    assert counters.get("frames", 0) == 0
+    assert counters.get("fxgraph_cache_miss", 0) == 0 and counters.get("fxgraph_cache_hit", 0) == 0
+
+
+def test_api_falls_back_to_warm_torch_compile_for_other_sizes(example_store: Path, serve: Path, tmp_path: Path) -> None:
+    result = ccache("run", "--", sys.executable, str(serve), "api", "[8, 5]", store=example_store,
+                    cwd=tmp_path, env=_views(tmp_path))
+    counters = _counters(result)
+    assert counters["same"] is True
+    assert counters["frames"] == 1  # size 5 was compiled; size 8 came from its AOT function
+    assert counters["fxgraph_cache_miss"] == 1
+
+
+def test_run_from_read_only_store_changes_nothing(example_store: Path, serve: Path, tmp_path: Path) -> None:
+    store = tmp_path / "ro-store"
+    shutil.copytree(example_store, store, symlinks=True)
+    before = _tree_digest(store)
+    _make_read_only(store)
+    try:
+        result = ccache("run", "--", sys.executable, str(serve), "torch", "[1, 8, 32]", store=store,
+                        cwd=tmp_path, env=_views(tmp_path))
+        counters = _counters(result)
+        assert counters.get("fxgraph_cache_miss", 0) == 0 and counters["fxgraph_cache_hit"] == 3
+        # A fresh size compiles into the view, never into the store.
+        result = ccache("run", "--", sys.executable, str(serve), "api", "[3]", store=store,
+                        cwd=tmp_path, env=_views(tmp_path))
+        assert _counters(result)["fxgraph_cache_miss"] == 1
+    finally:
+        _make_writable(store)
+    assert _tree_digest(store) == before
+
+
+def test_env_prints_exports_of_a_view_of_links(example_store: Path, tmp_path: Path) -> None:
+    result = ccache("env", store=example_store, env=_views(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "export TORCHINDUCTOR_CACHE_DIR=" in result.stdout and "unset TRITON_CACHE_DIR" in result.stdout
+    described = ccache_json("env", store=example_store, env=_views(tmp_path))
+    view = Path(described["view"])
+    assert described["set"]["TORCHINDUCTOR_CACHE_DIR"] == str(view / "inductor")
+    links = [p for p in view.rglob("*") if p.is_symlink()]
+    assert links and all(str(p.resolve()).startswith(str(example_store.resolve())) for p in links)
+    # The same entries give the same view: a second call builds nothing new.
+    assert ccache_json("env", store=example_store, env=_views(tmp_path))["view"] == str(view)
+    assert len(list((tmp_path / "views").iterdir())) == 1
+
+
+def test_capture_stores_an_entry_that_a_second_run_hits(serve: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    command = ["--", sys.executable, str(serve), "torch", "[2, 4]"]
+    result = ccache("run", "--capture", "served", "--json", *command, store=store, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    captured = json.loads(result.stdout)
+    assert captured["new"] is True and captured["files"] > 0
+    entry = ccache_json("inspect", captured["entry"], store=store)["entries"][0]
+    assert entry["name"] == "served" and entry["device"] == "cpu"
+    assert "ccache_cli/examples/tiny_transformer.py" in [s["path"] for s in entry["sources"]]
+    assert entry["compatible"] is True
+    result = ccache("run", "served", *command, store=store, cwd=tmp_path, env=_views(tmp_path))
+    counters = _counters(result)
+    assert counters.get("fxgraph_cache_miss", 0) == 0 and counters["fxgraph_cache_hit"] == 2
+    assert store_leftovers(store) == [f"entries/{captured['entry']}"]
+
+
+def test_capture_of_a_failing_command_stores_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    result = ccache("run", "--capture", "x", "--", sys.executable, "-c", "raise SystemExit(3)", store=store)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"ccache: error: {sys.executable} exited with code 3; nothing was stored"]
+    assert store_leftovers(store) == []
+
+
+def test_capture_of_a_command_that_compiles_nothing_fails(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    result = ccache("run", "--capture", "x", "--", sys.executable, "-c", "print('hello')", store=store)
+    assert result.returncode == 1
+    assert "compiled nothing" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert store_leftovers(store) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run"], "nothing to run"),
+        (["run", "nosuchentry", "--", "true"], "nosuchentry"),
+        (["run", "--", "no-such-command-here"], "command not found: no-such-command-here"),
+        (["env", "nosuchentry"], "nosuchentry"),
+    ],
+)
+def test_run_and_env_bad_usage(example_store: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    result = ccache(*args, store=example_store, env=_views(tmp_path))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_run_in_an_empty_store_says_there_is_nothing_to_activate(tmp_path: Path) -> None:
+    result = ccache("run", "--", "true", store=tmp_path / "empty", env=_views(tmp_path))
+    assert result.returncode == 2
+    assert "nothing to activate" in result.stderr
+
+
+def test_run_passes_the_exit_code_through(example_store: Path, tmp_path: Path) -> None:
+    result = ccache("run", "--", sys.executable, "-c", "import os, sys; print(os.environ['TORCHINDUCTOR_CACHE_DIR']); sys.exit(7)",
+                    store=example_store, env=_views(tmp_path))
+    assert result.returncode == 7
+    assert result.stdout.strip().startswith(str(tmp_path / "views"))
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    digest = {}
+    for path in sorted(root.rglob("*")):
+        relative = str(path.relative_to(root))
+        digest[relative] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+    return digest
+
+
+def _make_read_only(root: Path) -> None:
+    for path in [root, *root.rglob("*")]:
+        mode = path.stat().st_mode
+        os.chmod(path, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _make_writable(root: Path) -> None:
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, path.stat().st_mode | stat.S_IWUSR)
