@@ -69,6 +69,41 @@ def run_on_cache_dir(inductor_dir: Path, device: str, sizes: list[int], cwd: Pat
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+# Compiles the example as a server would, prints torch's cache counters and whether
+# every output equals eager. `api` goes through ccache_cli.compile, `torch` through
+# torch.compile.
+SERVE = textwrap.dedent(
+    """
+    import json, sys, torch
+    import ccache_cli
+    from ccache_cli.examples.tiny_transformer import build, example_inputs
+    way, sizes = sys.argv[1], json.loads(sys.argv[2])
+    device = sys.argv[3] if len(sys.argv) > 3 else "cpu"
+    model = build().to(device)
+    compiled = ccache_cli.compile(model) if way == "api" else torch.compile(model, dynamic=False)
+    torch._dynamo.config.recompile_limit = 16
+    def inputs(size):
+        return tuple(t.to(device) for t in example_inputs(size))
+    with torch.no_grad():
+        same = all(torch.allclose(compiled(*inputs(s)), model(*inputs(s)), atol=1e-3) for s in sizes)
+    from torch._dynamo.utils import counters
+    print(json.dumps({"same": same, **counters["inductor"], **counters["aot_autograd"],
+                      "frames": counters["stats"]["unique_graphs"]}))
+    """
+)
+
+
+def write_serve_script(folder: Path) -> Path:
+    script = folder / "serve.py"
+    script.write_text(SERVE)
+    return script
+
+
+def serve_counters(result: subprocess.CompletedProcess[str]) -> dict:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def store_leftovers(store: Path) -> list[str]:
     """Entries and staging files a failed command must not leave behind."""
     found = []

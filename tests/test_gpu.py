@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, ccache, ccache_json, run_on_cache_dir
+import json
+import sys
+
+from conftest import EXAMPLE, ccache, ccache_json, run_on_cache_dir, serve_counters, write_serve_script
 
 from ccache_cli.core.store import Store
 
@@ -47,3 +50,28 @@ def test_cuda_precompile_stores_triton_kernels(tmp_path: Path) -> None:
     result = ccache("verify", "--run", "--json", store=store)
     assert result.returncode == 0, result.stdout
     print(result.stdout)
+
+
+def test_cuda_run_capture_and_api(tmp_path: Path) -> None:
+    """`ccache run` of an unchanged program and of ccache_cli.compile on a CUDA entry,
+    and `run --capture` of a CUDA program, all with zero misses the second time."""
+    store = tmp_path / "store"
+    views = {"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
+    result = ccache("precompile", EXAMPLE, "--sizes", "1,8,32", "--device", "cuda", store=store)
+    assert result.returncode == 0, result.stderr
+    serve = write_serve_script(tmp_path)
+    counters = serve_counters(ccache("run", "--", sys.executable, str(serve), "torch", "[1, 8, 32]", "cuda",
+                                     store=store, cwd=tmp_path, env=views))
+    assert counters["same"] and counters["fxgraph_cache_hit"] == 3 and counters.get("fxgraph_cache_miss", 0) == 0
+    counters = serve_counters(ccache("run", "--", sys.executable, str(serve), "api", "[1, 8, 32]", "cuda",
+                                     store=store, cwd=tmp_path, env=views))
+    assert counters["same"] and counters.get("frames", 0) == 0  # every size from its AOT function
+
+    captured_store = tmp_path / "captured"
+    command = ["--", sys.executable, str(serve), "torch", "[2, 4]", "cuda"]
+    result = ccache("run", "--capture", "served", "--json", *command, store=captured_store, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    entry = ccache_json("inspect", json.loads(result.stdout)["entry"], store=captured_store)["entries"][0]
+    assert entry["device"] == "cuda:0" and entry["artifacts"].get("triton", 0) > 0
+    counters = serve_counters(ccache("run", "served", *command, store=captured_store, cwd=tmp_path, env=views))
+    assert counters["fxgraph_cache_hit"] == 2 and counters.get("fxgraph_cache_miss", 0) == 0

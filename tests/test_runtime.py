@@ -8,44 +8,15 @@ import os
 import shutil
 import stat
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from conftest import ccache, ccache_json, store_leftovers
-
-# Compiles the example as a server would, prints torch's cache counters and whether
-# every output equals eager. `api` goes through ccache_cli.compile, `torch` through
-# torch.compile.
-SERVE = textwrap.dedent(
-    """
-    import json, sys, torch
-    import ccache_cli
-    from ccache_cli.examples.tiny_transformer import build, example_inputs
-    way, sizes = sys.argv[1], json.loads(sys.argv[2])
-    model = build()
-    compiled = ccache_cli.compile(model) if way == "api" else torch.compile(model, dynamic=False)
-    torch._dynamo.config.recompile_limit = 16
-    with torch.no_grad():
-        same = all(torch.allclose(compiled(*example_inputs(s)), model(*example_inputs(s)), atol=1e-4) for s in sizes)
-    from torch._dynamo.utils import counters
-    print(json.dumps({"same": same, **counters["inductor"], **counters["aot_autograd"],
-                      "frames": counters["stats"]["unique_graphs"]}))
-    """
-)
-
+from conftest import ccache, ccache_json, serve_counters as _counters, store_leftovers, write_serve_script
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Path:
-    script = tmp_path / "serve.py"
-    script.write_text(SERVE)
-    return script
-
-
-def _counters(result) -> dict:  # type: ignore[no-untyped-def]
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return write_serve_script(tmp_path)
 
 
 def _views(tmp_path: Path) -> dict[str, str]:

@@ -1,0 +1,169 @@
+"""Warm start through ccache against eager, a cold compile and torch's own mechanisms.
+
+Builds the reference model (the bundled tiny transformer, d=256 and 4 blocks on the
+CPU, d=1024 and 8 blocks on a GPU, as in the design notes), precompiles it into a
+temporary store, then runs each mode in a fresh process and prints, per mode, the
+seconds from the model built to every size run once ("ready") and from process start
+("total"), cold/warm ratios and warm minus eager:
+
+- eager: no compile
+- cold: torch.compile on an empty Inductor cache
+- torch inductor dir: torch.compile again on the cache the cold run filled
+- torch mega-cache: load_cache_artifacts() of the cold run's bytes into an empty cache
+- torch aot load: load_compiled_function() of stored aot_compile functions, empty cache
+- ccache run + torch.compile: the program unchanged, under `ccache run`
+- ccache run + ccache_cli.compile: the API, under `ccache run`
+
+    python benchmarks/warm_start.py [--device cpu|cuda] [--sizes 1,8,32] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import time
+
+_STARTED = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+EXAMPLE = "ccache_cli.examples.tiny_transformer"
+MODEL_SHAPE = {"cpu": ("256", "4"), "cuda": ("1024", "8")}
+
+
+def child(mode: str, device: str, sizes: list[int], extra: str | None) -> None:
+    """One measured process: build the model, run every size once, print JSON."""
+    import torch
+
+    from ccache_cli.examples.tiny_transformer import build, example_inputs
+
+    model = build().to(device)
+    inputs = {size: tuple(t.to(device) for t in example_inputs(size)) for size in sizes}
+    built = time.perf_counter()
+    with torch.no_grad():
+        if mode == "eager":
+            run = model
+        elif mode in ("cold", "inductor_dir", "ccache_torch"):
+            run = torch.compile(model, dynamic=False)
+        elif mode == "megacache":
+            torch.compiler.load_cache_artifacts(Path(extra).read_bytes())  # type: ignore[arg-type]
+            run = torch.compile(model, dynamic=False)
+        elif mode == "aot":
+            torch._dynamo.config.enable_aot_compile = True
+            functions = {}
+            for size in sizes:
+                with open(Path(extra) / f"size-{size}.pt", "rb") as handle:  # type: ignore[arg-type]
+                    functions[size] = torch.compiler.load_compiled_function(handle)
+
+            def run(*args):  # type: ignore[no-untyped-def]
+                return functions[args[0].shape[0]](model, *args)
+        elif mode == "ccache_api":
+            import ccache_cli
+
+            run = ccache_cli.compile(model)
+        else:
+            raise SystemExit(f"unknown mode {mode}")
+        torch._dynamo.config.recompile_limit = 16
+        for size in sizes:
+            run(*inputs[size])
+        if device != "cpu":
+            torch.cuda.synchronize()
+    done = time.perf_counter()
+    if mode == "cold" and extra:
+        artifacts = torch.compiler.save_cache_artifacts()
+        Path(extra).write_bytes(artifacts[0] if artifacts else b"")
+    counters = {}
+    if "torch._dynamo" in sys.modules:
+        from torch._dynamo.utils import counters as torch_counters
+
+        counters = {**torch_counters["inductor"], **torch_counters["aot_autograd"],
+                    "graphs": torch_counters["stats"]["unique_graphs"]}
+    print(json.dumps({"ready_s": done - built, "total_s": done - _STARTED, "built_s": built - _STARTED,
+                      "fxgraph_miss": counters.get("fxgraph_cache_miss", 0), "graphs": counters.get("graphs", 0)}))
+
+
+def measure(mode: str, args: argparse.Namespace, env: dict[str, str], extra: str | None,
+            wrapper: list[str]) -> dict[str, float]:
+    command = [*wrapper, sys.executable, __file__, "--child", mode, "--device", args.device, "--sizes", args.sizes]
+    if extra:
+        command += ["--extra", extra]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{mode} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sizes", default="1,8,32")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--child")
+    parser.add_argument("--extra")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.child:
+        child(args.child, args.device, sizes, args.extra)
+        return
+    kind = "cpu" if args.device == "cpu" else "cuda"
+    dim, blocks = MODEL_SHAPE[kind]
+    base = {**os.environ, "CCACHE_EXAMPLE_DIM": dim, "CCACHE_EXAMPLE_BLOCKS": blocks}
+    base.pop("TRITON_CACHE_DIR", None)
+    with tempfile.TemporaryDirectory(prefix="ccache-warm-bench-") as work_dir:
+        work = Path(work_dir)
+        store = work / "store"
+        ccache = [sys.executable, "-m", "ccache_cli", "--store", str(store)]
+        env = {**base, "CCACHE_CLI_VIEWS": str(work / "views")}
+        started = time.perf_counter()
+        subprocess.run([*ccache, "precompile", EXAMPLE, "--sizes", args.sizes, "--device", args.device],
+                       check=True, stdout=subprocess.DEVNULL, env=env)
+        print(f"reference model d={dim}, {blocks} blocks, sizes {args.sizes}, {args.device}; "
+              f"precompiled in {time.perf_counter() - started:.1f} s")
+        entry = json.loads(subprocess.run([*ccache, "inspect", "--json"], check=True, capture_output=True,
+                                          text=True, env=env).stdout)["entries"][0]["id"]
+        aot_dir = work / "aot"
+        aot_dir.mkdir()
+        manifest = json.loads((store / "entries" / entry / "manifest.json").read_text())
+        for path, ref in manifest["files"].items():  # torch's own AOT files, as precompile saved them
+            if path.startswith("aot/"):
+                (aot_dir / Path(path).name).write_bytes((store / "objects" / ref["sha256"][:2] / ref["sha256"]).read_bytes())
+
+        results: dict[str, list[dict[str, float]]] = {}
+        for round_ in range(args.repeat):
+            cold_dir, mega = work / f"cold-{round_}", work / f"mega-{round_}.bin"
+            plan = [
+                ("eager", {}, None, []),
+                ("cold", {"TORCHINDUCTOR_CACHE_DIR": str(cold_dir)}, str(mega), []),
+                ("inductor_dir", {"TORCHINDUCTOR_CACHE_DIR": str(cold_dir)}, None, []),
+                ("megacache", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-mega-{round_}")}, str(mega), []),
+                ("aot", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-aot-{round_}")}, str(aot_dir), []),
+                ("ccache_torch", {}, None, [*ccache, "run", "--"]),
+                ("ccache_api", {}, None, [*ccache, "run", "--"]),
+            ]
+            for mode, extra_env, extra, wrapper in plan:
+                results.setdefault(mode, []).append(measure(mode, args, {**env, **extra_env}, extra, wrapper))
+
+    labels = {
+        "eager": "eager", "cold": "cold (empty Inductor cache)", "inductor_dir": "torch: same Inductor dir",
+        "megacache": "torch: Mega-Cache", "aot": "torch: aot_compile + load",
+        "ccache_torch": "ccache run + torch.compile", "ccache_api": "ccache run + ccache_cli.compile",
+    }
+    median = {mode: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for mode, runs in results.items()}
+    cold = median["cold"]["ready_s"]
+    eager = median["eager"]["ready_s"]
+    print(f"{'mode':34} {'ready s':>8} {'total s':>8} {'cold/warm':>10} {'- eager s':>10} {'misses':>7} {'graphs':>7}")
+    for mode, label in labels.items():
+        m = median[mode]
+        ratio = "" if mode in ("eager", "cold") else f"{cold / m['ready_s']:.1f}x"
+        print(f"{label:34} {m['ready_s']:8.2f} {m['total_s']:8.2f} {ratio:>10} {m['ready_s'] - eager:10.2f} "
+              f"{int(m['fxgraph_miss']):7d} {int(m['graphs']):7d}")
+    print(f"(medians of {args.repeat} rounds; ready = model built to every size run once; total = from process start)")
+
+
+if __name__ == "__main__":
+    main()
