@@ -14,7 +14,11 @@ seconds from the model built to every size run once ("ready") and from process s
 - ccache run + torch.compile: the program unchanged, under `ccache run`
 - ccache run + ccache_cli.compile: the API, under `ccache run`
 
-    python benchmarks/warm_start.py [--device cpu|cuda] [--sizes 1,8,32] [--repeat 2]
+`--no-pyc` runs every process as in an image without bytecode for torch
+(PYTHONDONTWRITEBYTECODE=1, PYTHONPYCACHEPREFIX at an empty folder) and adds the two
+ccache modes without the stored bytecode (CCACHE_CLI_BYTECODE=0).
+
+    python benchmarks/warm_start.py [--device cpu|cuda] [--sizes 1,8,32] [--repeat 2] [--no-pyc]
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--child")
     parser.add_argument("--extra")
+    parser.add_argument("--no-pyc", action="store_true")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.child:
@@ -120,6 +125,9 @@ def main() -> None:
         store = work / "store"
         ccache = [sys.executable, "-m", "ccache_cli", "--store", str(store)]
         env = {**base, "CCACHE_CLI_VIEWS": str(work / "views")}
+        if args.no_pyc:
+            (work / "empty-pycache").mkdir()
+            env.update({"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": str(work / "empty-pycache")})
         started = time.perf_counter()
         subprocess.run([*ccache, "precompile", EXAMPLE, "--sizes", args.sizes, "--device", args.device],
                        check=True, stdout=subprocess.DEVNULL, env=env)
@@ -146,24 +154,32 @@ def main() -> None:
                 ("ccache_torch", {}, None, [*ccache, "run", "--"]),
                 ("ccache_api", {}, None, [*ccache, "run", "--"]),
             ]
+            if args.no_pyc:
+                plan += [("ccache_torch", {"CCACHE_CLI_BYTECODE": "0"}, None, [*ccache, "run", "--"]),
+                         ("ccache_api", {"CCACHE_CLI_BYTECODE": "0"}, None, [*ccache, "run", "--"])]
             for mode, extra_env, extra, wrapper in plan:
-                results.setdefault(mode, []).append(measure(mode, args, {**env, **extra_env}, extra, wrapper))
+                label = mode + ("_nobytecode" if extra_env.get("CCACHE_CLI_BYTECODE") == "0" else "")
+                results.setdefault(label, []).append(measure(mode, args, {**env, **extra_env}, extra, wrapper))
 
     labels = {
         "eager": "eager", "cold": "cold (empty Inductor cache)", "inductor_dir": "torch: same Inductor dir",
         "megacache": "torch: Mega-Cache", "aot": "torch: aot_compile + load",
-        "ccache_torch": "ccache run + torch.compile", "ccache_api": "ccache run + ccache_cli.compile",
+        "ccache_torch": "ccache run + torch.compile", "ccache_torch_nobytecode": "  the same, no stored bytecode",
+        "ccache_api": "ccache run + ccache_cli.compile", "ccache_api_nobytecode": "  the same, no stored bytecode",
     }
     median = {mode: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for mode, runs in results.items()}
     cold = median["cold"]["ready_s"]
     eager = median["eager"]["ready_s"]
     print(f"{'mode':34} {'ready s':>8} {'total s':>8} {'cold/warm':>10} {'- eager s':>10} {'misses':>7} {'graphs':>7}")
     for mode, label in labels.items():
+        if mode not in median:
+            continue
         m = median[mode]
         ratio = "" if mode in ("eager", "cold") else f"{cold / m['ready_s']:.1f}x"
         print(f"{label:34} {m['ready_s']:8.2f} {m['total_s']:8.2f} {ratio:>10} {m['ready_s'] - eager:10.2f} "
               f"{int(m['fxgraph_miss']):7d} {int(m['graphs']):7d}")
-    print(f"(medians of {args.repeat} rounds; ready = model built to every size run once; total = from process start)")
+    print(f"(medians of {args.repeat} rounds; ready = model built to every size run once; total = from process start"
+          f"{'; no .pyc for torch' if args.no_pyc else ''})")
 
 
 if __name__ == "__main__":

@@ -54,9 +54,9 @@ def test_fresh_copy_passes_with_json_and_junit(world: Path) -> None:
     result = verify(world, "--json", "--junit", str(junit))
     assert result.returncode == 0, result.stdout
     checks = json.loads(result.stdout)["checks"]
-    assert {c["check"] for c in checks} == {"integrity", "compatibility", "freshness"}
+    assert {c["check"] for c in checks} == {"integrity", "compatibility", "freshness", "bytecode"}
     suite = ElementTree.parse(junit).getroot().find("testsuite")
-    assert suite is not None and suite.get("tests") == "3" and suite.get("failures") == "0"
+    assert suite is not None and suite.get("tests") == "4" and suite.get("failures") == "0"
 
 
 def test_edited_traced_source_fails_naming_the_file(world: Path) -> None:

@@ -2,8 +2,8 @@
 
 `ccache run --capture` puts this folder first on PYTHONPATH. The hook stays idle
 until the program imports torch's tracing module, then records the files Dynamo
-traces; at exit it writes them, with what the key needs, to a JSON record in
-$CCACHE_CLI_CAPTURE_DIR. It never imports torch itself, and it then runs the
+traces; at exit it writes them, with what the key needs and the bytecode of the
+modules it imported, to $CCACHE_CLI_CAPTURE_DIR. It never imports torch itself, and it then runs the
 sitecustomize it shadows, if there is one.
 """
 
@@ -20,9 +20,10 @@ _PACKAGE_ROOT = os.environ.get("CCACHE_CLI_CAPTURE_PACKAGE")
 _TRACED = set()
 
 
-def _load_tracing():
-    path = os.path.join(_PACKAGE_ROOT, "ccache_cli", "core", "tracing.py")
-    spec = importlib.util.spec_from_file_location("_ccache_cli_capture_tracing", path)
+def _load(name):
+    """A stdlib-only module of ccache-cli, by path: the program may not have it installed."""
+    path = os.path.join(_PACKAGE_ROOT, "ccache_cli", "core", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_ccache_cli_capture_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -42,7 +43,7 @@ class _WhenTracingIsImported:
 
         def exec_and_patch(module):
             exec_module(module)
-            _load_tracing().record_traced_files(module.TracingContext, _TRACED)
+            _load("tracing").record_traced_files(module.TracingContext, _TRACED)
 
         spec.loader.exec_module = exec_and_patch
         return spec
@@ -51,7 +52,7 @@ class _WhenTracingIsImported:
 def _write_record():
     torch = sys.modules.get("torch")
     record = {"pid": os.getpid(), "argv": sys.argv, "traced": sorted(_TRACED), "sys_path": sys.path, "error": None,
-              "modules": _load_tracing().modules_by_file(_TRACED, sys.modules) if _TRACED else {}}
+              "modules": _load("tracing").modules_by_file(_TRACED, sys.modules) if _TRACED else {}, "bytecode": {}}
     if torch is not None:
         record["torch_dir"] = os.path.dirname(torch.__file__)
     if _TRACED and torch is not None:
@@ -65,6 +66,9 @@ def _write_record():
                 sys.path.remove(_PACKAGE_ROOT)
             record["device"] = device
             record["machine"] = fingerprint.machine_fingerprint(device)
+            # The bytecode of everything this process imported, for the entry's bytecode/.
+            folder = os.path.join(_RECORDS, f"bytecode-{os.getpid()}")
+            record["bytecode"] = _load("bytecode").record(dict(sys.modules), folder)
         except Exception as exc:
             record["error"] = f"{type(exc).__name__}: {exc}"
     path = os.path.join(_RECORDS, f"{os.getpid()}.json")

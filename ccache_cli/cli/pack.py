@@ -10,11 +10,14 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from ..core import archive
+from ..core import archive, runtime
 from ..core.errors import BadInputError
 from ..core.inspect import fits, this_machine
 from ..core.store import Entry, Store
 from .render import emit_json, err, human_bytes, out, warn
+
+
+PYCACHE_DIR = "pycache"  # the exported bytecode tree, inside the exported Inductor cache
 
 
 def pack_command(
@@ -51,7 +54,7 @@ def unpack_command(
     source: str = typer.Argument(..., metavar="ARCHIVE|-", help="Archive to read, or - for stdin"),
     compatible_only: bool = typer.Option(False, "--compatible-only", help="Only entries that fit this machine"),
     export_dir: Optional[Path] = typer.Option(None, "--export-dir", metavar="DIR",
-                                              help="Also write one entry's plain Inductor cache dir here (for TORCHINDUCTOR_CACHE_DIR)"),
+                                              help="Also write one entry's plain Inductor cache dir here (for TORCHINDUCTOR_CACHE_DIR), its bytecode in DIR/pycache (for PYTHONPYCACHEPREFIX)"),
     entry: Optional[str] = typer.Option(None, "--entry", help="With --export-dir: the entry to export [default: the one that fits this machine]"),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
 ) -> None:
@@ -72,14 +75,17 @@ def unpack_command(
         emit_json({
             "added": [e.id for e in result.added], "kept": [e.id for e in result.kept], "skipped": list(result.skipped),
             "new_blobs": result.new_blobs, "new_bytes": result.new_bytes,
-            "exported": None if exported is None else {"entry": exported.id, "dir": str(export_dir)},
+            "exported": None if exported is None else {
+                "entry": exported.id, "dir": str(export_dir),
+                "pycache_prefix": str(export_dir / PYCACHE_DIR) if (export_dir / PYCACHE_DIR).is_dir() else None},
         })
         return
     out.print(f"Unpacked {len(result.added)} new entries ({len(result.kept)} already there, {len(result.skipped)} "
               f"skipped as incompatible); {result.new_blobs} new blobs, {human_bytes(result.new_bytes)}.")
     if exported is not None:
         out.print(f"Exported entry {exported.short_id} ({exported.name}) to {export_dir}: "
-                  f"TORCHINDUCTOR_CACHE_DIR={export_dir}")
+                  f"TORCHINDUCTOR_CACHE_DIR={export_dir}"
+                  + (f" PYTHONPYCACHEPREFIX={export_dir / PYCACHE_DIR}" if (export_dir / PYCACHE_DIR).is_dir() else ""))
 
 
 def _export(store: Store, entries: list[Entry], ref: str | None, target: Path, machine: dict, exact: bool) -> Entry:
@@ -94,6 +100,7 @@ def _export(store: Store, entries: list[Entry], ref: str | None, target: Path, m
     if not exact:
         warn("this machine's full fingerprint is unknown (run `ccache fingerprint`); exporting on the components read without torch")
     store.materialize(chosen, target, "inductor/")
+    runtime.export_bytecode(store, chosen, target / PYCACHE_DIR)
     return chosen
 
 

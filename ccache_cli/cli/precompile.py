@@ -75,8 +75,9 @@ def _progress(enabled: bool) -> Iterator[Callable[[core.Progress], None]]:
             if key not in tasks:
                 for other in tasks.values():  # one step runs at a time
                     progress.update(other, total=1, completed=1)
-                what = {"loading": "loading model and torch", "compile": "compile", "aot": "aot_compile"}[event.phase]
-                label = "" if event.label is None else (" dynamic shape" if event.label == "dynamic" else f" size {event.label}")
+                what = {"loading": "loading model and torch", "compile": "compile", "aot": "aot_compile",
+                        "bytecode": "bytecode of the imported modules"}[event.phase]
+                label = "" if event.label in (None, "bytecode") else (" dynamic shape" if event.label == "dynamic" else f" size {event.label}")
                 tasks[key] = progress.add_task(what + label, total=None)
             if event.done:
                 progress.update(tasks[key], total=1, completed=1)

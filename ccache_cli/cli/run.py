@@ -11,7 +11,7 @@ import typer
 from ..core import capture, runtime
 from ..core.errors import BadInputError
 from ..core.store import Store
-from .render import emit_json, err, human_bytes
+from .render import emit_json, err, human_bytes, warn
 
 
 def env_command(
@@ -21,6 +21,7 @@ def env_command(
 ) -> None:
     """Print shell exports that make entries active: eval "$(ccache env)". Does not import torch."""
     active = runtime.activation(ctx.obj, runtime.select_entries(ctx.obj, entries or ()))
+    _warn_replaced(active)
     if json_output:
         emit_json({"entries": [e.id for e in active.entries], "view": str(active.view),
                    "set": active.set_env, "unset": list(active.unset_env)})
@@ -55,11 +56,17 @@ def run_command(
                       f"command ran {result.seconds:.1f} s.")
         return
     active = runtime.activation(store, runtime.select_entries(store, refs))
+    _warn_replaced(active)
     active.apply(os.environ)
     try:
         os.execvp(command[0], command)  # the command takes this process's place: its exit code, its signals
     except FileNotFoundError:
         raise BadInputError(f"command not found: {command[0]}") from None
+
+
+def _warn_replaced(active: runtime.Activation) -> None:
+    for name, previous in active.replaced.items():
+        warn(f"{name}={previous} is replaced by the stored bytecode tree ({runtime.BYTECODE_ENV}=0 keeps yours)")
 
 
 def _split_command(args: list[str]) -> tuple[list[str], list[str]]:

@@ -2,7 +2,8 @@
 
 An entry's files live under a few top-level folders: `inductor/` is the Inductor
 cache directory as torch wrote it (TORCHINDUCTOR_CACHE_DIR), `megacache/` holds
-torch's portable Mega-Cache bytes and `aot/` the AOT-compiled functions.
+torch's portable Mega-Cache bytes, `aot/` the AOT-compiled functions and `bytecode/`
+the .pyc files of the modules the compiling process imported.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 INDUCTOR_PREFIX = "inductor/"
 MEGACACHE_FILE = "megacache/cache_artifacts.bin"
 AOT_PREFIX = "aot/"
+BYTECODE_PREFIX = "bytecode/"  # checked hash-based .pyc of the compile stack (bytecode.py)
 
 # Folders of an Inductor cache directory that hold no artifact worth carrying.
 IGNORED_INDUCTOR_DIRS = frozenset({"locks"})
@@ -39,6 +41,8 @@ def kind_of(path: str) -> str:
         return "megacache"
     if path.startswith(AOT_PREFIX):
         return "aot"
+    if path.startswith(BYTECODE_PREFIX):
+        return "bytecode"
     if not path.startswith(INDUCTOR_PREFIX):
         return "other"
     top, _, rest = path[len(INDUCTOR_PREFIX) :].partition("/")

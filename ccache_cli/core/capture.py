@@ -22,6 +22,7 @@ from typing import Any
 import ccache_cli
 
 from . import fingerprint, sources
+from .artifacts import BYTECODE_PREFIX
 from .errors import BadInputError, CcacheError
 from .hashing import hash_json
 from .precompile import MANIFEST_FORMAT, PRIMARY_DEVICES, adopt_artifacts, created_now
@@ -81,6 +82,7 @@ def capture(store: Store, name: str, command: Sequence[str], stdout: int | None 
             "inputs": {},
             "sources": [source.__dict__ for source in record["sources"]],
         }
+        stored_bytecode = _gather_bytecode(records, staging / "artifacts")
         files, _ = adopt_artifacts(store, staging / "artifacts")
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -91,6 +93,7 @@ def capture(store: Store, name: str, command: Sequence[str], stdout: int | None 
             "key": key,
             "timings": {"sizes": [], "aot": None, "captured_s": round(seconds, 3)},
             "aot": {"status": "disabled", "reason": "captured from a command"},
+            "bytecode": stored_bytecode,
             "files": files,
         }
         [(entry, new)] = store.publish([Entry(manifest["id"], manifest)], staging)
@@ -108,6 +111,23 @@ def _run(command: Sequence[str], env: dict[str, str], stdout: int | None) -> int
         return process.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _gather_bytecode(records: Path, artifacts: Path) -> dict[str, dict[str, str]]:
+    """Move the bytecode each process recorded into the entry's artifacts (the first
+    process to record a module wins: the same source gives the same bytecode)."""
+    gathered: dict[str, dict[str, str]] = {}
+    for path in sorted(records.glob("*.json")):
+        record = json.loads(path.read_text())
+        folder = records / f"bytecode-{record['pid']}"
+        for stored, info in record.get("bytecode", {}).items():
+            if stored in gathered:
+                continue
+            target = artifacts / stored
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(folder / stored[len(BYTECODE_PREFIX):], target)
+            gathered[stored] = info
+    return gathered
 
 
 def _merged_record(records: Path) -> dict[str, Any]:

@@ -47,7 +47,7 @@ class PrecompileRequest:
 class Progress:
     """What the worker is doing now, for a progress display."""
 
-    phase: str  # "loading", "compile" or "aot"
+    phase: str  # "loading", "compile", "aot" or "bytecode"
     label: str | None = None  # a size, or "dynamic"
     done: bool = False
     wall_s: float | None = None
@@ -197,6 +197,7 @@ def _store_entry(
         "key": key,
         "timings": {"sizes": result["reports"], "aot": result["aot"].get("seconds")},
         "aot": {"status": result["aot"]["status"], "reason": result["aot"]["reason"]},
+        "bytecode": result.get("bytecode", {}),
         "files": files,
     }
     [(entry, _)] = store.publish([Entry(manifest["id"], manifest)], staging)

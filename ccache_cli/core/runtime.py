@@ -2,12 +2,15 @@
 
 A view is a folder of real directories whose files are symbolic links to the store's
 read-only blobs: `inductor/` (the Inductor, Triton and AOTAutograd caches, used as
-TORCHINDUCTOR_CACHE_DIR) and `aot/<entry>/size-N.pt` (the AOT-compiled functions),
-plus `activation.json`, which tells `ccache_cli.compile` in the running process what
-it holds, so that process never needs the store.
+TORCHINDUCTOR_CACHE_DIR), `aot/<entry>/size-N.pt` (the AOT-compiled functions) and
+`bytecode/` (the stored .pyc files laid out as a PYTHONPYCACHEPREFIX tree for where
+their modules live in this environment; see bytecode.py), plus `activation.json`,
+which tells `ccache_cli.compile` in the running process what it holds, so that process
+never needs the store.
 
 Why links are safe: torch writes every cache file at run time as a new file that it
-moves into place (`write_atomic`, Triton's `FileCacheManager.put`), which replaces the
+moves into place (`write_atomic`, Triton's `FileCacheManager.put`, Python's own .pyc
+writes), which replaces the
 link in the view and never touches the blob it pointed to; the one file torch appends
 to in its cache folder (a `.done` marker after a fresh compile) is never a stored file.
 Links also work across file systems and when the store is read-only, as in an image
@@ -22,14 +25,18 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import bytecode
 from .artifacts import AOT_PREFIX
 from .errors import EntryNotFoundError
 from .hashing import hash_json
@@ -38,6 +45,7 @@ from .sources import check
 from .store import Entry, Source, Store
 
 VIEW_ENV = "CCACHE_CLI_VIEW"  # set in an activated process: the view it uses
+BYTECODE_ENV = "CCACHE_CLI_BYTECODE"  # 0: do not serve stored bytecode
 VIEWS_ENV = "CCACHE_CLI_VIEWS"  # where views are made
 ACTIVATION_FILE = "activation.json"
 INDUCTOR_PREFIX = "inductor/"
@@ -51,6 +59,8 @@ class Activation:
     view: Path
     set_env: dict[str, str]
     unset_env: tuple[str, ...]
+    bytecode_modules: int  # modules whose stored bytecode the view serves
+    replaced: dict[str, str]  # a user's own settings this activation replaces: say so
 
     def apply(self, environ: dict[str, str] | os._Environ[str]) -> None:
         for name in self.unset_env:
@@ -74,30 +84,43 @@ def select_entries(store: Store, refs: Sequence[str] = ()) -> list[Entry]:
     return fitting
 
 
-def activation(store: Store, entries: Sequence[Entry]) -> Activation:
-    """The environment that makes `entries` active, building their view if needed."""
-    view = ensure_view(store, entries)
-    return Activation(
-        tuple(entries),
-        view,
-        # Triton then keeps its kernels inside the Inductor cache, as at precompile time.
-        {"TORCHINDUCTOR_CACHE_DIR": str(view / "inductor"), VIEW_ENV: str(view)},
-        ("TRITON_CACHE_DIR",),
-    )
+def activation(store: Store, entries: Sequence[Entry], environ: Mapping[str, str] | None = None) -> Activation:
+    """The environment that makes `entries` active, building their view if needed.
+
+    The stored bytecode is served through PYTHONPYCACHEPREFIX unless
+    CCACHE_CLI_BYTECODE=0; a PYTHONPYCACHEPREFIX of the user's is replaced, and
+    reported in `replaced` so that the caller says so.
+    """
+    environ = os.environ if environ is None else environ
+    view, bytecode_modules = ensure_view(store, entries)
+    # Triton then keeps its kernels inside the Inductor cache, as at precompile time.
+    set_env = {"TORCHINDUCTOR_CACHE_DIR": str(view / "inductor"), VIEW_ENV: str(view)}
+    replaced = {}
+    if bytecode_modules and environ.get(BYTECODE_ENV, "1") != "0":
+        set_env["PYTHONPYCACHEPREFIX"] = str(view / "bytecode")
+        if environ.get("PYTHONPYCACHEPREFIX") not in (None, "", set_env["PYTHONPYCACHEPREFIX"]):
+            replaced["PYTHONPYCACHEPREFIX"] = environ["PYTHONPYCACHEPREFIX"]
+    return Activation(tuple(entries), view, set_env, ("TRITON_CACHE_DIR",), bytecode_modules, replaced)
 
 
-def ensure_view(store: Store, entries: Sequence[Entry]) -> Path:
-    """The shared writable view of `entries`, made if missing (atomically)."""
+def ensure_view(store: Store, entries: Sequence[Entry]) -> tuple[Path, int]:
+    """The shared writable view of `entries`, made if missing (atomically), and the
+    number of modules whose bytecode it serves."""
     root = views_root()
+    # Where this environment's modules live decides the bytecode tree's layout.
+    roots: dict[str, str | None] = {}
+    for entry in entries:
+        for stored in entry.manifest.get("bytecode", {}).values():
+            bytecode.source_root(stored["module"], roots)
     # Keyed on content too: an entry id names a key, not the exact files stored for it.
     contents = sorted((e.id, hash_json(e.manifest["files"])) for e in entries)
-    view = root / hash_json({"store": str(store.root.resolve()), "entries": contents})[:24]
+    view = root / hash_json({"store": str(store.root.resolve()), "entries": contents, "roots": roots})[:24]
     if (view / ACTIVATION_FILE).is_file():
-        return view
+        return view, json.loads((view / ACTIVATION_FILE).read_text())["bytecode_modules"]
     building = root / f".building-{uuid.uuid4().hex}"
     building.mkdir(parents=True)
     try:
-        description = _link_files(store, entries, building)
+        description = _link_files(store, entries, building, roots)
         (building / ACTIVATION_FILE).write_text(json.dumps(description, indent=1, sort_keys=True))
         try:
             os.rename(building, view)
@@ -107,7 +130,7 @@ def ensure_view(store: Store, entries: Sequence[Entry]) -> Path:
     finally:
         if building.exists():
             _remove_tree(building)
-    return view
+    return view, description["bytecode_modules"]
 
 
 def views_root() -> Path:
@@ -120,14 +143,22 @@ def views_root() -> Path:
     return root
 
 
-def _link_files(store: Store, entries: Sequence[Entry], view: Path) -> dict[str, Any]:
+def _link_files(store: Store, entries: Sequence[Entry], view: Path, roots: dict[str, str | None]) -> dict[str, Any]:
     described = []
     made: set[str] = set()
+    bytecode_modules = 0
     for entry in entries:
         aot: dict[str, str] = {}
+        stored_bytecode = entry.manifest.get("bytecode", {})
         for path, ref in entry.files.items():
             if path.startswith(INDUCTOR_PREFIX):
                 target = path
+            elif path in stored_bytecode:
+                placed = bytecode.prefix_path(path, stored_bytecode[path]["module"], roots)
+                if placed is None:  # not importable here: nothing would read it
+                    continue
+                target = f"bytecode/{placed}"
+                bytecode_modules += target not in made
             elif path.startswith(AOT_PREFIX):
                 target = f"aot/{entry.id}/{path[len(AOT_PREFIX):]}"
                 size = Path(path).stem.removeprefix("size-")
@@ -154,18 +185,30 @@ def _link_files(store: Store, entries: Sequence[Entry], view: Path) -> dict[str,
             "aot": aot,
         })
     (view / "inductor").mkdir(exist_ok=True)
-    return {"store": str(store.root), "entries": described}
+    return {"store": str(store.root), "entries": described, "bytecode_modules": bytecode_modules}
+
+
+def export_bytecode(store: Store, entry: Entry, dest: Path) -> int:
+    """Copy the entry's bytecode into `dest` as a PYTHONPYCACHEPREFIX tree for this
+    environment (as a view lays it out); returns the number of modules."""
+    roots: dict[str, str | None] = {}
+    count = 0
+    for path, info in entry.manifest.get("bytecode", {}).items():
+        placed = bytecode.prefix_path(path, info["module"], roots)
+        if placed is None or path not in entry.files:
+            continue
+        target = dest / placed
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(store.blob_file(entry.files[path].sha256), target)
+        count += 1
+    return count
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 
 def _shell_quote(value: str) -> str:
-    import shlex
-
     return shlex.quote(value)
 
 
@@ -175,6 +218,10 @@ def activate(store: Store | str | os.PathLike[str] | None = None, entry: str | S
     refs = [entry] if isinstance(entry, str) else list(entry or ())
     active = activation(store, select_entries(store, refs))
     active.apply(os.environ)
+    if "PYTHONPYCACHEPREFIX" in active.set_env and sys.pycache_prefix is None:
+        sys.pycache_prefix = active.set_env["PYTHONPYCACHEPREFIX"]  # for the modules this process imports next
+    for name, previous in active.replaced.items():
+        warnings.warn(f"ccache_cli.activate() replaced {name}={previous}", stacklevel=2)
     return active
 
 

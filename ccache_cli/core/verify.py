@@ -4,6 +4,8 @@
   as a stream, never unpacked.
 - compatibility: every key component against this machine or a `--target` fingerprint.
 - freshness: every traced source, looked up as it resolves now, hashes as recorded.
+- bytecode (this machine only): which stored modules have other sources here; fails
+  when torch's or Triton's own files differ from those the entry was compiled with.
 - run (store entries, `--run`): see `verify_run.py`.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from . import fingerprint, sources
+from . import bytecode, fingerprint, sources
 from .archive import check_blobs, is_archive_path, open_source
 from .errors import BadInputError
 from .hashing import sha256_file
@@ -32,7 +34,7 @@ _SHOWN = 3  # problems named in one check's detail; the rest are counted
 @dataclass(frozen=True)
 class Check:
     entry: str  # the entry id
-    check: str  # integrity, compatibility, freshness or run
+    check: str  # integrity, compatibility, freshness, bytecode or run
     ok: bool
     detail: str
 
@@ -70,6 +72,8 @@ def verify(store: Store, ref: str | None, target: Path | None, run: bool) -> Ver
     machine = target_fingerprint or this_machine_exact(store)
     search = search_path()
     checks += static_checks(entries, broken, machine, search)
+    if target is None:  # bytecode matches the sources of the machine that runs it, not a target's
+        checks += [bytecode_check(entry) for entry in entries if entry.manifest.get("bytecode")]
     if run:
         checks += [run_check(store, entry, search) for entry in entries]
     return VerifyReport(tuple(checks), str(target) if target is not None else "this machine")
@@ -123,6 +127,25 @@ def static_checks(
         ]
         checks.append(_check(entry, "freshness", stale, f"{len(entry.sources)} traced sources unchanged"))
     return checks
+
+
+def bytecode_check(entry: Entry) -> Check:
+    """Which stored modules have other sources here. Python compiles those afresh, so
+    this costs start-up time, not correctness; it fails only for torch's and Triton's
+    own files, which then are not the build the entry was compiled with (a patched
+    torch of the same version), whatever the version says."""
+    stored = entry.manifest["bytecode"]
+    changed, absent = bytecode.changed_sources(stored)
+    compile_stack = [module for module in changed if module.partition(".")[0] in ("torch", "triton")]
+    served = f"{len(stored) - absent - len(changed)} of {len(stored)} modules' bytecode matches their sources here"
+    if changed:
+        served += f"; {len(changed)} have other sources and would be compiled afresh: {_first(changed)}"
+    problems = [f"torch or Triton differs from the build the entry was compiled with: {_first(compile_stack)}"] if compile_stack else []
+    return _check(entry, "bytecode", problems, served)
+
+
+def _first(names: Sequence[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def broken_store_blobs(store: Store, entries: Iterable[Entry]) -> dict[str, str]:

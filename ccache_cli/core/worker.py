@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import fingerprint, modelspec, sources
+from . import bytecode, fingerprint, modelspec, sources
 from .artifacts import AOT_PREFIX, MEGACACHE_FILE
 from .errors import CcacheError, CompileError, DeviceError
 from .tracing import modules_by_file, record_traced_files
@@ -115,11 +115,16 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
         (out / MEGACACHE_FILE).parent.mkdir(parents=True, exist_ok=True)
         (out / MEGACACHE_FILE).write_bytes(artifacts[0])
     traced_sources = sources.collect(traced, sys.path, os.path.dirname(torch.__file__), modules_by_file(traced, sys.modules))
+    emit("size_start", label="bytecode", phase="bytecode")
+    started = time.perf_counter()
+    recorded = bytecode.record(dict(sys.modules), str(out / bytecode.PREFIX))
+    emit("size_done", label="bytecode", phase="bytecode", wall_s=round(time.perf_counter() - started, 3))
     emit(
         "result",
         reports=reports,
         aot=aot,
         sources=[source.__dict__ for source in traced_sources],
+        bytecode=recorded,
     )
 
 

@@ -1,0 +1,135 @@
+"""The compile stack's bytecode: recorded at precompile, served through PYTHONPYCACHEPREFIX.
+
+Images built with PYTHONDONTWRITEBYTECODE=1 carry no .pyc for torch, so every process
+compiles torch's Python source again: seconds, more than a warm compile. Precompile
+therefore stores, for every module the process imported from a source file (torch,
+triton, sympy, the standard library, the model's code), its bytecode as a checked
+hash-based .pyc (PEP 552): Python re-hashes the source on import and compiles it
+afresh when it changed, so a changed file never gets stale bytecode.
+
+Stored as `bytecode/<module path>.<cache tag>.pyc` (`bytecode/torch/_dynamo/utils.
+cpython-312.pyc`), named by module, never by absolute path. A view lays them out as a
+PYTHONPYCACHEPREFIX tree for where those modules live on the machine that runs them.
+
+Standard library only, with no package-relative imports (loaded by path by the
+`run --capture` hook).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib._bootstrap_external as bootstrap_external
+import importlib.machinery
+import importlib.util
+import marshal
+import os
+import sys
+from typing import Any
+
+PREFIX = "bytecode/"  # artifacts.BYTECODE_PREFIX; this file imports nothing of the package
+
+
+def record(modules: dict[str, Any], out: str) -> dict[str, dict[str, str]]:
+    """Write checked hash-based .pyc files of `modules` (sys.modules) that were
+    loaded from source under `out`; returns {stored path: {module, sha256 of source}}."""
+    tag = sys.implementation.cache_tag
+    recorded: dict[str, dict[str, str]] = {}
+    for name, module in sorted(modules.items()):
+        spec = getattr(module, "__spec__", None)
+        if name == "__main__" or spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+            continue
+        source_path = spec.origin
+        if not source_path or not source_path.endswith(".py") or not os.path.isfile(source_path):
+            continue
+        try:
+            with open(source_path, "rb") as handle:
+                source = handle.read()
+            code = _existing_code(source_path, source) or compile(source, source_path, "exec", dont_inherit=True)
+        except (OSError, SyntaxError, ValueError):
+            continue
+        stem = name.replace(".", "/") + ("/__init__" if os.path.basename(source_path) == "__init__.py" else "")
+        relative = f"{stem}.{tag}.pyc"
+        target = os.path.join(out, relative)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        data = bootstrap_external._code_to_hash_pyc(code, importlib.util.source_hash(source), True)
+        with open(target, "wb") as handle:
+            handle.write(data)
+        recorded[PREFIX + relative] = {"module": name, "sha256": hashlib.sha256(source).hexdigest()}
+    return recorded
+
+
+def _existing_code(source_path: str, source: bytes) -> Any:
+    """The code object of a valid timestamp .pyc beside the source, if any: reading it
+    is much faster than compiling again."""
+    try:
+        cached = importlib.util.cache_from_source(source_path)
+        with open(cached, "rb") as handle:
+            data = handle.read()
+        stat = os.stat(source_path)
+    except (OSError, NotImplementedError, ValueError):
+        return None
+    flags = int.from_bytes(data[4:8], "little")
+    if data[:4] != importlib.util.MAGIC_NUMBER or flags != 0:
+        return None
+    if int.from_bytes(data[8:12], "little") != int(stat.st_mtime) & 0xFFFFFFFF:
+        return None
+    if int.from_bytes(data[12:16], "little") != len(source) & 0xFFFFFFFF:
+        return None
+    try:
+        return marshal.loads(data[16:])
+    except (EOFError, ValueError, TypeError):
+        return None
+
+
+def source_root(module: str, cache: dict[str, str | None]) -> str | None:
+    """The folder holding `module`'s top-level package as `import` finds it in this
+    environment (no module code runs), or None."""
+    top = module.partition(".")[0]
+    if top not in cache:
+        root = None
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.has_location and spec.origin and os.path.isfile(spec.origin):
+            folder = os.path.dirname(os.path.abspath(spec.origin))
+            root = os.path.dirname(folder) if spec.submodule_search_locations is not None else folder
+        cache[top] = root
+    return cache[top]
+
+
+def prefix_path(stored: str, module: str, roots: dict[str, str | None]) -> str | None:
+    """Where a stored .pyc goes in a PYTHONPYCACHEPREFIX tree, relative to the tree:
+    Python looks up `<prefix>/<absolute source folder>/<name>.<tag>.pyc`."""
+    root = source_root(module, roots)
+    if root is None:
+        return None
+    relative = stored[len(PREFIX) :]
+    return os.path.join(root, relative).lstrip(os.sep)
+
+
+def source_file(stored: str, module: str, roots: dict[str, str | None]) -> str | None:
+    """The source file a stored .pyc was compiled from, as it resolves here."""
+    root = source_root(module, roots)
+    if root is None:
+        return None
+    stem = stored[len(PREFIX) :].rsplit(".", 2)[0]  # drop `.<cache tag>.pyc`
+    return os.path.join(root, stem + ".py")
+
+
+def changed_sources(stored: dict[str, dict[str, str]]) -> tuple[list[str], int]:
+    """The modules whose source here differs from the one their stored bytecode was
+    compiled from (Python would compile those afresh), and how many cannot be found
+    here by their top-level name (vendored by path tricks, `__main__`): those are
+    simply not served."""
+    roots: dict[str, str | None] = {}
+    changed, absent = [], 0
+    for path, info in sorted(stored.items()):
+        source = source_file(path, info["module"], roots)
+        if source is None or not os.path.isfile(source):
+            absent += 1
+            continue
+        with open(source, "rb") as handle:
+            if hashlib.sha256(handle.read()).hexdigest() != info["sha256"]:
+                changed.append(info["module"])
+    return changed, absent

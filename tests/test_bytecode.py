@@ -1,0 +1,97 @@
+"""Stored bytecode of the compile stack: recorded by precompile, served by `ccache run`,
+never stale."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+from conftest import ccache, ccache_json
+
+from ccache_cli.core.store import Store
+
+NO_PYC = {"PYTHONDONTWRITEBYTECODE": "1"}  # with PYTHONPYCACHEPREFIX at an empty folder: as in many images
+
+
+def _manifest(store: Path, entry_id: str) -> dict:
+    return json.loads((store / "entries" / entry_id / "manifest.json").read_text())
+
+
+def test_precompile_stores_checked_hash_based_bytecode(example_store: Path, example_entry: dict) -> None:
+    assert example_entry["artifacts"]["bytecode"] > 500
+    manifest = _manifest(example_store, example_entry["id"])
+    modules = {info["module"] for info in manifest["bytecode"].values()}
+    assert {"torch._dynamo.utils", "torch._inductor.codecache", "ccache_cli.examples.tiny_transformer"} <= modules
+    store = Store(example_store)
+    tag = sys.implementation.cache_tag
+    path = f"bytecode/torch/_dynamo/utils.{tag}.pyc"
+    data = Path(store.blob_file(manifest["files"][path]["sha256"])).read_bytes()
+    assert data[:4] == importlib.util.MAGIC_NUMBER
+    assert int.from_bytes(data[4:8], "little") == 0b11  # hash-based and checked against the source (PEP 552)
+
+
+def test_run_serves_stored_bytecode_in_an_environment_without_pyc(example_store: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty-prefix"
+    empty.mkdir()
+    probe = "import os, torch._dynamo.utils as u; print(u.__cached__); print(os.path.realpath(u.__cached__))"
+    result = ccache("run", "--", sys.executable, "-c", probe, store=example_store, cwd=tmp_path,
+                    env={**NO_PYC, "PYTHONPYCACHEPREFIX": str(empty), "CCACHE_CLI_VIEWS": str(tmp_path / "views")})
+    assert result.returncode == 0, result.stderr
+    cached, real = result.stdout.strip().splitlines()[-2:]
+    assert cached.startswith(str(tmp_path / "views")) and Path(cached).is_symlink()
+    assert real.startswith(str((example_store / "objects").resolve()))
+    assert f"PYTHONPYCACHEPREFIX={empty} is replaced" in result.stderr
+    assert list(empty.iterdir()) == []
+    # CCACHE_CLI_BYTECODE=0 leaves the user's setting alone.
+    result = ccache("run", "--", sys.executable, "-c", probe, store=example_store, cwd=tmp_path,
+                    env={**NO_PYC, "PYTHONPYCACHEPREFIX": str(empty), "CCACHE_CLI_VIEWS": str(tmp_path / "views"),
+                         "CCACHE_CLI_BYTECODE": "0"})
+    assert result.stdout.strip().splitlines()[-2].startswith(str(empty))
+
+
+def test_a_changed_source_is_compiled_afresh_never_served_stale(models: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    result = ccache("precompile", str(models / "small.py"), "--sizes", "2", "--no-aot", store=store, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    entry = ccache_json("inspect", store=store)["entries"][0]
+    assert "small" in {info["module"] for info in _manifest(store, entry["id"])["bytecode"].values()}
+    env = {"PYTHONPATH": str(models), "CCACHE_CLI_VIEWS": str(tmp_path / "views")}
+    probe = "import small; print(getattr(small, 'MARK', 'original'))"
+    before = {p: p.read_bytes() for p in (store / "objects").rglob("*") if p.is_file()}
+
+    (models / "small.py").write_text((models / "small.py").read_text() + "\nMARK = 'edited'\n")
+    for extra in (NO_PYC, {}):  # without and with Python writing fresh bytecode into the view
+        result = ccache("run", "--", sys.executable, "-c", probe, store=store, cwd=tmp_path, env={**env, **extra})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().splitlines()[-1] == "edited"
+    assert {p: p.read_bytes() for p in (store / "objects").rglob("*") if p.is_file()} == before
+
+    # verify names it; a changed module of the user's costs start-up time, not correctness.
+    report = ccache("verify", "--json", store=store, cwd=tmp_path, env=env)
+    check = next(c for c in json.loads(report.stdout)["checks"] if c["check"] == "bytecode")
+    assert check["ok"] is True and "would be compiled afresh: small" in check["detail"]
+
+
+def test_export_dir_writes_a_pycache_prefix_tree(example_store: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "cache.tar.zst"
+    assert ccache("pack", str(archive), store=example_store).returncode == 0
+    exported = tmp_path / "exported"
+    unpacked = ccache_json("unpack", str(archive), "--export-dir", str(exported), store=tmp_path / "image-store")
+    prefix = Path(unpacked["exported"]["pycache_prefix"])
+    assert prefix == exported / "pycache"
+    probe = "import torch._dynamo.utils as u, os; print(os.path.isfile(u.__cached__), u.__cached__)"
+    result = _python(probe, {**NO_PYC, "PYTHONPYCACHEPREFIX": str(prefix)}, tmp_path)
+    exists, cached = result.split(" ", 1)
+    assert exists == "True" and cached.startswith(str(prefix))
+
+
+def _python(code: str, env: dict[str, str], cwd: Path) -> str:
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd,
+                            env={**os.environ, **env}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
