@@ -95,6 +95,7 @@ def test_capture_stores_an_entry_that_a_second_run_hits(serve: Path, tmp_path: P
     assert entry["name"] == "served" and entry["device"] == "cpu"
     assert "ccache_cli/examples/tiny_transformer.py" in [s["path"] for s in entry["sources"]]
     assert entry["compatible"] is True
+    assert entry["artifacts"]["bytecode"] > 500  # the capture hook records bytecode too
     result = ccache("run", "served", *command, store=store, cwd=tmp_path, env=_views(tmp_path))
     counters = _counters(result)
     assert counters.get("fxgraph_cache_miss", 0) == 0 and counters["fxgraph_cache_hit"] == 2
