@@ -11,7 +11,7 @@ import typer
 
 from ..core.errors import CcacheError
 from ..core.store import Store
-from . import fingerprint, inspect, pack, precompile, run, verify
+from . import fingerprint, housekeeping, inspect, pack, precompile, run, verify
 from .render import err
 
 app = typer.Typer(
@@ -44,6 +44,8 @@ app.command("unpack")(pack.unpack_command)
 app.command("verify")(verify.command)
 app.command("fingerprint")(fingerprint.command)
 app.command("env")(run.env_command)
+app.command("gc")(housekeeping.gc_command)
+app.command("rm")(housekeeping.rm_command)
 app.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})(run.run_command)
 
 

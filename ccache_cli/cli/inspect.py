@@ -37,12 +37,13 @@ def _print_table(report: InspectReport, root: object) -> None:
     if not report.entries:
         out.print(f"No entries in {root}. `ccache precompile MODEL --sizes 1,8,32` makes one.")
         return
-    table = Table("id", "name", "sizes", "device", "torch", "size", "age", "compatible")
+    table = Table("id", "name", "sizes", "device", "torch", "size", "age", "used", "compatible")
     for item in report.entries:
         e = item.entry
         sizes = ",".join(map(str, e.sizes)) + (",dyn" if e.dynamic else "")
         device = e.fingerprint.get("gpu") or e.device
-        table.add_row(e.short_id, e.name, sizes, device, e.fingerprint["torch"], human_bytes(item.bytes), age(e.created), yes_no(item.compatible))
+        used = "-" if item.usage is None or not item.usage.times_used else f"{item.usage.times_used}x, {age(item.usage.last_used)}"
+        table.add_row(e.short_id, e.name, sizes, device, e.fingerprint["torch"], human_bytes(item.bytes), age(e.created), used, yes_no(item.compatible))
     out.print(table)
     if not report.machine_exact:
         out.print("? = the components readable without torch match; `ccache fingerprint` records the rest for this machine.")
@@ -53,6 +54,9 @@ def _print_detail(item: EntryReport, report: InspectReport) -> None:
     manifest = e.manifest
     out.print(f"[bold]{e.id}[/bold]  {e.name}")
     out.print(f"created {e.created} ({age(e.created)}), {item.file_count} files, {human_bytes(item.bytes)}")
+    if item.usage is not None and item.usage.times_used:
+        u = item.usage
+        out.print(f"used {u.times_used} times, last {age(u.last_used)}; recorded cache hits {u.hits}, misses {u.misses}")
     key = Table("key part", "entry", "this machine", title="Fingerprint", title_justify="left")
     for name in fingerprint.components_for(e.device):
         here = report.machine.get(name, "(unknown without torch)")

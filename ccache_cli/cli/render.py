@@ -31,7 +31,7 @@ def human_bytes(size: int) -> str:
 
 
 def age(created: str) -> str:
-    then = dt.datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    then = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
     seconds = max((dt.datetime.now(dt.timezone.utc) - then).total_seconds(), 0)
     for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= length:

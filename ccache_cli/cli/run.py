@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..core import capture, runtime
+from ..core import capture, runtime, usage
 from ..core.errors import BadInputError
 from ..core.store import Store
 from .render import emit_json, err, human_bytes, warn
@@ -22,6 +22,7 @@ def env_command(
     """Print shell exports that make entries active: eval "$(ccache env)". Does not import torch."""
     active = runtime.activation(ctx.obj, runtime.select_entries(ctx.obj, entries or ()))
     _warn_replaced(active)
+    usage.record(ctx.obj, [entry.id for entry in active.entries], "env")
     if json_output:
         emit_json({"entries": [e.id for e in active.entries], "view": str(active.view),
                    "set": active.set_env, "unset": list(active.unset_env)})
@@ -57,6 +58,7 @@ def run_command(
         return
     active = runtime.activation(store, runtime.select_entries(store, refs))
     _warn_replaced(active)
+    runtime.register_user(active, store, "run")  # exec keeps the pid: gc sees the command as the user
     active.apply(os.environ)
     try:
         os.execvp(command[0], command)  # the command takes this process's place: its exit code, its signals

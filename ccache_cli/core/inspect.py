@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import artifacts, fingerprint
+from . import artifacts, fingerprint, usage
 from .fingerprint import Mismatch
 from .store import Entry, Store
+from .usage import Usage
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class EntryReport:
     compatible: bool | None  # None: only a full fingerprint of this machine could tell
     mismatches: tuple[Mismatch, ...]
     kinds: tuple[artifacts.KindSummary, ...]
+    usage: Usage | None  # None: an archive's entry
 
     @property
     def file_count(self) -> int:
@@ -49,7 +51,8 @@ def inspect_store(store: Store, ref: str | None = None) -> InspectReport:
         entries, warnings = scan.entries, scan.warnings
     else:
         entries, warnings = (store.find(ref),), ()
-    return InspectReport(tuple(report_entry(entry, machine, exact) for entry in entries), warnings, machine, exact)
+    reports = tuple(report_entry(entry, machine, exact, None, usage.read(store, entry.id)) for entry in entries)
+    return InspectReport(reports, warnings, machine, exact)
 
 
 def inspect_archive(store: Store, path: str) -> InspectReport:
@@ -62,7 +65,7 @@ def inspect_archive(store: Store, path: str) -> InspectReport:
     reports = []
     for manifest in index["entries"]:
         entry = Entry(manifest["id"], manifest)
-        reports.append(report_entry(entry, machine, exact, tuple(index["artifacts"][entry.id])))
+        reports.append(report_entry(entry, machine, exact, tuple(index["artifacts"][entry.id]), None))
     return InspectReport(tuple(reports), (), machine, exact)
 
 
@@ -77,10 +80,11 @@ def kinds_of(entry: Entry) -> tuple[artifacts.KindSummary, ...]:
 
 
 def report_entry(
-    entry: Entry, machine: dict[str, Any], exact: bool, kinds: tuple[artifacts.KindSummary, ...] | None = None
+    entry: Entry, machine: dict[str, Any], exact: bool, kinds: tuple[artifacts.KindSummary, ...] | None = None,
+    usage: Usage | None = None,
 ) -> EntryReport:
     compatible, found = compatibility(entry, machine, exact)
-    return EntryReport(entry, compatible, found, kinds_of(entry) if kinds is None else kinds)
+    return EntryReport(entry, compatible, found, kinds_of(entry) if kinds is None else kinds, usage)
 
 
 def fits(entries: list[Entry] | tuple[Entry, ...], machine: dict[str, Any], exact: bool) -> list[Entry]:
@@ -112,4 +116,5 @@ def entry_json(report: EntryReport) -> dict[str, Any]:
         ],
         "aot": manifest["aot"],
         "timings": manifest["timings"],
+        "usage": None if report.usage is None else dict(report.usage.__dict__),
     }

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import bytecode
+from . import bytecode, usage
 from .artifacts import AOT_PREFIX
 from .errors import EntryNotFoundError
 from .hashing import hash_json
@@ -70,6 +70,31 @@ class Activation:
     def shell_exports(self) -> str:
         lines = [f"export {name}={_shell_quote(value)}" for name, value in self.set_env.items()]
         return "\n".join([*lines, *(f"unset {name}" for name in self.unset_env)]) + "\n"
+
+
+def register_user(active: Activation, store: Store, by: str, pid: int | None = None) -> None:
+    """Mark the view as used by process `pid` (gc keeps its entries while it runs) and
+    record the use. Neither may stop a program: a read-only place is skipped."""
+    users = active.view / "users"
+    try:
+        users.mkdir(exist_ok=True)
+        for name in os.listdir(users):  # forget processes that have ended
+            if name.isdigit() and not is_alive(int(name)):
+                os.unlink(users / name)
+        (users / str(pid or os.getpid())).touch()
+    except OSError:
+        pass
+    usage.record(store, [entry.id for entry in active.entries], by)
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def select_entries(store: Store, refs: Sequence[str] = ()) -> list[Entry]:
@@ -218,6 +243,7 @@ def activate(store: Store | str | os.PathLike[str] | None = None, entry: str | S
     refs = [entry] if isinstance(entry, str) else list(entry or ())
     active = activation(store, select_entries(store, refs))
     active.apply(os.environ)
+    register_user(active, store, "activate")
     if "PYTHONPYCACHEPREFIX" in active.set_env and sys.pycache_prefix is None:
         sys.pycache_prefix = active.set_env["PYTHONPYCACHEPREFIX"]  # for the modules this process imports next
     for name, previous in active.replaced.items():

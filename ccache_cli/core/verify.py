@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from . import bytecode, fingerprint, sources
+from . import bytecode, fingerprint, sources, usage
 from .archive import check_blobs, is_archive_path, open_source
 from .errors import BadInputError
 from .hashing import sha256_file
@@ -191,6 +191,9 @@ def run_check(store: Store, entry: Entry, search: Sequence[str]) -> Check:
         result = json.loads(result_file.read_text())
     if "error" in result:
         return Check(entry.id, "run", False, f"running the model failed: {result['error']}")
+    misses = sum(outcome["fxgraph_miss"] for outcome in result["runs"].values())
+    hits = sum(1 for outcome in result["runs"].values() if not outcome["fxgraph_miss"])
+    usage.record(store, [entry.id], "verify --run", hits=hits, misses=misses)
     problems = []
     for label, outcome in result["runs"].items():
         misses = [f"{outcome[key]} {what} cache miss(es)" for key, what in

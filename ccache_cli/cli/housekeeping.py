@@ -1,0 +1,64 @@
+"""`ccache gc` and `ccache rm`: keep the store from growing forever. Do not import torch."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from ..core import housekeeping
+from ..core.errors import BadInputError
+from ..core.store import Store
+from .render import emit_json, human_bytes, out, warn
+
+
+def gc_command(
+    ctx: typer.Context,
+    max_size: Optional[str] = typer.Option(None, "--max-size", metavar="SIZE", help="Shrink the store to SIZE (500M, 2G), least recently used entries first"),
+    older_than: Optional[str] = typer.Option(None, "--older-than", metavar="AGE", help="Remove entries not used for AGE (30d, 12h, 2w)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; change nothing"),
+    json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
+) -> None:
+    """Remove least recently used entries, and blobs no entry names. Never an entry in use by a running program."""
+    store: Store = ctx.obj
+    plan = housekeeping.plan_gc(
+        store,
+        housekeeping.parse_size(max_size) if max_size is not None else None,
+        housekeeping.parse_age(older_than) if older_than is not None else None,
+    )
+    _finish(store, plan, dry_run, json_output)
+
+
+def rm_command(
+    ctx: typer.Context,
+    entries: list[str] = typer.Argument(..., metavar="ENTRY...", help="Entry id prefixes or names"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; change nothing"),
+    json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
+) -> None:
+    """Remove entries, and the blobs no other entry names."""
+    if not entries:
+        raise BadInputError("name the entries to remove")
+    store: Store = ctx.obj
+    _finish(store, housekeeping.plan_rm(store, entries), dry_run, json_output)
+
+
+def _finish(store: Store, plan: housekeeping.Plan, dry_run: bool, json_output: bool) -> None:
+    if not dry_run:
+        housekeeping.apply(store, plan)
+    if json_output:
+        emit_json({
+            "dry_run": dry_run,
+            "removed": [entry.id for entry in plan.remove],
+            "kept_in_use": [entry.id for entry in plan.in_use],
+            "blobs": len(plan.blobs),
+            "freed_bytes": plan.freed_bytes,
+            "store_bytes": plan.store_bytes - (0 if dry_run else plan.freed_bytes),
+        })
+        return
+    for entry in plan.in_use:
+        warn(f"kept entry {entry.short_id} ({entry.name}): a running program uses it")
+    verb = "would remove" if dry_run else "removed"
+    for entry in plan.remove:
+        out.print(f"{verb} entry {entry.short_id} ({entry.name})")
+    out.print(f"{'Would free' if dry_run else 'Freed'} {human_bytes(plan.freed_bytes)} in {len(plan.blobs)} blobs; "
+              f"the store holds {human_bytes(plan.store_bytes - plan.freed_bytes)}.")

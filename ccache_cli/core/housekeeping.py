@@ -1,0 +1,163 @@
+"""`ccache gc` and `ccache rm`: plans first (what `--dry-run` prints), then removal.
+
+Entries go least recently used first (last use from usage.py, else creation). An
+entry that a running program uses is never removed: activation writes
+`users/<pid>` into the view, and a view whose process is alive holds its entries.
+Blobs go only when no remaining entry names them. An entry is removed by renaming
+its folder out of entries/ under the lock (readers see it whole or not at all),
+then its unreferenced blobs; a writer that meanwhile published an entry naming a
+removed blob fails its own check-lock-check cleanly instead of publishing it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import runtime, usage
+from .errors import BadInputError, CcacheError
+from .store import Entry, Store
+
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class EntryInUseError(CcacheError):
+    """An entry asked to be removed is in use by a running program."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    remove: tuple[Entry, ...]
+    in_use: tuple[Entry, ...]  # would have gone, kept because a running program uses them
+    blobs: tuple[str, ...]  # blobs no remaining entry names
+    freed_bytes: int
+    store_bytes: int  # every blob before the plan
+
+
+def parse_size(text: str) -> int:
+    """`500M`, `2G`, `1.5GiB`, `1000` (bytes); binary units."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise BadInputError(f"--max-size {text!r}: give a size such as 500M or 2G")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_age(text: str) -> dt.timedelta:
+    """`30d`, `12h`, `2w`, `90m`, `45s`."""
+    match = _AGE.match(text)
+    if match is None:
+        raise BadInputError(f"--older-than {text!r}: give an age such as 30d, 12h or 2w")
+    return dt.timedelta(seconds=float(match.group(1)) * _AGE_UNITS[match.group(2).lower()])
+
+
+def last_used(store: Store, entry: Entry) -> dt.datetime:
+    used = usage.read(store, entry.id).last_used
+    return usage.moment(used or entry.created)
+
+
+def plan_gc(store: Store, max_size: int | None, older_than: dt.timedelta | None) -> Plan:
+    """Least recently used entries first, until every limit holds."""
+    entries = sorted(store.scan().entries, key=lambda entry: last_used(store, entry))
+    busy = in_use(store)
+    sizes = _blob_sizes(store)
+    now = dt.datetime.now(dt.timezone.utc)
+    chosen: list[Entry] = []
+    kept_busy: list[Entry] = []
+    for entry in entries:
+        too_old = older_than is not None and now - last_used(store, entry) > older_than
+        too_big = max_size is not None and _size_without(sizes, entries, chosen) > max_size
+        if not (too_old or too_big):
+            continue
+        (kept_busy if entry.id in busy else chosen).append(entry)
+    return _plan(store, entries, chosen, kept_busy, sizes)
+
+
+def plan_rm(store: Store, refs: Sequence[str]) -> Plan:
+    chosen = list({entry.id: entry for entry in (store.find(ref) for ref in refs)}.values())
+    busy = in_use(store)
+    for entry in chosen:
+        if entry.id in busy:
+            raise EntryInUseError(f"entry {entry.short_id} ({entry.name}) is in use by running process {busy[entry.id]}")
+    return _plan(store, list(store.scan().entries), chosen, [], _blob_sizes(store))
+
+
+def apply(store: Store, plan: Plan) -> None:
+    """Remove the plan's entries, then the blobs no remaining entry names."""
+    store.ensure_writable()
+    with store.lock():
+        busy = in_use(store)  # check again under the lock: a program may have started
+        for entry in plan.remove:
+            if entry.id in busy:
+                raise EntryInUseError(f"entry {entry.short_id} ({entry.name}) came into use by process {busy[entry.id]}")
+        for entry in plan.remove:
+            folder = store.entries_dir / entry.id
+            if folder.is_dir():
+                trash = store.tmp_dir / f"removed-{uuid.uuid4().hex}"
+                os.rename(folder, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            usage.forget(store, entry.id)
+        named = {ref.sha256 for entry in store.scan().entries for ref in entry.files.values()}
+        for sha256 in plan.blobs:
+            if sha256 not in named:
+                try:
+                    os.unlink(store.blob_file(sha256))
+                except FileNotFoundError:
+                    pass
+
+
+def in_use(store: Store) -> dict[str, int]:
+    """Entry id -> the pid of a running program whose view holds it."""
+    busy: dict[str, int] = {}
+    root = runtime.views_root()
+    if not root.is_dir():
+        return busy
+    store_path = str(store.root.resolve())
+    for view in root.iterdir():
+        users = view / "users"
+        if not users.is_dir():
+            continue
+        try:
+            description = json.loads((view / runtime.ACTIVATION_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if str(Path(description["store"]).resolve()) != store_path:
+            continue
+        for pid in (int(name) for name in os.listdir(users) if name.isdigit()):
+            if runtime.is_alive(pid):
+                for entry in description["entries"]:
+                    busy.setdefault(entry["id"], pid)
+    return busy
+
+
+def _blob_sizes(store: Store) -> dict[str, int]:
+    sizes = {}
+    if store.objects_dir.is_dir():
+        for folder in os.scandir(store.objects_dir):
+            for blob in os.scandir(folder.path):
+                sizes[blob.name] = blob.stat().st_size
+    return sizes
+
+
+def _size_without(sizes: dict[str, int], entries: Iterable[Entry], removed: Sequence[Entry]) -> int:
+    """The store's bytes once `removed` and every blob no other entry names are gone."""
+    gone = {entry.id for entry in removed}
+    named = {ref.sha256 for entry in entries if entry.id not in gone for ref in entry.files.values()}
+    return sum(size for sha256, size in sizes.items() if sha256 in named)
+
+
+def _plan(store: Store, entries: Sequence[Entry], chosen: Sequence[Entry], busy: Sequence[Entry],
+          sizes: dict[str, int]) -> Plan:
+    gone = {entry.id for entry in chosen}
+    kept = {ref.sha256 for entry in entries if entry.id not in gone for ref in entry.files.values()}
+    blobs = tuple(sorted(sha256 for sha256 in sizes if sha256 not in kept))
+    return Plan(tuple(chosen), tuple(busy), blobs, sum(sizes[sha256] for sha256 in blobs), sum(sizes.values()))
