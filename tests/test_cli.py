@@ -71,3 +71,30 @@ def test_fingerprint_json(tmp_path: Path) -> None:
     assert data["torch"] == torch.__version__
     assert data["machine"] == platform.machine()
     assert data["cpu_threads"] == torch.get_num_threads()
+
+
+def test_quiet_prints_only_errors_and_requested_data(example_store: Path) -> None:
+    quiet = ccache("--quiet", "inspect", store=example_store)
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+    assert json.loads(ccache("-q", "inspect", "--json", store=example_store).stdout)["entries"]
+    failed = ccache("-q", "inspect", "nosuchentry", store=example_store)
+    assert failed.returncode == 2 and failed.stderr.startswith("ccache: error: no entry matches 'nosuchentry'")
+
+
+def test_no_color_is_respected(example_store: Path) -> None:
+    colored = ccache("inspect", example_entry_ref(example_store), store=example_store, env={"FORCE_COLOR": "1"})
+    assert "\x1b[" in colored.stdout
+    plain = ccache("inspect", example_entry_ref(example_store), store=example_store, env={"FORCE_COLOR": "1", "NO_COLOR": "1"})
+    assert plain.returncode == 0 and not any(f"\x1b[{code}" in plain.stdout for code in ("31", "32", "33", "91", "92", "93"))
+
+
+def example_entry_ref(store: Path) -> str:
+    return next((store / "entries").iterdir()).name[:12]
+
+
+def test_env_gc_and_rm_dry_run_do_not_import_torch(example_store: Path, tmp_path: Path) -> None:
+    views = {"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
+    for args in (("env",), ("gc", "--max-size", "0", "--dry-run"), ("rm", example_entry_ref(example_store), "--dry-run")):
+        result = ccache(*args, store=example_store, env=views, python_flags=["-X", "importtime"])
+        assert result.returncode == 0, result.stderr
+        assert "torch" not in imported_modules(result), args

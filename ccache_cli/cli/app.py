@@ -12,7 +12,7 @@ import typer
 from ..core.errors import CcacheError
 from ..core.store import Store
 from . import fingerprint, housekeeping, inspect, pack, precompile, run, verify
-from .render import err
+from .render import set_quiet
 
 app = typer.Typer(
     name="ccache",
@@ -33,7 +33,10 @@ def _options(
         metavar="PATH",
         help="Artifact store [default: $CCACHE_CLI_STORE, else $XDG_CACHE_HOME/ccache-cli]",
     ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors, warnings and requested data (--json)"),
 ) -> None:
+    if quiet:
+        set_quiet()
     ctx.obj = Store(store)
 
 
@@ -55,8 +58,8 @@ def main() -> None:
     except CcacheError as exc:
         if os.environ.get("CCACHE_CLI_DEBUG"):
             raise
-        err.print(f"ccache: error: {exc}", markup=False, soft_wrap=True)
+        sys.stderr.write(f"ccache: error: {exc}\n")  # never quieted
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err.print("ccache: interrupted", markup=False)
+        sys.stderr.write("ccache: interrupted\n")
         sys.exit(130)

@@ -9,8 +9,15 @@ from typing import Any
 
 from rich.console import Console
 
+# rich honours NO_COLOR (and FORCE_COLOR), and draws no progress in pipes.
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False)  # progress and summaries that keep stdout clean
+_warnings = Console(stderr=True, highlight=False)  # --quiet leaves warnings and errors
+
+
+def set_quiet() -> None:
+    """--quiet: only errors, warnings and the data a command was asked for (--json, env)."""
+    out.quiet = err.quiet = True
 
 
 def emit_json(data: Any) -> None:
@@ -18,7 +25,7 @@ def emit_json(data: Any) -> None:
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+    _warnings.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
 
 
 def human_bytes(size: int) -> str:

@@ -1,0 +1,73 @@
+"""The deployment recipes in deploy/, run as their command sequences without Docker or
+Kubernetes: the same scripts, the same server command, the same CI check."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import EXAMPLE, serve_counters, write_serve_script
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def _shell(command: list[str], store: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """As the recipes run: `ccache` on PATH, the store from CCACHE_CLI_STORE."""
+    env = {**os.environ, "CCACHE_CLI_STORE": str(store), "CCACHE_CLI_VIEWS": str(cwd / "views"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
+
+
+def _server_command(recipe: str) -> list[str]:
+    """The server's command line as a recipe writes it (a JSON array)."""
+    match = re.search(r'\["ccache", "run", "--", [^\]]*\]', recipe)
+    assert match, "the recipe no longer starts the server under ccache run"
+    return json.loads(match.group(0))
+
+
+def test_dockerfile_kubernetes_and_ci_recipes(tmp_path: Path) -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    kubernetes = (DEPLOY / "kubernetes.yaml").read_text()
+    workflow = (DEPLOY / "verify-cache.yml").read_text()
+    assert "deploy/build-cache.sh" in dockerfile and "deploy/install-cache.sh" in dockerfile
+    assert "deploy/install-cache.sh" in kubernetes
+    archive = tmp_path / "model-cache.tar.zst"
+
+    # Builder stage (a GPU builder in production; the CPU here).
+    built = _shell([str(DEPLOY / "build-cache.sh"), EXAMPLE, "1,2", "cpu", str(archive)], tmp_path / "builder", tmp_path)
+    assert built.returncode == 0, built.stderr
+    target = tmp_path / "model-cache.fingerprint.json"
+    assert archive.is_file() and json.loads(target.read_text())["torch"]
+
+    # CI: the workflow's verify line, on the archive and the deployment fingerprint.
+    [verify_line] = [line.split("run:", 1)[1] for line in workflow.splitlines() if "ccache verify" in line]
+    verify = [str(archive) if w == "model-cache.tar.zst" else str(target) if w.endswith(".fingerprint.json") else w
+              for w in shlex.split(verify_line)]
+    checked = _shell(verify, tmp_path / "ci-store", tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert (tmp_path / "verify.xml").is_file()
+
+    # Runtime stage / initContainer: unpack into the store the server reads, and check.
+    store = tmp_path / "runtime-store"
+    installed = _shell([str(DEPLOY / "install-cache.sh"), str(archive), str(target)], store, tmp_path)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+
+    # The server, as the Dockerfile's CMD and the Deployment's container start it, from
+    # a store that is read-only from then on (an image layer, a read-only mount).
+    for path in [store, *store.rglob("*")]:
+        os.chmod(path, path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    serve = write_serve_script(tmp_path)
+    for recipe in (dockerfile, kubernetes):
+        command = _server_command(recipe)
+        assert command[-2:] == ["python", "serve.py"]
+        command = [*command[:-2], sys.executable, str(serve), "torch", "[1, 2]"]
+        counters = serve_counters(_shell(command, store, tmp_path))
+        assert counters.get("fxgraph_cache_miss", 0) == 0 and counters["fxgraph_cache_hit"] == 2
+    for path in [store, *store.rglob("*")]:
+        os.chmod(path, path.stat().st_mode | stat.S_IWUSR)
