@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -10,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ..core import verify as core
-from .render import emit_json, out
+from .render import emit_json, err, out
 
 
 def command(
@@ -25,7 +26,9 @@ def command(
     junit: Optional[Path] = typer.Option(None, "--junit", metavar="FILE", help="Also write a JUnit XML report"),
 ) -> None:
     """Check that entries are intact, fit the target machine and their sources are unchanged; exit 1 if not."""
-    report = core.verify(ctx.obj, ref, target, run)
+    # Hashing every blob, and --run's fresh processes, take a while: say so on a terminal.
+    with err.status("verifying (--run starts a process per entry)" if run else "verifying") if err.is_terminal else nullcontext():
+        report = core.verify(ctx.obj, ref, target, run)
     if junit is not None:
         junit.write_bytes(core.junit_xml(report))
     if json_output:
