@@ -32,6 +32,8 @@ def record(store: Store, entry_ids: Iterable[str], by: str, hits: int | None = N
     data = (json.dumps(line, sort_keys=True) + "\n").encode()
     folder = store.root / "usage"
     try:
+        if not os.stat(store.root).st_mode & 0o222:  # made read-only on purpose (root could still write)
+            return
         folder.mkdir(exist_ok=True)
         for entry_id in entry_ids:
             fd = os.open(folder / f"{entry_id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
