@@ -163,3 +163,16 @@ def _make_read_only(root: Path) -> None:
 def _make_writable(root: Path) -> None:
     for path in [root, *root.rglob("*")]:
         os.chmod(path, path.stat().st_mode | stat.S_IWUSR)
+
+
+def test_run_records_each_use_with_its_cache_hits_and_misses(example_store: Path, serve: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(example_store, store, symlinks=True)
+    shutil.rmtree(store / "usage", ignore_errors=True)
+    _counters(ccache("run", "--", sys.executable, str(serve), "torch", "[1, 8, 32]", store=store,
+                     cwd=tmp_path, env=_views(tmp_path)))
+    _counters(ccache("run", "--", sys.executable, str(serve), "torch", "[5]", store=store,
+                     cwd=tmp_path, env=_views(tmp_path)))
+    [entry] = ccache_json("inspect", store=store)["entries"]
+    assert entry["usage"]["times_used"] == 2
+    assert entry["usage"]["hits"] == 3 and entry["usage"]["misses"] == 1

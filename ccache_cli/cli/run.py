@@ -60,6 +60,10 @@ def run_command(
     _warn_replaced(active)
     runtime.register_user(active, store, "run")  # exec keeps the pid: gc sees the command as the user
     active.apply(os.environ)
+    logs = usage.log_paths(store, [entry.id for entry in active.entries])
+    if logs:  # the start-up hook adds each Python process's cache hits and misses at exit
+        os.environ["CCACHE_CLI_USAGE_LOGS"] = os.pathsep.join(logs)
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(capture.HOOK_DIR), os.environ.get("PYTHONPATH")]))
     try:
         os.execvp(command[0], command)  # the command takes this process's place: its exit code, its signals
     except FileNotFoundError:

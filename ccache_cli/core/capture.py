@@ -1,7 +1,7 @@
 """`ccache run --capture NAME -- CMD`: store what any command compiles as an entry.
 
 CMD runs with an empty Inductor cache of its own (Triton's inside it) in the store's
-staging area, and with a start-up hook (`ccache_cli/capture_hook`) that records,
+staging area, and with a start-up hook (`ccache_cli/startup_hook`) that records,
 in every Python process CMD starts, the files Dynamo traces and the machine's key
 components. When CMD succeeds, the cache files it wrote become the entry's blobs
 and the records its key; when it fails, nothing is stored.
@@ -31,7 +31,7 @@ from .store import Entry, Store
 
 CAPTURE_DIR_ENV = "CCACHE_CLI_CAPTURE_DIR"
 CAPTURE_PACKAGE_ENV = "CCACHE_CLI_CAPTURE_PACKAGE"
-_HOOK_DIR = Path(ccache_cli.__file__).parent / "capture_hook"
+HOOK_DIR = Path(ccache_cli.__file__).parent / "startup_hook"
 
 
 class CaptureError(CcacheError):
@@ -61,8 +61,8 @@ def capture(store: Store, name: str, command: Sequence[str], stdout: int | None 
         env.update({
             "TORCHINDUCTOR_CACHE_DIR": str(inductor),
             CAPTURE_DIR_ENV: str(records),
-            CAPTURE_PACKAGE_ENV: str(_HOOK_DIR.parent.parent),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(_HOOK_DIR), environ.get("PYTHONPATH")])),
+            CAPTURE_PACKAGE_ENV: str(HOOK_DIR.parent.parent),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(HOOK_DIR), environ.get("PYTHONPATH")])),
         })
         started = time.perf_counter()
         code = _run(command, env, stdout)

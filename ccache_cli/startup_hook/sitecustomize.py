@@ -1,6 +1,10 @@
-"""Loaded at start-up by every Python process under `ccache run --capture`.
+"""Loaded at start-up by every Python process under `ccache run`, which puts this
+folder first on PYTHONPATH.
 
-`ccache run --capture` puts this folder first on PYTHONPATH. The hook stays idle
+Under `ccache run`, with $CCACHE_CLI_USAGE_LOGS set, it appends the process's
+FX-graph cache hits and misses to the active entries' usage logs at exit.
+
+Under `ccache run --capture`, the hook stays idle
 until the program imports torch's tracing module, then records the files Dynamo
 traces; at exit it writes them, with what the key needs and the bytecode of the
 modules it imported, to $CCACHE_CLI_CAPTURE_DIR. It never imports torch itself, and it then runs the
@@ -17,6 +21,7 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _RECORDS = os.environ.get("CCACHE_CLI_CAPTURE_DIR")
 _PACKAGE_ROOT = os.environ.get("CCACHE_CLI_CAPTURE_PACKAGE")
+_USAGE_LOGS = os.environ.get("CCACHE_CLI_USAGE_LOGS")
 _TRACED = set()
 
 
@@ -85,6 +90,29 @@ def _run_shadowed_sitecustomize():
         spec.loader.exec_module(module)
 
 
+def _write_usage():
+    utils = sys.modules.get("torch._dynamo.utils")
+    if utils is None:  # this process compiled nothing
+        return
+    counters = utils.counters["inductor"]
+    import datetime
+
+    line = {"at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "by": "run",
+            "result": True, "hits": counters["fxgraph_cache_hit"], "misses": counters["fxgraph_cache_miss"]}
+    data = (json.dumps(line, sort_keys=True) + "\n").encode()
+    for path in _USAGE_LOGS.split(os.pathsep):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError:
+            continue
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+
+if _USAGE_LOGS:
+    atexit.register(_write_usage)
 if _RECORDS and _PACKAGE_ROOT:
     sys.meta_path.insert(0, _WhenTracingIsImported())
     atexit.register(_write_record)
