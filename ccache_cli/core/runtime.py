@@ -68,12 +68,12 @@ class Activation:
         environ.update(self.set_env)
 
     def shell_exports(self) -> str:
-        lines = [f"export {name}={_shell_quote(value)}" for name, value in self.set_env.items()]
+        lines = [f"export {name}={shlex.quote(value)}" for name, value in self.set_env.items()]
         return "\n".join([*lines, *(f"unset {name}" for name in self.unset_env)]) + "\n"
 
 
-def register_user(active: Activation, store: Store, by: str, pid: int | None = None) -> None:
-    """Mark the view as used by process `pid` (gc keeps its entries while it runs) and
+def register_user(active: Activation, store: Store, by: str) -> None:
+    """Mark the view as used by this process (gc keeps its entries while it runs) and
     record the use. Neither may stop a program: a read-only place is skipped."""
     users = active.view / "users"
     try:
@@ -81,7 +81,7 @@ def register_user(active: Activation, store: Store, by: str, pid: int | None = N
         for name in os.listdir(users):  # forget processes that have ended
             if name.isdigit() and not is_alive(int(name)):
                 os.unlink(users / name)
-        (users / str(pid or os.getpid())).touch()
+        (users / str(os.getpid())).touch()
     except OSError:
         pass
     usage.record(store, [entry.id for entry in active.entries], by)
@@ -154,7 +154,7 @@ def ensure_view(store: Store, entries: Sequence[Entry]) -> tuple[Path, int]:
                 raise
     finally:
         if building.exists():
-            _remove_tree(building)
+            shutil.rmtree(building, ignore_errors=True)
     return view, description["bytecode_modules"]
 
 
@@ -227,14 +227,6 @@ def export_bytecode(store: Store, entry: Entry, dest: Path) -> int:
         shutil.copyfile(store.blob_file(entry.files[path].sha256), target)
         count += 1
     return count
-
-
-def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _shell_quote(value: str) -> str:
-    return shlex.quote(value)
 
 
 def activate(store: Store | str | os.PathLike[str] | None = None, entry: str | Sequence[str] | None = None) -> Activation:
