@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,19 @@ def test_usage_log_lines_are_plain_json(world: dict) -> None:
     use(world, "beta")
     lines = (world["store"] / "usage" / f"{world['ids']['beta']}.log").read_text().splitlines()
     assert json.loads(lines[0])["by"] == "run"
+
+
+def test_gc_removes_what_a_killed_writer_left_in_staging(world: dict) -> None:
+    tmp = world["store"] / "tmp"
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed, working = tmp / "stage-killed", tmp / "stage-working"
+    for folder, pid in ((killed, ended.stdout.strip()), (working, str(os.getpid()))):
+        (folder / "artifacts").mkdir(parents=True)
+        (folder / ".owner").write_text(f"{socket.gethostname()} {pid}\n")
+        (folder / "artifacts" / "kernel.so").write_bytes(b"x" * 5000)
+    dry = ccache_json("gc", "--dry-run", store=world["store"], env=world["env"])
+    assert dry["abandoned_staging"] == [str(killed)] and killed.exists()
+    done = ccache_json("gc", store=world["store"], env=world["env"])
+    assert done["abandoned_staging"] == [str(killed)] and done["freed_bytes"] >= 5000 and done["removed"] == []
+    assert not killed.exists() and working.exists()
+    assert remaining(world) == {"alpha", "beta", "gamma"}

@@ -19,7 +19,7 @@ def gc_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; change nothing"),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
 ) -> None:
-    """Remove least recently used entries, and blobs no entry names. Never an entry in use by a running program."""
+    """Remove least recently used entries, blobs no entry names and the leftovers of killed writers. Never an entry in use by a running program."""
     store: Store = ctx.obj
     plan = housekeeping.plan_gc(
         store,
@@ -51,6 +51,7 @@ def _finish(store: Store, plan: housekeeping.Plan, dry_run: bool, json_output: b
             "removed": [entry.id for entry in plan.remove],
             "kept_in_use": [entry.id for entry in plan.in_use],
             "blobs": len(plan.blobs),
+            "abandoned_staging": [str(path) for path in plan.abandoned],
             "freed_bytes": plan.freed_bytes,
             "store_bytes": plan.store_bytes - (0 if dry_run else plan.freed_bytes),
         })
@@ -60,5 +61,7 @@ def _finish(store: Store, plan: housekeeping.Plan, dry_run: bool, json_output: b
     verb = "would remove" if dry_run else "removed"
     for entry in plan.remove:
         out.print(f"{verb} entry {entry.short_id} ({entry.name})")
+    for folder in plan.abandoned:
+        out.print(f"{verb} {folder.name}, left by a writer that was killed")
     out.print(f"{'Would free' if dry_run else 'Freed'} {human_bytes(plan.freed_bytes)} in {len(plan.blobs)} blobs; "
               f"the store holds {human_bytes(plan.store_bytes - plan.freed_bytes)}.")

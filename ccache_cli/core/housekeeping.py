@@ -16,6 +16,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from . import runtime, usage
 from .errors import BadInputError, CcacheError
-from .store import Entry, Store
+from .store import STAGING_OWNER, Entry, Store
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])\s*$", re.IGNORECASE)
@@ -40,6 +42,7 @@ class Plan:
     remove: tuple[Entry, ...]
     in_use: tuple[Entry, ...]  # would have gone, kept because a running program uses them
     blobs: tuple[str, ...]  # blobs no remaining entry names
+    abandoned: tuple[Path, ...]  # staging folders of writers that were killed
     freed_bytes: int
     store_bytes: int  # every blob before the plan
 
@@ -79,7 +82,26 @@ def plan_gc(store: Store, max_size: int | None, older_than: dt.timedelta | None)
         if not (too_old or too_big):
             continue
         (kept_busy if entry.id in busy else chosen).append(entry)
-    return _plan(store, entries, chosen, kept_busy, sizes)
+    return _plan(store, entries, chosen, kept_busy, sizes, abandoned_staging(store))
+
+
+def abandoned_staging(store: Store) -> tuple[Path, ...]:
+    """Staging folders whose writer is gone: its process on this host has ended, or,
+    written elsewhere or before owners were recorded, untouched for a week."""
+    if not store.tmp_dir.is_dir():
+        return ()
+    host = socket.gethostname()
+    week_ago = time.time() - 7 * 86400
+    found = []
+    for folder in sorted(store.tmp_dir.glob("stage-*")):
+        try:
+            owner_host, pid = (folder / STAGING_OWNER).read_text().split()
+            gone = not runtime.is_alive(int(pid)) if owner_host == host else folder.stat().st_mtime < week_ago
+        except (OSError, ValueError):
+            gone = folder.stat().st_mtime < week_ago
+        if gone:
+            found.append(folder)
+    return tuple(found)
 
 
 def plan_rm(store: Store, refs: Sequence[str]) -> Plan:
@@ -88,7 +110,7 @@ def plan_rm(store: Store, refs: Sequence[str]) -> Plan:
     for entry in chosen:
         if entry.id in busy:
             raise EntryInUseError(f"entry {entry.short_id} ({entry.name}) is in use by running process {busy[entry.id]}")
-    return _plan(store, list(store.scan().entries), chosen, [], _blob_sizes(store))
+    return _plan(store, list(store.scan().entries), chosen, [], _blob_sizes(store), ())
 
 
 def apply(store: Store, plan: Plan) -> None:
@@ -113,6 +135,8 @@ def apply(store: Store, plan: Plan) -> None:
                     os.unlink(store.blob_file(sha256))
                 except FileNotFoundError:
                     pass
+    for folder in plan.abandoned:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def in_use(store: Store) -> dict[str, int]:
@@ -156,8 +180,10 @@ def _size_without(sizes: dict[str, int], entries: Iterable[Entry], removed: Sequ
 
 
 def _plan(store: Store, entries: Sequence[Entry], chosen: Sequence[Entry], busy: Sequence[Entry],
-          sizes: dict[str, int]) -> Plan:
+          sizes: dict[str, int], abandoned: tuple[Path, ...]) -> Plan:
     gone = {entry.id for entry in chosen}
     kept = {ref.sha256 for entry in entries if entry.id not in gone for ref in entry.files.values()}
     blobs = tuple(sorted(sha256 for sha256 in sizes if sha256 not in kept))
-    return Plan(tuple(chosen), tuple(busy), blobs, sum(sizes[sha256] for sha256 in blobs), sum(sizes.values()))
+    staged = sum(path.stat().st_size for folder in abandoned for path in folder.rglob("*") if path.is_file())
+    return Plan(tuple(chosen), tuple(busy), blobs, abandoned, sum(sizes[sha256] for sha256 in blobs) + staged,
+                sum(sizes.values()))

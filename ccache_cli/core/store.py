@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import uuid
@@ -116,6 +117,9 @@ def default_root() -> Path:
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
     return Path(xdg) / "ccache-cli"
+
+
+STAGING_OWNER = ".owner"
 
 
 class Store:
@@ -218,10 +222,13 @@ class Store:
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
-        """A private folder inside the store, removed on exit whatever happens."""
+        """A private folder inside the store, removed on exit whatever happens. Its
+        owner file names this host and process, so that `gc` can tell the folder of a
+        writer that was killed from one that is still at work."""
         self.ensure_writable()
         path = self.tmp_dir / f"stage-{uuid.uuid4().hex}"
         path.mkdir()
+        (path / STAGING_OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
         try:
             yield path
         finally:
