@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from . import bytecode
+
 INDUCTOR_PREFIX = "inductor/"
 MEGACACHE_FILE = "megacache/cache_artifacts.bin"
 AOT_PREFIX = "aot/"
-BYTECODE_PREFIX = "bytecode/"  # checked hash-based .pyc of the compile stack (bytecode.py)
+BYTECODE_PREFIX = bytecode.PREFIX  # checked hash-based .pyc of the compile stack
 
 # Folders of an Inductor cache directory that hold no artifact worth carrying.
 IGNORED_INDUCTOR_DIRS = frozenset({"locks"})

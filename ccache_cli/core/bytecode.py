@@ -26,7 +26,7 @@ import os
 import sys
 from typing import Any
 
-PREFIX = "bytecode/"  # artifacts.BYTECODE_PREFIX; this file imports nothing of the package
+PREFIX = "bytecode/"  # where an entry keeps them (artifacts.BYTECODE_PREFIX)
 
 
 def record(modules: dict[str, Any], out: str) -> dict[str, dict[str, str]]:

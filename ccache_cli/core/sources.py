@@ -8,13 +8,14 @@ the torch version, and the standard library by the Python version.
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import sys
 import sysconfig
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import bytecode
 from .hashing import sha256_file
 from .store import Source
 
@@ -58,9 +59,11 @@ def check(sources: Iterable[Source], sys_path: Sequence[str]) -> list[SourceStat
     finds its top-level package (import hooks such as editable installs included),
     else on `sys_path`."""
     roots = [p or os.getcwd() for p in sys_path]
+    package_roots: dict[str, str | None] = {}
     statuses = []
     for source in sources:
-        found = next((Path(root) / source.path for root in [*_package_root(source.module), *roots]
+        found_by_import = bytecode.source_root(source.module, package_roots)
+        found = next((Path(root) / source.path for root in [*filter(None, [found_by_import]), *roots]
                       if (Path(root) / source.path).is_file()), None)
         if found is None:
             statuses.append(SourceStatus(source, "missing", None))
@@ -70,17 +73,9 @@ def check(sources: Iterable[Source], sys_path: Sequence[str]) -> list[SourceStat
     return statuses
 
 
-def _package_root(module: str) -> list[str]:
-    """The folder holding `module`'s top-level package or module, as `import` would
-    find it; finding a top-level name runs no code of it."""
-    try:
-        spec = importlib.util.find_spec(module.partition(".")[0])
-    except (ImportError, ValueError):
-        return []
-    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
-        return []
-    top = os.path.dirname(spec.origin)
-    return [os.path.dirname(top) if spec.submodule_search_locations is not None else top]
+def search_path() -> list[str]:
+    """Where traced sources are looked up: this process's sys.path and the working dir."""
+    return [*sys.path, os.getcwd()]
 
 
 def _relative_to_root(real: str, roots: Sequence[str]) -> str:

@@ -70,7 +70,7 @@ def verify(store: Store, ref: str | None, target: Path | None, run: bool) -> Ver
     if not entries and not checks:
         raise BadInputError(f"nothing to verify: no entries in {ref or store.root}")
     machine = target_fingerprint or this_machine_exact(store)
-    search = search_path()
+    search = sources.search_path()
     checks += static_checks(entries, broken, machine, search)
     if target is None:  # bytecode matches the sources of the machine that runs it, not a target's
         checks += [bytecode_check(entry) for entry in entries if entry.manifest.get("bytecode")]
@@ -220,11 +220,6 @@ def _import_roots(entry: Entry, search: Sequence[str]) -> list[str]:
             if root not in roots:
                 roots.append(root)
     return roots
-
-
-def search_path() -> list[str]:
-    """Where traced sources are looked up: this process's sys.path and the working dir."""
-    return [*sys.path, os.getcwd()]
 
 
 def junit_xml(report: VerifyReport) -> bytes:
