@@ -62,8 +62,8 @@ def run_command(
     active.apply(os.environ)
     logs = usage.log_paths(store, [entry.id for entry in active.entries])
     if logs:  # the start-up hook adds each Python process's cache hits and misses at exit
-        os.environ["CCACHE_CLI_USAGE_LOGS"] = os.pathsep.join(logs)
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(capture.HOOK_DIR), os.environ.get("PYTHONPATH")]))
+        os.environ[usage.LOGS_ENV] = os.pathsep.join(logs)
+        os.environ["PYTHONPATH"] = runtime.with_startup_hook(os.environ.get("PYTHONPATH"))
     try:
         os.execvp(command[0], command)  # the command takes this process's place: its exit code, its signals
     except FileNotFoundError:

@@ -19,19 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ccache_cli
-
 from . import fingerprint, sources
 from .artifacts import BYTECODE_PREFIX
 from .errors import BadInputError, CcacheError
 from .hashing import hash_json
 from .precompile import MANIFEST_FORMAT, PRIMARY_DEVICES, adopt_artifacts, created_now
-from .runtime import VIEW_ENV
+from .runtime import VIEW_ENV, with_startup_hook
 from .store import Entry, Store
 
 CAPTURE_DIR_ENV = "CCACHE_CLI_CAPTURE_DIR"
-CAPTURE_PACKAGE_ENV = "CCACHE_CLI_CAPTURE_PACKAGE"
-HOOK_DIR = Path(ccache_cli.__file__).parent / "startup_hook"
 
 
 class CaptureError(CcacheError):
@@ -49,20 +45,16 @@ class CaptureResult:
 def capture(store: Store, name: str, command: Sequence[str], stdout: int | None = None) -> CaptureResult:
     """Run `command` to completion on an empty cache and store what it compiled;
     its standard output goes to `stdout` (a file descriptor) if given."""
-    if not command:
-        raise BadInputError("nothing to run: put the command after --")
-    environ = os.environ
     with store.staging() as staging:
         inductor = staging / "artifacts" / "inductor"
         records = staging / "records"
         inductor.mkdir(parents=True)
         records.mkdir()
-        env = {var: value for var, value in environ.items() if var not in ("TRITON_CACHE_DIR", VIEW_ENV)}
+        env = {var: value for var, value in os.environ.items() if var not in ("TRITON_CACHE_DIR", VIEW_ENV)}
         env.update({
             "TORCHINDUCTOR_CACHE_DIR": str(inductor),
             CAPTURE_DIR_ENV: str(records),
-            CAPTURE_PACKAGE_ENV: str(HOOK_DIR.parent.parent),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(HOOK_DIR), environ.get("PYTHONPATH")])),
+            "PYTHONPATH": with_startup_hook(os.environ.get("PYTHONPATH")),
         })
         started = time.perf_counter()
         code = _run(command, env, stdout)
@@ -71,7 +63,8 @@ def capture(store: Store, name: str, command: Sequence[str], stdout: int | None 
             raise CaptureError(f"{command[0]} exited with code {code}; nothing was stored")
         if not any(path.is_file() for path in inductor.rglob("*")):
             raise CaptureError(f"{command[0]} wrote nothing to the Inductor cache: it compiled nothing with torch.compile")
-        record = _merged_record(records)
+        process_records = [json.loads(path.read_text()) for path in sorted(records.glob("*.json"))]
+        record = _merged_record(process_records)
         if record["device"] in PRIMARY_DEVICES:  # as precompile: inspect can then answer without torch
             store.save_machine_fingerprint(fingerprint.probe_digest(), record["machine"])
         key = {
@@ -82,7 +75,7 @@ def capture(store: Store, name: str, command: Sequence[str], stdout: int | None 
             "inputs": {},
             "sources": [source.__dict__ for source in record["sources"]],
         }
-        stored_bytecode = _gather_bytecode(records, staging / "artifacts")
+        stored_bytecode = _gather_bytecode(records, process_records, staging / "artifacts")
         files, _ = adopt_artifacts(store, staging / "artifacts")
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -113,14 +106,14 @@ def _run(command: Sequence[str], env: dict[str, str], stdout: int | None) -> int
         signal.signal(signal.SIGINT, previous)
 
 
-def _gather_bytecode(records: Path, artifacts: Path) -> dict[str, dict[str, str]]:
-    """Move the bytecode each process recorded into the entry's artifacts (the first
-    process to record a module wins: the same source gives the same bytecode)."""
+def _gather_bytecode(records: Path, process_records: list[dict[str, Any]], artifacts: Path) -> dict[str, dict[str, str]]:
+    """Move the bytecode each process recorded (under `records`) into the entry's
+    artifacts (the first process to record a module wins: the same source gives the
+    same bytecode)."""
     gathered: dict[str, dict[str, str]] = {}
-    for path in sorted(records.glob("*.json")):
-        record = json.loads(path.read_text())
+    for record in process_records:
         folder = records / f"bytecode-{record['pid']}"
-        for stored, info in record.get("bytecode", {}).items():
+        for stored, info in record["bytecode"].items():
             if stored in gathered:
                 continue
             target = artifacts / stored
@@ -130,13 +123,9 @@ def _gather_bytecode(records: Path, artifacts: Path) -> dict[str, dict[str, str]
     return gathered
 
 
-def _merged_record(records: Path) -> dict[str, Any]:
+def _merged_record(process_records: list[dict[str, Any]]) -> dict[str, Any]:
     """What the key needs, from the records of the processes that compiled."""
-    compiled = []
-    for path in sorted(records.glob("*.json")):
-        record = json.loads(path.read_text())
-        if record["traced"]:
-            compiled.append(record)
+    compiled = [record for record in process_records if record["traced"]]
     if not compiled:
         raise CaptureError(
             "no Python process of the command traced anything with torch.compile that ccache could see "

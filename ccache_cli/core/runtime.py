@@ -31,7 +31,7 @@ import sys
 import tempfile
 import uuid
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +41,12 @@ from .artifacts import AOT_PREFIX
 from .errors import EntryNotFoundError
 from .hashing import hash_json
 from .inspect import fits, this_machine
-from .sources import check
+from .sources import check, search_path
 from .store import Entry, Source, Store
 
 VIEW_ENV = "CCACHE_CLI_VIEW"  # set in an activated process: the view it uses
 BYTECODE_ENV = "CCACHE_CLI_BYTECODE"  # 0: do not serve stored bytecode
+_STARTUP_HOOK_DIR = Path(__file__).resolve().parent.parent / "startup_hook"
 VIEWS_ENV = "CCACHE_CLI_VIEWS"  # where views are made
 ACTIVATION_FILE = "activation.json"
 INDUCTOR_PREFIX = "inductor/"
@@ -70,6 +71,12 @@ class Activation:
     def shell_exports(self) -> str:
         lines = [f"export {name}={shlex.quote(value)}" for name, value in self.set_env.items()]
         return "\n".join([*lines, *(f"unset {name}" for name in self.unset_env)]) + "\n"
+
+
+def with_startup_hook(pythonpath: str | None) -> str:
+    """PYTHONPATH with ccache-cli's start-up hook (a `sitecustomize`) first: under
+    `ccache run` it records usage results, under `--capture` what the key needs."""
+    return os.pathsep.join(filter(None, [str(_STARTUP_HOOK_DIR), pythonpath]))
 
 
 def register_user(active: Activation, store: Store, by: str) -> None:
@@ -109,22 +116,21 @@ def select_entries(store: Store, refs: Sequence[str] = ()) -> list[Entry]:
     return fitting
 
 
-def activation(store: Store, entries: Sequence[Entry], environ: Mapping[str, str] | None = None) -> Activation:
+def activation(store: Store, entries: Sequence[Entry]) -> Activation:
     """The environment that makes `entries` active, building their view if needed.
 
     The stored bytecode is served through PYTHONPYCACHEPREFIX unless
     CCACHE_CLI_BYTECODE=0; a PYTHONPYCACHEPREFIX of the user's is replaced, and
     reported in `replaced` so that the caller says so.
     """
-    environ = os.environ if environ is None else environ
     view, bytecode_modules = ensure_view(store, entries)
     # Triton then keeps its kernels inside the Inductor cache, as at precompile time.
     set_env = {"TORCHINDUCTOR_CACHE_DIR": str(view / "inductor"), VIEW_ENV: str(view)}
     replaced = {}
-    if bytecode_modules and environ.get(BYTECODE_ENV, "1") != "0":
+    if bytecode_modules and os.environ.get(BYTECODE_ENV, "1") != "0":
         set_env["PYTHONPYCACHEPREFIX"] = str(view / "bytecode")
-        if environ.get("PYTHONPYCACHEPREFIX") not in (None, "", set_env["PYTHONPYCACHEPREFIX"]):
-            replaced["PYTHONPYCACHEPREFIX"] = environ["PYTHONPYCACHEPREFIX"]
+        if os.environ.get("PYTHONPYCACHEPREFIX") not in (None, "", set_env["PYTHONPYCACHEPREFIX"]):
+            replaced["PYTHONPYCACHEPREFIX"] = os.environ["PYTHONPYCACHEPREFIX"]
     return Activation(tuple(entries), view, set_env, ("TRITON_CACHE_DIR",), bytecode_modules, replaced)
 
 
@@ -339,7 +345,7 @@ class _CompiledModel:
             if candidate.inputs != wanted or (devices and devices != {candidate.device}):
                 continue
             if candidate.sources not in self._fresh_sources:
-                statuses = check(candidate.sources, [*sys.path, os.getcwd()])
+                statuses = check(candidate.sources, search_path())
                 self._fresh_sources[candidate.sources] = all(status.state == "fresh" for status in statuses)
             if not self._fresh_sources[candidate.sources]:
                 continue  # compiled from other code: never serve it

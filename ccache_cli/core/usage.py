@@ -1,11 +1,14 @@
 """Usage statistics per entry: when it was last used, how often, cache hits and misses.
 
 `ccache run`, `ccache env`, `ccache_cli.activate()` and `verify --run` append one JSON
-line per use to `<store>/usage/<entry id>.log`, and every Python process under
-`ccache run` a result line with its FX-graph cache hits and misses at exit (the
-start-up hook) (appends of one short line are atomic,
-so concurrent programs lose nothing). A read-only store records nothing and says
+line per use to `<store>/usage/<entry id>.log`; every Python process under `ccache
+run` appends a result line with its FX-graph cache hits and misses at exit (the
+start-up hook, through `append`). Appends of one short line are atomic, so concurrent
+programs lose nothing. A read-only store (a read-only mount, or a folder without
+write permission, which root would otherwise ignore) records nothing and says
 nothing: usage must never stop a program from starting.
+
+No package-relative imports at run time: the start-up hook loads this file by path.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from .store import Store
+if TYPE_CHECKING:
+    from .store import Store
+
+LOGS_ENV = "CCACHE_CLI_USAGE_LOGS"  # for the start-up hook: the logs of the active entries
 
 
 @dataclass(frozen=True)
@@ -28,24 +35,30 @@ class Usage:
 
 
 def record(store: Store, entry_ids: Iterable[str], by: str, hits: int | None = None, misses: int | None = None) -> None:
-    line = {"at": now(), "by": by}
+    line: dict[str, Any] = {"at": now(), "by": by}
     if hits is not None:
         line.update(hits=hits, misses=misses or 0)
+    append(log_paths(store, entry_ids), line)
+
+
+def append(paths: Iterable[str], line: dict[str, Any]) -> None:
+    """Append one JSON line to each log; a log that cannot be written is skipped."""
     data = (json.dumps(line, sort_keys=True) + "\n").encode()
-    try:
-        for path in log_paths(store, entry_ids):
+    for path in paths:
+        try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-    except OSError:
-        return
+        except OSError:
+            continue
+        try:
+            os.write(fd, data)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def log_paths(store: Store, entry_ids: Iterable[str]) -> list[str]:
-    """The entries' usage logs, or none for a read-only store: a read-only mount, or
-    a folder without write permission (which root would otherwise ignore)."""
+    """The entries' usage logs, or none for a read-only store."""
     folder = store.root / "usage"
     try:
         if not os.stat(store.root).st_mode & 0o222:

@@ -12,6 +12,7 @@ sitecustomize it shadows, if there is one.
 """
 
 import atexit
+import functools
 import importlib.machinery
 import importlib.util
 import json
@@ -20,16 +21,19 @@ import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _RECORDS = os.environ.get("CCACHE_CLI_CAPTURE_DIR")
-_PACKAGE_ROOT = os.environ.get("CCACHE_CLI_CAPTURE_PACKAGE")
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(_HERE))  # the folder holding ccache_cli/
 _USAGE_LOGS = os.environ.get("CCACHE_CLI_USAGE_LOGS")
 _TRACED = set()
 
 
+@functools.cache
 def _load(name):
-    """A stdlib-only module of ccache-cli, by path: the program may not have it installed."""
+    """A module of ccache-cli that needs only the standard library, by path: the
+    program may not have ccache-cli installed."""
     path = os.path.join(_PACKAGE_ROOT, "ccache_cli", "core", f"{name}.py")
     spec = importlib.util.spec_from_file_location(f"_ccache_cli_capture_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as import does: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -95,25 +99,14 @@ def _write_usage():
     if utils is None:  # this process compiled nothing
         return
     counters = utils.counters["inductor"]
-    import datetime
-
-    line = {"at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "by": "run",
-            "result": True, "hits": counters["fxgraph_cache_hit"], "misses": counters["fxgraph_cache_miss"]}
-    data = (json.dumps(line, sort_keys=True) + "\n").encode()
-    for path in _USAGE_LOGS.split(os.pathsep):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        except OSError:
-            continue
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+    usage = _load("usage")
+    usage.append(_USAGE_LOGS.split(os.pathsep), {"at": usage.now(), "by": "run", "result": True,
+                                                 "hits": counters["fxgraph_cache_hit"], "misses": counters["fxgraph_cache_miss"]})
 
 
 if _USAGE_LOGS:
     atexit.register(_write_usage)
-if _RECORDS and _PACKAGE_ROOT:
+if _RECORDS:
     sys.meta_path.insert(0, _WhenTracingIsImported())
     atexit.register(_write_record)
 _run_shadowed_sitecustomize()
