@@ -19,7 +19,8 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,19 +71,36 @@ def last_used(store: Store, entry: Entry) -> dt.datetime:
 
 def plan_gc(store: Store, max_size: int | None, older_than: dt.timedelta | None) -> Plan:
     """Least recently used entries first, until every limit holds."""
-    entries = sorted(store.scan().entries, key=lambda entry: last_used(store, entry))
+    scanned = store.scan().entries
+    used = {entry.id: last_used(store, entry) for entry in scanned}
+    entries = sorted(scanned, key=lambda entry: used[entry.id])
     busy = in_use(store)
     sizes = _blob_sizes(store)
+    # How many entries name each blob, and the bytes of the named ones: what the store
+    # holds once gc has also removed the blobs nobody names.
+    names = Counter(sha256 for entry in entries for sha256 in _blobs_of(entry))
+    size = sum(sizes.get(sha256, 0) for sha256 in names)
     now = dt.datetime.now(dt.timezone.utc)
     chosen: list[Entry] = []
     kept_busy: list[Entry] = []
     for entry in entries:
-        too_old = older_than is not None and now - last_used(store, entry) > older_than
-        too_big = max_size is not None and _size_without(sizes, entries, chosen) > max_size
+        too_old = older_than is not None and now - used[entry.id] > older_than
+        too_big = max_size is not None and size > max_size
         if not (too_old or too_big):
             continue
-        (kept_busy if entry.id in busy else chosen).append(entry)
+        if entry.id in busy:
+            kept_busy.append(entry)
+            continue
+        chosen.append(entry)
+        for sha256 in _blobs_of(entry):
+            names[sha256] -= 1
+            if not names[sha256]:
+                size -= sizes.get(sha256, 0)
     return _plan(store, entries, chosen, kept_busy, sizes, abandoned_staging(store))
+
+
+def _blobs_of(entry: Entry) -> set[str]:
+    return {ref.sha256 for ref in entry.files.values()}
 
 
 def abandoned_staging(store: Store) -> tuple[Path, ...]:
@@ -170,13 +188,6 @@ def _blob_sizes(store: Store) -> dict[str, int]:
             for blob in os.scandir(folder.path):
                 sizes[blob.name] = blob.stat().st_size
     return sizes
-
-
-def _size_without(sizes: dict[str, int], entries: Iterable[Entry], removed: Sequence[Entry]) -> int:
-    """The store's bytes once `removed` and every blob no other entry names are gone."""
-    gone = {entry.id for entry in removed}
-    named = {ref.sha256 for entry in entries if entry.id not in gone for ref in entry.files.values()}
-    return sum(size for sha256, size in sizes.items() if sha256 in named)
 
 
 def _plan(store: Store, entries: Sequence[Entry], chosen: Sequence[Entry], busy: Sequence[Entry],
