@@ -68,16 +68,16 @@ def unpack_command(
     total = Path(source).stat().st_size if source != "-" and Path(source).is_file() else None
     with archive.open_source(source) as handle, _progress("unpacking", total, not json_output) as on_progress:
         result = archive.unpack(store, handle, select, on_progress)
-    exported = None
+    exported, pycache_prefix = None, None
     if export_dir is not None:
-        exported = _export(store, [*result.added, *result.kept], entry, export_dir, machine, exact)
+        exported, pycache_prefix = _export(store, [*result.added, *result.kept], entry, export_dir, machine, exact)
     if json_output:
         emit_json({
             "added": [e.id for e in result.added], "kept": [e.id for e in result.kept], "skipped": list(result.skipped),
             "new_blobs": result.new_blobs, "new_bytes": result.new_bytes,
             "exported": None if exported is None else {
                 "entry": exported.id, "dir": str(export_dir),
-                "pycache_prefix": str(export_dir / PYCACHE_DIR) if (export_dir / PYCACHE_DIR).is_dir() else None},
+                "pycache_prefix": None if pycache_prefix is None else str(pycache_prefix)},
         })
         return
     out.print(f"Unpacked {len(result.added)} new entries ({len(result.kept)} already there, {len(result.skipped)} "
@@ -85,10 +85,12 @@ def unpack_command(
     if exported is not None:
         out.print(f"Exported entry {exported.short_id} ({exported.name}) to {export_dir}: "
                   f"TORCHINDUCTOR_CACHE_DIR={export_dir}"
-                  + (f" PYTHONPYCACHEPREFIX={export_dir / PYCACHE_DIR}" if (export_dir / PYCACHE_DIR).is_dir() else ""))
+                  + (f" PYTHONPYCACHEPREFIX={pycache_prefix}" if pycache_prefix is not None else ""))
 
 
-def _export(store: Store, entries: list[Entry], ref: str | None, target: Path, machine: dict, exact: bool) -> Entry:
+def _export(store: Store, entries: list[Entry], ref: str | None, target: Path, machine: dict,
+            exact: bool) -> tuple[Entry, Path | None]:
+    """The exported entry, and its bytecode tree if it has one."""
     if ref is not None:
         chosen = store.find(ref)
     else:
@@ -100,8 +102,8 @@ def _export(store: Store, entries: list[Entry], ref: str | None, target: Path, m
     if not exact:
         warn("this machine's full fingerprint is unknown (run `ccache fingerprint`); exporting on the components read without torch")
     store.materialize(chosen, target, "inductor/")
-    runtime.export_bytecode(store, chosen, target / PYCACHE_DIR)
-    return chosen
+    modules = runtime.export_bytecode(store, chosen, target / PYCACHE_DIR)
+    return chosen, (target / PYCACHE_DIR if modules else None)
 
 
 @contextlib.contextmanager
