@@ -16,12 +16,14 @@ archive has checked out, so a bad archive leaves the store exactly as it was.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
 import os
 import queue
 import re
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -33,6 +35,7 @@ from typing import IO, Any, BinaryIO
 
 import zstandard
 
+from . import decompress
 from .artifacts import KindSummary, summarize
 from .errors import BadInputError, CcacheError
 from .store import Entry, Store
@@ -131,7 +134,7 @@ def unpack(
     on_progress: Progress = lambda _: None,
 ) -> UnpackResult:
     """Merge an archive's entries into `store`; all or nothing."""
-    with store.staging() as staging, _open_tar(_Counting(source, on_progress)) as tar:
+    with store.staging() as staging, _open_tar_in_child(source, on_progress) as tar:
         manifests, blobs = _read_files(tar, _read_index(tar))
         wanted_entries, skipped = [], []
         for manifest in manifests:
@@ -142,16 +145,14 @@ def unpack(
         received: set[str] = set()
         staged: dict[str, int] = {}  # sha256 -> size of the blobs written to staging
         with _StagedBlobs(staging / "objects", (sha256[:2] for sha256 in wanted_blobs)) as sink:
-            while (member := tar.next()) is not None:
-                sha256 = _check_member(member, blobs, received)
-                received.add(sha256)
+            for sha256, size in _blob_members(tar, blobs, received):
                 wanted = sha256 in wanted_blobs
-                if member.size <= _CHUNK:  # most blobs: read whole; checked and written in a thread
+                if size <= _CHUNK:  # most blobs: read whole; checked and written in a thread
                     sink.add(sha256, tar.read_member(f"blob {sha256[:12]}"), wanted)
                 else:
-                    _check_hash(_copy_member(tar, sha256, member.size, sink.create(sha256) if wanted else None), sha256)
+                    _check_hash(_copy_member(tar, sha256, size, sink.create(sha256) if wanted else None), sha256)
                 if wanted:
-                    staged[sha256] = member.size
+                    staged[sha256] = size
         missing = set(blobs) - received
         if missing:
             raise ArchiveError(f"archive is truncated or incomplete: {len(missing)} blob(s) listed in {FILES_NAME} are absent")
@@ -167,14 +168,12 @@ def check_blobs(source: BinaryIO) -> tuple[list[Entry], dict[str, str]]:
     """Read a whole archive as a stream, writing nothing: its entries, and what is
     wrong with each blob that is absent or does not hash to its name. An archive
     that is not well formed raises ArchiveError."""
-    with _open_tar(source) as tar:
+    with _open_tar_in_child(source, lambda _: None) as tar:
         manifests, blobs = _read_files(tar, _read_index(tar))
         received: set[str] = set()
         broken: dict[str, str] = {}
-        while (member := tar.next()) is not None:
-            sha256 = _check_member(member, blobs, received)
-            received.add(sha256)
-            if _copy_member(tar, sha256, member.size, None).hexdigest() != sha256:
+        for sha256, size in _blob_members(tar, blobs, received):
+            if _copy_member(tar, sha256, size, None).hexdigest() != sha256:
                 broken[sha256] = "content does not match its hash"
     for sha256 in set(blobs) - received:
         broken[sha256] = "absent from the archive"
@@ -323,16 +322,90 @@ _ZEROS = bytes(tarfile.BLOCKSIZE)
 
 @contextlib.contextmanager
 def _open_tar(source: IO[bytes]) -> Iterator[_TarReader]:
-    """A streaming tar reader over a zstd stream."""
+    """A streaming tar reader over a zstd stream decompressed in this process: for
+    reading only the first members."""
     head = source.read(4)
     if head != _ZSTD_MAGIC:
-        raise ArchiveError("not a zstd-compressed archive (expected a .tar.zst written by `ccache pack`)")
+        raise ArchiveError(_NOT_ZSTD)
     reader = zstandard.ZstdDecompressor().stream_reader(_Prefixed(head, source), closefd=False)
     try:
-        with contextlib.closing(_ReadAhead(reader)) as ahead:
-            yield _TarReader(io.BufferedReader(ahead, _CHUNK))
+        yield _TarReader(lambda: reader.read(_CHUNK))
     except zstandard.ZstdError as exc:
         raise ArchiveError(f"corrupt zstd stream: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _open_tar_in_child(source: BinaryIO, on_progress: Progress) -> Iterator[_TarReader]:
+    """A streaming tar reader over a zstd stream decompressed by a child process (see
+    decompress.py), for reading a whole archive."""
+    child = _Decompressor(source, on_progress)
+    try:
+        yield _TarReader(child.next_chunk)
+    finally:
+        child.close()
+
+
+_NOT_ZSTD = "not a zstd-compressed archive (expected a .tar.zst written by `ccache pack`)"
+
+
+class _Decompressor:
+    """Runs decompress.py on `source`, handing out what it writes in chunks.
+
+    Its failures surface where its output ends, before the tar reader could take a
+    short stream for a truncated one. Progress counts the archive bytes the child has
+    read, from the file offset it shares with `source`, or, from a pipe, the bytes
+    decompressed.
+    """
+
+    def __init__(self, source: BinaryIO, on_progress: Progress) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("decompress.py"))],
+            stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        assert self._process.stdout is not None
+        self._fd = self._process.stdout.fileno()
+        with contextlib.suppress(OSError):  # larger pipe, fewer reads (Linux)
+            fcntl.fcntl(self._fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _CHUNK)
+        self._source_fd = source.fileno()
+        self._offset = self._tell()
+        self._on_progress = on_progress
+
+    def next_chunk(self) -> bytes:
+        """The next piece of the decompressed stream; b"" at its end."""
+        data = os.read(self._fd, _CHUNK)
+        if not data:
+            self._check_exit()
+        if self._offset is None:
+            self._on_progress(len(data))
+        else:
+            offset = self._tell()
+            self._on_progress(offset - self._offset)  # type: ignore[operator]
+            self._offset = offset
+        return data
+
+    def close(self) -> None:
+        if self._process.poll() is None:  # stopped early: by an error, or at the end marker
+            self._process.kill()
+        self._process.communicate()
+
+    def _tell(self) -> int | None:
+        try:
+            return os.lseek(self._source_fd, 0, os.SEEK_CUR)
+        except OSError:  # a pipe
+            return None
+
+    def _check_exit(self) -> None:
+        _, stderr = self._process.communicate()
+        message = stderr.decode(errors="replace").strip()
+        code = self._process.returncode
+        if code == decompress.NOT_ZSTD:
+            raise ArchiveError(_NOT_ZSTD)
+        if code == decompress.CORRUPT:
+            raise ArchiveError(f"corrupt zstd stream: {message}")
+        if code == decompress.TRUNCATED:
+            raise ArchiveError("archive is truncated: its zstd stream ends inside a frame")
+        if code != 0:
+            raise CcacheError(f"decompressing the archive failed (exit {code}): {(message.splitlines() or [''])[-1]}")
 
 
 def _read_json_member(tar: _TarReader, name: str) -> Any:
@@ -343,7 +416,7 @@ def _read_json_member(tar: _TarReader, name: str) -> Any:
     if member.size > _INDEX_LIMIT:
         raise ArchiveError(f"{name} declares {member.size} bytes, more than any this tool writes")
     try:
-        return json.loads(tar.read_exactly(member.size, f"its {name}"))
+        return json.loads(bytes(tar.read_exactly(member.size, f"its {name}")))
     except ValueError as exc:
         raise ArchiveError(f"{name} is malformed ({exc})") from exc
 
@@ -380,6 +453,32 @@ def _read_files(tar: _TarReader, index: dict[str, Any]) -> tuple[list[dict[str, 
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArchiveError(f"{FILES_NAME} is malformed ({exc})") from exc
     return manifests, blobs
+
+
+def _blob_members(tar: _TarReader, blobs: dict[str, int], received: set[str]) -> Iterator[tuple[str, int]]:
+    """The (sha256, size) of each member after files.json, each checked by
+    `_check_member` and added to `received`; the caller reads the member's data.
+
+    A header that is byte for byte what pack writes for the next blob in files.json's
+    (sorted) order needs no parsing or checking: its name is that blob's, its size
+    the listed one. Any other header takes the general path, so an archive in another
+    order still unpacks, and a hostile one still fails with the right message.
+    """
+    pending = iter(blobs.items())
+
+    def expected() -> _Member | None:
+        item = next(pending, None)
+        return None if item is None else _Member(f"objects/{item[0]}", item[1], tarfile.REGTYPE)
+
+    expect = expected()
+    while (member := tar.next(expect)) is not None:
+        if member is expect and member.name[8:] not in received:
+            sha256 = member.name[8:]
+            expect = expected()
+        else:
+            sha256 = _check_member(member, blobs, received)
+        received.add(sha256)
+        yield sha256, member.size
 
 
 def _check_member(member: _Member, blobs: dict[str, int], received: set[str]) -> str:
@@ -558,24 +657,31 @@ def _octal(field: bytes, what: str) -> int:
 class _TarReader:
     """Reads the members of a tar stream in order, holding none of them in memory.
 
-    tarfile's own stream mode re-buffers every byte in Python (slow for many small
-    members) and stops without a word at an unreadable header, which would hide data
-    after the last member; this reader does neither.
+    Works on the decompressed chunks directly: a read that fits in the current chunk
+    is a view into it, no copy (most members do). tarfile's own stream mode
+    re-buffers every byte in Python (slow for many small members) and stops without a
+    word at an unreadable header, which would hide data after the last member; this
+    reader does neither.
     """
 
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
+    def __init__(self, next_chunk: Callable[[], bytes]) -> None:
+        self._next_chunk = next_chunk  # b"" at the end of the stream
+        self._view = memoryview(b"")  # what is left of the current chunk
         self._unread = 0  # bytes of the current member's data and padding not yet read
         self._size = 0  # the current member's size
 
-    def next(self) -> _Member | None:
-        """The next member's header, or None at the end-of-archive marker."""
+    def next(self, expect: _Member | None = None) -> _Member | None:
+        """The next member's header, or None at the end-of-archive marker. When the
+        header is exactly what pack writes for `expect`, returns `expect` itself."""
         self._skip(self._unread)
-        header = self.read_exactly(tarfile.BLOCKSIZE, "a member header")
-        if header == bytes(tarfile.BLOCKSIZE):
+        header = bytes(self.read_exactly(tarfile.BLOCKSIZE, "a member header"))
+        if expect is not None and header == _ustar_header(expect.name, expect.size):
+            member = expect
+        elif header == _ZEROS:
             self._check_end()
             return None
-        member = _parse_header(header)
+        else:
+            member = _parse_header(header)
         self._size = member.size
         self._unread = member.size + (-member.size % tarfile.BLOCKSIZE) if member.type in _REGULAR else 0
         return member
@@ -583,15 +689,31 @@ class _TarReader:
     def read_member(self, what: str) -> memoryview:
         """The whole data of the current member (its padding read and dropped)."""
         size = self._unread
-        data = self.read_exactly(size, what)
-        return memoryview(data)[: size - (-self._size % tarfile.BLOCKSIZE)]
+        return self.read_exactly(size, what)[: size - (-self._size % tarfile.BLOCKSIZE)]
 
-    def read_exactly(self, size: int, what: str) -> bytes:
-        data = self._stream.read(size)
+    def read_exactly(self, size: int, what: str) -> memoryview:
+        data = self._read(size)
         if len(data) != size:
             raise ArchiveError(f"archive is truncated inside {what}")
         self._unread = max(self._unread - size, 0)
         return data
+
+    def _read(self, size: int) -> memoryview:
+        """Up to `size` bytes, fewer only at the end of the stream."""
+        if size <= len(self._view):
+            data, self._view = self._view[:size], self._view[size:]
+            return data
+        parts = [self._view]
+        got = len(self._view)
+        while got < size and (chunk := self._next_chunk()):
+            self._view = memoryview(chunk)
+            take = min(size - got, len(chunk))
+            parts.append(self._view[:take])
+            self._view = self._view[take:]
+            got += take
+        if got < size:
+            self._view = memoryview(b"")
+        return memoryview(b"".join(parts))
 
     def _skip(self, size: int) -> None:
         while size:
@@ -599,85 +721,9 @@ class _TarReader:
 
     def _check_end(self) -> None:
         # Only tar's zero padding may follow the marker; read a bounded amount to tell.
-        tail = self._stream.read(_TAIL_LIMIT + 1)
-        if len(tail) > _TAIL_LIMIT or tail.strip(b"\0"):
+        tail = self._read(_TAIL_LIMIT + 1)
+        if len(tail) > _TAIL_LIMIT or bytes(tail).strip(b"\0"):
             raise ArchiveError("archive has data past its end-of-archive marker; it is corrupt or was tampered with")
-
-
-class _ReadAhead(io.RawIOBase):
-    """Reads `inner` in a thread, a few chunks ahead of the consumer.
-
-    Decompression (and reading the archive) then overlaps with hashing and writing
-    blobs: zstd and hashlib both release the GIL. At most `_AHEAD` chunks are held.
-    """
-
-    _AHEAD = 8
-
-    def __init__(self, inner: IO[bytes]) -> None:
-        self._chunks: queue.Queue[bytes | BaseException] = queue.Queue(self._AHEAD)
-        self._current = memoryview(b"")
-        self._stopped = threading.Event()
-        self._done = False
-        self._thread = threading.Thread(target=self._fill, args=(inner,), daemon=True)
-        self._thread.start()
-
-    def _fill(self, inner: IO[bytes]) -> None:
-        while not self._stopped.is_set():
-            try:
-                item: bytes | BaseException = inner.read(_CHUNK)
-            except BaseException as exc:  # handed to the consumer, raised there
-                item = exc
-            while not self._stopped.is_set():
-                try:
-                    self._chunks.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if not item or isinstance(item, BaseException):
-                return
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if not self._current and not self._done:
-            item = self._chunks.get()
-            if isinstance(item, BaseException):
-                self._done = True
-                raise item
-            self._done = not item
-            self._current = memoryview(item)
-        size = min(len(buffer), len(self._current))
-        buffer[:size] = self._current[:size]
-        self._current = self._current[size:]
-        return size
-
-    def close(self) -> None:
-        self._stopped.set()
-        self._thread.join()
-        super().close()
-
-
-class _Counting(io.RawIOBase):
-    """A reader that reports how many bytes pass through it."""
-
-    def __init__(self, inner: IO[bytes], on_progress: Progress) -> None:
-        self._inner = inner
-        self._on_progress = on_progress
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._inner.read(size)
-        if data:
-            self._on_progress(len(data))
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
 
 class _Prefixed(io.RawIOBase):
