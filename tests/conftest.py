@@ -80,15 +80,19 @@ SERVE = textwrap.dedent(
     way, sizes = sys.argv[1], json.loads(sys.argv[2])
     device = sys.argv[3] if len(sys.argv) > 3 else "cpu"
     model = build().to(device)
-    compiled = ccache_cli.compile(model) if way == "api" else torch.compile(model, dynamic=False)
-    torch._dynamo.config.recompile_limit = 16
+    if way == "api":
+        compiled = ccache_cli.compile(model)
+    else:
+        compiled = torch.compile(model, dynamic=False)
+        torch._dynamo.config.recompile_limit = 16
     def inputs(size):
         return tuple(t.to(device) for t in example_inputs(size))
     with torch.no_grad():
         same = all(torch.allclose(compiled(*inputs(s)), model(*inputs(s)), atol=1e-3) for s in sizes)
+    compile_stack = [name for name in ("torch._dynamo", "torch._inductor") if name in sys.modules]
     from torch._dynamo.utils import counters
     print(json.dumps({"same": same, **counters["inductor"], **counters["aot_autograd"],
-                      "frames": counters["stats"]["unique_graphs"]}))
+                      "frames": counters["stats"]["unique_graphs"], "compile_stack": compile_stack}))
     """
 )
 

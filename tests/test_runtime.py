@@ -37,9 +37,43 @@ def test_api_serves_stored_aot_functions_without_compiling(example_store: Path, 
                     cwd=tmp_path, env=_views(tmp_path))
     counters = _counters(result)
     assert counters["same"] is True
-    # No frame was traced at all: every size ran its stored AOT function.
+    # No frame was traced at all: every size ran its stored AOTInductor package, which
+    # loads without importing Dynamo or Inductor.
     assert counters.get("frames", 0) == 0
     assert counters.get("fxgraph_cache_miss", 0) == 0 and counters.get("fxgraph_cache_hit", 0) == 0
+    assert counters["compile_stack"] == []
+
+
+WEIGHTS_SCRIPT = """
+import json, sys, torch
+import ccache_cli
+from ccache_cli.examples.tiny_transformer import build, example_inputs
+model = build()
+compiled = ccache_cli.compile(model)
+tokens = example_inputs(8)
+report = {}
+def check(step):
+    with torch.no_grad():
+        report[step] = [torch.allclose(compiled(*tokens), model(*tokens), atol=1e-4), "torch._dynamo" in sys.modules]
+check("stored")
+torch.manual_seed(1)
+model.load_state_dict(type(model)().state_dict())  # a new checkpoint, copied in place
+check("new weights")
+model.head.weight = torch.nn.Parameter(torch.randn_like(model.head.weight))  # a tensor the package never saw
+check("replaced")
+print(json.dumps(report))
+"""
+
+
+def test_api_package_follows_weights_and_falls_back_when_they_are_replaced(example_store: Path, tmp_path: Path) -> None:
+    script = tmp_path / "weights.py"
+    script.write_text(WEIGHTS_SCRIPT)
+    result = ccache("run", "--", sys.executable, str(script), store=example_store, cwd=tmp_path, env=_views(tmp_path))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # [output equals eager, Dynamo imported]: in-place weight updates are served by the
+    # package; a replaced parameter goes to torch.compile, never to stale weights.
+    assert report == {"stored": [True, False], "new weights": [True, False], "replaced": [True, True]}
 
 
 def test_api_falls_back_to_warm_torch_compile_for_other_sizes(example_store: Path, serve: Path, tmp_path: Path) -> None:

@@ -85,3 +85,7 @@ def _print_detail(item: EntryReport, report: InspectReport) -> None:
     out.print(timings)
     aot = manifest["aot"]
     out.print(f"AOT: {aot['status']}" + (f" ({aot['reason']})" if aot["reason"] else ""), soft_wrap=True)
+    if aot.get("packages"):
+        packages = aot["packages"]
+        out.print(f"AOTInductor packages: {packages['status']}" + (f" ({packages['reason']})" if packages["reason"] else ""),
+                  soft_wrap=True)

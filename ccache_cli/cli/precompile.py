@@ -76,7 +76,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[core.Progress], None]]:
                 for other in tasks.values():  # one step runs at a time
                     progress.update(other, total=1, completed=1)
                 what = {"loading": "loading model and torch", "compile": "compile", "aot": "aot_compile",
-                        "bytecode": "bytecode of the imported modules"}[event.phase]
+                        "package": "AOTInductor package", "bytecode": "bytecode of the imported modules"}[event.phase]
                 label = "" if event.label in (None, "bytecode") else (" dynamic shape" if event.label == "dynamic" else f" size {event.label}")
                 tasks[key] = progress.add_task(what + label, total=None)
             if event.done:
@@ -116,6 +116,12 @@ def _print_summary(result: core.PrecompileResult) -> None:
     if aot["status"] == "stored":
         aot_seconds = sum((entry.manifest["timings"]["aot"] or {}).values())
         out.print(f"AOT-compiled functions stored for every size ({aot_seconds:.1f} s).")
+        packages = aot.get("packages") or {"status": "skipped", "reason": "not built"}
+        if packages["status"] == "stored":
+            package_seconds = sum((entry.manifest["timings"].get("packages") or {}).values())
+            out.print(f"AOTInductor packages stored for every size ({package_seconds:.1f} s).")
+        else:
+            out.print(f"AOTInductor packages {packages['status']}: {packages['reason']}", soft_wrap=True)
     else:
         out.print(f"AOT capture {aot['status']}: {aot['reason']}", soft_wrap=True)
     out.print(

@@ -47,7 +47,7 @@ class PrecompileRequest:
 class Progress:
     """What the worker is doing now, for a progress display."""
 
-    phase: str  # "loading", "compile", "aot" or "bytecode"
+    phase: str  # "loading", "compile", "aot", "package" or "bytecode"
     label: str | None = None  # a size, or "dynamic"
     done: bool = False
     wall_s: float | None = None
@@ -195,8 +195,10 @@ def _store_entry(
         "created": created_now(),
         "lookup": lookup,
         "key": key,
-        "timings": {"sizes": result["reports"], "aot": result["aot"].get("seconds")},
-        "aot": {"status": result["aot"]["status"], "reason": result["aot"]["reason"]},
+        "timings": {"sizes": result["reports"], "aot": result["aot"].get("seconds"),
+                    "packages": result["aot"].get("packages", {}).get("seconds")},
+        "aot": {"status": result["aot"]["status"], "reason": result["aot"]["reason"],
+                "packages": {k: v for k, v in result["aot"].get("packages", {}).items() if k != "seconds"} or None},
         "bytecode": result.get("bytecode", {}),
         "files": files,
     }

@@ -179,7 +179,7 @@ def _link_files(store: Store, entries: Sequence[Entry], view: Path, roots: dict[
     made: set[str] = set()
     bytecode_modules = 0
     for entry in entries:
-        aot: dict[str, str] = {}
+        aot: dict[str, dict[str, str]] = {}  # size -> {"function": path, "package": path}
         stored_bytecode = entry.manifest.get("bytecode", {})
         for path, ref in entry.files.items():
             if path.startswith(INDUCTOR_PREFIX):
@@ -193,7 +193,7 @@ def _link_files(store: Store, entries: Sequence[Entry], view: Path, roots: dict[
             elif path.startswith(AOT_PREFIX):
                 target = f"aot/{entry.id}/{path[len(AOT_PREFIX):]}"
                 size = Path(path).stem.removeprefix("size-")
-                aot[size] = target
+                aot.setdefault(size, {})["package" if path.endswith(".pt2") else "function"] = target
             else:
                 continue
             if target in made:  # the same cache file from two entries: content-keyed alike
@@ -261,7 +261,8 @@ def compile(model: Any, *, mode: str | None = None, dynamic: bool = False, **tor
 
 @dataclass(frozen=True)
 class _AotFunction:
-    path: str
+    function: str | None  # an aot_compile function: needs Dynamo to load
+    package: str | None  # an AOTInductor package of the same graph: loads without it
     device: str
     mode: str
     inputs: tuple[tuple[tuple[int, ...], str] | tuple[str, Any], ...]
@@ -281,9 +282,10 @@ def _active_aot_functions() -> list[_AotFunction]:
         options = entry["compile"]
         if options.get("backend") != "inductor" or options.get("grad", True) or options.get("dynamic"):
             continue
-        for size, path in entry["aot"].items():
+        for size, paths in entry["aot"].items():
             functions.append(_AotFunction(
-                path=str(Path(view) / path),
+                function=str(Path(view) / paths["function"]) if "function" in paths else None,
+                package=str(Path(view) / paths["package"]) if "package" in paths else None,
                 device=options["device"],
                 mode=options.get("mode") or "default",
                 inputs=tuple(_signature_of_description(arg) for arg in entry["inputs"].get(size, [])),
@@ -323,7 +325,7 @@ class _CompiledModel:
             if signature not in self._chosen:
                 self._chosen[signature] = self._load_aot(signature, args)
             function = self._chosen[signature]
-            if function is not None:
+            if function is not None and function.serves(self._model, args):
                 return function(self._model, *args)
         return self._torch_compiled()(*args, **kwargs)
 
@@ -338,7 +340,7 @@ class _CompiledModel:
             for arg in args
         )
 
-    def _load_aot(self, signature: Any, args: tuple[Any, ...]) -> Callable[..., Any] | None:
+    def _load_aot(self, signature: Any, args: tuple[Any, ...]) -> _Package | _GuardedFunction | None:
         wanted = tuple(part for part, _ in signature)
         devices = {device for _, device in signature if device is not None}
         for candidate in self._aot:
@@ -349,11 +351,16 @@ class _CompiledModel:
                 self._fresh_sources[candidate.sources] = all(status.state == "fresh" for status in statuses)
             if not self._fresh_sources[candidate.sources]:
                 continue  # compiled from other code: never serve it
-            self._torch._dynamo.config.enable_aot_compile = True
-            with open(candidate.path, "rb") as handle:
-                function = self._torch.compiler.load_compiled_function(handle)
-            if function.guard_check(self._model, *args):
-                return function
+            if candidate.package is not None:
+                package = _Package.load(self._torch, candidate.package, candidate.device, self._model)
+                if package is not None and package.serves(self._model, args):
+                    return package
+            if candidate.function is not None:
+                self._torch._dynamo.config.enable_aot_compile = True
+                with open(candidate.function, "rb") as handle:
+                    function = self._torch.compiler.load_compiled_function(handle)
+                if function.guard_check(self._model, *args):
+                    return _GuardedFunction(function)
         return None
 
     def _torch_compiled(self) -> Any:
@@ -364,3 +371,68 @@ class _CompiledModel:
             config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 256)
             self._compiled = self._torch.compile(self._model, mode=self._mode, dynamic=self._dynamic, **self._kwargs)
         return self._compiled
+
+
+class _GuardedFunction:
+    """An aot_compile function whose guards passed when it was loaded."""
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self._function = function
+
+    def serves(self, model: Any, args: tuple[Any, ...]) -> bool:
+        return True
+
+    def __call__(self, model: Any, *args: Any) -> Any:
+        return self._function(model, *args)
+
+
+class _Package:
+    """An AOTInductor package run on the model's own parameters and buffers.
+
+    They are bound by pointer, never copied, so in-place updates (a new checkpoint
+    loaded with `load_state_dict`) are seen. A call is served only while the model
+    still holds those very tensors, in the same module tree, with no submodule in
+    training mode and contiguous inputs, as the package was built; anything else
+    goes to torch.compile.
+    """
+
+    def __init__(self, torch: Any, loader: Any, model: Any, tensors: dict[str, tuple[dict[str, Any], str, Any]]) -> None:
+        self._loader = loader
+        self._tensor_type = torch.Tensor
+        self._unflatten = torch.utils._pytree.tree_unflatten
+        self._out_spec = torch.utils._pytree.treespec_loads(loader.get_call_spec()[1])
+        # What must stay as it was: every module under its parent, every bound tensor
+        # in its module at the same address.
+        self._modules = [(parent._modules, name, child) for parent in model.modules() for name, child in parent._modules.items()]
+        self._all_modules = list(model.modules())
+        self._bound = [(slot, name, tensor, tensor.data_ptr()) for slot, name, tensor in tensors.values()]
+
+    @classmethod
+    def load(cls, torch: Any, path: str, device: str, model: Any) -> _Package | None:
+        """The package bound to `model`, or None where it needs a tensor the model lacks."""
+        index = -1 if device == "cpu" else int(device.partition(":")[2] or 0)
+        loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, index)
+        owned: dict[str, tuple[dict[str, Any], str, Any]] = {}
+        for prefix, module in model.named_modules(remove_duplicate=False):
+            for slot in (module._parameters, module._buffers):
+                for name, tensor in slot.items():
+                    if tensor is not None:
+                        owned[f"{prefix}.{name}" if prefix else name] = (slot, name, tensor)
+        names = loader.get_constant_fqns()
+        if any(name not in owned for name in names):
+            return None
+        tensors = {name: owned[name] for name in names}
+        loader.load_constants({name: tensor for name, (_, _, tensor) in tensors.items()}, False, True, True, False)
+        return cls(torch, loader, model, tensors)
+
+    def serves(self, model: Any, args: tuple[Any, ...]) -> bool:
+        return (
+            all(slot.get(name) is tensor and tensor.data_ptr() == address for slot, name, tensor, address in self._bound)
+            and all(children.get(name) is child for children, name, child in self._modules)
+            and not any(module.training for module in self._all_modules)
+            and all(arg.is_contiguous() for arg in args if isinstance(arg, self._tensor_type))
+        )
+
+    def __call__(self, model: Any, *args: Any) -> Any:
+        outputs = self._loader.boxed_run([arg for arg in args if isinstance(arg, self._tensor_type)])
+        return self._unflatten(outputs, self._out_spec)

@@ -183,6 +183,44 @@ def _aot_compile(
             return {"status": "skipped", "reason": f"aot_compile failed: {type(exc).__name__}: {_one_line(str(exc))}"}
         seconds[str(size)] = round(time.perf_counter() - start, 3)
         emit("size_done", label=str(size), phase="aot", wall_s=seconds[str(size)])
+    packages = _aoti_package(torch, model, inputs, options, folder, emit)
+    return {"status": "stored", "reason": None, "seconds": seconds, "packages": packages}
+
+
+def _aoti_package(
+    torch: Any, model: Any, inputs: dict[int, tuple[Any, ...]], options: dict[str, Any], folder: Path, emit: Emit
+) -> dict[str, Any]:
+    """AOTInductor packages, `aot/size-N.pt2`, beside the aot_compile functions.
+
+    Loading one needs neither Dynamo nor Inductor imported (the aot_compile functions
+    need both, seconds of imports), so `ccache_cli.compile` prefers them. They hold no
+    weights: the runtime binds the model's own parameters and buffers to them.
+    """
+    if options["mode"] not in (None, "default"):
+        return {"status": "skipped", "reason": f"mode {options['mode']!r}: packages are built with Inductor's defaults"}
+    if any(module.training for module in model.modules()):
+        return {"status": "skipped", "reason": "the model is in training mode"}
+    tensors = [arg for args in inputs.values() for arg in args if isinstance(arg, torch.Tensor)]
+    if not all(tensor.is_contiguous() for tensor in tensors):
+        return {"status": "skipped", "reason": "an example input is not contiguous"}
+    seconds: dict[str, float] = {}
+    for size, args in inputs.items():
+        emit("size_start", label=str(size), phase="package")
+        start = time.perf_counter()
+        try:
+            with torch.no_grad():
+                program = torch.export.export(model, args)
+                torch._inductor.aoti_compile_and_package(
+                    program,
+                    package_path=str(folder / f"size-{size}.pt2"),
+                    inductor_configs={"aot_inductor.package_constants_in_so": False},
+                )
+        except Exception as exc:
+            for partial in folder.glob("*.pt2"):
+                partial.unlink()
+            return {"status": "skipped", "reason": f"AOTInductor failed: {type(exc).__name__}: {_one_line(str(exc))}"}
+        seconds[str(size)] = round(time.perf_counter() - start, 3)
+        emit("size_done", label=str(size), phase="package", wall_s=seconds[str(size)])
     return {"status": "stored", "reason": None, "seconds": seconds}
 
 
