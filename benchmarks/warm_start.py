@@ -11,8 +11,11 @@ seconds from the model built to every size run once ("ready") and from process s
 - torch inductor dir: torch.compile again on the cache the cold run filled
 - torch mega-cache: load_cache_artifacts() of the cold run's bytes into an empty cache
 - torch aot load: load_compiled_function() of stored aot_compile functions, empty cache
+- torch AOTInductor load: aoti_load_package() of the stored packages, bound to the
+  model's weights with load_constants(user_managed=True), empty cache
 - ccache run + torch.compile: the program unchanged, under `ccache run`
-- ccache run + ccache_cli.compile: the API, under `ccache run`
+- ccache run + ccache_cli.compile: the API, under `ccache run` (runs the stored
+  AOTInductor packages without importing Dynamo or Inductor)
 
 `--no-pyc` runs every process as in an image without bytecode for torch
 (PYTHONDONTWRITEBYTECODE=1, PYTHONPYCACHEPREFIX at an empty folder) and adds the two
@@ -66,13 +69,25 @@ def child(mode: str, device: str, sizes: list[int], extra: str | None) -> None:
 
             def run(*args):  # type: ignore[no-untyped-def]
                 return functions[args[0].shape[0]](model, *args)
+        elif mode == "aoti":
+            from torch._inductor import aoti_load_package
+
+            state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+            packages = {}
+            for size in sizes:
+                packages[size] = aoti_load_package(str(Path(extra) / f"size-{size}.pt2"))  # type: ignore[arg-type]
+                packages[size].load_constants({name: state[name] for name in packages[size].get_constant_fqns()},
+                                              check_full_update=True, user_managed=True)
+
+            def run(*args):  # type: ignore[no-untyped-def]
+                return packages[args[0].shape[0]](*args)
         elif mode == "ccache_api":
             import ccache_cli
 
             run = ccache_cli.compile(model)
         else:
             raise SystemExit(f"unknown mode {mode}")
-        if mode != "eager":  # touching torch._dynamo imports it, which eager never does
+        if mode in ("cold", "inductor_dir", "megacache", "ccache_torch"):  # touching torch._dynamo imports it
             torch._dynamo.config.recompile_limit = 16
         for size in sizes:
             run(*inputs[size])
@@ -151,6 +166,7 @@ def main() -> None:
                 ("inductor_dir", {"TORCHINDUCTOR_CACHE_DIR": str(cold_dir)}, None, []),
                 ("megacache", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-mega-{round_}")}, str(mega), []),
                 ("aot", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-aot-{round_}")}, str(aot_dir), []),
+                ("aoti", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-aoti-{round_}")}, str(aot_dir), []),
                 ("ccache_torch", {}, None, [*ccache, "run", "--"]),
                 ("ccache_api", {}, None, [*ccache, "run", "--"]),
             ]
@@ -164,6 +180,7 @@ def main() -> None:
     labels = {
         "eager": "eager", "cold": "cold (empty Inductor cache)", "inductor_dir": "torch: same Inductor dir",
         "megacache": "torch: Mega-Cache", "aot": "torch: aot_compile + load",
+        "aoti": "torch: AOTInductor package load",
         "ccache_torch": "ccache run + torch.compile", "ccache_torch_nobytecode": "  the same, no stored bytecode",
         "ccache_api": "ccache run + ccache_cli.compile", "ccache_api_nobytecode": "  the same, no stored bytecode",
     }

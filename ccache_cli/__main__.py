@@ -1,3 +1,3 @@
-from ccache_cli.cli.app import main
+from ccache_cli.cli.main import main
 
 main()

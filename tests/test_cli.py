@@ -98,3 +98,14 @@ def test_env_gc_and_rm_dry_run_do_not_import_torch(example_store: Path, tmp_path
         result = ccache(*args, store=example_store, env=views, python_flags=["-X", "importtime"])
         assert result.returncode == 0, result.stderr
         assert "torch" not in imported_modules(result), args
+
+
+def test_plain_run_is_parsed_without_the_app_and_anything_else_goes_to_it() -> None:
+    from ccache_cli.cli.main import _plain_run
+
+    assert _plain_run(["--store", "s", "-q", "run", "a", "b", "--", "python", "-c", "x"]) == ("s", ["a", "b"], ["python", "-c", "x"])
+    assert _plain_run(["--store=s", "run", "--", "python", "--", "x"]) == ("s", [], ["python", "--", "x"])
+    assert _plain_run(["run", "--capture", "n", "--", "python"]) is None  # an option: Typer parses it
+    assert _plain_run(["run", "--help"]) is None
+    assert _plain_run(["run", "--"]) is None  # no command: the app says so
+    assert _plain_run(["inspect", "--", "x"]) is None

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ..core.errors import CcacheError
 from ..core.store import Store
 from . import fingerprint, housekeeping, inspect, pack, precompile, run, verify
 from .render import set_quiet
@@ -50,16 +47,3 @@ app.command("env")(run.env_command)
 app.command("gc")(housekeeping.gc_command)
 app.command("rm")(housekeeping.rm_command)
 app.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})(run.run_command)
-
-
-def main() -> None:
-    try:
-        app()
-    except CcacheError as exc:
-        if os.environ.get("CCACHE_CLI_DEBUG"):
-            raise
-        sys.stderr.write(f"ccache: error: {exc}\n")  # never quieted
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.stderr.write("ccache: interrupted\n")
-        sys.exit(130)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Optional
 
@@ -56,23 +55,14 @@ def run_command(
                       f"{human_bytes(result.entry.bytes)}, {len(result.entry.sources)} traced sources, "
                       f"command ran {result.seconds:.1f} s.")
         return
-    active = runtime.activation(store, runtime.select_entries(store, refs))
+    active = runtime.start(store, refs)
     _warn_replaced(active)
-    runtime.register_user(active, store, "run")  # exec keeps the pid: gc sees the command as the user
-    active.apply(os.environ)
-    logs = usage.log_paths(store, [entry.id for entry in active.entries])
-    if logs:  # the start-up hook adds each Python process's cache hits and misses at exit
-        os.environ[usage.LOGS_ENV] = os.pathsep.join(logs)
-        os.environ["PYTHONPATH"] = runtime.with_startup_hook(os.environ.get("PYTHONPATH"))
-    try:
-        os.execvp(command[0], command)  # the command takes this process's place: its exit code, its signals
-    except FileNotFoundError:
-        raise BadInputError(f"command not found: {command[0]}") from None
+    runtime.exec_command(command)
 
 
 def _warn_replaced(active: runtime.Activation) -> None:
-    for name, previous in active.replaced.items():
-        warn(f"{name}={previous} is replaced by the stored bytecode tree ({runtime.BYTECODE_ENV}=0 keeps yours)")
+    for message in runtime.replaced_warnings(active):
+        warn(message)
 
 
 def _split_command(args: list[str]) -> tuple[list[str], list[str]]:

@@ -88,7 +88,11 @@ def source_root(module: str, cache: dict[str, str | None]) -> str | None:
     if top not in cache:
         root = None
         try:
-            spec = importlib.util.find_spec(top)
+            # sys.path first, as `import` does before the finders appended after it
+            # (editable installs); the full search only where that finds nothing,
+            # since some finders import code when asked (setuptools' distutils hook
+            # imports all of setuptools).
+            spec = importlib.machinery.PathFinder.find_spec(top) or importlib.util.find_spec(top)
         except (ImportError, ValueError):
             spec = None
         if spec is not None and spec.has_location and spec.origin and os.path.isfile(spec.origin):

@@ -34,11 +34,11 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import bytecode, usage
 from .artifacts import AOT_PREFIX
-from .errors import EntryNotFoundError
+from .errors import BadInputError, EntryNotFoundError
 from .hashing import hash_json
 from .inspect import fits, this_machine
 from .sources import check, search_path
@@ -71,6 +71,32 @@ class Activation:
     def shell_exports(self) -> str:
         lines = [f"export {name}={shlex.quote(value)}" for name, value in self.set_env.items()]
         return "\n".join([*lines, *(f"unset {name}" for name in self.unset_env)]) + "\n"
+
+
+def start(store: Store, refs: Sequence[str]) -> Activation:
+    """Make the named entries (default: all that fit) active in this process's
+    environment, for a command about to be exec'd in its place (`ccache run`)."""
+    active = activation(store, select_entries(store, refs))
+    register_user(active, store, "run")  # exec keeps the pid: gc sees the command as the user
+    active.apply(os.environ)
+    logs = usage.log_paths(store, [entry.id for entry in active.entries])
+    if logs:  # the start-up hook adds each Python process's cache hits and misses at exit
+        os.environ[usage.LOGS_ENV] = os.pathsep.join(logs)
+        os.environ["PYTHONPATH"] = with_startup_hook(os.environ.get("PYTHONPATH"))
+    return active
+
+
+def replaced_warnings(active: Activation) -> list[str]:
+    return [f"{name}={previous} is replaced by the stored bytecode tree ({BYTECODE_ENV}=0 keeps yours)"
+            for name, previous in active.replaced.items()]
+
+
+def exec_command(command: Sequence[str]) -> NoReturn:
+    """Replace this process with `command`: its exit code, its signals."""
+    try:
+        os.execvp(command[0], list(command))
+    except FileNotFoundError:
+        raise BadInputError(f"command not found: {command[0]}") from None
 
 
 def with_startup_hook(pythonpath: str | None) -> str:
