@@ -19,10 +19,17 @@ pytestmark = [
 ]
 
 
-def test_cuda_precompile_stores_triton_kernels(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+@pytest.fixture(scope="module")
+def cuda_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example precompiled on the GPU for 1, 8, 32 (a store the tests only read)."""
+    store = tmp_path_factory.mktemp("cuda") / "store"
     result = ccache("precompile", EXAMPLE, "--sizes", "1,8,32", "--device", "cuda", store=store)
     assert result.returncode == 0, result.stderr
+    return store
+
+
+def test_cuda_precompile_stores_triton_kernels(cuda_store: Path, tmp_path: Path) -> None:
+    store = cuda_store
     entry = ccache_json("inspect", store=store)["entries"][0]
     assert entry["device"] == "cuda:0"
     assert entry["fingerprint"]["gpu"] == torch.cuda.get_device_name(0)
@@ -52,20 +59,25 @@ def test_cuda_precompile_stores_triton_kernels(tmp_path: Path) -> None:
     print(result.stdout)
 
 
-def test_cuda_run_capture_and_api(tmp_path: Path) -> None:
+def test_cuda_run_capture_and_api(cuda_store: Path, tmp_path: Path) -> None:
     """`ccache run` of an unchanged program and of ccache_cli.compile on a CUDA entry,
     and `run --capture` of a CUDA program, all with zero misses the second time."""
-    store = tmp_path / "store"
+    store = cuda_store
     views = {"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
-    result = ccache("precompile", EXAMPLE, "--sizes", "1,8,32", "--device", "cuda", store=store)
-    assert result.returncode == 0, result.stderr
+    # Packages are stored only where a fresh process can load them: torch 2.11+cu130's
+    # AOTInductor loader crashes (SIGSEGV) on every CUDA package, its own included.
+    packages = ccache_json("inspect", store=store)["entries"][0]["aot"]["packages"]
+    assert packages["status"] == "stored" or "could not load" in packages["reason"], packages
     serve = write_serve_script(tmp_path)
     counters = serve_counters(ccache("run", "--", sys.executable, str(serve), "torch", "[1, 8, 32]", "cuda",
                                      store=store, cwd=tmp_path, env=views))
     assert counters["same"] and counters["fxgraph_cache_hit"] == 3 and counters.get("fxgraph_cache_miss", 0) == 0
     counters = serve_counters(ccache("run", "--", sys.executable, str(serve), "api", "[1, 8, 32]", "cuda",
                                      store=store, cwd=tmp_path, env=views))
-    assert counters["same"] and counters.get("frames", 0) == 0  # every size from its AOT function
+    # Every size from a stored function: its AOTInductor package where there is one, with
+    # neither Dynamo nor Inductor imported, else its aot_compile function.
+    assert counters["same"] and counters.get("frames", 0) == 0
+    assert counters["compile_stack"] == [] or packages["status"] != "stored"
 
     captured_store = tmp_path / "captured"
     command = ["--", sys.executable, str(serve), "torch", "[2, 4]", "cuda"]

@@ -81,18 +81,20 @@ def _existing_code(source_path: str, source: bytes) -> Any:
         return None
 
 
-def source_root(module: str, cache: dict[str, str | None]) -> str | None:
+def source_root(module: str, cache: dict[str, str | None], every_finder: bool = True) -> str | None:
     """The folder holding `module`'s top-level package as `import` finds it in this
-    environment (no module code runs), or None."""
+    environment (no module code runs), or None.
+
+    `every_finder=False` looks on sys.path first and asks the other finders only where
+    that finds nothing: some finders run code when asked (setuptools' hook for
+    `distutils` imports all of setuptools, 0.2 s), and a module found elsewhere than
+    `import` would find it only loses its stored bytecode.
+    """
     top = module.partition(".")[0]
     if top not in cache:
         root = None
         try:
-            # sys.path first, as `import` does before the finders appended after it
-            # (editable installs); the full search only where that finds nothing,
-            # since some finders import code when asked (setuptools' distutils hook
-            # imports all of setuptools).
-            spec = importlib.machinery.PathFinder.find_spec(top) or importlib.util.find_spec(top)
+            spec = (None if every_finder else importlib.machinery.PathFinder.find_spec(top)) or importlib.util.find_spec(top)
         except (ImportError, ValueError):
             spec = None
         if spec is not None and spec.has_location and spec.origin and os.path.isfile(spec.origin):

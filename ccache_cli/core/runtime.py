@@ -168,7 +168,7 @@ def ensure_view(store: Store, entries: Sequence[Entry]) -> tuple[Path, int]:
     roots: dict[str, str | None] = {}
     for entry in entries:
         for stored in entry.manifest.get("bytecode", {}).values():
-            bytecode.source_root(stored["module"], roots)
+            bytecode.source_root(stored["module"], roots, every_finder=False)  # on every start: fast
     # Keyed on content too: an entry id names a key, not the exact files stored for it.
     contents = sorted((e.id, hash_json(e.manifest["files"])) for e in entries)
     view = root / hash_json({"store": str(store.root.resolve()), "entries": contents, "roots": roots})[:24]
@@ -399,6 +399,11 @@ class _CompiledModel:
         return self._compiled
 
 
+def package_device_index(device: str) -> int:
+    """The device index AOTInductor's loader takes: -1 for the CPU."""
+    return -1 if device == "cpu" else int(device.partition(":")[2] or 0)
+
+
 class _GuardedFunction:
     """An aot_compile function whose guards passed when it was loaded."""
 
@@ -436,8 +441,7 @@ class _Package:
     @classmethod
     def load(cls, torch: Any, path: str, device: str, model: Any) -> _Package | None:
         """The package bound to `model`, or None where it needs a tensor the model lacks."""
-        index = -1 if device == "cpu" else int(device.partition(":")[2] or 0)
-        loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, index)
+        loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, package_device_index(device))
         owned: dict[str, tuple[dict[str, Any], str, Any]] = {}
         for prefix, module in model.named_modules(remove_duplicate=False):
             for slot in (module._parameters, module._buffers):
@@ -448,7 +452,8 @@ class _Package:
         if any(name not in owned for name in names):
             return None
         tensors = {name: owned[name] for name in names}
-        loader.load_constants({name: tensor for name, (_, _, tensor) in tensors.items()}, False, True, True, False)
+        # use_inactive=False, check_full_update=True, user_managed=True: shared, never copied
+        loader.load_constants({name: tensor for name, (_, _, tensor) in tensors.items()}, False, True, True)
         return cls(torch, loader, model, tensors)
 
     def serves(self, model: Any, args: tuple[Any, ...]) -> bool:

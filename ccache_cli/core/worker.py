@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -221,7 +222,40 @@ def _aoti_package(
             return {"status": "skipped", "reason": f"AOTInductor failed: {type(exc).__name__}: {_one_line(str(exc))}"}
         seconds[str(size)] = round(time.perf_counter() - start, 3)
         emit("size_done", label=str(size), phase="package", wall_s=seconds[str(size)])
+    failure = _load_in_fresh_process(sorted(folder.glob("*.pt2")), options["device"])
+    if failure is not None:
+        for package in folder.glob("*.pt2"):
+            package.unlink()
+        return {"status": "skipped", "reason": f"a fresh process could not load the packages: {failure}"}
     return {"status": "stored", "reason": None, "seconds": seconds}
+
+
+# Loads packages as the runtime does; run by path, in a process of its own.
+_LOAD_PACKAGES = """
+import sys, torch
+for path in sys.argv[2:]:
+    torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, int(sys.argv[1]))
+"""
+
+
+def _load_in_fresh_process(packages: list[Path], device: str) -> str | None:
+    """Why loading `packages` fails in a new process, or None when it works.
+
+    A package is stored only if it loads: some torch builds crash in AOTInductor's
+    loader (a segmentation fault, which no `except` catches), and the runtime must
+    never be handed one of those.
+    """
+    from .runtime import package_device_index
+
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_PACKAGES, str(package_device_index(device)), *map(str, packages)],
+        capture_output=True, text=True,
+    )
+    if result.returncode == 0:
+        return None
+    if result.returncode < 0:
+        return f"it died of signal {-result.returncode} (a crash in this torch build's AOTInductor loader)"
+    return _one_line(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}")
 
 
 def _measure(torch: Any, device: str, call: Callable[[], Any]) -> dict[str, Any]:
