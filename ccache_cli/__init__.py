@@ -33,9 +33,12 @@ def activate(store: str | os.PathLike[str] | None = None, entry: str | Sequence[
 def compile(model: Any, *, mode: str | None = None, dynamic: bool = False, **torch_compile_kwargs: Any) -> Any:
     """A drop-in for `torch.compile(model)` on the active entries.
 
-    A call whose inputs match a size that precompile stored as an AOT-compiled function
-    (same shapes, dtypes and device, no_grad, sources unchanged, guards passing) runs
-    that function: no tracing, no compiling. Any other call goes to
+    A call whose inputs match a size that precompile stored (same shapes, dtypes and
+    device, no_grad, sources unchanged) runs the stored code: no tracing, no compiling.
+    That is the size's AOTInductor package, bound to the model's own parameters and
+    buffers, while the model holds those tensors in eval mode (no Dynamo or Inductor
+    import at all); else its AOT-compiled function, when torch's guards pass. See the
+    README for what a package cannot check. Any other call goes to
     `torch.compile(model, mode=mode, dynamic=dynamic, ...)`, which finds the stored
     Inductor caches warm. `dynamic` defaults to False, as precompile compiles one static
     graph per size; without an active entry this is plain torch.compile.
