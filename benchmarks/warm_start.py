@@ -148,8 +148,10 @@ def main() -> None:
                        check=True, stdout=subprocess.DEVNULL, env=env)
         print(f"reference model d={dim}, {blocks} blocks, sizes {args.sizes}, {args.device}; "
               f"precompiled in {time.perf_counter() - started:.1f} s")
-        entry = json.loads(subprocess.run([*ccache, "inspect", "--json"], check=True, capture_output=True,
-                                          text=True, env=env).stdout)["entries"][0]["id"]
+        inspected = json.loads(subprocess.run([*ccache, "inspect", "--json"], check=True, capture_output=True,
+                                              text=True, env=env).stdout)["entries"][0]
+        entry = inspected["id"]
+        print(f"AOTInductor packages: {inspected['aot'].get('packages')}")
         aot_dir = work / "aot"
         aot_dir.mkdir()
         manifest = json.loads((store / "entries" / entry / "manifest.json").read_text())
@@ -166,10 +168,11 @@ def main() -> None:
                 ("inductor_dir", {"TORCHINDUCTOR_CACHE_DIR": str(cold_dir)}, None, []),
                 ("megacache", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-mega-{round_}")}, str(mega), []),
                 ("aot", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-aot-{round_}")}, str(aot_dir), []),
-                ("aoti", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-aoti-{round_}")}, str(aot_dir), []),
                 ("ccache_torch", {}, None, [*ccache, "run", "--"]),
                 ("ccache_api", {}, None, [*ccache, "run", "--"]),
             ]
+            if any(aot_dir.glob("*.pt2")):
+                plan.insert(5, ("aoti", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-aoti-{round_}")}, str(aot_dir), []))
             if args.no_pyc:
                 plan += [("ccache_torch", {"CCACHE_CLI_BYTECODE": "0"}, None, [*ccache, "run", "--"]),
                          ("ccache_api", {"CCACHE_CLI_BYTECODE": "0"}, None, [*ccache, "run", "--"])]
