@@ -61,28 +61,6 @@ def test_unpack_merges_dedupes_and_is_idempotent(source_store: Path, tmp_path: P
     assert list((target / "tmp").iterdir()) == []
 
 
-def test_blobs_come_grouped_by_file_type_in_files_json_order(source_store: Path, tmp_path: Path) -> None:
-    archive = tmp_path / "a.tar.zst"
-    assert ccache("pack", str(archive), store=source_store).returncode == 0
-    with tarfile.open(fileobj=io.BytesIO(zstandard.ZstdDecompressor().decompress(archive.read_bytes(), max_output_size=1 << 24))) as tar:
-        members = tar.getmembers()
-        files = json.loads(tar.extractfile(members[1]).read())  # type: ignore[union-attr]
-    listed = [sha for sha, _ in files["blobs"]]
-    assert [m.name for m in members[2:]] == [f"objects/{sha}" for sha in listed]
-    suffixes = {ref["sha256"]: Path(path).suffix for refs in files["files"].values() for path, ref in refs.items()}
-    # no suffix (FX graphs), then .py, then .so; by hash within each
-    assert listed == sorted(listed, key=lambda sha: (suffixes[sha], sha))
-    assert [suffixes[sha] for sha in listed] == ["", "", ".py", ".so"]
-
-
-def test_format_1_archives_still_unpack(tmp_path: Path) -> None:
-    archive = tmp_path / "old.tar.zst"
-    archive.write_bytes(tar_zst([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB)]))  # blobs as a dict
-    result = ccache_json("unpack", str(archive), store=tmp_path / "store")
-    assert result["added"] == ["e" * 64] and result["new_blobs"] == 1
-    assert Store(tmp_path / "store").blob_path(SHA).read_bytes() == BLOB
-
-
 def test_pack_and_unpack_do_not_import_torch(source_store: Path, tmp_path: Path) -> None:
     archive = tmp_path / "a.tar.zst"
     for args, store in ((("pack", str(archive)), source_store), (("unpack", str(archive)), tmp_path / "t")):

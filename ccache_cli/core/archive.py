@@ -2,12 +2,9 @@
 
 Members, in this order: `index.json` (format version, every manifest without its
 file list, artifact counts per entry: all that `inspect ARCHIVE` reads, small whatever
-the archive's size), `files.json` (each entry's files, every blob's size in member
-order), then `objects/<sha256>` once per blob. Blobs of one file type come together
-(Python with Python, cubins with cubins), by hash within a type: similar files within
-zstd's window compress smaller, and faster. Format 1 archives listed blobs as a dict in
-hash order; they are still read. Headers are fixed (mtime 0, uid/gid 0, no user
-names, mode 0644), so the same entries always give the same bytes.
+the archive's size), `files.json` (each entry's files, every blob's size), then
+`objects/<sha256>` once per blob, sorted. Headers are fixed (mtime 0, uid/gid 0, no
+user names, mode 0644), so the same entries always give the same bytes.
 
 Unpacking trusts nothing: the index must come first and be of a known format; every
 other member must be a regular file named `objects/<sha256>` that files.json lists,
@@ -33,7 +30,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 import zstandard
@@ -43,8 +40,7 @@ from .artifacts import KindSummary, summarize
 from .errors import BadInputError, CcacheError
 from .store import Entry, Store
 
-ARCHIVE_FORMAT = 2
-_READABLE_FORMATS = (1, 2)
+ARCHIVE_FORMAT = 1
 INDEX_NAME = "index.json"
 FILES_NAME = "files.json"
 _INDEX_LIMIT = 256 << 20  # an index past this is not one this tool wrote
@@ -86,13 +82,9 @@ def pack(
 ) -> PackResult:
     """Write `entries` and their blobs to `output` as one zstd-compressed tar stream."""
     blobs: dict[str, int] = {}
-    file_types: dict[str, str] = {}  # sha256 -> the first suffix of the paths that name it
     for entry in entries:
-        for path, ref in entry.files.items():
+        for ref in entry.files.values():
             blobs[ref.sha256] = ref.size
-            suffix = PurePosixPath(path).suffix
-            file_types[ref.sha256] = min(file_types.get(ref.sha256, suffix), suffix)
-    order = sorted(blobs, key=lambda sha256: (file_types[sha256], sha256))
     ordered = sorted(entries, key=lambda entry: entry.id)
     # The first member holds what `inspect ARCHIVE` shows, small whatever the archive
     # size: manifests without their file lists, and artifact counts per entry.
@@ -105,7 +97,7 @@ def pack(
         },
     }
     files = {
-        "blobs": [[sha256, blobs[sha256]] for sha256 in order],
+        "blobs": dict(sorted(blobs.items())),
         "files": {entry.id: entry.manifest["files"] for entry in ordered},
     }
     # threads=-1 uses every core; zstd's output does not depend on the worker count.
@@ -115,8 +107,7 @@ def pack(
         for name, content in ((INDEX_NAME, index), (FILES_NAME, files)):
             data = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
             tar.add(name, size=len(data), data=data)
-        for sha256 in order:
-            size = blobs[sha256]
+        for sha256, size in files["blobs"].items():
             try:
                 fd = os.open(store.blob_file(sha256), os.O_RDONLY)
             except FileNotFoundError:
@@ -434,10 +425,9 @@ def _read_index(tar: _TarReader) -> dict[str, Any]:
     """The first member: format, manifests without file lists, artifact counts."""
     index = _read_json_member(tar, INDEX_NAME)
     version = index.get("format") if isinstance(index, dict) else None
-    if version not in _READABLE_FORMATS:
+    if version != ARCHIVE_FORMAT:
         raise ArchiveError(
-            f"archive format {version!r} is not supported (this ccache-cli reads formats "
-            f"{', '.join(map(str, _READABLE_FORMATS))}); upgrade ccache-cli"
+            f"archive format {version!r} is not supported (this ccache-cli reads format {ARCHIVE_FORMAT}); upgrade ccache-cli"
         )
     try:
         index["artifacts"] = {
@@ -454,9 +444,7 @@ def _read_files(tar: _TarReader, index: dict[str, Any]) -> tuple[list[dict[str, 
     complete manifests and the blobs, checked against each other."""
     files = _read_json_member(tar, FILES_NAME)
     try:
-        # In member order: format 2 lists [sha256, size] pairs; format 1 a dict by hash.
-        listed = files["blobs"].items() if isinstance(files["blobs"], dict) else files["blobs"]
-        blobs = {str(sha): int(size) for sha, size in listed}
+        blobs = {str(sha): int(size) for sha, size in files["blobs"].items()}
         manifests = [{**manifest, "files": files["files"][manifest["id"]]} for manifest in index["entries"]]
         for manifest in manifests:
             for ref in manifest["files"].values():
@@ -472,7 +460,7 @@ def _blob_members(tar: _TarReader, blobs: dict[str, int], received: set[str]) ->
     `_check_member` and added to `received`; the caller reads the member's data.
 
     A header that is byte for byte what pack writes for the next blob in files.json's
-    order needs no parsing or checking: its name is that blob's, its size
+    (sorted) order needs no parsing or checking: its name is that blob's, its size
     the listed one. Any other header takes the general path, so an archive in another
     order still unpacks, and a hostile one still fails with the right message.
     """
