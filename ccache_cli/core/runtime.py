@@ -23,6 +23,7 @@ This module imports torch only inside `compile`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -31,7 +32,7 @@ import sys
 import tempfile
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -293,6 +294,7 @@ class _AotFunction:
     mode: str
     inputs: tuple[tuple[tuple[int, ...], str] | tuple[str, Any], ...]
     sources: tuple[Source, ...]
+    view: str
 
 
 def _active_aot_functions() -> list[_AotFunction]:
@@ -316,6 +318,7 @@ def _active_aot_functions() -> list[_AotFunction]:
                 mode=options.get("mode") or "default",
                 inputs=tuple(_signature_of_description(arg) for arg in entry["inputs"].get(size, [])),
                 sources=tuple(Source(**source) for source in entry["sources"]),
+                view=view,
             ))
     return functions
 
@@ -378,7 +381,8 @@ class _CompiledModel:
             if not self._fresh_sources[candidate.sources]:
                 continue  # compiled from other code: never serve it
             if candidate.package is not None:
-                package = _Package.load(self._torch, candidate.package, candidate.device, self._model)
+                with _unpacking_into(_package_scratch(candidate.view)):
+                    package = _Package.load(self._torch, candidate.package, candidate.device, self._model)
                 if package is not None and package.serves(self._model, args):
                     return package
             if candidate.function is not None:
@@ -397,6 +401,40 @@ class _CompiledModel:
             config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 256)
             self._compiled = self._torch.compile(self._model, mode=self._mode, dynamic=self._dynamic, **self._kwargs)
         return self._compiled
+
+
+def _package_scratch(view: str) -> str | None:
+    """Where AOTInductor's loader unpacks packages for this process, `<view>/packages/<pid>`.
+
+    torch unpacks each package into a new temp folder per process and never removes
+    it; here they land in the view, and the folders of ended processes go.
+    """
+    root = os.path.join(view, "packages")
+    try:
+        os.makedirs(root, exist_ok=True)
+        for name in os.listdir(root):
+            if name.isdigit() and int(name) != os.getpid() and not is_alive(int(name)):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        mine = os.path.join(root, str(os.getpid()))
+        os.makedirs(mine, exist_ok=True)
+    except OSError:  # then torch's default temp folder
+        return None
+    return mine
+
+
+@contextlib.contextmanager
+def _unpacking_into(folder: str | None) -> Iterator[None]:
+    """TMPDIR, which AOTInductor's loader unpacks into, set to `folder` meanwhile."""
+    previous = os.environ.get("TMPDIR")
+    if folder is not None:
+        os.environ["TMPDIR"] = folder
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous
 
 
 def package_device_index(device: str) -> int:
