@@ -161,6 +161,10 @@ def activation(store: Store, entries: Sequence[Entry]) -> Activation:
     return Activation(tuple(entries), view, set_env, ("TRITON_CACHE_DIR",), bytecode_modules, replaced)
 
 
+# Part of a view's name: a view laid out by another version of this code is not reused.
+_VIEW_LAYOUT = 2  # 2: activation.json lists each size's AOT function and package
+
+
 def ensure_view(store: Store, entries: Sequence[Entry]) -> tuple[Path, int]:
     """The shared writable view of `entries`, made if missing (atomically), and the
     number of modules whose bytecode it serves."""
@@ -172,7 +176,8 @@ def ensure_view(store: Store, entries: Sequence[Entry]) -> tuple[Path, int]:
             bytecode.source_root(stored["module"], roots, every_finder=False)  # on every start: fast
     # Keyed on content too: an entry id names a key, not the exact files stored for it.
     contents = sorted((e.id, hash_json(e.manifest["files"])) for e in entries)
-    view = root / hash_json({"store": str(store.root.resolve()), "entries": contents, "roots": roots})[:24]
+    view = root / hash_json({"layout": _VIEW_LAYOUT, "store": str(store.root.resolve()), "entries": contents,
+                             "roots": roots})[:24]
     if (view / ACTIVATION_FILE).is_file():
         return view, json.loads((view / ACTIVATION_FILE).read_text())["bytecode_modules"]
     building = root / f".building-{uuid.uuid4().hex}"
