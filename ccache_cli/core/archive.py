@@ -46,7 +46,6 @@ FILES_NAME = "files.json"
 _INDEX_LIMIT = 256 << 20  # an index past this is not one this tool wrote
 _BLOB_NAME = re.compile(r"^objects/([0-9a-f]{64})$")
 _CHUNK = 1 << 20
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
 _TAIL_LIMIT = 64 << 10  # tar pads its end to a 10 KiB record; allow for any record size
 
@@ -325,7 +324,7 @@ def _open_tar(source: IO[bytes]) -> Iterator[_TarReader]:
     """A streaming tar reader over a zstd stream decompressed in this process: for
     reading only the first members."""
     head = source.read(4)
-    if head != _ZSTD_MAGIC:
+    if head != decompress.MAGIC:
         raise ArchiveError(_NOT_ZSTD)
     reader = zstandard.ZstdDecompressor().stream_reader(_Prefixed(head, source), closefd=False)
     try:

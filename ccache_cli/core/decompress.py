@@ -13,14 +13,14 @@ import zstandard
 NOT_ZSTD = 3
 CORRUPT = 4  # zstd's message on stderr
 TRUNCATED = 5
-_MAGIC = b"\x28\xb5\x2f\xfd"
+MAGIC = b"\x28\xb5\x2f\xfd"  # how every zstd frame starts
 _CHUNK = 1 << 20
 
 
 def main() -> int:
     source, out = sys.stdin.buffer, sys.stdout.buffer
-    data = source.read(len(_MAGIC))
-    if data != _MAGIC:
+    data = source.read(len(MAGIC))
+    if data != MAGIC:
         return NOT_ZSTD
     stream = zstandard.ZstdDecompressor().decompressobj(write_size=_CHUNK)
     try:

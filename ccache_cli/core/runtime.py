@@ -112,13 +112,17 @@ def register_user(active: Activation, store: Store, by: str) -> None:
     users = active.view / "users"
     try:
         users.mkdir(exist_ok=True)
-        for name in os.listdir(users):  # forget processes that have ended
-            if name.isdigit() and not is_alive(int(name)):
-                os.unlink(users / name)
+        for name in _ended_processes(users):
+            os.unlink(users / name)
         (users / str(os.getpid())).touch()
     except OSError:
         pass
     usage.record(store, [entry.id for entry in active.entries], by)
+
+
+def _ended_processes(folder: str | Path) -> list[str]:
+    """The names in `folder` that are ids of processes that have ended."""
+    return [name for name in os.listdir(folder) if name.isdigit() and not is_alive(int(name))]
 
 
 def is_alive(pid: int) -> bool:
@@ -417,9 +421,8 @@ def _package_scratch(view: str) -> str | None:
     root = os.path.join(view, "packages")
     try:
         os.makedirs(root, exist_ok=True)
-        for name in os.listdir(root):
-            if name.isdigit() and int(name) != os.getpid() and not is_alive(int(name)):
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        for name in _ended_processes(root):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
         mine = os.path.join(root, str(os.getpid()))
         os.makedirs(mine, exist_ok=True)
     except OSError:  # then torch's default temp folder
