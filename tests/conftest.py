@@ -1,16 +1,19 @@
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from ccache_cli.core.frames import FRAME_SIZE, FrameWriter
 from ccache_cli.core.store import Entry, Store
 
 MODELS = Path(__file__).parent / "models"
@@ -170,3 +173,23 @@ def models(tmp_path: Path) -> Path:
     target = tmp_path / "models"
     shutil.copytree(MODELS, target)
     return target
+
+
+def framed_archive(members: list[tuple[tarfile.TarInfo, bytes | None]], trailing: bytes = b"", groups_at: tuple[int, ...] = (2,)) -> bytes:
+    """A tar stream in pack's framed layout: a new group at each member index in
+    `groups_at` (by default: the first two members, then the rest)."""
+    raw = io.BytesIO()
+    cuts = [0]
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i, (info, data) in enumerate(members):
+            if i in groups_at:
+                cuts.append(tar.offset)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    data = raw.getvalue() + trailing
+    out = io.BytesIO()
+    frames = FrameWriter(out, level=3)
+    for start, end in zip(cuts, [*cuts[1:], len(data)]):
+        for at in range(start, max(end, start + 1), FRAME_SIZE):
+            frames.write(data[at : min(at + FRAME_SIZE, end)], starts_group=at == start)
+    frames.close()
+    return out.getvalue()

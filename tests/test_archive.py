@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import struct
 import subprocess
 import sys
 import tarfile
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import ccache, ccache_json, imported_modules, make_entry
+from conftest import ccache, ccache_json, framed_archive, imported_modules, make_entry
 
 from ccache_cli.core.store import Store
 
@@ -39,7 +39,9 @@ def test_pack_is_deterministic_across_runs_and_stores(source_store: Path, tmp_pa
     assert ccache("unpack", str(first), store=other).returncode == 0
     assert ccache("pack", str(third), store=other).returncode == 0
     assert third.read_bytes() == first.read_bytes()
-    with tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(first.open("rb")), mode="r|") as tar:
+    # Any zstd reader reads it as one stream (the frames' size headers are skippable frames).
+    stream = zstandard.ZstdDecompressor().stream_reader(first.open("rb"), read_across_frames=True)
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
         members = [m for m in tar]
     assert [m.name for m in members[:2]] == ["index.json", "files.json"]
     names = [m.name for m in members[2:]]
@@ -106,12 +108,10 @@ def test_export_dir_writes_a_plain_inductor_dir(source_store: Path, tmp_path: Pa
 # -- hostile archives --------------------------------------------------------
 
 
-def tar_zst(members: list[tuple[tarfile.TarInfo, bytes | None]], trailing: bytes = b"") -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return zstandard.ZstdCompressor().compress(raw.getvalue() + trailing)
+def frame_declaring(size: int, content: bytes) -> bytes:
+    """A frame whose sizes header declares `size` bytes around a zstd frame of `content`."""
+    frame = zstandard.ZstdCompressor().compress(content)
+    return struct.pack("<IIIII", 0x184D2A5C, 12, len(frame), size, 1) + frame
 
 
 def regular(name: str, data: bytes, size: int | None = None) -> tuple[tarfile.TarInfo, bytes]:
@@ -120,7 +120,7 @@ def regular(name: str, data: bytes, size: int | None = None) -> tuple[tarfile.Ta
     return info, data
 
 
-def index_for(blobs: dict[str, bytes], version: int = 1) -> list[tuple[tarfile.TarInfo, bytes]]:
+def index_for(blobs: dict[str, bytes], version: int = 2) -> list[tuple[tarfile.TarInfo, bytes]]:
     """index.json and files.json for one entry that needs every blob, so that a wrong
     publish would show."""
     refs = {f"inductor/{name}": {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for name, d in blobs.items()}
@@ -145,23 +145,39 @@ def special(name: str, kind: bytes, link: str = "") -> tuple[tarfile.TarInfo, No
 
 HOSTILE = {
     "not zstd": (b"PK\x03\x04 this is a zip", "not a zstd-compressed archive"),
-    "truncated": (tar_zst([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB)])[:-20], "truncated"),
-    "absolute path": (tar_zst([*index_for({"b": BLOB}), regular("/etc/passwd", BLOB)]), "unsafe path"),
-    "dot dot": (tar_zst([*index_for({"b": BLOB}), regular(f"objects/../../{SHA}", BLOB)]), "unsafe path"),
-    "symlink": (tar_zst([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.SYMTYPE, "/etc/passwd")]), "is a link"),
-    "hardlink": (tar_zst([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.LNKTYPE, "index.json")]), "is a link"),
-    "fifo": (tar_zst([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.FIFOTYPE)]), "not a regular file"),
-    "device": (tar_zst([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.CHRTYPE)]), "not a regular file"),
-    "duplicate": (tar_zst([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB), regular(f"objects/{SHA}", BLOB)]), "appears twice"),
-    "bad hash": (tar_zst([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB[:-1] + b"!")]), "does not match its hash"),
-    "larger than index": (tar_zst([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB + b"x" * 10)]), "files.json says"),
+    "truncated": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB)])[:-20], "truncated"),
+    "absolute path": (framed_archive([*index_for({"b": BLOB}), regular("/etc/passwd", BLOB)]), "unsafe path"),
+    "dot dot": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/../../{SHA}", BLOB)]), "unsafe path"),
+    "symlink": (framed_archive([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.SYMTYPE, "/etc/passwd")]), "is a link"),
+    "hardlink": (framed_archive([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.LNKTYPE, "index.json")]), "is a link"),
+    "fifo": (framed_archive([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.FIFOTYPE)]), "not a regular file"),
+    "device": (framed_archive([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.CHRTYPE)]), "not a regular file"),
+    "duplicate": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB), regular(f"objects/{SHA}", BLOB)]), "appears twice"),
+    "bad hash": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB[:-1] + b"!")]), "does not match its hash"),
+    "larger than index": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB + b"x" * 10)]), "files.json says"),
     # The member's bytes run on far past the size its header declares: reading stops
     # at the declared size and what follows is rejected, never written out.
     "runs past declared size": (
-        tar_zst([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB)], trailing=b"\xff" * (64 << 20)), "corrupt"),
-    "future format": (tar_zst([*index_for({"b": BLOB}, version=99)]), "format 99 is not supported"),
-    "no index": (tar_zst([regular(f"objects/{SHA}", BLOB)]), "does not start with index.json"),
+        framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB)], trailing=b"\xff" * (64 << 20)), "corrupt"),
+    "plain zstd": (zstandard.ZstdCompressor().compress(b"\0" * 10240), "plain zstd stream"),
+    # A frame whose zstd header declares 64 MiB where its sizes header says 4 KiB is
+    # refused before anything is decompressed.
+    "frame larger than declared": (frame_declaring(4096, bytes(64 << 20)), "does not match its header"),
+    "future format": (framed_archive([*index_for({"b": BLOB}, version=99)]), "format 99 is not supported"),
+    "no index": (framed_archive([regular(f"objects/{SHA}", BLOB)]), "does not start with index.json"),
 }
+
+
+def test_a_blob_in_two_groups_is_refused_from_a_pipe(source_store: Path) -> None:
+    """From a pipe, groups go to one process per core: a blob repeated in another
+    group (so likely another process) is still caught."""
+    data = framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB), regular(f"objects/{SHA}", BLOB)], groups_at=(2, 3))
+    before = snapshot(source_store)
+    result = subprocess.run([sys.executable, "-m", "ccache_cli", "--store", str(source_store), "unpack", "-"],
+                            input=data, capture_output=True)
+    assert result.returncode == 2 and b"appears twice" in result.stderr, result.stderr
+    assert snapshot(source_store) == before
+    assert list((source_store / "tmp").iterdir()) == []
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import MODELS, ccache, ccache_json, make_entry
+from conftest import MODELS, ccache, ccache_json, framed_archive, make_entry
 
 from ccache_cli.core.store import Store
 
@@ -137,15 +136,12 @@ def test_archive_is_verified_as_a_stream(world: Path) -> None:
     assert ccache("pack", str(archive), store=world / "one").returncode == 0
     assert verify(world, str(archive), "--json").returncode == 0
     # The same archive with one blob's bytes changed (a well-formed tar otherwise).
-    with tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(archive.open("rb")), mode="r|") as tar:
+    stream = zstandard.ZstdDecompressor().stream_reader(archive.open("rb"), read_across_frames=True)
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
         members = [(member, tar.extractfile(member).read()) for member in tar]  # type: ignore[union-attr]
     info, data = members[-1]
     members[-1] = (info, bytes([data[0] ^ 1]) + data[1:])
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for member, content in members:
-            tar.addfile(member, io.BytesIO(content))
-    archive.write_bytes(zstandard.ZstdCompressor().compress(raw.getvalue()))
+    archive.write_bytes(framed_archive(members))
     result = verify(world, str(archive), "--json")
     assert result.returncode == 1
     [check] = failed(result)

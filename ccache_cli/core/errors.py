@@ -32,6 +32,10 @@ class EntryNotFoundError(BadInputError):
     """No stored entry matches the id prefix or name given."""
 
 
+class ArchiveError(BadInputError):
+    """An archive that is not one this tool can read, or that fails a check."""
+
+
 class StoreError(CcacheError):
     """The store cannot be read or written."""
 

@@ -1,0 +1,105 @@
+"""Unpacks groups of an archive's frames in a process of its own; `archive.unpack`
+and `archive.check_blobs` run one per core.
+
+Reads from stdin a job (its length, then JSON: the staging folder for new blobs,
+every blob's size as files.json lists it, the blobs to write, whether to go on past a
+blob that fails its hash), then frames as they are in the archive, whole groups only,
+until the end: decompresses them, checks every member against the list and every blob
+against its hash, and writes the new blobs, read-only, as `<objects>/ab/<sha256>`
+(folders made by the caller). Writes one JSON report to stdout at the end.
+
+Why processes: a thread that makes thousands of small system calls (open, write,
+close per blob) gives the GIL up at each one and waits to get it back while another
+thread parses, so threads left the cores idle; processes share nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import sys
+from typing import IO, Any
+
+from .errors import ArchiveError, CcacheError
+from .frames import FrameReader
+from .tarstream import BLOB_PREFIX, TarReader, blob_members, copy_member
+
+JOB_LENGTH = struct.Struct("<Q")
+_WHOLE = 1 << 20  # blobs up to this size are read whole, larger ones in chunks
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+
+def main() -> int:
+    stdin = sys.stdin.buffer
+    (length,) = JOB_LENGTH.unpack(stdin.read(JOB_LENGTH.size))
+    job = json.loads(stdin.read(length))
+    report: dict[str, Any] = {"received": [], "broken": [], "ended": False, "error": None}
+    try:
+        _unpack(stdin, job, report)
+    except CcacheError as exc:
+        report["error"] = {"message": str(exc), "bad_input": exc.exit_code == 2}
+    except OSError as exc:
+        report["error"] = {"message": f"cannot write blobs to {job['objects']}: {exc.strerror or exc}", "bad_input": False}
+    stdin.close()  # before reporting: a caller still writing learns at once that this one stopped
+    sys.stdout.write(json.dumps(report))
+    return 0
+
+
+def _unpack(stdin: IO[bytes], job: dict[str, Any], report: dict[str, Any]) -> None:
+    blobs: dict[str, int] = job["blobs"]
+    write = set(job["write"])
+    frames = FrameReader(stdin, part=True)
+
+    def next_chunk() -> bytes:
+        frame = frames.read()
+        return b"" if frame is None else frame.decompress()
+
+    tar = TarReader(next_chunk)
+    folders: dict[str, int] = {}  # descriptors of the folders blobs are written to
+    received: set[str] = set()
+    try:
+        for sha256, size in blob_members(tar, blobs, received):
+            wanted = sha256 in write
+            if wanted and sha256[:2] not in folders:
+                folders[sha256[:2]] = os.open(os.path.join(job["objects"], sha256[:2]), os.O_RDONLY | os.O_DIRECTORY)
+            folder = folders.get(sha256[:2])
+            if size <= _WHOLE:  # most blobs: checked before anything is written
+                data = tar.read_member(f"blob {sha256[:12]}")
+                good = hashlib.sha256(data).hexdigest() == sha256
+                if good and wanted:
+                    fd = _create(sha256, folder)
+                    try:
+                        os.write(fd, data)  # a regular file takes the whole buffer
+                    finally:
+                        os.close(fd)
+            else:
+                fd = _create(sha256, folder) if wanted else None
+                try:
+                    good = copy_member(tar, sha256, size, fd).hexdigest() == sha256
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+                if not good and wanted:
+                    os.unlink(sha256, dir_fd=folder)
+            if not good:
+                if not job["keep_going"]:
+                    raise ArchiveError(f"blob {sha256[:12]} does not match its hash; the archive is corrupt")
+                report["broken"].append(sha256)
+    finally:
+        for fd in folders.values():
+            os.close(fd)
+    report["received"] = sorted(received)
+    report["ended"] = tar.ended
+
+
+def _create(sha256: str, folder: int | None) -> int:
+    try:
+        return os.open(sha256, _CREATE, 0o444, dir_fd=folder)
+    except FileExistsError:  # the staging folder is this unpack's own: another process wrote it
+        raise ArchiveError(f"archive member '{BLOB_PREFIX}{sha256}' appears twice") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
