@@ -100,12 +100,19 @@ def test_env_gc_and_rm_dry_run_do_not_import_torch(example_store: Path, tmp_path
         assert "torch" not in imported_modules(result), args
 
 
-def test_plain_run_is_parsed_without_the_app_and_anything_else_goes_to_it() -> None:
-    from ccache_cli.cli.main import _plain_run
+def test_plain_forms_are_parsed_without_the_app_and_anything_else_goes_to_it() -> None:
+    from ccache_cli.cli.main import Plain, plain_command
 
-    assert _plain_run(["--store", "s", "-q", "run", "a", "b", "--", "python", "-c", "x"]) == ("s", ["a", "b"], ["python", "-c", "x"])
-    assert _plain_run(["--store=s", "run", "--", "python", "--", "x"]) == ("s", [], ["python", "--", "x"])
-    assert _plain_run(["run", "--capture", "n", "--", "python"]) is None  # an option: Typer parses it
-    assert _plain_run(["run", "--help"]) is None
-    assert _plain_run(["run", "--"]) is None  # no command: the app says so
-    assert _plain_run(["inspect", "--", "x"]) is None
+    assert plain_command(["--store", "s", "-q", "run", "a", "b", "--", "python", "-c", "x"]) == Plain(
+        "run", "s", True, ["a", "b"], program=["python", "-c", "x"])
+    assert plain_command(["--store=s", "run", "--", "python", "--", "x"]) == Plain("run", "s", False, [], program=["python", "--", "x"])
+    assert plain_command(["run", "--capture", "n", "--", "python"]) is None  # an option: Typer parses it
+    assert plain_command(["run", "--help"]) is None
+    assert plain_command(["run", "--"]) is None  # no command: the app says so
+    assert plain_command(["inspect", "--", "x"]) is None
+    assert plain_command(["pack", "-", "alpha", "beta"]) == Plain("pack", None, False, ["-", "alpha", "beta"])
+    assert plain_command(["-q", "unpack", "a.tar.zst", "--json"]) == Plain("unpack", None, True, ["a.tar.zst"], json_output=True)
+    assert plain_command(["pack", "a.tar.zst", "--level", "9"]) is None
+    assert plain_command(["unpack", "a.tar.zst", "--export-dir", "d"]) is None
+    assert plain_command(["unpack", "a.tar.zst", "b.tar.zst"]) is None  # Typer's usage error
+    assert plain_command(["unpack"]) is None

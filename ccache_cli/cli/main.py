@@ -1,28 +1,43 @@
-"""The `ccache` entry point: error handling, and a fast start for `ccache run`.
+"""The `ccache` entry point: error handling, and a fast start for the commands that
+run in start-up scripts and image builds.
 
-`ccache [--store PATH] [-q] run [ENTRY...] -- CMD...` starts every warm server, so
-that form is parsed here without Typer, whose import and argument handling cost
-0.2 s or more at each start; anything else (other options, --help, other commands)
-goes to the Typer app in app.py, which defines the same options.
+Typer's import and argument handling (it builds pydantic validators for every
+parameter) cost 0.3 s or more at each start. So the plain forms
+`ccache [--store PATH] [-q] run [ENTRY...] -- CMD...`,
+`... pack OUTPUT [ENTRY...] [--json]` and `... unpack ARCHIVE [--json]` are parsed
+here without it; anything else (other options, --help, other commands) goes to the
+Typer app in app.py, which defines the same options.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import NamedTuple
 
 from ..core.errors import CcacheError
 
 
+class Plain(NamedTuple):
+    """A plain command line: what main.py runs without Typer."""
+
+    command: str  # run, pack or unpack
+    store: str | None
+    quiet: bool
+    args: list[str]  # run: the entries; pack: output and entries; unpack: the archive
+    json_output: bool = False
+    program: list[str] = []  # run: the command after --
+
+
 def main() -> None:
     try:
-        plain_run = _plain_run(sys.argv[1:])
-        if plain_run is None:
+        plain = plain_command(sys.argv[1:])
+        if plain is None:
             from .app import app
 
             app()
         else:
-            _run(*plain_run)
+            _start(plain)
     except CcacheError as exc:
         if os.environ.get("CCACHE_CLI_DEBUG"):
             raise
@@ -33,33 +48,48 @@ def main() -> None:
         sys.exit(130)
 
 
-def _plain_run(argv: list[str]) -> tuple[str | None, list[str], list[str]] | None:
-    """(store, entries, command) of a plain `run` command line, else None."""
-    store = None
+def plain_command(argv: list[str]) -> Plain | None:
+    """The plain command line `argv` is, or None for the Typer app to handle."""
+    store, quiet = None, False
     at = 0
     while at < len(argv):
         if argv[at] == "--store" and at + 1 < len(argv):
             store, at = argv[at + 1], at + 2
         elif argv[at].startswith("--store="):
             store, at = argv[at].partition("=")[2], at + 1
-        elif argv[at] in ("-q", "--quiet"):  # run prints only warnings and errors anyway
-            at += 1
+        elif argv[at] in ("-q", "--quiet"):
+            quiet, at = True, at + 1
         else:
             break
-    rest = argv[at + 1 :]
-    if argv[at : at + 1] != ["run"] or "--" not in rest:
-        return None
-    refs, command = rest[: rest.index("--")], rest[rest.index("--") + 1 :]
-    if not command or any(ref.startswith("-") for ref in refs):  # an option: the app's to handle
-        return None
-    return store, refs, command
+    command, rest = argv[at] if at < len(argv) else "", argv[at + 1 :]
+    if command == "run" and "--" in rest:
+        refs, program = rest[: rest.index("--")], rest[rest.index("--") + 1 :]
+        if program and not any(ref.startswith("-") for ref in refs):  # an option: the app's to handle
+            return Plain(command, store, quiet, refs, program=program)
+    elif command in ("pack", "unpack"):
+        args = [arg for arg in rest if arg != "--json"]
+        if args and not any(arg.startswith("-") and arg != "-" for arg in args) and (command == "pack" or len(args) == 1):
+            return Plain(command, store, quiet, args, json_output="--json" in rest)
+    return None
 
 
-def _run(store: str | None, refs: list[str], command: list[str]) -> None:
-    from ..core import runtime
+def _start(plain: Plain) -> None:
     from ..core.store import Store
 
-    active = runtime.start(Store(store), refs)
-    for message in runtime.replaced_warnings(active):
-        sys.stderr.write(f"warning: {message}\n")
-    runtime.exec_command(command)
+    store = Store(plain.store)
+    if plain.command == "run":  # prints only warnings and errors anyway
+        from ..core import runtime
+
+        active = runtime.start(store, plain.args)
+        for message in runtime.replaced_warnings(active):
+            sys.stderr.write(f"warning: {message}\n")
+        runtime.exec_command(plain.program)
+        return
+    from . import render, transfer
+
+    if plain.quiet:
+        render.set_quiet()
+    if plain.command == "pack":
+        transfer.pack(store, plain.args[0], plain.args[1:], json_output=plain.json_output)
+    else:
+        transfer.unpack(store, plain.args[0], json_output=plain.json_output)

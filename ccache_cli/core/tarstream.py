@@ -72,8 +72,17 @@ class TarWriter:
 
     def add(self, name: str, size: int, data: bytes | None = None, fd: int | None = None) -> None:
         """Add a member whose bytes are `data`, or are read from `fd`."""
-        if self._used and self._used + _BLOCK + size + (-size % _BLOCK) > FRAME_SIZE:
+        end = self._used + _BLOCK + size + (-size % _BLOCK)
+        if self._used and end > FRAME_SIZE:
             self.cut()
+            end -= self._used
+        if fd is not None and end <= FRAME_SIZE:  # most members: one copy and one readv
+            start = self._used + _BLOCK
+            self._view[self._used : start] = ustar_header(name, size)
+            self._used = start
+            self._read_from(fd, size, name)
+            self._used = end  # the padding: a new piece is zeros
+            return
         self._put(ustar_header(name, size))
         if data is not None:
             self._put(data)
