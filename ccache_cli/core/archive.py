@@ -133,12 +133,15 @@ def unpack(
         for manifest in manifests:
             entry = Entry(manifest["id"], manifest)
             (wanted_entries if select(entry) else skipped).append(entry)
-        wanted_blobs = {ref.sha256 for entry in wanted_entries for ref in entry.files.values()}
+        # From the manifests, not entry.files: its objects would be held while the processes run.
+        wanted_blobs = {ref["sha256"] for entry in wanted_entries for ref in entry.manifest["files"].values()}
         wanted_blobs -= store.blobs_present(wanted_blobs)
         objects = staging / "objects"
         for folder in sorted({sha256[:2] for sha256 in wanted_blobs}):
             (objects / folder).mkdir(parents=True)
-        workers.start({"objects": str(objects), "blobs": blobs, "write": sorted(wanted_blobs), "keep_going": False})
+        # Blobs go by their place in files.json's list: smaller than their hashes in each process.
+        write = [number for number, sha256 in enumerate(blobs) if sha256 in wanted_blobs]
+        workers.start({"objects": str(objects), "blobs": blobs, "write": write, "keep_going": False})
         reports = workers.run(head)
         received, _ = _merge(reports, blobs)
         if missing := set(blobs) - received:
@@ -250,7 +253,7 @@ class _Workers:
     """Processes running unpack_worker.py, each fed whole groups of frames, group k to
     process k mod n, by a thread of its own (its writes wait while the process is busy)."""
 
-    _QUEUED = 4  # frames waiting per process
+    _QUEUED = 1  # frames waiting per process, besides the one being written: each up to FRAME_SIZE
 
     def __init__(self, count: int) -> None:
         self._processes = [
@@ -258,7 +261,7 @@ class _Workers:
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for _ in range(count)
         ]
-        self._queues: list[queue.Queue[bytes | None]] = [queue.Queue(self._QUEUED) for _ in range(count)]
+        self._queues: list[queue.Queue[bytes | Frame | None]] = [queue.Queue(self._QUEUED) for _ in range(count)]
         self._threads = [threading.Thread(target=self._feed, args=(i,), daemon=True) for i in range(count)]
         self._first_failed: int | None = None  # the process that stopped reading first
 
@@ -293,7 +296,7 @@ class _Workers:
         while frame is not None and self._first_failed is None:
             if frame.starts_group:
                 group += 1
-            self._queues[group % len(self._queues)].put(frame.raw)
+            self._queues[group % len(self._queues)].put(frame)
             frame = head.frames.read()
         for q in self._queues:
             q.put(None)
@@ -311,7 +314,11 @@ class _Workers:
             if self._first_failed is not None:
                 continue  # drop what is queued: the archive is being abandoned
             try:
-                process.stdin.write(item)
+                if isinstance(item, Frame):
+                    process.stdin.write(item.sizes)
+                    process.stdin.write(item.data)
+                else:
+                    process.stdin.write(item)
             except OSError:  # the process stopped reading: its report says why
                 if self._first_failed is None:
                     self._first_failed = index
@@ -331,24 +338,26 @@ class _Workers:
 
 
 def _merge(reports: list[dict[str, Any]], blobs: dict[str, int]) -> tuple[set[str], set[str]]:
-    """The blobs the processes received, and those that failed their hash; raises the
+    """The blobs the processes received, and those that failed their hash (reported by
+    their place in `blobs`); raises the
     first process's error, or ArchiveError for what no single process could see."""
     for report in reports:
         if report["error"] is not None:
             kind = ArchiveError if report["error"]["bad_input"] else CcacheError
             raise kind(report["error"]["message"])
+    order = list(blobs)
     received: set[str] = set()
     for report in reports:
-        for sha256 in report["received"]:
-            if sha256 in received:
-                raise ArchiveError(f"archive member '{BLOB_PREFIX}{sha256}' appears twice")
-            received.add(sha256)
+        for number in report["received"]:
+            if order[number] in received:
+                raise ArchiveError(f"archive member '{BLOB_PREFIX}{order[number]}' appears twice")
+            received.add(order[number])
     ends = sum(1 for report in reports if report["ended"])
     if ends > 1:
         raise ArchiveError("archive has data past its end-of-archive marker; it is corrupt or was tampered with")
     if not ends:
         raise ArchiveError("archive is truncated: it has no end-of-archive marker")
-    return received, {sha256 for report in reports for sha256 in report["broken"]}
+    return received, {order[number] for report in reports for number in report["broken"]}
 
 
 def _read_json_member(tar: TarReader, name: str) -> Any:

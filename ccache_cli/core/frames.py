@@ -27,7 +27,7 @@ import zstandard
 
 from .errors import ArchiveError
 
-FRAME_SIZE = 4 << 20
+FRAME_SIZE = 2 << 20  # 4 MiB compressed 0.1% smaller but held 20 MB more while unpacking
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # how every zstd data frame starts
 # A skippable frame (magic 0x184D2A5?, payload length 12) holding the next frame's
 # compressed and decompressed sizes and flags.
@@ -45,13 +45,14 @@ def cpu_count() -> int:
 
 @dataclass(frozen=True)
 class Frame:
-    raw: bytes  # the sizes frame and the zstd frame, as read
+    sizes: bytes  # the skippable frame with the sizes, as read
+    data: bytes  # the zstd frame
     size: int  # decompressed
     starts_group: bool
 
     def decompress(self) -> bytes:
         try:
-            data = zstandard.ZstdDecompressor().decompress(memoryview(self.raw)[_SIZES.size :], allow_extra_data=False)
+            data = zstandard.ZstdDecompressor().decompress(self.data, allow_extra_data=False)
         except zstandard.ZstdError as exc:
             raise ArchiveError(f"corrupt zstd stream: {exc}") from exc
         if len(data) != self.size:
@@ -129,7 +130,7 @@ class FrameReader:
         if declared != size:
             raise ArchiveError("corrupt archive: a frame's size does not match its header")
         self._on_progress(_SIZES.size + compressed)
-        return Frame(head + frame, size, bool(flags & _STARTS_GROUP))
+        return Frame(head, frame, size, bool(flags & _STARTS_GROUP))
 
     def _read(self, size: int) -> bytes:
         data = self._source.read(size)

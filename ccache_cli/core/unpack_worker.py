@@ -2,7 +2,8 @@
 and `archive.check_blobs` run one per core.
 
 Reads from stdin a job (its length, then JSON: the staging folder for new blobs,
-every blob's size as files.json lists it, the blobs to write, whether to go on past a
+every blob's size as files.json lists it, the blobs to write (by their place in that
+list, as the report names blobs), whether to go on past a
 blob that fails its hash), then frames as they are in the archive, whole groups only,
 until the end: decompresses them, checks every member against the list and every blob
 against its hash, and writes the new blobs, read-only, as `<objects>/ab/<sha256>`
@@ -49,6 +50,7 @@ def main() -> int:
 
 def _unpack(stdin: IO[bytes], job: dict[str, Any], report: dict[str, Any]) -> None:
     blobs: dict[str, int] = job["blobs"]
+    numbers = {sha256: number for number, sha256 in enumerate(blobs)}  # blobs go by their place in the list
     write = set(job["write"])
     frames = FrameReader(stdin, part=True)
 
@@ -61,7 +63,7 @@ def _unpack(stdin: IO[bytes], job: dict[str, Any], report: dict[str, Any]) -> No
     received: set[str] = set()
     try:
         for sha256, size in blob_members(tar, blobs, received):
-            wanted = sha256 in write
+            wanted = numbers[sha256] in write
             if wanted and sha256[:2] not in folders:
                 folders[sha256[:2]] = os.open(os.path.join(job["objects"], sha256[:2]), os.O_RDONLY | os.O_DIRECTORY)
             folder = folders.get(sha256[:2])
@@ -86,11 +88,11 @@ def _unpack(stdin: IO[bytes], job: dict[str, Any], report: dict[str, Any]) -> No
             if not good:
                 if not job["keep_going"]:
                     raise ArchiveError(f"blob {sha256[:12]} does not match its hash; the archive is corrupt")
-                report["broken"].append(sha256)
+                report["broken"].append(numbers[sha256])
     finally:
         for fd in folders.values():
             os.close(fd)
-    report["received"] = sorted(received)
+    report["received"] = sorted(numbers[sha256] for sha256 in received)
     report["ended"] = tar.ended
 
 
