@@ -49,6 +49,17 @@ def test_pack_is_deterministic_across_runs_and_stores(source_store: Path, tmp_pa
     assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in members)
 
 
+def test_pack_of_a_damaged_store_fails_and_leaves_no_file(source_store: Path, tmp_path: Path) -> None:
+    blob = next(p for p in (source_store / "objects").rglob("*") if p.is_file())
+    blob.chmod(0o644)
+    blob.unlink()
+    out = tmp_path / "out"
+    out.mkdir()
+    result = ccache("pack", str(out / "a.tar.zst"), store=source_store)
+    assert result.returncode == 1 and f"blob {blob.name[:12]} is missing" in result.stderr, result.stderr
+    assert list(out.iterdir()) == []
+
+
 def test_unpack_merges_dedupes_and_is_idempotent(source_store: Path, tmp_path: Path) -> None:
     archive = tmp_path / "a.tar.zst"
     assert ccache("pack", str(archive), store=source_store).returncode == 0

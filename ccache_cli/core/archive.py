@@ -97,16 +97,17 @@ def pack(
             data = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
             tar.add(name, size=len(data), data=data)
         tar.cut()  # the head (what inspect reads) is a group of its own
-        for sha256, size in files["blobs"].items():
-            try:
-                fd = os.open(store.blob_file(sha256), os.O_RDONLY)
-            except FileNotFoundError:
-                raise CcacheError(f"blob {sha256[:12]} is missing from store {store.root}; the store is damaged") from None
-            try:
-                tar.add(f"{BLOB_PREFIX}{sha256}", size=size, fd=fd)
-            finally:
-                os.close(fd)
-            on_progress(size)
+        with store.blob_opener() as open_blob:
+            for sha256, size in files["blobs"].items():
+                try:
+                    fd = open_blob(sha256)
+                except FileNotFoundError:
+                    raise CcacheError(f"blob {sha256[:12]} is missing from store {store.root}; the store is damaged") from None
+                try:
+                    tar.add(f"{BLOB_PREFIX}{sha256}", size=size, fd=fd)
+                finally:
+                    os.close(fd)
+                on_progress(size)
         tar.close()
     finally:
         frames.close()

@@ -25,7 +25,7 @@ import socket
 import stat
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,25 @@ class Store:
     def blob_file(self, sha256: str) -> str:
         """`blob_path` as a str: cheaper where tens of thousands of blobs are visited."""
         return f"{self.root}/objects/{sha256[:2]}/{sha256}"
+
+    @contextlib.contextmanager
+    def blob_opener(self) -> Iterator[Callable[[str], int]]:
+        """A function that opens a blob for reading by its sha256 and returns the
+        descriptor (the caller closes it): through its folder's descriptor, so each
+        open looks up one name instead of the whole path."""
+        folders: dict[str, int] = {}
+
+        def open_blob(sha256: str) -> int:
+            folder = folders.get(sha256[:2])
+            if folder is None:
+                folder = folders[sha256[:2]] = os.open(self.objects_dir / sha256[:2], os.O_RDONLY | os.O_DIRECTORY)
+            return os.open(sha256, os.O_RDONLY, dir_fd=folder)
+
+        try:
+            yield open_blob
+        finally:
+            for fd in folders.values():
+                os.close(fd)
 
     def blobs_present(self, wanted: Iterable[str]) -> set[str]:
         """Which of these blobs the store holds: one listing per two-letter folder

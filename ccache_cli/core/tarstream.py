@@ -39,6 +39,9 @@ def _header_template() -> bytes:
 
 
 _HEADER_TEMPLATE = _header_template()
+_TEMPLATE_MODES = _HEADER_TEMPLATE[100:124]  # mode, uid, gid
+_TEMPLATE_MTIME = _HEADER_TEMPLATE[136:148]
+_TEMPLATE_TAIL = _HEADER_TEMPLATE[156:]  # type, link, magic, user and group names, ...
 # The checksum of a header from the template, less its name and size fields.
 _TEMPLATE_FIXED_SUM = sum(_HEADER_TEMPLATE[100:124]) + sum(_HEADER_TEMPLATE[136:148]) + 8 * ord(" ") + sum(_HEADER_TEMPLATE[156:])
 
@@ -46,14 +49,11 @@ _TEMPLATE_FIXED_SUM = sum(_HEADER_TEMPLATE[100:124]) + sum(_HEADER_TEMPLATE[136:
 def ustar_header(name: str, size: int) -> bytes:
     """What tarfile writes for a regular file with our fixed metadata, built directly.
     Sizes of 8 GiB and more use GNU's base-256 size field, which the reader accepts."""
-    header = bytearray(_HEADER_TEMPLATE)
-    encoded = name.encode()
-    header[: len(encoded)] = encoded  # names we write are at most 72 bytes
+    encoded = name.encode()  # names we write are at most 72 bytes
     size_field = b"%011o\0" % size if size < 8**11 else b"\x80" + size.to_bytes(11, "big")
-    header[124:136] = size_field
     # The template's other bytes never change: only name and size need summing.
-    header[148:155] = b"%06o\0" % (_TEMPLATE_FIXED_SUM + sum(encoded) + sum(size_field))
-    return bytes(header)
+    checksum = b"%06o\0 " % (_TEMPLATE_FIXED_SUM + sum(encoded) + sum(size_field))
+    return b"".join((encoded, bytes(100 - len(encoded)), _TEMPLATE_MODES, size_field, _TEMPLATE_MTIME, checksum, _TEMPLATE_TAIL))
 
 
 class TarWriter:
@@ -291,8 +291,6 @@ def blob_members(tar: TarReader, blobs: dict[str, int], received: set[str]) -> I
 # What pack writes before a blob's checksum field, less the blob's name and size.
 _EXPECTED_PREFIX = (BLOB_PREFIX.encode() + b"%b" + bytes(100 - len(BLOB_PREFIX) - 64)
                     + _HEADER_TEMPLATE[100:124].replace(b"%", b"%%") + b"%011o\0")
-_TEMPLATE_MTIME = _HEADER_TEMPLATE[136:148]
-_TEMPLATE_TAIL = _HEADER_TEMPLATE[156:]
 
 
 def check_member(member: Member, blobs: dict[str, int], received: set[str]) -> str:
