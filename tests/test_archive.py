@@ -49,6 +49,15 @@ def test_pack_is_deterministic_across_runs_and_stores(source_store: Path, tmp_pa
     assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in members)
 
 
+def test_tar_headers_are_what_tarfile_writes() -> None:
+    from ccache_cli.core.tarstream import ustar_header
+
+    for name, size in ((f"objects/{'ab' * 32}", 12345), ("index.json", 0), ("files.json", 8**11 - 1)):
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
+        assert ustar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT), name
+
+
 def test_pack_of_a_damaged_store_fails_and_leaves_no_file(source_store: Path, tmp_path: Path) -> None:
     blob = next(p for p in (source_store / "objects").rglob("*") if p.is_file())
     blob.chmod(0o644)
