@@ -127,9 +127,7 @@ def unpack(
 ) -> UnpackResult:
     """Merge an archive's entries into `store`; all or nothing."""
     with store.staging() as staging, _Workers(_worker_count(source)) as workers:
-        head = _Head(FrameReader(source, on_progress))
-        manifests, blobs = _read_files(head.tar, _read_index(head.tar))
-        head.check_ended()
+        head, manifests, blobs = _Head.read(source, on_progress)
         wanted_entries, skipped = [], []
         for manifest in manifests:
             entry = Entry(manifest["id"], manifest)
@@ -160,9 +158,7 @@ def check_blobs(source: BinaryIO) -> tuple[list[Entry], dict[str, str]]:
     wrong with each blob that is absent or does not hash to its name. An archive
     that is not well formed raises ArchiveError."""
     with _Workers(_worker_count(source)) as workers:
-        head = _Head(FrameReader(source))
-        manifests, blobs = _read_files(head.tar, _read_index(head.tar))
-        head.check_ended()
+        head, manifests, blobs = _Head.read(source)
         workers.start({"objects": None, "blobs": blobs, "write": [], "keep_going": True})
         received, broken_blobs = _merge(workers.run(head), blobs)
     broken = {sha256: "content does not match its hash" for sha256 in broken_blobs}
@@ -222,7 +218,15 @@ class _Head:
         self._at_end = False
         self.tar = TarReader(self._next_chunk)
 
-    def check_ended(self) -> None:
+    @classmethod
+    def read(cls, source: IO[bytes], on_progress: Progress = lambda _: None) -> tuple[_Head, list[dict[str, Any]], dict[str, int]]:
+        """The head of an archive, read whole and checked: its manifests and blobs."""
+        head = cls(FrameReader(source, on_progress))
+        manifests, blobs = _read_files(head.tar, _read_index(head.tar))
+        head._check_ended()
+        return head, manifests, blobs
+
+    def _check_ended(self) -> None:
         self._at_end = True
         if self.tar.next() is not None or self.tar.ended:
             raise ArchiveError(f"archive has more than {INDEX_NAME} and {FILES_NAME} before its first blob group; "
