@@ -25,7 +25,7 @@ def pack(store: Store, output: str, refs: Sequence[str] = (), compatible_only: b
         chosen = fits(chosen, *this_machine(store))
     if not chosen:
         raise BadInputError(f"nothing to pack: no {'compatible ' if compatible_only else ''}entries in {store.root}")
-    total = sum(ref.size for ref in {r.sha256: r for e in chosen for r in e.files.values()}.values())
+    total = sum(archive.blob_sizes(chosen).values())
     with archive.open_output(output) as handle, _progress("packing", total, output != "-") as on_progress:
         result = archive.pack(store, chosen, handle, level, on_progress)
     if json_output:

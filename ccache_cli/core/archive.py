@@ -8,12 +8,13 @@ entries always give the same bytes. The tar stream is compressed as independent 
 frames in groups of whole members (frames.py); any zstd decompressor reads it as one
 stream.
 
-Unpacking trusts nothing: the index must come first, alone in the first group, and be
-of a known format; every other member must be a regular file named `objects/<sha256>`
-that files.json lists, once, with the size it gives; its bytes must hash to its name.
-Groups are unpacked by one process per core (unpack_worker.py). Blobs are staged in
-the store's tmp/ and only adopted, and entries published, once the whole archive has
-checked out, so a bad archive leaves the store exactly as it was.
+Unpacking trusts nothing: index.json must come first, of a known format, then
+files.json, both before the first group of blobs; every other member must be a
+regular file named `objects/<sha256>` that files.json lists, once, with the size it
+gives; its bytes must hash to its name. Groups are unpacked by one process per core
+(unpack_worker.py). Blobs are staged in the store's tmp/ and only adopted, and
+entries published, once the whole archive has checked out, so a bad archive leaves
+the store exactly as it was.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .errors import ArchiveError, BadInputError, CcacheError
 from .frames import Frame, FrameReader, FrameWriter, cpu_count
 from .store import Entry, Store
 from .tarstream import BLOB_PREFIX, REGULAR, TarReader, TarWriter
-from .unpack_worker import JOB_LENGTH
+from .unpack_worker import job_bytes
 
 ARCHIVE_FORMAT = 2  # 2: the framed zstd layout of frames.py
 INDEX_NAME = "index.json"
@@ -71,10 +72,7 @@ def pack(
     on_progress: Progress = lambda _: None,
 ) -> PackResult:
     """Write `entries` and their blobs to `output` as one zstd-compressed tar stream."""
-    blobs: dict[str, int] = {}
-    for entry in entries:
-        for ref in entry.files.values():
-            blobs[ref.sha256] = ref.size
+    blobs = blob_sizes(entries)
     ordered = sorted(entries, key=lambda entry: entry.id)
     # The first member holds what `inspect ARCHIVE` shows, small whatever the archive
     # size: manifests without their file lists, and artifact counts per entry.
@@ -112,6 +110,11 @@ def pack(
     finally:
         frames.close()
     return PackResult(tuple(entries), len(blobs), sum(blobs.values()))
+
+
+def blob_sizes(entries: Sequence[Entry]) -> dict[str, int]:
+    """Each blob of `entries` once, with its size: what pack writes."""
+    return {ref.sha256: ref.size for entry in entries for ref in entry.files.values()}
 
 
 def read_index(source: BinaryIO) -> dict[str, Any]:
@@ -288,9 +291,9 @@ class _Workers:
                     pipe.close()  # type: ignore[union-attr]
 
     def start(self, job: dict[str, Any]) -> None:
-        encoded = json.dumps(job).encode()
+        encoded = job_bytes(job)
         for q in self._queues:
-            q.put(JOB_LENGTH.pack(len(encoded)) + encoded)
+            q.put(encoded)
         for thread in self._threads:
             thread.start()
 
@@ -344,8 +347,8 @@ class _Workers:
 
 def _merge(reports: list[dict[str, Any]], blobs: dict[str, int]) -> tuple[set[str], set[str]]:
     """The blobs the processes received, and those that failed their hash (reported by
-    their place in `blobs`); raises the
-    first process's error, or ArchiveError for what no single process could see."""
+    their place in `blobs`); raises the first process's error, or ArchiveError for
+    what no single process could see."""
     for report in reports:
         if report["error"] is not None:
             kind = ArchiveError if report["error"]["bad_input"] else CcacheError

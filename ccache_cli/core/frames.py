@@ -35,12 +35,12 @@ _SIZES = struct.Struct("<4sIIII")
 _SIZES_MAGIC = struct.pack("<I", 0x184D2A5C)
 _STARTS_GROUP = 1
 _MAX_COMPRESSED = FRAME_SIZE + (FRAME_SIZE >> 8) + (1 << 16)  # above zstd's worst case for a frame
-_MAX_THREADS = 8  # each holds a frame in and out and a zstd context: bounds memory on big machines
+_MAX_WORKERS = 8  # each holds a frame in and out and a zstd context: bounds memory on big machines
 
 
 def cpu_count() -> int:
     """How many threads or processes to compress or unpack with."""
-    return max(1, min(os.cpu_count() or 1, _MAX_THREADS))
+    return max(1, min(os.cpu_count() or 1, _MAX_WORKERS))
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ _TEMPLATE_MODES = _HEADER_TEMPLATE[100:124]  # mode, uid, gid
 _TEMPLATE_MTIME = _HEADER_TEMPLATE[136:148]
 _TEMPLATE_TAIL = _HEADER_TEMPLATE[156:]  # type, link, magic, user and group names, ...
 # The checksum of a header from the template, less its name and size fields.
-_TEMPLATE_FIXED_SUM = sum(_HEADER_TEMPLATE[100:124]) + sum(_HEADER_TEMPLATE[136:148]) + 8 * ord(" ") + sum(_HEADER_TEMPLATE[156:])
+_TEMPLATE_FIXED_SUM = sum(_TEMPLATE_MODES) + sum(_TEMPLATE_MTIME) + 8 * ord(" ") + sum(_TEMPLATE_TAIL)
 
 
 def ustar_header(name: str, size: int) -> bytes:
@@ -72,10 +72,10 @@ class TarWriter:
 
     def add(self, name: str, size: int, data: bytes | None = None, fd: int | None = None) -> None:
         """Add a member whose bytes are `data`, or are read from `fd`."""
-        end = self._used + _BLOCK + size + (-size % _BLOCK)
-        if self._used and end > FRAME_SIZE:
+        length = _BLOCK + size + (-size % _BLOCK)
+        if self._used and self._used + length > FRAME_SIZE:
             self.cut()
-            end -= self._used
+        end = self._used + length
         if fd is not None and end <= FRAME_SIZE:  # most members: one copy and one readv
             start = self._used + _BLOCK
             self._view[self._used : start] = ustar_header(name, size)
@@ -228,8 +228,7 @@ class TarReader:
 
 def _parse_header(block: bytes) -> Member:
     """A ustar header block; only what unpacking needs, checksum verified."""
-    template = _HEADER_TEMPLATE
-    if block[156:] == template[156:] and block[100:124] == template[100:124] and block[136:148] == template[136:148]:
+    if block[156:] == _TEMPLATE_TAIL and block[100:124] == _TEMPLATE_MODES and block[136:148] == _TEMPLATE_MTIME:
         # What pack writes: only name, size and checksum differ from the template,
         # so only they need summing (a full sum costs more than the rest of parsing).
         checksum = _TEMPLATE_FIXED_SUM + sum(block[:100]) + sum(block[124:136])
@@ -253,10 +252,10 @@ def _octal(field: bytes, what: str) -> int:
         raise ArchiveError(f"corrupt tar header (bad {what} field); the archive is damaged") from None
 
 
-def blob_members(tar: TarReader, blobs: dict[str, int], received: set[str]) -> Iterator[tuple[str, int]]:
-    """The (sha256, size) of each blob member to the end of the stream, each checked
-    against `blobs` (files.json's, in its sorted order) and added to `received`; the
-    caller reads the member's data.
+def blob_members(tar: TarReader, blobs: dict[str, int], received: set[str]) -> Iterator[tuple[int, str, int]]:
+    """The place in `blobs` (files.json's list, in its sorted order), sha256 and size
+    of each blob member to the end of the stream, each checked against `blobs` and
+    added to `received`; the caller reads the member's data.
 
     A header that is byte for byte what pack writes for the blob after the last one
     read (its checksum aside, which only covers the rest) needs no parsing or
@@ -284,13 +283,13 @@ def blob_members(tar: TarReader, blobs: dict[str, int], received: set[str]) -> I
             at = position[sha256]
         tar.begin(size)
         received.add(sha256)
+        yield at, sha256, size
         at += 1
-        yield sha256, size
 
 
 # What pack writes before a blob's checksum field, less the blob's name and size.
 _EXPECTED_PREFIX = (BLOB_PREFIX.encode() + b"%b" + bytes(100 - len(BLOB_PREFIX) - 64)
-                    + _HEADER_TEMPLATE[100:124].replace(b"%", b"%%") + b"%011o\0")
+                    + _TEMPLATE_MODES.replace(b"%", b"%%") + b"%011o\0")
 
 
 def check_member(member: Member, blobs: dict[str, int], received: set[str]) -> str:

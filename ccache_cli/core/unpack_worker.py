@@ -3,8 +3,8 @@ and `archive.check_blobs` run one per core.
 
 Reads from stdin a job (its length, then JSON: the staging folder for new blobs,
 every blob's size as files.json lists it, the blobs to write (by their place in that
-list, as the report names blobs), whether to go on past a
-blob that fails its hash), then frames as they are in the archive, whole groups only,
+list, as the report names blobs), whether to go on past a blob that fails its hash),
+then frames as they are in the archive, whole groups only,
 until the end: decompresses them, checks every member against the list and every blob
 against its hash, and writes the new blobs, read-only, as `<objects>/ab/<sha256>`
 (folders made by the caller). Writes one JSON report to stdout at the end.
@@ -27,14 +27,20 @@ from .errors import ArchiveError, CcacheError
 from .frames import FrameReader
 from .tarstream import BLOB_PREFIX, TarReader, blob_members, copy_member
 
-JOB_LENGTH = struct.Struct("<Q")
+_JOB_LENGTH = struct.Struct("<Q")
 _WHOLE = 1 << 20  # blobs up to this size are read whole, larger ones in chunks
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
+def job_bytes(job: dict[str, Any]) -> bytes:
+    """A job as this process reads it from stdin."""
+    encoded = json.dumps(job).encode()
+    return _JOB_LENGTH.pack(len(encoded)) + encoded
+
+
 def main() -> int:
     stdin = sys.stdin.buffer
-    (length,) = JOB_LENGTH.unpack(stdin.read(JOB_LENGTH.size))
+    (length,) = _JOB_LENGTH.unpack(stdin.read(_JOB_LENGTH.size))
     job = json.loads(stdin.read(length))
     report: dict[str, Any] = {"received": [], "broken": [], "ended": False, "error": None}
     try:
@@ -50,7 +56,6 @@ def main() -> int:
 
 def _unpack(stdin: IO[bytes], job: dict[str, Any], report: dict[str, Any]) -> None:
     blobs: dict[str, int] = job["blobs"]
-    numbers = {sha256: number for number, sha256 in enumerate(blobs)}  # blobs go by their place in the list
     write = set(job["write"])
     frames = FrameReader(stdin, part=True)
 
@@ -61,9 +66,11 @@ def _unpack(stdin: IO[bytes], job: dict[str, Any], report: dict[str, Any]) -> No
     tar = TarReader(next_chunk)
     folders: dict[str, int] = {}  # descriptors of the folders blobs are written to
     received: set[str] = set()
+    numbers: list[int] = []  # of the blobs received: their places in the list
     try:
-        for sha256, size in blob_members(tar, blobs, received):
-            wanted = numbers[sha256] in write
+        for number, sha256, size in blob_members(tar, blobs, received):
+            numbers.append(number)
+            wanted = number in write
             if wanted and sha256[:2] not in folders:
                 folders[sha256[:2]] = os.open(os.path.join(job["objects"], sha256[:2]), os.O_RDONLY | os.O_DIRECTORY)
             folder = folders.get(sha256[:2])
@@ -88,11 +95,11 @@ def _unpack(stdin: IO[bytes], job: dict[str, Any], report: dict[str, Any]) -> No
             if not good:
                 if not job["keep_going"]:
                     raise ArchiveError(f"blob {sha256[:12]} does not match its hash; the archive is corrupt")
-                report["broken"].append(numbers[sha256])
+                report["broken"].append(number)
     finally:
         for fd in folders.values():
             os.close(fd)
-    report["received"] = sorted(numbers[sha256] for sha256 in received)
+    report["received"] = sorted(numbers)
     report["ended"] = tar.ended
 
 
