@@ -167,23 +167,20 @@ def _aot_compile(
     torch._dynamo.config.enable_aot_compile = True  # needed before torch.compile on torch 2.11
     folder = out / AOT_PREFIX
     folder.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    for size, args in inputs.items():
-        emit("size_start", label=str(size), phase="aot")
-        start = time.perf_counter()
-        try:
-            # Under no_grad like every other call: the grad mode is part of the guards.
-            with torch.no_grad():
-                compiled = torch.compile(
-                    model.forward, backend="inductor", mode=options["mode"], dynamic=False, fullgraph=True
-                ).aot_compile((args, {}))
-            compiled.save_compiled_function(str(folder / f"size-{size}.pt"))
-        except Exception as exc:
-            for partial in folder.iterdir():
-                partial.unlink()
-            return {"status": "skipped", "reason": f"aot_compile failed: {type(exc).__name__}: {_one_line(str(exc))}"}
-        seconds[str(size)] = round(time.perf_counter() - start, 3)
-        emit("size_done", label=str(size), phase="aot", wall_s=seconds[str(size)])
+
+    def save_function(size: int, args: tuple[Any, ...]) -> None:
+        # Under no_grad like every other call: the grad mode is part of the guards.
+        with torch.no_grad():
+            compiled = torch.compile(
+                model.forward, backend="inductor", mode=options["mode"], dynamic=False, fullgraph=True
+            ).aot_compile((args, {}))
+        compiled.save_compiled_function(str(folder / f"size-{size}.pt"))
+
+    seconds, error = _each_size(inputs, "aot", save_function, emit)
+    if error is not None:
+        for partial in folder.iterdir():
+            partial.unlink()
+        return {"status": "skipped", "reason": f"aot_compile failed: {error}"}
     packages = _aoti_package(torch, model, inputs, options, folder, emit)
     return {"status": "stored", "reason": None, "seconds": seconds, "packages": packages}
 
@@ -204,30 +201,45 @@ def _aoti_package(
     tensors = [arg for args in inputs.values() for arg in args if isinstance(arg, torch.Tensor)]
     if not all(tensor.is_contiguous() for tensor in tensors):
         return {"status": "skipped", "reason": "an example input is not contiguous"}
-    seconds: dict[str, float] = {}
-    for size, args in inputs.items():
-        emit("size_start", label=str(size), phase="package")
-        start = time.perf_counter()
-        try:
-            with torch.no_grad():
-                program = torch.export.export(model, args)
-                torch._inductor.aoti_compile_and_package(
-                    program,
-                    package_path=str(folder / f"size-{size}.pt2"),
-                    inductor_configs={"aot_inductor.package_constants_in_so": False},
-                )
-        except Exception as exc:
-            for partial in folder.glob("*.pt2"):
-                partial.unlink()
-            return {"status": "skipped", "reason": f"AOTInductor failed: {type(exc).__name__}: {_one_line(str(exc))}"}
-        seconds[str(size)] = round(time.perf_counter() - start, 3)
-        emit("size_done", label=str(size), phase="package", wall_s=seconds[str(size)])
-    failure = _load_in_fresh_process(sorted(folder.glob("*.pt2")), options["device"])
-    if failure is not None:
+
+    def save_package(size: int, args: tuple[Any, ...]) -> None:
+        with torch.no_grad():
+            program = torch.export.export(model, args)
+            torch._inductor.aoti_compile_and_package(
+                program,
+                package_path=str(folder / f"size-{size}.pt2"),
+                inductor_configs={"aot_inductor.package_constants_in_so": False},
+            )
+
+    seconds, error = _each_size(inputs, "package", save_package, emit)
+    if error is not None:
+        reason: str | None = f"AOTInductor failed: {error}"
+    else:
+        failure = _load_in_fresh_process(sorted(folder.glob("*.pt2")), options["device"])
+        reason = None if failure is None else f"a fresh process could not load the packages: {failure}"
+    if reason is not None:
         for package in folder.glob("*.pt2"):
             package.unlink()
-        return {"status": "skipped", "reason": f"a fresh process could not load the packages: {failure}"}
+        return {"status": "skipped", "reason": reason}
     return {"status": "stored", "reason": None, "seconds": seconds}
+
+
+def _each_size(
+    inputs: dict[int, tuple[Any, ...]], phase: str, build: Callable[[int, tuple[Any, ...]], None], emit: Emit
+) -> tuple[dict[str, float], str | None]:
+    """Run `build` for each size, timed and reported; the seconds per size, and what
+    failed ("Type: message"), stopping there, or None."""
+    seconds: dict[str, float] = {}
+    for size, args in inputs.items():
+        emit("size_start", label=str(size), phase=phase)
+        start = time.perf_counter()
+        try:
+            build(size, args)
+        except Exception as exc:
+            return seconds, f"{type(exc).__name__}: {_one_line(str(exc))}"
+        seconds[str(size)] = round(time.perf_counter() - start, 3)
+        emit("size_done", label=str(size), phase=phase, wall_s=seconds[str(size)])
+    return seconds, None
 
 
 # Loads packages as the runtime does; run by path, in a process of its own.
