@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,21 @@ def test_concurrent_precompiles_of_two_models_both_complete(models: Path, tmp_pa
     for entry in scanned.scan().entries:
         assert all(scanned.blob_path(ref.sha256).is_file() for ref in entry.files.values())
     assert sorted(store_leftovers(store)) == sorted(f"entries/{e['id']}" for e in entries)
+
+
+def test_loader_crash_hint_names_a_compiler_that_links_the_cxx_runtime_statically(tmp_path: Path) -> None:
+    """Some images point CXX at a toolchain with no libstdc++.so; the packages it builds
+    crash torch's AOTInductor loader, and precompile's reason must say so and what to do."""
+    static_only = tmp_path / "static-g++"
+    # A compiler driver that finds no libstdc++.so, as `g++ -print-file-name` answers then.
+    static_only.write_text('#!/bin/sh\ncase "$1" in -print-file-name=*) echo "${1#*=}";; *) exec g++ "$@";; esac\n')
+    static_only.chmod(0o755)
+    code = "from ccache_cli.core.worker import _static_cxx_runtime_hint as h; print(h())"
+    hints = {}
+    for name, compiler in (("static", str(static_only)), ("system", "g++")):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env={**os.environ, "CXX": compiler})
+        assert result.returncode == 0, result.stderr
+        hints[name] = result.stdout.strip()
+    assert str(static_only) in hints["static"] and "set CXX to a compiler that links it dynamically" in hints["static"]
+    assert hints["system"] == ""

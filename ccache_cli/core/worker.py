@@ -266,8 +266,33 @@ def _load_in_fresh_process(packages: list[Path], device: str) -> str | None:
     if result.returncode == 0:
         return None
     if result.returncode < 0:
-        return f"it died of signal {-result.returncode} (a crash in this torch build's AOTInductor loader)"
+        return f"it died of signal {-result.returncode} in torch's AOTInductor loader{_static_cxx_runtime_hint()}"
     return _one_line(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}")
+
+
+def _static_cxx_runtime_hint() -> str:
+    """Why the loader may have crashed, where the C++ compiler explains it, else "".
+
+    A compiler with no libstdc++.so beside it (some images install such a toolchain
+    and point CXX at it) links a static copy of the C++ runtime into each package;
+    that copy and the one torch loaded clash, and the loader crashes in std::regex.
+    """
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    compiler = get_cpp_compiler()
+    try:
+        found = subprocess.run(
+            [compiler, "-print-file-name=libstdc++.so"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    if os.path.isabs(found):
+        return ""
+    return (
+        f": the C++ compiler {compiler} has no libstdc++.so, so it linked a static copy of the C++ runtime"
+        " into the packages, and that copy clashes with torch's; set CXX to a compiler that links it"
+        " dynamically (such as /usr/bin/g++) and precompile again"
+    )
 
 
 def _measure(torch: Any, device: str, call: Callable[[], Any]) -> dict[str, Any]:
