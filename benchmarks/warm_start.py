@@ -3,8 +3,10 @@
 Builds the reference model (the bundled tiny transformer, d=256 and 4 blocks on the
 CPU, d=1024 and 8 blocks on a GPU, as in the design notes), precompiles it into a
 temporary store, then runs each mode in a fresh process and prints, per mode, the
-seconds from the model built to every size run once ("ready") and from process start
-("total"), cold/warm ratios and warm minus eager:
+seconds from the model built to every size run once ("ready", with the imports and loads
+before the first call as "setup"), from the measured process's start ("total") and from
+the command's launch ("launch": the `ccache run` wrapper included), cold/warm ratios and
+warm minus eager:
 
 - eager: no compile
 - cold: torch.compile on an empty Inductor cache
@@ -89,6 +91,7 @@ def child(mode: str, device: str, sizes: list[int], extra: str | None) -> None:
             raise SystemExit(f"unknown mode {mode}")
         if mode in ("cold", "inductor_dir", "megacache", "ccache_torch"):  # touching torch._dynamo imports it
             torch._dynamo.config.recompile_limit = 16
+        prepared = time.perf_counter()
         for size in sizes:
             run(*inputs[size])
         if device != "cpu":
@@ -103,7 +106,10 @@ def child(mode: str, device: str, sizes: list[int], extra: str | None) -> None:
 
         counters = {**torch_counters["inductor"], **torch_counters["aot_autograd"],
                     "graphs": torch_counters["stats"]["unique_graphs"]}
-    print(json.dumps({"ready_s": done - built, "total_s": done - _STARTED, "built_s": built - _STARTED,
+    # perf_counter is CLOCK_MONOTONIC, one clock for every process: the parent turns
+    # done_at into seconds from the command's launch, wrapper included.
+    print(json.dumps({"ready_s": done - built, "setup_s": prepared - built, "total_s": done - _STARTED,
+                      "done_at": done, "built_s": built - _STARTED,
                       "fxgraph_miss": counters.get("fxgraph_cache_miss", 0), "graphs": counters.get("graphs", 0)}))
 
 
@@ -112,10 +118,13 @@ def measure(mode: str, args: argparse.Namespace, env: dict[str, str], extra: str
     command = [*wrapper, sys.executable, __file__, "--child", mode, "--device", args.device, "--sizes", args.sizes]
     if extra:
         command += ["--extra", extra]
+    launched = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    measured["launch_s"] = measured.pop("done_at") - launched
+    return measured
 
 
 def main() -> None:
@@ -190,16 +199,18 @@ def main() -> None:
     median = {mode: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for mode, runs in results.items()}
     cold = median["cold"]["ready_s"]
     eager = median["eager"]["ready_s"]
-    print(f"{'mode':34} {'ready s':>8} {'total s':>8} {'cold/warm':>10} {'- eager s':>10} {'misses':>7} {'graphs':>7}")
+    print(f"{'mode':34} {'ready s':>8} {'setup s':>8} {'total s':>8} {'launch s':>9} {'cold/warm':>10} "
+          f"{'- eager s':>10} {'misses':>7} {'graphs':>7}")
     for mode, label in labels.items():
         if mode not in median:
             continue
         m = median[mode]
         ratio = "" if mode in ("eager", "cold") else f"{cold / m['ready_s']:.1f}x"
-        print(f"{label:34} {m['ready_s']:8.2f} {m['total_s']:8.2f} {ratio:>10} {m['ready_s'] - eager:10.2f} "
-              f"{int(m['fxgraph_miss']):7d} {int(m['graphs']):7d}")
-    print(f"(medians of {args.repeat} rounds; ready = model built to every size run once; total = from process start"
-          f"{'; no .pyc for torch' if args.no_pyc else ''})")
+        print(f"{label:34} {m['ready_s']:8.2f} {m['setup_s']:8.2f} {m['total_s']:8.2f} {m['launch_s']:9.2f} "
+              f"{ratio:>10} {m['ready_s'] - eager:10.2f} {int(m['fxgraph_miss']):7d} {int(m['graphs']):7d}")
+    print(f"(medians of {args.repeat} rounds; ready = model built to every size run once, of which setup = imports"
+          " and loads before the first call; total = from the measured process's start; launch = from the"
+          f" command's launch, the `ccache run` wrapper included{'; no .pyc for torch' if args.no_pyc else ''})")
 
 
 if __name__ == "__main__":
