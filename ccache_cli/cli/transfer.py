@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ..core import archive, runtime
+from ..core import archive
 from ..core.errors import BadInputError
 from ..core.inspect import fits, this_machine
 from ..core.store import Entry, Store
@@ -70,6 +70,8 @@ def unpack(store: Store, source: str, compatible_only: bool = False, export_dir:
 def _export(store: Store, entries: list[Entry], ref: str | None, target: Path, machine: dict,
             exact: bool) -> tuple[Entry, Path | None]:
     """The exported entry, and its bytecode tree if it has one."""
+    from ..core import runtime  # imported here: pack and unpack start faster without it
+
     if ref is not None:
         chosen = store.find(ref)
     else:

@@ -80,8 +80,7 @@ def pack(
         "format": ARCHIVE_FORMAT,
         "entries": [{k: v for k, v in entry.manifest.items() if k != "files"} for entry in ordered],
         "artifacts": {
-            entry.id: [[k.kind, k.count, k.bytes] for k in summarize({p: r.size for p, r in entry.files.items()})]
-            for entry in ordered
+            entry.id: [[k.kind, k.count, k.bytes] for k in summarize(_path_sizes(entry))] for entry in ordered
         },
     }
     files = {
@@ -114,7 +113,12 @@ def pack(
 
 def blob_sizes(entries: Sequence[Entry]) -> dict[str, int]:
     """Each blob of `entries` once, with its size: what pack writes."""
-    return {ref.sha256: ref.size for entry in entries for ref in entry.files.values()}
+    # From the manifests' own dicts: entry.files would build an object per file first.
+    return {ref["sha256"]: ref["size"] for entry in entries for ref in entry.manifest["files"].values()}
+
+
+def _path_sizes(entry: Entry) -> Iterator[tuple[str, int]]:
+    return ((path, ref["size"]) for path, ref in entry.manifest["files"].items())
 
 
 def read_index(source: BinaryIO) -> dict[str, Any]:

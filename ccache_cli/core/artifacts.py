@@ -39,13 +39,13 @@ class KindSummary:
 
 def kind_of(path: str) -> str:
     """The artifact kind of an entry file, e.g. `fxgraph`, `triton`, `kernels`."""
-    if path == MEGACACHE_FILE:
-        return "megacache"
-    if path.startswith(AOT_PREFIX):
-        return "aot"
-    if path.startswith(BYTECODE_PREFIX):
-        return "bytecode"
-    if not path.startswith(INDUCTOR_PREFIX):
+    if not path.startswith(INDUCTOR_PREFIX):  # most files are Inductor's: asked first
+        if path == MEGACACHE_FILE:
+            return "megacache"
+        if path.startswith(AOT_PREFIX):
+            return "aot"
+        if path.startswith(BYTECODE_PREFIX):
+            return "bytecode"
         return "other"
     top, _, rest = path[len(INDUCTOR_PREFIX) :].partition("/")
     if top in _INDUCTOR_DIR_KINDS:

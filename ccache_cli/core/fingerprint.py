@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import importlib.metadata
 import importlib.util
 import os
 import platform
@@ -163,6 +162,8 @@ def _assigned(text: str, name: str) -> str | None:
 
 
 def _distribution_version(*names: str) -> str | None:
+    import importlib.metadata  # imported here: it costs every command's start otherwise
+
     for name in names:
         try:
             return importlib.metadata.version(name)

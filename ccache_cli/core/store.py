@@ -26,11 +26,9 @@ import stat
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import filelock
 
 from .errors import BadInputError, EntryNotFoundError, StoreError
 from .hashing import sha256_file
@@ -343,6 +341,8 @@ class Store:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
+        import filelock  # imported here: commands that only read the store start faster
+
         try:
             with filelock.FileLock(str(self.root / ".lock"), timeout=_LOCK_TIMEOUT_S):
                 yield
@@ -372,8 +372,16 @@ class Store:
 
 def _validated(entry: Entry) -> Entry:
     """Touch every field once, so a malformed manifest fails here, not in a renderer."""
-    entry.name, entry.device, entry.sizes, entry.fingerprint, entry.sources, entry.files, entry.created
+    entry.name, entry.device, entry.sizes, entry.fingerprint, entry.sources, entry.created
+    # The file list is checked without building entry.files, an object per file, which
+    # only some commands need: entries can name tens of thousands of files.
+    for ref in entry.manifest["files"].values():
+        if type(ref) is not dict or ref.keys() != _FILE_REF_FIELDS:
+            raise TypeError(f"malformed file reference {ref!r}")
     return entry
+
+
+_FILE_REF_FIELDS = {ref_field.name for ref_field in fields(FileRef)}
 
 
 def _atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
