@@ -19,13 +19,15 @@ import collections
 import os
 import struct
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Callable
+from typing import IO, TYPE_CHECKING, Callable
 
 import zstandard
 
 from .errors import ArchiveError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 FRAME_SIZE = 2 << 20  # 4 MiB compressed 0.1% smaller but held 20 MB more while unpacking
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # how every zstd data frame starts
@@ -65,6 +67,8 @@ class FrameWriter:
     frames to `out` in order. At most two frames per thread are held."""
 
     def __init__(self, out: IO[bytes], level: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor  # imported here: the unpacking processes never compress
+
         self._out = out
         self._level = level
         self._local = threading.local()
