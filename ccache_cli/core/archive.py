@@ -152,8 +152,7 @@ def unpack(
         received, _ = _merge(reports, blobs)
         if missing := set(blobs) - received:
             raise ArchiveError(f"archive is truncated or incomplete: {len(missing)} blob(s) listed in {FILES_NAME} are absent")
-        store.adopt_verified_blobs(objects)
-        published = store.publish(wanted_entries, staging)
+        published = store.publish(wanted_entries, staging, wanted_blobs)
     added_entries = [entry for entry, is_new in published if is_new]
     kept = [entry for entry, is_new in published if not is_new]
     new_bytes = sum(blobs[sha256] for sha256 in wanted_blobs)

@@ -25,7 +25,7 @@ import socket
 import stat
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -267,33 +267,12 @@ class Store:
         os.replace(path, target)
         return FileRef(sha256, size), True
 
-    def adopt_verified_blobs(self, staged_objects: Path) -> None:
-        """Move staged read-only blobs, each already hashed as it was written and laid
-        out as `<staged_objects>/ab/<sha256>` under this store's tmp/, into the store.
+    def publish(self, entries: Sequence[Entry], staging: Path, staged_blobs: Collection[str] = ()) -> list[tuple[Entry, bool]]:
+        """Publish entries under one lock, their blobs already in the store or staged.
 
-        A two-letter folder the store lacks is moved whole, one rename for all its
-        blobs (unpacking into an empty store, as in an image build). A blob that a
-        concurrent writer added meanwhile is replaced by the same bytes, which is
-        harmless: readers keep the file they opened.
-        """
-        if not staged_objects.is_dir():
-            return
-        for folder in sorted(os.listdir(staged_objects)):
-            source = os.path.join(staged_objects, folder)
-            target = os.path.join(self.objects_dir, folder)
-            if not os.path.exists(target):
-                try:
-                    os.rename(source, target)
-                    continue
-                except OSError:  # another writer made it first: merge file by file
-                    pass
-            os.makedirs(target, exist_ok=True)
-            for name in os.listdir(source):
-                os.replace(os.path.join(source, name), os.path.join(target, name))
-
-    def publish(self, entries: Sequence[Entry], staging: Path) -> list[tuple[Entry, bool]]:
-        """Publish entries whose blobs are already in the store, under one lock.
-
+        `staged_blobs`, each hashed as it was written and laid out read-only as
+        `<staging>/objects/ab/<sha256>`, are moved into the store first, under the same
+        lock (which `gc` takes too), so only the entries' other blobs are looked for.
         Each entry's manifest is written into `staging` (a folder from `staging()`) and its
         folder renamed into entries/, so each entry appears whole or not at all.
         Returns each entry and whether it was new; one already there is kept as it is.
@@ -301,9 +280,13 @@ class Store:
         for entry in entries:
             _validated(entry)
         with self.lock():
+            if staged_blobs:
+                self._adopt_staged_blobs(staging / "objects")
             new = [entry for entry in entries if not (self.entries_dir / entry.id).exists()]
-            needed = {ref.sha256: (entry, path) for entry in new for path, ref in entry.files.items()}
-            missing = sorted(set(needed) - self.blobs_present(needed))
+            # From the manifests' own dicts: entry.files would build an object per file first.
+            needed = {ref["sha256"]: (entry, path) for entry in new for path, ref in entry.manifest["files"].items()}
+            others = set(needed).difference(staged_blobs)
+            missing = sorted(others - self.blobs_present(others))
             if missing:
                 entry, path = needed[missing[0]]
                 raise StoreError(f"cannot publish entry {entry.short_id}: blob of {path} is missing")
@@ -317,6 +300,26 @@ class Store:
             (entry, True) if entry.id in new_ids else (self._read_entry(self.entries_dir / entry.id), False)
             for entry in entries
         ]
+
+    def _adopt_staged_blobs(self, staged_objects: Path) -> None:
+        """Move staged blobs into the store. A two-letter folder the store lacks is moved
+        whole, one rename for all its blobs (unpacking into an empty store, as in an image
+        build). A blob that another writer added meanwhile is replaced by the same bytes,
+        which is harmless: readers keep the file they opened."""
+        if not staged_objects.is_dir():
+            return
+        for folder in sorted(os.listdir(staged_objects)):
+            source = os.path.join(staged_objects, folder)
+            target = os.path.join(self.objects_dir, folder)
+            if not os.path.exists(target):
+                try:
+                    os.rename(source, target)
+                    continue
+                except OSError:  # made meanwhile by a writer that takes no lock: merge file by file
+                    pass
+            os.makedirs(target, exist_ok=True)
+            for name in os.listdir(source):
+                os.replace(os.path.join(source, name), os.path.join(target, name))
 
     def save_machine_fingerprint(self, probe: str, fingerprint: Mapping[str, Any]) -> None:
         """Cache an exact machine fingerprint in an existing, writable store; else skip."""
