@@ -39,7 +39,8 @@ def pack(store: Store, output: str, refs: Sequence[str] = (), compatible_only: b
 
 def unpack(store: Store, source: str, compatible_only: bool = False, export_dir: Path | None = None,
            entry: str | None = None, json_output: bool = False) -> None:
-    machine, exact = this_machine(store)
+    # This machine's fingerprint only where it is used: reading it costs every unpack otherwise.
+    machine, exact = this_machine(store) if compatible_only or export_dir is not None else ({}, False)
 
     def select(candidate: Entry) -> bool:
         return not compatible_only or bool(fits([candidate], machine, exact))
