@@ -163,8 +163,17 @@ def special(name: str, kind: bytes, link: str = "") -> tuple[tarfile.TarInfo, No
     return info, None
 
 
+def listing(blobs: dict[str, int]) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """index_for one blob, with files.json's blob list replaced by `blobs`."""
+    index, (_, files) = index_for({"b": BLOB})
+    return [index, regular("files.json", json.dumps({**json.loads(files), "blobs": blobs}).encode())]
+
+
 HOSTILE = {
     "not zstd": (b"PK\x03\x04 this is a zip", "not a zstd-compressed archive"),
+    # The unpacking processes hold the list as fixed-width names and unsigned sizes.
+    "listed name not a sha256": (framed_archive([*listing({SHA: len(BLOB), "../" + SHA[3:]: 1})]), "files.json is malformed"),
+    "listed size negative": (framed_archive([*listing({SHA: -1})]), "files.json is malformed"),
     "truncated": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB)])[:-20], "truncated"),
     "absolute path": (framed_archive([*index_for({"b": BLOB}), regular("/etc/passwd", BLOB)]), "unsafe path"),
     "dot dot": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/../../{SHA}", BLOB)]), "unsafe path"),

@@ -36,7 +36,7 @@ from .artifacts import KindSummary, summarize
 from .errors import ArchiveError, BadInputError, CcacheError
 from .frames import Frame, FrameReader, FrameWriter, cpu_count
 from .store import Entry, Store
-from .tarstream import BLOB_PREFIX, REGULAR, TarReader, TarWriter
+from .tarstream import BLOB_PREFIX, REGULAR, SHA256_HEX, BlobList, TarReader, TarWriter
 from .unpack_worker import job_bytes
 
 ARCHIVE_FORMAT = 2  # 2: the framed zstd layout of frames.py
@@ -145,11 +145,11 @@ def unpack(
         objects = staging / "objects"
         for folder in sorted({sha256[:2] for sha256 in wanted_blobs}):
             (objects / folder).mkdir(parents=True)
-        # Blobs go by their place in files.json's list: smaller than their hashes in each process.
-        write = [number for number, sha256 in enumerate(blobs) if sha256 in wanted_blobs]
-        workers.start({"objects": str(objects), "blobs": blobs, "write": write, "keep_going": False})
+        order = sorted(blobs)  # blobs go by their place in this list
+        write = bytes(sha256 in wanted_blobs for sha256 in order)
+        workers.start({"objects": str(objects), "keep_going": False}, BlobList.of({sha: blobs[sha] for sha in order}), write)
         reports = workers.run(head)
-        received, _ = _merge(reports, blobs)
+        received, _ = _merge(reports, order)
         if missing := set(blobs) - received:
             raise ArchiveError(f"archive is truncated or incomplete: {len(missing)} blob(s) listed in {FILES_NAME} are absent")
         published = store.publish(wanted_entries, staging, wanted_blobs)
@@ -165,8 +165,9 @@ def check_blobs(source: BinaryIO) -> tuple[list[Entry], dict[str, str]]:
     that is not well formed raises ArchiveError."""
     with _Workers(_worker_count(source)) as workers:
         head, manifests, blobs = _Head.read(source)
-        workers.start({"objects": None, "blobs": blobs, "write": [], "keep_going": True})
-        received, broken_blobs = _merge(workers.run(head), blobs)
+        order = sorted(blobs)
+        workers.start({"objects": None, "keep_going": True}, BlobList.of({sha: blobs[sha] for sha in order}), bytes(len(order)))
+        received, broken_blobs = _merge(workers.run(head), order)
     broken = {sha256: "content does not match its hash" for sha256 in broken_blobs}
     broken.update((sha256, "absent from the archive") for sha256 in set(blobs) - received)
     return [Entry(manifest["id"], manifest) for manifest in manifests], broken
@@ -293,8 +294,8 @@ class _Workers:
                 with contextlib.suppress(OSError):
                     pipe.close()  # type: ignore[union-attr]
 
-    def start(self, job: dict[str, Any]) -> None:
-        encoded = job_bytes(job)
+    def start(self, job: dict[str, Any], blobs: BlobList, write: bytes) -> None:
+        encoded = job_bytes(job, blobs, write)
         for q in self._queues:
             q.put(encoded)
         for thread in self._threads:
@@ -348,15 +349,14 @@ class _Workers:
             raise CcacheError(f"an unpacking process failed (exit {process.returncode}): {tail}") from None
 
 
-def _merge(reports: list[dict[str, Any]], blobs: dict[str, int]) -> tuple[set[str], set[str]]:
+def _merge(reports: list[dict[str, Any]], order: list[str]) -> tuple[set[str], set[str]]:
     """The blobs the processes received, and those that failed their hash (reported by
-    their place in `blobs`); raises the first process's error, or ArchiveError for
+    their place in `order`); raises the first process's error, or ArchiveError for
     what no single process could see."""
     for report in reports:
         if report["error"] is not None:
             kind = ArchiveError if report["error"]["bad_input"] else CcacheError
             raise kind(report["error"]["message"])
-    order = list(blobs)
     received: set[str] = set()
     for report in reports:
         for number in report["received"]:
@@ -408,6 +408,9 @@ def _read_files(tar: TarReader, index: dict[str, Any]) -> tuple[list[dict[str, A
     files = _read_json_member(tar, FILES_NAME)
     try:
         blobs = {str(sha): int(size) for sha, size in files["blobs"].items()}
+        for sha256, size in blobs.items():
+            if not SHA256_HEX.fullmatch(sha256) or not 0 <= size < 1 << 63:
+                raise ArchiveError(f"{FILES_NAME} is malformed (blob {sha256[:70]!r} of {size} bytes)")
         manifests = [{**manifest, "files": files["files"][manifest["id"]]} for manifest in index["entries"]]
         for manifest in manifests:
             for ref in manifest["files"].values():

@@ -1,10 +1,10 @@
 """Unpacks groups of an archive's frames in a process of its own; `archive.unpack`
 and `archive.check_blobs` run one per core.
 
-Reads from stdin a job (its length, then JSON: the staging folder for new blobs,
-every blob's size as files.json lists it, the blobs to write (by their place in that
-list, as the report names blobs), whether to go on past a blob that fails its hash),
-then frames as they are in the archive, whole groups only,
+Reads from stdin a job (its length, then JSON: the staging folder for new blobs and
+whether to go on past a blob that fails its hash; then files.json's blobs sorted by
+name, as a BlobList, and a flag per blob, whether to write it; the report names blobs
+by their place in that list), then frames as they are in the archive, whole groups only,
 until the end: decompresses them, checks every member against the list and every blob
 against its hash, and writes the new blobs, read-only, as `<objects>/ab/<sha256>`
 (folders made by the caller). Writes one JSON report to stdout at the end.
@@ -25,26 +25,29 @@ from typing import IO, Any
 
 from .errors import ArchiveError, CcacheError
 from .frames import FrameReader
-from .tarstream import BLOB_PREFIX, TarReader, blob_members, copy_member
+from .tarstream import BLOB_PREFIX, BlobList, TarReader, blob_members, copy_member
 
 _JOB_LENGTH = struct.Struct("<Q")
 _WHOLE = 1 << 20  # blobs up to this size are read whole, larger ones in chunks
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
-def job_bytes(job: dict[str, Any]) -> bytes:
-    """A job as this process reads it from stdin."""
-    encoded = json.dumps(job).encode()
-    return _JOB_LENGTH.pack(len(encoded)) + encoded
+def job_bytes(job: dict[str, Any], blobs: BlobList, write: bytes) -> bytes:
+    """A job as this process reads it from stdin: its JSON, then the blob list and a
+    flag per blob, whether to write it."""
+    encoded = json.dumps({**job, "count": len(blobs)}).encode()
+    return _JOB_LENGTH.pack(len(encoded)) + encoded + blobs.to_bytes() + write
 
 
 def main() -> int:
     stdin = sys.stdin.buffer
     (length,) = _JOB_LENGTH.unpack(stdin.read(_JOB_LENGTH.size))
     job = json.loads(stdin.read(length))
+    blobs = BlobList.from_bytes(stdin.read(72 * job["count"]), job["count"])
+    write = stdin.read(job["count"])
     report: dict[str, Any] = {"received": [], "broken": [], "ended": False, "error": None}
     try:
-        _unpack(stdin, job, report)
+        _unpack(stdin, job, blobs, write, report)
     except CcacheError as exc:
         report["error"] = {"message": str(exc), "bad_input": exc.exit_code == 2}
     except OSError as exc:
@@ -54,9 +57,7 @@ def main() -> int:
     return 0
 
 
-def _unpack(stdin: IO[bytes], job: dict[str, Any], report: dict[str, Any]) -> None:
-    blobs: dict[str, int] = job["blobs"]
-    write = set(job["write"])
+def _unpack(stdin: IO[bytes], job: dict[str, Any], blobs: BlobList, write: bytes, report: dict[str, Any]) -> None:
     frames = FrameReader(stdin, part=True)
 
     def next_chunk() -> bytes:
@@ -65,12 +66,12 @@ def _unpack(stdin: IO[bytes], job: dict[str, Any], report: dict[str, Any]) -> No
 
     tar = TarReader(next_chunk)
     folders: dict[str, int] = {}  # descriptors of the folders blobs are written to
-    received: set[str] = set()
+    received = bytearray(len(blobs))  # a flag per blob
     numbers: list[int] = []  # of the blobs received: their places in the list
     try:
         for number, sha256, size in blob_members(tar, blobs, received):
             numbers.append(number)
-            wanted = number in write
+            wanted = bool(write[number])
             if wanted and sha256[:2] not in folders:
                 folders[sha256[:2]] = os.open(os.path.join(job["objects"], sha256[:2]), os.O_RDONLY | os.O_DIRECTORY)
             folder = folders.get(sha256[:2])
