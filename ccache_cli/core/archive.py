@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from .artifacts import KindSummary, summarize
+from .artifacts import KindSummary
 from .errors import ArchiveError, BadInputError, CcacheError
 from .frames import Frame, FrameReader, FrameWriter, cpu_count
+from .inspect import kinds_of
 from .store import Entry, Store
 from .tarstream import BLOB_PREFIX, REGULAR, SHA256_HEX, BlobList, TarReader, TarWriter
 from .unpack_worker import job_bytes
@@ -80,7 +81,7 @@ def pack(
         "format": ARCHIVE_FORMAT,
         "entries": [{k: v for k, v in entry.manifest.items() if k != "files"} for entry in ordered],
         "artifacts": {
-            entry.id: [[k.kind, k.count, k.bytes] for k in summarize(_path_sizes(entry))] for entry in ordered
+            entry.id: [[k.kind, k.count, k.bytes] for k in kinds_of(entry)] for entry in ordered
         },
     }
     files = {
@@ -117,10 +118,6 @@ def blob_sizes(entries: Sequence[Entry]) -> dict[str, int]:
     return {ref["sha256"]: ref["size"] for entry in entries for ref in entry.manifest["files"].values()}
 
 
-def _path_sizes(entry: Entry) -> Iterator[tuple[str, int]]:
-    return ((path, ref["size"]) for path, ref in entry.manifest["files"].items())
-
-
 def read_index(source: BinaryIO) -> dict[str, Any]:
     """The index of an archive, reading only as far as its first member."""
     return _read_index(_Head(FrameReader(source)).tar)
@@ -145,9 +142,7 @@ def unpack(
         objects = staging / "objects"
         for folder in sorted({sha256[:2] for sha256 in wanted_blobs}):
             (objects / folder).mkdir(parents=True)
-        order = sorted(blobs)  # blobs go by their place in this list
-        write = bytes(sha256 in wanted_blobs for sha256 in order)
-        workers.start({"objects": str(objects), "keep_going": False}, BlobList.of({sha: blobs[sha] for sha in order}), write)
+        order = workers.start({"objects": str(objects), "keep_going": False}, blobs, wanted_blobs)
         reports = workers.run(head)
         received, _ = _merge(reports, order)
         if missing := set(blobs) - received:
@@ -165,8 +160,7 @@ def check_blobs(source: BinaryIO) -> tuple[list[Entry], dict[str, str]]:
     that is not well formed raises ArchiveError."""
     with _Workers(_worker_count(source)) as workers:
         head, manifests, blobs = _Head.read(source)
-        order = sorted(blobs)
-        workers.start({"objects": None, "keep_going": True}, BlobList.of({sha: blobs[sha] for sha in order}), bytes(len(order)))
+        order = workers.start({"objects": None, "keep_going": True}, blobs, set())
         received, broken_blobs = _merge(workers.run(head), order)
     broken = {sha256: "content does not match its hash" for sha256 in broken_blobs}
     broken.update((sha256, "absent from the archive") for sha256 in set(blobs) - received)
@@ -294,12 +288,16 @@ class _Workers:
                 with contextlib.suppress(OSError):
                     pipe.close()  # type: ignore[union-attr]
 
-    def start(self, job: dict[str, Any], blobs: BlobList, write: bytes) -> None:
-        encoded = job_bytes(job, blobs, write)
+    def start(self, job: dict[str, Any], blobs: dict[str, int], write: set[str]) -> list[str]:
+        """Send each process the job, with files.json's `blobs` and which of them to
+        write; returns the blobs in the order the reports name them by (sorted)."""
+        order = sorted(blobs)
+        encoded = job_bytes(job, BlobList.of(order, blobs), bytes(sha256 in write for sha256 in order))
         for q in self._queues:
             q.put(encoded)
         for thread in self._threads:
             thread.start()
+        return order
 
     def run(self, head: _Head) -> list[dict[str, Any]]:
         """Send every group after the head; the processes' reports, the first failure first."""

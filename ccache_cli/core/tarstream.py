@@ -16,14 +16,14 @@ import re
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from .errors import ArchiveError, CcacheError
 from .frames import FRAME_SIZE, FrameWriter
 
 BLOB_PREFIX = "objects/"
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # a blob's name
-_BLOB_NAME = re.compile(r"^objects/([0-9a-f]{64})$")
+_BLOB_NAME = re.compile(rf"^{BLOB_PREFIX}({SHA256_HEX.pattern})$")
 _BLOCK = tarfile.BLOCKSIZE
 _CHUNK = 1 << 20
 REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
@@ -263,10 +263,12 @@ class BlobList:
         self._names = names
         self._sizes = sizes
 
+    _ENTRY = 64 + 8  # bytes per blob: its name and its size
+
     @classmethod
-    def of(cls, blobs: dict[str, int]) -> BlobList:
-        """From names checked to be sha256 hex digests, in sorted order."""
-        return cls("".join(blobs).encode(), array.array("Q", blobs.values()))
+    def of(cls, names: list[str], sizes: dict[str, int]) -> BlobList:
+        """From sorted names, checked to be sha256 hex digests, and their sizes."""
+        return cls("".join(names).encode(), array.array("Q", (sizes[name] for name in names)))
 
     def __len__(self) -> int:
         return len(self._sizes)
@@ -292,7 +294,9 @@ class BlobList:
         return self._names + self._sizes.tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, count: int) -> BlobList:
+    def read(cls, source: IO[bytes], count: int) -> BlobList:
+        """The `count` blobs that `to_bytes` wrote, read from `source`."""
+        data = source.read(cls._ENTRY * count)
         sizes = array.array("Q")
         sizes.frombytes(data[64 * count :])
         return cls(data[: 64 * count], sizes)

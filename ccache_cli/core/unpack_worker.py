@@ -43,7 +43,7 @@ def main() -> int:
     stdin = sys.stdin.buffer
     (length,) = _JOB_LENGTH.unpack(stdin.read(_JOB_LENGTH.size))
     job = json.loads(stdin.read(length))
-    blobs = BlobList.from_bytes(stdin.read(72 * job["count"]), job["count"])
+    blobs = BlobList.read(stdin, job["count"])
     write = stdin.read(job["count"])
     report: dict[str, Any] = {"received": [], "broken": [], "ended": False, "error": None}
     try:
