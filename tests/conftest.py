@@ -175,9 +175,10 @@ def models(tmp_path: Path) -> Path:
     return target
 
 
-def framed_archive(members: list[tuple[tarfile.TarInfo, bytes | None]], trailing: bytes = b"", groups_at: tuple[int, ...] = (2,)) -> bytes:
+def framed_archive(members: list[tuple[tarfile.TarInfo, bytes | None]], trailing: bytes = b"",
+                   groups_at: tuple[int, ...] = (2, 3)) -> bytes:
     """A tar stream in pack's framed layout: a new group at each member index in
-    `groups_at` (by default: the first two members, then the rest)."""
+    `groups_at` (by default: the head's two members, files.json, then the rest)."""
     raw = io.BytesIO()
     cuts = [0]
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:

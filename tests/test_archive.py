@@ -43,8 +43,8 @@ def test_pack_is_deterministic_across_runs_and_stores(source_store: Path, tmp_pa
     stream = zstandard.ZstdDecompressor().stream_reader(first.open("rb"), read_across_frames=True)
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         members = [m for m in tar]
-    assert [m.name for m in members[:2]] == ["index.json", "files.json"]
-    names = [m.name for m in members[2:]]
+    assert [m.name for m in members[:3]] == ["index.json", "blobs.txt", "files.json"]
+    names = [m.name for m in members[3:]]
     assert names == sorted(names) and len(names) == len(set(names)) == 4  # the shared blob once
     assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in members)
 
@@ -140,16 +140,18 @@ def regular(name: str, data: bytes, size: int | None = None) -> tuple[tarfile.Ta
     return info, data
 
 
-def index_for(blobs: dict[str, bytes], version: int = 2) -> list[tuple[tarfile.TarInfo, bytes]]:
-    """index.json and files.json for one entry that needs every blob, so that a wrong
-    publish would show."""
+def index_for(blobs: dict[str, bytes], version: int = 3) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """index.json, blobs.txt and files.json for one entry that needs every blob, so
+    that a wrong publish would show."""
     refs = {f"inductor/{name}": {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for name, d in blobs.items()}
     manifest = {"id": "e" * 64, "name": "hostile", "created": "2026-11-22T00:00:00Z",
                 "key": {"fingerprint": {}, "compile": {"device": "cpu", "sizes": [1], "dynamic": False},
                         "model": {}, "inputs": {}, "sources": []}}
     index = {"format": version, "entries": [manifest], "artifacts": {manifest["id"]: []}}
-    files = {"blobs": {r["sha256"]: r["size"] for r in refs.values()}, "files": {manifest["id"]: refs}}
-    return [regular("index.json", json.dumps(index).encode()), regular("files.json", json.dumps(files).encode())]
+    listed = "".join(f"{r['sha256']} {r['size']}\n" for r in sorted(refs.values(), key=lambda r: r["sha256"]))
+    files = {"files": {manifest["id"]: refs}}
+    return [regular("index.json", json.dumps(index).encode()), regular("blobs.txt", listed.encode()),
+            regular("files.json", json.dumps(files).encode())]
 
 
 BLOB = b"kernel bytes" * 10
@@ -163,17 +165,18 @@ def special(name: str, kind: bytes, link: str = "") -> tuple[tarfile.TarInfo, No
     return info, None
 
 
-def listing(blobs: dict[str, int]) -> list[tuple[tarfile.TarInfo, bytes]]:
-    """index_for one blob, with files.json's blob list replaced by `blobs`."""
-    index, (_, files) = index_for({"b": BLOB})
-    return [index, regular("files.json", json.dumps({**json.loads(files), "blobs": blobs}).encode())]
+def listing(lines: str) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """index_for one blob, with its blobs.txt replaced by `lines`."""
+    index, _, files = index_for({"b": BLOB})
+    return [index, regular("blobs.txt", lines.encode()), files]
 
 
 HOSTILE = {
     "not zstd": (b"PK\x03\x04 this is a zip", "not a zstd-compressed archive"),
     # The unpacking processes hold the list as fixed-width names and unsigned sizes.
-    "listed name not a sha256": (framed_archive([*listing({SHA: len(BLOB), "../" + SHA[3:]: 1})]), "files.json is malformed"),
-    "listed size negative": (framed_archive([*listing({SHA: -1})]), "files.json is malformed"),
+    "listed name not a sha256": (framed_archive([*listing(f"../{SHA[3:]} 1\n{SHA} {len(BLOB)}\n")]), "blobs.txt is malformed"),
+    "listed size negative": (framed_archive([*listing(f"{SHA} -1\n")]), "blobs.txt is malformed"),
+    "listed twice": (framed_archive([*listing(f"{SHA} {len(BLOB)}\n" * 2)]), "listed twice"),
     "truncated": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB)])[:-20], "truncated"),
     "absolute path": (framed_archive([*index_for({"b": BLOB}), regular("/etc/passwd", BLOB)]), "unsafe path"),
     "dot dot": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/../../{SHA}", BLOB)]), "unsafe path"),
@@ -183,7 +186,7 @@ HOSTILE = {
     "device": (framed_archive([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.CHRTYPE)]), "not a regular file"),
     "duplicate": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB), regular(f"objects/{SHA}", BLOB)]), "appears twice"),
     "bad hash": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB[:-1] + b"!")]), "does not match its hash"),
-    "larger than index": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB + b"x" * 10)]), "files.json says"),
+    "larger than index": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB + b"x" * 10)]), "blobs.txt says"),
     # The member's bytes run on far past the size its header declares: reading stops
     # at the declared size and what follows is rejected, never written out.
     "runs past declared size": (
@@ -200,7 +203,7 @@ HOSTILE = {
 def test_a_blob_in_two_groups_is_refused_from_a_pipe(source_store: Path) -> None:
     """From a pipe, groups go to one process per core: a blob repeated in another
     group (so likely another process) is still caught."""
-    data = framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB), regular(f"objects/{SHA}", BLOB)], groups_at=(2, 3))
+    data = framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB), regular(f"objects/{SHA}", BLOB)], groups_at=(2, 3, 4))
     before = snapshot(source_store)
     result = subprocess.run([sys.executable, "-m", "ccache_cli", "--store", str(source_store), "unpack", "-"],
                             input=data, capture_output=True)

@@ -2,19 +2,20 @@
 
 Members, in this order: `index.json` (format version, every manifest without its
 file list, artifact counts per entry: all that `inspect ARCHIVE` reads, small whatever
-the archive's size), `files.json` (each entry's files, every blob's size), then
+the archive's size) and `blobs.txt` (each blob's sha256 and size, a line each, sorted),
+the head; `files.json` (each entry's files) in a group of its own; then
 `objects/<sha256>` once per blob, sorted. Headers are fixed (tarstream.py), so the same
 entries always give the same bytes. The tar stream is compressed as independent zstd
 frames in groups of whole members (frames.py); any zstd decompressor reads it as one
 stream.
 
-Unpacking trusts nothing: index.json must come first, of a known format, then
-files.json, both before the first group of blobs; every other member must be a
-regular file named `objects/<sha256>` that files.json lists, once, with the size it
-gives; its bytes must hash to its name. Groups are unpacked by one process per core
-(unpack_worker.py). Blobs are staged in the store's tmp/ and only adopted, and
-entries published, once the whole archive has checked out, so a bad archive leaves
-the store exactly as it was.
+Unpacking trusts nothing: the head must come first, of a known format, then files.json;
+every other member must be a regular file named `objects/<sha256>` that blobs.txt
+lists, once, with the size it gives; its bytes must hash to its name. Groups of blobs
+are unpacked by one process per core (unpack_worker.py), which need only the head to
+start: this process reads files.json while they work. Blobs are staged in the store's
+tmp/ and only adopted, and entries published, once the whole archive has checked out,
+so a bad archive leaves the store exactly as it was.
 """
 
 from __future__ import annotations
@@ -34,16 +35,16 @@ from typing import IO, Any, BinaryIO
 
 from .artifacts import KindSummary
 from .errors import ArchiveError, BadInputError, CcacheError
-from .frames import Frame, FrameReader, FrameWriter, cpu_count
+from .frames import FRAME_SIZE, Frame, FrameReader, FrameWriter, cpu_count
 from .inspect import kinds_of
 from .store import Entry, Store
-from .tarstream import BLOB_PREFIX, REGULAR, SHA256_HEX, BlobList, TarReader, TarWriter
+from .tarstream import BLOB_PREFIX, BLOBS_NAME, REGULAR, BlobList, Member, TarReader, TarWriter
 from .unpack_worker import job_bytes
 
-ARCHIVE_FORMAT = 2  # 2: the framed zstd layout of frames.py
+ARCHIVE_FORMAT = 3  # 2: the framed zstd layout of frames.py; 3: blobs.txt in the head
 INDEX_NAME = "index.json"
 FILES_NAME = "files.json"
-_INDEX_LIMIT = 256 << 20  # an index past this is not one this tool wrote
+_INDEX_LIMIT = 256 << 20  # an index, blob list or files.json past this is not one this tool wrote
 _BYTES_PER_WORKER = 1 << 20  # of archive: below this, one more unpacking process costs more than it saves
 
 Progress = Callable[[int], None]  # called with a count of bytes just handled
@@ -84,19 +85,18 @@ def pack(
             entry.id: [[k.kind, k.count, k.bytes] for k in kinds_of(entry)] for entry in ordered
         },
     }
-    files = {
-        "blobs": dict(sorted(blobs.items())),
-        "files": {entry.id: entry.manifest["files"] for entry in ordered},
-    }
+    files = {"files": {entry.id: entry.manifest["files"] for entry in ordered}}
     frames = FrameWriter(output, level)
     try:
         tar = TarWriter(frames)
-        for name, content in ((INDEX_NAME, index), (FILES_NAME, files)):
-            data = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
+        for name, data in ((INDEX_NAME, _json_bytes(index)), (BLOBS_NAME, BlobList.listing(blobs))):
             tar.add(name, size=len(data), data=data)
-        tar.cut()  # the head (what inspect reads) is a group of its own
+        tar.cut()  # the head is a group of its own: what inspect reads, and all the unpacking processes need
+        data = _json_bytes(files)
+        tar.add(FILES_NAME, size=len(data), data=data)
+        tar.cut()
         with store.blob_opener() as open_blob:
-            for sha256, size in files["blobs"].items():
+            for sha256, size in sorted(blobs.items()):
                 try:
                     fd = open_blob(sha256)
                 except FileNotFoundError:
@@ -110,6 +110,10 @@ def pack(
     finally:
         frames.close()
     return PackResult(tuple(entries), len(blobs), sum(blobs.values()))
+
+
+def _json_bytes(content: dict[str, Any]) -> bytes:
+    return json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
 
 
 def blob_sizes(entries: Sequence[Entry]) -> dict[str, int]:
@@ -131,26 +135,33 @@ def unpack(
 ) -> UnpackResult:
     """Merge an archive's entries into `store`; all or nothing."""
     with store.staging() as staging, _Workers(_worker_count(source)) as workers:
-        head, manifests, blobs = _Head.read(source, on_progress)
+        head = _Head.read(source, on_progress)
+        names = head.blobs.names()
+        present = store.blobs_present(names)
+        objects = staging / "objects"
+        for folder in sorted({sha256[:2] for sha256 in names} - {sha256[:2] for sha256 in present}):
+            (objects / folder).mkdir(parents=True)
+        # Every blob the store lacks is written: which ones the chosen entries need is
+        # only known from files.json, read meanwhile; the others are dropped below.
+        workers.start({"objects": str(objects), "keep_going": False}, head.blobs, bytes(sha256 not in present for sha256 in names))
+        workers.send(head)
+        sizes = head.blobs.sizes()
         wanted_entries, skipped = [], []
-        for manifest in manifests:
+        for manifest in head.read_files(sizes):
             entry = Entry(manifest["id"], manifest)
             (wanted_entries if select(entry) else skipped).append(entry)
-        # From the manifests, not entry.files: its objects would be held while the processes run.
-        wanted_blobs = {ref["sha256"] for entry in wanted_entries for ref in entry.manifest["files"].values()}
-        wanted_blobs -= store.blobs_present(wanted_blobs)
-        objects = staging / "objects"
-        for folder in sorted({sha256[:2] for sha256 in wanted_blobs}):
-            (objects / folder).mkdir(parents=True)
-        order = workers.start({"objects": str(objects), "keep_going": False}, blobs, wanted_blobs)
-        reports = workers.run(head)
-        received, _ = _merge(reports, order)
-        if missing := set(blobs) - received:
-            raise ArchiveError(f"archive is truncated or incomplete: {len(missing)} blob(s) listed in {FILES_NAME} are absent")
+        # From the manifests, not entry.files: its objects would be held meanwhile.
+        wanted_blobs = {ref["sha256"] for entry in wanted_entries for ref in entry.manifest["files"].values()} - present
+        store.stage_entries(wanted_entries, staging)
+        received, _ = _merge(workers.finish(), names)
+        if missing := len(names) - len(received):
+            raise ArchiveError(f"archive is truncated or incomplete: {missing} blob(s) listed in {BLOBS_NAME} are absent")
+        for sha256 in set(names).difference(present, wanted_blobs):
+            os.unlink(objects / sha256[:2] / sha256)
         published = store.publish(wanted_entries, staging, wanted_blobs)
     added_entries = [entry for entry, is_new in published if is_new]
     kept = [entry for entry, is_new in published if not is_new]
-    new_bytes = sum(blobs[sha256] for sha256 in wanted_blobs)
+    new_bytes = sum(sizes[sha256] for sha256 in wanted_blobs)
     return UnpackResult(tuple(added_entries), tuple(kept), tuple(e.id for e in skipped), len(wanted_blobs), new_bytes)
 
 
@@ -159,11 +170,14 @@ def check_blobs(source: BinaryIO) -> tuple[list[Entry], dict[str, str]]:
     wrong with each blob that is absent or does not hash to its name. An archive
     that is not well formed raises ArchiveError."""
     with _Workers(_worker_count(source)) as workers:
-        head, manifests, blobs = _Head.read(source)
-        order = workers.start({"objects": None, "keep_going": True}, blobs, set())
-        received, broken_blobs = _merge(workers.run(head), order)
+        head = _Head.read(source)
+        names = head.blobs.names()
+        workers.start({"objects": None, "keep_going": True}, head.blobs, bytes(len(names)))
+        workers.send(head)
+        manifests = head.read_files(head.blobs.sizes())
+        received, broken_blobs = _merge(workers.finish(), names)
     broken = {sha256: "content does not match its hash" for sha256 in broken_blobs}
-    broken.update((sha256, "absent from the archive") for sha256 in set(blobs) - received)
+    broken.update((sha256, "absent from the archive") for sha256 in set(names) - received)
     return [Entry(manifest["id"], manifest) for manifest in manifests], broken
 
 
@@ -210,28 +224,52 @@ def is_archive_path(text: str) -> bool:
 
 
 class _Head:
-    """The archive's first members (index.json and files.json), read in this process.
-    They must end where a group starts: that frame is kept for the workers."""
+    """The archive's head (index.json and blobs.txt), read and checked in this
+    process, and files.json's group, kept to be read while the blobs unpack. Each must
+    end where a group starts: `next_group` is the first frame of the blobs."""
+
+    index: dict[str, Any]  # index.json, checked
+    blobs: BlobList  # blobs.txt, checked
 
     def __init__(self, frames: FrameReader) -> None:
         self.frames = frames
         self.next_group: Frame | None = None
-        self._at_end = False
+        self._in_head = True
         self.tar = TarReader(self._next_chunk)
 
     @classmethod
-    def read(cls, source: IO[bytes], on_progress: Progress = lambda _: None) -> tuple[_Head, list[dict[str, Any]], dict[str, int]]:
-        """The head of an archive, read whole and checked: its manifests and blobs."""
+    def read(cls, source: IO[bytes], on_progress: Progress = lambda _: None) -> _Head:
         head = cls(FrameReader(source, on_progress))
-        manifests, blobs = _read_files(head.tar, _read_index(head.tar))
-        head._check_ended()
-        return head, manifests, blobs
+        head.index = _read_index(head.tar)
+        member = _expect_member(head.tar, BLOBS_NAME)
+        head.blobs = BlobList.parse(head.tar.read_exactly(member.size, f"its {BLOBS_NAME}").tobytes())
+        head._in_head = False
+        _check_group_ended(head.tar, f"{INDEX_NAME} and {BLOBS_NAME}")
+        head._files_group = head._take_group()
+        return head
 
-    def _check_ended(self) -> None:
-        self._at_end = True
-        if self.tar.next() is not None or self.tar.ended:
-            raise ArchiveError(f"archive has more than {INDEX_NAME} and {FILES_NAME} before its first blob group; "
-                               "it was not written by `ccache pack`")
+    def read_files(self, sizes: dict[str, int]) -> list[dict[str, Any]]:
+        """files.json's group, read and checked against the index and `sizes` (blobs.txt's):
+        the complete manifests."""
+        chunks = (frame.decompress() for frame in self._files_group)
+        tar = TarReader(lambda: next(chunks, b""))
+        files = _read_json_member(tar, FILES_NAME)
+        _check_group_ended(tar, FILES_NAME)
+        return _complete_manifests(self.index, files, sizes)
+
+    def _take_group(self) -> list[Frame]:
+        """The frames of the group that starts at `next_group`, which then moves on."""
+        group: list[Frame] = []
+        size = 0
+        frame = self.next_group
+        while frame is not None and (not group or not frame.starts_group):
+            size += frame.size
+            if size > _INDEX_LIMIT + FRAME_SIZE:
+                raise ArchiveError(f"{FILES_NAME} is larger than any this tool writes; the archive was not written by `ccache pack`")
+            group.append(frame)
+            frame = self.frames.read()
+        self.next_group = frame
+        return group
 
     def _next_chunk(self) -> bytes:
         if self.next_group is not None:
@@ -239,10 +277,15 @@ class _Head:
         frame = self.frames.read()
         if frame is None:
             return b""
-        if frame.starts_group and self._at_end:
+        if frame.starts_group and not self._in_head:
             self.next_group = frame
             return b""
         return frame.decompress()
+
+
+def _check_group_ended(tar: TarReader, what: str) -> None:
+    if tar.next() is not None or tar.ended:
+        raise ArchiveError(f"archive has more than {what} in their group; it was not written by `ccache pack`")
 
 
 def _worker_count(source: IO[bytes]) -> int:
@@ -259,7 +302,9 @@ class _Workers:
     """Processes running unpack_worker.py, each fed whole groups of frames, group k to
     process k mod n, by a thread of its own (its writes wait while the process is busy)."""
 
-    _QUEUED = 1  # frames waiting per process, besides the one being written: each up to FRAME_SIZE
+    # Frames waiting, shared among the processes, besides those being written, each up to
+    # FRAME_SIZE: work enough for two to go on while this process reads files.json.
+    _QUEUED = 16
 
     def __init__(self, count: int) -> None:
         self._processes = [
@@ -267,7 +312,9 @@ class _Workers:
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for _ in range(count)
         ]
-        self._queues: list[queue.Queue[bytes | Frame | None]] = [queue.Queue(self._QUEUED) for _ in range(count)]
+        self._queues: list[queue.Queue[bytes | Frame | None]] = [
+            queue.Queue(max(1, self._QUEUED // count)) for _ in range(count)
+        ]
         self._threads = [threading.Thread(target=self._feed, args=(i,), daemon=True) for i in range(count)]
         self._first_failed: int | None = None  # the process that stopped reading first
 
@@ -288,19 +335,16 @@ class _Workers:
                 with contextlib.suppress(OSError):
                     pipe.close()  # type: ignore[union-attr]
 
-    def start(self, job: dict[str, Any], blobs: dict[str, int], write: set[str]) -> list[str]:
-        """Send each process the job, with files.json's `blobs` and which of them to
-        write; returns the blobs in the order the reports name them by (sorted)."""
-        order = sorted(blobs)
-        encoded = job_bytes(job, BlobList.of(order, blobs), bytes(sha256 in write for sha256 in order))
+    def start(self, job: dict[str, Any], blobs: BlobList, write: bytes) -> None:
+        """Send each process the job, with the archive's blobs and a flag per blob, whether to write it."""
+        encoded = job_bytes(job, blobs, write)
         for q in self._queues:
             q.put(encoded)
         for thread in self._threads:
             thread.start()
-        return order
 
-    def run(self, head: _Head) -> list[dict[str, Any]]:
-        """Send every group after the head; the processes' reports, the first failure first."""
+    def send(self, head: _Head) -> None:
+        """Queue every group after the head's; all but the last few are sent on return."""
         group = -1
         frame = head.next_group
         while frame is not None and self._first_failed is None:
@@ -310,6 +354,9 @@ class _Workers:
             frame = head.frames.read()
         for q in self._queues:
             q.put(None)
+
+    def finish(self) -> list[dict[str, Any]]:
+        """The processes' reports, once they are done; the first failure first."""
         for thread in self._threads:
             thread.join()
         reports = [self._report(process) for process in self._processes]
@@ -349,7 +396,7 @@ class _Workers:
 
 def _merge(reports: list[dict[str, Any]], order: list[str]) -> tuple[set[str], set[str]]:
     """The blobs the processes received, and those that failed their hash (reported by
-    their place in `order`); raises the first process's error, or ArchiveError for
+    their place in `order`, blobs.txt's); raises the first process's error, or ArchiveError for
     what no single process could see."""
     for report in reports:
         if report["error"] is not None:
@@ -369,13 +416,18 @@ def _merge(reports: list[dict[str, Any]], order: list[str]) -> tuple[set[str], s
     return received, {order[number] for report in reports for number in report["broken"]}
 
 
-def _read_json_member(tar: TarReader, name: str) -> Any:
+def _expect_member(tar: TarReader, name: str) -> Member:
     member = tar.next()
     if member is None or member.name != name or member.type not in REGULAR:
-        where = "start with" if name == INDEX_NAME else f"have {name} after"
-        raise ArchiveError(f"archive does not {where} {INDEX_NAME}; it was not written by `ccache pack`")
+        where = f"start with {name}" if name == INDEX_NAME else f"have {name} where it belongs"
+        raise ArchiveError(f"archive does not {where}; it was not written by `ccache pack`")
     if member.size > _INDEX_LIMIT:
         raise ArchiveError(f"{name} declares {member.size} bytes, more than any this tool writes")
+    return member
+
+
+def _read_json_member(tar: TarReader, name: str) -> Any:
+    member = _expect_member(tar, name)
     try:
         return json.loads(bytes(tar.read_exactly(member.size, f"its {name}")))
     except ValueError as exc:
@@ -391,29 +443,28 @@ def _read_index(tar: TarReader) -> dict[str, Any]:
             f"archive format {version!r} is not supported (this ccache-cli reads format {ARCHIVE_FORMAT}); upgrade ccache-cli"
         )
     try:
+        ids = [manifest["id"] for manifest in index["entries"]]
+        if len(set(ids)) != len(ids):
+            raise ArchiveError(f"{INDEX_NAME} lists an entry twice; the archive is corrupt or was tampered with")
         index["artifacts"] = {
-            manifest["id"]: [KindSummary(str(kind), int(count), int(size)) for kind, count, size in index["artifacts"][manifest["id"]]]
-            for manifest in index["entries"]
+            entry_id: [KindSummary(str(kind), int(count), int(size)) for kind, count, size in index["artifacts"][entry_id]]
+            for entry_id in ids
         }
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArchiveError(f"{INDEX_NAME} is malformed ({exc})") from exc
     return index
 
 
-def _read_files(tar: TarReader, index: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The second member: each entry's file list and every blob's size. Returns the
-    complete manifests and the blobs, checked against each other."""
-    files = _read_json_member(tar, FILES_NAME)
+def _complete_manifests(index: dict[str, Any], files: Any, sizes: dict[str, int]) -> list[dict[str, Any]]:
+    """The index's manifests with files.json's file lists, each file's blob checked
+    against `sizes` (blobs.txt's)."""
     try:
-        blobs = {str(sha): int(size) for sha, size in files["blobs"].items()}
-        for sha256, size in blobs.items():
-            if not SHA256_HEX.fullmatch(sha256) or not 0 <= size < 1 << 63:
-                raise ArchiveError(f"{FILES_NAME} is malformed (blob {sha256[:70]!r} of {size} bytes)")
         manifests = [{**manifest, "files": files["files"][manifest["id"]]} for manifest in index["entries"]]
         for manifest in manifests:
             for ref in manifest["files"].values():
-                if blobs.get(ref["sha256"]) != ref["size"]:
-                    raise ArchiveError(f"{FILES_NAME} is inconsistent: entry {manifest['id'][:12]} names a blob it does not list")
+                if sizes.get(ref["sha256"]) != ref["size"]:
+                    raise ArchiveError(f"{FILES_NAME} is inconsistent: entry {manifest['id'][:12]} names a blob "
+                                       f"that {BLOBS_NAME} does not list")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArchiveError(f"{FILES_NAME} is malformed ({exc})") from exc
-    return manifests, blobs
+    return manifests

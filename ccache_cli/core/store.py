@@ -17,6 +17,7 @@ Writers stage under `tmp/` (same filesystem) and publish with check-lock-check.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -24,6 +25,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -37,6 +39,7 @@ FORMAT_VERSION = 1
 STORE_ENV = "CCACHE_CLI_STORE"
 ID_DISPLAY_LENGTH = 12
 _LOCK_TIMEOUT_S = 600
+_LOCK_POLL_S = 0.05  # how often a writer waiting for the lock tries again
 
 
 @dataclass(frozen=True)
@@ -267,34 +270,39 @@ class Store:
         os.replace(path, target)
         return FileRef(sha256, size), True
 
+    def stage_entries(self, entries: Sequence[Entry], staging: Path) -> None:
+        """Check entries and write their manifests into `staging` (a folder from
+        `staging()`), ready for `publish`, which needs the lock only to move them in."""
+        for entry in entries:
+            _validated(entry)
+            folder = staging / "entries" / entry.id
+            folder.mkdir(parents=True)
+            (folder / "manifest.json").write_text(json.dumps(dict(entry.manifest), sort_keys=True) + "\n")
+
     def publish(self, entries: Sequence[Entry], staging: Path, staged_blobs: Collection[str] = ()) -> list[tuple[Entry, bool]]:
         """Publish entries under one lock, their blobs already in the store or staged.
 
         `staged_blobs`, each hashed as it was written and laid out read-only as
         `<staging>/objects/ab/<sha256>`, are moved into the store first, under the same
         lock (which `gc` takes too), so only the entries' other blobs are looked for.
-        Each entry's manifest is written into `staging` (a folder from `staging()`) and its
-        folder renamed into entries/, so each entry appears whole or not at all.
+        Entries not yet staged are staged first (`stage_entries`); each one's folder is
+        renamed into entries/, so each entry appears whole or not at all.
         Returns each entry and whether it was new; one already there is kept as it is.
         """
-        for entry in entries:
-            _validated(entry)
+        self.stage_entries([entry for entry in entries if not (staging / "entries" / entry.id).is_dir()], staging)
         with self.lock():
             if staged_blobs:
                 self._adopt_staged_blobs(staging / "objects")
             new = [entry for entry in entries if not (self.entries_dir / entry.id).exists()]
             # From the manifests' own dicts: entry.files would build an object per file first.
-            needed = {ref["sha256"]: (entry, path) for entry in new for path, ref in entry.manifest["files"].items()}
-            others = set(needed).difference(staged_blobs)
-            missing = sorted(others - self.blobs_present(others))
+            others = {ref["sha256"] for entry in new for ref in entry.manifest["files"].values()}.difference(staged_blobs)
+            missing = others - self.blobs_present(others)
             if missing:
-                entry, path = needed[missing[0]]
+                entry, path = next((entry, path) for entry in new for path, ref in entry.manifest["files"].items()
+                                   if ref["sha256"] in missing)
                 raise StoreError(f"cannot publish entry {entry.short_id}: blob of {path} is missing")
             for entry in new:
-                folder = staging / "entries" / entry.id
-                folder.mkdir(parents=True)
-                (folder / "manifest.json").write_text(json.dumps(dict(entry.manifest), sort_keys=True) + "\n")
-                os.rename(folder, self.entries_dir / entry.id)
+                os.rename(staging / "entries" / entry.id, self.entries_dir / entry.id)
         new_ids = {entry.id for entry in new}
         return [
             (entry, True) if entry.id in new_ids else (self._read_entry(self.entries_dir / entry.id), False)
@@ -344,13 +352,22 @@ class Store:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        import filelock  # imported here: commands that only read the store start faster
-
+        """The store's write lock: an flock on `.lock`, which the kernel releases when
+        the holder exits, however it exits."""
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            with filelock.FileLock(str(self.root / ".lock"), timeout=_LOCK_TIMEOUT_S):
-                yield
-        except filelock.Timeout as exc:
-            raise StoreError(f"store {self.root} stayed locked for {_LOCK_TIMEOUT_S} s; is another writer stuck?") from exc
+            deadline = time.monotonic() + _LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StoreError(f"store {self.root} stayed locked for {_LOCK_TIMEOUT_S} s; is another writer stuck?") from None
+                    time.sleep(_LOCK_POLL_S)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     # -- internals ---------------------------------------------------------
 

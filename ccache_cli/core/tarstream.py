@@ -22,8 +22,8 @@ from .errors import ArchiveError, CcacheError
 from .frames import FRAME_SIZE, FrameWriter
 
 BLOB_PREFIX = "objects/"
-SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # a blob's name
-_BLOB_NAME = re.compile(rf"^{BLOB_PREFIX}({SHA256_HEX.pattern})$")
+BLOBS_NAME = "blobs.txt"  # the archive's list of its blobs (BlobList)
+_BLOB_NAME = re.compile(rf"^{BLOB_PREFIX}([0-9a-f]{{64}})$")
 _BLOCK = tarfile.BLOCKSIZE
 _CHUNK = 1 << 20
 REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
@@ -255,20 +255,36 @@ def _octal(field: bytes, what: str) -> int:
 
 
 class BlobList:
-    """files.json's blobs, sorted by name, held compactly for the unpacking processes:
-    the names (64 hex characters each) in one bytes object and the sizes in an array,
-    about 72 bytes a blob where a dict of str took 400 in every process."""
+    """An archive's blobs.txt: each blob's sha256 and size, one `<sha256> <size>` line
+    per blob, sorted by name. Held compactly, as the unpacking processes get it: the
+    names (64 hex characters each) in one bytes object and the sizes in an array, about
+    72 bytes a blob where a dict of str took 400 in every process."""
 
     def __init__(self, names: bytes, sizes: array.array[int]) -> None:
         self._names = names
         self._sizes = sizes
 
-    _ENTRY = 64 + 8  # bytes per blob: its name and its size
+    _ENTRY = 64 + 8  # bytes per blob in to_bytes: its name and its size
+
+    @staticmethod
+    def listing(sizes: dict[str, int]) -> bytes:
+        """blobs.txt for these blobs."""
+        return "".join(f"{sha256} {size}\n" for sha256, size in sorted(sizes.items())).encode()
 
     @classmethod
-    def of(cls, names: list[str], sizes: dict[str, int]) -> BlobList:
-        """From sorted names, checked to be sha256 hex digests, and their sizes."""
-        return cls("".join(names).encode(), array.array("Q", (sizes[name] for name in names)))
+    def parse(cls, listing: bytes) -> BlobList:
+        """A blobs.txt, checked: names of 64 hex digits, each once, sorted; sizes of at
+        most 18 digits (they fit the array's 64 bits). Checked a field at a time in C, as
+        a pattern for the whole file took 30 ms."""
+        fields = listing.split()
+        names, sizes = fields[0::2], fields[1::2]
+        joined = b"".join(names)
+        if (len(names) != len(sizes) or {*map(len, names)} - {64} or joined.translate(None, b"0123456789abcdef")
+                or not all(map(bytes.isdigit, sizes)) or max(map(len, sizes), default=0) > 18):
+            raise ArchiveError(f"{BLOBS_NAME} is malformed: each line must be a sha256 and a size")
+        if not all(map(bytes.__lt__, names, names[1:])):
+            raise ArchiveError(f"{BLOBS_NAME} is malformed: its blobs are not sorted, or one is listed twice")
+        return cls(joined, array.array("Q", map(int, sizes)))
 
     def __len__(self) -> int:
         return len(self._sizes)
@@ -278,6 +294,13 @@ class BlobList:
 
     def size(self, at: int) -> int:
         return self._sizes[at]
+
+    def names(self) -> list[str]:
+        text = self._names.decode()
+        return [text[at : at + 64] for at in range(0, len(text), 64)]
+
+    def sizes(self) -> dict[str, int]:
+        return dict(zip(self.names(), self._sizes))
 
     def find(self, sha256: bytes) -> int | None:
         """The place of a blob, by binary search; None if it is not listed."""
@@ -353,11 +376,11 @@ def check_member(member: Member, blobs: BlobList, received: bytearray) -> int:
         raise ArchiveError(f"unexpected archive member {name!r}")
     at = blobs.find(match.group(1).encode())
     if at is None:
-        raise ArchiveError(f"archive member {name!r} is not listed in files.json")
+        raise ArchiveError(f"archive member {name!r} is not listed in {BLOBS_NAME}")
     if received[at]:
         raise ArchiveError(f"archive member {name!r} appears twice")
     if member.size != blobs.size(at):
-        raise ArchiveError(f"archive member {name!r} is {member.size} bytes; files.json says {blobs.size(at)}")
+        raise ArchiveError(f"archive member {name!r} is {member.size} bytes; {BLOBS_NAME} says {blobs.size(at)}")
     return at
 
 

@@ -2,9 +2,9 @@
 and `archive.check_blobs` run one per core.
 
 Reads from stdin a job (its length, then JSON: the staging folder for new blobs and
-whether to go on past a blob that fails its hash; then files.json's blobs sorted by
-name, as a BlobList, and a flag per blob, whether to write it; the report names blobs
-by their place in that list), then frames as they are in the archive, whole groups only,
+whether to go on past a blob that fails its hash; then the archive's blobs.txt, as a
+BlobList, and a flag per blob, whether to write it; the report names blobs by their
+place in that list), then frames as they are in the archive, whole groups only,
 until the end: decompresses them, checks every member against the list and every blob
 against its hash, and writes the new blobs, read-only, as `<objects>/ab/<sha256>`
 (folders made by the caller). Writes one JSON report to stdout at the end.
