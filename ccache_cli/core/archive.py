@@ -20,6 +20,7 @@ so a bad archive leaves the store exactly as it was.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -143,7 +144,8 @@ def unpack(
             (objects / folder).mkdir(parents=True)
         # Every blob the store lacks is written: which ones the chosen entries need is
         # only known from files.json, read meanwhile; the others are dropped below.
-        workers.start({"objects": str(objects), "keep_going": False}, head.blobs, bytes(sha256 not in present for sha256 in names))
+        write = bytes(sha256 not in present for sha256 in names) if present else b"\1" * len(names)
+        workers.start({"objects": str(objects), "keep_going": False}, head.blobs, write)
         workers.send(head)
         sizes = head.blobs.sizes()
         wanted_entries, skipped = [], []
@@ -152,16 +154,17 @@ def unpack(
             (wanted_entries if select(entry) else skipped).append(entry)
         # From the manifests, not entry.files: its objects would be held meanwhile.
         wanted_blobs = {ref["sha256"] for entry in wanted_entries for ref in entry.manifest["files"].values()} - present
+        new_bytes = sum(map(sizes.__getitem__, wanted_blobs))
         store.stage_entries(wanted_entries, staging)
         received, _ = _merge(workers.finish(), names)
         if missing := len(names) - len(received):
             raise ArchiveError(f"archive is truncated or incomplete: {missing} blob(s) listed in {BLOBS_NAME} are absent")
-        for sha256 in set(names).difference(present, wanted_blobs):
-            os.unlink(objects / sha256[:2] / sha256)
+        if len(wanted_blobs) + len(present) < len(names):  # some blobs were written for no chosen entry
+            for sha256 in set(names).difference(present, wanted_blobs):
+                os.unlink(objects / sha256[:2] / sha256)
         published = store.publish(wanted_entries, staging, wanted_blobs)
     added_entries = [entry for entry, is_new in published if is_new]
     kept = [entry for entry, is_new in published if not is_new]
-    new_bytes = sum(sizes[sha256] for sha256 in wanted_blobs)
     return UnpackResult(tuple(added_entries), tuple(kept), tuple(e.id for e in skipped), len(wanted_blobs), new_bytes)
 
 
@@ -176,8 +179,8 @@ def check_blobs(source: BinaryIO) -> tuple[list[Entry], dict[str, str]]:
         workers.send(head)
         manifests = head.read_files(head.blobs.sizes())
         received, broken_blobs = _merge(workers.finish(), names)
-    broken = {sha256: "content does not match its hash" for sha256 in broken_blobs}
-    broken.update((sha256, "absent from the archive") for sha256 in set(names) - received)
+    broken = {names[at]: "content does not match its hash" for at in broken_blobs}
+    broken.update((names[at], "absent from the archive") for at in set(range(len(names))) - received)
     return [Entry(manifest["id"], manifest) for manifest in manifests], broken
 
 
@@ -394,26 +397,27 @@ class _Workers:
             raise CcacheError(f"an unpacking process failed (exit {process.returncode}): {tail}") from None
 
 
-def _merge(reports: list[dict[str, Any]], order: list[str]) -> tuple[set[str], set[str]]:
-    """The blobs the processes received, and those that failed their hash (reported by
-    their place in `order`, blobs.txt's); raises the first process's error, or ArchiveError for
-    what no single process could see."""
+def _merge(reports: list[dict[str, Any]], names: list[str]) -> tuple[set[int], set[int]]:
+    """The blobs the processes received, and those that failed their hash, by their
+    places in `names` (blobs.txt's); raises the first process's error, or ArchiveError
+    for what no single process could see."""
     for report in reports:
         if report["error"] is not None:
             kind = ArchiveError if report["error"]["bad_input"] else CcacheError
             raise kind(report["error"]["message"])
-    received: set[str] = set()
+    received: set[int] = set()
     for report in reports:
-        for number in report["received"]:
-            if order[number] in received:
-                raise ArchiveError(f"archive member '{BLOB_PREFIX}{order[number]}' appears twice")
-            received.add(order[number])
+        received.update(report["received"])
+    if len(received) < sum(len(report["received"]) for report in reports):  # a blob in two processes' groups
+        counts = collections.Counter(number for report in reports for number in report["received"])
+        twice = min(number for number, count in counts.items() if count > 1)
+        raise ArchiveError(f"archive member '{BLOB_PREFIX}{names[twice]}' appears twice")
     ends = sum(1 for report in reports if report["ended"])
     if ends > 1:
         raise ArchiveError("archive has data past its end-of-archive marker; it is corrupt or was tampered with")
     if not ends:
         raise ArchiveError("archive is truncated: it has no end-of-archive marker")
-    return received, {order[number] for report in reports for number in report["broken"]}
+    return received, {number for report in reports for number in report["broken"]}
 
 
 def _expect_member(tar: TarReader, name: str) -> Member:

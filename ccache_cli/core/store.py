@@ -170,16 +170,17 @@ class Store:
     def blobs_present(self, wanted: Iterable[str]) -> set[str]:
         """Which of these blobs the store holds: one listing per two-letter folder
         instead of one stat per blob."""
-        by_folder: dict[str, set[str]] = {}
-        for sha256 in wanted:
-            by_folder.setdefault(sha256[:2], set()).add(sha256)
+        try:
+            folders = os.listdir(self.objects_dir)
+        except FileNotFoundError:
+            folders = []
+        if not folders:  # an empty store, as in an image build
+            return set()
+        looked_for = set(wanted)
         present: set[str] = set()
-        for folder, shas in by_folder.items():
-            try:
-                present |= shas.intersection(os.listdir(self.objects_dir / folder))
-            except FileNotFoundError:
-                continue
-        return present
+        for folder in {sha256[:2] for sha256 in looked_for}.intersection(folders):
+            present.update(os.listdir(self.objects_dir / folder))
+        return present & looked_for
 
     # -- reading -----------------------------------------------------------
 
