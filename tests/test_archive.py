@@ -8,7 +8,9 @@ import struct
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -225,6 +227,37 @@ def test_hostile_archive_is_rejected_and_store_unchanged(case: str, source_store
     assert snapshot(source_store) == before
     assert list((source_store / "tmp").iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.tar.zst", "source"]
+
+
+def test_a_process_with_threads_unpacks_through_new_interpreters(
+    source_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unpacking processes are forked from a process without threads (the CLI), else,
+    as here, started as new interpreters: forking a threaded process is not safe."""
+    from ccache_cli.core import archive
+
+    packed = tmp_path / "a.tar.zst"
+    assert ccache("pack", str(packed), store=source_store).returncode == 0
+    started: list[list[str]] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        started.append(args)
+        return real_popen(args, **kwargs)
+
+    monkeypatch.setattr(archive.subprocess, "Popen", recording_popen)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        with packed.open("rb") as source:
+            result = archive.unpack(Store(tmp_path / "target"), source)
+    finally:
+        stop.set()
+        other.join()
+    assert started and all(args[1:] == ["-m", "ccache_cli.core.unpack_worker"] for args in started)
+    assert len(result.added) == 2
+    assert snapshot(tmp_path / "target" / "objects") == snapshot(source_store / "objects")
 
 
 def test_concurrent_unpacks_into_one_store(source_store: Path, tmp_path: Path) -> None:

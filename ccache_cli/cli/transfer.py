@@ -96,6 +96,16 @@ def _progress(what: str, total: int | None, enabled: bool) -> Iterator[Callable[
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     columns = (TextColumn(what), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task(what, total=total)
-        yield lambda n: progress.advance(task, n)
+    progress = Progress(*columns, console=err, transient=True)
+    task = progress.add_task(what, total=total)
+
+    def advance(count: int) -> None:
+        # Shown from the first bytes, not before: unpack has forked its processes by
+        # then, which is only safe while this process runs no other thread (the display's).
+        progress.start()
+        progress.advance(task, count)
+
+    try:
+        yield advance
+    finally:
+        progress.stop()

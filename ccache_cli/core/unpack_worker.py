@@ -1,5 +1,6 @@
 """Unpacks groups of an archive's frames in a process of its own; `archive.unpack`
-and `archive.check_blobs` run one per core.
+and `archive.check_blobs` run one per core, forked from themselves where they can
+(`serve`), else started as `python -m ccache_cli.core.unpack_worker`.
 
 Reads from stdin a job (its length, then JSON: the staging folder for new blobs and
 whether to go on past a blob that fails its hash; then the archive's blobs.txt, as a
@@ -39,8 +40,8 @@ def job_bytes(job: dict[str, Any], blobs: BlobList, write: bytes) -> bytes:
     return _JOB_LENGTH.pack(len(encoded)) + encoded + blobs.to_bytes() + write
 
 
-def main() -> int:
-    stdin = sys.stdin.buffer
+def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
+    """Read a job and its frames from `stdin`; write the report to `stdout`."""
     (length,) = _JOB_LENGTH.unpack(stdin.read(_JOB_LENGTH.size))
     job = json.loads(stdin.read(length))
     blobs = BlobList.read(stdin, job["count"])
@@ -52,9 +53,11 @@ def main() -> int:
         report["error"] = {"message": str(exc), "bad_input": exc.exit_code == 2}
     except OSError as exc:
         report["error"] = {"message": f"cannot write blobs to {job['objects']}: {exc.strerror or exc}", "bad_input": False}
+    except Exception as exc:  # a bug: said in the report, which the caller turns into one line
+        report["error"] = {"message": f"an unpacking process failed: {exc!r}", "bad_input": False}
     stdin.close()  # before reporting: a caller still writing learns at once that this one stopped
-    sys.stdout.write(json.dumps(report))
-    return 0
+    stdout.write(json.dumps(report).encode())
+    stdout.flush()
 
 
 def _unpack(stdin: IO[bytes], job: dict[str, Any], blobs: BlobList, write: bytes, report: dict[str, Any]) -> None:
@@ -112,4 +115,4 @@ def _create(sha256: str, folder: int | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    serve(sys.stdin.buffer, sys.stdout.buffer)
