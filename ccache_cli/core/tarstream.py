@@ -169,25 +169,34 @@ class TarReader:
         """The next header block, unparsed, or None where the stream ends (at the end
         marker, checked, or right after a member). Call `begin` with the member's
         data size before reading on."""
-        self._skip(self._unread)
-        header = self._read(_BLOCK)
-        if len(header) < _BLOCK:
-            if header:
-                raise ArchiveError("archive is truncated inside a member header")
-            return None
+        if self._unread:
+            self._skip(self._unread)
+        if len(self._view) >= _BLOCK:  # most headers: in the chunk at hand, taken with fewer calls
+            header = bytes(self._view[:_BLOCK])
+            self._view = self._view[_BLOCK:]
+        else:
+            header = bytes(self._read(_BLOCK))
+            if len(header) < _BLOCK:
+                if header:
+                    raise ArchiveError("archive is truncated inside a member header")
+                return None
         if header == _ZEROS:
             self._check_end()
             return None
-        return bytes(header)
+        return header
 
     def begin(self, size: int) -> None:
         """Start reading a member with `size` bytes of data."""
         self._size = size
         self._unread = size + (-size % _BLOCK)
 
-    def read_member(self, what: str) -> memoryview:
+    def read_member(self, what: str = "a blob") -> memoryview:
         """The whole data of the current member (its padding read and dropped)."""
         size = self._unread
+        if size <= len(self._view):  # most members: in the chunk at hand
+            data, self._view = self._view[: self._size], self._view[size:]
+            self._unread = 0
+            return data
         return self.read_exactly(size, what)[: self._size]
 
     def read_exactly(self, size: int, what: str) -> memoryview:
@@ -334,30 +343,25 @@ def blob_members(tar: TarReader, blobs: BlobList, received: bytearray) -> Iterat
     takes the general path, so an archive in another order still unpacks, and a
     hostile one still fails with the right message.
     """
-    at = 0
+    at, count = 0, len(blobs)
     while (header := tar.next_header()) is not None:
-        expected = at < len(blobs) and not received[at]
+        expected = at < count and not received[at]
         if expected:
             name, size = blobs.name(at), blobs.size(at)
-            expected = (
-                size < 8**11
-                and header[:136] == _EXPECTED_PREFIX % (name, size)
-                and header[156:] == _TEMPLATE_TAIL
-                and header[136:148] == _TEMPLATE_MTIME
-            )
+            expected = size < 8**11 and header[:148] == _EXPECTED_START % (name, size) and header[156:] == _TEMPLATE_TAIL
         if not expected:
             member = _parse_header(header)
             at = check_member(member, blobs, received)
-            size = member.size
+            name, size = blobs.name(at), member.size
         tar.begin(size)
         received[at] = 1
-        yield at, blobs.name(at).decode(), size
+        yield at, name.decode(), size
         at += 1
 
 
 # What pack writes before a blob's checksum field, less the blob's name and size.
-_EXPECTED_PREFIX = (BLOB_PREFIX.encode() + b"%b" + bytes(100 - len(BLOB_PREFIX) - 64)
-                    + _TEMPLATE_MODES.replace(b"%", b"%%") + b"%011o\0")
+_EXPECTED_START = (BLOB_PREFIX.encode() + b"%b" + bytes(100 - len(BLOB_PREFIX) - 64)
+                   + _TEMPLATE_MODES.replace(b"%", b"%%") + b"%011o\0" + _TEMPLATE_MTIME.replace(b"%", b"%%"))
 
 
 def check_member(member: Member, blobs: BlobList, received: bytearray) -> int:

@@ -18,6 +18,7 @@ thread parses, so threads left the cores idle; processes share nothing.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import struct
@@ -70,31 +71,30 @@ def _unpack(stdin: IO[bytes], job: dict[str, Any], blobs: BlobList, write: bytes
     tar = TarReader(next_chunk)
     folders: dict[str, int] = {}  # descriptors of the folders blobs are written to
     received = bytearray(len(blobs))  # a flag per blob
-    numbers: list[int] = []  # of the blobs received: their places in the list
     try:
         for number, sha256, size in blob_members(tar, blobs, received):
-            numbers.append(number)
-            wanted = bool(write[number])
-            if wanted and sha256[:2] not in folders:
-                folders[sha256[:2]] = os.open(os.path.join(job["objects"], sha256[:2]), os.O_RDONLY | os.O_DIRECTORY)
-            folder = folders.get(sha256[:2])
+            folder = None  # where the blob is written, if it is
+            if write[number]:
+                folder = folders.get(sha256[:2])
+                if folder is None:
+                    folder = folders[sha256[:2]] = os.open(os.path.join(job["objects"], sha256[:2]), os.O_RDONLY | os.O_DIRECTORY)
             if size <= _WHOLE:  # most blobs: checked before anything is written
-                data = tar.read_member(f"blob {sha256[:12]}")
+                data = tar.read_member()
                 good = hashlib.sha256(data).hexdigest() == sha256
-                if good and wanted:
+                if good and folder is not None:
                     fd = _create(sha256, folder)
                     try:
                         os.write(fd, data)  # a regular file takes the whole buffer
                     finally:
                         os.close(fd)
             else:
-                fd = _create(sha256, folder) if wanted else None
+                fd = _create(sha256, folder) if folder is not None else None
                 try:
                     good = copy_member(tar, sha256, size, fd).hexdigest() == sha256
                 finally:
                     if fd is not None:
                         os.close(fd)
-                if not good and wanted:
+                if not good and folder is not None:
                     os.unlink(sha256, dir_fd=folder)
             if not good:
                 if not job["keep_going"]:
@@ -103,11 +103,11 @@ def _unpack(stdin: IO[bytes], job: dict[str, Any], blobs: BlobList, write: bytes
     finally:
         for fd in folders.values():
             os.close(fd)
-    report["received"] = sorted(numbers)
+    report["received"] = list(itertools.compress(range(len(received)), received))
     report["ended"] = tar.ended
 
 
-def _create(sha256: str, folder: int | None) -> int:
+def _create(sha256: str, folder: int) -> int:
     try:
         return os.open(sha256, _CREATE, 0o444, dir_fd=folder)
     except FileExistsError:  # the staging folder is this unpack's own: another process wrote it
