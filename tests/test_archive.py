@@ -234,7 +234,7 @@ def test_a_process_with_threads_unpacks_through_new_interpreters(
 ) -> None:
     """Unpacking processes are forked from a process without threads (the CLI), else,
     as here, started as new interpreters: forking a threaded process is not safe."""
-    from ccache_cli.core import archive
+    from ccache_cli.core import archive, processes
 
     packed = tmp_path / "a.tar.zst"
     assert ccache("pack", str(packed), store=source_store).returncode == 0
@@ -245,7 +245,7 @@ def test_a_process_with_threads_unpacks_through_new_interpreters(
         started.append(args)
         return real_popen(args, **kwargs)
 
-    monkeypatch.setattr(archive.subprocess, "Popen", recording_popen)
+    monkeypatch.setattr(processes.subprocess, "Popen", recording_popen)
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     other.start()

@@ -25,8 +25,6 @@ import contextlib
 import json
 import os
 import queue
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,7 +39,7 @@ from .frames import FRAME_SIZE, Frame, FrameReader, FrameWriter, cpu_count
 from .inspect import kinds_of
 from .store import Entry, Store
 from .tarstream import BLOB_PREFIX, BLOBS_NAME, REGULAR, BlobList, Member, TarReader, TarWriter
-from .unpack_worker import job_bytes, serve
+from . import processes, unpack_worker
 
 ARCHIVE_FORMAT = 3  # 2: the framed zstd layout of frames.py; 3: blobs.txt in the head
 INDEX_NAME = "index.json"
@@ -311,15 +309,7 @@ class _Workers:
     _QUEUED = 16
 
     def __init__(self, count: int) -> None:
-        # Forked, they start at once, with every module they need already imported; a
-        # new interpreter costs 50 ms of CPU each. Forking is only safe without threads.
-        fork = threading.active_count() == 1 and hasattr(os, "fork")
-        self._processes: list[_Forked | subprocess.Popen[bytes]] = [
-            _Forked() if fork else
-            subprocess.Popen([sys.executable, "-m", "ccache_cli.core.unpack_worker"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            for _ in range(count)
-        ]
+        self._processes = processes.start(unpack_worker, count)
         self._queues: list[queue.Queue[bytes | Frame | None]] = [
             queue.Queue(max(1, self._QUEUED // count)) for _ in range(count)
         ]
@@ -330,23 +320,16 @@ class _Workers:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for process in self._processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+        processes.stop(self._processes)
         for q, thread in zip(self._queues, self._threads):
             if thread.is_alive():  # stopped by an error: its writes now fail, and it drains its queue
                 q.put(None)
                 thread.join()
-        for process in self._processes:
-            for pipe in (process.stdin, process.stdout, process.stderr):
-                if pipe is not None:
-                    with contextlib.suppress(OSError):
-                        pipe.close()
+        processes.close_pipes(self._processes)
 
     def start(self, job: dict[str, Any], blobs: BlobList, write: bytes) -> None:
         """Send each process the job, with the archive's blobs and a flag per blob, whether to write it."""
-        encoded = job_bytes(job, blobs, write)
+        encoded = unpack_worker.job_bytes(job, blobs, write)
         for q in self._queues:
             q.put(encoded)
         for thread in self._threads:
@@ -391,7 +374,7 @@ class _Workers:
         with contextlib.suppress(OSError):
             process.stdin.close()
 
-    def _report(self, process: _Forked | subprocess.Popen[bytes]) -> dict[str, Any]:
+    def _report(self, process: processes.Process) -> dict[str, Any]:
         assert process.stdout is not None
         stdout = process.stdout.read()  # its stdin is closed: communicate() would flush it
         stderr = process.stderr.read() if process.stderr is not None else b""  # a traceback at most, which its pipe holds
@@ -401,50 +384,6 @@ class _Workers:
         except ValueError:
             tail = (stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
             raise CcacheError(f"an unpacking process failed (exit {process.returncode}): {tail}") from None
-
-
-class _Forked:
-    """An unpacking process forked from this one: unpack_worker.serve on pipes, with
-    what _Workers uses of a Popen."""
-
-    stderr = None  # the child's goes to /dev/null: its report carries its errors
-
-    def __init__(self) -> None:
-        child_in, parent_out = os.pipe()
-        parent_in, child_out = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:
-            code = 1
-            try:
-                os.dup2(child_in, 0)
-                os.dup2(child_out, 1)
-                os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-                os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the other processes' pipes among them
-                serve(open(0, "rb", closefd=False), open(1, "wb", closefd=False))
-                code = 0
-            finally:
-                os._exit(code)  # nothing of this process's runs: no atexit handlers, no buffers flushed
-        os.close(child_in)
-        os.close(child_out)
-        self.stdin = open(parent_out, "wb")
-        self.stdout = open(parent_in, "rb")
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-
-    def wait(self) -> int:
-        if self.returncode is None:
-            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
-        return self.returncode
 
 
 def _merge(reports: list[dict[str, Any]], names: list[str]) -> tuple[set[int], set[int]]:

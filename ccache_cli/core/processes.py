@@ -1,0 +1,93 @@
+"""The processes that unpack groups of an archive in parallel, one per core.
+
+Forked from the calling process where that is safe, that is where it runs no other
+thread: they start at once, with every module they need already imported, where a new
+interpreter costs 50 ms of CPU each. Else they are new interpreters running the worker
+module (`python -m ...`). Either way a worker is its module's `serve(stdin, stdout)`
+on two pipes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from types import ModuleType
+from typing import IO, Union
+
+
+class Forked:
+    """A worker forked from this process, with what the callers use of a Popen."""
+
+    stderr = None  # the child's goes to /dev/null: it reports its errors on stdout
+
+    def __init__(self, serve: Callable[[IO[bytes], IO[bytes]], None]) -> None:
+        child_in, parent_out = os.pipe()
+        parent_in, child_out = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 1
+            try:
+                os.dup2(child_in, 0)
+                os.dup2(child_out, 1)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+                os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the other workers' pipes among them
+                serve(open(0, "rb", closefd=False), open(1, "wb", closefd=False))
+                code = 0
+            finally:
+                os._exit(code)  # nothing of the parent's runs: no atexit handlers, no buffers flushed
+        os.close(child_in)
+        os.close(child_out)
+        self.stdin = open(parent_out, "wb")
+        self.stdout = open(parent_in, "rb")
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+
+Process = Union[Forked, "subprocess.Popen[bytes]"]
+
+
+def start(worker: ModuleType, count: int) -> list[Process]:
+    """`count` workers running `worker.serve`."""
+    fork = threading.active_count() == 1 and hasattr(os, "fork")
+    return [
+        Forked(worker.serve) if fork else
+        subprocess.Popen([sys.executable, "-m", worker.__name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+        for _ in range(count)
+    ]
+
+
+def stop(processes: list[Process]) -> None:
+    """Kill the workers still running and reap them all."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def close_pipes(processes: list[Process]) -> None:
+    for process in processes:
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
