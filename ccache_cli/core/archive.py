@@ -304,9 +304,10 @@ class _Workers:
     """Processes running unpack_worker.py, each fed whole groups of frames, group k to
     process k mod n, by a thread of its own (its writes wait while the process is busy)."""
 
-    # Frames waiting, shared among the processes, besides those being written, each up to
-    # FRAME_SIZE: work enough for two to go on while this process reads files.json.
-    _QUEUED = 16
+    # Frames waiting, shared among the processes, besides those being written: work enough
+    # for two to go on while this process reads files.json. Each holds at most FRAME_SIZE
+    # (64 MB in all), about a third of that for caches like the benchmark's.
+    _QUEUED = 32
 
     def __init__(self, count: int) -> None:
         self._processes = processes.start(unpack_worker, count)
