@@ -33,13 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from . import processes, unpack_worker
 from .artifacts import KindSummary
 from .errors import ArchiveError, BadInputError, CcacheError
 from .frames import FRAME_SIZE, Frame, FrameReader, FrameWriter, cpu_count
 from .inspect import kinds_of
 from .store import Entry, Store
 from .tarstream import BLOB_PREFIX, BLOBS_NAME, REGULAR, BlobList, Member, TarReader, TarWriter
-from . import processes, unpack_worker
 
 ARCHIVE_FORMAT = 3  # 2: the framed zstd layout of frames.py; 3: blobs.txt in the head
 INDEX_NAME = "index.json"
@@ -237,6 +237,7 @@ class _Head:
         self.frames = frames
         self.next_group: Frame | None = None
         self._in_head = True
+        self._files_group: list[Frame] = []
         self.tar = TarReader(self._next_chunk)
 
     @classmethod
