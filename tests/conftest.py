@@ -192,5 +192,4 @@ def framed_archive(members: list[tuple[tarfile.TarInfo, bytes | None]], trailing
     for start, end in zip(cuts, [*cuts[1:], len(data)]):
         for at in range(start, max(end, start + 1), FRAME_SIZE):
             frames.write(data[at : min(at + FRAME_SIZE, end)], starts_group=at == start)
-    frames.close()
     return out.getvalue()

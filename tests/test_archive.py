@@ -60,6 +60,60 @@ def test_tar_headers_are_what_tarfile_writes() -> None:
         assert ustar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT), name
 
 
+def test_groups_are_where_one_writer_would_cut_them() -> None:
+    """Packing processes each write some groups, laid out from the sizes alone: the
+    pieces and their group flags are those of one TarWriter writing every member."""
+    import random
+
+    from ccache_cli.core.frames import FRAME_SIZE
+    from ccache_cli.core.tarstream import TarWriter, group_bounds
+
+    class Pieces:
+        def __init__(self) -> None:
+            self.written: list[tuple[int, bool]] = []
+
+        def write(self, piece: memoryview, starts_group: bool) -> None:
+            self.written.append((len(piece), starts_group))
+
+    edges = [0, 1, 511, 512, 513, FRAME_SIZE // 2 - 512, FRAME_SIZE - 1024, FRAME_SIZE - 512, FRAME_SIZE, 2 * FRAME_SIZE - 512]
+    rng = random.Random(0)
+    for _ in range(60):
+        sizes = [rng.choice([*edges, rng.randint(0, 5000), rng.randint(0, 3 * FRAME_SIZE)]) for _ in range(rng.randint(1, 30))]
+        one = Pieces()
+        writer = TarWriter(one)  # type: ignore[arg-type]
+        for at, size in enumerate(sizes):
+            writer.add(f"m{at}", size=size, data=bytes(size))
+        writer.cut()
+        grouped = Pieces()
+        for start, end in group_bounds(sizes):
+            writer = TarWriter(grouped)  # type: ignore[arg-type]
+            for at in range(start, end):
+                writer.add(f"m{at}", size=sizes[at], data=bytes(sizes[at]))
+            writer.cut()
+        assert grouped.written == one.written, sizes
+
+
+def test_pack_is_the_same_whatever_the_process_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from ccache_cli.core import archive
+
+    store = Store(tmp_path / "store")
+    rng = random.Random(0)
+    make_entry(store, "big", {f"inductor/{i:02x}/k.so": rng.randbytes(rng.randint(1, 400_000)) for i in range(40)})
+    entries = list(store.scan().entries)
+    packed = []
+    for count in (1, 3, 8):
+        monkeypatch.setattr(archive, "cpu_count", lambda count=count: count)
+        path = tmp_path / f"{count}.tar.zst"
+        with path.open("wb") as out:
+            archive.pack(store, entries, out)
+        packed.append(path.read_bytes())
+    assert packed[0] == packed[1] == packed[2]
+    assert ccache("unpack", str(tmp_path / "8.tar.zst"), store=tmp_path / "target").returncode == 0
+    assert snapshot(tmp_path / "target" / "objects") == snapshot(store.root / "objects")
+
+
 def test_pack_of_a_damaged_store_fails_and_leaves_no_file(source_store: Path, tmp_path: Path) -> None:
     blob = next(p for p in (source_store / "objects").rglob("*") if p.is_file())
     blob.chmod(0o644)
@@ -227,6 +281,35 @@ def test_hostile_archive_is_rejected_and_store_unchanged(case: str, source_store
     assert snapshot(source_store) == before
     assert list((source_store / "tmp").iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.tar.zst", "source"]
+
+
+def test_a_process_with_threads_packs_through_new_interpreters(
+    source_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ccache_cli.core import archive, processes
+
+    forked = tmp_path / "forked.tar.zst"
+    assert ccache("pack", str(forked), store=source_store).returncode == 0
+    started: list[list[str]] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        started.append(args)
+        return real_popen(args, **kwargs)
+
+    monkeypatch.setattr(processes.subprocess, "Popen", recording_popen)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        store = Store(source_store)
+        with (tmp_path / "spawned.tar.zst").open("wb") as out:
+            archive.pack(store, list(store.scan().entries), out)
+    finally:
+        stop.set()
+        other.join()
+    assert started and all(args[1:] == ["-m", "ccache_cli.core.pack_worker"] for args in started)
+    assert (tmp_path / "spawned.tar.zst").read_bytes() == forked.read_bytes()
 
 
 def test_a_process_with_threads_unpacks_through_new_interpreters(

@@ -7,7 +7,8 @@ the head; `files.json` (each entry's files) in a group of its own; then
 `objects/<sha256>` once per blob, sorted. Headers are fixed (tarstream.py), so the same
 entries always give the same bytes. The tar stream is compressed as independent zstd
 frames in groups of whole members (frames.py); any zstd decompressor reads it as one
-stream.
+stream. Groups are laid out from the blobs' sizes alone and packed by one process per
+core (pack_worker.py), which write them into the archive in turn.
 
 Unpacking trusts nothing: the head must come first, of a known format, then files.json;
 every other member must be a regular file named `objects/<sha256>` that blobs.txt
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import json
 import os
 import queue
@@ -33,19 +35,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from . import processes, unpack_worker
+from . import pack_worker, processes, unpack_worker
 from .artifacts import KindSummary
 from .errors import ArchiveError, BadInputError, CcacheError
 from .frames import FRAME_SIZE, Frame, FrameReader, FrameWriter, cpu_count
 from .inspect import kinds_of
 from .store import Entry, Store
-from .tarstream import BLOB_PREFIX, BLOBS_NAME, REGULAR, BlobList, Member, TarReader, TarWriter
+from .tarstream import (BLOB_PREFIX, BLOBS_NAME, REGULAR, BlobList, Member, TarReader, TarWriter, end_marker,
+                        group_bounds, member_length)
 
 ARCHIVE_FORMAT = 3  # 2: the framed zstd layout of frames.py; 3: blobs.txt in the head
 INDEX_NAME = "index.json"
 FILES_NAME = "files.json"
 _INDEX_LIMIT = 256 << 20  # an index, blob list or files.json past this is not one this tool wrote
-_BYTES_PER_WORKER = 1 << 20  # of archive: below this, one more unpacking process costs more than it saves
+_BYTES_PER_WORKER = 1 << 20  # below this, one more process costs more than it saves
 
 Progress = Callable[[int], None]  # called with a count of bytes just handled
 
@@ -73,43 +76,46 @@ def pack(
     level: int = 3,
     on_progress: Progress = lambda _: None,
 ) -> PackResult:
-    """Write `entries` and their blobs to `output` as one zstd-compressed tar stream."""
+    """Write `entries` and their blobs to `output`, a file or pipe, as one
+    zstd-compressed tar stream. This process writes the head, one process per core
+    (pack_worker.py) each compresses some groups of blobs and writes them in turn."""
     blobs = blob_sizes(entries)
+    names = sorted(blobs)
+    sizes = [blobs[name] for name in names]
+    bounds = group_bounds(sizes)
+    output.flush()
+    with _Packers(output.fileno(), str(store.root), level, [BlobList.of(names[a:b], sizes[a:b]) for a, b in bounds]) as packers:
+        head, head_length = _head_frames(entries, BlobList.listing(names, sizes), level)  # while they compress
+        output.write(head)
+        output.flush()
+        packers.pass_baton()
+        for start, end in bounds:
+            packers.wait_written()
+            on_progress(sum(sizes[start:end]))
+    FrameWriter(output, level).write(end_marker(head_length + sum(map(member_length, sizes))), starts_group=True)
+    return PackResult(tuple(entries), len(blobs), sum(sizes))
+
+
+def _head_frames(entries: Sequence[Entry], listing: bytes, level: int) -> tuple[bytes, int]:
+    """The archive's first groups, as frames: index.json and blobs.txt, then files.json;
+    and their length in the tar stream."""
     ordered = sorted(entries, key=lambda entry: entry.id)
     # The first member holds what `inspect ARCHIVE` shows, small whatever the archive
     # size: manifests without their file lists, and artifact counts per entry.
     index = {
         "format": ARCHIVE_FORMAT,
         "entries": [{k: v for k, v in entry.manifest.items() if k != "files"} for entry in ordered],
-        "artifacts": {
-            entry.id: [[k.kind, k.count, k.bytes] for k in kinds_of(entry)] for entry in ordered
-        },
+        "artifacts": {entry.id: [[k.kind, k.count, k.bytes] for k in kinds_of(entry)] for entry in ordered},
     }
-    files = {"files": {entry.id: entry.manifest["files"] for entry in ordered}}
-    frames = FrameWriter(output, level)
-    try:
-        tar = TarWriter(frames)
-        for name, data in ((INDEX_NAME, _json_bytes(index)), (BLOBS_NAME, BlobList.listing(blobs))):
-            tar.add(name, size=len(data), data=data)
-        tar.cut()  # the head is a group of its own: what inspect reads, and all the unpacking processes need
-        data = _json_bytes(files)
-        tar.add(FILES_NAME, size=len(data), data=data)
-        tar.cut()
-        with store.blob_opener() as open_blob:
-            for sha256, size in sorted(blobs.items()):
-                try:
-                    fd = open_blob(sha256)
-                except FileNotFoundError:
-                    raise CcacheError(f"blob {sha256[:12]} is missing from store {store.root}; the store is damaged") from None
-                try:
-                    tar.add(f"{BLOB_PREFIX}{sha256}", size=size, fd=fd)
-                finally:
-                    os.close(fd)
-                on_progress(size)
-        tar.close()
-    finally:
-        frames.close()
-    return PackResult(tuple(entries), len(blobs), sum(blobs.values()))
+    out = io.BytesIO()
+    tar = TarWriter(FrameWriter(out, level))
+    for name, data in ((INDEX_NAME, _json_bytes(index)), (BLOBS_NAME, listing)):
+        tar.add(name, size=len(data), data=data)
+    tar.cut()  # the head is a group of its own: what inspect reads, and all the unpacking processes need
+    data = _json_bytes({"files": {entry.id: entry.manifest["files"] for entry in ordered}})
+    tar.add(FILES_NAME, size=len(data), data=data)
+    tar.cut()
+    return out.getvalue(), tar.written
 
 
 def _json_bytes(content: dict[str, Any]) -> bytes:
@@ -134,7 +140,7 @@ def unpack(
     on_progress: Progress = lambda _: None,
 ) -> UnpackResult:
     """Merge an archive's entries into `store`; all or nothing."""
-    with store.staging() as staging, _Workers(_worker_count(source)) as workers:
+    with store.staging() as staging, _Workers(_source_worker_count(source)) as workers:
         head = _Head.read(source, on_progress)
         names = head.blobs.names()
         present = store.blobs_present(names)
@@ -171,7 +177,7 @@ def check_blobs(source: BinaryIO) -> tuple[list[Entry], dict[str, str]]:
     """Read a whole archive as a stream, writing nothing: its entries, and what is
     wrong with each blob that is absent or does not hash to its name. An archive
     that is not well formed raises ArchiveError."""
-    with _Workers(_worker_count(source)) as workers:
+    with _Workers(_source_worker_count(source)) as workers:
         head = _Head.read(source)
         names = head.blobs.names()
         workers.start({"objects": None, "keep_going": True}, head.blobs, bytes(len(names)))
@@ -291,13 +297,16 @@ def _check_group_ended(tar: TarReader, what: str) -> None:
         raise ArchiveError(f"archive has more than {what} in their group; it was not written by `ccache pack`")
 
 
-def _worker_count(source: IO[bytes]) -> int:
+def _source_worker_count(source: IO[bytes]) -> int:
     try:
         size = os.fstat(source.fileno()).st_size
     except (OSError, ValueError):
         size = 0
-    if not size:  # a pipe
-        return cpu_count()
+    return _worker_count(size) if size else cpu_count()  # from a pipe, as many as the cores
+
+
+def _worker_count(size: int) -> int:
+    """Processes for `size` bytes of archive or blobs."""
     return max(1, min(cpu_count(), size // _BYTES_PER_WORKER))
 
 
@@ -386,6 +395,69 @@ class _Workers:
         except ValueError:
             tail = (stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
             raise CcacheError(f"an unpacking process failed (exit {process.returncode}): {tail}") from None
+
+
+class _Packers:
+    """Processes running pack_worker.py: group k is packed by process k mod n, sent
+    all its groups at once by a thread of its own. They write to the archive in
+    turn, passing a baton around a ring of pipes, from this process to the first."""
+
+    def __init__(self, archive: int, store: str, level: int, groups: list[BlobList]) -> None:
+        count = _worker_count(sum(group.total_size() for group in groups))
+        archive = os.dup(archive)  # above 2: a worker's stdin and stdout take 0 and 1
+        rings = [os.pipe() for _ in range(count)]
+        kept = (archive, *(fd for ring in rings for fd in ring))
+        try:
+            self._processes = processes.start(pack_worker, count, kept)
+        finally:
+            for fd in kept:
+                if fd != rings[0][1]:
+                    os.close(fd)
+        self._baton = rings[0][1]
+        self._next = 0  # the process whose group is written next
+        self._threads: list[threading.Thread] = []
+        for at, process in enumerate(self._processes):
+            job = {"store": store, "level": level, "archive": archive,
+                   "baton_in": rings[at][0], "baton_out": rings[(at + 1) % count][1]}
+            messages = [pack_worker.job_bytes(job), *map(pack_worker.group_bytes, groups[at::count]),
+                        pack_worker.group_bytes(BlobList.of([], []))]
+            self._threads.append(threading.Thread(target=_send, args=(process, messages), daemon=True))
+            self._threads[-1].start()
+
+    def __enter__(self) -> _Packers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        processes.stop(self._processes)
+        os.close(self._baton)
+        for thread in self._threads:
+            thread.join()  # its writes fail now, if it had any left
+        processes.close_pipes(self._processes)
+
+    def pass_baton(self) -> None:
+        """Let the first group be written: the head is."""
+        os.write(self._baton, b"\1")
+
+    def wait_written(self) -> None:
+        """Wait until the next group is written to the archive."""
+        process = self._processes[self._next % len(self._processes)]
+        self._next += 1
+        assert process.stdout is not None
+        header = process.stdout.read(pack_worker.REPORT.size)
+        if len(header) < pack_worker.REPORT.size:
+            raise CcacheError(f"a packing process failed (exit {process.wait()})")
+        kind, length = pack_worker.REPORT.unpack(header)
+        message = process.stdout.read(length).decode(errors="replace")
+        if kind != pack_worker.WRITTEN:
+            raise CcacheError(message)
+
+
+def _send(process: processes.Process, messages: list[bytes]) -> None:
+    assert process.stdin is not None
+    with contextlib.suppress(OSError):  # the process stopped: wait_written says why
+        for message in messages:
+            process.stdin.write(message)
+        process.stdin.close()
 
 
 def _merge(reports: list[dict[str, Any]], names: list[str]) -> tuple[set[int], set[int]]:

@@ -5,28 +5,22 @@ compressed and decompressed sizes and whether it starts a group. `zstd -d | tar 
 reads it as one stream.
 
 A group is a frame that starts at a tar header, with the frames after it that continue
-its last member: it holds whole members only, so groups are unpacked in parallel
-processes, each reading its own. Independent frames are compressed in parallel threads
-(python-zstandard releases the GIL for a whole-frame call), cut at fixed rules so the
-output does not depend on the thread count. Knowing each frame's sizes before touching
+its last member: it holds whole members only, so groups are packed and unpacked in
+parallel processes, each writing or reading its own. They are cut at fixed rules, so
+the output does not depend on the process count. Knowing each frame's sizes before touching
 it, a reader never allocates more than a frame, never decompresses past what the frame
 declares, and tells a truncated archive from a corrupt one.
 """
 
 from __future__ import annotations
 
-import collections
 import os
 import struct
-import threading
-from typing import IO, TYPE_CHECKING, Callable, NamedTuple
+from typing import IO, Callable, NamedTuple
 
 import zstandard
 
 from .errors import ArchiveError
-
-if TYPE_CHECKING:
-    from concurrent.futures import Future
 
 FRAME_SIZE = 2 << 20  # 4 MiB compressed 0.1% smaller but held 20 MB more while unpacking
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # how every zstd data frame starts
@@ -61,38 +55,16 @@ class Frame(NamedTuple):  # not a dataclass: the unpacking processes start faste
 
 
 class FrameWriter:
-    """Compresses pieces of a stream, each into its own frame, in threads; writes the
-    frames to `out` in order. At most two frames per thread are held."""
+    """Compresses pieces of a stream, each into its own frame, and writes them to `out`."""
 
     def __init__(self, out: IO[bytes], level: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor  # imported here: the unpacking processes never compress
-
         self._out = out
-        self._level = level
-        self._local = threading.local()
-        self._pool = ThreadPoolExecutor(cpu_count())
-        self._pending: collections.deque[Future[bytes]] = collections.deque()
+        self._compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
 
     def write(self, piece: bytes | bytearray | memoryview, starts_group: bool) -> None:
-        """Compress `piece` (at most FRAME_SIZE bytes, not changed afterwards) as the next frame."""
-        self._pending.append(self._pool.submit(self._compress, piece, starts_group))
-        while len(self._pending) > 2 * cpu_count():
-            self._out.write(self._pending.popleft().result())
-
-    def close(self) -> None:
-        """Write every frame still being compressed."""
-        try:
-            while self._pending:
-                self._out.write(self._pending.popleft().result())
-        finally:
-            self._pool.shutdown(cancel_futures=True)
-
-    def _compress(self, piece: bytes | bytearray | memoryview, starts_group: bool) -> bytes:
-        compressor = getattr(self._local, "compressor", None)
-        if compressor is None:  # a compressor is for one thread at a time
-            compressor = self._local.compressor = zstandard.ZstdCompressor(level=self._level, write_checksum=True)
-        frame = compressor.compress(piece)
-        return _SIZES.pack(_SIZES_MAGIC, 12, len(frame), len(piece), _STARTS_GROUP if starts_group else 0) + frame
+        """Compress `piece` (at most FRAME_SIZE bytes) as the next frame."""
+        frame = self._compressor.compress(piece)
+        self._out.write(_SIZES.pack(_SIZES_MAGIC, 12, len(frame), len(piece), _STARTS_GROUP if starts_group else 0) + frame)
 
 
 class FrameReader:

@@ -1,10 +1,10 @@
-"""The processes that unpack groups of an archive in parallel, one per core.
+"""The processes that pack and unpack groups of an archive in parallel, one per core.
 
 Forked from the calling process where that is safe, that is where it runs no other
 thread: they start at once, with every module they need already imported, where a new
 interpreter costs 50 ms of CPU each. Else they are new interpreters running the worker
 module (`python -m ...`). Either way a worker is its module's `serve(stdin, stdout)`
-on two pipes.
+on two pipes, with the descriptors it is given kept open.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class Forked:
 
     stderr = None  # the child's goes to /dev/null: it reports its errors on stdout
 
-    def __init__(self, serve: Callable[[IO[bytes], IO[bytes]], None]) -> None:
+    def __init__(self, serve: Callable[[IO[bytes], IO[bytes]], None], keep: tuple[int, ...] = ()) -> None:
         child_in, parent_out = os.pipe()
         parent_in, child_out = os.pipe()
         self.pid = os.fork()
@@ -35,7 +35,9 @@ class Forked:
                 os.dup2(child_in, 0)
                 os.dup2(child_out, 1)
                 os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-                os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the other workers' pipes among them
+                # Close the rest (the other workers' pipes among them), as Popen does.
+                for low, high in zip((3, *[fd + 1 for fd in sorted(keep)]), (*sorted(keep), os.sysconf("SC_OPEN_MAX"))):
+                    os.closerange(low, high)
                 serve(open(0, "rb", closefd=False), open(1, "wb", closefd=False))
                 code = 0
             finally:
@@ -66,13 +68,13 @@ class Forked:
 Process = Union[Forked, "subprocess.Popen[bytes]"]
 
 
-def start(worker: ModuleType, count: int) -> list[Process]:
-    """`count` workers running `worker.serve`."""
+def start(worker: ModuleType, count: int, keep: tuple[int, ...] = ()) -> list[Process]:
+    """`count` workers running `worker.serve`, with the descriptors in `keep` open."""
     fork = threading.active_count() == 1 and hasattr(os, "fork")
     return [
-        Forked(worker.serve) if fork else
+        Forked(worker.serve, keep) if fork else
         subprocess.Popen([sys.executable, "-m", worker.__name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+                         stderr=subprocess.PIPE, pass_fds=keep)
         for _ in range(count)
     ]
 

@@ -57,6 +57,37 @@ def ustar_header(name: str, size: int) -> bytes:
     return b"".join((encoded, bytes(100 - len(encoded)), _TEMPLATE_MODES, size_field, _TEMPLATE_MTIME, checksum, _TEMPLATE_TAIL))
 
 
+def member_length(size: int) -> int:
+    """Bytes of the tar stream taken by a member of `size` bytes: header, data, padding."""
+    return _BLOCK + size + (-size % _BLOCK)
+
+
+def end_marker(stream_length: int) -> bytes:
+    """What ends a tar stream of `stream_length` bytes: two zero blocks, then zeros to a
+    whole record, as tar writes."""
+    end = 2 * _BLOCK
+    return bytes(end + (-(stream_length + end)) % tarfile.RECORDSIZE)
+
+
+def group_bounds(sizes: list[int]) -> list[tuple[int, int]]:
+    """How TarWriter groups members of these sizes, written from the start of a group:
+    each group's first and past-last member. From the sizes alone, so that threads can
+    each write some of the groups and the stream comes out the same."""
+    bounds = []
+    start = used = 0
+    for at, size in enumerate(sizes):
+        length = member_length(size)
+        if used and used + length > FRAME_SIZE:
+            bounds.append((start, at))
+            start, used = at, 0
+        used += length
+        if used > FRAME_SIZE:  # it ran on into more pieces of its group
+            used = (used - 1) % FRAME_SIZE + 1
+    if start < len(sizes):
+        bounds.append((start, len(sizes)))
+    return bounds
+
+
 class TarWriter:
     """Writes a ustar stream of regular files into pieces of at most FRAME_SIZE, each
     handed whole to the frame writer, cut so that groups hold whole members: a member
@@ -73,7 +104,7 @@ class TarWriter:
 
     def add(self, name: str, size: int, data: bytes | None = None, fd: int | None = None) -> None:
         """Add a member whose bytes are `data`, or are read from `fd`."""
-        length = _BLOCK + size + (-size % _BLOCK)
+        length = member_length(size)
         if self._used and self._used + length > FRAME_SIZE:
             self.cut()
         end = self._used + length
@@ -92,18 +123,14 @@ class TarWriter:
         self._put(_ZEROS[: -size % _BLOCK])
 
     def cut(self) -> None:
-        """Start a new group with the next member."""
+        """Hand over what is written; the next member starts a new group."""
         if self._used:
             self._hand_over(next_starts_group=True)
 
-    def close(self) -> None:
-        end = 2 * _BLOCK
-        marker = bytes(end + (-(self._written + self._used + end)) % tarfile.RECORDSIZE)
-        if self._used + len(marker) > FRAME_SIZE:
-            self.cut()
-        self._put(marker)
-        if self._used:
-            self._frames.write(self._view[: self._used], self._starts_group)
+    @property
+    def written(self) -> int:
+        """Bytes of the tar stream so far."""
+        return self._written + self._used
 
     def _read_from(self, fd: int, size: int, name: str) -> None:
         while size:
@@ -274,9 +301,9 @@ class BlobList:
     _ENTRY = 64 + 8  # bytes per blob in to_bytes: its name and its size
 
     @staticmethod
-    def listing(sizes: dict[str, int]) -> bytes:
-        """blobs.txt for these blobs."""
-        return "".join(f"{sha256} {size}\n" for sha256, size in sorted(sizes.items())).encode()
+    def listing(names: list[str], sizes: list[int]) -> bytes:
+        """blobs.txt for these blobs, `names` sorted."""
+        return "".join(map("{} {}\n".format, names, sizes)).encode()
 
     @classmethod
     def parse(cls, listing: bytes) -> BlobList:
@@ -293,8 +320,17 @@ class BlobList:
             raise ArchiveError(f"{BLOBS_NAME} is malformed: its blobs are not sorted, or one is listed twice")
         return cls(joined, array.array("Q", map(int, sizes)))
 
+    @classmethod
+    def of(cls, names: list[str], sizes: list[int]) -> BlobList:
+        """From sorted names (sha256 hex digests) and their sizes."""
+        return cls("".join(names).encode(), array.array("Q", sizes))
+
     def __len__(self) -> int:
         return len(self._sizes)
+
+    def total_size(self) -> int:
+        """The blobs' total size."""
+        return sum(self._sizes)
 
     def name(self, at: int) -> bytes:
         return self._names[64 * at : 64 * at + 64]
