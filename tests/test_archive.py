@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import struct
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -283,13 +285,13 @@ def test_hostile_archive_is_rejected_and_store_unchanged(case: str, source_store
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.tar.zst", "source"]
 
 
-def test_a_process_with_threads_packs_through_new_interpreters(
-    source_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from ccache_cli.core import archive, processes
+@contextlib.contextmanager
+def threaded_and_recording_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[str]]]:
+    """This process running a second thread, and the command lines of the worker
+    processes started meanwhile: forking a threaded process is not safe, so they are
+    new interpreters (the CLI, which runs no other thread, forks them)."""
+    from ccache_cli.core import processes
 
-    forked = tmp_path / "forked.tar.zst"
-    assert ccache("pack", str(forked), store=source_store).returncode == 0
     started: list[list[str]] = []
     real_popen = subprocess.Popen
 
@@ -302,12 +304,22 @@ def test_a_process_with_threads_packs_through_new_interpreters(
     other = threading.Thread(target=stop.wait)
     other.start()
     try:
-        store = Store(source_store)
-        with (tmp_path / "spawned.tar.zst").open("wb") as out:
-            archive.pack(store, list(store.scan().entries), out)
+        yield started
     finally:
         stop.set()
         other.join()
+
+
+def test_a_process_with_threads_packs_through_new_interpreters(
+    source_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ccache_cli.core import archive
+
+    forked = tmp_path / "forked.tar.zst"
+    assert ccache("pack", str(forked), store=source_store).returncode == 0
+    store = Store(source_store)
+    with threaded_and_recording_workers(monkeypatch) as started, (tmp_path / "spawned.tar.zst").open("wb") as out:
+        archive.pack(store, list(store.scan().entries), out)
     assert started and all(args[1:] == ["-m", "ccache_cli.core.pack_worker"] for args in started)
     assert (tmp_path / "spawned.tar.zst").read_bytes() == forked.read_bytes()
 
@@ -315,29 +327,12 @@ def test_a_process_with_threads_packs_through_new_interpreters(
 def test_a_process_with_threads_unpacks_through_new_interpreters(
     source_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Unpacking processes are forked from a process without threads (the CLI), else,
-    as here, started as new interpreters: forking a threaded process is not safe."""
-    from ccache_cli.core import archive, processes
+    from ccache_cli.core import archive
 
     packed = tmp_path / "a.tar.zst"
     assert ccache("pack", str(packed), store=source_store).returncode == 0
-    started: list[list[str]] = []
-    real_popen = subprocess.Popen
-
-    def recording_popen(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        started.append(args)
-        return real_popen(args, **kwargs)
-
-    monkeypatch.setattr(processes.subprocess, "Popen", recording_popen)
-    stop = threading.Event()
-    other = threading.Thread(target=stop.wait)
-    other.start()
-    try:
-        with packed.open("rb") as source:
-            result = archive.unpack(Store(tmp_path / "target"), source)
-    finally:
-        stop.set()
-        other.join()
+    with threaded_and_recording_workers(monkeypatch) as started, packed.open("rb") as source:
+        result = archive.unpack(Store(tmp_path / "target"), source)
     assert started and all(args[1:] == ["-m", "ccache_cli.core.unpack_worker"] for args in started)
     assert len(result.added) == 2
     assert snapshot(tmp_path / "target" / "objects") == snapshot(source_store / "objects")

@@ -82,9 +82,11 @@ def pack(
     blobs = blob_sizes(entries)
     names = sorted(blobs)
     sizes = [blobs[name] for name in names]
+    total = sum(sizes)
     bounds = group_bounds(sizes)
+    groups = [BlobList.of(names[start:end], sizes[start:end]) for start, end in bounds]
     output.flush()
-    with _Packers(output.fileno(), str(store.root), level, [BlobList.of(names[a:b], sizes[a:b]) for a, b in bounds]) as packers:
+    with _Packers(_worker_count(total), output.fileno(), str(store.root), level, groups) as packers:
         head, head_length = _head_frames(entries, BlobList.listing(names, sizes), level)  # while they compress
         output.write(head)
         output.flush()
@@ -93,7 +95,7 @@ def pack(
             packers.wait_written()
             on_progress(sum(sizes[start:end]))
     FrameWriter(output, level).write(end_marker(head_length + sum(map(member_length, sizes))), starts_group=True)
-    return PackResult(tuple(entries), len(blobs), sum(sizes))
+    return PackResult(tuple(entries), len(blobs), total)
 
 
 def _head_frames(entries: Sequence[Entry], listing: bytes, level: int) -> tuple[bytes, int]:
@@ -142,7 +144,8 @@ def unpack(
     """Merge an archive's entries into `store`; all or nothing."""
     with store.staging() as staging, _Workers(_source_worker_count(source)) as workers:
         head = _Head.read(source, on_progress)
-        names = head.blobs.names()
+        sizes = head.blobs.sizes()
+        names = list(sizes)
         present = store.blobs_present(names)
         objects = staging / "objects"
         for folder in sorted({sha256[:2] for sha256 in names} - {sha256[:2] for sha256 in present}):
@@ -152,7 +155,6 @@ def unpack(
         write = bytes(sha256 not in present for sha256 in names) if present else b"\1" * len(names)
         workers.start({"objects": str(objects), "keep_going": False}, head.blobs, write)
         workers.send(head)
-        sizes = head.blobs.sizes()
         wanted_entries, skipped = [], []
         for manifest in head.read_files(sizes):
             entry = Entry(manifest["id"], manifest)
@@ -179,10 +181,11 @@ def check_blobs(source: BinaryIO) -> tuple[list[Entry], dict[str, str]]:
     that is not well formed raises ArchiveError."""
     with _Workers(_source_worker_count(source)) as workers:
         head = _Head.read(source)
-        names = head.blobs.names()
+        sizes = head.blobs.sizes()
+        names = list(sizes)
         workers.start({"objects": None, "keep_going": True}, head.blobs, bytes(len(names)))
         workers.send(head)
-        manifests = head.read_files(head.blobs.sizes())
+        manifests = head.read_files(sizes)
         received, broken_blobs = _merge(workers.finish(), names)
     broken = {names[at]: "content does not match its hash" for at in broken_blobs}
     broken.update((names[at], "absent from the archive") for at in set(range(len(names))) - received)
@@ -402,8 +405,7 @@ class _Packers:
     all its groups at once by a thread of its own. They write to the archive in
     turn, passing a baton around a ring of pipes, from this process to the first."""
 
-    def __init__(self, archive: int, store: str, level: int, groups: list[BlobList]) -> None:
-        count = _worker_count(sum(group.total_size() for group in groups))
+    def __init__(self, count: int, archive: int, store: str, level: int, groups: list[BlobList]) -> None:
         archive = os.dup(archive)  # above 2: a worker's stdin and stdout take 0 and 1
         rings = [os.pipe() for _ in range(count)]
         kept = (archive, *(fd for ring in rings for fd in ring))

@@ -7,9 +7,9 @@ reads it as one stream.
 A group is a frame that starts at a tar header, with the frames after it that continue
 its last member: it holds whole members only, so groups are packed and unpacked in
 parallel processes, each writing or reading its own. They are cut at fixed rules, so
-the output does not depend on the process count. Knowing each frame's sizes before touching
-it, a reader never allocates more than a frame, never decompresses past what the frame
-declares, and tells a truncated archive from a corrupt one.
+the output does not depend on the process count. Knowing each frame's sizes before
+touching it, a reader never allocates more than a frame, never decompresses past what
+the frame declares, and tells a truncated archive from a corrupt one.
 """
 
 from __future__ import annotations

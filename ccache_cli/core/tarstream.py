@@ -71,8 +71,8 @@ def end_marker(stream_length: int) -> bytes:
 
 def group_bounds(sizes: list[int]) -> list[tuple[int, int]]:
     """How TarWriter groups members of these sizes, written from the start of a group:
-    each group's first and past-last member. From the sizes alone, so that threads can
-    each write some of the groups and the stream comes out the same."""
+    each group's first and past-last member. From the sizes alone, so that processes
+    can each write some of the groups and the stream comes out the same."""
     bounds = []
     start = used = 0
     for at, size in enumerate(sizes):
@@ -328,22 +328,16 @@ class BlobList:
     def __len__(self) -> int:
         return len(self._sizes)
 
-    def total_size(self) -> int:
-        """The blobs' total size."""
-        return sum(self._sizes)
-
     def name(self, at: int) -> bytes:
         return self._names[64 * at : 64 * at + 64]
 
     def size(self, at: int) -> int:
         return self._sizes[at]
 
-    def names(self) -> list[str]:
-        text = self._names.decode()
-        return [text[at : at + 64] for at in range(0, len(text), 64)]
-
     def sizes(self) -> dict[str, int]:
-        return dict(zip(self.names(), self._sizes))
+        """Each blob's size by its name, in the list's order."""
+        text = self._names.decode()
+        return dict(zip((text[at : at + 64] for at in range(0, len(text), 64)), self._sizes))
 
     def find(self, sha256: bytes) -> int | None:
         """The place of a blob, by binary search; None if it is not listed."""
