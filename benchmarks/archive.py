@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ccache_cli
+from ccache_cli.core.hashing import hash_json
 from ccache_cli.core.store import Entry, Store
 
 WORDS = (
@@ -84,15 +85,16 @@ def publish(store: Store, name: str, files: dict[str, bytes]) -> None:
         for i, (path, data) in enumerate(files.items()):
             staged = staging / f"f{i}"
             staged.write_bytes(data)
-            ref, _ = store.adopt_blob(staged)
+            ref = store.stage_blob(staging, staged)
             refs[path] = {"sha256": ref.sha256, "size": ref.size}
-        key = {"fingerprint": {}, "compile": {"device": "cpu", "sizes": [1], "dynamic": False},
+        fingerprint = {"python": "3", "torch": "2", "cuda": None, "hip": None, "machine": "x86_64",
+                       "cpu_isa": "avx2", "cpu_threads": 2}
+        key = {"fingerprint": fingerprint, "compile": {"device": "cpu", "sizes": [1], "dynamic": False},
                "model": {"module": name, "attr": "build"}, "inputs": {}, "sources": []}
-        entry_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-        manifest = {"format": 1, "id": entry_id, "name": name, "created": "2026-11-22T00:00:00Z", "lookup": "",
+        manifest = {"format": 1, "id": hash_json(key), "name": name, "created": "2026-11-22T00:00:00Z", "lookup": None,
                     "key": key, "timings": {"sizes": [], "aot": None}, "aot": {"status": "disabled", "reason": None},
                     "files": refs}
-        store.publish([Entry(manifest["id"], manifest)], staging)
+        store.publish([Entry(manifest["id"], manifest)], staging, {ref["sha256"] for ref in refs.values()})
 
 
 def timed(command: list[str] | str, **kwargs: object) -> tuple[float, int]:

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import typer.core
 import typer.main
 
 from ccache_cli.cli.app import app
@@ -34,6 +35,7 @@ class Command:
     name: str
     help: str
     options: tuple[Option, ...]
+    subcommands: tuple[str, ...] = ()  # of a group such as `key`; its options are theirs
 
 
 def describe() -> tuple[tuple[Option, ...], tuple[Command, ...]]:
@@ -48,9 +50,14 @@ def describe() -> tuple[tuple[Option, ...], tuple[Command, ...]]:
             found.append(Option(names, _one_line(param.help), not param.is_flag))
         return tuple(found)
 
-    commands = tuple(
-        Command(name, _one_line(command.help), options(command.params)) for name, command in sorted(group.commands.items())
-    )
+    def describe_command(name: str, command: typer.core.TyperCommand | typer.core.TyperGroup) -> Command:
+        if isinstance(command, typer.core.TyperGroup):
+            subcommands = sorted(command.commands.items())
+            params = [param for _, sub in subcommands for param in sub.params]
+            return Command(name, _one_line(command.help), options(params), tuple(sub for sub, _ in subcommands))
+        return Command(name, _one_line(command.help), options(command.params))
+
+    commands = tuple(describe_command(name, command) for name, command in sorted(group.commands.items()))
     return options(group.params), commands
 
 
@@ -79,7 +86,7 @@ def bash(global_options: tuple[Option, ...], commands: tuple[Command, ...]) -> s
             [name for option in global_options for name in option.names] + [c.name for c in commands]) + '" -- "$cur"));;',
     ]
     for command in commands:
-        words = " ".join(name for option in command.options for name in option.names)
+        words = " ".join([*command.subcommands, *(name for option in command.options for name in option.names)])
         lines.append(f'        {command.name}) COMPREPLY=($(compgen -W "{words}" -- "$cur"));;')
     lines += ["    esac", "}", f"complete -o default -F _ccache {' '.join(PROGRAMS)}", ""]
     return "\n".join(lines)
@@ -112,7 +119,8 @@ def zsh(global_options: tuple[Option, ...], commands: tuple[Command, ...]) -> st
         "            case $words[1] in",
     ]
     for command in commands:
-        lines.append(f"                {command.name}) _arguments {' '.join(specs(command.options))} '*:file:_files';;")
+        first = f"'1:subcommand:({' '.join(command.subcommands)})' " if command.subcommands else ""
+        lines.append(f"                {command.name}) _arguments {' '.join(specs(command.options))} {first}'*:file:_files';;")
     lines += ["            esac;;", "    esac", "}", '_ccache "$@"', ""]
     return "\n".join(lines)
 
@@ -127,6 +135,8 @@ def fish(global_options: tuple[Option, ...], commands: tuple[Command, ...]) -> s
             lines.append(f"complete -c {program} -f -n '__fish_use_subcommand' -a {command.name} -d '{command.help}'")
         for command in commands:
             condition = f"__fish_seen_subcommand_from {command.name}"
+            for sub in command.subcommands:
+                lines.append(f"complete -c {program} -f -n '{condition}' -a {sub}")
             for option in command.options:
                 lines.append(_fish_option(program, condition, option))
         lines.append(f"# subcommands: {names}")

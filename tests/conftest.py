@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ccache_cli.core.frames import FRAME_SIZE, FrameWriter
+from ccache_cli.core.hashing import hash_json
 from ccache_cli.core.store import Entry, Store
 
 MODELS = Path(__file__).parent / "models"
@@ -120,8 +122,12 @@ def store_leftovers(store: Path) -> list[str]:
     return found
 
 
-CPU_FINGERPRINT = {"python": "3.11.7", "torch": "2.13.0+cpu", "cuda": None, "hip": None, "machine": "x86_64",
-                   "cpu_isa": "avx2", "cpu_threads": 2}
+@functools.cache
+def cpu_fingerprint() -> dict:
+    """This machine's CPU fingerprint, as an entry compiled here would carry it."""
+    from ccache_cli.core.fingerprint import entry_fingerprint, machine_fingerprint
+
+    return entry_fingerprint(machine_fingerprint(), "cpu")
 
 
 def make_entry(store: Store, name: str, files: dict[str, bytes], fingerprint: dict | None = None,
@@ -134,21 +140,25 @@ def make_entry(store: Store, name: str, files: dict[str, bytes], fingerprint: di
         for path, data in files.items():
             staged = staging / hashlib.sha256(path.encode()).hexdigest()
             staged.write_bytes(data)
-            ref, _ = store.adopt_blob(staged)
+            ref = store.stage_blob(staging, staged)
             refs[path] = {"sha256": ref.sha256, "size": ref.size}
-        key = {
-            "fingerprint": fingerprint or CPU_FINGERPRINT,
-            "compile": {"device": device, "sizes": [1], "dynamic": False, "mode": "default"},
-            "model": {"module": name, "attr": "build", "inputs": f"{name}:example_inputs"},
-            "inputs": {},
-            "sources": [],
-        }
-        entry_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-        manifest = {"format": 1, "id": entry_id, "name": name, "created": "2026-11-22T00:00:00Z", "lookup": "x",
-                    "key": key, "timings": {"sizes": [], "aot": None}, "aot": {"status": "disabled", "reason": None},
-                    "files": refs}
-        store.publish([Entry(manifest["id"], manifest)], staging)
-    return entry_id
+        manifest = synthetic_manifest(name, refs, fingerprint or cpu_fingerprint(), device)
+        store.publish([Entry(manifest["id"], manifest)], staging, {ref["sha256"] for ref in refs.values()})
+    return manifest["id"]
+
+
+def synthetic_manifest(name: str, files: dict[str, dict], fingerprint: dict | None = None, device: str = "cpu") -> dict:
+    """A manifest that follows the schema, for entries made without compiling."""
+    key = {
+        "fingerprint": fingerprint or cpu_fingerprint(),
+        "compile": {"device": device, "sizes": [1], "dynamic": False, "mode": "default"},
+        "model": {"module": name, "attr": "build", "inputs": f"{name}:example_inputs"},
+        "inputs": {},
+        "sources": [],
+    }
+    return {"format": 1, "id": hash_json(key), "name": name, "created": "2026-11-22T00:00:00Z", "lookup": "0" * 64,
+            "key": key, "timings": {"sizes": [], "aot": None}, "aot": {"status": "disabled", "reason": None},
+            "files": files}
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 import zstandard
-from conftest import ccache, ccache_json, framed_archive, imported_modules, make_entry
+from conftest import ccache, ccache_json, framed_archive, imported_modules, make_entry, synthetic_manifest
 
+from ccache_cli.core.hashing import hash_json
 from ccache_cli.core.store import Store
 
 
@@ -198,16 +199,20 @@ def regular(name: str, data: bytes, size: int | None = None) -> tuple[tarfile.Ta
     return info, data
 
 
-def index_for(blobs: dict[str, bytes], version: int = 3) -> list[tuple[tarfile.TarInfo, bytes]]:
+def index_for(blobs: dict[str, bytes], version: int = 4) -> list[tuple[tarfile.TarInfo, bytes]]:
     """index.json, blobs.txt and files.json for one entry that needs every blob, so
     that a wrong publish would show."""
     refs = {f"inductor/{name}": {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for name, d in blobs.items()}
-    manifest = {"id": "e" * 64, "name": "hostile", "created": "2026-11-22T00:00:00Z",
-                "key": {"fingerprint": {}, "compile": {"device": "cpu", "sizes": [1], "dynamic": False},
-                        "model": {}, "inputs": {}, "sources": []}}
-    index = {"format": version, "entries": [manifest], "artifacts": {manifest["id"]: []}}
-    listed = "".join(f"{r['sha256']} {r['size']}\n" for r in sorted(refs.values(), key=lambda r: r["sha256"]))
-    files = {"files": {manifest["id"]: refs}}
+    return head_members([synthetic_manifest("hostile", refs)], version)
+
+
+def head_members(manifests: list[dict], version: int = 4) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """The head members pack writes for these manifests (each as given, checked or not)."""
+    refs = {ref["sha256"]: ref["size"] for m in manifests for ref in m["files"].values()}
+    index = {"format": version, "entries": [{k: v for k, v in m.items() if k != "files"} for m in manifests],
+             "artifacts": {m["id"]: [] for m in manifests}, "digests": {m["id"]: hash_json(m) for m in manifests}}
+    listed = "".join(f"{sha256} {size}\n" for sha256, size in sorted(refs.items()))
+    files = {"files": {m["id"]: m["files"] for m in manifests}}
     return [regular("index.json", json.dumps(index).encode()), regular("blobs.txt", listed.encode()),
             regular("files.json", json.dumps(files).encode())]
 
@@ -254,6 +259,7 @@ HOSTILE = {
     # refused before anything is decompressed.
     "frame larger than declared": (frame_declaring(4096, bytes(64 << 20)), "does not match its header"),
     "future format": (framed_archive([*index_for({"b": BLOB}, version=99)]), "format 99 is not supported"),
+    "older format": (framed_archive([*index_for({"b": BLOB}, version=3)]), "pack it again with this version"),
     "no index": (framed_archive([regular(f"objects/{SHA}", BLOB)]), "does not start with index.json"),
 }
 

@@ -54,7 +54,7 @@ def test_inspect_reports_a_corrupt_manifest_as_a_warning(example_store: Path, tm
     assert result.returncode == 0
     data = json.loads(result.stdout)
     assert len(data["entries"]) == 1
-    assert "warning: entry ffffffffffff: unreadable manifest" in result.stderr
+    assert "warning: entry ffffffffffff is skipped: unreadable manifest" in result.stderr
 
 
 def test_inspect_empty_store(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ def _finish(store: Store, plan: housekeeping.Plan, dry_run: bool, json_output: b
             "blobs": len(plan.blobs),
             "abandoned_staging": [str(path) for path in plan.abandoned],
             "freed_bytes": plan.freed_bytes,
-            "store_bytes": plan.store_bytes - (0 if dry_run else plan.freed_bytes),
+            "store_bytes": plan.store_bytes_after if not dry_run else plan.store_bytes,
         })
         return
     for entry in plan.in_use:
@@ -62,6 +62,6 @@ def _finish(store: Store, plan: housekeeping.Plan, dry_run: bool, json_output: b
     for entry in plan.remove:
         out.print(f"{verb} entry {entry.short_id} ({entry.name})")
     for folder in plan.abandoned:
-        out.print(f"{verb} {folder.name}, left by a writer that was killed")
+        out.print(f"{verb} tmp/{folder.name}, left by a writer that was killed")
     out.print(f"{'Would free' if dry_run else 'Freed'} {human_bytes(plan.freed_bytes)} in {len(plan.blobs)} blobs; "
-              f"the store holds {human_bytes(plan.store_bytes - plan.freed_bytes)}.")
+              f"the store {'would hold' if dry_run else 'holds'} {human_bytes(plan.store_bytes_after)}.")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
 from ..core import fingerprint
+from ..core.signing import trusted_keys
 from ..core.archive import is_archive_path
 from ..core.inspect import EntryReport, InspectReport, entry_json, inspect_archive, inspect_store
+from .pack import TRUST_OPTION
 from .render import age, emit_json, human_bytes, out, seconds, warn, yes_no
 
 
@@ -19,10 +22,11 @@ def command(
         None, metavar="[ENTRY|ARCHIVE]", help="An entry id prefix or name to show in detail, or a .tar.zst archive to list"
     ),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
+    trust: Optional[list[Path]] = TRUST_OPTION,
 ) -> None:
     """List the stored entries, or show one in detail, or list an archive's. Does not import torch."""
     archive = entry is not None and is_archive_path(entry)
-    report = inspect_archive(ctx.obj, entry) if archive else inspect_store(ctx.obj, entry)
+    report = inspect_archive(ctx.obj, entry, trusted_keys(trust or [])) if archive else inspect_store(ctx.obj, entry)
     for warning in report.warnings:
         warn(warning)
     if json_output:

@@ -11,11 +11,12 @@ Typer app in app.py, which defines the same options.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
-from ..core.errors import CcacheError
+from ..core.errors import CcacheError, ExitCode
 
 
 class Plain(NamedTuple):
@@ -41,11 +42,38 @@ def main() -> None:
     except CcacheError as exc:
         if os.environ.get("CCACHE_CLI_DEBUG"):
             raise
-        sys.stderr.write(f"ccache: error: {exc}\n")  # never quieted
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("ccache: interrupted\n")
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
+    except OSError as exc:  # the system refused a read or write: say which, in one line
+        if os.environ.get("CCACHE_CLI_DEBUG"):
+            raise
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            _fail(f"no space left on the device holding {exc.filename or 'a file being written'}; "
+                  "nothing was changed: free some space (`ccache gc --max-size`) and run it again", ExitCode.FAILED)
+        _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), ExitCode.FAILED)
+    except Exception:  # a bug: one line here, the traceback in a log file
+        if os.environ.get("CCACHE_CLI_DEBUG"):
+            raise
+        kind, value = sys.exc_info()[:2]
+        _fail(f"internal error ({kind.__name__ if kind else 'exception'}: {value}); "
+              f"the traceback is in {_write_traceback()}, please report it", ExitCode.FAILED)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"ccache: error: {message}\n")  # never quieted
+    sys.exit(code)
+
+
+def _write_traceback() -> str:
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="ccache-cli-error-", suffix=".log")
+    with os.fdopen(fd, "w") as log:
+        log.write(f"ccache {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+    return path
 
 
 def plain_command(argv: list[str]) -> Plain | None:

@@ -9,6 +9,21 @@ from typing import Optional
 import typer
 
 from . import transfer
+from .render import out
+
+TRUST_OPTION = typer.Option(
+    None, "--trust", metavar="KEY.pub",
+    help="Refuse an archive not signed by this public key (repeatable; also $CCACHE_CLI_TRUST, separated by ':')")
+
+
+def key_generate_command(
+    path: Path = typer.Argument(..., metavar="PATH", help="Where to write the private key; the public key goes to PATH.pub"),
+) -> None:
+    """Make an Ed25519 key pair for `pack --sign` and `--trust`: PATH (private, mode 0600) and PATH.pub. Does not import torch."""
+    from ..core import signing
+
+    public, key_id = signing.generate(path)
+    out.print(f"Wrote private key {path} (keep it secret) and public key {public}; key id {key_id[:16]}.")
 
 
 def pack_command(
@@ -18,9 +33,10 @@ def pack_command(
     compatible_only: bool = typer.Option(False, "--compatible-only", help="Only entries that fit this machine"),
     level: int = typer.Option(3, "--level", min=1, max=22, help="zstd level"),
     json_output: bool = typer.Option(False, "--json", help="Write a JSON summary to stdout (not with -)"),
+    sign: Optional[Path] = typer.Option(None, "--sign", metavar="KEY", help="Sign the archive with this private key (`ccache key generate`)"),
 ) -> None:
     """Write entries and their blobs to a deterministic .tar.zst archive. Does not import torch."""
-    transfer.pack(ctx.obj, output, entries or [], compatible_only, level, json_output)
+    transfer.pack(ctx.obj, output, entries or [], compatible_only, level, json_output, sign)
 
 
 def unpack_command(
@@ -31,6 +47,7 @@ def unpack_command(
                                               help="Also write one entry's plain Inductor cache dir here (for TORCHINDUCTOR_CACHE_DIR), its bytecode in DIR/pycache (for PYTHONPYCACHEPREFIX)"),
     entry: Optional[str] = typer.Option(None, "--entry", help="With --export-dir: the entry to export [default: the one that fits this machine]"),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
+    trust: Optional[list[Path]] = TRUST_OPTION,
 ) -> None:
     """Merge an archive's entries into the store, checking every byte. Does not import torch."""
-    transfer.unpack(ctx.obj, source, compatible_only, export_dir, entry, json_output)
+    transfer.unpack(ctx.obj, source, compatible_only, export_dir, entry, json_output, trust or [])

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ..core import archive
+from ..core import archive, signing
 from ..core.errors import BadInputError
 from ..core.inspect import fits, this_machine
 from ..core.store import Entry, Store
@@ -17,9 +17,10 @@ PYCACHE_DIR = "pycache"  # the exported bytecode tree, inside the exported Induc
 
 
 def pack(store: Store, output: str, refs: Sequence[str] = (), compatible_only: bool = False, level: int = 3,
-         json_output: bool = False) -> None:
+         json_output: bool = False, sign: Path | None = None) -> None:
     if json_output and output == "-":
         raise BadInputError("--json writes to stdout, so it cannot be used with OUTPUT -")
+    signer = signing.Signer(sign) if sign is not None else None
     chosen = [store.find(ref) for ref in refs] if refs else list(store.scan().entries)
     if compatible_only:
         chosen = fits(chosen, *this_machine(store))
@@ -27,18 +28,19 @@ def pack(store: Store, output: str, refs: Sequence[str] = (), compatible_only: b
         raise BadInputError(f"nothing to pack: no {'compatible ' if compatible_only else ''}entries in {store.root}")
     total = sum(archive.blob_sizes(chosen).values())
     with archive.open_output(output) as handle, _progress("packing", total, output != "-") as on_progress:
-        result = archive.pack(store, chosen, handle, level, on_progress)
+        result = archive.pack(store, chosen, handle, level, on_progress, signer)
     if json_output:
         emit_json({"output": output, "entries": [e.id for e in result.entries], "blobs": result.blobs, "bytes": result.bytes,
-                   "archive_bytes": Path(output).stat().st_size})
+                   "archive_bytes": Path(output).stat().st_size, "signed_by": signer.key_id if signer else None})
     elif output != "-":
         size = Path(output).stat().st_size
         err.print(f"Packed {len(result.entries)} entries, {result.blobs} blobs, {human_bytes(result.bytes)} "
-                  f"into {output} ({human_bytes(size)}).")
+                  f"into {output} ({human_bytes(size)})" + (f", signed by key {signer.key_id[:16]}." if signer else "."))
 
 
 def unpack(store: Store, source: str, compatible_only: bool = False, export_dir: Path | None = None,
-           entry: str | None = None, json_output: bool = False) -> None:
+           entry: str | None = None, json_output: bool = False, trust: Sequence[Path] = ()) -> None:
+    trusted = signing.trusted_keys(trust)
     # This machine's fingerprint only where it is used: reading it costs every unpack otherwise.
     machine, exact = this_machine(store) if compatible_only or export_dir is not None else ({}, False)
 
@@ -47,7 +49,7 @@ def unpack(store: Store, source: str, compatible_only: bool = False, export_dir:
 
     total = Path(source).stat().st_size if source != "-" and Path(source).is_file() else None
     with archive.open_source(source) as handle, _progress("unpacking", total, not json_output) as on_progress:
-        result = archive.unpack(store, handle, select, on_progress)
+        result = archive.unpack(store, handle, select, on_progress, trusted)
     exported, pycache_prefix = None, None
     if export_dir is not None:
         exported, pycache_prefix = _export(store, [*result.added, *result.kept], entry, export_dir, machine, exact)

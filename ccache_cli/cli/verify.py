@@ -11,6 +11,9 @@ import typer
 from rich.table import Table
 
 from ..core import verify as core
+from ..core.errors import ExitCode
+from ..core.signing import trusted_keys
+from .pack import TRUST_OPTION
 from .render import emit_json, err, out
 
 
@@ -24,11 +27,12 @@ def command(
                                           help="Check compatibility against this machine fingerprint (from `ccache fingerprint --json`)"),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
     junit: Optional[Path] = typer.Option(None, "--junit", metavar="FILE", help="Also write a JUnit XML report"),
+    trust: Optional[list[Path]] = TRUST_OPTION,
 ) -> None:
     """Check that entries are intact, fit the target machine and their sources are unchanged; exit 1 if not."""
     # Hashing every blob, and --run's fresh processes, take a while: say so on a terminal.
     with err.status("verifying (--run starts a process per entry)" if run else "verifying") if err.is_terminal else nullcontext():
-        report = core.verify(ctx.obj, ref, target, run)
+        report = core.verify(ctx.obj, ref, target, run, trusted_keys(trust or []))
     if junit is not None:
         junit.write_bytes(core.junit_xml(report))
     if json_output:
@@ -42,4 +46,4 @@ def command(
         failed = sum(not check.ok for check in report.checks)
         out.print(f"{len(report.checks) - failed} passed, {failed} failed")
     if not report.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)

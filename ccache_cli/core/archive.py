@@ -27,24 +27,28 @@ import io
 import json
 import os
 import queue
+import socket
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from . import pack_worker, processes, unpack_worker
+from . import durable, manifest, owners, pack_worker, processes, signing, unpack_worker
 from .artifacts import KindSummary
 from .errors import ArchiveError, BadInputError, CcacheError
 from .frames import FRAME_SIZE, Frame, FrameReader, FrameWriter, cpu_count
+from .hashing import hash_json
 from .inspect import kinds_of
+from .signing import SIGNATURE_LIMIT, SIGNATURE_NAME, PublicKey, Signer
 from .store import Entry, Store
 from .tarstream import (BLOB_PREFIX, BLOBS_NAME, REGULAR, BlobList, Member, TarReader, TarWriter, end_marker,
                         group_bounds, member_length)
 
-ARCHIVE_FORMAT = 3  # 2: the framed zstd layout of frames.py; 3: blobs.txt in the head
+# 2: the framed zstd layout of frames.py; 3: blobs.txt in the head; 4: each manifest's
+# digest in the index, and the signature
+ARCHIVE_FORMAT = 4
 INDEX_NAME = "index.json"
 FILES_NAME = "files.json"
 _INDEX_LIMIT = 256 << 20  # an index, blob list or files.json past this is not one this tool wrote
@@ -75,10 +79,12 @@ def pack(
     output: BinaryIO,
     level: int = 3,
     on_progress: Progress = lambda _: None,
+    signer: Signer | None = None,
 ) -> PackResult:
     """Write `entries` and their blobs to `output`, a file or pipe, as one
-    zstd-compressed tar stream. This process writes the head, one process per core
-    (pack_worker.py) each compresses some groups of blobs and writes them in turn."""
+    zstd-compressed tar stream, signed by `signer` if given. This process writes the
+    head, one process per core (pack_worker.py) each compresses some groups of blobs
+    and writes them in turn."""
     blobs = blob_sizes(entries)
     names = sorted(blobs)
     sizes = [blobs[name] for name in names]
@@ -87,7 +93,7 @@ def pack(
     groups = [BlobList.of(names[start:end], sizes[start:end]) for start, end in bounds]
     output.flush()
     with _Packers(_worker_count(total), output.fileno(), str(store.root), level, groups) as packers:
-        head, head_length = _head_frames(entries, BlobList.listing(names, sizes), level)  # while they compress
+        head, head_length = _head_frames(entries, BlobList.listing(names, sizes), level, signer)  # while they compress
         output.write(head)
         output.flush()
         packers.pass_baton()
@@ -98,20 +104,26 @@ def pack(
     return PackResult(tuple(entries), len(blobs), total)
 
 
-def _head_frames(entries: Sequence[Entry], listing: bytes, level: int) -> tuple[bytes, int]:
-    """The archive's first groups, as frames: index.json and blobs.txt, then files.json;
-    and their length in the tar stream."""
+def _head_frames(entries: Sequence[Entry], listing: bytes, level: int, signer: Signer | None) -> tuple[bytes, int]:
+    """The archive's first groups, as frames: index.json, blobs.txt and the signature,
+    then files.json; and their length in the tar stream."""
     ordered = sorted(entries, key=lambda entry: entry.id)
     # The first member holds what `inspect ARCHIVE` shows, small whatever the archive
-    # size: manifests without their file lists, and artifact counts per entry.
+    # size: manifests without their file lists, artifact counts per entry, and the
+    # digest of each whole manifest, which covers its file list in files.json.
     index = {
         "format": ARCHIVE_FORMAT,
         "entries": [{k: v for k, v in entry.manifest.items() if k != "files"} for entry in ordered],
         "artifacts": {entry.id: [[k.kind, k.count, k.bytes] for k in kinds_of(entry)] for entry in ordered},
+        "digests": {entry.id: hash_json(dict(entry.manifest)) for entry in ordered},
     }
+    index_bytes = _json_bytes(index)
+    members = [(INDEX_NAME, index_bytes), (BLOBS_NAME, listing)]
+    if signer is not None:
+        members.append((SIGNATURE_NAME, signer.signature(ARCHIVE_FORMAT, index_bytes, listing)))
     out = io.BytesIO()
     tar = TarWriter(FrameWriter(out, level))
-    for name, data in ((INDEX_NAME, _json_bytes(index)), (BLOBS_NAME, listing)):
+    for name, data in members:
         tar.add(name, size=len(data), data=data)
     tar.cut()  # the head is a group of its own: what inspect reads, and all the unpacking processes need
     data = _json_bytes({"files": {entry.id: entry.manifest["files"] for entry in ordered}})
@@ -130,9 +142,12 @@ def blob_sizes(entries: Sequence[Entry]) -> dict[str, int]:
     return {ref["sha256"]: ref["size"] for entry in entries for ref in entry.manifest["files"].values()}
 
 
-def read_index(source: BinaryIO) -> dict[str, Any]:
-    """The index of an archive, reading only as far as its first member."""
-    return _read_index(_Head(FrameReader(source)).tar)
+def read_index(source: BinaryIO, trusted: Sequence[PublicKey] = ()) -> dict[str, Any]:
+    """The index of an archive, checked against the signature where keys are trusted;
+    reading only as far as its first member where none are."""
+    if trusted:
+        return _Head.read(source, trusted=trusted).index
+    return _read_index(_Head(FrameReader(source)).tar)[0]
 
 
 def unpack(
@@ -140,47 +155,76 @@ def unpack(
     source: BinaryIO,
     select: Callable[[Entry], bool] = lambda _: True,
     on_progress: Progress = lambda _: None,
+    trusted: Sequence[PublicKey] = (),
 ) -> UnpackResult:
-    """Merge an archive's entries into `store`; all or nothing."""
-    with store.staging() as staging, _Workers(_source_worker_count(source)) as workers:
-        head = _Head.read(source, on_progress)
-        sizes = head.blobs.sizes()
-        names = list(sizes)
-        present = store.blobs_present(names)
-        objects = staging / "objects"
-        for folder in sorted({sha256[:2] for sha256 in names} - {sha256[:2] for sha256 in present}):
-            (objects / folder).mkdir(parents=True)
-        # Every blob the store lacks is written: which ones the chosen entries need is
-        # only known from files.json, read meanwhile; the others are dropped below.
-        write = bytes(sha256 not in present for sha256 in names) if present else b"\1" * len(names)
-        workers.start({"objects": str(objects), "keep_going": False}, head.blobs, write)
-        workers.send(head)
-        wanted_entries, skipped = [], []
-        for manifest in head.read_files(sizes):
-            entry = Entry(manifest["id"], manifest)
-            (wanted_entries if select(entry) else skipped).append(entry)
-        # From the manifests, not entry.files: its objects would be held meanwhile.
-        wanted_blobs = {ref["sha256"] for entry in wanted_entries for ref in entry.manifest["files"].values()} - present
-        new_bytes = sum(map(sizes.__getitem__, wanted_blobs))
-        store.stage_entries(wanted_entries, staging)
-        received, _ = _merge(workers.finish(), names)
-        if missing := len(names) - len(received):
-            raise ArchiveError(f"archive is truncated or incomplete: {missing} blob(s) listed in {BLOBS_NAME} are absent")
-        if len(wanted_blobs) + len(present) < len(names):  # some blobs were written for no chosen entry
-            for sha256 in set(names).difference(present, wanted_blobs):
-                os.unlink(objects / sha256[:2] / sha256)
-        published = store.publish(wanted_entries, staging, wanted_blobs)
+    """Merge an archive's entries into `store`; all or nothing. Where keys are
+    trusted, an archive none of them signed is refused before anything is written."""
+    with _Workers(_source_worker_count(source)) as workers:
+        head = _Head.read(source, on_progress, trusted)
+        head.take_files_group()
+        with store.staging() as staging:
+            return _unpack(store, staging, workers, head, select)
+
+
+def _unpack(store: Store, staging: Path, workers: _Workers, head: _Head, select: Callable[[Entry], bool]) -> UnpackResult:
+    sizes = head.blobs.sizes()
+    names = list(sizes)
+    objects = staging / "objects"
+    # Blobs the store has are linked into staging, so that publishing needs nothing
+    # another process could remove meanwhile (gc, rm); the rest are written.
+    present = _link_present(store, objects, names)
+    for folder in sorted({sha256[:2] for sha256 in names if sha256 not in present}):
+        (objects / folder).mkdir(parents=True, exist_ok=True)
+    # Every blob is staged: which ones the chosen entries need is only known from
+    # files.json, read meanwhile; the others are dropped below.
+    write = bytes(sha256 not in present for sha256 in names) if present else b"\1" * len(names)
+    workers.start({"objects": str(objects), "keep_going": False}, head.blobs, write)
+    workers.send(head)
+    wanted_entries, skipped = [], []
+    for manifest in head.read_files(sizes):
+        entry = Entry(manifest["id"], manifest)
+        (wanted_entries if select(entry) else skipped).append(entry)
+    # From the manifests, not entry.files: its objects would be held meanwhile.
+    wanted_blobs = {ref["sha256"] for entry in wanted_entries for ref in entry.manifest["files"].values()}
+    new_bytes = sum(sizes[sha256] for sha256 in wanted_blobs if sha256 not in present)
+    store.stage_entries(wanted_entries, staging)
+    received, _ = _merge(workers.finish(), names)
+    if missing := len(names) - len(received):
+        raise ArchiveError(f"archive is truncated or incomplete: {missing} blob(s) listed in {BLOBS_NAME} are absent")
+    if len(wanted_blobs) < len(names):  # some blobs were staged for no chosen entry
+        for sha256 in set(names).difference(wanted_blobs):
+            os.unlink(objects / sha256[:2] / sha256)
+    published = store.publish(wanted_entries, staging, wanted_blobs)
     added_entries = [entry for entry, is_new in published if is_new]
     kept = [entry for entry, is_new in published if not is_new]
-    return UnpackResult(tuple(added_entries), tuple(kept), tuple(e.id for e in skipped), len(wanted_blobs), new_bytes)
+    return UnpackResult(tuple(added_entries), tuple(kept), tuple(e.id for e in skipped),
+                        len(wanted_blobs - present), new_bytes)
 
 
-def check_blobs(source: BinaryIO) -> tuple[list[Entry], dict[str, str]]:
+def _link_present(store: Store, objects: Path, names: list[str]) -> set[str]:
+    """Hard-link into `objects` the blobs of `names` the store holds; the ones linked.
+    One that cannot be linked (gone meanwhile, another user's file) is written instead."""
+    linked: set[str] = set()
+    folders: set[str] = set()
+    for sha256 in store.blobs_present(names):
+        try:
+            if sha256[:2] not in folders:
+                (objects / sha256[:2]).mkdir(parents=True, exist_ok=True)
+                folders.add(sha256[:2])
+            os.link(store.blob_file(sha256), objects / sha256[:2] / sha256)
+        except OSError:
+            continue
+        linked.add(sha256)
+    return linked
+
+
+def check_blobs(source: BinaryIO, trusted: Sequence[PublicKey] = ()) -> tuple[list[Entry], dict[str, str]]:
     """Read a whole archive as a stream, writing nothing: its entries, and what is
     wrong with each blob that is absent or does not hash to its name. An archive
-    that is not well formed raises ArchiveError."""
+    that is not well formed raises ArchiveError, one no trusted key signed TrustError."""
     with _Workers(_source_worker_count(source)) as workers:
-        head = _Head.read(source)
+        head = _Head.read(source, trusted=trusted)
+        head.take_files_group()
         sizes = head.blobs.sizes()
         names = list(sizes)
         workers.start({"objects": None, "keep_going": True}, head.blobs, bytes(len(names)))
@@ -208,25 +252,46 @@ def open_source(path: str) -> Iterator[BinaryIO]:
 
 @contextlib.contextmanager
 def open_output(path: str) -> Iterator[BinaryIO]:
-    """An archive path written atomically (temp file, then rename), or `-` for stdout."""
+    """An archive path written atomically (a `.partial` file beside it, renamed over it
+    once whole: never a file that looks complete and is not), or `-` for stdout.
+    `.partial` files of earlier writers on this host that were killed are removed first."""
     if path == "-":
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
     target = Path(path)
+    if target.is_dir():
+        raise BadInputError(f"{path} is a directory; give the archive's file name, such as {target / 'cache.tar.zst'}")
+    folder = target.parent
+    _remove_killed_partials(folder, target.name)
+    partial = folder / f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.{socket.gethostname()}.partial"
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.")
+        handle = open(partial, "xb")
     except OSError as exc:
         raise CcacheError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with handle:
             yield handle
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(partial, durable.shared_mode())
+        os.replace(partial, target)
+        durable.fsync_dir(folder)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(partial)
         raise
+
+
+def _remove_killed_partials(folder: Path, name: str) -> None:
+    """Remove the `.partial` files that killed writers on this host left beside archive `name`."""
+    prefix, suffix = f".{name}.", f".{socket.gethostname()}.partial"
+    with contextlib.suppress(OSError):
+        for other in os.listdir(folder):
+            pid = other[len(prefix):].partition(".")[0]
+            if other.startswith(prefix) and other.endswith(suffix) and pid.isdigit() and not owners.is_alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.unlink(folder / other)
 
 
 def is_archive_path(text: str) -> bool:
@@ -235,12 +300,16 @@ def is_archive_path(text: str) -> bool:
 
 
 class _Head:
-    """The archive's head (index.json and blobs.txt), read and checked in this
-    process, and files.json's group, kept to be read while the blobs unpack. Each must
-    end where a group starts: `next_group` is the first frame of the blobs."""
+    """The archive's head (index.json, blobs.txt and the signature, if any), read and
+    checked in this process, and files.json's group, kept to be read while the blobs
+    unpack. Each must end where a group starts: `next_group` is the first frame of the
+    blobs once `take_files_group` has run."""
 
     index: dict[str, Any]  # index.json, checked
+    index_bytes: bytes
     blobs: BlobList  # blobs.txt, checked
+    blobs_bytes: bytes
+    signature: bytes | None  # signature.json
 
     def __init__(self, frames: FrameReader) -> None:
         self.frames = frames
@@ -250,19 +319,35 @@ class _Head:
         self.tar = TarReader(self._next_chunk)
 
     @classmethod
-    def read(cls, source: IO[bytes], on_progress: Progress = lambda _: None) -> _Head:
+    def read(cls, source: IO[bytes], on_progress: Progress = lambda _: None,
+             trusted: Sequence[PublicKey] = ()) -> _Head:
+        """The head, checked; where keys are trusted, signed by one of them (TrustError if not)."""
         head = cls(FrameReader(source, on_progress))
-        head.index = _read_index(head.tar)
+        head.index, head.index_bytes = _read_index(head.tar)
         member = _expect_member(head.tar, BLOBS_NAME)
-        head.blobs = BlobList.parse(head.tar.read_exactly(member.size, f"its {BLOBS_NAME}").tobytes())
+        head.blobs_bytes = head.tar.read_exactly(member.size, f"its {BLOBS_NAME}").tobytes()
+        head.blobs = BlobList.parse(head.blobs_bytes)
         head._in_head = False
-        _check_group_ended(head.tar, f"{INDEX_NAME} and {BLOBS_NAME}")
-        head._files_group = head._take_group()
+        member = head.tar.next()
+        head.signature = None
+        if member is not None and member.name == SIGNATURE_NAME:
+            if member.type not in REGULAR or member.size > SIGNATURE_LIMIT:
+                raise ArchiveError(f"archive's {SIGNATURE_NAME} is not one this tool writes")
+            head.signature = head.tar.read_exactly(member.size, f"its {SIGNATURE_NAME}").tobytes()
+            member = head.tar.next()
+        if member is not None or head.tar.ended:
+            raise ArchiveError(f"archive has more than {INDEX_NAME}, {BLOBS_NAME} and {SIGNATURE_NAME} in their group; "
+                               "it was not written by `ccache pack`")
+        signing.check(head.signature, ARCHIVE_FORMAT, head.index_bytes, head.blobs_bytes, trusted)
         return head
+
+    def take_files_group(self) -> None:
+        """Take files.json's group, for `read_files`: the next group is then the first of the blobs."""
+        self._files_group = self._take_group()
 
     def read_files(self, sizes: dict[str, int]) -> list[dict[str, Any]]:
         """files.json's group, read and checked against the index and `sizes` (blobs.txt's):
-        the complete manifests."""
+        the complete manifests, each checked whole and against its digest in the index."""
         chunks = (frame.decompress() for frame in self._files_group)
         tar = TarReader(lambda: next(chunks, b""))
         files = _read_json_member(tar, FILES_NAME)
@@ -503,37 +588,63 @@ def _read_json_member(tar: TarReader, name: str) -> Any:
         raise ArchiveError(f"{name} is malformed ({exc})") from exc
 
 
-def _read_index(tar: TarReader) -> dict[str, Any]:
-    """The first member: format, manifests without file lists, artifact counts."""
-    index = _read_json_member(tar, INDEX_NAME)
+def _read_index(tar: TarReader) -> tuple[dict[str, Any], bytes]:
+    """The first member, checked, and its bytes: format, manifests without file lists,
+    artifact counts, each whole manifest's digest."""
+    member = _expect_member(tar, INDEX_NAME)
+    data = tar.read_exactly(member.size, f"its {INDEX_NAME}").tobytes()
+    try:
+        index = json.loads(data)
+    except ValueError as exc:
+        raise ArchiveError(f"{INDEX_NAME} is malformed ({exc})") from exc
     version = index.get("format") if isinstance(index, dict) else None
+    if version in _OLDER_FORMATS:
+        raise ArchiveError(f"archive format {version} was written by an older ccache-cli, which did not cover "
+                           "manifests by a hash; pack it again with this version")
     if version != ARCHIVE_FORMAT:
         raise ArchiveError(
             f"archive format {version!r} is not supported (this ccache-cli reads format {ARCHIVE_FORMAT}); upgrade ccache-cli"
         )
     try:
-        ids = [manifest["id"] for manifest in index["entries"]]
+        if not isinstance(index["entries"], list):
+            raise TypeError("entries is not a list")
+        for entry_manifest in index["entries"]:
+            manifest.check(entry_manifest, with_files=False)
+        ids = [entry_manifest["id"] for entry_manifest in index["entries"]]
         if len(set(ids)) != len(ids):
             raise ArchiveError(f"{INDEX_NAME} lists an entry twice; the archive is corrupt or was tampered with")
+        if not isinstance(index["digests"], dict) or set(index["digests"]) != set(ids):
+            raise ArchiveError(f"{INDEX_NAME} does not give one manifest digest per entry")
+        if not manifest.all_hex64(list(index["digests"].values())):
+            raise TypeError("a manifest digest is not a sha256")
         index["artifacts"] = {
             entry_id: [KindSummary(str(kind), int(count), int(size)) for kind, count, size in index["artifacts"][entry_id]]
             for entry_id in ids
         }
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArchiveError(f"{INDEX_NAME} is malformed ({exc})") from exc
-    return index
+    return index, data
+
+
+_OLDER_FORMATS = (1, 2, 3)
 
 
 def _complete_manifests(index: dict[str, Any], files: Any, sizes: dict[str, int]) -> list[dict[str, Any]]:
-    """The index's manifests with files.json's file lists, each file's blob checked
-    against `sizes` (blobs.txt's)."""
+    """The index's manifests with files.json's file lists, each checked whole and
+    against its digest in the index, each file's blob against `sizes` (blobs.txt's)."""
     try:
-        manifests = [{**manifest, "files": files["files"][manifest["id"]]} for manifest in index["entries"]]
-        for manifest in manifests:
-            for ref in manifest["files"].values():
-                if sizes.get(ref["sha256"]) != ref["size"]:
-                    raise ArchiveError(f"{FILES_NAME} is inconsistent: entry {manifest['id'][:12]} names a blob "
-                                       f"that {BLOBS_NAME} does not list")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        if set(files["files"]) != {m["id"] for m in index["entries"]}:
+            raise ArchiveError(f"{FILES_NAME} does not list the files of exactly the entries of {INDEX_NAME}")
+        manifests = [{**m, "files": files["files"][m["id"]]} for m in index["entries"]]
+    except (KeyError, TypeError, AttributeError) as exc:
         raise ArchiveError(f"{FILES_NAME} is malformed ({exc})") from exc
+    for complete in manifests:
+        if hash_json(complete) != index["digests"][complete["id"]]:
+            raise ArchiveError(f"manifest of entry {complete['id'][:12]} does not match its digest in {INDEX_NAME}: "
+                               "the archive was changed after it was packed")
+        manifest.check(complete)
+        for ref in complete["files"].values():
+            if sizes.get(ref["sha256"]) != ref["size"]:
+                raise ArchiveError(f"{FILES_NAME} is inconsistent: entry {complete['id'][:12]} names a blob "
+                                   f"that {BLOBS_NAME} does not list")
     return manifests

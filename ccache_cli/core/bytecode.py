@@ -38,6 +38,8 @@ def record(modules: dict[str, Any], out: str) -> dict[str, dict[str, str]]:
         spec = getattr(module, "__spec__", None)
         if name == "__main__" or spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
             continue
+        if not is_module_name(name):  # an alias no import could name, which a store would refuse
+            continue
         source_path = spec.origin
         if not source_path or not source_path.endswith(".py") or not os.path.isfile(source_path):
             continue
@@ -56,6 +58,11 @@ def record(modules: dict[str, Any], out: str) -> dict[str, dict[str, str]]:
             handle.write(data)
         recorded[PREFIX + relative] = {"module": name, "sha256": hashlib.sha256(source).hexdigest()}
     return recorded
+
+
+def is_module_name(name: str) -> bool:
+    """A dotted module name: identifiers, hyphens allowed (`_sysconfigdata__linux_x86_64-linux-gnu`)."""
+    return all(part.replace("-", "_").isidentifier() for part in name.split("."))
 
 
 def _existing_code(source_path: str, source: bytes) -> Any:

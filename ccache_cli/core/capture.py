@@ -23,7 +23,7 @@ from . import fingerprint, sources
 from .artifacts import BYTECODE_PREFIX
 from .errors import BadInputError, CcacheError
 from .hashing import hash_json
-from .precompile import MANIFEST_FORMAT, PRIMARY_DEVICES, adopt_artifacts, created_now
+from .precompile import MANIFEST_FORMAT, PRIMARY_DEVICES, created_now, stage_artifacts, staged_blobs
 from .runtime import VIEW_ENV, with_startup_hook
 from .store import Entry, Store
 
@@ -76,7 +76,7 @@ def capture(store: Store, name: str, command: Sequence[str], stdout: int | None 
             "sources": [source.__dict__ for source in record["sources"]],
         }
         stored_bytecode = _gather_bytecode(records, process_records, staging / "artifacts")
-        files, _ = adopt_artifacts(store, staging / "artifacts")
+        files, _ = stage_artifacts(store, staging, staging / "artifacts")
         manifest = {
             "format": MANIFEST_FORMAT,
             "id": hash_json(key),
@@ -89,7 +89,7 @@ def capture(store: Store, name: str, command: Sequence[str], stdout: int | None 
             "bytecode": stored_bytecode,
             "files": files,
         }
-        [(entry, new)] = store.publish([Entry(manifest["id"], manifest)], staging)
+        [(entry, new)] = store.publish([Entry(manifest["id"], manifest)], staging, staged_blobs(files))
     return CaptureResult(entry, new, len(files), seconds)
 
 

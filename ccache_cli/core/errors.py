@@ -1,19 +1,29 @@
-"""The exceptions the core raises. The CLI turns each into one line on stderr and
-its exit code: 1 when an operation failed, 2 for bad usage or bad input."""
+"""The exceptions the core raises, and the exit codes. The CLI turns each exception
+into one line on stderr and its exit code: FAILED when an operation failed or a check
+did not pass, BAD_INPUT for bad usage or bad input."""
 
 from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    FAILED = 1  # the operation failed, or a check did not pass
+    BAD_INPUT = 2  # bad usage or bad input: nothing was changed
+    INTERRUPTED = 130  # Ctrl-C
 
 
 class CcacheError(Exception):
     """Base of every error ccache-cli reports to a user."""
 
-    exit_code = 1
+    exit_code = ExitCode.FAILED
 
 
 class BadInputError(CcacheError):
     """The user asked for something that cannot be done as asked (exit 2)."""
 
-    exit_code = 2
+    exit_code = ExitCode.BAD_INPUT
 
 
 class ModelSpecError(BadInputError):

@@ -11,22 +11,21 @@ removed blob fails its own check-lock-check cleanly instead of publishing it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import re
 import shutil
-import socket
-import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import runtime, usage
+from . import durable, owners, runtime, usage
 from .errors import BadInputError, CcacheError
-from .store import STAGING_OWNER, Entry, Store
+from .store import REMOVED_PREFIX, Entry, Store
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])\s*$", re.IGNORECASE)
@@ -43,9 +42,18 @@ class Plan:
     remove: tuple[Entry, ...]
     in_use: tuple[Entry, ...]  # would have gone, kept because a running program uses them
     blobs: tuple[str, ...]  # blobs no remaining entry names
-    abandoned: tuple[Path, ...]  # staging folders of writers that were killed
-    freed_bytes: int
+    abandoned: tuple[Path, ...]  # what killed writers left in tmp/ (Store.leftovers)
+    blob_bytes: int  # of `blobs`
+    abandoned_bytes: int  # of `abandoned`
     store_bytes: int  # every blob before the plan
+
+    @property
+    def freed_bytes(self) -> int:
+        return self.blob_bytes + self.abandoned_bytes
+
+    @property
+    def store_bytes_after(self) -> int:
+        return self.store_bytes - self.blob_bytes
 
 
 def parse_size(text: str) -> int:
@@ -96,30 +104,11 @@ def plan_gc(store: Store, max_size: int | None, older_than: dt.timedelta | None)
             names[sha256] -= 1
             if not names[sha256]:
                 size -= sizes.get(sha256, 0)
-    return _plan(store, entries, chosen, kept_busy, sizes, abandoned_staging(store))
+    return _plan(store, entries, chosen, kept_busy, sizes, store.leftovers())
 
 
 def _blobs_of(entry: Entry) -> set[str]:
     return {ref.sha256 for ref in entry.files.values()}
-
-
-def abandoned_staging(store: Store) -> tuple[Path, ...]:
-    """Staging folders whose writer is gone: its process on this host has ended, or,
-    written elsewhere or before owners were recorded, untouched for a week."""
-    if not store.tmp_dir.is_dir():
-        return ()
-    host = socket.gethostname()
-    week_ago = time.time() - 7 * 86400
-    found = []
-    for folder in sorted(store.tmp_dir.glob("stage-*")):
-        try:
-            owner_host, pid = (folder / STAGING_OWNER).read_text().split()
-            gone = not runtime.is_alive(int(pid)) if owner_host == host else folder.stat().st_mtime < week_ago
-        except (OSError, ValueError):
-            gone = folder.stat().st_mtime < week_ago
-        if gone:
-            found.append(folder)
-    return tuple(found)
 
 
 def plan_rm(store: Store, refs: Sequence[str]) -> Plan:
@@ -132,28 +121,30 @@ def plan_rm(store: Store, refs: Sequence[str]) -> Plan:
 
 
 def apply(store: Store, plan: Plan) -> None:
-    """Remove the plan's entries, then the blobs no remaining entry names."""
+    """Remove the plan's entries, then the blobs no remaining entry names. An entry
+    leaves entries/ by one rename, made durable before any of its blobs goes, so that
+    no crash leaves an entry whose blobs are gone."""
     store.ensure_writable()
     with store.lock():
         busy = in_use(store)  # check again under the lock: a program may have started
         for entry in plan.remove:
             if entry.id in busy:
                 raise EntryInUseError(f"entry {entry.short_id} ({entry.name}) came into use by process {busy[entry.id]}")
+        trash = []
         for entry in plan.remove:
             folder = store.entries_dir / entry.id
             if folder.is_dir():
-                trash = store.tmp_dir / f"removed-{uuid.uuid4().hex}"
-                os.rename(folder, trash)
-                shutil.rmtree(trash, ignore_errors=True)
+                trash.append(store.tmp_dir / f"{REMOVED_PREFIX}{uuid.uuid4().hex}")
+                os.rename(folder, trash[-1])
             usage.forget(store, entry.id)
-        named = {ref.sha256 for entry in store.scan().entries for ref in entry.files.values()}
+        if trash:
+            durable.fsync_dir(store.entries_dir)
+        named = {ref["sha256"] for entry in store.scan().entries for ref in entry.manifest["files"].values()}
         for sha256 in plan.blobs:
             if sha256 not in named:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(store.blob_file(sha256))
-                except FileNotFoundError:
-                    pass
-    for folder in plan.abandoned:
+    for folder in [*trash, *plan.abandoned]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -175,7 +166,7 @@ def in_use(store: Store) -> dict[str, int]:
         if str(Path(description["store"]).resolve()) != store_path:
             continue
         for pid in (int(name) for name in os.listdir(users) if name.isdigit()):
-            if runtime.is_alive(pid):
+            if owners.is_alive(pid):
                 for entry in description["entries"]:
                     busy.setdefault(entry["id"], pid)
     return busy
@@ -195,6 +186,14 @@ def _plan(store: Store, entries: Sequence[Entry], chosen: Sequence[Entry], busy:
     gone = {entry.id for entry in chosen}
     kept = {ref.sha256 for entry in entries if entry.id not in gone for ref in entry.files.values()}
     blobs = tuple(sorted(sha256 for sha256 in sizes if sha256 not in kept))
-    staged = sum(path.stat().st_size for folder in abandoned for path in folder.rglob("*") if path.is_file())
-    return Plan(tuple(chosen), tuple(busy), blobs, abandoned, sum(sizes[sha256] for sha256 in blobs) + staged,
-                sum(sizes.values()))
+    return Plan(tuple(chosen), tuple(busy), blobs, abandoned, sum(sizes[sha256] for sha256 in blobs),
+                sum(_tree_bytes(folder) for folder in abandoned), sum(sizes.values()))
+
+
+def _tree_bytes(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+    return total

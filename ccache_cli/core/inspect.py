@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import artifacts, fingerprint, usage
 from .fingerprint import Mismatch
 from .store import Entry, Store
 from .usage import Usage
+
+if TYPE_CHECKING:
+    from .signing import PublicKey
 
 
 @dataclass(frozen=True)
@@ -55,13 +59,13 @@ def inspect_store(store: Store, ref: str | None = None) -> InspectReport:
     return InspectReport(reports, warnings, machine, exact)
 
 
-def inspect_archive(store: Store, path: str) -> InspectReport:
-    """The entries of an archive, from its first member alone: nothing is extracted."""
+def inspect_archive(store: Store, path: str, trusted: Sequence[PublicKey] = ()) -> InspectReport:
+    """The entries of an archive, from its head alone: nothing is extracted."""
     from .archive import open_source, read_index
 
     machine, exact = this_machine(store)
     with open_source(path) as source:
-        index = read_index(source)
+        index = read_index(source, trusted)
     reports = []
     for manifest in index["entries"]:
         entry = Entry(manifest["id"], manifest)

@@ -24,6 +24,7 @@ import struct
 import sys
 from typing import IO, Any
 
+from . import processes
 from .errors import CcacheError
 from .frames import FrameWriter
 from .store import Store
@@ -65,8 +66,12 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
             _report(stdout, FAILED, failure)
             return False
         view = memoryview(frames)
-        while view:
-            view = view[os.write(job["archive"], view):]
+        try:
+            while view:
+                view = view[os.write(job["archive"], view):]
+        except OSError as exc:
+            _report(stdout, FAILED, f"cannot write the archive: {exc.strerror or exc}")
+            return False
         _report(stdout, WRITTEN, "")
         os.write(job["baton_out"], b"\1")
         return True
@@ -119,4 +124,5 @@ def _report(stdout: IO[bytes], kind: bytes, message: str) -> None:
 
 
 if __name__ == "__main__":
+    processes.die_with_parent()
     serve(sys.stdin.buffer, sys.stdout.buffer)

@@ -179,7 +179,7 @@ def _store_entry(
     lookup: str,
     result: dict[str, Any],
 ) -> tuple[Entry, int]:
-    files, new_bytes = adopt_artifacts(store, staging / "artifacts")
+    files, new_bytes = stage_artifacts(store, staging, staging / "artifacts")
     key = {
         "fingerprint": planned["fingerprint"],
         "compile": planned["compile"],
@@ -202,15 +202,14 @@ def _store_entry(
         "bytecode": result.get("bytecode", {}),
         "files": files,
     }
-    [(entry, _)] = store.publish([Entry(manifest["id"], manifest)], staging)
+    [(entry, _)] = store.publish([Entry(manifest["id"], manifest)], staging, staged_blobs(files))
     return entry, new_bytes
 
 
-def adopt_artifacts(store: Store, artifacts: Path) -> tuple[dict[str, dict[str, Any]], int]:
-    """Move the cache files a compile wrote under `artifacts` into the store as blobs;
-    returns the entry's file list and the bytes new to the store."""
+def stage_artifacts(store: Store, staging: Path, artifacts: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """Stage the cache files a compile wrote under `artifacts` as blobs for `publish`;
+    returns the entry's file list and the bytes the store lacks."""
     files: dict[str, dict[str, Any]] = {}
-    new_bytes = 0
     for path in sorted(artifacts.rglob("*")):
         relative = path.relative_to(artifacts).as_posix()
         if not path.is_file() or path.is_symlink():
@@ -218,10 +217,15 @@ def adopt_artifacts(store: Store, artifacts: Path) -> tuple[dict[str, dict[str, 
         top = relative[len(INDUCTOR_PREFIX) :].partition("/")[0] if relative.startswith(INDUCTOR_PREFIX) else ""
         if top in IGNORED_INDUCTOR_DIRS:
             continue
-        ref, added = store.adopt_blob(path)
-        new_bytes += ref.size if added else 0
+        ref = store.stage_blob(staging, path)
         files[relative] = {"sha256": ref.sha256, "size": ref.size}
-    return files, new_bytes
+    sizes = {ref["sha256"]: ref["size"] for ref in files.values()}
+    present = store.blobs_present(sizes)
+    return files, sum(size for sha256, size in sizes.items() if sha256 not in present)
+
+
+def staged_blobs(files: dict[str, dict[str, Any]]) -> set[str]:
+    return {ref["sha256"] for ref in files.values()}
 
 
 def created_now() -> str:

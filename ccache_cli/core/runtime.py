@@ -37,11 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import bytecode, usage
+from . import bytecode, owners, usage
 from .artifacts import AOT_PREFIX
 from .errors import BadInputError, EntryNotFoundError
 from .hashing import hash_json
 from .inspect import fits, this_machine
+from .manifest import inside
 from .sources import check, search_path
 from .store import Entry, Source, Store
 
@@ -122,17 +123,7 @@ def register_user(active: Activation, store: Store, by: str) -> None:
 
 def _ended_processes(folder: str | Path) -> list[str]:
     """The names in `folder` that are ids of processes that have ended."""
-    return [name for name in os.listdir(folder) if name.isdigit() and not is_alive(int(name))]
-
-
-def is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+    return [name for name in os.listdir(folder) if name.isdigit() and not owners.is_alive(int(name))]
 
 
 def select_entries(store: Store, refs: Sequence[str] = ()) -> list[Entry]:
@@ -234,7 +225,7 @@ def _link_files(store: Store, entries: Sequence[Entry], view: Path, roots: dict[
                 continue
             if target in made:  # the same cache file from two entries: content-keyed alike
                 continue
-            link = view / target
+            link = inside(view, target)
             parent = str(link.parent)
             if parent not in made:
                 os.makedirs(parent, exist_ok=True)
@@ -264,7 +255,7 @@ def export_bytecode(store: Store, entry: Entry, dest: Path) -> int:
         placed = bytecode.prefix_path(path, info["module"], roots)
         if placed is None or path not in entry.files:
             continue
-        target = dest / placed
+        target = inside(dest, placed)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(store.blob_file(entry.files[path].sha256), target)
         count += 1

@@ -17,21 +17,21 @@ Writers stage under `tmp/` (same filesystem) and publish with check-lock-check.
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import functools
 import json
 import os
 import shutil
-import socket
 import stat
-import tempfile
+import sys
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import durable, manifest, owners
 from .errors import BadInputError, EntryNotFoundError, StoreError
 from .hashing import sha256_file
 
@@ -39,7 +39,10 @@ FORMAT_VERSION = 1
 STORE_ENV = "CCACHE_CLI_STORE"
 ID_DISPLAY_LENGTH = 12
 _LOCK_TIMEOUT_S = 600
+_LOCK_NOTICE_S = 1.0  # a writer waiting longer says who holds the lock
 _LOCK_POLL_S = 0.05  # how often a writer waiting for the lock tries again
+_UNNAMED_AFTER_S = 60  # a staging folder still without its owner file was left by a killed writer
+REMOVED_PREFIX = "removed-"  # tmp/ folders of entries rm and gc are deleting
 
 
 @dataclass(frozen=True)
@@ -123,9 +126,15 @@ def default_root() -> Path:
 STAGING_OWNER = ".owner"
 
 
+def _to_stderr(message: str) -> None:
+    sys.stderr.write(f"ccache: {message}\n")
+
+
 class Store:
-    def __init__(self, root: Path | str | None = None) -> None:
-        self.root = Path(root) if root is not None else default_root()
+    def __init__(self, root: Path | str | None = None, notify: Callable[[str], None] | None = None) -> None:
+        # Absolute: views link to blobs by path, and a relative one would dangle.
+        self.root = (Path(root) if root is not None else default_root()).absolute()
+        self.notify = notify or _to_stderr  # says what a long wait is waiting for
 
     # -- paths -------------------------------------------------------------
 
@@ -194,8 +203,10 @@ class Store:
         for path in sorted(self.entries_dir.iterdir()):
             try:
                 entries.append(self._read_entry(path))
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                warnings.append(f"entry {path.name[:ID_DISPLAY_LENGTH]}: unreadable manifest ({exc})")
+            except manifest.ManifestError as exc:
+                warnings.append(f"entry {path.name[:ID_DISPLAY_LENGTH]} is skipped: {exc}")
+            except (OSError, ValueError) as exc:
+                warnings.append(f"entry {path.name[:ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})")
         entries.sort(key=lambda entry: entry.created, reverse=True)
         return Scan(tuple(entries), tuple(warnings))
 
@@ -231,9 +242,9 @@ class Store:
                 folder.mkdir(parents=True, exist_ok=True)
             format_file = self.root / "store.json"
             if not format_file.exists():
-                _atomic_write(format_file, json.dumps({"format": FORMAT_VERSION}).encode() + b"\n", self.tmp_dir)
-            probe = tempfile.NamedTemporaryFile(dir=self.tmp_dir, prefix="probe-")
-            probe.close()
+                durable.atomic_write(format_file, json.dumps({"format": FORMAT_VERSION}).encode() + b"\n", self.tmp_dir)
+            if not os.access(self.tmp_dir, os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
         except OSError as exc:
             raise StoreError(
                 f"cannot write to store {self.root}: {exc.strerror or exc}; "
@@ -244,38 +255,68 @@ class Store:
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
         """A private folder inside the store, removed on exit whatever happens. Its
-        owner file names this host and process, so that `gc` can tell the folder of a
-        writer that was killed from one that is still at work."""
+        owner file names this host and process, so that the next writer (or `gc`) can
+        tell the folder of a writer that was killed from one still at work, and
+        reclaims it."""
         self.ensure_writable()
         path = self.tmp_dir / f"stage-{uuid.uuid4().hex}"
-        path.mkdir()
-        (path / STAGING_OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+        try:
+            path.mkdir()
+            (path / STAGING_OWNER).write_text(owners.describe() + "\n")
+        except OSError as exc:
+            shutil.rmtree(path, ignore_errors=True)
+            raise StoreError(f"cannot write to store {self.root}: {exc.strerror or exc}") from exc
+        for leftover in self.leftovers():
+            shutil.rmtree(leftover, ignore_errors=True)
         try:
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
-    def adopt_blob(self, path: Path) -> tuple[FileRef, bool]:
-        """Move a staged file (under this store's tmp/) into the store as a blob.
+    def leftovers(self, other_hosts_after_s: float = 7 * 86400) -> tuple[Path, ...]:
+        """What killed writers left in tmp/: staging folders whose process has ended
+        (or, written on another host, untouched for `other_hosts_after_s`) and folders
+        of removed entries that `rm` or `gc` did not finish deleting."""
+        try:
+            names = sorted(os.listdir(self.tmp_dir))
+        except OSError:
+            return ()
+        now = time.time()
+        found = []
+        for name in names:
+            folder = self.tmp_dir / name
+            if name.startswith(REMOVED_PREFIX):
+                found.append(folder)
+                continue
+            if not name.startswith("stage-"):
+                continue
+            try:
+                alive = owners.owner_alive((folder / STAGING_OWNER).read_text())
+                abandoned = alive is False or (alive is None and now - folder.stat().st_mtime > other_hosts_after_s)
+            except FileNotFoundError:  # killed before it named its owner, or removed meanwhile
+                abandoned = now - _mtime(folder, now) > _UNNAMED_AFTER_S
+            except OSError:
+                continue
+            if abandoned:
+                found.append(folder)
+        return tuple(found)
 
-        Returns the blob's reference and whether it was new to the store; a blob that
-        is already there stays as it is and the staged file is left behind.
-        """
+    def stage_blob(self, staging: Path, path: Path) -> FileRef:
+        """Move a file of `staging` to where `publish` adopts it into the store as a
+        blob (`<staging>/objects/ab/<sha256>`, read-only)."""
         size = path.stat().st_size
         sha256 = sha256_file(path)
-        target = self.blob_path(sha256)
-        if target.exists():
-            return FileRef(sha256, size), False
-        target.parent.mkdir(exist_ok=True)
+        target = staging / "objects" / sha256[:2] / sha256
+        target.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         os.replace(path, target)
-        return FileRef(sha256, size), True
+        return FileRef(sha256, size)
 
     def stage_entries(self, entries: Sequence[Entry], staging: Path) -> None:
         """Check entries and write their manifests into `staging` (a folder from
         `staging()`), ready for `publish`, which needs the lock only to move them in."""
         for entry in entries:
-            _validated(entry)
+            manifest.check(entry.manifest)
             folder = staging / "entries" / entry.id
             folder.mkdir(parents=True)
             (folder / "manifest.json").write_text(json.dumps(dict(entry.manifest), sort_keys=True) + "\n")
@@ -283,14 +324,17 @@ class Store:
     def publish(self, entries: Sequence[Entry], staging: Path, staged_blobs: Collection[str] = ()) -> list[tuple[Entry, bool]]:
         """Publish entries under one lock, their blobs already in the store or staged.
 
-        `staged_blobs`, each hashed as it was written and laid out read-only as
-        `<staging>/objects/ab/<sha256>`, are moved into the store first, under the same
-        lock (which `gc` takes too), so only the entries' other blobs are looked for.
-        Entries not yet staged are staged first (`stage_entries`); each one's folder is
-        renamed into entries/, so each entry appears whole or not at all.
+        `staged_blobs`, laid out read-only as `<staging>/objects/ab/<sha256>` (each
+        hashed as it was written), are moved into the store first, under the same
+        lock (which `gc` and `rm` take too), so only the entries' other blobs are
+        looked for. Entries not yet staged are staged first (`stage_entries`); each
+        one's folder is renamed into entries/, so each entry appears whole or not at
+        all. Everything is on disk before the entries that name it appear, so a power
+        cut never leaves an entry whose files are lost.
         Returns each entry and whether it was new; one already there is kept as it is.
         """
         self.stage_entries([entry for entry in entries if not (staging / "entries" / entry.id).is_dir()], staging)
+        durable.sync_filesystem(staging)  # the staged blobs' and manifests' bytes
         with self.lock():
             if staged_blobs:
                 self._adopt_staged_blobs(staging / "objects")
@@ -302,8 +346,12 @@ class Store:
                 entry, path = next((entry, path) for entry in new for path, ref in entry.manifest["files"].items()
                                    if ref["sha256"] in missing)
                 raise StoreError(f"cannot publish entry {entry.short_id}: blob of {path} is missing")
+            if staged_blobs:
+                durable.sync_filesystem(self.objects_dir)  # the blobs' new names, before the entries naming them
             for entry in new:
                 os.rename(staging / "entries" / entry.id, self.entries_dir / entry.id)
+            if new:
+                durable.fsync_dir(self.entries_dir)
         new_ids = {entry.id for entry in new}
         return [
             (entry, True) if entry.id in new_ids else (self._read_entry(self.entries_dir / entry.id), False)
@@ -313,20 +361,16 @@ class Store:
     def _adopt_staged_blobs(self, staged_objects: Path) -> None:
         """Move staged blobs into the store. A two-letter folder the store lacks is moved
         whole, one rename for all its blobs (unpacking into an empty store, as in an image
-        build). A blob that another writer added meanwhile is replaced by the same bytes,
-        which is harmless: readers keep the file they opened."""
+        build). A blob already there is replaced by the same bytes, which is harmless:
+        readers keep the file they opened."""
         if not staged_objects.is_dir():
             return
         for folder in sorted(os.listdir(staged_objects)):
             source = os.path.join(staged_objects, folder)
             target = os.path.join(self.objects_dir, folder)
             if not os.path.exists(target):
-                try:
-                    os.rename(source, target)
-                    continue
-                except OSError:  # made meanwhile by a writer that takes no lock: merge file by file
-                    pass
-            os.makedirs(target, exist_ok=True)
+                os.rename(source, target)
+                continue
             for name in os.listdir(source):
                 os.replace(os.path.join(source, name), os.path.join(target, name))
 
@@ -337,7 +381,7 @@ class Store:
         with contextlib.suppress(OSError):
             folder = self.root / "machines"
             folder.mkdir(parents=True, exist_ok=True)
-            _atomic_write(folder / f"{probe}.json", json.dumps(fingerprint, sort_keys=True).encode(), folder)
+            durable.atomic_write(folder / f"{probe}.json", json.dumps(fingerprint, sort_keys=True).encode())
 
     def materialize(self, entry: Entry, dest: Path, prefix: str) -> int:
         """Copy the entry's files under `prefix` into `dest`; returns the file count."""
@@ -345,7 +389,7 @@ class Store:
         for path, ref in entry.files.items():
             if not path.startswith(prefix):
                 continue
-            out = dest / path[len(prefix) :]
+            out = manifest.inside(dest, path[len(prefix) :])
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.blob_path(ref.sha256), out)
             count += 1
@@ -353,30 +397,36 @@ class Store:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """The store's write lock: an flock on `.lock`, which the kernel releases when
-        the holder exits, however it exits."""
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        """The store's write lock (filelock: an flock on `.lock` on Unix, which the kernel
+        releases when the holder exits, however it exits). A writer that waits more
+        than a second says who holds it."""
+        import filelock  # writers only: read-only commands start without it
+
+        lock = filelock.FileLock(str(self.root / ".lock"))
+        holder = self.root / ".lock-holder"
         try:
-            deadline = time.monotonic() + _LOCK_TIMEOUT_S
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise StoreError(f"store {self.root} stayed locked for {_LOCK_TIMEOUT_S} s; is another writer stuck?") from None
-                    time.sleep(_LOCK_POLL_S)
+            lock.acquire(timeout=_LOCK_NOTICE_S, poll_interval=_LOCK_POLL_S)
+        except filelock.Timeout:
+            self.notify(f"waiting for the lock of store {self.root}, held by {_holder(holder)}")
+            try:
+                lock.acquire(timeout=_LOCK_TIMEOUT_S, poll_interval=_LOCK_POLL_S)
+            except filelock.Timeout:
+                raise StoreError(f"store {self.root} stayed locked for {_LOCK_TIMEOUT_S} s by {_holder(holder)}; "
+                                 "is that writer stuck?") from None
+        try:
+            with contextlib.suppress(OSError):
+                holder.write_text(f"{owners.describe()} {_command_line()}\n")
             yield
         finally:
-            os.close(fd)  # releases the lock
+            with contextlib.suppress(OSError):
+                holder.unlink()  # before the lock goes: the next holder's line must stay
+            lock.release()
 
     # -- internals ---------------------------------------------------------
 
     def _read_entry(self, path: Path) -> Entry:
-        manifest = json.loads((path / "manifest.json").read_text())
-        if manifest.get("id") != path.name:
-            raise ValueError("id does not match its folder")
-        return _validated(Entry(path.name, manifest))
+        raw = json.loads((path / "manifest.json").read_text())
+        return Entry(path.name, manifest.check(raw, folder=path.name))
 
     def _check_format(self) -> None:
         try:
@@ -391,27 +441,22 @@ class Store:
             )
 
 
-def _validated(entry: Entry) -> Entry:
-    """Touch every field once, so a malformed manifest fails here, not in a renderer."""
-    entry.name, entry.device, entry.sizes, entry.fingerprint, entry.sources, entry.created
-    # The file list is checked without building entry.files, an object per file, which
-    # only some commands need: entries can name tens of thousands of files.
-    for ref in entry.manifest["files"].values():
-        if type(ref) is not dict or ref.keys() != _FILE_REF_FIELDS:
-            raise TypeError(f"malformed file reference {ref!r}")
-    return entry
-
-
-_FILE_REF_FIELDS = {ref_field.name for ref_field in fields(FileRef)}
-
-
-def _atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=".write-")
+def _holder(holder: Path) -> str:
+    """Who holds the lock, as its holder wrote it: `pid N on HOST (COMMAND)`."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        host, pid, *rest = holder.read_text().split(" ", 3)
+    except (OSError, ValueError):
+        return "another process"
+    command = rest[-1].strip() if len(rest) == 2 else ""
+    return f"pid {pid} on {host}" + (f" ({command})" if command else "")
+
+
+def _command_line() -> str:
+    return " ".join([os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python", *sys.argv[1:]])[:300]
+
+
+def _mtime(path: Path, default: float) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return default

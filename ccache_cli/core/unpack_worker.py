@@ -25,6 +25,7 @@ import struct
 import sys
 from typing import IO, Any
 
+from . import processes
 from .errors import ArchiveError, CcacheError
 from .frames import FrameReader
 from .tarstream import BLOB_PREFIX, BlobList, TarReader, blob_members, copy_member
@@ -115,4 +116,5 @@ def _create(sha256: str, folder: int) -> int:
 
 
 if __name__ == "__main__":
+    processes.die_with_parent()
     serve(sys.stdin.buffer, sys.stdout.buffer)

@@ -26,6 +26,7 @@ from . import bytecode, fingerprint, sources, usage
 from .archive import check_blobs, is_archive_path, open_source
 from .errors import BadInputError
 from .hashing import sha256_file
+from .signing import PublicKey
 from .store import Entry, Store
 
 _SHOWN = 3  # problems named in one check's detail; the rest are counted
@@ -49,16 +50,17 @@ class VerifyReport:
         return all(check.ok for check in self.checks)
 
 
-def verify(store: Store, ref: str | None, target: Path | None, run: bool) -> VerifyReport:
-    """Every check of the entries `ref` names: an id prefix or name, an archive, or
-    (None) the whole store."""
+def verify(store: Store, ref: str | None, target: Path | None, run: bool,
+           trusted: Sequence[PublicKey] = ()) -> VerifyReport:
+    """Every check of the entries `ref` names: an id prefix or name, an archive (which
+    one of the `trusted` keys must have signed, where some are), or (None) the whole store."""
     target_fingerprint = load_target(target) if target is not None else None
     checks: list[Check] = []
     if ref is not None and is_archive_path(ref):
         if run:
             raise BadInputError("--run needs stored entries: `ccache unpack` the archive, then verify the entries")
         with open_source(ref) as source:
-            entries, broken = check_blobs(source)
+            entries, broken = check_blobs(source, trusted)
     else:
         if ref is not None:
             entries = [store.find(ref)]
