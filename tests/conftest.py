@@ -150,7 +150,7 @@ def make_entry(store: Store, name: str, files: dict[str, bytes], fingerprint: di
 def synthetic_manifest(name: str, files: dict[str, dict], fingerprint: dict | None = None, device: str = "cpu") -> dict:
     """A manifest that follows the schema, for entries made without compiling."""
     key = {
-        "fingerprint": fingerprint or cpu_fingerprint(),
+        "fingerprint": dict(fingerprint or cpu_fingerprint()),
         "compile": {"device": device, "sizes": [1], "dynamic": False, "mode": "default"},
         "model": {"module": name, "attr": "build", "inputs": f"{name}:example_inputs"},
         "inputs": {},
@@ -203,3 +203,27 @@ def framed_archive(members: list[tuple[tarfile.TarInfo, bytes | None]], trailing
         for at in range(start, max(end, start + 1), FRAME_SIZE):
             frames.write(data[at : min(at + FRAME_SIZE, end)], starts_group=at == start)
     return out.getvalue()
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (the store lock aside) and its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def regular(name: str, data: bytes, size: int | None = None) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data) if size is None else size
+    return info, data
+
+
+def head_members(manifests: list[dict], version: int = 4) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """The head members pack writes for these manifests (each as given, checked or not)."""
+    refs = {ref["sha256"]: ref["size"] for m in manifests for ref in m["files"].values()}
+    index = {"format": version, "entries": [{k: v for k, v in m.items() if k != "files"} for m in manifests],
+             "artifacts": {m["id"]: [] for m in manifests}, "digests": {m["id"]: hash_json(m) for m in manifests}}
+    listed = "".join(f"{sha256} {size}\n" for sha256, size in sorted(refs.items()))
+    files = {"files": {m["id"]: m["files"] for m in manifests}}
+    return [regular("index.json", json.dumps(index).encode()), regular("blobs.txt", listed.encode()),
+            regular("files.json", json.dumps(files).encode())]
+
+

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import zstandard
-from conftest import ccache, ccache_json, framed_archive, imported_modules, make_entry, synthetic_manifest
+from conftest import (ccache, ccache_json, framed_archive, head_members, imported_modules, make_entry, regular, snapshot,
+                      synthetic_manifest)
 
-from ccache_cli.core.hashing import hash_json
 from ccache_cli.core.store import Store
 
 
@@ -29,10 +29,6 @@ def source_store(tmp_path: Path) -> Path:
     make_entry(store, "alpha", {"inductor/fxgraph/ab/x": b"graph a", "inductor/ab/k.py": shared, "inductor/ab/k.so": b"\x7fELF" * 500})
     make_entry(store, "beta", {"inductor/fxgraph/cd/y": b"graph b", "inductor/cd/k.py": shared})
     return store.root
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def test_pack_is_deterministic_across_runs_and_stores(source_store: Path, tmp_path: Path) -> None:
@@ -193,28 +189,11 @@ def frame_declaring(size: int, content: bytes) -> bytes:
     return struct.pack("<IIIII", 0x184D2A5C, 12, len(frame), size, 1) + frame
 
 
-def regular(name: str, data: bytes, size: int | None = None) -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.size = len(data) if size is None else size
-    return info, data
-
-
 def index_for(blobs: dict[str, bytes], version: int = 4) -> list[tuple[tarfile.TarInfo, bytes]]:
     """index.json, blobs.txt and files.json for one entry that needs every blob, so
     that a wrong publish would show."""
     refs = {f"inductor/{name}": {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for name, d in blobs.items()}
     return head_members([synthetic_manifest("hostile", refs)], version)
-
-
-def head_members(manifests: list[dict], version: int = 4) -> list[tuple[tarfile.TarInfo, bytes]]:
-    """The head members pack writes for these manifests (each as given, checked or not)."""
-    refs = {ref["sha256"]: ref["size"] for m in manifests for ref in m["files"].values()}
-    index = {"format": version, "entries": [{k: v for k, v in m.items() if k != "files"} for m in manifests],
-             "artifacts": {m["id"]: [] for m in manifests}, "digests": {m["id"]: hash_json(m) for m in manifests}}
-    listed = "".join(f"{sha256} {size}\n" for sha256, size in sorted(refs.items()))
-    files = {"files": {m["id"]: m["files"] for m in manifests}}
-    return [regular("index.json", json.dumps(index).encode()), regular("blobs.txt", listed.encode()),
-            regular("files.json", json.dumps(files).encode())]
 
 
 BLOB = b"kernel bytes" * 10

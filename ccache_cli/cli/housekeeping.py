@@ -43,6 +43,8 @@ def rm_command(
 
 
 def _finish(store: Store, plan: housekeeping.Plan, dry_run: bool, json_output: bool) -> None:
+    for warning in plan.warnings:
+        warn(warning)
     if not dry_run:
         housekeeping.apply(store, plan)
     if json_output:
@@ -54,6 +56,7 @@ def _finish(store: Store, plan: housekeeping.Plan, dry_run: bool, json_output: b
             "abandoned_staging": [str(path) for path in plan.abandoned],
             "freed_bytes": plan.freed_bytes,
             "store_bytes": plan.store_bytes_after if not dry_run else plan.store_bytes,
+            "warnings": list(plan.warnings),
         })
         return
     for entry in plan.in_use:

@@ -147,7 +147,7 @@ def read_index(source: BinaryIO, trusted: Sequence[PublicKey] = ()) -> dict[str,
     reading only as far as its first member where none are."""
     if trusted:
         return _Head.read(source, trusted=trusted).index
-    return _read_index(_Head(FrameReader(source)).tar)[0]
+    return _parse_index(_read_member(_Head(FrameReader(source)).tar, INDEX_NAME))
 
 
 def unpack(
@@ -323,10 +323,8 @@ class _Head:
              trusted: Sequence[PublicKey] = ()) -> _Head:
         """The head, checked; where keys are trusted, signed by one of them (TrustError if not)."""
         head = cls(FrameReader(source, on_progress))
-        head.index, head.index_bytes = _read_index(head.tar)
-        member = _expect_member(head.tar, BLOBS_NAME)
-        head.blobs_bytes = head.tar.read_exactly(member.size, f"its {BLOBS_NAME}").tobytes()
-        head.blobs = BlobList.parse(head.blobs_bytes)
+        head.index_bytes = _read_member(head.tar, INDEX_NAME)
+        head.blobs_bytes = _read_member(head.tar, BLOBS_NAME)
         head._in_head = False
         member = head.tar.next()
         head.signature = None
@@ -338,7 +336,10 @@ class _Head:
         if member is not None or head.tar.ended:
             raise ArchiveError(f"archive has more than {INDEX_NAME}, {BLOBS_NAME} and {SIGNATURE_NAME} in their group; "
                                "it was not written by `ccache pack`")
-        signing.check(head.signature, ARCHIVE_FORMAT, head.index_bytes, head.blobs_bytes, trusted)
+        # Checked before any of it is parsed: what no trusted key signed is not looked at.
+        signing.check(head.signature, _format_of(head.index_bytes), head.index_bytes, head.blobs_bytes, trusted)
+        head.index = _parse_index(head.index_bytes)
+        head.blobs = BlobList.parse(head.blobs_bytes)
         return head
 
     def take_files_group(self) -> None:
@@ -580,19 +581,29 @@ def _expect_member(tar: TarReader, name: str) -> Member:
     return member
 
 
-def _read_json_member(tar: TarReader, name: str) -> Any:
+def _read_member(tar: TarReader, name: str) -> bytes:
     member = _expect_member(tar, name)
+    return tar.read_exactly(member.size, f"its {name}").tobytes()
+
+
+def _read_json_member(tar: TarReader, name: str) -> Any:
     try:
-        return json.loads(bytes(tar.read_exactly(member.size, f"its {name}")))
+        return json.loads(_read_member(tar, name))
     except ValueError as exc:
         raise ArchiveError(f"{name} is malformed ({exc})") from exc
 
 
-def _read_index(tar: TarReader) -> tuple[dict[str, Any], bytes]:
-    """The first member, checked, and its bytes: format, manifests without file lists,
-    artifact counts, each whole manifest's digest."""
-    member = _expect_member(tar, INDEX_NAME)
-    data = tar.read_exactly(member.size, f"its {INDEX_NAME}").tobytes()
+def _format_of(index: bytes) -> Any:
+    """The format an index.json declares, read before anything else in it."""
+    try:
+        return json.loads(index).get("format")
+    except (ValueError, AttributeError):
+        return None
+
+
+def _parse_index(data: bytes) -> dict[str, Any]:
+    """index.json, checked: format, manifests without file lists, artifact counts, each
+    whole manifest's digest."""
     try:
         index = json.loads(data)
     except ValueError as exc:
@@ -623,7 +634,7 @@ def _read_index(tar: TarReader) -> tuple[dict[str, Any], bytes]:
         }
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArchiveError(f"{INDEX_NAME} is malformed ({exc})") from exc
-    return index, data
+    return index
 
 
 _OLDER_FORMATS = (1, 2, 3)

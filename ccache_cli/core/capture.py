@@ -9,6 +9,7 @@ and the records its key; when it fails, nothing is stored.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ from . import fingerprint, sources
 from .artifacts import BYTECODE_PREFIX
 from .errors import BadInputError, CcacheError
 from .hashing import hash_json
-from .precompile import MANIFEST_FORMAT, PRIMARY_DEVICES, created_now, stage_artifacts, staged_blobs
+from .precompile import MANIFEST_FORMAT, PRIMARY_DEVICES, created_now, space_free, stage_artifacts, staged_blobs
 from .runtime import VIEW_ENV, with_startup_hook
 from .store import Entry, Store
 
@@ -45,10 +46,10 @@ class CaptureResult:
 def capture(store: Store, name: str, command: Sequence[str], stdout: int | None = None) -> CaptureResult:
     """Run `command` to completion on an empty cache and store what it compiled;
     its standard output goes to `stdout` (a file descriptor) if given."""
-    with store.staging() as staging:
-        inductor = staging / "artifacts" / "inductor"
+    with store.staging() as staging, contextlib.ExitStack() as stack:
+        (staging / "artifacts" / "inductor").mkdir(parents=True)
+        inductor = stack.enter_context(space_free(staging / "artifacts")) / "inductor"
         records = staging / "records"
-        inductor.mkdir(parents=True)
         records.mkdir()
         env = {var: value for var, value in os.environ.items() if var not in ("TRITON_CACHE_DIR", VIEW_ENV)}
         env.update({

@@ -46,6 +46,7 @@ class Plan:
     blob_bytes: int  # of `blobs`
     abandoned_bytes: int  # of `abandoned`
     store_bytes: int  # every blob before the plan
+    warnings: tuple[str, ...] = ()  # entries that could not be read, which stay
 
     @property
     def freed_bytes(self) -> int:
@@ -79,7 +80,8 @@ def last_used(store: Store, entry: Entry) -> dt.datetime:
 
 def plan_gc(store: Store, max_size: int | None, older_than: dt.timedelta | None) -> Plan:
     """Least recently used entries first, until every limit holds."""
-    scanned = store.scan().entries
+    scan = store.scan()
+    scanned = scan.entries
     used = {entry.id: last_used(store, entry) for entry in scanned}
     entries = sorted(scanned, key=lambda entry: used[entry.id])
     busy = in_use(store)
@@ -104,7 +106,7 @@ def plan_gc(store: Store, max_size: int | None, older_than: dt.timedelta | None)
             names[sha256] -= 1
             if not names[sha256]:
                 size -= sizes.get(sha256, 0)
-    return _plan(store, entries, chosen, kept_busy, sizes, store.leftovers())
+    return _plan(store, entries, chosen, kept_busy, sizes, store.leftovers(), scan.warnings)
 
 
 def _blobs_of(entry: Entry) -> set[str]:
@@ -117,7 +119,8 @@ def plan_rm(store: Store, refs: Sequence[str]) -> Plan:
     for entry in chosen:
         if entry.id in busy:
             raise EntryInUseError(f"entry {entry.short_id} ({entry.name}) is in use by running process {busy[entry.id]}")
-    return _plan(store, list(store.scan().entries), chosen, [], _blob_sizes(store), ())
+    scan = store.scan()
+    return _plan(store, list(scan.entries), chosen, [], _blob_sizes(store), (), scan.warnings)
 
 
 def apply(store: Store, plan: Plan) -> None:
@@ -139,7 +142,7 @@ def apply(store: Store, plan: Plan) -> None:
             usage.forget(store, entry.id)
         if trash:
             durable.fsync_dir(store.entries_dir)
-        named = {ref["sha256"] for entry in store.scan().entries for ref in entry.manifest["files"].values()}
+        named = store.named_blobs()
         for sha256 in plan.blobs:
             if sha256 not in named:
                 with contextlib.suppress(FileNotFoundError):
@@ -173,21 +176,25 @@ def in_use(store: Store) -> dict[str, int]:
 
 
 def _blob_sizes(store: Store) -> dict[str, int]:
+    """Each blob in the store and its size (one another writer removes meanwhile is left out)."""
     sizes = {}
-    if store.objects_dir.is_dir():
+    with contextlib.suppress(FileNotFoundError):
         for folder in os.scandir(store.objects_dir):
             for blob in os.scandir(folder.path):
-                sizes[blob.name] = blob.stat().st_size
+                with contextlib.suppress(FileNotFoundError):
+                    sizes[blob.name] = blob.stat().st_size
     return sizes
 
 
 def _plan(store: Store, entries: Sequence[Entry], chosen: Sequence[Entry], busy: Sequence[Entry],
-          sizes: dict[str, int], abandoned: tuple[Path, ...]) -> Plan:
+          sizes: dict[str, int], abandoned: tuple[Path, ...], warnings: tuple[str, ...]) -> Plan:
     gone = {entry.id for entry in chosen}
     kept = {ref.sha256 for entry in entries if entry.id not in gone for ref in entry.files.values()}
+    if warnings:  # an entry that could not be read keeps the blobs it names: it may be mended
+        kept |= store.named_blobs() - {ref.sha256 for entry in chosen for ref in entry.files.values()}
     blobs = tuple(sorted(sha256 for sha256 in sizes if sha256 not in kept))
     return Plan(tuple(chosen), tuple(busy), blobs, abandoned, sum(sizes[sha256] for sha256 in blobs),
-                sum(_tree_bytes(folder) for folder in abandoned), sum(sizes.values()))
+                sum(_tree_bytes(folder) for folder in abandoned), sum(sizes.values()), warnings)
 
 
 def _tree_bytes(folder: Path) -> int:

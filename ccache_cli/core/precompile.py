@@ -7,25 +7,29 @@ collects what the worker wrote into blobs and publishes the entry atomically.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import errors, fingerprint, modelspec, sources
 from .artifacts import IGNORED_INDUCTOR_DIRS, INDUCTOR_PREFIX
-from .errors import CcacheError, CompileError, DeviceError, SizesError
+from .errors import CcacheError, CompileError, DeviceError, SizesError, StoreError
 from .hashing import hash_json
 from .store import Entry, Store
 
 MANIFEST_FORMAT = 1
+MAX_SIZE = 2**31 - 1  # larger is a typo, not a batch
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -86,8 +90,8 @@ def parse_sizes(text: str) -> tuple[int, ...]:
         if not part.lstrip("-").isdigit():
             raise SizesError(f"--sizes {text!r}: {part!r} is not an integer")
         size = int(part)
-        if size < 1:
-            raise SizesError(f"--sizes {text!r}: {size} is not a positive batch size")
+        if not 0 < size <= MAX_SIZE:
+            raise SizesError(f"--sizes {text!r}: {size} is not a batch size from 1 to {MAX_SIZE}")
         if size not in sizes:
             sizes.append(size)
     return tuple(sizes)
@@ -113,7 +117,7 @@ def precompile(
     if request.inputs:
         modelspec.parse(request.inputs, default_attr=None)
     probe = fingerprint.probe_digest()
-    with store.staging() as staging:
+    with store.staging() as staging, contextlib.ExitStack() as stack:
         request_file = staging / "request.json"
         request_file.write_text(
             json.dumps(
@@ -130,7 +134,9 @@ def precompile(
             )
         )
         on_progress(Progress("loading"))
-        worker = _Worker(request_file, staging, staging / "artifacts")
+        (staging / "artifacts").mkdir()
+        compile_dir = stack.enter_context(space_free(staging / "artifacts"))
+        worker = _Worker(request_file, staging, compile_dir)
         try:
             planned = worker.expect("planned")
             if device in PRIMARY_DEVICES:
@@ -226,6 +232,25 @@ def stage_artifacts(store: Store, staging: Path, artifacts: Path) -> tuple[dict[
 
 def staged_blobs(files: dict[str, dict[str, Any]]) -> set[str]:
     return {ref["sha256"] for ref in files.values()}
+
+
+@contextlib.contextmanager
+def space_free(folder: Path) -> Iterator[Path]:
+    """`folder`, or where its path holds a space (which torch's C++ compiler command
+    line cannot take), a link to it from a temporary folder whose path holds none:
+    the compile writes through the link, into the store."""
+    if " " not in str(folder):
+        yield folder
+        return
+    alias_root = Path(tempfile.mkdtemp(prefix="ccache-cli-"))
+    try:
+        if " " in str(alias_root):
+            raise StoreError(f"the store path {folder} and the temp folder {alias_root} both hold a space, which torch's "
+                             "C++ compiler command line cannot take; set TMPDIR or --store to a path without one")
+        (alias_root / "artifacts").symlink_to(folder, target_is_directory=True)
+        yield alias_root / "artifacts"
+    finally:
+        shutil.rmtree(alias_root, ignore_errors=True)
 
 
 def created_now() -> str:

@@ -205,10 +205,26 @@ class Store:
                 entries.append(self._read_entry(path))
             except manifest.ManifestError as exc:
                 warnings.append(f"entry {path.name[:ID_DISPLAY_LENGTH]} is skipped: {exc}")
+            except FileNotFoundError as exc:
+                if path.exists():  # else removed meanwhile (rm, gc): not there, nothing to say
+                    warnings.append(f"entry {path.name[:ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})")
             except (OSError, ValueError) as exc:
                 warnings.append(f"entry {path.name[:ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})")
         entries.sort(key=lambda entry: entry.created, reverse=True)
         return Scan(tuple(entries), tuple(warnings))
+
+    def named_blobs(self) -> set[str]:
+        """Every blob any entry folder's manifest names, whether or not the manifest
+        passes its checks: what `gc` must keep."""
+        named: set[str] = set()
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.entries_dir):
+                try:
+                    files = json.loads((self.entries_dir / name / "manifest.json").read_bytes())["files"]
+                    named.update(ref["sha256"] for ref in files.values() if isinstance(ref.get("sha256"), str))
+                except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                    continue
+        return named
 
     def find(self, ref: str) -> Entry:
         """The one entry whose id starts with `ref`, or whose name is `ref`."""
@@ -270,6 +286,11 @@ class Store:
             shutil.rmtree(leftover, ignore_errors=True)
         try:
             yield path
+        except OSError as exc:
+            if durable.is_disk_full(exc):
+                raise StoreError(f"no space left on the device of store {self.root}; nothing was changed: "
+                                 "free some space (`ccache gc --max-size`) and run it again") from exc
+            raise
         finally:
             shutil.rmtree(path, ignore_errors=True)
 

@@ -131,4 +131,9 @@ def _compare(torch: Any, compiled: Any, eager: Any) -> str | None:
 
 
 if __name__ == "__main__":
+    import os
+
+    from . import processes
+
+    processes.die_with_parent(os.getppid())  # a killed ccache leaves no compile running
     sys.exit(main(sys.argv))

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import bytecode, fingerprint, modelspec, sources
+from . import bytecode, fingerprint, modelspec, processes, sources
 from .artifacts import AOT_PREFIX, MEGACACHE_FILE
 from .errors import CcacheError, CompileError, DeviceError
 from .tracing import modules_by_file, record_traced_files
@@ -384,4 +384,5 @@ def _one_line(text: str) -> str:
 
 
 if __name__ == "__main__":
+    processes.die_with_parent(os.getppid())  # a killed ccache leaves no compile running
     sys.exit(main(sys.argv))
