@@ -75,10 +75,10 @@ def test_api_package_follows_weights_and_falls_back_when_they_are_replaced(examp
         # [output equals eager, Dynamo imported]: in-place weight updates are served by the
         # package; a replaced parameter goes to torch.compile, never to stale weights.
         assert report == {"stored": [True, False], "new weights": [True, False], "replaced": [True, True]}
-    # torch unpacks a package per process and leaves it: here inside the view, where the
-    # second process removed the first one's.
+    # torch unpacks a package per process, inside the view here; torch 2.11 leaves it
+    # (the second process removed the first one's), 2.13 removes its own.
     [scratch] = (tmp_path / "views").glob("*/packages/*")
-    assert [p.name.startswith("aotinductor_") for p in scratch.iterdir()] == [True]
+    assert [p.name.startswith("aotinductor_") for p in scratch.iterdir()] in ([True], [])
 
 
 def test_api_falls_back_to_warm_torch_compile_for_other_sizes(example_store: Path, serve: Path, tmp_path: Path) -> None:

@@ -436,7 +436,7 @@ class Store:
                                  "is that writer stuck?") from None
         try:
             with contextlib.suppress(OSError):
-                holder.write_text(f"{owners.describe()} {_command_line()}\n")
+                holder.write_text(json.dumps({"owner": owners.describe(), "command": _command_line()}) + "\n")
             yield
         finally:
             with contextlib.suppress(OSError):
@@ -465,11 +465,11 @@ class Store:
 def _holder(holder: Path) -> str:
     """Who holds the lock, as its holder wrote it: `pid N on HOST (COMMAND)`."""
     try:
-        host, pid, *rest = holder.read_text().split(" ", 3)
-    except (OSError, ValueError):
+        written = json.loads(holder.read_text())
+        host, pid = written["owner"].split()[:2]
+        return f"pid {pid} on {host} ({written['command']})"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "another process"
-    command = rest[-1].strip() if len(rest) == 2 else ""
-    return f"pid {pid} on {host}" + (f" ({command})" if command else "")
 
 
 def _command_line() -> str:

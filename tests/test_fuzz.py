@@ -1,0 +1,235 @@
+"""Property tests of everything that reads bytes from outside: the archive reader, the
+frame reader, blobs.txt and the manifest schema.
+
+Random valid stores pack and unpack to the same store and the same bytes; random
+mutations, truncations and insertions in a valid archive are either refused with one
+line (the store as it was, nothing left in tmp/, nothing written outside it) or, where
+they touch nothing that matters (padding), unpack to exactly the same store. Never a
+traceback, never a hang.
+
+CI runs the `ci` profile (about a minute); release checks run
+`HYPOTHESIS_PROFILE=release` (see the README).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import snapshot, synthetic_manifest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ccache_cli.core import archive, manifest
+from ccache_cli.core.errors import CcacheError
+from ccache_cli.core.frames import FrameReader
+from ccache_cli.core.store import Entry, Store
+from ccache_cli.core.tarstream import BlobList
+
+settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("release", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+_NAME_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7e, exclude_characters="/\\")
+path_part = st.text(_NAME_CHARS, min_size=1, max_size=12).filter(lambda part: part not in (".", ".."))
+file_path = st.builds(lambda kind, parts: "/".join([kind, *parts]), st.sampled_from(["inductor", "aot", "bytecode"]),
+                      st.lists(path_part, min_size=1, max_size=4))
+entry_files = st.dictionaries(file_path, st.binary(max_size=3000), min_size=1, max_size=8)
+stores = st.lists(entry_files, min_size=1, max_size=3)
+
+
+@contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Fail, rather than hang, past `seconds`."""
+    def hung(*_: object) -> None:
+        raise TimeoutError(f"took more than {seconds} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def build_store(root: Path, entries: list[dict[str, bytes]]) -> Store:
+    store = Store(root)
+    for number, files in enumerate(entries):
+        with store.staging() as staging:
+            refs = {}
+            for at, (path, data) in enumerate(files.items()):
+                staged = staging / f"f{at}"
+                staged.write_bytes(data)
+                ref = store.stage_blob(staging, staged)
+                refs[path] = {"sha256": ref.sha256, "size": ref.size}
+            made = synthetic_manifest(f"entry{number}", refs)
+            made["key"]["compile"]["sizes"] = [number + 1]  # a key, and so an id, of its own
+            made["id"] = manifest.hash_json(made["key"])
+            store.publish([Entry(made["id"], made)], staging, {ref["sha256"] for ref in refs.values()})
+    return store
+
+
+def packed(store: Store) -> bytes:
+    out = tempfile.TemporaryFile()
+    archive.pack(store, list(store.scan().entries), out)
+    out.seek(0)
+    return out.read()
+
+
+def store_content(root: Path) -> dict[str, bytes]:
+    return {path: data for path, data in snapshot(root).items() if path.startswith(("objects/", "entries/"))}
+
+
+@given(stores)
+def test_random_stores_pack_and_unpack_identically(entries: list[dict[str, bytes]]) -> None:
+    with tempfile.TemporaryDirectory() as folder, time_limit(60):
+        source = build_store(Path(folder) / "source", entries)
+        data = packed(source)
+        target = Store(Path(folder) / "target")
+        result = archive.unpack(target, io.BytesIO(data))
+        assert len(result.added) == len(entries)
+        assert store_content(target.root) == store_content(source.root)
+        assert packed(target) == data
+
+
+@pytest.fixture(scope="module")
+def valid_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, dict[str, bytes]]:
+    """A small valid archive, and the store content it unpacks to."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    source = build_store(folder / "source", [
+        {"inductor/fxgraph/a": b"graph a" * 50, "inductor/ab/k.so": bytes(range(256)) * 8},
+        {"inductor/fxgraph/b": b"graph b" * 30, "aot/size-1.pt2": b"package" * 40, "inductor/ab/k.so": bytes(range(256)) * 8},
+    ])
+    data = packed(source)
+    target = Store(folder / "target")
+    archive.unpack(target, io.BytesIO(data))
+    return data, store_content(target.root)
+
+
+def mutations(length: int) -> st.SearchStrategy[tuple[str, int, bytes]]:
+    return st.tuples(st.sampled_from(["flip", "truncate", "insert", "delete", "overwrite"]),
+                     st.integers(0, length - 1), st.binary(min_size=1, max_size=16))
+
+
+def mutate(data: bytes, kind: str, at: int, extra: bytes) -> bytes:
+    if kind == "flip":
+        return data[:at] + bytes([data[at] ^ (extra[0] or 1)]) + data[at + 1:]
+    if kind == "truncate":
+        return data[:at]
+    if kind == "insert":
+        return data[:at] + extra + data[at:]
+    if kind == "delete":
+        return data[:at] + data[at + len(extra):]
+    return data[:at] + extra + data[at + len(extra):]
+
+
+@settings(max_examples=int(settings().max_examples * 2.5))
+@given(data=st.data())
+def test_mutated_archives_are_refused_cleanly_or_unpack_the_same(valid_archive: tuple[bytes, dict[str, bytes]],
+                                                                 data: st.DataObject) -> None:
+    original, expected = valid_archive
+    kind, at, extra = data.draw(mutations(len(original)))
+    mutated = mutate(original, kind, at, extra)
+    with tempfile.TemporaryDirectory() as folder, time_limit(60):
+        root = Path(folder)
+        target = Store(root / "target")
+        shutil.copytree(Path(__file__).parent / "models" / "two_files", root / "neighbour")
+        before = snapshot(root)
+        try:
+            archive.unpack(target, io.BytesIO(mutated))
+        except CcacheError as exc:
+            assert str(exc) and "\n" not in str(exc)
+            assert not store_content(target.root)
+            assert not (target.root / "tmp").exists() or not any((target.root / "tmp").iterdir())
+            outside = {path: content for path, content in snapshot(root).items() if not path.startswith("target/")}
+            assert outside == before
+            return
+        assert store_content(target.root) == expected  # accepted: exactly what the original gives
+
+
+@given(st.binary(max_size=4096))
+def test_the_frame_reader_refuses_random_bytes_cleanly(noise: bytes) -> None:
+    reader = FrameReader(io.BytesIO(noise))
+    with time_limit(10):
+        try:
+            while (frame := reader.read()) is not None:
+                frame.decompress()
+        except CcacheError as exc:
+            assert str(exc) and "\n" not in str(exc)
+
+
+@given(st.binary(max_size=2048) | st.lists(st.tuples(st.binary(min_size=32, max_size=32), st.integers(-5, 10**20)))
+       .map(lambda lines: "".join(f"{sha.hex()} {size}\n" for sha, size in lines).encode()))
+def test_blob_lists_are_parsed_or_refused(listing: bytes) -> None:
+    try:
+        blobs = BlobList.parse(listing)
+    except CcacheError:
+        return
+    sizes = blobs.sizes()
+    assert list(sizes) == sorted(sizes) and all(len(name) == 64 for name in sizes)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                           max_leaves=12)
+
+
+def _paths(value: object, prefix: tuple = ()) -> Iterator[tuple]:
+    yield prefix
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _paths(inner, (*prefix, key))
+    elif isinstance(value, list):
+        for at, inner in enumerate(value):
+            yield from _paths(inner, (*prefix, at))
+
+
+VALID = synthetic_manifest("valid", {"inductor/fxgraph/a": {"sha256": "a" * 64, "size": 3},
+                                     "bytecode/os.cpython-311.pyc": {"sha256": "b" * 64, "size": 9}})
+VALID["bytecode"] = {"bytecode/os.cpython-311.pyc": {"module": "os", "sha256": "c" * 64}}
+FIELDS = [path for path in _paths(VALID) if path]
+
+
+@given(st.sampled_from(FIELDS), json_values, st.booleans())
+def test_the_manifest_schema_refuses_or_accepts_only_safe_manifests(field: tuple, value: object, delete: bool) -> None:
+    changed = copy.deepcopy(VALID)
+    holder = changed
+    for key in field[:-1]:
+        holder = holder[key]
+    if delete and isinstance(holder, dict):
+        del holder[field[-1]]
+    else:
+        holder[field[-1]] = value
+    try:
+        checked = manifest.check(changed)
+    except manifest.ManifestError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        for path in checked["files"]:
+            assert manifest.inside(folder, path)  # every accepted path stays inside
+    json.dumps(checked)
+
+
+@given(st.lists(st.text(st.characters(min_codepoint=1, max_codepoint=0x10FFFF), min_size=1, max_size=20), min_size=1, max_size=6))
+def test_accepted_file_paths_never_leave_their_folder(parts: list[str]) -> None:
+    path = "inductor/" + "/".join(parts)
+    files = {path: {"sha256": hashlib.sha256(b"").hexdigest(), "size": 0}}
+    try:
+        manifest.check_files(files)
+    except manifest.ManifestError:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        joined = manifest.inside(folder, path)
+        assert str(joined).startswith(folder + os.sep)
