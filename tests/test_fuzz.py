@@ -40,10 +40,11 @@ settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_
 settings.register_profile("release", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-_NAME_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7e, exclude_characters="/\\")
-path_part = st.text(_NAME_CHARS, min_size=1, max_size=12).filter(lambda part: part not in (".", ".."))
-file_path = st.builds(lambda kind, parts: "/".join([kind, *parts]), st.sampled_from(["inductor", "aot", "bytecode"]),
-                      st.lists(path_part, min_size=1, max_size=4))
+_NAME_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7e, exclude_characters="/\\~")
+folder = st.text(_NAME_CHARS, min_size=1, max_size=12).filter(lambda part: part not in (".", ".."))
+file_name = st.text(_NAME_CHARS, max_size=12).map(lambda name: name + "~")  # never also a folder
+file_path = st.builds(lambda kind, folders, name: "/".join([kind, *folders, name]),
+                      st.sampled_from(["inductor", "aot", "bytecode"]), st.lists(folder, max_size=3), file_name)
 entry_files = st.dictionaries(file_path, st.binary(max_size=3000), min_size=1, max_size=8)
 stores = st.lists(entry_files, min_size=1, max_size=3)
 

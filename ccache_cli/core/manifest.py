@@ -111,6 +111,12 @@ def check_files(files: Mapping[str, Any]) -> None:
         path = next((path for path, ref in files.items() if not _good_file(path, ref)), "?")
         raise ManifestError(f"file {path!r} is not a relative path under {', '.join(_KINDS)} or megacache, "
                             "with a sha256 and a size in bytes")
+    # A file may not also be a folder of others: with '/' as the lowest character, a
+    # path's first successor in sorted order starts with `path/` if any path does.
+    ordered = sorted(path.replace("/", "\x01") for path in files)
+    if any(map(str.startswith, ordered[1:], [path + "\x01" for path in ordered[:-1]])):
+        path = next(a for a, b in zip(ordered, ordered[1:]) if b.startswith(a + "\x01")).replace("\x01", "/")
+        raise ManifestError(f"file {path!r} is also a folder of other files")
 
 
 _FOLDERS = tuple(f"{kind}/" for kind in _KINDS)
