@@ -65,8 +65,10 @@ HIT_PROBE = textwrap.dedent(
 
 
 def run_on_cache_dir(inductor_dir: Path, device: str, sizes: list[int], cwd: Path) -> dict[str, int]:
-    """Compile the example in a fresh process on `inductor_dir`; torch's cache counters."""
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
+    """Compile the example in a fresh process on `inductor_dir`, with the Inductor
+    setting precompile compiles with (as `unpack --export-dir` says to set); torch's
+    cache counters."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir), "TORCHINDUCTOR_CPP_DYNAMIC_THREADS": "1"}
     env.pop("TRITON_CACHE_DIR", None)
     result = subprocess.run([sys.executable, "-c", HIT_PROBE, device, json.dumps(sizes)],
                             capture_output=True, text=True, env=env, cwd=cwd, timeout=900)

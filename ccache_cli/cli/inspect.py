@@ -61,6 +61,8 @@ def _print_detail(item: EntryReport, report: InspectReport) -> None:
     if item.usage is not None and item.usage.times_used:
         u = item.usage
         out.print(f"used {u.times_used} times, last {age(u.last_used)}; recorded cache hits {u.hits}, misses {u.misses}")
+        if u.miss_reason:
+            out.print(f"latest miss: {u.miss_reason}", soft_wrap=True)
     key = Table("key part", "entry", "this machine", title="Fingerprint", title_justify="left")
     for name in fingerprint.components_for(e.device):
         here = report.machine.get(name, "(unknown without torch)")

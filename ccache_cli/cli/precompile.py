@@ -112,18 +112,14 @@ def _print_summary(result: core.PrecompileResult) -> None:
             f"{c['autograd_cache_hit']}/{c['autograd_cache_miss']}",
         )
     out.print(table)
-    aot = entry.manifest["aot"]
-    if aot["status"] == "stored":
-        aot_seconds = sum((entry.manifest["timings"]["aot"] or {}).values())
-        out.print(f"AOT-compiled functions stored for every size ({aot_seconds:.1f} s).")
-        packages = aot.get("packages") or {"status": "skipped", "reason": "not built"}
-        if packages["status"] == "stored":
-            package_seconds = sum((entry.manifest["timings"].get("packages") or {}).values())
-            out.print(f"AOTInductor packages stored for every size ({package_seconds:.1f} s).")
+    aot, timings = entry.manifest["aot"], entry.manifest["timings"]
+    packages = aot.get("packages") or {"status": "skipped", "reason": "not built"}
+    for what, status, spent in (("AOTInductor packages", packages, timings.get("packages")),
+                                ("AOT-compiled functions", aot, timings.get("aot"))):
+        if status["status"] == "stored":
+            out.print(f"{what} stored for every size ({sum((spent or {}).values()):.1f} s).")
         else:
-            out.print(f"AOTInductor packages {packages['status']}: {packages['reason']}", soft_wrap=True)
-    else:
-        out.print(f"AOT capture {aot['status']}: {aot['reason']}", soft_wrap=True)
+            out.print(f"{what} {status['status']}: {status['reason']}", soft_wrap=True)
     out.print(
         f"Stored entry [bold]{entry.short_id}[/bold] ({entry.name}): {len(entry.files)} files, "
         f"{human_bytes(entry.bytes)} ({human_bytes(result.new_bytes)} new) in {result.seconds:.1f} s."

@@ -50,24 +50,28 @@ def unpack(store: Store, source: str, compatible_only: bool = False, export_dir:
     total = Path(source).stat().st_size if source != "-" and Path(source).is_file() else None
     with archive.open_source(source) as handle, _progress("unpacking", total, not json_output) as on_progress:
         result = archive.unpack(store, handle, select, on_progress, trusted)
-    exported, pycache_prefix = None, None
+    exported, pycache_prefix, env = None, None, {}
     if export_dir is not None:
         exported, pycache_prefix = _export(store, [*result.added, *result.kept], entry, export_dir, machine, exact)
+        # What a process must set to hit the exported cache: where it is, and the
+        # Inductor settings its graphs were compiled with (part of their keys).
+        env = {"TORCHINDUCTOR_CACHE_DIR": str(export_dir), **exported.manifest["key"]["compile"].get("inductor_env", {})}
+        if pycache_prefix is not None:
+            env["PYTHONPYCACHEPREFIX"] = str(pycache_prefix)
     if json_output:
         emit_json({
             "added": [e.id for e in result.added], "kept": [e.id for e in result.kept], "skipped": list(result.skipped),
             "new_blobs": result.new_blobs, "new_bytes": result.new_bytes,
             "exported": None if exported is None else {
                 "entry": exported.id, "dir": str(export_dir),
-                "pycache_prefix": None if pycache_prefix is None else str(pycache_prefix)},
+                "pycache_prefix": None if pycache_prefix is None else str(pycache_prefix), "env": env},
         })
         return
     out.print(f"Unpacked {len(result.added)} new entries ({len(result.kept)} already there, {len(result.skipped)} "
               f"skipped as incompatible); {result.new_blobs} new blobs, {human_bytes(result.new_bytes)}.")
     if exported is not None:
-        out.print(f"Exported entry {exported.short_id} ({exported.name}) to {export_dir}: "
-                  f"TORCHINDUCTOR_CACHE_DIR={export_dir}"
-                  + (f" PYTHONPYCACHEPREFIX={pycache_prefix}" if pycache_prefix is not None else ""))
+        out.print(f"Exported entry {exported.short_id} ({exported.name}) to {export_dir}; run with "
+                  + " ".join(f"{name}={value}" for name, value in env.items()), soft_wrap=True)
 
 
 def _export(store: Store, entries: list[Entry], ref: str | None, target: Path, machine: dict,

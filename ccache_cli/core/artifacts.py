@@ -2,8 +2,9 @@
 
 An entry's files live under a few top-level folders: `inductor/` is the Inductor
 cache directory as torch wrote it (TORCHINDUCTOR_CACHE_DIR), `megacache/` holds
-torch's portable Mega-Cache bytes, `aot/` the AOT-compiled functions and `bytecode/`
-the .pyc files of the modules the compiling process imported.
+torch's portable Mega-Cache bytes, `aot/` the AOT-compiled functions and packages,
+`bytecode/` the .pyc files of the modules the compiling process imported and
+`outputs/` a sample of each size's outputs (outputs_sample.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from . import bytecode
 INDUCTOR_PREFIX = "inductor/"
 MEGACACHE_FILE = "megacache/cache_artifacts.bin"
 AOT_PREFIX = "aot/"
+OUTPUTS_PREFIX = "outputs/"
 BYTECODE_PREFIX = bytecode.PREFIX  # checked hash-based .pyc of the compile stack
 
 # Folders of an Inductor cache directory that hold no artifact worth carrying.
@@ -46,6 +48,8 @@ def kind_of(path: str) -> str:
             return "aot"
         if path.startswith(BYTECODE_PREFIX):
             return "bytecode"
+        if path.startswith(OUTPUTS_PREFIX):
+            return "outputs"
         return "other"
     top, _, rest = path[len(INDUCTOR_PREFIX) :].partition("/")
     if top in _INDUCTOR_DIR_KINDS:

@@ -26,6 +26,10 @@ GPU_COMPONENTS = ("triton", "gpu", "capability")
 # Components of CPU entries only: Inductor's C++ kernels depend on the vector ISA it
 # picks and, unless TORCHINDUCTOR_CPP_DYNAMIC_THREADS=1, on torch's thread count.
 CPU_COMPONENTS = ("cpu_isa", "cpu_threads")
+DYNAMIC = "dynamic"  # cpu_threads of kernels that read the thread count when they run
+DYNAMIC_THREADS_ENV = "TORCHINDUCTOR_CPP_DYNAMIC_THREADS"
+# TORCHINDUCTOR_* variables that say where caches live, not what is compiled: not in the key.
+INDUCTOR_ENV_IGNORED = frozenset({"TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"})
 COMPONENTS = BUILD_COMPONENTS + GPU_COMPONENTS + CPU_COMPONENTS
 
 # Environment variables that change what torch reports for the components above.
@@ -75,14 +79,16 @@ def mismatches(entry: dict[str, Any], device: str, target: dict[str, Any]) -> li
     return [
         Mismatch(name, entry.get(name), target[name])
         for name in components_for(device)
-        if name in target and entry.get(name) != target[name]
+        # An entry compiled with TORCHINDUCTOR_CPP_DYNAMIC_THREADS=1 runs on any thread count.
+        if name in target and entry.get(name) != target[name] and not (name == "cpu_threads" and entry.get(name) == DYNAMIC)
     ]
 
 
-def machine_fingerprint(device: str = "cpu") -> dict[str, Any]:
+def machine_fingerprint(device: str = "cpu", cpu: bool = True) -> dict[str, Any]:
     """Every key component of this machine, as torch reports them (imports torch).
 
     The GPU components describe `device` when it is a GPU, else GPU 0 when there is one.
+    Without `cpu`, the CPU components are left out (Inductor's ISA probe compiles programs).
     """
     import torch
 
@@ -102,13 +108,13 @@ def machine_fingerprint(device: str = "cpu") -> dict[str, Any]:
         fingerprint["gpu"] = torch.cuda.get_device_name(index)
         fingerprint["capability"] = f"sm_{major}{minor}"
         fingerprint["triton"] = _distribution_version("triton", "pytorch-triton")
+    if not cpu:
+        return fingerprint
     from torch._inductor import config as inductor_config
     from torch._inductor.cpu_vec_isa import pick_vec_isa
 
     fingerprint["cpu_isa"] = str(pick_vec_isa()) or "none"
-    fingerprint["cpu_threads"] = (
-        "dynamic" if inductor_config.cpp.dynamic_threads else torch.get_num_threads()
-    )
+    fingerprint["cpu_threads"] = DYNAMIC if inductor_config.cpp.dynamic_threads else torch.get_num_threads()
     return fingerprint
 
 

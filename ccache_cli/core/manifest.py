@@ -30,7 +30,7 @@ from .hashing import hash_json
 FORMAT = 1
 HEX64 = re.compile(r"[0-9a-f]{64}")
 # An entry's files live under these folders (artifacts.py says what each holds).
-_KINDS = ("inductor", "aot", "bytecode")
+_KINDS = ("inductor", "aot", "bytecode", "outputs")
 _MEGACACHE = "megacache/cache_artifacts.bin"
 # A normalised relative path: no empty, `.` or `..` part, no backslash or control
 # character. (One pattern for one path; `safe_paths` checks many at once.)
@@ -223,6 +223,8 @@ def _check_aot(aot: Mapping[str, Any]) -> None:
         _field(packages, "status", str, "aot.packages.")
         if not isinstance(packages.get("reason"), (str, type(None))):
             raise ManifestError("aot.packages.reason must be a string or null")
+        if "model" in packages and not (isinstance(packages["model"], str) and HEX64.fullmatch(packages["model"])):
+            raise ManifestError("aot.packages.model must be a sha256")
 
 
 def _check_bytecode(stored: Mapping[str, Any], files: Mapping[str, Any]) -> None:

@@ -96,7 +96,7 @@ def load_model(module: ModuleType, spec: ModelSpec) -> Any:
     return model
 
 
-def load_inputs(module: ModuleType, inputs: ModelSpec | None) -> Callable[[int], tuple[Any, ...]]:
+def load_inputs(module: ModuleType, inputs: ModelSpec | None) -> Callable[[int], Any]:
     """The `example_inputs(size)` function: from `--inputs`, else beside the model."""
     if inputs is not None:
         return _attribute(import_target(inputs), inputs)
@@ -108,14 +108,6 @@ def load_inputs(module: ModuleType, inputs: ModelSpec | None) -> Callable[[int],
     if not callable(function):
         raise ModelSpecError(f"{module.__name__}.{INPUTS_ATTR} is not a function")
     return function
-
-
-def call_inputs(function: Callable[[int], Any], size: int) -> tuple[Any, ...]:
-    try:
-        inputs = function(size)
-    except Exception as exc:
-        raise CompileError(f"example inputs for size {size} raised {type(exc).__name__}: {exc}") from exc
-    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
 
 
 def _attribute(module: ModuleType, spec: ModelSpec) -> Any:

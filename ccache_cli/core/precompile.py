@@ -25,6 +25,7 @@ from typing import Any
 from . import errors, fingerprint, modelspec, sources
 from .artifacts import IGNORED_INDUCTOR_DIRS, INDUCTOR_PREFIX
 from .errors import CcacheError, CompileError, DeviceError, SizesError, StoreError
+from .fingerprint import DYNAMIC_THREADS_ENV
 from .hashing import hash_json
 from .store import Entry, Store
 
@@ -201,10 +202,10 @@ def _store_entry(
         "created": created_now(),
         "lookup": lookup,
         "key": key,
-        "timings": {"sizes": result["reports"], "aot": result["aot"].get("seconds"),
-                    "packages": result["aot"].get("packages", {}).get("seconds")},
-        "aot": {"status": result["aot"]["status"], "reason": result["aot"]["reason"],
-                "packages": {k: v for k, v in result["aot"].get("packages", {}).items() if k != "seconds"} or None},
+        "timings": {"sizes": result["reports"], "aot": result["functions"].get("seconds"),
+                    "packages": result["packages"].get("seconds")},
+        "aot": {"status": result["functions"]["status"], "reason": result["functions"]["reason"],
+                "packages": {k: v for k, v in result["packages"].items() if k != "seconds"}},
         "bytecode": result.get("bytecode", {}),
         "files": files,
     }
@@ -268,6 +269,9 @@ class _Worker:
         # Triton then caches under the Inductor dir (triton/<device>), inside the entry.
         env.pop("TRITON_CACHE_DIR", None)
         env.pop("TORCHINDUCTOR_FORCE_DISABLE_CACHES", None)
+        # C++ kernels that read the thread count when they run, not when compiled: an entry
+        # serves processes with any thread count (a Kubernetes CPU limit sets another).
+        env.setdefault(DYNAMIC_THREADS_ENV, "1")
         self._log = open(staging / "worker.log", "wb")
         self._debug = bool(os.environ.get("CCACHE_CLI_DEBUG"))
         self._process = subprocess.Popen(

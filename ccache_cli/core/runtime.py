@@ -23,6 +23,7 @@ This module imports torch only inside `compile`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import bytecode, owners, usage
+from . import bytecode, fingerprint, misses, owners, usage
 from .artifacts import AOT_PREFIX
 from .errors import BadInputError, EntryNotFoundError
 from .hashing import hash_json
@@ -81,10 +82,10 @@ def start(store: Store, refs: Sequence[str]) -> Activation:
     active = activation(store, select_entries(store, refs))
     register_user(active, store, "run")  # exec keeps the pid: gc sees the command as the user
     active.apply(os.environ)
-    logs = usage.log_paths(store, [entry.id for entry in active.entries])
-    if logs:  # the start-up hook adds each Python process's cache hits and misses at exit
-        os.environ[usage.LOGS_ENV] = os.pathsep.join(logs)
-        os.environ["PYTHONPATH"] = with_startup_hook(os.environ.get("PYTHONPATH"))
+    # The start-up hook adds each Python process's cache hits and misses at exit, and
+    # says why where it missed.
+    os.environ[usage.LOGS_ENV] = os.pathsep.join(usage.log_paths(store, [entry.id for entry in active.entries]))
+    os.environ["PYTHONPATH"] = with_startup_hook(os.environ.get("PYTHONPATH"))
     return active
 
 
@@ -148,6 +149,11 @@ def activation(store: Store, entries: Sequence[Entry]) -> Activation:
     view, bytecode_modules = ensure_view(store, entries)
     # Triton then keeps its kernels inside the Inductor cache, as at precompile time.
     set_env = {"TORCHINDUCTOR_CACHE_DIR": str(view / "inductor"), VIEW_ENV: str(view)}
+    # Inductor settings the entries were compiled with are part of every graph's cache
+    # key: the ones they agree on, and the user has not set, are set as they were.
+    for name, value in _agreed_inductor_env(entries).items():
+        if name not in os.environ:
+            set_env[name] = value
     replaced = {}
     if bytecode_modules and os.environ.get(BYTECODE_ENV, "1") != "0":
         set_env["PYTHONPYCACHEPREFIX"] = str(view / "bytecode")
@@ -156,8 +162,17 @@ def activation(store: Store, entries: Sequence[Entry]) -> Activation:
     return Activation(tuple(entries), view, set_env, ("TRITON_CACHE_DIR",), bytecode_modules, replaced)
 
 
+def _agreed_inductor_env(entries: Sequence[Entry]) -> dict[str, str]:
+    """The TORCHINDUCTOR_* settings every entry that records them was compiled with."""
+    recorded = [entry.manifest["key"]["compile"].get("inductor_env") for entry in entries]
+    settings = [dict(env) for env in recorded if isinstance(env, dict)]
+    if not settings:
+        return {}
+    return {name: value for name, value in settings[0].items() if all(other.get(name) == value for other in settings[1:])}
+
+
 # Part of a view's name: a view laid out by another version of this code is not reused.
-_VIEW_LAYOUT = 2  # 2: activation.json lists each size's AOT function and package
+_VIEW_LAYOUT = 3  # 2: activation.json lists each size's AOT function and package; 3: the model structure
 
 
 def ensure_view(store: Store, entries: Sequence[Entry]) -> tuple[Path, int]:
@@ -240,7 +255,9 @@ def _link_files(store: Store, entries: Sequence[Entry], view: Path, roots: dict[
             "inputs": key.get("inputs", {}),
             "model": key.get("model"),
             "sources": key["sources"],
+            "fingerprint": key["fingerprint"],
             "aot": aot,
+            "structure": (entry.manifest["aot"].get("packages") or {}).get("model"),
         })
     (view / "inductor").mkdir(exist_ok=True)
     return {"store": str(store.root), "entries": described, "bytecode_modules": bytecode_modules}
@@ -273,6 +290,8 @@ def activate(store: Store | str | os.PathLike[str] | None = None, entry: str | S
         sys.pycache_prefix = active.set_env["PYTHONPYCACHEPREFIX"]  # for the modules this process imports next
     for name, previous in active.replaced.items():
         warnings.warn(f"ccache_cli.activate() replaced {name}={previous}", stacklevel=2)
+    atexit.register(misses.report_at_exit, str(active.view), usage.log_paths(store, [e.id for e in active.entries]),
+                    fingerprint, usage, "activate")
     return active
 
 
@@ -292,8 +311,9 @@ class _AotFunction:
     package: str | None  # an AOTInductor package of the same graph: loads without it
     device: str
     mode: str
-    inputs: tuple[tuple[tuple[int, ...], str] | tuple[str, Any], ...]
+    inputs: tuple[Any, ...]  # the signature of the calls it was compiled for (`_signature`)
     sources: tuple[Source, ...]
+    structure: str | None  # the package's model (compile_plan.model_structure)
     view: str
 
 
@@ -316,17 +336,22 @@ def _active_aot_functions() -> list[_AotFunction]:
                 package=str(Path(view) / paths["package"]) if "package" in paths else None,
                 device=options["device"],
                 mode=options.get("mode") or "default",
-                inputs=tuple(_signature_of_description(arg) for arg in entry["inputs"].get(size, [])),
+                inputs=_signature_of_description(entry["inputs"].get(size, [])),
                 sources=tuple(Source(**source) for source in entry["sources"]),
+                structure=entry.get("structure"),
                 view=view,
             ))
     return functions
 
 
-def _signature_of_description(arg: dict[str, Any]) -> Any:
-    if "shape" in arg:
-        return (tuple(arg["shape"]), arg["dtype"])
-    return ("value", arg["value"])
+def _signature_of_description(described: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """The signature (`_CompiledModel._signature`) of calls with inputs as the key describes them."""
+    def part(arg: dict[str, Any]) -> Any:
+        return (tuple(arg["shape"]), arg["dtype"]) if "shape" in arg else ("value", arg["value"])
+
+    positional = tuple(part(arg) for arg in described if "name" not in arg)
+    named = tuple(sorted((arg["name"], part(arg)) for arg in described if "name" in arg))
+    return positional, named
 
 
 class _CompiledModel:
@@ -344,63 +369,86 @@ class _CompiledModel:
         # Stored functions are static graphs from Inductor's default options.
         plain = not dynamic and kwargs.get("backend", "inductor") == "inductor" and not kwargs.get("options")
         self._aot = [f for f in aot_functions if f.mode == self._mode] if plain else []
-        self._chosen: dict[Any, Callable[..., Any] | None] = {}
+        self._chosen: dict[Any, _Package | _GuardedFunction | None] = {}
         self._fresh_sources: dict[tuple[Source, ...], bool] = {}
         self._compiled: Any = None
+        self._model_structure: str | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._aot and not kwargs and not self._torch.is_grad_enabled():
-            signature = self._signature(args)
+        if self._aot and not self._torch.is_grad_enabled():
+            signature = self._signature(args, kwargs)
             if signature not in self._chosen:
-                self._chosen[signature] = self._load_aot(signature, args)
+                self._chosen[signature] = self._load_aot(signature, args, kwargs)
             function = self._chosen[signature]
-            if function is not None and function.serves(self._model, args):
-                return function(self._model, *args)
+            if function is not None and function.serves(self._model, args, kwargs):
+                return function(self._model, args, kwargs)
         return self._torch_compiled()(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
 
-    def _signature(self, args: tuple[Any, ...]) -> Any:
-        torch = self._torch
-        return tuple(
-            ((tuple(arg.shape), str(arg.dtype)), str(arg.device))
-            if isinstance(arg, torch.Tensor) else (("value", arg), None)
-            for arg in args
-        )
+    def _signature(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        """What a stored function must have been compiled for to serve this call: each
+        input's shape and dtype (tensors) or value, keyword inputs by name; and the
+        devices of the tensors."""
+        tensor = self._torch.Tensor
 
-    def _load_aot(self, signature: Any, args: tuple[Any, ...]) -> _Package | _GuardedFunction | None:
-        wanted = tuple(part for part, _ in signature)
-        devices = {device for _, device in signature if device is not None}
+        def part(value: Any) -> Any:
+            return (tuple(value.shape), str(value.dtype)) if isinstance(value, tensor) else ("value", value)
+
+        devices = tuple(sorted({str(value.device) for value in (*args, *kwargs.values()) if isinstance(value, tensor)}))
+        return (tuple(map(part, args)), tuple(sorted((name, part(value)) for name, value in kwargs.items()))), devices
+
+    def _load_aot(self, signature: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Package | _GuardedFunction | None:
+        wanted, devices = signature
         for candidate in self._aot:
-            if candidate.inputs != wanted or (devices and devices != {candidate.device}):
+            if candidate.inputs != wanted or not _runs_on(candidate, devices):
                 continue
             if candidate.sources not in self._fresh_sources:
                 statuses = check(candidate.sources, search_path())
                 self._fresh_sources[candidate.sources] = all(status.state == "fresh" for status in statuses)
             if not self._fresh_sources[candidate.sources]:
                 continue  # compiled from other code: never serve it
-            if candidate.package is not None:
+            if candidate.package is not None and candidate.structure == self._structure():
                 with _unpacking_into(_package_scratch(candidate.view)):
-                    package = _Package.load(self._torch, candidate.package, candidate.device, self._model)
-                if package is not None and package.serves(self._model, args):
+                    package = _Package.load(self._torch, candidate.package, devices[0] if devices else candidate.device,
+                                            self._model)
+                if package is not None and package.serves(self._model, args, kwargs):
                     return package
-            if candidate.function is not None:
+            if candidate.function is not None and devices in ((), (candidate.device,)):
                 self._torch._dynamo.config.enable_aot_compile = True
                 with open(candidate.function, "rb") as handle:
                     function = self._torch.compiler.load_compiled_function(handle)
-                if function.guard_check(self._model, *args):
+                if function.guard_check(self._model, *args, **kwargs):
                     return _GuardedFunction(function)
         return None
 
+    def _structure(self) -> str:
+        """The model's structure (compile_plan.model_structure), once: a package serves
+        only the model it was built for, not another layer count or dtype."""
+        if self._model_structure is None:
+            from .compile_plan import model_structure
+
+            self._model_structure = model_structure(self._model)
+        return self._model_structure
+
     def _torch_compiled(self) -> Any:
         if self._compiled is None:
-            config = self._torch._dynamo.config
+            from .compile_plan import torch_compile
+
             # One static graph per batch size, as precompile stored them.
-            config.recompile_limit = max(config.recompile_limit, 64)
-            config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 256)
-            self._compiled = self._torch.compile(self._model, mode=self._mode, dynamic=self._dynamic, **self._kwargs)
+            self._compiled = torch_compile(self._torch, self._model, self._mode, 64, dynamic=self._dynamic, **self._kwargs)
         return self._compiled
+
+
+def _runs_on(candidate: _AotFunction, devices: tuple[str, ...]) -> bool:
+    """Whether a stored function can serve a call on `devices`: its own device; for a
+    package, any index of the same kind (the loader takes the index), so an entry
+    built on cuda:0 serves a process on cuda:3."""
+    if devices in ((), (candidate.device,)):
+        return True
+    return candidate.package is not None and len(devices) == 1 and \
+        devices[0].partition(":")[0] == candidate.device.partition(":")[0]
 
 
 def _package_scratch(view: str) -> str | None:
@@ -447,11 +495,11 @@ class _GuardedFunction:
     def __init__(self, function: Callable[..., Any]) -> None:
         self._function = function
 
-    def serves(self, model: Any, args: tuple[Any, ...]) -> bool:
+    def serves(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         return True
 
-    def __call__(self, model: Any, *args: Any) -> Any:
-        return self._function(model, *args)
+    def __call__(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self._function(model, *args, **kwargs)
 
 
 class _Package:
@@ -467,8 +515,14 @@ class _Package:
     def __init__(self, torch: Any, loader: Any, model: Any, tensors: dict[str, tuple[dict[str, Any], str, Any]]) -> None:
         self._loader = loader
         self._tensor_type = torch.Tensor
-        self._unflatten = torch.utils._pytree.tree_unflatten
-        self._out_spec = torch.utils._pytree.treespec_loads(loader.get_call_spec()[1])
+        pytree = torch.utils._pytree
+        self._flatten, self._unflatten = pytree.tree_flatten, pytree.tree_unflatten
+        in_spec, out_spec = loader.get_call_spec()
+        self._in_spec = pytree.treespec_loads(in_spec)
+        self._out_spec = pytree.treespec_loads(out_spec)
+        # The keyword inputs' order the package was exported with.
+        keywords = self._in_spec.child(1) if hasattr(self._in_spec, "child") else self._in_spec.children_specs[1]
+        self._keywords = list(keywords.context or [])
         # What must stay as it was: every module under its parent, every bound tensor
         # in its module at the same address.
         self._modules = [(parent._modules, name, child) for parent in model.modules() for name, child in parent._modules.items()]
@@ -477,7 +531,7 @@ class _Package:
 
     @classmethod
     def load(cls, torch: Any, path: str, device: str, model: Any) -> _Package | None:
-        """The package bound to `model`, or None where it needs a tensor the model lacks."""
+        """The package bound to `model`, on `device`; None where it needs a tensor the model lacks."""
         loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, package_device_index(device))
         owned: dict[str, tuple[dict[str, Any], str, Any]] = {}
         for prefix, module in model.named_modules(remove_duplicate=False):
@@ -493,14 +547,17 @@ class _Package:
         loader.load_constants({name: tensor for name, (_, _, tensor) in tensors.items()}, False, True, True)
         return cls(torch, loader, model, tensors)
 
-    def serves(self, model: Any, args: tuple[Any, ...]) -> bool:
+    def serves(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         return (
-            all(slot.get(name) is tensor and tensor.data_ptr() == address for slot, name, tensor, address in self._bound)
+            sorted(kwargs) == sorted(self._keywords)
+            and all(slot.get(name) is tensor and tensor.data_ptr() == address for slot, name, tensor, address in self._bound)
             and all(children.get(name) is child for children, name, child in self._modules)
             and not any(module.training for module in self._all_modules)
-            and all(arg.is_contiguous() for arg in args if isinstance(arg, self._tensor_type))
+            and all(value.is_contiguous() for value in (*args, *kwargs.values()) if isinstance(value, self._tensor_type))
         )
 
-    def __call__(self, model: Any, *args: Any) -> Any:
-        outputs = self._loader.boxed_run([arg for arg in args if isinstance(arg, self._tensor_type)])
+    def __call__(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        ordered = {name: kwargs[name] for name in self._keywords}
+        leaves = self._flatten((args, ordered))[0]
+        outputs = self._loader.boxed_run([leaf for leaf in leaves if isinstance(leaf, self._tensor_type)])
         return self._unflatten(outputs, self._out_spec)

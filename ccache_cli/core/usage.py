@@ -32,6 +32,7 @@ class Usage:
     last_used: str | None  # UTC, ISO 8601
     hits: int
     misses: int
+    miss_reason: str | None = None  # why the latest process that missed did (misses.py)
 
 
 def record(store: Store, entry_ids: Iterable[str], by: str, hits: int | None = None, misses: int | None = None) -> None:
@@ -72,7 +73,7 @@ def log_paths(store: Store, entry_ids: Iterable[str]) -> list[str]:
 
 
 def read(store: Store, entry_id: str) -> Usage:
-    times, last, hits, misses = 0, None, 0, 0
+    times, last, hits, misses, reason = 0, None, 0, 0, None
     try:
         lines = (store.root / "usage" / f"{entry_id}.log").read_text().splitlines()
     except OSError:
@@ -87,7 +88,8 @@ def read(store: Store, entry_id: str) -> Usage:
             last = line["at"] if last is None or moment(line["at"]) > moment(last) else last
         hits += int(line.get("hits", 0))
         misses += int(line.get("misses", 0))
-    return Usage(times, last, hits, misses)
+        reason = line.get("reason", reason)
+    return Usage(times, last, hits, misses, reason)
 
 
 def forget(store: Store, entry_id: str) -> None:

@@ -24,6 +24,7 @@ from xml.etree import ElementTree
 
 from . import bytecode, fingerprint, sources, usage
 from .archive import check_blobs, is_archive_path, open_source
+from .artifacts import OUTPUTS_PREFIX
 from .errors import BadInputError
 from .hashing import sha256_file
 from .signing import PublicKey
@@ -178,8 +179,12 @@ def run_check(store: Store, entry: Entry, search: Sequence[str]) -> Check:
         inductor_dir = Path(scratch) / "inductor"
         store.materialize(entry, inductor_dir, "inductor/")
         request, result_file = Path(scratch) / "request.json", Path(scratch) / "result.json"
-        request.write_text(json.dumps({"model": model, "compile": entry.manifest["key"]["compile"]}))
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(inductor_dir))
+        recorded = {label: json.loads(store.blob_path(entry.files[path].sha256).read_bytes())
+                    for label, path in _recorded_outputs(entry).items()}
+        request.write_text(json.dumps({"model": model, "compile": entry.manifest["key"]["compile"], "recorded": recorded}))
+        # As activation sets it: the Inductor settings the entry was compiled with.
+        env = {**os.environ, **entry.manifest["key"]["compile"].get("inductor_env", {}),
+               "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
         env.pop("TRITON_CACHE_DIR", None)
         env["PYTHONPATH"] = os.pathsep.join([*roots, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         process = subprocess.run(
@@ -206,10 +211,20 @@ def run_check(store: Store, entry: Entry, search: Sequence[str]) -> Check:
             problems.append(f"size {label}: {outcome['mismatch']}")
     if result["recompile"]:
         problems.append(f"recompiled under fail_on_recompile at {result['recompile']}")
+    unrecorded = [label for label, outcome in result["runs"].items() if not outcome["recorded"]]
     cold = sum(size["wall_s"] for size in entry.manifest["timings"]["sizes"])
     timing = f"warm start {result['warm_s']:.2f} s (model built at {result['built_s']:.2f} s), recorded cold compile {cold:.2f} s"
     unlisted = f", unlisted sizes {result['unlisted']} served without compiling" if result["unlisted"] else ""
-    return _check(entry, "run", problems, f"{timing}; {len(result['runs'])} sizes hit, outputs match eager{unlisted}")
+    compared = "outputs match eager" + (" and those recorded at precompile" if not unrecorded else
+                                        f" (size {', '.join(unrecorded)}: not the recorded call, as the example "
+                                        "inputs or weights are drawn at random, or nothing recorded)")
+    return _check(entry, "run", problems, f"{timing}; {len(result['runs'])} sizes hit, {compared}{unlisted}")
+
+
+def _recorded_outputs(entry: Entry) -> dict[str, str]:
+    """Size label -> the entry's file holding its recorded outputs."""
+    return {path[len(OUTPUTS_PREFIX):].removeprefix("size-").removesuffix(".json"): path
+            for path in entry.files if path.startswith(OUTPUTS_PREFIX)}
 
 
 def _import_roots(entry: Entry, search: Sequence[str]) -> list[str]:

@@ -23,10 +23,6 @@ import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-# Inductor's kernels may fuse and reorder arithmetic: allowed error per dtype.
-_TOLERANCE = {"float64": 1e-6, "float32": 1e-4, "float16": 1e-2, "bfloat16": 2e-2}
-
-
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[1]).read_text())
     try:
@@ -41,8 +37,9 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     import torch
     from torch._dynamo.utils import counters
 
-    from .modelspec import call_inputs
-    from .worker import cache_counters, to_device
+    from . import compile_plan as plan
+    from . import outputs_sample
+    from .worker import cache_counters
 
     options = request["compile"]
     device = options["device"]
@@ -50,30 +47,25 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     inputs_module, _, inputs_name = request["model"]["inputs"].partition(":")
     inputs_fn = getattr(importlib.import_module(inputs_module), inputs_name)
 
-    def inputs(size: int, dynamic: bool = False) -> tuple[Any, ...]:
-        args = to_device(torch, call_inputs(inputs_fn, size), device)
+    def inputs(size: int, dynamic: bool = False) -> plan.CallInputs:
+        args = plan.to_device(torch, plan.example_inputs(inputs_fn, size), device)
         if dynamic:
-            for arg in args:
-                if isinstance(arg, torch.Tensor) and arg.dim() > 0 and arg.shape[0] == size:
-                    torch._dynamo.mark_dynamic(arg, 0)
+            plan.mark_batch_dynamic(torch, args, size)
         return args
 
     # The same calls, in the same order, as precompile made.
     runs = [(str(size), size, False) for size in options["sizes"]]
     if options["dynamic"]:
         runs.append(("dynamic", options["dynamic_hint"], True))
-    config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, len(runs) + 2)
-    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, len(runs) + 2)
     built_s = time.perf_counter() - _STARTED
-    compiled = torch.compile(model, backend="inductor", mode=options["mode"], dynamic=False)
+    compiled = plan.torch_compile(torch, model, options["mode"], len(runs))
     per_run: dict[str, dict[str, Any]] = {}
     outputs, used = {}, {}
     with torch.no_grad():
         for label, size, dynamic in runs:
             before = cache_counters(counters)
             used[label] = inputs(size, dynamic)
-            outputs[label] = compiled(*used[label])
+            outputs[label] = plan.call(compiled, used[label])
             after = cache_counters(counters)
             per_run[label] = {
                 "fxgraph_miss": after["fxgraph_cache_miss"] - before["fxgraph_cache_miss"],
@@ -83,14 +75,20 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
             torch.cuda.synchronize(device)
         warm_s = time.perf_counter() - _STARTED
         for label, size, dynamic in runs:
-            per_run[label]["mismatch"] = _compare(torch, outputs[label], model(*used[label]))
+            recorded = request["recorded"].get(label)
+            same = recorded is not None and outputs_sample.same_call(torch, model, used[label], recorded)
+            per_run[label]["recorded"] = same
+            per_run[label]["mismatch"] = (
+                (outputs_sample.compare_recorded(torch, outputs[label], recorded) if same else None)
+                or outputs_sample.compare_eager(torch, outputs[label], plan.call(model, used[label]))
+            )
         recompile = None
         unlisted = _unlisted_sizes(options) if options["dynamic"] else []
         try:
             with torch.compiler.set_stance("fail_on_recompile"):
                 for label, size in [(label, size) for label, size, _ in runs] + [(str(s), s) for s in unlisted]:
                     recompile = label
-                    compiled(*inputs(size))
+                    plan.call(compiled, inputs(size))
             recompile = None
         except Exception as exc:  # torch raises its own error type for a recompile
             recompile = f"size {recompile}: {str(exc).strip().splitlines()[0][:200]}"
@@ -107,27 +105,6 @@ def _unlisted_sizes(options: dict[str, Any]) -> list[int]:
     listed = set(options["sizes"]) | {options["dynamic_hint"]}
     candidates = [max(2, min(options["sizes"]) + 1), options["dynamic_hint"] + 3]
     return sorted({size for size in candidates if size not in listed})
-
-
-def _compare(torch: Any, compiled: Any, eager: Any) -> str | None:
-    """Why `compiled` differs from `eager`, or None when every tensor is close."""
-    from torch.utils._pytree import tree_flatten
-
-    got, expected = tree_flatten(compiled)[0], tree_flatten(eager)[0]
-    if len(got) != len(expected):
-        return f"{len(got)} outputs, eager gives {len(expected)}"
-    for index, (a, b) in enumerate(zip(got, expected)):
-        if not isinstance(b, torch.Tensor):
-            if a != b:
-                return f"output {index} is {a!r}, eager gives {b!r}"
-            continue
-        if a.shape != b.shape or a.dtype != b.dtype:
-            return f"output {index} is {tuple(a.shape)} {a.dtype}, eager gives {tuple(b.shape)} {b.dtype}"
-        tolerance = _TOLERANCE.get(str(b.dtype).removeprefix("torch."), 0.0)
-        if not torch.allclose(a, b, rtol=tolerance, atol=tolerance):
-            diff = (a.double() - b.double()).abs().max().item()
-            return f"output {index} differs from eager by up to {diff:.3g} (tolerance {tolerance:g})"
-    return None
 
 
 if __name__ == "__main__":

@@ -24,15 +24,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import bytecode, fingerprint, modelspec, processes, sources
-from .artifacts import AOT_PREFIX, MEGACACHE_FILE
+from . import bytecode, fingerprint, modelspec, outputs_sample, processes, sources
+from . import compile_plan as plan
+from .artifacts import AOT_PREFIX, MEGACACHE_FILE, OUTPUTS_PREFIX
 from .errors import CcacheError, CompileError, DeviceError
 from .tracing import modules_by_file, record_traced_files
 
 Emit = Callable[..., None]
 
-# Environment variables that change what Inductor generates; they join the key.
-_INDUCTOR_ENV_IGNORED = {"TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"}
 
 
 def main(argv: list[str]) -> int:
@@ -72,7 +71,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
     device = _check_device(torch, request["device"])
     machine = request["machine"] or fingerprint.machine_fingerprint(device)
     sizes: list[int] = request["sizes"]
-    inputs = {size: to_device(torch, modelspec.call_inputs(inputs_fn, size), device) for size in sizes}
+    inputs = {size: plan.to_device(torch, plan.example_inputs(inputs_fn, size), device) for size in sizes}
     dynamic_hint = max(sizes) + 1 if request["dynamic"] else None
     compile_options = {
         "backend": "inductor",
@@ -86,7 +85,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
         "inductor_env": {
             name: value
             for name, value in sorted(os.environ.items())
-            if name.startswith("TORCHINDUCTOR_") and name not in _INDUCTOR_ENV_IGNORED
+            if name.startswith("TORCHINDUCTOR_") and name not in fingerprint.INDUCTOR_ENV_IGNORED
         },
     }
     emit(
@@ -95,7 +94,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
         fingerprint=fingerprint.entry_fingerprint(machine, device),
         compile=compile_options,
         model=modelspec.module_identity(module, spec, inputs_fn),
-        inputs={str(size): _describe(inputs[size]) for size in sizes},
+        inputs={str(size): plan.describe(inputs[size]) for size in sizes},
         sys_path=sys.path,
     )
     if replies.readline().strip() != "compile":
@@ -103,14 +102,17 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
 
     model = modelspec.load_model(module, spec).to(device)
     with _recording_traced_files() as traced:
-        reports = _compile_sizes(torch, model, inputs, compile_options, inputs_fn, emit)
-        if torch._dynamo.utils.counters["graph_break"]:
-            reason = next(iter(torch._dynamo.utils.counters["graph_break"]))
-            aot = {"status": "skipped", "reason": f"graph break, so no fullgraph capture: {_one_line(reason)}"}
-        elif not request["aot"]:
-            aot = {"status": "disabled", "reason": "--no-aot"}
+        reports, outputs = _compile_sizes(torch, model, inputs, compile_options, inputs_fn, emit)
+        _record_outputs(torch, model, inputs, outputs, out)
+        graph_break = next(iter(torch._dynamo.utils.counters["graph_break"]), None)
+        if not request["aot"]:
+            functions = packages = {"status": "disabled", "reason": "--no-aot"}
         else:
-            aot = _aot_compile(torch, model, inputs, compile_options, out, emit)
+            packages = _aoti_packages(torch, model, inputs, compile_options, out / AOT_PREFIX, emit)
+            if graph_break is not None:
+                functions = {"status": "skipped", "reason": f"graph break, so no fullgraph capture: {_one_line(graph_break)}"}
+            else:
+                functions = _aot_compile(torch, model, inputs, compile_options, out / AOT_PREFIX, emit)
     artifacts = torch.compiler.save_cache_artifacts()
     if artifacts is not None:
         (out / MEGACACHE_FILE).parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,8 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
     emit(
         "result",
         reports=reports,
-        aot=aot,
+        functions=functions,
+        packages=packages,
         sources=[source.__dict__ for source in traced_sources],
         bytecode=recorded,
     )
@@ -132,88 +135,122 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
 def _compile_sizes(
     torch: Any,
     model: Any,
-    inputs: dict[int, tuple[Any, ...]],
+    inputs: dict[int, plan.CallInputs],
     options: dict[str, Any],
     inputs_fn: Callable[[int], Any],
     emit: Emit,
-) -> list[dict[str, Any]]:
-    # One static graph per size, as serving stacks compile their batch sizes; a
-    # dynamic graph is compiled on top when asked for.
-    config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, len(inputs) + 2)
-    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, len(inputs) + 2)
-    compiled = torch.compile(model, backend="inductor", mode=options["mode"], dynamic=False)
-    runs: list[tuple[str, tuple[Any, ...]]] = [(str(size), args) for size, args in inputs.items()]
-    if options["dynamic"]:
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Each size's first call through torch.compile: the reports, and the outputs."""
+    runs: list[tuple[str, plan.CallInputs]] = [(str(size), args) for size, args in inputs.items()]
+    if options["dynamic"]:  # a dynamic graph on top of the static ones, when asked for
         hint = options["dynamic_hint"]
-        args = to_device(torch, modelspec.call_inputs(inputs_fn, hint), options["device"])
-        for tensor in args:
-            if isinstance(tensor, torch.Tensor) and tensor.dim() > 0 and tensor.shape[0] == hint:
-                torch._dynamo.mark_dynamic(tensor, 0)
+        args = plan.to_device(torch, plan.example_inputs(inputs_fn, hint), options["device"])
+        plan.mark_batch_dynamic(torch, args, hint)
         runs.append(("dynamic", args))
-    reports = []
+    compiled = plan.torch_compile(torch, model, options["mode"], len(runs))
+    reports, outputs = [], {}
     for label, args in runs:
         emit("size_start", label=label, phase="compile")
-        report = _measure(torch, options["device"], lambda: compiled(*args))
+        report, outputs[label] = _measure(torch, options["device"], lambda: plan.call(compiled, args))
         report["label"] = label
         reports.append(report)
         emit("size_done", phase="compile", **report)
-    return reports
+    return reports, outputs
+
+
+def _record_outputs(torch: Any, model: Any, inputs: dict[int, plan.CallInputs], outputs: dict[str, Any], out: Path) -> None:
+    """A record of each size's compiled call (`outputs/size-N.json`), which `verify
+    --run` compares a warm start's outputs with."""
+    folder = out / OUTPUTS_PREFIX
+    folder.mkdir(parents=True, exist_ok=True)
+    for size, args in inputs.items():
+        record = outputs_sample.record(torch, model, args, outputs[str(size)])
+        (folder / f"size-{size}.json").write_text(json.dumps(record))
 
 
 def _aot_compile(
-    torch: Any, model: Any, inputs: dict[int, tuple[Any, ...]], options: dict[str, Any], out: Path, emit: Emit
+    torch: Any, model: Any, inputs: dict[int, plan.CallInputs], options: dict[str, Any], folder: Path, emit: Emit
 ) -> dict[str, Any]:
+    """aot_compile functions, `aot/size-N.pt`: Dynamo's guards with the compiled graph."""
     torch._dynamo.config.enable_aot_compile = True  # needed before torch.compile on torch 2.11
-    folder = out / AOT_PREFIX
     folder.mkdir(parents=True, exist_ok=True)
 
-    def save_function(size: int, args: tuple[Any, ...]) -> None:
+    def save_function(size: int, args: plan.CallInputs) -> None:
         # Under no_grad like every other call: the grad mode is part of the guards.
-        with torch.no_grad():
+        with torch.no_grad(), _naming_unserializable_guards(torch):
             compiled = torch.compile(
                 model.forward, backend="inductor", mode=options["mode"], dynamic=False, fullgraph=True
-            ).aot_compile((args, {}))
+            ).aot_compile((args.args, args.kwargs))
         compiled.save_compiled_function(str(folder / f"size-{size}.pt"))
 
     seconds, error = _each_size(inputs, "aot", save_function, emit)
     if error is not None:
-        for partial in folder.iterdir():
+        for partial in folder.glob("*.pt"):
             partial.unlink()
         return {"status": "skipped", "reason": f"aot_compile failed: {error}"}
-    packages = _aoti_package(torch, model, inputs, options, folder, emit)
-    return {"status": "stored", "reason": None, "seconds": seconds, "packages": packages}
+    return {"status": "stored", "reason": None, "seconds": seconds}
 
 
-def _aoti_package(
-    torch: Any, model: Any, inputs: dict[int, tuple[Any, ...]], options: dict[str, Any], folder: Path, emit: Emit
+@contextlib.contextmanager
+def _naming_unserializable_guards(torch: Any) -> Iterator[None]:
+    """Make aot_compile's "X guard cannot be serialized" name the guard's source too."""
+    guards = torch._dynamo.guards
+    manager = getattr(guards, "CheckFunctionManager", None)
+    original = getattr(manager, "serialize_guards", None)
+    if original is None:
+        yield
+        return
+    unsupported = set(getattr(manager, "UNSUPPORTED_SERIALIZATION_GUARD_TYPES", ()))
+
+    def serialize_guards(self: Any, builder: Any, sorted_guards: list[Any], *rest: Any) -> Any:
+        try:
+            return original(self, builder, sorted_guards, *rest)
+        except torch._dynamo.exc.PackageError as exc:
+            for guard in sorted_guards:
+                kinds = {guard.create_fn_name(), *(guard.guard_types or ())} & unsupported
+                if kinds:
+                    raise torch._dynamo.exc.PackageError(f"{min(kinds)} guard on {guard.name} cannot be serialized") from exc
+            raise
+
+    manager.serialize_guards = serialize_guards
+    try:
+        yield
+    finally:
+        manager.serialize_guards = original
+
+
+def _aoti_packages(
+    torch: Any, model: Any, inputs: dict[int, plan.CallInputs], options: dict[str, Any], folder: Path, emit: Emit
 ) -> dict[str, Any]:
-    """AOTInductor packages, `aot/size-N.pt2`, beside the aot_compile functions.
+    """AOTInductor packages, `aot/size-N.pt2`, from `torch.export` of each size.
 
-    Loading one needs neither Dynamo nor Inductor imported (the aot_compile functions
-    need both, seconds of imports), so `ccache_cli.compile` prefers them. They hold no
-    weights: the runtime binds the model's own parameters and buffers to them.
+    Loading one needs neither Dynamo nor Inductor imported (seconds of imports), so
+    `ccache_cli.compile` prefers them. They are built with the Inductor options of the
+    entry's mode (max-autotune's autotuning happens here, once) and hold no weights:
+    the runtime binds the model's own parameters and buffers to them.
     """
-    if options["mode"] not in (None, "default"):
-        return {"status": "skipped", "reason": f"mode {options['mode']!r}: packages are built with Inductor's defaults"}
+    if (unsupported := plan.packages_unsupported(options["mode"])) is not None:
+        return {"status": "skipped", "reason": unsupported}
     if any(module.training for module in model.modules()):
         return {"status": "skipped", "reason": "the model is in training mode"}
-    tensors = [arg for args in inputs.values() for arg in args if isinstance(arg, torch.Tensor)]
-    if not all(tensor.is_contiguous() for tensor in tensors):
+    if not all(tensor.is_contiguous() for args in inputs.values() for tensor in args.tensors(torch)):
         return {"status": "skipped", "reason": "an example input is not contiguous"}
+    folder.mkdir(parents=True, exist_ok=True)
+    configs = plan.package_configs(torch, options["mode"])
 
-    def save_package(size: int, args: tuple[Any, ...]) -> None:
+    def save_package(size: int, args: plan.CallInputs) -> None:
+        try:
+            program = plan.export(torch, model, args)
+        except Exception as exc:
+            raise _ExportError(f"torch.export failed: {type(exc).__name__}: {_one_line(str(exc))}") from exc
         with torch.no_grad():
-            program = torch.export.export(model, args)
-            torch._inductor.aoti_compile_and_package(
-                program,
-                package_path=str(folder / f"size-{size}.pt2"),
-                inductor_configs={"aot_inductor.package_constants_in_so": False},
-            )
+            torch._inductor.aoti_compile_and_package(program, package_path=str(folder / f"size-{size}.pt2"),
+                                                     inductor_configs=configs)
 
     seconds, error = _each_size(inputs, "package", save_package, emit)
     if error is not None:
-        reason: str | None = f"AOTInductor failed: {error}"
+        reason: str | None = error.removeprefix(f"{_ExportError.__name__}: ")
+        reason = reason if reason.startswith("torch.export") else f"AOTInductor failed: {error}"
     else:
         failure = _load_in_fresh_process(sorted(folder.glob("*.pt2")), options["device"])
         reason = None if failure is None else f"a fresh process could not load the packages: {failure}"
@@ -221,11 +258,15 @@ def _aoti_package(
         for package in folder.glob("*.pt2"):
             package.unlink()
         return {"status": "skipped", "reason": reason}
-    return {"status": "stored", "reason": None, "seconds": seconds}
+    return {"status": "stored", "reason": None, "seconds": seconds, "model": plan.model_structure(model)}
+
+
+class _ExportError(Exception):
+    """torch.export could not take the model: the entry says why."""
 
 
 def _each_size(
-    inputs: dict[int, tuple[Any, ...]], phase: str, build: Callable[[int, tuple[Any, ...]], None], emit: Emit
+    inputs: dict[int, plan.CallInputs], phase: str, build: Callable[[int, plan.CallInputs], None], emit: Emit
 ) -> tuple[dict[str, float], str | None]:
     """Run `build` for each size, timed and reported; the seconds per size, and what
     failed ("Type: message"), stopping there, or None."""
@@ -295,15 +336,16 @@ def _static_cxx_runtime_hint() -> str:
     )
 
 
-def _measure(torch: Any, device: str, call: Callable[[], Any]) -> dict[str, Any]:
-    """Run one first call; its wall time, torch's compile-time split and cache counters."""
+def _measure(torch: Any, device: str, call: Callable[[], Any]) -> tuple[dict[str, Any], Any]:
+    """Run one first call; its wall time, torch's compile-time split and cache counters,
+    and its output."""
     from torch._dynamo.utils import clear_compilation_metrics, counters, get_compilation_metrics
 
     before = cache_counters(counters)
     clear_compilation_metrics()
     start = time.perf_counter()
     with torch.no_grad():
-        call()
+        output = call()
     if fingerprint.is_gpu_device(device):
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
@@ -315,7 +357,7 @@ def _measure(torch: Any, device: str, call: Callable[[], Any]) -> dict[str, Any]
     frame, backend = total("entire_frame_compile_time_s"), total("backend_compile_time_s")
     inductor, kernels = total("inductor_compile_time_s"), total("triton_compile_time_us", 1e-6)
     after = cache_counters(counters)
-    return {
+    report = {
         "wall_s": round(wall, 3),
         "compile_s": round(frame, 3),
         "dynamo_s": round(max(frame - backend, 0.0), 3),
@@ -325,6 +367,7 @@ def _measure(torch: Any, device: str, call: Callable[[], Any]) -> dict[str, Any]
         "graphs": len(metrics),
         "counters": {name: after[name] - before.get(name, 0) for name in after},
     }
+    return report, output
 
 
 def cache_counters(counters: Any) -> dict[str, int]:
@@ -360,22 +403,6 @@ def _check_device(torch: Any, device: str) -> str:
     if index >= torch.cuda.device_count():
         raise DeviceError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
     return f"cuda:{index}"
-
-
-def to_device(torch: Any, args: tuple[Any, ...], device: str) -> tuple[Any, ...]:
-    return tuple(arg.to(device) if isinstance(arg, torch.Tensor) else arg for arg in args)
-
-
-def _describe(args: tuple[Any, ...]) -> list[Any]:
-    described: list[Any] = []
-    for arg in args:
-        if hasattr(arg, "shape") and hasattr(arg, "dtype"):
-            described.append({"shape": list(arg.shape), "dtype": str(arg.dtype)})
-        elif isinstance(arg, (bool, int, float, str)) or arg is None:
-            described.append({"value": arg})
-        else:
-            raise CompileError(f"example input of type {type(arg).__name__} is not supported; pass tensors or scalars")
-    return described
 
 
 def _one_line(text: str) -> str:

@@ -1,8 +1,9 @@
 """Loaded at start-up by every Python process under `ccache run`, which puts this
 folder first on PYTHONPATH.
 
-Under `ccache run`, with $CCACHE_CLI_USAGE_LOGS set, it appends the process's
-FX-graph cache hits and misses to the active entries' usage logs at exit.
+Under `ccache run` ($CCACHE_CLI_VIEW and $CCACHE_CLI_USAGE_LOGS set), it appends the
+process's FX-graph cache hits and misses to the active entries' usage logs at exit,
+and where graphs missed the stored cache, says why on stderr.
 
 Under `ccache run --capture`, the hook stays idle
 until the program imports torch's tracing module, then records the files Dynamo
@@ -23,6 +24,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _RECORDS = os.environ.get("CCACHE_CLI_CAPTURE_DIR")
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(_HERE))  # the folder holding ccache_cli/
 _USAGE_LOGS = os.environ.get("CCACHE_CLI_USAGE_LOGS")
+_VIEW = os.environ.get("CCACHE_CLI_VIEW")
 _TRACED = set()
 
 
@@ -94,18 +96,15 @@ def _run_shadowed_sitecustomize():
         spec.loader.exec_module(module)
 
 
-def _write_usage():
-    utils = sys.modules.get("torch._dynamo.utils")
-    if utils is None:  # this process compiled nothing
-        return
-    counters = utils.counters["inductor"]
-    usage = _load("usage")
-    usage.append(_USAGE_LOGS.split(os.pathsep), {"at": usage.now(), "by": "run", "result": True,
-                                                 "hits": counters["fxgraph_cache_hit"], "misses": counters["fxgraph_cache_miss"]})
+def _report_usage():
+    """Append this process's cache hits and misses to the entries' usage logs, and say
+    why where it missed (misses.py)."""
+    logs = [path for path in _USAGE_LOGS.split(os.pathsep) if path]
+    _load("misses").report_at_exit(_VIEW, logs, _load("fingerprint"), _load("usage"), "run")
 
 
-if _USAGE_LOGS:
-    atexit.register(_write_usage)
+if _VIEW and _USAGE_LOGS is not None:
+    atexit.register(_report_usage)
 if _RECORDS:
     sys.meta_path.insert(0, _WhenTracingIsImported())
     atexit.register(_write_record)

@@ -1,0 +1,138 @@
+"""How a size is compiled: the one description that precompile's worker, `verify
+--run` and the runtime's torch.compile fallback all follow, so that the graphs they
+trace are the ones stored and hit the same cache entries.
+
+- Inputs: `example_inputs(size)` returns a tuple (positional arguments), a dict
+  (keyword arguments, as transformers models are called) or one value; `CallInputs`
+  holds both kinds, moved to the model's device.
+- torch.compile: backend inductor, the entry's mode, one static graph per size
+  (`dynamic=False`), under `torch.no_grad()`, with recompile limits high enough for
+  every size.
+- AOTInductor packages: `torch.export` (non-strict) of the model on one size's
+  inputs, compiled with the Inductor options of the entry's mode (`package_configs`).
+- The key describes each input by shape and dtype (tensors) or value (scalars);
+  keyword inputs carry their name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .errors import CompileError
+
+# An AOTInductor package holds no CUDA graphs (reduce-overhead records them in each
+# process, on its own memory); every other Inductor option of a mode applies.
+_NOT_FOR_PACKAGES = {"triton.cudagraphs"}
+
+
+class CallInputs(NamedTuple):
+    """One call's inputs: positional and keyword."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def tensors(self, torch: Any) -> list[Any]:
+        return [value for value in (*self.args, *self.kwargs.values()) if isinstance(value, torch.Tensor)]
+
+
+def example_inputs(function: Callable[[int], Any], size: int) -> CallInputs:
+    """What `example_inputs(size)` returns, as a call's inputs."""
+    try:
+        inputs = function(size)
+    except Exception as exc:
+        raise CompileError(f"example inputs for size {size} raised {type(exc).__name__}: {exc}") from exc
+    if isinstance(inputs, dict):
+        if not all(isinstance(name, str) for name in inputs):
+            raise CompileError(f"example inputs for size {size}: a dict's keys must be argument names")
+        return CallInputs((), dict(inputs))
+    return CallInputs(tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,), {})
+
+
+def to_device(torch: Any, inputs: CallInputs, device: str) -> CallInputs:
+    def moved(value: Any) -> Any:
+        return value.to(device) if isinstance(value, torch.Tensor) else value
+
+    return CallInputs(tuple(map(moved, inputs.args)), {name: moved(value) for name, value in inputs.kwargs.items()})
+
+
+def mark_batch_dynamic(torch: Any, inputs: CallInputs, size: int) -> None:
+    """Mark dimension 0 dynamic on every tensor whose first dimension is the batch."""
+    for tensor in inputs.tensors(torch):
+        if tensor.dim() > 0 and tensor.shape[0] == size:
+            torch._dynamo.mark_dynamic(tensor, 0)
+
+
+def describe(inputs: CallInputs) -> list[dict[str, Any]]:
+    """The key's description of one call's inputs: positional first, then keyword by name."""
+    described = [_describe(value) for value in inputs.args]
+    described += [{"name": name, **_describe(value)} for name, value in sorted(inputs.kwargs.items())]
+    return described
+
+
+def _describe(value: Any) -> dict[str, Any]:
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return {"shape": list(value.shape), "dtype": str(value.dtype)}
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return {"value": value}
+    raise CompileError(f"example input of type {type(value).__name__} is not supported; pass tensors or scalars")
+
+
+def torch_compile(torch: Any, model: Any, mode: str | None, calls: int, **options: Any) -> Any:
+    """`model` compiled as precompile compiles it: one static graph per size."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, calls + 2)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, calls + 2)
+    options.setdefault("backend", "inductor")
+    options.setdefault("dynamic", False)
+    return torch.compile(model, mode=mode, **options)
+
+
+def call(compiled: Any, inputs: CallInputs) -> Any:
+    return compiled(*inputs.args, **inputs.kwargs)
+
+
+def package_configs(torch: Any, mode: str | None) -> dict[str, Any]:
+    """The Inductor options an AOTInductor package is built with for `mode`; the weights
+    stay out of it (the runtime binds the model's own)."""
+    options = {name: value for name, value in torch._inductor.list_mode_options(mode or "default").items()
+               if name not in _NOT_FOR_PACKAGES}
+    return {**options, "aot_inductor.package_constants_in_so": False}
+
+
+def packages_unsupported(mode: str | None) -> str | None:
+    """Why no package is built for `mode`, or None."""
+    if mode == "reduce-overhead":
+        return ("mode 'reduce-overhead' runs graphs as CUDA graphs, which a package cannot hold (each process records "
+                "them at its first calls); the Inductor cache serves it")
+    return None
+
+
+def export(torch: Any, model: Any, inputs: CallInputs) -> Any:
+    """The model's graph for these inputs: non-strict export, which runs the model's
+    Python as it is, so it takes the transformers models that Dynamo's fullgraph
+    capture refuses."""
+    with torch.no_grad():
+        return torch.export.export(model, inputs.args, inputs.kwargs, strict=False)
+
+
+def model_structure(model: Any) -> str:
+    """A digest of what a package assumes of the model it runs on and cannot check
+    itself: the module tree (names and classes), every parameter's and buffer's name,
+    shape and dtype, and which of them are one tensor (tied weights). Weights' values
+    are not part of it: the package runs on the model's own."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, module in model.named_modules(remove_duplicate=False):
+        digest.update(f"m {name} {type(module).__module__}.{type(module).__qualname__}\n".encode())
+    first_name: dict[int, str] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for kind, slot in (("p", module._parameters), ("b", module._buffers)):
+            for name, tensor in slot.items():
+                if tensor is None:
+                    continue
+                full = f"{prefix}.{name}" if prefix else name
+                tied = first_name.setdefault(id(tensor), full)
+                digest.update(f"{kind} {full} {tuple(tensor.shape)} {tensor.dtype} {tied}\n".encode())
+    return digest.hexdigest()

@@ -1,0 +1,107 @@
+"""No silent miss: when a process that runs with entries active (under `ccache run`,
+or after `ccache_cli.activate()`) compiled graphs the stored cache did not hold, it
+says why at exit, in one line on stderr, and the reason goes to the entries' usage
+logs, where `inspect` shows it.
+
+The reason names what differs between the closest active entry and this process: a
+key component (with both values), the device index, a TORCHINDUCTOR_* setting, a
+traced source that changed; else that the graphs were not among those precompiled
+(other input shapes, dtypes or options).
+
+Standard library only, with no package-relative imports: the start-up hook loads it
+by path; the modules it needs (fingerprint, usage) are passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from types import ModuleType
+from typing import Any
+
+ACTIVATION_FILE = "activation.json"
+
+
+def report_at_exit(view: str, logs: list[str], fingerprint: ModuleType, usage: ModuleType, by: str) -> None:
+    """Append this process's cache hits and misses to `logs`; on misses, say why."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    if utils is None:  # this process compiled nothing
+        return
+    counters = utils.counters["inductor"]
+    hits, misses = counters["fxgraph_cache_hit"], counters["fxgraph_cache_miss"]
+    reason = None
+    if misses:
+        try:
+            with open(os.path.join(view, ACTIVATION_FILE)) as handle:
+                entries = json.load(handle)["entries"]
+            reason = explain(sys.modules["torch"], entries, fingerprint, os.environ)
+        except Exception as exc:  # never let the explanation break a program's exit
+            reason = f"the reason could not be told ({type(exc).__name__}: {exc})"
+        sys.stderr.write(f"ccache: {misses} of {hits + misses} compiled graphs missed the stored cache: {reason}\n")
+    line: dict[str, Any] = {"at": usage.now(), "by": by, "result": True, "hits": hits, "misses": misses}
+    if reason is not None:
+        line["reason"] = reason
+    usage.append(logs, line)
+
+
+def explain(torch: Any, entries: list[dict[str, Any]], fingerprint: ModuleType, environ: Any) -> str:
+    """Why graphs compiled in this process were not in `entries` (activation.json's)."""
+    device = _device_in_use(torch)
+    machines: dict[bool, dict[str, Any]] = {}
+    found = []
+    for entry in entries:
+        options = entry["compile"]
+        entry_device = options["device"]
+        gpu = fingerprint.is_gpu_device(entry_device)
+        reasons = []
+        if gpu != fingerprint.is_gpu_device(device):
+            reasons.append(f"device: entry compiled for {entry_device}, this process runs on {device}")
+        else:
+            if gpu not in machines:
+                machines[gpu] = fingerprint.machine_fingerprint(device, cpu=not gpu)
+            reasons += [f"{m.component}: entry has {m.entry!r}, this process has {m.target!r}"
+                        for m in fingerprint.mismatches(entry["fingerprint"], entry_device, machines[gpu])]
+            if gpu and device not in [f"cuda:{index}" for index in options.get("devices") or []] + [entry_device]:
+                reasons.append(f"device: entry compiled for {entry_device}, this process runs on {device} "
+                               f"(precompile with --devices to serve other GPU indices)")
+        recorded = options.get("inductor_env") or {}
+        current = {name: value for name, value in environ.items()
+                   if name.startswith("TORCHINDUCTOR_") and name not in fingerprint.INDUCTOR_ENV_IGNORED}
+        for name in sorted(set(recorded) | set(current)):
+            if recorded.get(name) != current.get(name):
+                reasons.append(f"{name}: entry compiled with {recorded.get(name)!r}, this process has {current.get(name)!r}")
+        reasons += [f"traced source {path} changed since precompile" for path in _changed_sources(entry["sources"])]
+        found.append((len(reasons), entry["name"], reasons))
+    if not found:
+        return "no entry is active"
+    _, name, reasons = min(found)
+    if not reasons:
+        return (f"entry {name} fits this process, so the graphs were not among those it stored "
+                "(other input shapes, dtypes or compile options than precompile compiled)")
+    return f"closest entry {name}: " + "; ".join(reasons[:3]) + (f" and {len(reasons) - 3} more" if len(reasons) > 3 else "")
+
+
+def _device_in_use(torch: Any) -> str:
+    cuda = getattr(torch, "cuda", None)
+    if cuda is not None and cuda.is_initialized():
+        return f"cuda:{cuda.current_device()}"
+    return "cpu"
+
+
+def _changed_sources(sources: list[dict[str, str]]) -> list[str]:
+    """The traced sources whose module this process loaded from a file that differs."""
+    changed = []
+    for source in sources:
+        module = sys.modules.get(source["module"])
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str):
+            continue
+        try:
+            with open(path, "rb") as handle:
+                if hashlib.sha256(handle.read()).hexdigest() != source["sha256"]:
+                    changed.append(source["path"])
+        except OSError:
+            continue
+    return changed
