@@ -1,12 +1,14 @@
 """Warm start through ccache against eager, a cold compile and torch's own mechanisms.
 
-Builds the reference model (the bundled tiny transformer, d=256 and 4 blocks on the
-CPU, d=1024 and 8 blocks on a GPU, as in the design notes), precompiles it into a
-temporary store, then runs each mode in a fresh process and prints, per mode, the
-seconds from the model built to every size run once ("ready", with the imports and loads
-before the first call as "setup"), from the measured process's start ("total") and from
-the command's launch ("launch": the `ccache run` wrapper included), cold/warm ratios and
-warm minus eager:
+Builds a model (`--model SPEC`, as `ccache precompile` takes it; by default the bundled
+tiny transformer, d=256 and 4 blocks on the CPU, d=1024 and 8 blocks on a GPU, as in
+the design notes), precompiles it into a temporary store with `--mode`, then runs each
+way in a fresh process and prints, per way, the seconds from the model built to every
+size run once ("ready", with the imports and loads before the first call as "setup"),
+from the measured process's start ("total") and from the command's launch ("launch":
+the `ccache run` wrapper included), cold/warm ratios, warm minus eager, and the work
+torch did: FX-graph cache misses, graphs traced, and GPU benchmark calls (Inductor's
+`benchmarking.*` counters: autotuning that a warm start should not repeat):
 
 - eager: no compile
 - cold: torch.compile on an empty Inductor cache
@@ -23,7 +25,8 @@ warm minus eager:
 (PYTHONDONTWRITEBYTECODE=1, PYTHONPYCACHEPREFIX at an empty folder) and adds the two
 ccache modes without the stored bytecode (CCACHE_CLI_BYTECODE=0).
 
-    python benchmarks/warm_start.py [--device cpu|cuda] [--sizes 1,8,32] [--repeat 2] [--no-pyc]
+    python benchmarks/warm_start.py [--model SPEC] [--mode MODE] [--device cpu|cuda] [--sizes 1,8,32]
+                                    [--repeat 2] [--no-pyc] [--ways eager,cold,...]
 """
 
 from __future__ import annotations
@@ -45,77 +48,89 @@ EXAMPLE = "ccache_cli.examples.tiny_transformer"
 MODEL_SHAPE = {"cpu": ("256", "4"), "cuda": ("1024", "8")}
 
 
-def child(mode: str, device: str, sizes: list[int], extra: str | None) -> None:
+def child(way: str, args: argparse.Namespace, sizes: list[int], extra: str | None) -> None:
     """One measured process: build the model, run every size once, print JSON."""
     import torch
 
-    from ccache_cli.examples.tiny_transformer import build, example_inputs
+    from ccache_cli.core import compile_plan as plan
+    from ccache_cli.core import modelspec
 
-    model = build().to(device)
-    inputs = {size: tuple(t.to(device) for t in example_inputs(size)) for size in sizes}
+    spec = modelspec.parse(args.model)
+    module = modelspec.import_target(spec)
+    model = modelspec.load_model(module, spec).to(args.device)
+    inputs_fn = modelspec.load_inputs(module, None)
+    inputs = {size: plan.to_device(torch, plan.example_inputs(inputs_fn, size), args.device) for size in sizes}
+    mode = None if args.mode == "default" else args.mode
     built = time.perf_counter()
     with torch.no_grad():
-        if mode == "eager":
-            run = model
-        elif mode in ("cold", "inductor_dir", "ccache_torch"):
-            run = torch.compile(model, dynamic=False)
-        elif mode == "megacache":
-            torch.compiler.load_cache_artifacts(Path(extra).read_bytes())  # type: ignore[arg-type]
-            run = torch.compile(model, dynamic=False)
-        elif mode == "aot":
+        if way == "eager":
+            def run(size):  # type: ignore[no-untyped-def]
+                return plan.call(model, inputs[size])
+        elif way in ("cold", "inductor_dir", "megacache", "ccache_torch"):
+            if way == "megacache":
+                torch.compiler.load_cache_artifacts(Path(extra).read_bytes())  # type: ignore[arg-type]
+            compiled = plan.torch_compile(torch, model, mode, len(sizes))
+
+            def run(size):  # type: ignore[no-untyped-def]
+                return plan.call(compiled, inputs[size])
+        elif way == "aot":
             torch._dynamo.config.enable_aot_compile = True
             functions = {}
             for size in sizes:
                 with open(Path(extra) / f"size-{size}.pt", "rb") as handle:  # type: ignore[arg-type]
                     functions[size] = torch.compiler.load_compiled_function(handle)
 
-            def run(*args):  # type: ignore[no-untyped-def]
-                return functions[args[0].shape[0]](model, *args)
-        elif mode == "aoti":
+            def run(size):  # type: ignore[no-untyped-def]
+                return functions[size](model, *inputs[size].args, **inputs[size].kwargs)
+        elif way == "aoti":
             from torch._inductor import aoti_load_package
 
-            state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+            state = {**dict(model.named_parameters(remove_duplicate=False)),
+                     **dict(model.named_buffers(remove_duplicate=False))}
             packages = {}
             for size in sizes:
                 packages[size] = aoti_load_package(str(Path(extra) / f"size-{size}.pt2"))  # type: ignore[arg-type]
                 packages[size].load_constants({name: state[name] for name in packages[size].get_constant_fqns()},
                                               check_full_update=True, user_managed=True)
 
-            def run(*args):  # type: ignore[no-untyped-def]
-                return packages[args[0].shape[0]](*args)
-        elif mode == "ccache_api":
+            def run(size):  # type: ignore[no-untyped-def]
+                return plan.call(packages[size], inputs[size])
+        elif way == "ccache_api":
             import ccache_cli
 
-            run = ccache_cli.compile(model)
+            compiled = ccache_cli.compile(model, mode=mode)
+
+            def run(size):  # type: ignore[no-untyped-def]
+                return plan.call(compiled, inputs[size])
         else:
-            raise SystemExit(f"unknown mode {mode}")
-        if mode in ("cold", "inductor_dir", "megacache", "ccache_torch"):  # touching torch._dynamo imports it
-            torch._dynamo.config.recompile_limit = 16
+            raise SystemExit(f"unknown way {way}")
         prepared = time.perf_counter()
         for size in sizes:
-            run(*inputs[size])
-        if device != "cpu":
+            run(size)
+        if args.device != "cpu":
             torch.cuda.synchronize()
     done = time.perf_counter()
-    if mode == "cold" and extra:
+    if way == "cold" and extra:
         artifacts = torch.compiler.save_cache_artifacts()
         Path(extra).write_bytes(artifacts[0] if artifacts else b"")
-    counters = {}
-    if "torch._dynamo" in sys.modules:
-        from torch._dynamo.utils import counters as torch_counters
-
-        counters = {**torch_counters["inductor"], **torch_counters["aot_autograd"],
-                    "graphs": torch_counters["stats"]["unique_graphs"]}
+    counters: dict[str, int] = {}
+    if "torch._dynamo.utils" in sys.modules:  # else nothing was compiled here
+        torch_counters = sys.modules["torch._dynamo.utils"].counters
+        counters = {"fxgraph_miss": torch_counters["inductor"]["fxgraph_cache_miss"],
+                    "graphs": torch_counters["stats"]["unique_graphs"],
+                    "benchmarks": sum(count for name, count in torch_counters["inductor"].items()
+                                      if name.startswith("benchmarking."))}
     # perf_counter is CLOCK_MONOTONIC, one clock for every process: the parent turns
     # done_at into seconds from the command's launch, wrapper included.
     print(json.dumps({"ready_s": done - built, "setup_s": prepared - built, "total_s": done - _STARTED,
-                      "done_at": done, "built_s": built - _STARTED,
-                      "fxgraph_miss": counters.get("fxgraph_cache_miss", 0), "graphs": counters.get("graphs", 0)}))
+                      "done_at": done, "built_s": built - _STARTED, "fxgraph_miss": counters.get("fxgraph_miss", 0),
+                      "graphs": counters.get("graphs", 0), "benchmarks": counters.get("benchmarks", 0)}))
 
 
 def measure(mode: str, args: argparse.Namespace, env: dict[str, str], extra: str | None,
             wrapper: list[str]) -> dict[str, float]:
-    command = [*wrapper, sys.executable, __file__, "--child", mode, "--device", args.device, "--sizes", args.sizes]
+    command = [*wrapper, sys.executable, __file__, "--child", mode, "--device", args.device, "--sizes", args.sizes,
+               "--model", args.model, "--mode", args.mode]
     if extra:
         command += ["--extra", extra]
     launched = time.perf_counter()
@@ -129,16 +144,19 @@ def measure(mode: str, args: argparse.Namespace, env: dict[str, str], extra: str
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=EXAMPLE, help="MODEL as `ccache precompile` takes it [default: the example]")
+    parser.add_argument("--mode", default="default", help="torch.compile mode, as `precompile --mode`")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", default="1,8,32")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--child")
     parser.add_argument("--extra")
     parser.add_argument("--no-pyc", action="store_true")
+    parser.add_argument("--ways", default=None, help="only these ways, e.g. eager,cold,inductor_dir,ccache_api")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.child:
-        child(args.child, args.device, sizes, args.extra)
+        child(args.child, args, sizes, args.extra)
         return
     kind = "cpu" if args.device == "cpu" else "cuda"
     dim, blocks = MODEL_SHAPE[kind]
@@ -153,14 +171,16 @@ def main() -> None:
             (work / "empty-pycache").mkdir()
             env.update({"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": str(work / "empty-pycache")})
         started = time.perf_counter()
-        subprocess.run([*ccache, "precompile", EXAMPLE, "--sizes", args.sizes, "--device", args.device],
-                       check=True, stdout=subprocess.DEVNULL, env=env)
-        print(f"reference model d={dim}, {blocks} blocks, sizes {args.sizes}, {args.device}; "
+        subprocess.run([*ccache, "precompile", args.model, "--sizes", args.sizes, "--device", args.device,
+                        "--mode", args.mode], check=True, stdout=subprocess.DEVNULL, env=env)
+        what = f"reference model d={dim}, {blocks} blocks" if args.model == EXAMPLE else args.model
+        print(f"{what}, mode {args.mode}, sizes {args.sizes}, {args.device}; "
               f"precompiled in {time.perf_counter() - started:.1f} s")
         inspected = json.loads(subprocess.run([*ccache, "inspect", "--json"], check=True, capture_output=True,
                                               text=True, env=env).stdout)["entries"][0]
         entry = inspected["id"]
-        print(f"AOTInductor packages: {inspected['aot'].get('packages')}")
+        print(f"AOTInductor packages: {inspected['aot'].get('packages', {}).get('status')}; "
+              f"aot_compile functions: {inspected['aot']['status']} {inspected['aot']['reason'] or ''}")
         aot_dir = work / "aot"
         aot_dir.mkdir()
         manifest = json.loads((store / "entries" / entry / "manifest.json").read_text())
@@ -171,21 +191,24 @@ def main() -> None:
         results: dict[str, list[dict[str, float]]] = {}
         for round_ in range(args.repeat):
             cold_dir, mega = work / f"cold-{round_}", work / f"mega-{round_}.bin"
-            plan = [
+            ways = [
                 ("eager", {}, None, []),
                 ("cold", {"TORCHINDUCTOR_CACHE_DIR": str(cold_dir)}, str(mega), []),
                 ("inductor_dir", {"TORCHINDUCTOR_CACHE_DIR": str(cold_dir)}, None, []),
                 ("megacache", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-mega-{round_}")}, str(mega), []),
-                ("aot", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-aot-{round_}")}, str(aot_dir), []),
                 ("ccache_torch", {}, None, [*ccache, "run", "--"]),
                 ("ccache_api", {}, None, [*ccache, "run", "--"]),
             ]
+            if any(aot_dir.glob("*.pt")):
+                ways.insert(4, ("aot", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-aot-{round_}")}, str(aot_dir), []))
             if any(aot_dir.glob("*.pt2")):
-                plan.insert(5, ("aoti", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-aoti-{round_}")}, str(aot_dir), []))
+                ways.insert(5, ("aoti", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-aoti-{round_}")}, str(aot_dir), []))
             if args.no_pyc:
-                plan += [("ccache_torch", {"CCACHE_CLI_BYTECODE": "0"}, None, [*ccache, "run", "--"]),
+                ways += [("ccache_torch", {"CCACHE_CLI_BYTECODE": "0"}, None, [*ccache, "run", "--"]),
                          ("ccache_api", {"CCACHE_CLI_BYTECODE": "0"}, None, [*ccache, "run", "--"])]
-            for mode, extra_env, extra, wrapper in plan:
+            if args.ways:
+                ways = [way for way in ways if way[0] in args.ways.split(",")]
+            for mode, extra_env, extra, wrapper in ways:
                 label = mode + ("_nobytecode" if extra_env.get("CCACHE_CLI_BYTECODE") == "0" else "")
                 results.setdefault(label, []).append(measure(mode, args, {**env, **extra_env}, extra, wrapper))
 
@@ -199,15 +222,16 @@ def main() -> None:
     median = {mode: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for mode, runs in results.items()}
     cold = median["cold"]["ready_s"]
     eager = median["eager"]["ready_s"]
-    print(f"{'mode':34} {'ready s':>8} {'setup s':>8} {'total s':>8} {'launch s':>9} {'cold/warm':>10} "
-          f"{'- eager s':>10} {'misses':>7} {'graphs':>7}")
+    print(f"{'way':34} {'ready s':>8} {'setup s':>8} {'total s':>8} {'launch s':>9} {'cold/warm':>10} "
+          f"{'- eager s':>10} {'misses':>7} {'graphs':>7} {'benchmarks':>10}")
     for mode, label in labels.items():
         if mode not in median:
             continue
         m = median[mode]
         ratio = "" if mode in ("eager", "cold") else f"{cold / m['ready_s']:.1f}x"
         print(f"{label:34} {m['ready_s']:8.2f} {m['setup_s']:8.2f} {m['total_s']:8.2f} {m['launch_s']:9.2f} "
-              f"{ratio:>10} {m['ready_s'] - eager:10.2f} {int(m['fxgraph_miss']):7d} {int(m['graphs']):7d}")
+              f"{ratio:>10} {m['ready_s'] - eager:10.2f} {int(m['fxgraph_miss']):7d} {int(m['graphs']):7d} "
+              f"{int(m['benchmarks']):10d}")
     print(f"(medians of {args.repeat} rounds; ready = model built to every size run once, of which setup = imports"
           " and loads before the first call; total = from the measured process's start; launch = from the"
           f" command's launch, the `ccache run` wrapper included{'; no .pyc for torch' if args.no_pyc else ''})")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
-import json
-import sys
-
-from conftest import EXAMPLE, ccache, ccache_json, run_on_cache_dir, serve_counters, write_serve_script
+from conftest import EXAMPLE, MODELS, ccache, ccache_json, run_on_cache_dir, serve_counters, write_serve_script
 
 from ccache_cli.core.store import Store
 
@@ -87,3 +87,72 @@ def test_cuda_run_capture_and_api(cuda_store: Path, tmp_path: Path) -> None:
     assert entry["device"] == "cuda:0" and entry["artifacts"].get("triton", 0) > 0
     counters = serve_counters(ccache("run", "served", *command, store=captured_store, cwd=tmp_path, env=views))
     assert counters["fxgraph_cache_hit"] == 2 and counters.get("fxgraph_cache_miss", 0) == 0
+
+
+# Calls models/small.py's model on cuda:N (argv[1]) through ccache_cli.compile or
+# torch.compile (argv[2]) with the given mode (argv[3]) for sizes 1 and 8, and prints
+# torch's counters: FX-graph misses, graphs traced, GPU benchmark calls.
+PROBE = textwrap.dedent(
+    f"""
+    import json, sys, torch
+    import ccache_cli
+    sys.path.insert(0, {str(MODELS)!r})
+    from small import build_served, example_inputs
+    device, way, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    torch.cuda.set_device(device)
+    model = build_served().to(device)
+    mode = None if mode == "default" else mode
+    compiled = ccache_cli.compile(model, mode=mode) if way == "api" else torch.compile(model, mode=mode, dynamic=False)
+    inputs = {{size: tuple(t.to(device) for t in example_inputs(size)) for size in (1, 8)}}
+    with torch.no_grad():
+        same = all(torch.allclose(compiled(*inputs[size]), model(*inputs[size]), atol=1e-3) for size in (1, 8))
+    report = {{"same": same, "misses": 0, "graphs": 0, "benchmarks": 0}}
+    if "torch._dynamo.utils" in sys.modules:
+        counters = sys.modules["torch._dynamo.utils"].counters
+        report.update(misses=counters["inductor"]["fxgraph_cache_miss"], graphs=counters["stats"]["unique_graphs"],
+                      benchmarks=sum(n for name, n in counters["inductor"].items() if name.startswith("benchmarking.")))
+    print(json.dumps(report))
+    """
+)
+
+
+def probe(store: Path, tmp_path: Path, device: str, way: str, mode: str = "default") -> tuple[dict, str]:
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    result = ccache("run", "--", sys.executable, str(script), device, way, mode, store=store, cwd=tmp_path,
+                    env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_an_entry_serves_every_gpu_index(tmp_path: Path) -> None:
+    """Tensor-parallel servers run a process per GPU index: packages serve any index;
+    the Inductor cache serves the indices precompile --devices compiled for, and a
+    process on another index says why it missed."""
+    one = tmp_path / "one"
+    assert ccache("precompile", "small.py:build_served", "--sizes", "1,8", "--device", "cuda:0", store=one, cwd=MODELS).returncode == 0
+    report, _ = probe(one, tmp_path, "cuda:1", "api")
+    assert report == {"same": True, "misses": 0, "graphs": 0, "benchmarks": 0}, report
+    report, stderr = probe(one, tmp_path, "cuda:1", "torch")
+    assert report["same"] and report["misses"] == 2
+    assert "device: entry compiled for cuda:0, this process runs on cuda:1" in stderr, stderr
+    both = tmp_path / "both"
+    result = ccache("precompile", "small.py:build_served", "--sizes", "1,8", "--devices", "0,1", store=both, cwd=MODELS)
+    assert result.returncode == 0, result.stderr
+    for device in ("cuda:0", "cuda:1"):
+        report, stderr = probe(both, tmp_path, device, "torch")
+        assert report["same"] and report["misses"] == 0 and "missed" not in stderr, (device, report, stderr)
+
+
+def test_a_max_autotune_warm_start_makes_no_benchmark_calls(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    mode = "max-autotune-no-cudagraphs"
+    result = ccache("precompile", "small.py:build_served", "--sizes", "1,8", "--device", "cuda", "--mode", mode, store=store, cwd=MODELS)
+    assert result.returncode == 0, result.stderr
+    entry = ccache_json("inspect", store=store)["entries"][0]
+    assert entry["aot"]["packages"]["status"] == "stored", entry["aot"]
+    for way in ("api", "torch"):
+        report, stderr = probe(store, tmp_path, "cuda:0", way, mode)
+        assert report["same"] and report["misses"] == 0 and report["benchmarks"] == 0, (way, report, stderr)
+        print(way, report)

@@ -97,7 +97,9 @@ def package_configs(torch: Any, mode: str | None) -> dict[str, Any]:
     stay out of it (the runtime binds the model's own)."""
     options = {name: value for name, value in torch._inductor.list_mode_options(mode or "default").items()
                if name not in _NOT_FOR_PACKAGES}
-    return {**options, "aot_inductor.package_constants_in_so": False}
+    # Every weight a constant bound by name, small ones too (Inductor would write those
+    # into the code), so that weights loaded in place are the ones used.
+    return {**options, "aot_inductor.package_constants_in_so": False, "always_keep_tensor_constants": True}
 
 
 def packages_unsupported(mode: str | None) -> str | None:

@@ -165,6 +165,9 @@ def _check_key(key: Mapping[str, Any]) -> None:
     if not all(type(size) is int and size > 0 for size in sizes):
         raise ManifestError("key.compile.sizes must be positive integers")
     _field(compile_options, "dynamic", bool, "key.compile.")
+    devices = compile_options.get("devices", [])
+    if not isinstance(devices, list) or not all(type(index) is int and index >= 0 for index in devices):
+        raise ManifestError("key.compile.devices must be GPU indices")
     for name in ("mode", "backend"):
         if not isinstance(compile_options.get(name), (str, type(None))):
             raise ManifestError(f"key.compile.{name} must be a string or null")

@@ -40,6 +40,7 @@ class PrecompileRequest:
     model: str
     sizes: tuple[int, ...]
     device: str = "cpu"
+    devices: tuple[int, ...] = ()  # GPU indices to compile for (`--devices`); the first is the device
     dynamic: bool = False
     mode: str = "default"
     name: str | None = None
@@ -98,6 +99,14 @@ def parse_sizes(text: str) -> tuple[int, ...]:
     return tuple(sizes)
 
 
+def parse_devices(text: str) -> tuple[int, ...]:
+    """`0,1,3` -> (0, 1, 3): GPU indices, each once."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise DeviceError(f"--devices {text!r}: give GPU indices like 0,1,2,3")
+    return tuple(dict.fromkeys(int(part) for part in parts))
+
+
 def check_device(device: str) -> str:
     if not _DEVICE.match(device):
         raise DeviceError(f"--device {device!r}: expected cpu, cuda or cuda:N")
@@ -113,7 +122,7 @@ def precompile(
     store: Store, request: PrecompileRequest, on_progress: Callable[[Progress], None] = lambda _: None
 ) -> PrecompileResult:
     start = time.perf_counter()
-    device = check_device(request.device)
+    device = check_device(f"cuda:{request.devices[0]}" if request.devices else request.device)
     modelspec.parse(request.model)  # malformed specs fail before a worker starts
     if request.inputs:
         modelspec.parse(request.inputs, default_attr=None)
@@ -127,6 +136,7 @@ def precompile(
                     "inputs": request.inputs,
                     "sizes": list(request.sizes),
                     "device": device,
+                    "devices": list(request.devices),
                     "dynamic": request.dynamic,
                     "mode": request.mode,
                     "aot": request.aot,

@@ -69,6 +69,8 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
     import torch
 
     device = _check_device(torch, request["device"])
+    others = [_check_device(torch, f"cuda:{index}") for index in request.get("devices", [])[1:]]
+    _check_same_gpus(torch, [device, *others])
     machine = request["machine"] or fingerprint.machine_fingerprint(device)
     sizes: list[int] = request["sizes"]
     inputs = {size: plan.to_device(torch, plan.example_inputs(inputs_fn, size), device) for size in sizes}
@@ -80,6 +82,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
         "dynamic_hint": dynamic_hint,
         "sizes": sizes,
         "device": device,
+        **({"devices": request["devices"]} if others else {}),
         "grad": False,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "inductor_env": {
@@ -104,6 +107,12 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
     with _recording_traced_files() as traced:
         reports, outputs = _compile_sizes(torch, model, inputs, compile_options, inputs_fn, emit)
         _record_outputs(torch, model, inputs, outputs, out)
+        for other in others:  # the graphs' cache keys hold the device index: each index its own
+            moved = {size: plan.to_device(torch, args, other) for size, args in inputs.items()}
+            more, _ = _compile_sizes(torch, model.to(other), moved, {**compile_options, "device": other}, inputs_fn,
+                                     emit, suffix=f"@{other}")
+            reports += more
+        model.to(device)
         graph_break = next(iter(torch._dynamo.utils.counters["graph_break"]), None)
         if not request["aot"]:
             functions = packages = {"status": "disabled", "reason": "--no-aot"}
@@ -139,8 +148,10 @@ def _compile_sizes(
     options: dict[str, Any],
     inputs_fn: Callable[[int], Any],
     emit: Emit,
+    suffix: str = "",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Each size's first call through torch.compile: the reports, and the outputs."""
+    """Each size's first call through torch.compile: the reports, and the outputs (by
+    size, or "dynamic"); labels end with `suffix` (the device index beyond the first)."""
     runs: list[tuple[str, plan.CallInputs]] = [(str(size), args) for size, args in inputs.items()]
     if options["dynamic"]:  # a dynamic graph on top of the static ones, when asked for
         hint = options["dynamic_hint"]
@@ -150,9 +161,9 @@ def _compile_sizes(
     compiled = plan.torch_compile(torch, model, options["mode"], len(runs))
     reports, outputs = [], {}
     for label, args in runs:
-        emit("size_start", label=label, phase="compile")
+        emit("size_start", label=label + suffix, phase="compile")
         report, outputs[label] = _measure(torch, options["device"], lambda: plan.call(compiled, args))
-        report["label"] = label
+        report["label"] = label + suffix
         reports.append(report)
         emit("size_done", phase="compile", **report)
     return reports, outputs
@@ -238,11 +249,14 @@ def _aoti_packages(
     folder.mkdir(parents=True, exist_ok=True)
     configs = plan.package_configs(torch, options["mode"])
 
+    weights: list[str] = []
+
     def save_package(size: int, args: plan.CallInputs) -> None:
         try:
             program = plan.export(torch, model, args)
         except Exception as exc:
             raise _ExportError(f"torch.export failed: {type(exc).__name__}: {_one_line(str(exc))}") from exc
+        weights[:] = sorted({*program.state_dict, *program.constants})
         with torch.no_grad():
             torch._inductor.aoti_compile_and_package(program, package_path=str(folder / f"size-{size}.pt2"),
                                                      inductor_configs=configs)
@@ -252,7 +266,7 @@ def _aoti_packages(
         reason: str | None = error.removeprefix(f"{_ExportError.__name__}: ")
         reason = reason if reason.startswith("torch.export") else f"AOTInductor failed: {error}"
     else:
-        failure = _load_in_fresh_process(sorted(folder.glob("*.pt2")), options["device"])
+        failure = _load_in_fresh_process(sorted(folder.glob("*.pt2")), options["device"], weights)
         reason = None if failure is None else f"a fresh process could not load the packages: {failure}"
     if reason is not None:
         for package in folder.glob("*.pt2"):
@@ -284,24 +298,30 @@ def _each_size(
 
 
 # Loads packages as the runtime does; run by path, in a process of its own.
+# Loads packages as the runtime does, and checks that each takes every weight as a
+# constant bound by name (none compiled into it); run by path, in a process of its own.
 _LOAD_PACKAGES = """
-import sys, torch
-for path in sys.argv[2:]:
-    torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, int(sys.argv[1]))
+import json, sys, torch
+weights = set(json.loads(sys.argv[2]))
+for path in sys.argv[3:]:
+    loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, int(sys.argv[1]))
+    if missing := weights - set(loader.get_constant_fqns()):
+        sys.exit(f"{sorted(missing)[0]} is compiled into the package, so new weights would not be seen")
 """
 
 
-def _load_in_fresh_process(packages: list[Path], device: str) -> str | None:
+def _load_in_fresh_process(packages: list[Path], device: str, weights: list[str]) -> str | None:
     """Why loading `packages` fails in a new process, or None when it works.
 
-    A package is stored only if it loads: some torch builds crash in AOTInductor's
-    loader (a segmentation fault, which no `except` catches), and the runtime must
-    never be handed one of those.
+    A package is stored only if it loads and binds every one of `weights`: some torch
+    builds crash in AOTInductor's loader (a segmentation fault, which no `except`
+    catches), and the runtime must never be handed one of those.
     """
     from .runtime import package_device_index
 
     result = subprocess.run(
-        [sys.executable, "-c", _LOAD_PACKAGES, str(package_device_index(device)), *map(str, packages)],
+        [sys.executable, "-c", _LOAD_PACKAGES, str(package_device_index(device)), json.dumps(weights),
+         *map(str, packages)],
         capture_output=True, text=True,
     )
     if result.returncode == 0:
@@ -392,6 +412,15 @@ def _recording_traced_files() -> Iterator[set[str]]:
         yield filenames
     finally:
         TracingContext.__init__ = original_init  # type: ignore[method-assign]
+
+
+def _check_same_gpus(torch: Any, devices: list[str]) -> None:
+    """One entry is keyed on one GPU model: every --devices index must be one."""
+    names = {device: torch.cuda.get_device_name(fingerprint.device_index(device)) for device in devices
+             if fingerprint.is_gpu_device(device)}
+    if len(set(names.values())) > 1:
+        found = ", ".join(f"{device} is {name}" for device, name in names.items())
+        raise DeviceError(f"--devices: the GPUs differ ({found}); precompile each GPU model apart")
 
 
 def _check_device(torch: Any, device: str) -> str:

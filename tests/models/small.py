@@ -27,6 +27,11 @@ def build() -> nn.Module:
     return Mlp()
 
 
+def build_served() -> nn.Module:
+    """In eval mode, as served: precompile builds AOTInductor packages for it."""
+    return Mlp().eval()
+
+
 def build_wide() -> nn.Module:
     return Mlp(width=12)
 
