@@ -118,6 +118,16 @@ def export(torch: Any, model: Any, inputs: CallInputs) -> Any:
         return torch.export.export(model, inputs.args, inputs.kwargs, strict=False)
 
 
+def used_weights(program: Any) -> list[str]:
+    """The parameters, buffers and tensor constants an exported program's graph uses
+    (attributes it lifted but never reads are left out)."""
+    signature = program.graph_signature
+    targets = {**signature.inputs_to_parameters, **signature.inputs_to_buffers,
+               **signature.inputs_to_lifted_tensor_constants}
+    used = {node.name for node in program.graph.nodes if node.op == "placeholder" and node.users}
+    return sorted(target for placeholder, target in targets.items() if placeholder in used)
+
+
 def model_structure(model: Any) -> str:
     """A digest of what a package assumes of the model it runs on and cannot check
     itself: the module tree (names and classes), every parameter's and buffer's name,

@@ -256,7 +256,7 @@ def _aoti_packages(
             program = plan.export(torch, model, args)
         except Exception as exc:
             raise _ExportError(f"torch.export failed: {type(exc).__name__}: {_one_line(str(exc))}") from exc
-        weights[:] = sorted({*program.state_dict, *program.constants})
+        weights[:] = plan.used_weights(program)
         with torch.no_grad():
             torch._inductor.aoti_compile_and_package(program, package_path=str(folder / f"size-{size}.pt2"),
                                                      inductor_configs=configs)
