@@ -113,19 +113,23 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
                                      emit, suffix=f"@{other}")
             reports += more
         model.to(device)
+        artifacts = torch.compiler.save_cache_artifacts()  # what torch.compile made, before the AOT builds
+        if artifacts is not None:
+            (out / MEGACACHE_FILE).parent.mkdir(parents=True, exist_ok=True)
+            (out / MEGACACHE_FILE).write_bytes(artifacts[0])
         graph_break = next(iter(torch._dynamo.utils.counters["graph_break"]), None)
         if not request["aot"]:
             functions = packages = {"status": "disabled", "reason": "--no-aot"}
         else:
-            packages = _aoti_packages(torch, model, inputs, compile_options, out / AOT_PREFIX, emit)
+            # A package holds all it needs; what building it writes to an Inductor cache
+            # (its kernels, and autotuning results under the same names as torch.compile's
+            # but for its own options) stays out of the entry's.
+            with _inductor_cache_at(out.parent / "package-build"):
+                packages = _aoti_packages(torch, model, inputs, compile_options, out / AOT_PREFIX, emit)
             if graph_break is not None:
                 functions = {"status": "skipped", "reason": f"graph break, so no fullgraph capture: {_one_line(graph_break)}"}
             else:
                 functions = _aot_compile(torch, model, inputs, compile_options, out / AOT_PREFIX, emit)
-    artifacts = torch.compiler.save_cache_artifacts()
-    if artifacts is not None:
-        (out / MEGACACHE_FILE).parent.mkdir(parents=True, exist_ok=True)
-        (out / MEGACACHE_FILE).write_bytes(artifacts[0])
     traced_sources = sources.collect(traced, sys.path, os.path.dirname(torch.__file__), modules_by_file(traced, sys.modules))
     emit("size_start", label="bytecode", phase="bytecode")
     started = time.perf_counter()
@@ -200,6 +204,17 @@ def _aot_compile(
             partial.unlink()
         return {"status": "skipped", "reason": f"aot_compile failed: {error}"}
     return {"status": "stored", "reason": None, "seconds": seconds}
+
+
+@contextlib.contextmanager
+def _inductor_cache_at(folder: Path) -> Iterator[None]:
+    """Inductor's cache (and Triton's, inside it) at `folder` meanwhile."""
+    previous = os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
 
 
 @contextlib.contextmanager
