@@ -51,7 +51,8 @@ def _sample_leaf(torch: Any, leaf: Any, samples: int) -> dict[str, Any]:
         return {"value": leaf if isinstance(leaf, (bool, int, float, str)) or leaf is None else type(leaf).__name__}
     flat = leaf.detach().reshape(-1)
     count = min(flat.numel(), samples)
-    positions = torch.linspace(0, max(flat.numel() - 1, 0), steps=count, device=flat.device).long()
+    # Evenly spaced, in integer arithmetic: float positions round past the end of large tensors.
+    positions = torch.arange(count, device=flat.device) * (flat.numel() - 1) // max(count - 1, 1)
     values = flat[positions].double().cpu() if leaf.is_floating_point() else flat[positions].cpu()
     return {"shape": list(leaf.shape), "dtype": str(leaf.dtype).removeprefix("torch."), "values": values.tolist(),
             "norm": float(flat.double().norm()) if leaf.is_floating_point() else None}
