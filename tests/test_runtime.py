@@ -215,3 +215,35 @@ def test_run_records_each_use_with_its_cache_hits_and_misses(example_store: Path
     [entry] = ccache_json("inspect", store=store)["entries"]
     assert entry["usage"]["times_used"] == 2
     assert entry["usage"]["hits"] == 3 and entry["usage"]["misses"] == 1
+
+
+def test_autotuning_results_are_looked_up_in_the_process_own_cache() -> None:
+    """torch pickles the compile-time path of a kernel's autotuning result; under ccache
+    a path under the folder an entry was compiled in resolves in the process's cache."""
+    import types
+
+    from ccache_cli.core import relocate
+
+    class AutotuneCache:  # the two methods of torch's class that read and write the path
+        def __init__(self, path: str) -> None:
+            self.local_cache = ("local", path)
+
+        def _read(self) -> str:
+            return self.local_cache[1]
+
+        def save(self, config: object) -> str:
+            return self.local_cache[1]
+
+    relocate.patch(types.SimpleNamespace(AutotuneCache=AutotuneCache), ["/build/stage-1/inductor"], "/views/v/inductor")
+    assert AutotuneCache("/build/stage-1/inductor/ab/k.best_config")._read() == "/views/v/inductor/ab/k.best_config"
+    assert AutotuneCache("/build/stage-1/inductor/ab/k.best_config").save(None) == "/views/v/inductor/ab/k.best_config"
+    assert AutotuneCache("/build/stage-10/inductor/ab/k.best_config")._read() == "/build/stage-10/inductor/ab/k.best_config"
+
+
+def test_under_ccache_run_torch_looks_up_autotuning_results_in_the_view(example_store: Path, tmp_path: Path) -> None:
+    probe = ("import os, torch._inductor.runtime.autotune_cache as ac; "
+             "print(getattr(ac.AutotuneCache._read, '_ccache_relocated', False), os.environ['CCACHE_CLI_COMPILED_AT'])")
+    result = ccache("run", "--", sys.executable, "-c", probe, store=example_store, env=_views(tmp_path))
+    assert result.returncode == 0, result.stderr
+    relocated, compiled_at = result.stdout.split()
+    assert relocated == "True" and compiled_at.endswith("/artifacts/inductor")

@@ -88,6 +88,7 @@ def capture(store: Store, name: str, command: Sequence[str], stdout: int | None 
             "timings": {"sizes": [], "aot": None, "captured_s": round(seconds, 3)},
             "aot": {"status": "disabled", "reason": "captured from a command"},
             "bytecode": stored_bytecode,
+            "compiled_at": str(inductor),
             "files": files,
         }
         [(entry, new)] = store.publish([Entry(manifest["id"], manifest)], staging, staged_blobs(files))

@@ -85,6 +85,10 @@ def _check_fields(m: Mapping[str, Any], with_files: bool) -> None:
     lookup = m.get("lookup")
     if lookup is not None and not (isinstance(lookup, str) and HEX64.fullmatch(lookup)):
         raise ManifestError("lookup must be a sha256 or null")
+    compiled_at = m.get("compiled_at")
+    if compiled_at is not None and not (isinstance(compiled_at, str) and os.path.isabs(compiled_at)
+                                        and len(compiled_at) <= _MAX_PATH and compiled_at.isprintable()):
+        raise ManifestError("compiled_at must be an absolute path")
     _check_key(_field(m, "key", dict))
     _check_timings(_field(m, "timings", dict))
     _check_aot(_field(m, "aot", dict))

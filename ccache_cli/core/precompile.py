@@ -170,7 +170,7 @@ def precompile(
             worker.finish()
         finally:
             worker.kill()
-        entry, new_bytes = _store_entry(store, staging, request, planned, lookup, event)
+        entry, new_bytes = _store_entry(store, staging, request, planned, lookup, event, compile_dir / "inductor")
     reports = tuple(SizeReport(**{k: v for k, v in r.items() if k != "graphs"}) for r in event["reports"])
     return PrecompileResult(entry, False, reports, new_bytes, time.perf_counter() - start)
 
@@ -195,6 +195,7 @@ def _store_entry(
     planned: dict[str, Any],
     lookup: str,
     result: dict[str, Any],
+    compiled_at: Path,
 ) -> tuple[Entry, int]:
     files, new_bytes = stage_artifacts(store, staging, staging / "artifacts")
     key = {
@@ -217,6 +218,7 @@ def _store_entry(
         "aot": {"status": result["functions"]["status"], "reason": result["functions"]["reason"],
                 "packages": {k: v for k, v in result["packages"].items() if k != "seconds"}},
         "bytecode": result.get("bytecode", {}),
+        "compiled_at": str(compiled_at),
         "files": files,
     }
     [(entry, _)] = store.publish([Entry(manifest["id"], manifest)], staging, staged_blobs(files))

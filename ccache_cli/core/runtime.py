@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import bytecode, fingerprint, misses, owners, usage
+from . import bytecode, fingerprint, misses, owners, relocate, usage
 from .artifacts import AOT_PREFIX
 from .errors import BadInputError, EntryNotFoundError
 from .hashing import hash_json
@@ -48,6 +48,7 @@ from .sources import check, search_path
 from .store import Entry, Source, Store
 
 VIEW_ENV = "CCACHE_CLI_VIEW"  # set in an activated process: the view it uses
+COMPILED_AT_ENV = "CCACHE_CLI_COMPILED_AT"  # the folders the active entries were compiled in
 BYTECODE_ENV = "CCACHE_CLI_BYTECODE"  # 0: do not serve stored bytecode
 _STARTUP_HOOK_DIR = Path(__file__).resolve().parent.parent / "startup_hook"
 VIEWS_ENV = "CCACHE_CLI_VIEWS"  # where views are made
@@ -149,6 +150,9 @@ def activation(store: Store, entries: Sequence[Entry]) -> Activation:
     view, bytecode_modules = ensure_view(store, entries)
     # Triton then keeps its kernels inside the Inductor cache, as at precompile time.
     set_env = {"TORCHINDUCTOR_CACHE_DIR": str(view / "inductor"), VIEW_ENV: str(view)}
+    compiled_at = sorted({entry.manifest["compiled_at"] for entry in entries if entry.manifest.get("compiled_at")})
+    if compiled_at:  # where autotuning results are looked up (relocate.py)
+        set_env[COMPILED_AT_ENV] = os.pathsep.join(compiled_at)
     # Inductor settings the entries were compiled with are part of every graph's cache
     # key: the ones they agree on, and the user has not set, are set as they were.
     for name, value in _agreed_inductor_env(entries).items():
@@ -290,6 +294,7 @@ def activate(store: Store | str | os.PathLike[str] | None = None, entry: str | S
         sys.pycache_prefix = active.set_env["PYTHONPYCACHEPREFIX"]  # for the modules this process imports next
     for name, previous in active.replaced.items():
         warnings.warn(f"ccache_cli.activate() replaced {name}={previous}", stacklevel=2)
+    relocate.install(active.set_env.get(COMPILED_AT_ENV, "").split(os.pathsep), active.set_env["TORCHINDUCTOR_CACHE_DIR"])
     atexit.register(misses.report_at_exit, str(active.view), usage.log_paths(store, [e.id for e in active.entries]),
                     fingerprint, usage, "activate")
     return active

@@ -3,7 +3,8 @@ folder first on PYTHONPATH.
 
 Under `ccache run` ($CCACHE_CLI_VIEW and $CCACHE_CLI_USAGE_LOGS set), it appends the
 process's FX-graph cache hits and misses to the active entries' usage logs at exit,
-and where graphs missed the stored cache, says why on stderr.
+and where graphs missed the stored cache, says why on stderr; and it has torch look
+up autotuning results in the view (relocate.py).
 
 Under `ccache run --capture`, the hook stays idle
 until the program imports torch's tracing module, then records the files Dynamo
@@ -105,6 +106,8 @@ def _report_usage():
 
 if _VIEW and _USAGE_LOGS is not None:
     atexit.register(_report_usage)
+if _VIEW and os.environ.get("CCACHE_CLI_COMPILED_AT"):  # autotuning results where this process keeps its cache
+    _load("relocate").install(os.environ["CCACHE_CLI_COMPILED_AT"].split(os.pathsep), os.environ["TORCHINDUCTOR_CACHE_DIR"])
 if _RECORDS:
     sys.meta_path.insert(0, _WhenTracingIsImported())
     atexit.register(_write_record)

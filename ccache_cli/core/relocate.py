@@ -1,0 +1,92 @@
+"""Autotuning results looked up where the running process keeps its cache.
+
+With each Triton kernel it stores in an FX-graph cache entry (a "statically launched"
+kernel), torch pickles the absolute path of that kernel's autotuning result
+(`<Inductor cache dir>/xx/<key>.best_config`) as it was when the kernel was compiled.
+A process that loads the entry from another folder (a view under `ccache run`, an
+unpacked store) looks at the old path, finds nothing, and benchmarks the kernel's
+configurations again: work torch's own cache, used where it was filled, does not do.
+
+So in processes under `ccache run` (the start-up hook) and after `activate()`, a
+result path under a folder an active entry was compiled in (`compiled_at` in its
+manifest) is looked up, and saved, under the process's own Inductor cache instead.
+This wraps two methods of torch's `AutotuneCache`; where a torch version lacks them,
+nothing is changed.
+
+Standard library only, with no package-relative imports: the start-up hook loads it
+by path.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+MODULE = "torch._inductor.runtime.autotune_cache"
+
+
+def install(compiled_at: list[str], cache_dir: str) -> None:
+    """Relocate result paths under `compiled_at` to `cache_dir`, now if torch's module
+    is imported, else when it is."""
+    prefixes = [prefix.rstrip(os.sep) for prefix in compiled_at if prefix and prefix.rstrip(os.sep) != cache_dir]
+    if not prefixes:
+        return
+    if MODULE in sys.modules:
+        patch(sys.modules[MODULE], prefixes, cache_dir)
+    else:
+        sys.meta_path.insert(0, _WhenImported(prefixes, cache_dir))
+
+
+def patch(module: Any, prefixes: list[str], cache_dir: str) -> None:
+    cache_class = getattr(module, "AutotuneCache", None)
+    read, save = getattr(cache_class, "_read", None), getattr(cache_class, "save", None)
+    if read is None or save is None or getattr(read, "_ccache_relocated", False):
+        return
+
+    def relocate(cache: Any) -> None:
+        local = getattr(cache, "local_cache", None)
+        if not (isinstance(local, tuple) and len(local) == 2 and isinstance(local[1], str)):
+            return
+        for prefix in prefixes:
+            if local[1].startswith(prefix + os.sep):
+                cache.local_cache = (local[0], cache_dir + local[1][len(prefix):])
+                return
+
+    def relocated_read(self: Any) -> Any:
+        relocate(self)
+        return read(self)
+
+    def relocated_save(self: Any, *args: Any, **kwargs: Any) -> Any:
+        relocate(self)
+        return save(self, *args, **kwargs)
+
+    relocated_read._ccache_relocated = True  # type: ignore[attr-defined]
+    cache_class._read = relocated_read
+    cache_class.save = relocated_save
+
+
+class _WhenImported:
+    """A meta path finder that patches torch's autotune cache module right after it is imported."""
+
+    def __init__(self, prefixes: list[str], cache_dir: str) -> None:
+        self._prefixes = prefixes
+        self._cache_dir = cache_dir
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != MODULE:
+            return None
+        import importlib.util
+
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module: Any) -> None:
+            exec_module(module)
+            patch(module, self._prefixes, self._cache_dir)
+
+        spec.loader.exec_module = exec_and_patch  # type: ignore[method-assign]
+        return spec
