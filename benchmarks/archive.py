@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ccache_cli
-from ccache_cli.core.hashing import hash_json
-from ccache_cli.core.store import Entry, Store
+from ccache_cli.store.hashing import hash_json
+from ccache_cli.store.store import Entry, Store
 
 WORDS = (
     "def kernel triton_poi_fused xindex xmask tl.load tl.store in_ptr0 out_ptr0 tmp0 tmp1 = + * "

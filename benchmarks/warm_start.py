@@ -52,8 +52,8 @@ def child(way: str, args: argparse.Namespace, sizes: list[int], extra: str | Non
     """One measured process: build the model, run every size once, print JSON."""
     import torch
 
-    from ccache_cli.core import compile_plan as plan
-    from ccache_cli.core import modelspec
+    from ccache_cli.build import plan as plan
+    from ccache_cli.build import modelspec
 
     spec = modelspec.parse(args.model)
     module = modelspec.import_target(spec)

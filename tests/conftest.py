@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ccache_cli.core.frames import FRAME_SIZE, FrameWriter
-from ccache_cli.core.hashing import hash_json
-from ccache_cli.core.store import Entry, Store
+from ccache_cli.archive.frames import FRAME_SIZE, FrameWriter
+from ccache_cli.store.hashing import hash_json
+from ccache_cli.store.store import Entry, Store
 
 MODELS = Path(__file__).parent / "models"
 EXAMPLE = "ccache_cli.examples.tiny_transformer"
@@ -127,7 +127,7 @@ def store_leftovers(store: Path) -> list[str]:
 @functools.cache
 def cpu_fingerprint() -> dict:
     """This machine's CPU fingerprint, as an entry compiled here would carry it."""
-    from ccache_cli.core.fingerprint import entry_fingerprint, machine_fingerprint
+    from ccache_cli.hooked.fingerprint import entry_fingerprint, machine_fingerprint
 
     return entry_fingerprint(machine_fingerprint(), "cpu")
 

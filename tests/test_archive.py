@@ -19,7 +19,7 @@ import zstandard
 from conftest import (ccache, ccache_json, framed_archive, head_members, imported_modules, make_entry, regular, snapshot,
                       synthetic_manifest)
 
-from ccache_cli.core.store import Store
+from ccache_cli.store.store import Store
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_pack_is_deterministic_across_runs_and_stores(source_store: Path, tmp_pa
 
 
 def test_tar_headers_are_what_tarfile_writes() -> None:
-    from ccache_cli.core.tarstream import ustar_header
+    from ccache_cli.archive.tarstream import ustar_header
 
     for name, size in ((f"objects/{'ab' * 32}", 12345), ("index.json", 0), ("files.json", 8**11 - 1)):
         info = tarfile.TarInfo(name)
@@ -64,8 +64,8 @@ def test_groups_are_where_one_writer_would_cut_them() -> None:
     pieces and their group flags are those of one TarWriter writing every member."""
     import random
 
-    from ccache_cli.core.frames import FRAME_SIZE
-    from ccache_cli.core.tarstream import TarWriter, group_bounds
+    from ccache_cli.archive.frames import FRAME_SIZE
+    from ccache_cli.archive.tarstream import TarWriter, group_bounds
 
     class Pieces:
         def __init__(self) -> None:
@@ -95,7 +95,7 @@ def test_groups_are_where_one_writer_would_cut_them() -> None:
 def test_pack_is_the_same_whatever_the_process_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import random
 
-    from ccache_cli.core import archive
+    from ccache_cli.archive import archive
 
     store = Store(tmp_path / "store")
     rng = random.Random(0)
@@ -275,7 +275,7 @@ def threaded_and_recording_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[
     """This process running a second thread, and the command lines of the worker
     processes started meanwhile: forking a threaded process is not safe, so they are
     new interpreters (the CLI, which runs no other thread, forks them)."""
-    from ccache_cli.core import processes
+    from ccache_cli.archive import processes
 
     started: list[list[str]] = []
     real_popen = subprocess.Popen
@@ -298,27 +298,27 @@ def threaded_and_recording_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[
 def test_a_process_with_threads_packs_through_new_interpreters(
     source_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ccache_cli.core import archive
+    from ccache_cli.archive import archive
 
     forked = tmp_path / "forked.tar.zst"
     assert ccache("pack", str(forked), store=source_store).returncode == 0
     store = Store(source_store)
     with threaded_and_recording_workers(monkeypatch) as started, (tmp_path / "spawned.tar.zst").open("wb") as out:
         archive.pack(store, list(store.scan().entries), out)
-    assert started and all(args[1:] == ["-m", "ccache_cli.core.pack_worker"] for args in started)
+    assert started and all(args[1:] == ["-m", "ccache_cli.archive.pack_process"] for args in started)
     assert (tmp_path / "spawned.tar.zst").read_bytes() == forked.read_bytes()
 
 
 def test_a_process_with_threads_unpacks_through_new_interpreters(
     source_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ccache_cli.core import archive
+    from ccache_cli.archive import archive
 
     packed = tmp_path / "a.tar.zst"
     assert ccache("pack", str(packed), store=source_store).returncode == 0
     with threaded_and_recording_workers(monkeypatch) as started, packed.open("rb") as source:
         result = archive.unpack(Store(tmp_path / "target"), source)
-    assert started and all(args[1:] == ["-m", "ccache_cli.core.unpack_worker"] for args in started)
+    assert started and all(args[1:] == ["-m", "ccache_cli.archive.unpack_process"] for args in started)
     assert len(result.added) == 2
     assert snapshot(tmp_path / "target" / "objects") == snapshot(source_store / "objects")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import ccache, ccache_json
 
-from ccache_cli.core.store import Store
+from ccache_cli.store.store import Store
 
 NO_PYC = {"PYTHONDONTWRITEBYTECODE": "1"}  # with PYTHONPYCACHEPREFIX at an empty folder: as in many images
 

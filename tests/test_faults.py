@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import MODELS, ccache, ccache_json, make_entry
 
-from ccache_cli.core.store import Store
+from ccache_cli.store.store import Store
 
 TRIALS = int(os.environ.get("CCACHE_CLI_KILL_TRIALS", "3"))
 SEED = int(os.environ.get("CCACHE_CLI_KILL_SEED", "1130"))
@@ -193,7 +193,7 @@ def test_a_writer_waiting_for_the_lock_says_who_holds_it(source: dict, tmp_path:
     target = tmp_path / "store"
     shutil.copytree(source["store"], target)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom ccache_cli.core.store import Store\n"
+        "import sys, time\nfrom ccache_cli.store.store import Store\n"
         "with Store(sys.argv[1]).lock():\n    print('held', flush=True)\n    time.sleep(2.5)\n"), str(target)],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"

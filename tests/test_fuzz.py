@@ -30,11 +30,12 @@ from conftest import snapshot, synthetic_manifest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ccache_cli.core import archive, manifest
-from ccache_cli.core.errors import CcacheError
-from ccache_cli.core.frames import FrameReader
-from ccache_cli.core.store import Entry, Store
-from ccache_cli.core.tarstream import BlobList
+from ccache_cli.archive import archive
+from ccache_cli.store import manifest
+from ccache_cli.errors import CcacheError
+from ccache_cli.archive.frames import FrameReader
+from ccache_cli.store.store import Entry, Store
+from ccache_cli.archive.tarstream import BlobList
 
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("release", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLE, MODELS, ccache, ccache_json, run_on_cache_dir, serve_counters, write_serve_script
 
-from ccache_cli.core.store import Store
+from ccache_cli.store.store import Store
 
 torch = pytest.importorskip("torch")
 pytestmark = [

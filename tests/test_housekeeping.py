@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ccache, ccache_json, make_entry
 
-from ccache_cli.core.store import Store
+from ccache_cli.store.store import Store
 
 SHARED = b"shared kernel " * 700  # ~10 KB that every entry names
 

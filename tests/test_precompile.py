@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import EXAMPLE, ccache, ccache_json, run_on_cache_dir, store_leftovers
 
 import ccache_cli.examples.tiny_transformer as example_module
-from ccache_cli.core.store import Store
+from ccache_cli.store.store import Store
 
 
 
@@ -128,7 +128,7 @@ def test_loader_crash_hint_names_a_compiler_that_links_the_cxx_runtime_staticall
     # A compiler driver that finds no libstdc++.so, as `g++ -print-file-name` answers then.
     static_only.write_text('#!/bin/sh\ncase "$1" in -print-file-name=*) echo "${1#*=}";; *) exec g++ "$@";; esac\n')
     static_only.chmod(0o755)
-    code = "from ccache_cli.core.worker import _static_cxx_runtime_hint as h; print(h())"
+    code = "from ccache_cli.build.compile_process import _static_cxx_runtime_hint as h; print(h())"
     hints = {}
     for name, compiler in (("static", str(static_only)), ("system", "g++")):
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

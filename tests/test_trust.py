@@ -17,9 +17,9 @@ import zstandard
 from conftest import (ccache, ccache_json, framed_archive, head_members, make_entry, regular, snapshot,
                       synthetic_manifest)
 
-from ccache_cli.core.hashing import hash_json
-from ccache_cli.core.manifest import ManifestError, inside
-from ccache_cli.core.store import Store
+from ccache_cli.store.hashing import hash_json
+from ccache_cli.store.manifest import ManifestError, inside
+from ccache_cli.store.store import Store
 
 BLOB = b"machine code" * 20
 SHA = hashlib.sha256(BLOB).hexdigest()
@@ -278,7 +278,7 @@ def test_a_relative_store_works_from_any_folder(target: Path, tmp_path: Path) ->
 def test_unexpected_errors_are_one_line_naming_a_log(target: Path, tmp_path: Path) -> None:
     """A bug anywhere still ends in one line; the traceback is kept in a log file."""
     script = tmp_path / "boom.py"
-    script.write_text("import sys\nfrom ccache_cli.core import inspect\n"
+    script.write_text("import sys\nfrom ccache_cli.check import inspect\n"
                       "def boom(*a, **k): raise RuntimeError('boom')\n"
                       "inspect.inspect_store = boom\n"
                       "from ccache_cli.cli.main import main\nsys.argv = ['ccache', '--store', sys.argv[1], 'inspect']\nmain()\n")
@@ -306,7 +306,7 @@ def test_manifest_copies_are_not_shared_between_checks() -> None:
     """The schema check does not change what it checks."""
     manifest = synthetic_manifest("x", {"inductor/a": {"sha256": SHA, "size": 1}})
     before = copy.deepcopy(manifest)
-    from ccache_cli.core import manifest as schema
+    from ccache_cli.store import manifest as schema
 
     schema.check(manifest)
     assert manifest == before

@@ -13,7 +13,7 @@ import pytest
 import zstandard
 from conftest import MODELS, ccache, ccache_json, framed_archive, make_entry
 
-from ccache_cli.core.store import Store
+from ccache_cli.store.store import Store
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..core.store import Store
+from ccache_cli.store.store import Store
 from . import fingerprint, housekeeping, inspect, pack, precompile, run, verify
 from .render import set_quiet
 

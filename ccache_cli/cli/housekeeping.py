@@ -6,9 +6,9 @@ from typing import Optional
 
 import typer
 
-from ..core import housekeeping
-from ..core.errors import BadInputError
-from ..core.store import Store
+from ccache_cli.check import housekeeping
+from ccache_cli.errors import BadInputError
+from ccache_cli.store.store import Store
 from .render import emit_json, human_bytes, out, warn
 
 

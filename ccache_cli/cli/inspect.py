@@ -8,10 +8,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..core import fingerprint
-from ..core.signing import trusted_keys
-from ..core.archive import is_archive_path
-from ..core.inspect import EntryReport, InspectReport, entry_json, inspect_archive, inspect_store
+from ccache_cli.hooked import fingerprint
+from ccache_cli.archive.signing import trusted_keys
+from ccache_cli.archive.archive import is_archive_path
+from ccache_cli.check.inspect import EntryReport, InspectReport, entry_json, inspect_archive, inspect_store
 from .pack import TRUST_OPTION
 from .render import age, emit_json, human_bytes, out, seconds, warn, yes_no
 

@@ -16,7 +16,7 @@ import os
 import sys
 from typing import NamedTuple, NoReturn
 
-from ..core.errors import CcacheError, ExitCode
+from ccache_cli.errors import CcacheError, ExitCode
 
 
 class Plain(NamedTuple):
@@ -102,11 +102,11 @@ def plain_command(argv: list[str]) -> Plain | None:
 
 
 def _start(plain: Plain) -> None:
-    from ..core.store import Store
+    from ccache_cli.store.store import Store
 
     store = Store(plain.store)
     if plain.command == "run":  # prints only warnings and errors anyway
-        from ..core import runtime
+        from ccache_cli.serve import runtime
 
         active = runtime.start(store, plain.args)
         for message in runtime.replaced_warnings(active):

@@ -20,7 +20,7 @@ def key_generate_command(
     path: Path = typer.Argument(..., metavar="PATH", help="Where to write the private key; the public key goes to PATH.pub"),
 ) -> None:
     """Make an Ed25519 key pair for `pack --sign` and `--trust`: PATH (private, mode 0600) and PATH.pub. Does not import torch."""
-    from ..core import signing
+    from ccache_cli.archive import signing
 
     public, key_id = signing.generate(path)
     out.print(f"Wrote private key {path} (keep it secret) and public key {public}; key id {key_id[:16]}.")

@@ -11,8 +11,9 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..core import precompile as core
-from ..core.inspect import entry_json, report_entry, this_machine
+from ccache_cli.build import precompile as core
+from ccache_cli.check.inspect import entry_json, report_entry
+from ccache_cli.key.compat import this_machine
 from .render import emit_json, human_bytes, out, seconds
 
 

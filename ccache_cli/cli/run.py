@@ -7,9 +7,10 @@ from typing import Optional
 
 import typer
 
-from ..core import capture, runtime, usage
-from ..core.errors import BadInputError
-from ..core.store import Store
+from ccache_cli.hooked import usage
+from ccache_cli.serve import capture, runtime
+from ccache_cli.errors import BadInputError
+from ccache_cli.store.store import Store
 from .render import emit_json, err, human_bytes, warn
 
 

@@ -7,10 +7,10 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ..core import archive, signing
-from ..core.errors import BadInputError
-from ..core.inspect import fits, this_machine
-from ..core.store import Entry, Store
+from ccache_cli.archive import archive, signing
+from ccache_cli.errors import BadInputError
+from ccache_cli.key.compat import fits, this_machine
+from ccache_cli.store.store import Entry, Store
 from .render import emit_json, err, human_bytes, out, warn
 
 PYCACHE_DIR = "pycache"  # the exported bytecode tree, inside the exported Inductor cache
@@ -77,7 +77,7 @@ def unpack(store: Store, source: str, compatible_only: bool = False, export_dir:
 def _export(store: Store, entries: list[Entry], ref: str | None, target: Path, machine: dict,
             exact: bool) -> tuple[Entry, Path | None]:
     """The exported entry, and its bytecode tree if it has one."""
-    from ..core import runtime  # imported here: pack and unpack start faster without it
+    from ccache_cli.serve import runtime  # imported here: pack and unpack start faster without it
 
     if ref is not None:
         chosen = store.find(ref)

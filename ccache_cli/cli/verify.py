@@ -10,9 +10,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..core import verify as core
-from ..core.errors import ExitCode
-from ..core.signing import trusted_keys
+from ccache_cli.check import verify as core
+from ccache_cli.errors import ExitCode
+from ccache_cli.archive.signing import trusted_keys
 from .pack import TRUST_OPTION
 from .render import emit_json, err, out
 

@@ -33,7 +33,7 @@ _TRACED = set()
 def _load(name):
     """A module of ccache-cli that needs only the standard library, by path: the
     program may not have ccache-cli installed."""
-    path = os.path.join(_PACKAGE_ROOT, "ccache_cli", "core", f"{name}.py")
+    path = os.path.join(_PACKAGE_ROOT, "ccache_cli", "hooked", f"{name}.py")
     spec = importlib.util.spec_from_file_location(f"_ccache_cli_capture_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # as import does: dataclasses look their module up there
@@ -71,13 +71,8 @@ def _write_record():
         try:
             cuda = getattr(torch, "cuda", None)
             device = f"cuda:{cuda.current_device()}" if cuda is not None and cuda.is_initialized() else "cpu"
-            sys.path.insert(0, _PACKAGE_ROOT)
-            try:
-                from ccache_cli.core import fingerprint
-            finally:
-                sys.path.remove(_PACKAGE_ROOT)
             record["device"] = device
-            record["machine"] = fingerprint.machine_fingerprint(device)
+            record["machine"] = _load("fingerprint").machine_fingerprint(device)
             # The bytecode of everything this process imported, for the entry's bytecode/.
             folder = os.path.join(_RECORDS, f"bytecode-{os.getpid()}")
             record["bytecode"] = _load("bytecode").record(dict(sys.modules), folder)

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import durable
-from .errors import BadInputError, CcacheError
-from .hashing import canonical_json
+from ccache_cli.store import durable
+from ccache_cli.errors import BadInputError, CcacheError
+from ccache_cli.store.hashing import canonical_json
 
 SIGNATURE_NAME = "signature.json"
 TRUST_ENV = "CCACHE_CLI_TRUST"  # public key files, separated like PATH

@@ -4,15 +4,16 @@ An entry's files live under a few top-level folders: `inductor/` is the Inductor
 cache directory as torch wrote it (TORCHINDUCTOR_CACHE_DIR), `megacache/` holds
 torch's portable Mega-Cache bytes, `aot/` the AOT-compiled functions and packages,
 `bytecode/` the .pyc files of the modules the compiling process imported and
-`outputs/` a sample of each size's outputs (outputs_sample.py).
+`outputs/` a sample of each size's outputs (build/outputs.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from . import bytecode
+from ccache_cli.hooked import bytecode
 
 INDUCTOR_PREFIX = "inductor/"
 MEGACACHE_FILE = "megacache/cache_artifacts.bin"
@@ -74,3 +75,8 @@ def summarize(files: Mapping[str, int] | Iterable[tuple[str, int]]) -> list[Kind
         (KindSummary(kind, count, size) for kind, (count, size) in counts.items()),
         key=lambda summary: (-summary.bytes, summary.kind),
     )
+
+
+def kinds_of(manifest: Mapping[str, Any]) -> tuple[KindSummary, ...]:
+    """Count and bytes per kind of an entry's files."""
+    return tuple(summarize({path: ref["size"] for path, ref in manifest["files"].items()}))

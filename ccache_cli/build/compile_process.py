@@ -24,11 +24,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import bytecode, fingerprint, modelspec, outputs_sample, processes, sources
-from . import compile_plan as plan
-from .artifacts import AOT_PREFIX, MEGACACHE_FILE, OUTPUTS_PREFIX
-from .errors import CcacheError, CompileError, DeviceError
-from .tracing import modules_by_file, record_traced_files
+from ccache_cli.store import owners
+from ccache_cli.build import modelspec, outputs
+from ccache_cli.hooked import bytecode, fingerprint
+from ccache_cli.key import sources
+from ccache_cli.build import plan as plan
+from ccache_cli.store.artifacts import AOT_PREFIX, MEGACACHE_FILE, OUTPUTS_PREFIX
+from ccache_cli.errors import CcacheError, CompileError, DeviceError
+from ccache_cli.hooked.tracing import modules_by_file, record_traced_files
 
 Emit = Callable[..., None]
 
@@ -105,8 +108,8 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
 
     model = modelspec.load_model(module, spec).to(device)
     with _recording_traced_files() as traced:
-        reports, outputs = _compile_sizes(torch, model, inputs, compile_options, inputs_fn, emit)
-        _record_outputs(torch, model, inputs, outputs, out)
+        reports, results = _compile_sizes(torch, model, inputs, compile_options, inputs_fn, emit)
+        _record_outputs(torch, model, inputs, results, out)
         for other in others:  # the graphs' cache keys hold the device index: each index its own
             moved = {size: plan.to_device(torch, args, other) for size, args in inputs.items()}
             more, _ = _compile_sizes(torch, model.to(other), moved, {**compile_options, "device": other}, inputs_fn,
@@ -163,23 +166,23 @@ def _compile_sizes(
         plan.mark_batch_dynamic(torch, args, hint)
         runs.append(("dynamic", args))
     compiled = plan.torch_compile(torch, model, options["mode"], len(runs))
-    reports, outputs = [], {}
+    reports, results = [], {}
     for label, args in runs:
         emit("size_start", label=label + suffix, phase="compile")
-        report, outputs[label] = _measure(torch, options["device"], lambda: plan.call(compiled, args))
+        report, results[label] = _measure(torch, options["device"], lambda: plan.call(compiled, args))
         report["label"] = label + suffix
         reports.append(report)
         emit("size_done", phase="compile", **report)
-    return reports, outputs
+    return reports, results
 
 
-def _record_outputs(torch: Any, model: Any, inputs: dict[int, plan.CallInputs], outputs: dict[str, Any], out: Path) -> None:
+def _record_outputs(torch: Any, model: Any, inputs: dict[int, plan.CallInputs], results: dict[str, Any], out: Path) -> None:
     """A record of each size's compiled call (`outputs/size-N.json`), which `verify
     --run` compares a warm start's outputs with."""
     folder = out / OUTPUTS_PREFIX
     folder.mkdir(parents=True, exist_ok=True)
     for size, args in inputs.items():
-        record = outputs_sample.record(torch, model, args, outputs[str(size)])
+        record = outputs.record(torch, model, args, results[str(size)])
         (folder / f"size-{size}.json").write_text(json.dumps(record))
 
 
@@ -332,10 +335,8 @@ def _load_in_fresh_process(packages: list[Path], device: str, weights: list[str]
     builds crash in AOTInductor's loader (a segmentation fault, which no `except`
     catches), and the runtime must never be handed one of those.
     """
-    from .runtime import package_device_index
-
     result = subprocess.run(
-        [sys.executable, "-c", _LOAD_PACKAGES, str(package_device_index(device)), json.dumps(weights),
+        [sys.executable, "-c", _LOAD_PACKAGES, str(plan.package_device_index(device)), json.dumps(weights),
          *map(str, packages)],
         capture_output=True, text=True,
     )
@@ -455,5 +456,5 @@ def _one_line(text: str) -> str:
 
 
 if __name__ == "__main__":
-    processes.die_with_parent(os.getppid())  # a killed ccache leaves no compile running
+    owners.die_with_parent(os.getppid())  # a killed ccache leaves no compile running
     sys.exit(main(sys.argv))

@@ -1,6 +1,6 @@
 """Unpacks groups of an archive's frames in a process of its own; `archive.unpack`
 and `archive.check_blobs` run one per core, forked from themselves where they can
-(`serve`), else started as `python -m ccache_cli.core.unpack_worker`.
+(`serve`), else started as `python -m ccache_cli.archive.unpack_process`.
 
 Reads from stdin a job (its length, then JSON: the staging folder for new blobs and
 whether to go on past a blob that fails its hash; then the archive's blobs.txt, as a
@@ -25,10 +25,10 @@ import struct
 import sys
 from typing import IO, Any
 
-from . import processes
-from .errors import ArchiveError, CcacheError
-from .frames import FrameReader
-from .tarstream import BLOB_PREFIX, BlobList, TarReader, blob_members, copy_member
+from ccache_cli.store import owners
+from ccache_cli.errors import ArchiveError, CcacheError
+from ccache_cli.archive.frames import FrameReader
+from ccache_cli.archive.tarstream import BLOB_PREFIX, BlobList, TarReader, blob_members, copy_member
 
 _JOB_LENGTH = struct.Struct("<Q")
 _WHOLE = 1 << 20  # blobs up to this size are read whole, larger ones in chunks
@@ -116,5 +116,5 @@ def _create(sha256: str, folder: int) -> int:
 
 
 if __name__ == "__main__":
-    processes.die_with_parent()
+    owners.die_with_parent()
     serve(sys.stdin.buffer, sys.stdout.buffer)

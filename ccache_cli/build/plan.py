@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .errors import CompileError
+from ccache_cli.errors import CompileError
 
 # An AOTInductor package holds no CUDA graphs (reduce-overhead records them in each
 # process, on its own memory); every other Inductor option of a mode applies.
@@ -148,3 +148,8 @@ def model_structure(model: Any) -> str:
                 tied = first_name.setdefault(id(tensor), full)
                 digest.update(f"{kind} {full} {tuple(tensor.shape)} {tensor.dtype} {tied}\n".encode())
     return digest.hexdigest()
+
+
+def package_device_index(device: str) -> int:
+    """The device index AOTInductor's loader takes: -1 for the CPU."""
+    return -1 if device == "cpu" else int(device.partition(":")[2] or 0)

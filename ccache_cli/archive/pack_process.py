@@ -1,6 +1,6 @@
 """Packs groups of an archive's blobs in a process of its own; `archive.pack` runs one
 per core, forked from itself where it can (`serve`), else started as
-`python -m ccache_cli.core.pack_worker`.
+`python -m ccache_cli.archive.pack_process`.
 
 Reads from stdin a job (its length, then JSON: the store, the zstd level, and the
 descriptors of the archive and of its two baton pipes), then its groups (group_bounds),
@@ -24,11 +24,11 @@ import struct
 import sys
 from typing import IO, Any
 
-from . import processes
-from .errors import CcacheError
-from .frames import FrameWriter
-from .store import Store
-from .tarstream import BLOB_PREFIX, BlobList, TarWriter
+from ccache_cli.store import owners
+from ccache_cli.errors import CcacheError
+from ccache_cli.archive.frames import FrameWriter
+from ccache_cli.store.store import Store
+from ccache_cli.archive.tarstream import BLOB_PREFIX, BlobList, TarWriter
 
 WRITTEN, FAILED = b"W", b"X"
 REPORT = struct.Struct("<cI")  # kind, length of the message that follows
@@ -124,5 +124,5 @@ def _report(stdout: IO[bytes], kind: bytes, message: str) -> None:
 
 
 if __name__ == "__main__":
-    processes.die_with_parent()
+    owners.die_with_parent()
     serve(sys.stdin.buffer, sys.stdout.buffer)

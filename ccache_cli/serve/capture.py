@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import fingerprint, sources
-from .artifacts import BYTECODE_PREFIX
-from .errors import BadInputError, CcacheError
-from .hashing import hash_json
-from .precompile import MANIFEST_FORMAT, PRIMARY_DEVICES, created_now, space_free, stage_artifacts, staged_blobs
-from .runtime import VIEW_ENV, with_startup_hook
-from .store import Entry, Store
+from ccache_cli.hooked import fingerprint
+from ccache_cli.key import sources
+from ccache_cli.store.artifacts import BYTECODE_PREFIX
+from ccache_cli.errors import BadInputError, CcacheError
+from ccache_cli.store.hashing import hash_json
+from ccache_cli.build.precompile import MANIFEST_FORMAT, PRIMARY_DEVICES, created_now, space_free, stage_artifacts, staged_blobs
+from ccache_cli.serve.runtime import VIEW_ENV, with_startup_hook
+from ccache_cli.store.store import Entry, Store
 
 CAPTURE_DIR_ENV = "CCACHE_CLI_CAPTURE_DIR"
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import durable, manifest, owners
-from .errors import BadInputError, EntryNotFoundError, StoreError
-from .hashing import sha256_file
+from ccache_cli.store import durable, manifest, owners
+from ccache_cli.errors import BadInputError, EntryNotFoundError, StoreError
+from ccache_cli.store.hashing import sha256_file
 
 FORMAT_VERSION = 1
 STORE_ENV = "CCACHE_CLI_STORE"

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .errors import CompileError, ModelSpecError
+from ccache_cli.errors import CompileError, ModelSpecError
 
 DEFAULT_ATTR = "build"
 INPUTS_ATTR = "example_inputs"

@@ -22,12 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import errors, fingerprint, modelspec, sources
-from .artifacts import IGNORED_INDUCTOR_DIRS, INDUCTOR_PREFIX
-from .errors import CcacheError, CompileError, DeviceError, SizesError, StoreError
-from .fingerprint import DYNAMIC_THREADS_ENV
-from .hashing import hash_json
-from .store import Entry, Store
+from ccache_cli import errors
+from ccache_cli.build import modelspec
+from ccache_cli.hooked import fingerprint
+from ccache_cli.key import sources
+from ccache_cli.store.artifacts import IGNORED_INDUCTOR_DIRS, INDUCTOR_PREFIX
+from ccache_cli.errors import CcacheError, CompileError, DeviceError, SizesError, StoreError
+from ccache_cli.hooked.fingerprint import DYNAMIC_THREADS_ENV
+from ccache_cli.store.hashing import hash_json
+from ccache_cli.store.store import Entry, Store
 
 MANIFEST_FORMAT = 1
 MAX_SIZE = 2**31 - 1  # larger is a typo, not a batch
@@ -287,7 +290,7 @@ class _Worker:
         self._log = open(staging / "worker.log", "wb")
         self._debug = bool(os.environ.get("CCACHE_CLI_DEBUG"))
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "ccache_cli.core.worker", str(request_file), str(artifacts)],
+            [sys.executable, "-m", "ccache_cli.build.compile_process", str(request_file), str(artifacts)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None if self._debug else self._log,

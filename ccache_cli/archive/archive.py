@@ -35,15 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from . import durable, manifest, owners, pack_worker, processes, signing, unpack_worker
-from .artifacts import KindSummary
-from .errors import ArchiveError, BadInputError, CcacheError
-from .frames import FRAME_SIZE, Frame, FrameReader, FrameWriter, cpu_count
-from .hashing import hash_json
-from .inspect import kinds_of
-from .signing import SIGNATURE_LIMIT, SIGNATURE_NAME, PublicKey, Signer
-from .store import Entry, Store
-from .tarstream import (BLOB_PREFIX, BLOBS_NAME, REGULAR, BlobList, Member, TarReader, TarWriter, end_marker,
+from ccache_cli.archive import pack_process as pack_worker, processes, signing, unpack_process as unpack_worker
+from ccache_cli.store import durable, manifest, owners
+from ccache_cli.store import artifacts
+from ccache_cli.store.artifacts import KindSummary
+from ccache_cli.errors import ArchiveError, BadInputError, CcacheError
+from ccache_cli.archive.frames import FRAME_SIZE, Frame, FrameReader, FrameWriter, cpu_count
+from ccache_cli.store.hashing import hash_json
+from ccache_cli.archive.signing import SIGNATURE_LIMIT, SIGNATURE_NAME, PublicKey, Signer
+from ccache_cli.store.store import Entry, Store
+from ccache_cli.archive.tarstream import (BLOB_PREFIX, BLOBS_NAME, REGULAR, BlobList, Member, TarReader, TarWriter, end_marker,
                         group_bounds, member_length)
 
 # 2: the framed zstd layout of frames.py; 3: blobs.txt in the head; 4: each manifest's
@@ -114,7 +115,7 @@ def _head_frames(entries: Sequence[Entry], listing: bytes, level: int, signer: S
     index = {
         "format": ARCHIVE_FORMAT,
         "entries": [{k: v for k, v in entry.manifest.items() if k != "files"} for entry in ordered],
-        "artifacts": {entry.id: [[k.kind, k.count, k.bytes] for k in kinds_of(entry)] for entry in ordered},
+        "artifacts": {entry.id: [[k.kind, k.count, k.bytes] for k in artifacts.kinds_of(entry.manifest)] for entry in ordered},
         "digests": {entry.id: hash_json(dict(entry.manifest)) for entry in ordered},
     }
     index_bytes = _json_bytes(index)

@@ -11,15 +11,15 @@ that started it (killed with -9, that process cannot stop it itself).
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from types import ModuleType
+
+from ccache_cli.store import owners
 from typing import IO, Union
 
 
@@ -36,7 +36,7 @@ class Forked:
         if self.pid == 0:
             code = 1
             try:
-                die_with_parent(parent)
+                owners.die_with_parent(parent)
                 os.dup2(child_in, 0)
                 os.dup2(child_out, 1)
                 os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
@@ -73,55 +73,17 @@ class Forked:
 Process = Union[Forked, "subprocess.Popen[bytes]"]
 
 
-PARENT_ENV = "CCACHE_CLI_PARENT_PID"  # for a worker started as a new interpreter: whose death ends it
-
-
 def start(worker: ModuleType, count: int, keep: tuple[int, ...] = ()) -> list[Process]:
     """`count` workers running `worker.serve`, with the descriptors in `keep` open."""
     fork = threading.active_count() == 1 and hasattr(os, "fork")
-    _prctl()  # loaded before forking, so that each forked worker has it
-    env = {**os.environ, PARENT_ENV: str(os.getpid())}
+    owners.prctl()  # loaded before forking, so that each forked worker has it
+    env = {**os.environ, owners.PARENT_ENV: str(os.getpid())}
     return [
         Forked(worker.serve, keep) if fork else
         subprocess.Popen([sys.executable, "-m", worker.__name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, pass_fds=keep, env=env)
         for _ in range(count)
     ]
-
-
-def die_with_parent(parent: int | None = None) -> None:
-    """End this worker when the process that started it ends (`parent`, else the one
-    PARENT_ENV names): the kernel kills it (Linux), or a thread watches (elsewhere)."""
-    if parent is None:
-        parent = int(os.environ.get(PARENT_ENV) or os.getppid())
-    prctl = _prctl()
-    if prctl is not None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    else:
-        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    if os.getppid() != parent:  # it ended before the kernel was asked
-        os._exit(1)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-@functools.cache
-def _prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
-    except (OSError, AttributeError):
-        return None
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
 
 
 def stop(processes: list[Process]) -> None:

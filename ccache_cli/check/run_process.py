@@ -6,7 +6,7 @@ cache misses per size and comparing each output with eager. Then, under
 `torch.compiler.set_stance("fail_on_recompile")`, it runs every size again, and for
 a dynamic entry sizes that were never compiled, which must not compile anything.
 
-Started as `python -m ccache_cli.core.verify_run REQUEST RESULT`, with
+Started as `python -m ccache_cli.check.run_process REQUEST RESULT`, with
 TORCHINDUCTOR_CACHE_DIR set by the parent; the result is a JSON file.
 """
 
@@ -37,9 +37,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     import torch
     from torch._dynamo.utils import counters
 
-    from . import compile_plan as plan
-    from . import outputs_sample
-    from .worker import cache_counters
+    from ccache_cli.build import outputs, plan
+    from ccache_cli.build.compile_process import cache_counters
 
     options = request["compile"]
     device = options["device"]
@@ -76,11 +75,11 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         warm_s = time.perf_counter() - _STARTED
         for label, size, dynamic in runs:
             recorded = request["recorded"].get(label)
-            same = recorded is not None and outputs_sample.same_call(torch, model, used[label], recorded)
+            same = recorded is not None and outputs.same_call(torch, model, used[label], recorded)
             per_run[label]["recorded"] = same
             per_run[label]["mismatch"] = (
-                (outputs_sample.compare_recorded(torch, outputs[label], recorded) if same else None)
-                or outputs_sample.compare_eager(torch, outputs[label], plan.call(model, used[label]))
+                (outputs.compare_recorded(torch, outputs[label], recorded) if same else None)
+                or outputs.compare_eager(torch, outputs[label], plan.call(model, used[label]))
             )
         recompile = None
         unlisted = _unlisted_sizes(options) if options["dynamic"] else []
@@ -110,7 +109,7 @@ def _unlisted_sizes(options: dict[str, Any]) -> list[int]:
 if __name__ == "__main__":
     import os
 
-    from . import processes
+    from ccache_cli.store import owners
 
-    processes.die_with_parent(os.getppid())  # a killed ccache leaves no compile running
+    owners.die_with_parent(os.getppid())  # a killed ccache leaves no compile running
     sys.exit(main(sys.argv))

@@ -20,7 +20,7 @@ from typing import IO, Callable, NamedTuple
 
 import zstandard
 
-from .errors import ArchiveError
+from ccache_cli.errors import ArchiveError
 
 FRAME_SIZE = 2 << 20  # 4 MiB compressed 0.1% smaller but held 20 MB more while unpacking
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # how every zstd data frame starts

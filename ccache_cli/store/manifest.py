@@ -23,9 +23,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInputError
-from .fingerprint import components_for
-from .hashing import hash_json
+from ccache_cli.errors import BadInputError
+from ccache_cli.hooked.fingerprint import components_for
+from ccache_cli.store.hashing import hash_json
 
 FORMAT = 1
 HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bytecode
-from .hashing import sha256_file
-from .store import Source
+from ccache_cli.hooked import bytecode
+from ccache_cli.store.hashing import sha256_file
+from ccache_cli.store.store import Source
 
 
 @dataclass(frozen=True)

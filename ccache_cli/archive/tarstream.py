@@ -17,8 +17,8 @@ import tarfile
 from collections.abc import Callable, Iterator
 from typing import IO, Any, NamedTuple
 
-from .errors import ArchiveError, CcacheError
-from .frames import FRAME_SIZE, FrameWriter
+from ccache_cli.errors import ArchiveError, CcacheError
+from ccache_cli.archive.frames import FRAME_SIZE, FrameWriter
 
 BLOB_PREFIX = "objects/"
 BLOBS_NAME = "blobs.txt"  # the archive's list of its blobs (BlobList)

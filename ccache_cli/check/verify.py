@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from . import bytecode, fingerprint, sources, usage
-from .archive import check_blobs, is_archive_path, open_source
-from .artifacts import OUTPUTS_PREFIX
-from .errors import BadInputError
-from .hashing import sha256_file
-from .signing import PublicKey
-from .store import Entry, Store
+from ccache_cli.hooked import bytecode, fingerprint, usage
+from ccache_cli.key import sources
+from ccache_cli.archive.archive import check_blobs, is_archive_path, open_source
+from ccache_cli.store.artifacts import OUTPUTS_PREFIX
+from ccache_cli.errors import BadInputError
+from ccache_cli.store.hashing import sha256_file
+from ccache_cli.archive.signing import PublicKey
+from ccache_cli.store.store import Entry, Store
 
 _SHOWN = 3  # problems named in one check's detail; the rest are counted
 
@@ -188,7 +189,7 @@ def run_check(store: Store, entry: Entry, search: Sequence[str]) -> Check:
         env.pop("TRITON_CACHE_DIR", None)
         env["PYTHONPATH"] = os.pathsep.join([*roots, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         process = subprocess.run(
-            [sys.executable, "-m", "ccache_cli.core.verify_run", str(request), str(result_file)],
+            [sys.executable, "-m", "ccache_cli.check.run_process", str(request), str(result_file)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=None if os.environ.get("CCACHE_CLI_DEBUG") else subprocess.DEVNULL,

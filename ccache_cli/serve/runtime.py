@@ -38,14 +38,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import bytecode, fingerprint, misses, owners, relocate, usage
-from .artifacts import AOT_PREFIX
-from .errors import BadInputError, EntryNotFoundError
-from .hashing import hash_json
-from .inspect import fits, this_machine
-from .manifest import inside
-from .sources import check, search_path
-from .store import Entry, Source, Store
+from ccache_cli.build import plan
+from ccache_cli.hooked import bytecode, fingerprint, misses, relocate, usage
+from ccache_cli.store import owners
+from ccache_cli.store.artifacts import AOT_PREFIX
+from ccache_cli.errors import BadInputError, EntryNotFoundError
+from ccache_cli.store.hashing import hash_json
+from ccache_cli.key.compat import fits, this_machine
+from ccache_cli.store.manifest import inside
+from ccache_cli.key.sources import check, search_path
+from ccache_cli.store.store import Entry, Source, Store
 
 VIEW_ENV = "CCACHE_CLI_VIEW"  # set in an activated process: the view it uses
 COMPILED_AT_ENV = "CCACHE_CLI_COMPILED_AT"  # the folders the active entries were compiled in
@@ -432,17 +434,13 @@ class _CompiledModel:
         """The model's structure (compile_plan.model_structure), once: a package serves
         only the model it was built for, not another layer count or dtype."""
         if self._model_structure is None:
-            from .compile_plan import model_structure
-
-            self._model_structure = model_structure(self._model)
+            self._model_structure = plan.model_structure(self._model)
         return self._model_structure
 
     def _torch_compiled(self) -> Any:
         if self._compiled is None:
-            from .compile_plan import torch_compile
-
             # One static graph per batch size, as precompile stored them.
-            self._compiled = torch_compile(self._torch, self._model, self._mode, 64, dynamic=self._dynamic, **self._kwargs)
+            self._compiled = plan.torch_compile(self._torch, self._model, self._mode, 64, dynamic=self._dynamic, **self._kwargs)
         return self._compiled
 
 
@@ -489,11 +487,6 @@ def _unpacking_into(folder: str | None) -> Iterator[None]:
             os.environ["TMPDIR"] = previous
 
 
-def package_device_index(device: str) -> int:
-    """The device index AOTInductor's loader takes: -1 for the CPU."""
-    return -1 if device == "cpu" else int(device.partition(":")[2] or 0)
-
-
 class _GuardedFunction:
     """An aot_compile function whose guards passed when it was loaded."""
 
@@ -537,7 +530,7 @@ class _Package:
     @classmethod
     def load(cls, torch: Any, path: str, device: str, model: Any) -> _Package | None:
         """The package bound to `model`, on `device`; None where it needs a tensor the model lacks."""
-        loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, package_device_index(device))
+        loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, plan.package_device_index(device))
         owned: dict[str, tuple[dict[str, Any], str, Any]] = {}
         for prefix, module in model.named_modules(remove_duplicate=False):
             for slot in (module._parameters, module._buffers):

@@ -6,13 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import artifacts, fingerprint, usage
-from .fingerprint import Mismatch
-from .store import Entry, Store
-from .usage import Usage
+from ccache_cli.hooked import usage
+from ccache_cli.key.compat import compatibility, this_machine
+from ccache_cli.store import artifacts
+from ccache_cli.hooked.fingerprint import Mismatch
+from ccache_cli.store.store import Entry, Store
+from ccache_cli.hooked.usage import Usage
 
 if TYPE_CHECKING:
-    from .signing import PublicKey
+    from ccache_cli.archive.signing import PublicKey
 
 
 @dataclass(frozen=True)
@@ -40,14 +42,6 @@ class InspectReport:
     machine_exact: bool  # False: only the components readable without torch are known
 
 
-def this_machine(store: Store) -> tuple[dict[str, Any], bool]:
-    """The exact fingerprint cached by an earlier run on this machine, else a static one."""
-    cached = store.cached_machine_fingerprint(fingerprint.probe_digest())
-    if cached is not None:
-        return cached, True
-    return fingerprint.static_fingerprint(), False
-
-
 def inspect_store(store: Store, ref: str | None = None) -> InspectReport:
     machine, exact = this_machine(store)
     if ref is None:
@@ -61,7 +55,7 @@ def inspect_store(store: Store, ref: str | None = None) -> InspectReport:
 
 def inspect_archive(store: Store, path: str, trusted: Sequence[PublicKey] = ()) -> InspectReport:
     """The entries of an archive, from its head alone: nothing is extracted."""
-    from .archive import open_source, read_index
+    from ccache_cli.archive.archive import open_source, read_index
 
     machine, exact = this_machine(store)
     with open_source(path) as source:
@@ -73,27 +67,12 @@ def inspect_archive(store: Store, path: str, trusted: Sequence[PublicKey] = ()) 
     return InspectReport(tuple(reports), (), machine, exact)
 
 
-def compatibility(entry: Entry, machine: dict[str, Any], exact: bool) -> tuple[bool | None, tuple[Mismatch, ...]]:
-    """Whether `entry` fits `machine` (None: only a full fingerprint could tell), and why not."""
-    found = tuple(fingerprint.mismatches(entry.fingerprint, entry.device, machine))
-    return (False if found else (True if exact else None)), found
-
-
-def kinds_of(entry: Entry) -> tuple[artifacts.KindSummary, ...]:
-    return tuple(artifacts.summarize({path: ref["size"] for path, ref in entry.manifest["files"].items()}))
-
-
 def report_entry(
     entry: Entry, machine: dict[str, Any], exact: bool, kinds: tuple[artifacts.KindSummary, ...] | None = None,
     usage: Usage | None = None,
 ) -> EntryReport:
     compatible, found = compatibility(entry, machine, exact)
-    return EntryReport(entry, compatible, found, kinds_of(entry) if kinds is None else kinds, usage)
-
-
-def fits(entries: list[Entry] | tuple[Entry, ...], machine: dict[str, Any], exact: bool) -> list[Entry]:
-    """The entries whose key does not contradict `machine` (unknown parts count as fitting)."""
-    return [entry for entry in entries if compatibility(entry, machine, exact)[0] is not False]
+    return EntryReport(entry, compatible, found, artifacts.kinds_of(entry.manifest) if kinds is None else kinds, usage)
 
 
 def entry_json(report: EntryReport) -> dict[str, Any]:

@@ -23,9 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import durable, owners, runtime, usage
-from .errors import BadInputError, CcacheError
-from .store import REMOVED_PREFIX, Entry, Store
+from ccache_cli.hooked import usage
+from ccache_cli.serve import runtime
+from ccache_cli.store import durable, owners
+from ccache_cli.errors import BadInputError, CcacheError
+from ccache_cli.store.store import REMOVED_PREFIX, Entry, Store
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])\s*$", re.IGNORECASE)

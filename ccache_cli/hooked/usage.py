@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .store import Store
+    from ccache_cli.store.store import Store
 
 LOGS_ENV = "CCACHE_CLI_USAGE_LOGS"  # for the start-up hook: the logs of the active entries
 

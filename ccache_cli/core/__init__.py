@@ -1,2 +1,0 @@
-"""Core logic of ccache-cli: no Typer, no rich. Functions return frozen dataclasses
-and raise CcacheError subclasses."""
