@@ -12,7 +12,6 @@ with PYTHONDONTWRITEBYTECODE=1 would otherwise compile it in every process it st
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random

@@ -25,7 +25,7 @@ def activate(store: str | os.PathLike[str] | None = None, entry: str | Sequence[
     written) and returns the activation (its entries, view and environment).
     Raises `ccache_cli.errors.CcacheError` when there is nothing to activate.
     """
-    from .serve.runtime import activate as _activate
+    from .serve.activation import activate as _activate
 
     return _activate(store, entry)
 
@@ -43,6 +43,6 @@ def compile(model: Any, *, mode: str | None = None, dynamic: bool = False, **tor
     Inductor caches warm. `dynamic` defaults to False, as precompile compiles one static
     graph per size; without an active entry this is plain torch.compile.
     """
-    from .serve.runtime import compile as _compile
+    from .serve.api import compile as _compile
 
     return _compile(model, mode=mode, dynamic=dynamic, **torch_compile_kwargs)

@@ -95,7 +95,7 @@ def test_groups_are_where_one_writer_would_cut_them() -> None:
 def test_pack_is_the_same_whatever_the_process_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import random
 
-    from ccache_cli.archive import archive
+    from ccache_cli.archive import frames, pack
 
     store = Store(tmp_path / "store")
     rng = random.Random(0)
@@ -103,10 +103,10 @@ def test_pack_is_the_same_whatever_the_process_count(tmp_path: Path, monkeypatch
     entries = list(store.scan().entries)
     packed = []
     for count in (1, 3, 8):
-        monkeypatch.setattr(archive, "cpu_count", lambda count=count: count)
+        monkeypatch.setattr(frames, "cpu_count", lambda count=count: count)
         path = tmp_path / f"{count}.tar.zst"
         with path.open("wb") as out:
-            archive.pack(store, entries, out)
+            pack.pack(store, entries, out)
         packed.append(path.read_bytes())
     assert packed[0] == packed[1] == packed[2]
     assert ccache("unpack", str(tmp_path / "8.tar.zst"), store=tmp_path / "target").returncode == 0
@@ -298,13 +298,13 @@ def threaded_and_recording_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[
 def test_a_process_with_threads_packs_through_new_interpreters(
     source_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ccache_cli.archive import archive
+    from ccache_cli.archive import pack
 
     forked = tmp_path / "forked.tar.zst"
     assert ccache("pack", str(forked), store=source_store).returncode == 0
     store = Store(source_store)
     with threaded_and_recording_workers(monkeypatch) as started, (tmp_path / "spawned.tar.zst").open("wb") as out:
-        archive.pack(store, list(store.scan().entries), out)
+        pack.pack(store, list(store.scan().entries), out)
     assert started and all(args[1:] == ["-m", "ccache_cli.archive.pack_process"] for args in started)
     assert (tmp_path / "spawned.tar.zst").read_bytes() == forked.read_bytes()
 
@@ -312,12 +312,12 @@ def test_a_process_with_threads_packs_through_new_interpreters(
 def test_a_process_with_threads_unpacks_through_new_interpreters(
     source_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ccache_cli.archive import archive
+    from ccache_cli.archive import unpack
 
     packed = tmp_path / "a.tar.zst"
     assert ccache("pack", str(packed), store=source_store).returncode == 0
     with threaded_and_recording_workers(monkeypatch) as started, packed.open("rb") as source:
-        result = archive.unpack(Store(tmp_path / "target"), source)
+        result = unpack.unpack(Store(tmp_path / "target"), source)
     assert started and all(args[1:] == ["-m", "ccache_cli.archive.unpack_process"] for args in started)
     assert len(result.added) == 2
     assert snapshot(tmp_path / "target" / "objects") == snapshot(source_store / "objects")

@@ -30,12 +30,12 @@ from conftest import snapshot, synthetic_manifest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ccache_cli.archive import archive
+from ccache_cli.archive import pack, unpack
 from ccache_cli.store import manifest
 from ccache_cli.errors import CcacheError
 from ccache_cli.archive.frames import FrameReader
 from ccache_cli.store.store import Entry, Store
-from ccache_cli.archive.tarstream import BlobList
+from ccache_cli.archive.bloblist import BlobList
 
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("release", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -84,7 +84,7 @@ def build_store(root: Path, entries: list[dict[str, bytes]]) -> Store:
 
 def packed(store: Store) -> bytes:
     out = tempfile.TemporaryFile()
-    archive.pack(store, list(store.scan().entries), out)
+    pack.pack(store, list(store.scan().entries), out)
     out.seek(0)
     return out.read()
 
@@ -99,7 +99,7 @@ def test_random_stores_pack_and_unpack_identically(entries: list[dict[str, bytes
         source = build_store(Path(folder) / "source", entries)
         data = packed(source)
         target = Store(Path(folder) / "target")
-        result = archive.unpack(target, io.BytesIO(data))
+        result = unpack.unpack(target, io.BytesIO(data))
         assert len(result.added) == len(entries)
         assert store_content(target.root) == store_content(source.root)
         assert packed(target) == data
@@ -115,7 +115,7 @@ def valid_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, dict
     ])
     data = packed(source)
     target = Store(folder / "target")
-    archive.unpack(target, io.BytesIO(data))
+    unpack.unpack(target, io.BytesIO(data))
     return data, store_content(target.root)
 
 
@@ -149,7 +149,7 @@ def test_mutated_archives_are_refused_cleanly_or_unpack_the_same(valid_archive: 
         shutil.copytree(Path(__file__).parent / "models" / "two_files", root / "neighbour")
         before = snapshot(root)
         try:
-            archive.unpack(target, io.BytesIO(mutated))
+            unpack.unpack(target, io.BytesIO(mutated))
         except CcacheError as exc:
             assert str(exc) and "\n" not in str(exc)
             assert not store_content(target.root)

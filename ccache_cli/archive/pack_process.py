@@ -28,7 +28,8 @@ from ccache_cli.store import owners
 from ccache_cli.errors import CcacheError
 from ccache_cli.archive.frames import FrameWriter
 from ccache_cli.store.store import Store
-from ccache_cli.archive.tarstream import BLOB_PREFIX, BlobList, TarWriter
+from ccache_cli.archive.bloblist import BlobList
+from ccache_cli.archive.tarstream import BLOB_PREFIX, TarWriter
 
 WRITTEN, FAILED = b"W", b"X"
 REPORT = struct.Struct("<cI")  # kind, length of the message that follows

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from types import ModuleType
 
+from ccache_cli.archive import frames
 from ccache_cli.store import owners
 from typing import IO, Union
 
@@ -100,3 +101,11 @@ def close_pipes(processes: list[Process]) -> None:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+
+
+_BYTES_PER_WORKER = 1 << 20  # below this, one more process costs more than it saves
+
+
+def worker_count(size: int) -> int:
+    """Processes for `size` bytes of archive or blobs."""
+    return max(1, min(frames.cpu_count(), size // _BYTES_PER_WORKER))

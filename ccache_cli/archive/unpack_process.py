@@ -28,7 +28,8 @@ from typing import IO, Any
 from ccache_cli.store import owners
 from ccache_cli.errors import ArchiveError, CcacheError
 from ccache_cli.archive.frames import FrameReader
-from ccache_cli.archive.tarstream import BLOB_PREFIX, BlobList, TarReader, blob_members, copy_member
+from ccache_cli.archive.bloblist import BlobList
+from ccache_cli.archive.tarstream import BLOB_PREFIX, TarReader, blob_members, copy_member
 
 _JOB_LENGTH = struct.Struct("<Q")
 _WHOLE = 1 << 20  # blobs up to this size are read whole, larger ones in chunks

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ccache_cli.hooked import usage
-from ccache_cli.serve import runtime
+from ccache_cli.serve import views
 from ccache_cli.store import durable, owners
 from ccache_cli.errors import BadInputError, CcacheError
 from ccache_cli.store.store import REMOVED_PREFIX, Entry, Store
@@ -156,7 +156,7 @@ def apply(store: Store, plan: Plan) -> None:
 def in_use(store: Store) -> dict[str, int]:
     """Entry id -> the pid of a running program whose view holds it."""
     busy: dict[str, int] = {}
-    root = runtime.views_root()
+    root = views.views_root()
     if not root.is_dir():
         return busy
     store_path = str(store.root.resolve())
@@ -165,7 +165,7 @@ def in_use(store: Store) -> dict[str, int]:
         if not users.is_dir():
             continue
         try:
-            description = json.loads((view / runtime.ACTIVATION_FILE).read_text())
+            description = json.loads((view / views.ACTIVATION_FILE).read_text())
         except (OSError, ValueError):
             continue
         if str(Path(description["store"]).resolve()) != store_path:

@@ -55,7 +55,8 @@ def inspect_store(store: Store, ref: str | None = None) -> InspectReport:
 
 def inspect_archive(store: Store, path: str, trusted: Sequence[PublicKey] = ()) -> InspectReport:
     """The entries of an archive, from its head alone: nothing is extracted."""
-    from ccache_cli.archive.archive import open_source, read_index
+    from ccache_cli.archive.head import read_index
+    from ccache_cli.archive.unpack import open_source
 
     machine, exact = this_machine(store)
     with open_source(path) as source:

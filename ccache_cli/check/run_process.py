@@ -59,12 +59,12 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     built_s = time.perf_counter() - _STARTED
     compiled = plan.torch_compile(torch, model, options["mode"], len(runs))
     per_run: dict[str, dict[str, Any]] = {}
-    outputs, used = {}, {}
+    results, used = {}, {}
     with torch.no_grad():
         for label, size, dynamic in runs:
             before = cache_counters(counters)
             used[label] = inputs(size, dynamic)
-            outputs[label] = plan.call(compiled, used[label])
+            results[label] = plan.call(compiled, used[label])
             after = cache_counters(counters)
             per_run[label] = {
                 "fxgraph_miss": after["fxgraph_cache_miss"] - before["fxgraph_cache_miss"],
@@ -78,8 +78,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
             same = recorded is not None and outputs.same_call(torch, model, used[label], recorded)
             per_run[label]["recorded"] = same
             per_run[label]["mismatch"] = (
-                (outputs.compare_recorded(torch, outputs[label], recorded) if same else None)
-                or outputs.compare_eager(torch, outputs[label], plan.call(model, used[label]))
+                (outputs.compare_recorded(torch, results[label], recorded) if same else None)
+                or outputs.compare_eager(torch, results[label], plan.call(model, used[label]))
             )
         recompile = None
         unlisted = _unlisted_sizes(options) if options["dynamic"] else []

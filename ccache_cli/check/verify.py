@@ -24,7 +24,7 @@ from xml.etree import ElementTree
 
 from ccache_cli.hooked import bytecode, fingerprint, usage
 from ccache_cli.key import sources
-from ccache_cli.archive.archive import check_blobs, is_archive_path, open_source
+from ccache_cli.archive.unpack import check_blobs, is_archive_path, open_source
 from ccache_cli.store.artifacts import OUTPUTS_PREFIX
 from ccache_cli.errors import BadInputError
 from ccache_cli.store.hashing import sha256_file

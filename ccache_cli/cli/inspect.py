@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ccache_cli.hooked import fingerprint
 from ccache_cli.archive.signing import trusted_keys
-from ccache_cli.archive.archive import is_archive_path
+from ccache_cli.archive.unpack import is_archive_path
 from ccache_cli.check.inspect import EntryReport, InspectReport, entry_json, inspect_archive, inspect_store
 from .pack import TRUST_OPTION
 from .render import age, emit_json, human_bytes, out, seconds, warn, yes_no

@@ -106,12 +106,12 @@ def _start(plain: Plain) -> None:
 
     store = Store(plain.store)
     if plain.command == "run":  # prints only warnings and errors anyway
-        from ccache_cli.serve import runtime
+        from ccache_cli.serve import activation
 
-        active = runtime.start(store, plain.args)
-        for message in runtime.replaced_warnings(active):
+        active = activation.start(store, plain.args)
+        for message in activation.replaced_warnings(active):
             sys.stderr.write(f"warning: {message}\n")
-        runtime.exec_command(plain.program)
+        activation.exec_command(plain.program)
         return
     from . import render, transfer
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ccache_cli.hooked import usage
-from ccache_cli.serve import capture, runtime
+from ccache_cli.serve import activation, capture
 from ccache_cli.errors import BadInputError
 from ccache_cli.store.store import Store
 from .render import emit_json, err, human_bytes, warn
@@ -20,7 +20,7 @@ def env_command(
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
 ) -> None:
     """Print shell exports that make entries active: eval "$(ccache env)". Does not import torch."""
-    active = runtime.activation(ctx.obj, runtime.select_entries(ctx.obj, entries or ()))
+    active = activation.activation(ctx.obj, activation.select_entries(ctx.obj, entries or ()))
     _warn_replaced(active)
     usage.record(ctx.obj, [entry.id for entry in active.entries], "env")
     if json_output:
@@ -56,13 +56,13 @@ def run_command(
                       f"{human_bytes(result.entry.bytes)}, {len(result.entry.sources)} traced sources, "
                       f"command ran {result.seconds:.1f} s.")
         return
-    active = runtime.start(store, refs)
+    active = activation.start(store, refs)
     _warn_replaced(active)
-    runtime.exec_command(command)
+    activation.exec_command(command)
 
 
-def _warn_replaced(active: runtime.Activation) -> None:
-    for message in runtime.replaced_warnings(active):
+def _warn_replaced(active: activation.Activation) -> None:
+    for message in activation.replaced_warnings(active):
         warn(message)
 
 

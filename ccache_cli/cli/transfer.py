@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ccache_cli.archive import archive, signing
+from ccache_cli.archive import pack as packing, signing, unpack as unpacking
 from ccache_cli.errors import BadInputError
 from ccache_cli.key.compat import fits, this_machine
 from ccache_cli.store.store import Entry, Store
@@ -26,9 +26,9 @@ def pack(store: Store, output: str, refs: Sequence[str] = (), compatible_only: b
         chosen = fits(chosen, *this_machine(store))
     if not chosen:
         raise BadInputError(f"nothing to pack: no {'compatible ' if compatible_only else ''}entries in {store.root}")
-    total = sum(archive.blob_sizes(chosen).values())
-    with archive.open_output(output) as handle, _progress("packing", total, output != "-") as on_progress:
-        result = archive.pack(store, chosen, handle, level, on_progress, signer)
+    total = sum(packing.blob_sizes(chosen).values())
+    with packing.open_output(output) as handle, _progress("packing", total, output != "-") as on_progress:
+        result = packing.pack(store, chosen, handle, level, on_progress, signer)
     if json_output:
         emit_json({"output": output, "entries": [e.id for e in result.entries], "blobs": result.blobs, "bytes": result.bytes,
                    "archive_bytes": Path(output).stat().st_size, "signed_by": signer.key_id if signer else None})
@@ -48,8 +48,8 @@ def unpack(store: Store, source: str, compatible_only: bool = False, export_dir:
         return not compatible_only or bool(fits([candidate], machine, exact))
 
     total = Path(source).stat().st_size if source != "-" and Path(source).is_file() else None
-    with archive.open_source(source) as handle, _progress("unpacking", total, not json_output) as on_progress:
-        result = archive.unpack(store, handle, select, on_progress, trusted)
+    with unpacking.open_source(source) as handle, _progress("unpacking", total, not json_output) as on_progress:
+        result = unpacking.unpack(store, handle, select, on_progress, trusted)
     exported, pycache_prefix, env = None, None, {}
     if export_dir is not None:
         exported, pycache_prefix = _export(store, [*result.added, *result.kept], entry, export_dir, machine, exact)
@@ -77,7 +77,7 @@ def unpack(store: Store, source: str, compatible_only: bool = False, export_dir:
 def _export(store: Store, entries: list[Entry], ref: str | None, target: Path, machine: dict,
             exact: bool) -> tuple[Entry, Path | None]:
     """The exported entry, and its bytecode tree if it has one."""
-    from ccache_cli.serve import runtime  # imported here: pack and unpack start faster without it
+    from ccache_cli.serve import views  # imported here: pack and unpack start faster without it
 
     if ref is not None:
         chosen = store.find(ref)
@@ -90,7 +90,7 @@ def _export(store: Store, entries: list[Entry], ref: str | None, target: Path, m
     if not exact:
         warn("this machine's full fingerprint is unknown (run `ccache fingerprint`); exporting on the components read without torch")
     store.materialize(chosen, target, "inductor/")
-    modules = runtime.export_bytecode(store, chosen, target / PYCACHE_DIR)
+    modules = views.export_bytecode(store, chosen, target / PYCACHE_DIR)
     return chosen, (target / PYCACHE_DIR if modules else None)
 
 

@@ -26,7 +26,7 @@ from ccache_cli.store.artifacts import BYTECODE_PREFIX
 from ccache_cli.errors import BadInputError, CcacheError
 from ccache_cli.store.hashing import hash_json
 from ccache_cli.build.precompile import MANIFEST_FORMAT, PRIMARY_DEVICES, created_now, space_free, stage_artifacts, staged_blobs
-from ccache_cli.serve.runtime import VIEW_ENV, with_startup_hook
+from ccache_cli.serve.activation import VIEW_ENV, with_startup_hook
 from ccache_cli.store.store import Entry, Store
 
 CAPTURE_DIR_ENV = "CCACHE_CLI_CAPTURE_DIR"

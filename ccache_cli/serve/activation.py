@@ -1,0 +1,164 @@
+"""Activation: the environment that makes stored entries active for a program
+(`ccache run`, `ccache env`) or for the running process (`ccache_cli.activate()`), and
+the register of the processes that use a view, which gc reads.
+
+Activation points TORCHINDUCTOR_CACHE_DIR at the entries' view, unsets
+TRITON_CACHE_DIR (Triton's kernels live inside the Inductor cache, as at precompile
+time), sets PYTHONPYCACHEPREFIX to the view's bytecode tree and the Inductor settings
+the entries were compiled with, and puts the start-up hook on PYTHONPATH, which
+records usage and says why a process missed (hooked/misses.py).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shlex
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from ccache_cli.errors import BadInputError, EntryNotFoundError
+from ccache_cli.hooked import fingerprint, misses, relocate, usage
+from ccache_cli.key.compat import fits, this_machine
+from ccache_cli.serve.views import ensure_view, ended_processes
+from ccache_cli.store.store import Entry, Store
+
+VIEW_ENV = "CCACHE_CLI_VIEW"  # set in an activated process: the view it uses
+COMPILED_AT_ENV = "CCACHE_CLI_COMPILED_AT"  # the folders the active entries were compiled in
+BYTECODE_ENV = "CCACHE_CLI_BYTECODE"  # 0: do not serve stored bytecode
+_STARTUP_HOOK_DIR = Path(__file__).resolve().parent.parent / "startup_hook"
+
+
+@dataclass(frozen=True)
+class Activation:
+    """Entries made available to a process, and the environment that does it."""
+
+    entries: tuple[Entry, ...]
+    view: Path
+    set_env: dict[str, str]
+    unset_env: tuple[str, ...]
+    bytecode_modules: int  # modules whose stored bytecode the view serves
+    replaced: dict[str, str]  # a user's own settings this activation replaces: say so
+
+    def apply(self, environ: dict[str, str] | os._Environ[str]) -> None:
+        for name in self.unset_env:
+            environ.pop(name, None)
+        environ.update(self.set_env)
+
+    def shell_exports(self) -> str:
+        lines = [f"export {name}={shlex.quote(value)}" for name, value in self.set_env.items()]
+        return "\n".join([*lines, *(f"unset {name}" for name in self.unset_env)]) + "\n"
+
+
+def start(store: Store, refs: Sequence[str]) -> Activation:
+    """Make the named entries (default: all that fit) active in this process's
+    environment, for a command about to be exec'd in its place (`ccache run`)."""
+    active = activation(store, select_entries(store, refs))
+    register_user(active, store, "run")  # exec keeps the pid: gc sees the command as the user
+    active.apply(os.environ)
+    # The start-up hook adds each Python process's cache hits and misses at exit, and
+    # says why where it missed.
+    os.environ[usage.LOGS_ENV] = os.pathsep.join(usage.log_paths(store, [entry.id for entry in active.entries]))
+    os.environ["PYTHONPATH"] = with_startup_hook(os.environ.get("PYTHONPATH"))
+    return active
+
+
+def replaced_warnings(active: Activation) -> list[str]:
+    return [f"{name}={previous} is replaced by the stored bytecode tree ({BYTECODE_ENV}=0 keeps yours)"
+            for name, previous in active.replaced.items()]
+
+
+def exec_command(command: Sequence[str]) -> NoReturn:
+    """Replace this process with `command`: its exit code, its signals."""
+    try:
+        os.execvp(command[0], list(command))
+    except FileNotFoundError:
+        raise BadInputError(f"command not found: {command[0]}") from None
+
+
+def with_startup_hook(pythonpath: str | None) -> str:
+    """PYTHONPATH with ccache-cli's start-up hook (a `sitecustomize`) first: under
+    `ccache run` it records usage results, under `--capture` what the key needs."""
+    return os.pathsep.join(filter(None, [str(_STARTUP_HOOK_DIR), pythonpath]))
+
+
+def register_user(active: Activation, store: Store, by: str) -> None:
+    """Mark the view as used by this process (gc keeps its entries while it runs) and
+    record the use. Neither may stop a program: a read-only place is skipped."""
+    users = active.view / "users"
+    try:
+        users.mkdir(exist_ok=True)
+        for name in ended_processes(users):
+            os.unlink(users / name)
+        (users / str(os.getpid())).touch()
+    except OSError:
+        pass
+    usage.record(store, [entry.id for entry in active.entries], by)
+
+
+def select_entries(store: Store, refs: Sequence[str] = ()) -> list[Entry]:
+    """The named entries, or every entry that fits this machine."""
+    if refs:
+        return [store.find(ref) for ref in refs]
+    entries = store.scan().entries
+    fitting = fits(entries, *this_machine(store))
+    if not fitting:
+        what = f"none of its {len(entries)} entries fits this machine" if entries else "it holds no entries"
+        raise EntryNotFoundError(f"nothing to activate in store {store.root}: {what} (run `ccache inspect`)")
+    return fitting
+
+
+def activation(store: Store, entries: Sequence[Entry]) -> Activation:
+    """The environment that makes `entries` active, building their view if needed.
+
+    The stored bytecode is served through PYTHONPYCACHEPREFIX unless
+    CCACHE_CLI_BYTECODE=0; a PYTHONPYCACHEPREFIX of the user's is replaced, and
+    reported in `replaced` so that the caller says so.
+    """
+    view, bytecode_modules = ensure_view(store, entries)
+    # Triton then keeps its kernels inside the Inductor cache, as at precompile time.
+    set_env = {"TORCHINDUCTOR_CACHE_DIR": str(view / "inductor"), VIEW_ENV: str(view)}
+    compiled_at = sorted({entry.manifest["compiled_at"] for entry in entries if entry.manifest.get("compiled_at")})
+    if compiled_at:  # where autotuning results are looked up (relocate.py)
+        set_env[COMPILED_AT_ENV] = os.pathsep.join(compiled_at)
+    # Inductor settings the entries were compiled with are part of every graph's cache
+    # key: the ones they agree on, and the user has not set, are set as they were.
+    for name, value in _agreed_inductor_env(entries).items():
+        if name not in os.environ:
+            set_env[name] = value
+    replaced = {}
+    if bytecode_modules and os.environ.get(BYTECODE_ENV, "1") != "0":
+        set_env["PYTHONPYCACHEPREFIX"] = str(view / "bytecode")
+        if os.environ.get("PYTHONPYCACHEPREFIX") not in (None, "", set_env["PYTHONPYCACHEPREFIX"]):
+            replaced["PYTHONPYCACHEPREFIX"] = os.environ["PYTHONPYCACHEPREFIX"]
+    return Activation(tuple(entries), view, set_env, ("TRITON_CACHE_DIR",), bytecode_modules, replaced)
+
+
+def _agreed_inductor_env(entries: Sequence[Entry]) -> dict[str, str]:
+    """The TORCHINDUCTOR_* settings every entry that records them was compiled with."""
+    recorded = [entry.manifest["key"]["compile"].get("inductor_env") for entry in entries]
+    settings = [dict(env) for env in recorded if isinstance(env, dict)]
+    if not settings:
+        return {}
+    return {name: value for name, value in settings[0].items() if all(other.get(name) == value for other in settings[1:])}
+
+
+def activate(store: Store | str | os.PathLike[str] | None = None, entry: str | Sequence[str] | None = None) -> Activation:
+    """Make stored entries active in this process (see `ccache_cli.activate`)."""
+    store = store if isinstance(store, Store) else Store(store)
+    refs = [entry] if isinstance(entry, str) else list(entry or ())
+    active = activation(store, select_entries(store, refs))
+    active.apply(os.environ)
+    register_user(active, store, "activate")
+    if "PYTHONPYCACHEPREFIX" in active.set_env and sys.pycache_prefix is None:
+        sys.pycache_prefix = active.set_env["PYTHONPYCACHEPREFIX"]  # for the modules this process imports next
+    for name, previous in active.replaced.items():
+        warnings.warn(f"ccache_cli.activate() replaced {name}={previous}", stacklevel=2)
+    relocate.install(active.set_env.get(COMPILED_AT_ENV, "").split(os.pathsep), active.set_env["TORCHINDUCTOR_CACHE_DIR"])
+    atexit.register(misses.report_at_exit, str(active.view), usage.log_paths(store, [e.id for e in active.entries]),
+                    fingerprint, usage, "activate")
+    return active

@@ -1,0 +1,156 @@
+"""Views: a writable folder per store and set of entries, through which programs use
+the entries without ever changing the store.
+
+A view is a folder of real directories whose files are symbolic links to the store's
+read-only blobs: `inductor/` (the Inductor, Triton and AOTAutograd caches, used as
+TORCHINDUCTOR_CACHE_DIR), `aot/<entry>/size-N.pt` and `.pt2` (AOT functions and
+packages) and `bytecode/` (the stored .pyc files laid out as a PYTHONPYCACHEPREFIX tree
+for where their modules live in this environment; see hooked/bytecode.py), plus
+`activation.json`, which tells the running program what the view holds, so that it
+never needs the store.
+
+Why links are safe: torch writes every cache file at run time as a new file that it
+moves into place (`write_atomic`, Triton's `FileCacheManager.put`, Python's own .pyc
+writes), which replaces the link in the view and never touches the blob it pointed
+to; the one file torch appends to in its cache folder (a `.done` marker after a fresh
+compile) is never a stored file. Links also work across file systems and when the
+store is read-only, as in an image layer. A view is built once per store and set of
+entries, under a temporary name that is renamed into place, and shared by the
+processes that use it; what they add to it (fresh compiles of shapes the entries
+lack) stays there for the next process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ccache_cli.hooked import bytecode
+from ccache_cli.store import owners
+from ccache_cli.store.artifacts import AOT_PREFIX
+from ccache_cli.store.hashing import hash_json
+from ccache_cli.store.manifest import inside
+from ccache_cli.store.store import Entry, Store
+
+VIEWS_ENV = "CCACHE_CLI_VIEWS"  # where views are made
+ACTIVATION_FILE = "activation.json"
+INDUCTOR_PREFIX = "inductor/"
+
+
+# Part of a view's name: a view laid out by another version of this code is not reused.
+_VIEW_LAYOUT = 3  # 2: activation.json lists each size's AOT function and package; 3: the model structure
+
+
+def ensure_view(store: Store, entries: Sequence[Entry]) -> tuple[Path, int]:
+    """The shared writable view of `entries`, made if missing (atomically), and the
+    number of modules whose bytecode it serves."""
+    root = views_root()
+    # Where this environment's modules live decides the bytecode tree's layout.
+    roots: dict[str, str | None] = {}
+    for entry in entries:
+        for stored in entry.manifest.get("bytecode", {}).values():
+            bytecode.source_root(stored["module"], roots, every_finder=False)  # on every start: fast
+    # Keyed on content too: an entry id names a key, not the exact files stored for it.
+    contents = sorted((e.id, hash_json(e.manifest["files"])) for e in entries)
+    view = root / hash_json({"layout": _VIEW_LAYOUT, "store": str(store.root.resolve()), "entries": contents,
+                             "roots": roots})[:24]
+    if (view / ACTIVATION_FILE).is_file():
+        return view, json.loads((view / ACTIVATION_FILE).read_text())["bytecode_modules"]
+    building = root / f".building-{uuid.uuid4().hex}"
+    building.mkdir(parents=True)
+    try:
+        description = _link_files(store, entries, building, roots)
+        (building / ACTIVATION_FILE).write_text(json.dumps(description, indent=1, sort_keys=True))
+        try:
+            os.rename(building, view)
+        except OSError:  # another process made it first; use theirs
+            if not (view / ACTIVATION_FILE).is_file():
+                raise
+    finally:
+        if building.exists():
+            shutil.rmtree(building, ignore_errors=True)
+    return view, description["bytecode_modules"]
+
+
+def views_root() -> Path:
+    """Where views live: $CCACHE_CLI_VIEWS, else a private folder in the temp dir."""
+    if env := os.environ.get(VIEWS_ENV):
+        return Path(env)
+    root = Path(tempfile.gettempdir()) / f"ccache-cli-{os.getuid()}" / "views"
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root.parent, 0o700)
+    return root
+
+
+def _link_files(store: Store, entries: Sequence[Entry], view: Path, roots: dict[str, str | None]) -> dict[str, Any]:
+    described = []
+    made: set[str] = set()
+    bytecode_modules = 0
+    for entry in entries:
+        aot: dict[str, dict[str, str]] = {}  # size -> {"function": path, "package": path}
+        stored_bytecode = entry.manifest.get("bytecode", {})
+        for path, ref in entry.files.items():
+            if path.startswith(INDUCTOR_PREFIX):
+                target = path
+            elif path in stored_bytecode:
+                placed = bytecode.prefix_path(path, stored_bytecode[path]["module"], roots)
+                if placed is None:  # not importable here: nothing would read it
+                    continue
+                target = f"bytecode/{placed}"
+                bytecode_modules += target not in made
+            elif path.startswith(AOT_PREFIX):
+                target = f"aot/{entry.id}/{path[len(AOT_PREFIX):]}"
+                size = Path(path).stem.removeprefix("size-")
+                aot.setdefault(size, {})["package" if path.endswith(".pt2") else "function"] = target
+            else:
+                continue
+            if target in made:  # the same cache file from two entries: content-keyed alike
+                continue
+            link = inside(view, target)
+            parent = str(link.parent)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
+            os.symlink(store.blob_file(ref.sha256), link)
+            made.add(target)
+        key = entry.manifest["key"]
+        described.append({
+            "id": entry.id,
+            "name": entry.name,
+            "compile": key["compile"],
+            "inputs": key.get("inputs", {}),
+            "model": key.get("model"),
+            "sources": key["sources"],
+            "fingerprint": key["fingerprint"],
+            "aot": aot,
+            "structure": (entry.manifest["aot"].get("packages") or {}).get("model"),
+        })
+    (view / "inductor").mkdir(exist_ok=True)
+    return {"store": str(store.root), "entries": described, "bytecode_modules": bytecode_modules}
+
+
+def export_bytecode(store: Store, entry: Entry, dest: Path) -> int:
+    """Copy the entry's bytecode into `dest` as a PYTHONPYCACHEPREFIX tree for this
+    environment (as a view lays it out); returns the number of modules."""
+    roots: dict[str, str | None] = {}
+    count = 0
+    for path, info in entry.manifest.get("bytecode", {}).items():
+        placed = bytecode.prefix_path(path, info["module"], roots)
+        if placed is None or path not in entry.files:
+            continue
+        target = inside(dest, placed)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(store.blob_file(entry.files[path].sha256), target)
+        count += 1
+    return count
+
+
+def ended_processes(folder: str | Path) -> list[str]:
+    """The names in `folder` that are ids of processes that have ended."""
+    return [name for name in os.listdir(folder) if name.isdigit() and not owners.is_alive(int(name))]
