@@ -27,7 +27,8 @@ from pathlib import Path
 
 import ccache_cli
 from ccache_cli.store.hashing import hash_json
-from ccache_cli.store.store import Entry, Store
+from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.store import Store
 
 WORDS = (
     "def kernel triton_poi_fused xindex xmask tl.load tl.store in_ptr0 out_ptr0 tmp0 tmp1 = + * "
@@ -93,7 +94,7 @@ def publish(store: Store, name: str, files: dict[str, bytes]) -> None:
         manifest = {"format": 1, "id": hash_json(key), "name": name, "created": "2026-11-22T00:00:00Z", "lookup": None,
                     "key": key, "timings": {"sizes": [], "aot": None}, "aot": {"status": "disabled", "reason": None},
                     "files": refs}
-        store.publish([Entry(manifest["id"], manifest)], staging, {ref["sha256"] for ref in refs.values()})
+        store.publish([Manifest(manifest["id"], manifest)], staging, {ref["sha256"] for ref in refs.values()})
 
 
 def timed(command: list[str] | str, **kwargs: object) -> tuple[float, int]:

@@ -16,7 +16,8 @@ import pytest
 
 from ccache_cli.archive.frames import FRAME_SIZE, FrameWriter
 from ccache_cli.store.hashing import hash_json
-from ccache_cli.store.store import Entry, Store
+from ccache_cli.store.manifest import parse as parse_manifest
+from ccache_cli.store.store import Store
 
 MODELS = Path(__file__).parent / "models"
 EXAMPLE = "ccache_cli.examples.tiny_transformer"
@@ -145,7 +146,7 @@ def make_entry(store: Store, name: str, files: dict[str, bytes], fingerprint: di
             ref = store.stage_blob(staging, staged)
             refs[path] = {"sha256": ref.sha256, "size": ref.size}
         manifest = synthetic_manifest(name, refs, fingerprint or cpu_fingerprint(), device)
-        store.publish([Entry(manifest["id"], manifest)], staging, {ref["sha256"] for ref in refs.values()})
+        store.publish([parse_manifest(manifest)], staging, {ref["sha256"] for ref in refs.values()})
     return manifest["id"]
 
 

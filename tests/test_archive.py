@@ -342,6 +342,6 @@ def test_concurrent_unpacks_into_one_store(source_store: Path, tmp_path: Path) -
         p.name for p in (source_store / "entries").iterdir()
     )
     for entry in Store(target).scan().entries:
-        for ref in entry.files.values():
+        for ref in entry.refs.values():
             assert hashlib.sha256(Store(target).blob_path(ref.sha256).read_bytes()).hexdigest() == ref.sha256
     assert list((target / "tmp").iterdir()) == []

@@ -31,10 +31,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ccache_cli.archive import pack, unpack
-from ccache_cli.store import manifest
+from ccache_cli.store import manifest, schema
+from ccache_cli.store.hashing import hash_json
 from ccache_cli.errors import CcacheError
 from ccache_cli.archive.frames import FrameReader
-from ccache_cli.store.store import Entry, Store
+from ccache_cli.store.store import Store
 from ccache_cli.archive.bloblist import BlobList
 
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -77,8 +78,8 @@ def build_store(root: Path, entries: list[dict[str, bytes]]) -> Store:
                 refs[path] = {"sha256": ref.sha256, "size": ref.size}
             made = synthetic_manifest(f"entry{number}", refs)
             made["key"]["compile"]["sizes"] = [number + 1]  # a key, and so an id, of its own
-            made["id"] = manifest.hash_json(made["key"])
-            store.publish([Entry(made["id"], made)], staging, {ref["sha256"] for ref in refs.values()})
+            made["id"] = hash_json(made["key"])
+            store.publish([manifest.parse(made)], staging, {ref["sha256"] for ref in refs.values()})
     return store
 
 
@@ -214,13 +215,13 @@ def test_the_manifest_schema_refuses_or_accepts_only_safe_manifests(field: tuple
     else:
         holder[field[-1]] = value
     try:
-        checked = manifest.check(changed)
-    except manifest.ManifestError as exc:
+        checked = schema.check(changed)
+    except schema.ManifestError as exc:
         assert str(exc) and "\n" not in str(exc)
         return
     with tempfile.TemporaryDirectory() as folder:
         for path in checked["files"]:
-            assert manifest.inside(folder, path)  # every accepted path stays inside
+            assert schema.inside(folder, path)  # every accepted path stays inside
     json.dumps(checked)
 
 
@@ -229,9 +230,9 @@ def test_accepted_file_paths_never_leave_their_folder(parts: list[str]) -> None:
     path = "inductor/" + "/".join(parts)
     files = {path: {"sha256": hashlib.sha256(b"").hexdigest(), "size": 0}}
     try:
-        manifest.check_files(files)
-    except manifest.ManifestError:
+        schema.check_files(files)
+    except schema.ManifestError:
         return
     with tempfile.TemporaryDirectory() as folder:
-        joined = manifest.inside(folder, path)
+        joined = schema.inside(folder, path)
         assert str(joined).startswith(folder + os.sep)

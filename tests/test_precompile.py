@@ -38,7 +38,7 @@ def test_manifest_lists_sources_fingerprint_and_artifacts(example_store: Path, e
     assert example_entry["compatible"] is True
     # Every file the manifest names is a blob with exactly those bytes.
     entry = Store(example_store).find(example_entry["id"])
-    for path, ref in entry.files.items():
+    for path, ref in entry.refs.items():
         blob = Store(example_store).blob_path(ref.sha256)
         assert hashlib.sha256(blob.read_bytes()).hexdigest() == ref.sha256, path
         assert blob.stat().st_size == ref.size
@@ -117,7 +117,7 @@ def test_concurrent_precompiles_of_two_models_both_complete(models: Path, tmp_pa
     assert sorted(e["model"]["attr"] for e in entries) == ["build", "build_wide"]
     scanned = Store(store)
     for entry in scanned.scan().entries:
-        assert all(scanned.blob_path(ref.sha256).is_file() for ref in entry.files.values())
+        assert all(scanned.blob_path(ref.sha256).is_file() for ref in entry.refs.values())
     assert sorted(store_leftovers(store)) == sorted(f"entries/{e['id']}" for e in entries)
 
 

@@ -18,7 +18,7 @@ from conftest import (ccache, ccache_json, framed_archive, head_members, make_en
                       synthetic_manifest)
 
 from ccache_cli.store.hashing import hash_json
-from ccache_cli.store.manifest import ManifestError, inside
+from ccache_cli.store.schema import ManifestError, inside
 from ccache_cli.store.store import Store
 
 BLOB = b"machine code" * 20
@@ -306,7 +306,7 @@ def test_manifest_copies_are_not_shared_between_checks() -> None:
     """The schema check does not change what it checks."""
     manifest = synthetic_manifest("x", {"inductor/a": {"sha256": SHA, "size": 1}})
     before = copy.deepcopy(manifest)
-    from ccache_cli.store import manifest as schema
+    from ccache_cli.store import schema
 
     schema.check(manifest)
     assert manifest == before

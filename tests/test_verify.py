@@ -118,7 +118,7 @@ def test_gpu_entry_against_another_gpu_fails_naming_the_component(component: str
 def test_flipped_byte_in_a_blob_fails_naming_blob_and_entry(world: Path) -> None:
     store = Store(world / "one")
     entry = store.scan().entries[0]
-    path, ref = next((p, r) for p, r in sorted(entry.files.items()) if p.startswith("inductor/fxgraph/"))
+    path, ref = next((p, r) for p, r in sorted(entry.refs.items()) if p.startswith("inductor/fxgraph/"))
     blob = store.blob_path(ref.sha256)
     os.chmod(blob, 0o644)
     data = bytearray(blob.read_bytes())

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import IO, Any, BinaryIO
 
 from ccache_cli.archive import signing
@@ -22,10 +23,10 @@ from ccache_cli.archive.signing import SIGNATURE_LIMIT, SIGNATURE_NAME, PublicKe
 from ccache_cli.archive.bloblist import BLOBS_NAME, BlobList
 from ccache_cli.archive.tarstream import REGULAR, Member, TarReader, TarWriter
 from ccache_cli.errors import ArchiveError
-from ccache_cli.store import artifacts, manifest
+from ccache_cli.store import artifacts, manifest, schema
 from ccache_cli.store.artifacts import KindSummary
 from ccache_cli.store.hashing import hash_json
-from ccache_cli.store.store import Entry
+from ccache_cli.store.manifest import Manifest
 
 Progress = Callable[[int], None]  # called with a count of bytes just handled
 
@@ -35,7 +36,7 @@ FILES_NAME = "files.json"
 _INDEX_LIMIT = 256 << 20  # an index, blob list or files.json past this is not one this tool wrote
 
 
-def head_frames(entries: Sequence[Entry], listing: bytes, level: int, signer: Signer | None) -> tuple[bytes, int]:
+def head_frames(entries: Sequence[Manifest], listing: bytes, level: int, signer: Signer | None) -> tuple[bytes, int]:
     """The archive's first groups, as frames: index.json, blobs.txt and the signature,
     then files.json; and their length in the tar stream."""
     ordered = sorted(entries, key=lambda entry: entry.id)
@@ -44,9 +45,9 @@ def head_frames(entries: Sequence[Entry], listing: bytes, level: int, signer: Si
     # digest of each whole manifest, which covers its file list in files.json.
     index = {
         "format": ARCHIVE_FORMAT,
-        "entries": [{k: v for k, v in entry.manifest.items() if k != "files"} for entry in ordered],
-        "artifacts": {entry.id: [[k.kind, k.count, k.bytes] for k in artifacts.kinds_of(entry.manifest)] for entry in ordered},
-        "digests": {entry.id: hash_json(dict(entry.manifest)) for entry in ordered},
+        "entries": [entry.without_files() for entry in ordered],
+        "artifacts": {entry.id: [[k.kind, k.count, k.bytes] for k in artifacts.kinds_of(entry.files)] for entry in ordered},
+        "digests": {entry.id: entry.digest() for entry in ordered},
     }
     index_bytes = _json_bytes(index)
     members = [(INDEX_NAME, index_bytes), (BLOBS_NAME, listing)]
@@ -57,7 +58,7 @@ def head_frames(entries: Sequence[Entry], listing: bytes, level: int, signer: Si
     for name, data in members:
         tar.add(name, size=len(data), data=data)
     tar.cut()  # the head is a group of its own: what inspect reads, and all the unpacking processes need
-    data = _json_bytes({"files": {entry.id: entry.manifest["files"] for entry in ordered}})
+    data = _json_bytes({"files": {entry.id: entry.files for entry in ordered}})
     tar.add(FILES_NAME, size=len(data), data=data)
     tar.cut()
     return out.getvalue(), tar.written
@@ -67,7 +68,7 @@ def _json_bytes(content: dict[str, Any]) -> bytes:
     return json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
 
 
-def read_index(source: BinaryIO, trusted: Sequence[PublicKey] = ()) -> dict[str, Any]:
+def read_index(source: BinaryIO, trusted: Sequence[PublicKey] = ()) -> Index:
     """The index of an archive, checked against the signature where keys are trusted;
     reading only as far as its first member where none are."""
     if trusted:
@@ -81,7 +82,7 @@ class Head:
     unpack. Each must end where a group starts: `next_group` is the first frame of the
     blobs once `take_files_group` has run."""
 
-    index: dict[str, Any]  # index.json, checked
+    index: Index  # index.json, checked
     index_bytes: bytes
     blobs: BlobList  # blobs.txt, checked
     blobs_bytes: bytes
@@ -122,7 +123,7 @@ class Head:
         """Take files.json's group, for `read_files`: the next group is then the first of the blobs."""
         self._files_group = self._take_group()
 
-    def read_files(self, sizes: dict[str, int]) -> list[dict[str, Any]]:
+    def read_files(self, sizes: dict[str, int]) -> list[Manifest]:
         """files.json's group, read and checked against the index and `sizes` (blobs.txt's):
         the complete manifests, each checked whole and against its digest in the index."""
         chunks = (frame.decompress() for frame in self._files_group)
@@ -192,7 +193,7 @@ def _format_of(index: bytes) -> Any:
         return None
 
 
-def parse_index(data: bytes) -> dict[str, Any]:
+def parse_index(data: bytes) -> Index:
     """index.json, checked: format, manifests without file lists, artifact counts, each
     whole manifest's digest."""
     try:
@@ -210,43 +211,52 @@ def parse_index(data: bytes) -> dict[str, Any]:
     try:
         if not isinstance(index["entries"], list):
             raise TypeError("entries is not a list")
-        for entry_manifest in index["entries"]:
-            manifest.check(entry_manifest, with_files=False)
-        ids = [entry_manifest["id"] for entry_manifest in index["entries"]]
+        entries = tuple(manifest.parse(document, with_files=False) for document in index["entries"])
+        ids = [entry.id for entry in entries]
         if len(set(ids)) != len(ids):
             raise ArchiveError(f"{INDEX_NAME} lists an entry twice; the archive is corrupt or was tampered with")
-        if not isinstance(index["digests"], dict) or set(index["digests"]) != set(ids):
-            raise ArchiveError(f"{INDEX_NAME} does not give one manifest digest per entry")
-        if not manifest.all_hex64(list(index["digests"].values())):
-            raise TypeError("a manifest digest is not a sha256")
-        index["artifacts"] = {
-            entry_id: [KindSummary(str(kind), int(count), int(size)) for kind, count, size in index["artifacts"][entry_id]]
+        digests = index["digests"]
+        if not isinstance(digests, dict) or set(digests) != set(ids) or not schema.all_hex64(list(digests.values())):
+            raise ArchiveError(f"{INDEX_NAME} does not give one manifest digest (a sha256) per entry")
+        kinds = {
+            entry_id: tuple(KindSummary(str(kind), int(count), int(size)) for kind, count, size in index["artifacts"][entry_id])
             for entry_id in ids
         }
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArchiveError(f"{INDEX_NAME} is malformed ({exc})") from exc
-    return index
+    return Index(entries, kinds, digests)
+
+
+@dataclass(frozen=True)
+class Index:
+    """An archive's index.json: its entries without their file lists."""
+
+    entries: tuple[Manifest, ...]
+    kinds: Mapping[str, tuple[KindSummary, ...]]  # per entry id: artifact counts and bytes by kind
+    digests: Mapping[str, str]  # per entry id: the SHA-256 of its whole manifest
 
 
 _OLDER_FORMATS = (1, 2, 3)
 
 
-def _complete_manifests(index: dict[str, Any], files: Any, sizes: dict[str, int]) -> list[dict[str, Any]]:
+def _complete_manifests(index: Index, files: Any, sizes: dict[str, int]) -> list[Manifest]:
     """The index's manifests with files.json's file lists, each checked whole and
     against its digest in the index, each file's blob against `sizes` (blobs.txt's)."""
     try:
-        if set(files["files"]) != {m["id"] for m in index["entries"]}:
+        if set(files["files"]) != {entry.id for entry in index.entries}:
             raise ArchiveError(f"{FILES_NAME} does not list the files of exactly the entries of {INDEX_NAME}")
-        manifests = [{**m, "files": files["files"][m["id"]]} for m in index["entries"]]
+        documents = [entry.with_files(files["files"][entry.id]) for entry in index.entries]
     except (KeyError, TypeError, AttributeError) as exc:
         raise ArchiveError(f"{FILES_NAME} is malformed ({exc})") from exc
-    for complete in manifests:
-        if hash_json(complete) != index["digests"][complete["id"]]:
-            raise ArchiveError(f"manifest of entry {complete['id'][:12]} does not match its digest in {INDEX_NAME}: "
+    complete = []
+    for document in documents:
+        if hash_json(document) != index.digests[document["id"]]:
+            raise ArchiveError(f"manifest of entry {document['id'][:12]} does not match its digest in {INDEX_NAME}: "
                                "the archive was changed after it was packed")
-        manifest.check(complete)
-        for ref in complete["files"].values():
+        entry = manifest.parse(document)
+        for ref in entry.files.values():
             if sizes.get(ref["sha256"]) != ref["size"]:
-                raise ArchiveError(f"{FILES_NAME} is inconsistent: entry {complete['id'][:12]} names a blob "
+                raise ArchiveError(f"{FILES_NAME} is inconsistent: entry {entry.short_id} names a blob "
                                    f"that {BLOBS_NAME} does not list")
-    return manifests
+        complete.append(entry)
+    return complete

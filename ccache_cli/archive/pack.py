@@ -28,12 +28,13 @@ from ccache_cli.archive.bloblist import BlobList
 from ccache_cli.archive.tarstream import end_marker, group_bounds, member_length
 from ccache_cli.errors import BadInputError, CcacheError
 from ccache_cli.store import durable, owners
-from ccache_cli.store.store import Entry, Store
+from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.store import Store
 
 
 @dataclass(frozen=True)
 class PackResult:
-    entries: tuple[Entry, ...]
+    entries: tuple[Manifest, ...]
     blobs: int
     bytes: int  # uncompressed blob bytes
 
@@ -42,7 +43,7 @@ class PackResult:
 
 def pack(
     store: Store,
-    entries: Sequence[Entry],
+    entries: Sequence[Manifest],
     output: BinaryIO,
     level: int = 3,
     on_progress: Progress = lambda _: None,
@@ -71,10 +72,9 @@ def pack(
     return PackResult(tuple(entries), len(blobs), total)
 
 
-def blob_sizes(entries: Sequence[Entry]) -> dict[str, int]:
+def blob_sizes(entries: Sequence[Manifest]) -> dict[str, int]:
     """Each blob of `entries` once, with its size: what pack writes."""
-    # From the manifests' own dicts: entry.files would build an object per file first.
-    return {ref["sha256"]: ref["size"] for entry in entries for ref in entry.manifest["files"].values()}
+    return {ref["sha256"]: ref["size"] for entry in entries for ref in entry.files.values()}
 
 
 @contextlib.contextmanager

@@ -32,13 +32,14 @@ from ccache_cli.archive.signing import PublicKey
 from ccache_cli.archive.bloblist import BLOBS_NAME, BlobList
 from ccache_cli.archive.tarstream import BLOB_PREFIX
 from ccache_cli.errors import ArchiveError, BadInputError, CcacheError
-from ccache_cli.store.store import Entry, Store
+from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.store import Store
 
 
 @dataclass(frozen=True)
 class UnpackResult:
-    added: tuple[Entry, ...]  # entries new to the store
-    kept: tuple[Entry, ...]  # entries the store already had
+    added: tuple[Manifest, ...]  # entries new to the store
+    kept: tuple[Manifest, ...]  # entries the store already had
     skipped: tuple[str, ...]  # ids left out by --compatible-only
     new_blobs: int
     new_bytes: int
@@ -47,7 +48,7 @@ class UnpackResult:
 def unpack(
     store: Store,
     source: BinaryIO,
-    select: Callable[[Entry], bool] = lambda _: True,
+    select: Callable[[Manifest], bool] = lambda _: True,
     on_progress: Progress = lambda _: None,
     trusted: Sequence[PublicKey] = (),
 ) -> UnpackResult:
@@ -60,7 +61,7 @@ def unpack(
             return _unpack(store, staging, workers, head, select)
 
 
-def _unpack(store: Store, staging: Path, workers: _Workers, head: Head, select: Callable[[Entry], bool]) -> UnpackResult:
+def _unpack(store: Store, staging: Path, workers: _Workers, head: Head, select: Callable[[Manifest], bool]) -> UnpackResult:
     sizes = head.blobs.sizes()
     names = list(sizes)
     objects = staging / "objects"
@@ -75,11 +76,9 @@ def _unpack(store: Store, staging: Path, workers: _Workers, head: Head, select: 
     workers.start({"objects": str(objects), "keep_going": False}, head.blobs, write)
     workers.send(head)
     wanted_entries, skipped = [], []
-    for manifest in head.read_files(sizes):
-        entry = Entry(manifest["id"], manifest)
+    for entry in head.read_files(sizes):
         (wanted_entries if select(entry) else skipped).append(entry)
-    # From the manifests, not entry.files: its objects would be held meanwhile.
-    wanted_blobs = {ref["sha256"] for entry in wanted_entries for ref in entry.manifest["files"].values()}
+    wanted_blobs = {sha256 for entry in wanted_entries for sha256 in entry.blobs()}
     new_bytes = sum(sizes[sha256] for sha256 in wanted_blobs if sha256 not in present)
     store.stage_entries(wanted_entries, staging)
     received, _ = _merge(workers.finish(), names)
@@ -112,7 +111,7 @@ def _link_present(store: Store, objects: Path, names: list[str]) -> set[str]:
     return linked
 
 
-def check_blobs(source: BinaryIO, trusted: Sequence[PublicKey] = ()) -> tuple[list[Entry], dict[str, str]]:
+def check_blobs(source: BinaryIO, trusted: Sequence[PublicKey] = ()) -> tuple[list[Manifest], dict[str, str]]:
     """Read a whole archive as a stream, writing nothing: its entries, and what is
     wrong with each blob that is absent or does not hash to its name. An archive
     that is not well formed raises ArchiveError, one no trusted key signed TrustError."""
@@ -127,7 +126,7 @@ def check_blobs(source: BinaryIO, trusted: Sequence[PublicKey] = ()) -> tuple[li
         received, broken_blobs = _merge(workers.finish(), names)
     broken = {names[at]: "content does not match its hash" for at in broken_blobs}
     broken.update((names[at], "absent from the archive") for at in set(range(len(names))) - received)
-    return [Entry(manifest["id"], manifest) for manifest in manifests], broken
+    return manifests, broken
 
 
 @contextlib.contextmanager

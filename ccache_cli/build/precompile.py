@@ -30,9 +30,10 @@ from ccache_cli.store.artifacts import IGNORED_INDUCTOR_DIRS, INDUCTOR_PREFIX
 from ccache_cli.errors import CcacheError, CompileError, DeviceError, SizesError, StoreError
 from ccache_cli.hooked.fingerprint import DYNAMIC_THREADS_ENV
 from ccache_cli.store.hashing import hash_json
-from ccache_cli.store.store import Entry, Store
+from ccache_cli.store import manifest
+from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.store import Store
 
-MANIFEST_FORMAT = 1
 MAX_SIZE = 2**31 - 1  # larger is a typo, not a batch
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -76,7 +77,7 @@ class SizeReport:
 
 @dataclass(frozen=True)
 class PrecompileResult:
-    entry: Entry
+    entry: Manifest
     reused: bool  # an entry with this key was already in the store
     reports: tuple[SizeReport, ...]
     new_bytes: int  # bytes this precompile added to the store
@@ -183,7 +184,7 @@ def precompile(
 PRIMARY_DEVICES = ("cpu", "cuda:0")
 
 
-def _fresh_entry(store: Store, lookup: str, sys_path: list[str]) -> Entry | None:
+def _fresh_entry(store: Store, lookup: str, sys_path: list[str]) -> Manifest | None:
     """A stored entry with this lookup key whose traced sources are unchanged."""
     for entry in store.with_lookup_key(lookup):
         if all(status.state == "fresh" for status in sources.check(entry.sources, sys_path)):
@@ -199,7 +200,7 @@ def _store_entry(
     lookup: str,
     result: dict[str, Any],
     compiled_at: Path,
-) -> tuple[Entry, int]:
+) -> tuple[Manifest, int]:
     files, new_bytes = stage_artifacts(store, staging, staging / "artifacts")
     key = {
         "fingerprint": planned["fingerprint"],
@@ -208,23 +209,19 @@ def _store_entry(
         "inputs": planned["inputs"],
         "sources": sorted(result["sources"], key=lambda source: source["path"]),
     }
-    entry_id = hash_json(key)
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "id": entry_id,
-        "name": request.name or f"{planned['model']['module']}:{planned['model']['attr']}",
-        "created": created_now(),
-        "lookup": lookup,
-        "key": key,
-        "timings": {"sizes": result["reports"], "aot": result["functions"].get("seconds"),
-                    "packages": result["packages"].get("seconds")},
-        "aot": {"status": result["functions"]["status"], "reason": result["functions"]["reason"],
-                "packages": {k: v for k, v in result["packages"].items() if k != "seconds"}},
-        "bytecode": result.get("bytecode", {}),
-        "compiled_at": str(compiled_at),
-        "files": files,
-    }
-    [(entry, _)] = store.publish([Entry(manifest["id"], manifest)], staging, staged_blobs(files))
+    entry = manifest.build(
+        name=request.name or f"{planned['model']['module']}:{planned['model']['attr']}",
+        key=key,
+        lookup=lookup,
+        timings={"sizes": result["reports"], "aot": result["functions"].get("seconds"),
+                 "packages": result["packages"].get("seconds")},
+        aot={"status": result["functions"]["status"], "reason": result["functions"]["reason"],
+             "packages": {k: v for k, v in result["packages"].items() if k != "seconds"}},
+        bytecode=result.get("bytecode", {}),
+        compiled_at=str(compiled_at),
+        files=files,
+    )
+    [(entry, _)] = store.publish([entry], staging, staged_blobs(files))
     return entry, new_bytes
 
 
@@ -267,10 +264,6 @@ def space_free(folder: Path) -> Iterator[Path]:
         yield alias_root / "artifacts"
     finally:
         shutil.rmtree(alias_root, ignore_errors=True)
-
-
-def created_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _Worker:

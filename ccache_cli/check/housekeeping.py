@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import re
 import shutil
@@ -27,7 +26,8 @@ from ccache_cli.hooked import usage
 from ccache_cli.serve import views
 from ccache_cli.store import durable, owners
 from ccache_cli.errors import BadInputError, CcacheError
-from ccache_cli.store.store import REMOVED_PREFIX, Entry, Store
+from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.store import REMOVED_PREFIX, Store
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])\s*$", re.IGNORECASE)
@@ -41,8 +41,8 @@ class EntryInUseError(CcacheError):
 
 @dataclass(frozen=True)
 class Plan:
-    remove: tuple[Entry, ...]
-    in_use: tuple[Entry, ...]  # would have gone, kept because a running program uses them
+    remove: tuple[Manifest, ...]
+    in_use: tuple[Manifest, ...]  # would have gone, kept because a running program uses them
     blobs: tuple[str, ...]  # blobs no remaining entry names
     abandoned: tuple[Path, ...]  # what killed writers left in tmp/ (Store.leftovers)
     blob_bytes: int  # of `blobs`
@@ -75,7 +75,7 @@ def parse_age(text: str) -> dt.timedelta:
     return dt.timedelta(seconds=float(match.group(1)) * _AGE_UNITS[match.group(2).lower()])
 
 
-def last_used(store: Store, entry: Entry) -> dt.datetime:
+def last_used(store: Store, entry: Manifest) -> dt.datetime:
     used = usage.read(store, entry.id).last_used
     return usage.moment(used or entry.created)
 
@@ -93,8 +93,8 @@ def plan_gc(store: Store, max_size: int | None, older_than: dt.timedelta | None)
     names = Counter(sha256 for entry in entries for sha256 in _blobs_of(entry))
     size = sum(sizes.get(sha256, 0) for sha256 in names)
     now = dt.datetime.now(dt.timezone.utc)
-    chosen: list[Entry] = []
-    kept_busy: list[Entry] = []
+    chosen: list[Manifest] = []
+    kept_busy: list[Manifest] = []
     for entry in entries:
         too_old = older_than is not None and now - used[entry.id] > older_than
         too_big = max_size is not None and size > max_size
@@ -111,8 +111,8 @@ def plan_gc(store: Store, max_size: int | None, older_than: dt.timedelta | None)
     return _plan(store, entries, chosen, kept_busy, sizes, store.leftovers(), scan.warnings)
 
 
-def _blobs_of(entry: Entry) -> set[str]:
-    return {ref.sha256 for ref in entry.files.values()}
+def _blobs_of(entry: Manifest) -> set[str]:
+    return entry.blobs()
 
 
 def plan_rm(store: Store, refs: Sequence[str]) -> Plan:
@@ -154,7 +154,7 @@ def apply(store: Store, plan: Plan) -> None:
 
 
 def in_use(store: Store) -> dict[str, int]:
-    """Entry id -> the pid of a running program whose view holds it."""
+    """Manifest id -> the pid of a running program whose view holds it."""
     busy: dict[str, int] = {}
     root = views.views_root()
     if not root.is_dir():
@@ -165,15 +165,15 @@ def in_use(store: Store) -> dict[str, int]:
         if not users.is_dir():
             continue
         try:
-            description = json.loads((view / views.ACTIVATION_FILE).read_text())
-        except (OSError, ValueError):
+            description = views.read_description(view)
+        except (OSError, ValueError, TypeError):
             continue
-        if str(Path(description["store"]).resolve()) != store_path:
+        if str(Path(description.store).resolve()) != store_path:
             continue
         for pid in (int(name) for name in os.listdir(users) if name.isdigit()):
             if owners.is_alive(pid):
-                for entry in description["entries"]:
-                    busy.setdefault(entry["id"], pid)
+                for entry in description.entries:
+                    busy.setdefault(entry.id, pid)
     return busy
 
 
@@ -188,12 +188,12 @@ def _blob_sizes(store: Store) -> dict[str, int]:
     return sizes
 
 
-def _plan(store: Store, entries: Sequence[Entry], chosen: Sequence[Entry], busy: Sequence[Entry],
+def _plan(store: Store, entries: Sequence[Manifest], chosen: Sequence[Manifest], busy: Sequence[Manifest],
           sizes: dict[str, int], abandoned: tuple[Path, ...], warnings: tuple[str, ...]) -> Plan:
     gone = {entry.id for entry in chosen}
-    kept = {ref.sha256 for entry in entries if entry.id not in gone for ref in entry.files.values()}
+    kept = {sha256 for entry in entries if entry.id not in gone for sha256 in entry.blobs()}
     if warnings:  # an entry that could not be read keeps the blobs it names: it may be mended
-        kept |= store.named_blobs() - {ref.sha256 for entry in chosen for ref in entry.files.values()}
+        kept |= store.named_blobs() - {sha256 for entry in chosen for sha256 in entry.blobs()}
     blobs = tuple(sorted(sha256 for sha256 in sizes if sha256 not in kept))
     return Plan(tuple(chosen), tuple(busy), blobs, abandoned, sum(sizes[sha256] for sha256 in blobs),
                 sum(_tree_bytes(folder) for folder in abandoned), sum(sizes.values()), warnings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +11,8 @@ from ccache_cli.hooked import usage
 from ccache_cli.key.compat import compatibility, this_machine
 from ccache_cli.store import artifacts
 from ccache_cli.hooked.fingerprint import Mismatch
-from ccache_cli.store.store import Entry, Store
+from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.store import Store
 from ccache_cli.hooked.usage import Usage
 
 if TYPE_CHECKING:
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EntryReport:
-    entry: Entry  # from an archive's index, its manifest lacks "files"
+    entry: Manifest  # from an archive's index, its manifest lacks "files"
     compatible: bool | None  # None: only a full fingerprint of this machine could tell
     mismatches: tuple[Mismatch, ...]
     kinds: tuple[artifacts.KindSummary, ...]
@@ -61,34 +63,30 @@ def inspect_archive(store: Store, path: str, trusted: Sequence[PublicKey] = ()) 
     machine, exact = this_machine(store)
     with open_source(path) as source:
         index = read_index(source, trusted)
-    reports = []
-    for manifest in index["entries"]:
-        entry = Entry(manifest["id"], manifest)
-        reports.append(report_entry(entry, machine, exact, tuple(index["artifacts"][entry.id]), None))
-    return InspectReport(tuple(reports), (), machine, exact)
+    reports = tuple(report_entry(entry, machine, exact, index.kinds[entry.id], None) for entry in index.entries)
+    return InspectReport(reports, (), machine, exact)
 
 
 def report_entry(
-    entry: Entry, machine: dict[str, Any], exact: bool, kinds: tuple[artifacts.KindSummary, ...] | None = None,
+    entry: Manifest, machine: dict[str, Any], exact: bool, kinds: tuple[artifacts.KindSummary, ...] | None = None,
     usage: Usage | None = None,
 ) -> EntryReport:
     compatible, found = compatibility(entry, machine, exact)
-    return EntryReport(entry, compatible, found, artifacts.kinds_of(entry.manifest) if kinds is None else kinds, usage)
+    return EntryReport(entry, compatible, found, artifacts.kinds_of(entry.files) if kinds is None else kinds, usage)
 
 
 def entry_json(report: EntryReport) -> dict[str, Any]:
     """An entry as `inspect --json` prints it."""
     entry = report.entry
-    manifest = entry.manifest
     return {
         "id": entry.id,
         "name": entry.name,
         "sizes": entry.sizes,
         "dynamic": entry.dynamic,
         "device": entry.device,
-        "fingerprint": entry.fingerprint,
-        "compile": manifest["key"]["compile"],
-        "model": manifest["key"]["model"],
+        "fingerprint": dict(entry.fingerprint),
+        "compile": dict(entry.compile.document),
+        "model": None if entry.model is None else dataclasses.asdict(entry.model),
         "sources": [{"path": s.path, "module": s.module, "sha256": s.sha256} for s in entry.sources],
         "artifacts": {kind.kind: kind.count for kind in report.kinds},
         "artifact_bytes": {kind.kind: kind.bytes for kind in report.kinds},
@@ -98,7 +96,8 @@ def entry_json(report: EntryReport) -> dict[str, Any]:
         "mismatches": [
             {"component": m.component, "entry": m.entry, "machine": m.target} for m in report.mismatches
         ],
-        "aot": manifest["aot"],
-        "timings": manifest["timings"],
+        "aot": dataclasses.asdict(entry.aot),
+        "timings": {"sizes": [dataclasses.asdict(timing) for timing in entry.timings],
+                    "aot": dict(entry.aot_seconds), "packages": dict(entry.package_seconds)},
         "usage": None if report.usage is None else dict(report.usage.__dict__),
     }

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -29,7 +30,8 @@ from ccache_cli.store.artifacts import OUTPUTS_PREFIX
 from ccache_cli.errors import BadInputError
 from ccache_cli.store.hashing import sha256_file
 from ccache_cli.archive.signing import PublicKey
-from ccache_cli.store.store import Entry, Store
+from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.store import Store
 
 _SHOWN = 3  # problems named in one check's detail; the rest are counted
 
@@ -77,7 +79,7 @@ def verify(store: Store, ref: str | None, target: Path | None, run: bool,
     search = sources.search_path()
     checks += static_checks(entries, broken, machine, search)
     if target is None:  # bytecode matches the sources of the machine that runs it, not a target's
-        checks += [bytecode_check(entry) for entry in entries if entry.manifest.get("bytecode")]
+        checks += [bytecode_check(entry) for entry in entries if entry.bytecode]
     if run:
         checks += [run_check(store, entry, search) for entry in entries]
     return VerifyReport(tuple(checks), str(target) if target is not None else "this machine")
@@ -108,7 +110,7 @@ def this_machine_exact(store: Store) -> dict[str, Any]:
 
 
 def static_checks(
-    entries: Sequence[Entry], broken_blobs: dict[str, str], target: dict[str, Any], search_path: Sequence[str]
+    entries: Sequence[Manifest], broken_blobs: dict[str, str], target: dict[str, Any], search_path: Sequence[str]
 ) -> list[Check]:
     """Integrity, compatibility and freshness of each entry.
 
@@ -117,9 +119,9 @@ def static_checks(
     checks = []
     for entry in entries:
         problems = [
-            f"blob {ref.sha256[:12]} ({path}): {broken_blobs[ref.sha256]}"
+            f"blob {ref['sha256'][:12]} ({path}): {broken_blobs[ref['sha256']]}"
             for path, ref in sorted(entry.files.items())
-            if ref.sha256 in broken_blobs
+            if ref["sha256"] in broken_blobs
         ]
         checks.append(_check(entry, "integrity", problems, f"{len(entry.files)} files intact"))
         mismatches = [str(m) for m in fingerprint.mismatches(entry.fingerprint, entry.device, target)]
@@ -133,12 +135,12 @@ def static_checks(
     return checks
 
 
-def bytecode_check(entry: Entry) -> Check:
+def bytecode_check(entry: Manifest) -> Check:
     """Which stored modules have other sources here. Python compiles those afresh, so
     this costs start-up time, not correctness; it fails only for torch's and Triton's
     own files, which then are not the build the entry was compiled with (a patched
     torch of the same version), whatever the version says."""
-    stored = entry.manifest["bytecode"]
+    stored = entry.bytecode
     changed, absent = bytecode.changed_sources(stored)
     compile_stack = [module for module in changed if module.partition(".")[0] in ("torch", "triton")]
     served = f"{len(stored) - absent - len(changed)} of {len(stored)} modules' bytecode matches their sources here"
@@ -152,10 +154,10 @@ def _first(names: Sequence[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
-def broken_store_blobs(store: Store, entries: Iterable[Entry]) -> dict[str, str]:
+def broken_store_blobs(store: Store, entries: Iterable[Manifest]) -> dict[str, str]:
     """Re-hash every blob the entries name; what is wrong with each bad one."""
     broken: dict[str, str] = {}
-    sizes = {ref.sha256: ref.size for entry in entries for ref in entry.files.values()}
+    sizes = {ref["sha256"]: ref["size"] for entry in entries for ref in entry.files.values()}
     for sha256, size in sizes.items():
         path = store.blob_path(sha256)
         try:
@@ -170,9 +172,9 @@ def broken_store_blobs(store: Store, entries: Iterable[Entry]) -> dict[str, str]
     return broken
 
 
-def run_check(store: Store, entry: Entry, search: Sequence[str]) -> Check:
+def run_check(store: Store, entry: Manifest, search: Sequence[str]) -> Check:
     """Start a fresh process on a copy of the entry's Inductor cache (see verify_run)."""
-    model = entry.manifest["key"]["model"]
+    model = entry.model
     if model is None:  # captured from a command: there is no model to build here
         return Check(entry.id, "run", True, "skipped: a captured entry has no model to run; run its command under `ccache run`")
     roots = _import_roots(entry, search)
@@ -180,11 +182,11 @@ def run_check(store: Store, entry: Entry, search: Sequence[str]) -> Check:
         inductor_dir = Path(scratch) / "inductor"
         store.materialize(entry, inductor_dir, "inductor/")
         request, result_file = Path(scratch) / "request.json", Path(scratch) / "result.json"
-        recorded = {label: json.loads(store.blob_path(entry.files[path].sha256).read_bytes())
+        recorded = {label: json.loads(store.blob_path(entry.files[path]["sha256"]).read_bytes())
                     for label, path in _recorded_outputs(entry).items()}
-        request.write_text(json.dumps({"model": model, "compile": entry.manifest["key"]["compile"], "recorded": recorded}))
+        request.write_text(json.dumps({"model": dataclasses.asdict(model), "compile": entry.compile.document, "recorded": recorded}))
         # As activation sets it: the Inductor settings the entry was compiled with.
-        env = {**os.environ, **entry.manifest["key"]["compile"].get("inductor_env", {}),
+        env = {**os.environ, **entry.compile.inductor_env,
                "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
         env.pop("TRITON_CACHE_DIR", None)
         env["PYTHONPATH"] = os.pathsep.join([*roots, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -213,7 +215,7 @@ def run_check(store: Store, entry: Entry, search: Sequence[str]) -> Check:
     if result["recompile"]:
         problems.append(f"recompiled under fail_on_recompile at {result['recompile']}")
     unrecorded = [label for label, outcome in result["runs"].items() if not outcome["recorded"]]
-    cold = sum(size["wall_s"] for size in entry.manifest["timings"]["sizes"])
+    cold = sum(timing.wall_s for timing in entry.timings)
     timing = f"warm start {result['warm_s']:.2f} s (model built at {result['built_s']:.2f} s), recorded cold compile {cold:.2f} s"
     unlisted = f", unlisted sizes {result['unlisted']} served without compiling" if result["unlisted"] else ""
     compared = "outputs match eager" + (" and those recorded at precompile" if not unrecorded else
@@ -222,13 +224,13 @@ def run_check(store: Store, entry: Entry, search: Sequence[str]) -> Check:
     return _check(entry, "run", problems, f"{timing}; {len(result['runs'])} sizes hit, {compared}{unlisted}")
 
 
-def _recorded_outputs(entry: Entry) -> dict[str, str]:
+def _recorded_outputs(entry: Manifest) -> dict[str, str]:
     """Size label -> the entry's file holding its recorded outputs."""
     return {path[len(OUTPUTS_PREFIX):].removeprefix("size-").removesuffix(".json"): path
             for path in entry.files if path.startswith(OUTPUTS_PREFIX)}
 
 
-def _import_roots(entry: Entry, search: Sequence[str]) -> list[str]:
+def _import_roots(entry: Manifest, search: Sequence[str]) -> list[str]:
     """The sys.path roots the entry's traced sources resolve from now, so that the
     check process imports the model as precompile did."""
     roots = []
@@ -258,7 +260,7 @@ def junit_xml(report: VerifyReport) -> bytes:
     return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
-def _check(entry: Entry, name: str, problems: list[str], ok_detail: str) -> Check:
+def _check(entry: Manifest, name: str, problems: list[str], ok_detail: str) -> Check:
     if not problems:
         return Check(entry.id, name, True, ok_detail)
     shown = "; ".join(problems[:_SHOWN])

@@ -31,7 +31,7 @@ def gc_command(
 
 def rm_command(
     ctx: typer.Context,
-    entries: list[str] = typer.Argument(..., metavar="ENTRY...", help="Entry id prefixes or names"),
+    entries: list[str] = typer.Argument(..., metavar="ENTRY...", help="Manifest id prefixes or names"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; change nothing"),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
 ) -> None:

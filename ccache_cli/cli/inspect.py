@@ -55,7 +55,6 @@ def _print_table(report: InspectReport, root: object) -> None:
 
 def _print_detail(item: EntryReport, report: InspectReport) -> None:
     e = item.entry
-    manifest = e.manifest
     out.print(f"[bold]{e.id}[/bold]  {e.name}")
     out.print(f"created {e.created} ({age(e.created)}), {item.file_count} files, {human_bytes(item.bytes)}")
     if item.usage is not None and item.usage.times_used:
@@ -71,11 +70,10 @@ def _print_detail(item: EntryReport, report: InspectReport) -> None:
     out.print(key)
     out.print(f"compatible with this machine: {yes_no(item.compatible)}")
     compile_table = Table("option", "value", title="Compile options", title_justify="left")
-    for name, value in manifest["key"]["compile"].items():
+    for name, value in e.compile.document.items():
         compile_table.add_row(name, str(value))
-    model = manifest["key"]["model"]
-    if model is not None:  # None: captured from a command, which the options show
-        compile_table.add_row("model", f"{model['module']}:{model['attr']}")
+    if e.model is not None:  # None: captured from a command, which the options show
+        compile_table.add_row("model", f"{e.model.module}:{e.model.attr}")
     out.print(compile_table)
     traced = Table("module", "path", "sha256", title="Traced sources", title_justify="left")
     for source in e.sources:
@@ -86,12 +84,11 @@ def _print_detail(item: EntryReport, report: InspectReport) -> None:
         kinds.add_row(kind.kind, str(kind.count), human_bytes(kind.bytes))
     out.print(kinds)
     timings = Table("size", "first call s", "dynamo s", "aot_autograd s", "inductor s", "kernels s", title="Recorded compile timings", title_justify="left")
-    for size in manifest["timings"]["sizes"]:
-        timings.add_row(size["label"], seconds(size["wall_s"]), seconds(size["dynamo_s"]), seconds(size["aot_autograd_s"]), seconds(size["inductor_s"]), seconds(size["kernel_compile_s"]))
+    for t in e.timings:
+        timings.add_row(t.label, seconds(t.wall_s), seconds(t.dynamo_s), seconds(t.aot_autograd_s), seconds(t.inductor_s), seconds(t.kernel_compile_s))
     out.print(timings)
-    aot = manifest["aot"]
-    out.print(f"AOT: {aot['status']}" + (f" ({aot['reason']})" if aot["reason"] else ""), soft_wrap=True)
-    if aot.get("packages"):
-        packages = aot["packages"]
-        out.print(f"AOTInductor packages: {packages['status']}" + (f" ({packages['reason']})" if packages["reason"] else ""),
+    aot = e.aot
+    out.print(f"AOT: {aot.status}" + (f" ({aot.reason})" if aot.reason else ""), soft_wrap=True)
+    if aot.packages is not None:
+        out.print(f"AOTInductor packages: {aot.packages.status}" + (f" ({aot.packages.reason})" if aot.packages.reason else ""),
                   soft_wrap=True)

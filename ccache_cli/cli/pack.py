@@ -29,7 +29,7 @@ def key_generate_command(
 def pack_command(
     ctx: typer.Context,
     output: str = typer.Argument(..., metavar="OUTPUT.tar.zst|-", help="Archive to write, or - for stdout"),
-    entries: Optional[list[str]] = typer.Argument(None, metavar="[ENTRY...]", help="Entry id prefixes or names [default: all]"),
+    entries: Optional[list[str]] = typer.Argument(None, metavar="[ENTRY...]", help="Manifest id prefixes or names [default: all]"),
     compatible_only: bool = typer.Option(False, "--compatible-only", help="Only entries that fit this machine"),
     level: int = typer.Option(3, "--level", min=1, max=22, help="zstd level"),
     json_output: bool = typer.Option(False, "--json", help="Write a JSON summary to stdout (not with -)"),

@@ -14,6 +14,7 @@ from rich.table import Table
 from ccache_cli.build import precompile as core
 from ccache_cli.check.inspect import entry_json, report_entry
 from ccache_cli.key.compat import this_machine
+from ccache_cli.store.manifest import PackageStatus
 from .render import emit_json, human_bytes, out, seconds
 
 
@@ -95,7 +96,7 @@ def _print_summary(result: core.PrecompileResult) -> None:
     entry = result.entry
     if result.reused:
         out.print(
-            f"Entry [bold]{entry.short_id}[/bold] ({entry.name}) already holds sizes "
+            f"Manifest [bold]{entry.short_id}[/bold] ({entry.name}) already holds sizes "
             f"{', '.join(map(str, entry.sizes))} for this environment and these sources; "
             "nothing compiled (--force compiles again)."
         )
@@ -116,14 +117,16 @@ def _print_summary(result: core.PrecompileResult) -> None:
             f"{c['autograd_cache_hit']}/{c['autograd_cache_miss']}",
         )
     out.print(table)
-    aot, timings = entry.manifest["aot"], entry.manifest["timings"]
-    packages = aot.get("packages") or {"status": "skipped", "reason": "not built"}
-    for what, status, spent in (("AOTInductor packages", packages, timings.get("packages")),
-                                ("AOT-compiled functions", aot, timings.get("aot"))):
-        if status["status"] == "stored":
-            out.print(f"{what} stored for every size ({sum((spent or {}).values()):.1f} s).")
+    aot = entry.aot
+    packages = aot.packages or PackageStatus("skipped", "not built", None)
+    for what, status, reason, spent in (
+        ("AOTInductor packages", packages.status, packages.reason, entry.package_seconds),
+        ("AOT-compiled functions", aot.status, aot.reason, entry.aot_seconds),
+    ):
+        if status == "stored":
+            out.print(f"{what} stored for every size ({sum(spent.values()):.1f} s).")
         else:
-            out.print(f"{what} {status['status']}: {status['reason']}", soft_wrap=True)
+            out.print(f"{what} {status}: {reason}", soft_wrap=True)
     out.print(
         f"Stored entry [bold]{entry.short_id}[/bold] ({entry.name}): {len(entry.files)} files, "
         f"{human_bytes(entry.bytes)} ({human_bytes(result.new_bytes)} new) in {result.seconds:.1f} s."

@@ -16,7 +16,7 @@ from .render import emit_json, err, human_bytes, warn
 
 def env_command(
     ctx: typer.Context,
-    entries: Optional[list[str]] = typer.Argument(None, metavar="[ENTRY...]", help="Entry id prefixes or names [default: all that fit this machine]"),
+    entries: Optional[list[str]] = typer.Argument(None, metavar="[ENTRY...]", help="Manifest id prefixes or names [default: all that fit this machine]"),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
 ) -> None:
     """Print shell exports that make entries active: eval "$(ccache env)". Does not import torch."""

@@ -10,7 +10,8 @@ from pathlib import Path
 from ccache_cli.archive import pack as packing, signing, unpack as unpacking
 from ccache_cli.errors import BadInputError
 from ccache_cli.key.compat import fits, this_machine
-from ccache_cli.store.store import Entry, Store
+from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.store import Store
 from .render import emit_json, err, human_bytes, out, warn
 
 PYCACHE_DIR = "pycache"  # the exported bytecode tree, inside the exported Inductor cache
@@ -44,7 +45,7 @@ def unpack(store: Store, source: str, compatible_only: bool = False, export_dir:
     # This machine's fingerprint only where it is used: reading it costs every unpack otherwise.
     machine, exact = this_machine(store) if compatible_only or export_dir is not None else ({}, False)
 
-    def select(candidate: Entry) -> bool:
+    def select(candidate: Manifest) -> bool:
         return not compatible_only or bool(fits([candidate], machine, exact))
 
     total = Path(source).stat().st_size if source != "-" and Path(source).is_file() else None
@@ -55,7 +56,7 @@ def unpack(store: Store, source: str, compatible_only: bool = False, export_dir:
         exported, pycache_prefix = _export(store, [*result.added, *result.kept], entry, export_dir, machine, exact)
         # What a process must set to hit the exported cache: where it is, and the
         # Inductor settings its graphs were compiled with (part of their keys).
-        env = {"TORCHINDUCTOR_CACHE_DIR": str(export_dir), **exported.manifest["key"]["compile"].get("inductor_env", {})}
+        env = {"TORCHINDUCTOR_CACHE_DIR": str(export_dir), **exported.compile.inductor_env}
         if pycache_prefix is not None:
             env["PYTHONPYCACHEPREFIX"] = str(pycache_prefix)
     if json_output:
@@ -74,8 +75,8 @@ def unpack(store: Store, source: str, compatible_only: bool = False, export_dir:
                   + " ".join(f"{name}={value}" for name, value in env.items()), soft_wrap=True)
 
 
-def _export(store: Store, entries: list[Entry], ref: str | None, target: Path, machine: dict,
-            exact: bool) -> tuple[Entry, Path | None]:
+def _export(store: Store, entries: list[Manifest], ref: str | None, target: Path, machine: dict,
+            exact: bool) -> tuple[Manifest, Path | None]:
     """The exported entry, and its bytecode tree if it has one."""
     from ccache_cli.serve import views  # imported here: pack and unpack start faster without it
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from ccache_cli.hooked import fingerprint
 from ccache_cli.hooked.fingerprint import Mismatch
-from ccache_cli.store.store import Entry, Store
+from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.store import Store
 
 
 def this_machine(store: Store) -> tuple[dict[str, Any], bool]:
@@ -18,12 +19,12 @@ def this_machine(store: Store) -> tuple[dict[str, Any], bool]:
     return fingerprint.static_fingerprint(), False
 
 
-def compatibility(entry: Entry, machine: dict[str, Any], exact: bool) -> tuple[bool | None, tuple[Mismatch, ...]]:
+def compatibility(entry: Manifest, machine: dict[str, Any], exact: bool) -> tuple[bool | None, tuple[Mismatch, ...]]:
     """Whether `entry` fits `machine` (None: only a full fingerprint could tell), and why not."""
     found = tuple(fingerprint.mismatches(entry.fingerprint, entry.device, machine))
     return (False if found else (True if exact else None)), found
 
 
-def fits(entries: list[Entry] | tuple[Entry, ...], machine: dict[str, Any], exact: bool) -> list[Entry]:
+def fits(entries: list[Manifest] | tuple[Manifest, ...], machine: dict[str, Any], exact: bool) -> list[Manifest]:
     """The entries whose key does not contradict `machine` (unknown parts count as fitting)."""
     return [entry for entry in entries if compatibility(entry, machine, exact)[0] is not False]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ccache_cli.hooked import bytecode
 from ccache_cli.store.hashing import sha256_file
-from ccache_cli.store.store import Source
+from ccache_cli.store.manifest import Source
 
 
 @dataclass(frozen=True)

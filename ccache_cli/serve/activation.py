@@ -25,7 +25,8 @@ from ccache_cli.errors import BadInputError, EntryNotFoundError
 from ccache_cli.hooked import fingerprint, misses, relocate, usage
 from ccache_cli.key.compat import fits, this_machine
 from ccache_cli.serve.views import ensure_view, ended_processes
-from ccache_cli.store.store import Entry, Store
+from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.store import Store
 
 VIEW_ENV = "CCACHE_CLI_VIEW"  # set in an activated process: the view it uses
 COMPILED_AT_ENV = "CCACHE_CLI_COMPILED_AT"  # the folders the active entries were compiled in
@@ -37,7 +38,7 @@ _STARTUP_HOOK_DIR = Path(__file__).resolve().parent.parent / "startup_hook"
 class Activation:
     """Entries made available to a process, and the environment that does it."""
 
-    entries: tuple[Entry, ...]
+    entries: tuple[Manifest, ...]
     view: Path
     set_env: dict[str, str]
     unset_env: tuple[str, ...]
@@ -100,7 +101,7 @@ def register_user(active: Activation, store: Store, by: str) -> None:
     usage.record(store, [entry.id for entry in active.entries], by)
 
 
-def select_entries(store: Store, refs: Sequence[str] = ()) -> list[Entry]:
+def select_entries(store: Store, refs: Sequence[str] = ()) -> list[Manifest]:
     """The named entries, or every entry that fits this machine."""
     if refs:
         return [store.find(ref) for ref in refs]
@@ -112,7 +113,7 @@ def select_entries(store: Store, refs: Sequence[str] = ()) -> list[Entry]:
     return fitting
 
 
-def activation(store: Store, entries: Sequence[Entry]) -> Activation:
+def activation(store: Store, entries: Sequence[Manifest]) -> Activation:
     """The environment that makes `entries` active, building their view if needed.
 
     The stored bytecode is served through PYTHONPYCACHEPREFIX unless
@@ -122,7 +123,7 @@ def activation(store: Store, entries: Sequence[Entry]) -> Activation:
     view, bytecode_modules = ensure_view(store, entries)
     # Triton then keeps its kernels inside the Inductor cache, as at precompile time.
     set_env = {"TORCHINDUCTOR_CACHE_DIR": str(view / "inductor"), VIEW_ENV: str(view)}
-    compiled_at = sorted({entry.manifest["compiled_at"] for entry in entries if entry.manifest.get("compiled_at")})
+    compiled_at = sorted({entry.compiled_at for entry in entries if entry.compiled_at})
     if compiled_at:  # where autotuning results are looked up (relocate.py)
         set_env[COMPILED_AT_ENV] = os.pathsep.join(compiled_at)
     # Inductor settings the entries were compiled with are part of every graph's cache
@@ -138,10 +139,9 @@ def activation(store: Store, entries: Sequence[Entry]) -> Activation:
     return Activation(tuple(entries), view, set_env, ("TRITON_CACHE_DIR",), bytecode_modules, replaced)
 
 
-def _agreed_inductor_env(entries: Sequence[Entry]) -> dict[str, str]:
+def _agreed_inductor_env(entries: Sequence[Manifest]) -> dict[str, str]:
     """The TORCHINDUCTOR_* settings every entry that records them was compiled with."""
-    recorded = [entry.manifest["key"]["compile"].get("inductor_env") for entry in entries]
-    settings = [dict(env) for env in recorded if isinstance(env, dict)]
+    settings = [dict(entry.compile.inductor_env) for entry in entries if "inductor_env" in entry.compile.document]
     if not settings:
         return {}
     return {name: value for name, value in settings[0].items() if all(other.get(name) == value for other in settings[1:])}

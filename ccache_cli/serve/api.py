@@ -16,7 +16,6 @@ This module imports torch only inside `compile`.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -27,8 +26,8 @@ from typing import Any
 from ccache_cli.build import plan
 from ccache_cli.key.sources import check, search_path
 from ccache_cli.serve.activation import VIEW_ENV
-from ccache_cli.serve.views import ACTIVATION_FILE, ended_processes
-from ccache_cli.store.store import Source
+from ccache_cli.serve.views import ended_processes, read_description
+from ccache_cli.store.manifest import Source
 
 
 def compile(model: Any, *, mode: str | None = None, dynamic: bool = False, **torch_compile_kwargs: Any) -> Any:
@@ -55,23 +54,23 @@ def _active_aot_functions() -> list[_AotFunction]:
     if not view:
         return []
     try:
-        description = json.loads((Path(view) / ACTIVATION_FILE).read_text())
-    except (OSError, ValueError):
+        description = read_description(view)
+    except (OSError, ValueError, TypeError):
         return []
     functions = []
-    for entry in description["entries"]:
-        options = entry["compile"]
+    for entry in description.entries:
+        options = entry.compile
         if options.get("backend") != "inductor" or options.get("grad", True) or options.get("dynamic"):
             continue
-        for size, paths in entry["aot"].items():
+        for size, paths in entry.aot.items():
             functions.append(_AotFunction(
                 function=str(Path(view) / paths["function"]) if "function" in paths else None,
                 package=str(Path(view) / paths["package"]) if "package" in paths else None,
                 device=options["device"],
                 mode=options.get("mode") or "default",
-                inputs=_signature_of_description(entry["inputs"].get(size, [])),
-                sources=tuple(Source(**source) for source in entry["sources"]),
-                structure=entry.get("structure"),
+                inputs=_signature_of_description(entry.inputs.get(size, [])),
+                sources=tuple(Source(**source) for source in entry.sources),
+                structure=entry.structure,
                 view=view,
             ))
     return functions

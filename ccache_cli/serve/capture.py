@@ -24,10 +24,11 @@ from ccache_cli.hooked import fingerprint
 from ccache_cli.key import sources
 from ccache_cli.store.artifacts import BYTECODE_PREFIX
 from ccache_cli.errors import BadInputError, CcacheError
-from ccache_cli.store.hashing import hash_json
-from ccache_cli.build.precompile import MANIFEST_FORMAT, PRIMARY_DEVICES, created_now, space_free, stage_artifacts, staged_blobs
+from ccache_cli.build.precompile import PRIMARY_DEVICES, space_free, stage_artifacts, staged_blobs
 from ccache_cli.serve.activation import VIEW_ENV, with_startup_hook
-from ccache_cli.store.store import Entry, Store
+from ccache_cli.store import manifest
+from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.store import Store
 
 CAPTURE_DIR_ENV = "CCACHE_CLI_CAPTURE_DIR"
 
@@ -38,7 +39,7 @@ class CaptureError(CcacheError):
 
 @dataclass(frozen=True)
 class CaptureResult:
-    entry: Entry
+    entry: Manifest
     new: bool  # False: an identical entry was already stored
     files: int
     seconds: float
@@ -79,20 +80,12 @@ def capture(store: Store, name: str, command: Sequence[str], stdout: int | None 
         }
         stored_bytecode = _gather_bytecode(records, process_records, staging / "artifacts")
         files, _ = stage_artifacts(store, staging, staging / "artifacts")
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "id": hash_json(key),
-            "name": name,
-            "created": created_now(),
-            "lookup": None,
-            "key": key,
-            "timings": {"sizes": [], "aot": None, "captured_s": round(seconds, 3)},
-            "aot": {"status": "disabled", "reason": "captured from a command"},
-            "bytecode": stored_bytecode,
-            "compiled_at": str(inductor),
-            "files": files,
-        }
-        [(entry, new)] = store.publish([Entry(manifest["id"], manifest)], staging, staged_blobs(files))
+        entry = manifest.build(
+            name=name, key=key, lookup=None, timings={"sizes": [], "aot": None, "captured_s": round(seconds, 3)},
+            aot={"status": "disabled", "reason": "captured from a command"}, bytecode=stored_bytecode,
+            compiled_at=str(inductor), files=files,
+        )
+        [(entry, new)] = store.publish([entry], staging, staged_blobs(files))
     return CaptureResult(entry, new, len(files), seconds)
 
 

@@ -22,12 +22,14 @@ lack) stays there for the next process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +37,9 @@ from ccache_cli.hooked import bytecode
 from ccache_cli.store import owners
 from ccache_cli.store.artifacts import AOT_PREFIX
 from ccache_cli.store.hashing import hash_json
-from ccache_cli.store.manifest import inside
-from ccache_cli.store.store import Entry, Store
+from ccache_cli.store.schema import inside
+from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.store import Store
 
 VIEWS_ENV = "CCACHE_CLI_VIEWS"  # where views are made
 ACTIVATION_FILE = "activation.json"
@@ -47,26 +50,26 @@ INDUCTOR_PREFIX = "inductor/"
 _VIEW_LAYOUT = 3  # 2: activation.json lists each size's AOT function and package; 3: the model structure
 
 
-def ensure_view(store: Store, entries: Sequence[Entry]) -> tuple[Path, int]:
+def ensure_view(store: Store, entries: Sequence[Manifest]) -> tuple[Path, int]:
     """The shared writable view of `entries`, made if missing (atomically), and the
     number of modules whose bytecode it serves."""
     root = views_root()
     # Where this environment's modules live decides the bytecode tree's layout.
     roots: dict[str, str | None] = {}
     for entry in entries:
-        for stored in entry.manifest.get("bytecode", {}).values():
+        for stored in entry.bytecode.values():
             bytecode.source_root(stored["module"], roots, every_finder=False)  # on every start: fast
     # Keyed on content too: an entry id names a key, not the exact files stored for it.
-    contents = sorted((e.id, hash_json(e.manifest["files"])) for e in entries)
+    contents = sorted((e.id, hash_json(dict(e.files))) for e in entries)
     view = root / hash_json({"layout": _VIEW_LAYOUT, "store": str(store.root.resolve()), "entries": contents,
                              "roots": roots})[:24]
     if (view / ACTIVATION_FILE).is_file():
-        return view, json.loads((view / ACTIVATION_FILE).read_text())["bytecode_modules"]
+        return view, read_description(view).bytecode_modules
     building = root / f".building-{uuid.uuid4().hex}"
     building.mkdir(parents=True)
     try:
         description = _link_files(store, entries, building, roots)
-        (building / ACTIVATION_FILE).write_text(json.dumps(description, indent=1, sort_keys=True))
+        (building / ACTIVATION_FILE).write_text(json.dumps(dataclasses.asdict(description), indent=1, sort_keys=True))
         try:
             os.rename(building, view)
         except OSError:  # another process made it first; use theirs
@@ -75,7 +78,7 @@ def ensure_view(store: Store, entries: Sequence[Entry]) -> tuple[Path, int]:
     finally:
         if building.exists():
             shutil.rmtree(building, ignore_errors=True)
-    return view, description["bytecode_modules"]
+    return view, description.bytecode_modules
 
 
 def views_root() -> Path:
@@ -88,18 +91,48 @@ def views_root() -> Path:
     return root
 
 
-def _link_files(store: Store, entries: Sequence[Entry], view: Path, roots: dict[str, str | None]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ActiveEntry:
+    """An entry as a view's activation.json describes it to the programs that use the
+    view (`ccache_cli.compile`, and hooked/misses.py, which reads the same JSON)."""
+
+    id: str
+    name: str
+    compile: Mapping[str, Any]  # the compile options, as the key holds them
+    inputs: Mapping[str, list[dict[str, Any]]]  # per size, as the key describes them
+    sources: list[dict[str, str]]
+    fingerprint: Mapping[str, Any]
+    aot: Mapping[str, Mapping[str, str]]  # per size: {"function", "package"} paths in the view
+    structure: str | None  # the model the packages were built for
+
+
+@dataclass(frozen=True)
+class ViewDescription:
+    """A view's activation.json."""
+
+    store: str
+    entries: tuple[ActiveEntry, ...]
+    bytecode_modules: int  # modules whose stored bytecode the view serves
+
+
+def read_description(view: Path | str) -> ViewDescription:
+    """A view's activation.json (OSError, ValueError or TypeError where it is not one)."""
+    document = json.loads((Path(view) / ACTIVATION_FILE).read_text())
+    return ViewDescription(document["store"], tuple(ActiveEntry(**entry) for entry in document["entries"]),
+                           document["bytecode_modules"])
+
+
+def _link_files(store: Store, entries: Sequence[Manifest], view: Path, roots: dict[str, str | None]) -> ViewDescription:
     described = []
     made: set[str] = set()
     bytecode_modules = 0
     for entry in entries:
         aot: dict[str, dict[str, str]] = {}  # size -> {"function": path, "package": path}
-        stored_bytecode = entry.manifest.get("bytecode", {})
         for path, ref in entry.files.items():
             if path.startswith(INDUCTOR_PREFIX):
                 target = path
-            elif path in stored_bytecode:
-                placed = bytecode.prefix_path(path, stored_bytecode[path]["module"], roots)
+            elif path in entry.bytecode:
+                placed = bytecode.prefix_path(path, entry.bytecode[path]["module"], roots)
                 if placed is None:  # not importable here: nothing would read it
                     continue
                 target = f"bytecode/{placed}"
@@ -117,36 +150,29 @@ def _link_files(store: Store, entries: Sequence[Entry], view: Path, roots: dict[
             if parent not in made:
                 os.makedirs(parent, exist_ok=True)
                 made.add(parent)
-            os.symlink(store.blob_file(ref.sha256), link)
+            os.symlink(store.blob_file(ref["sha256"]), link)
             made.add(target)
-        key = entry.manifest["key"]
-        described.append({
-            "id": entry.id,
-            "name": entry.name,
-            "compile": key["compile"],
-            "inputs": key.get("inputs", {}),
-            "model": key.get("model"),
-            "sources": key["sources"],
-            "fingerprint": key["fingerprint"],
-            "aot": aot,
-            "structure": (entry.manifest["aot"].get("packages") or {}).get("model"),
-        })
+        described.append(ActiveEntry(
+            id=entry.id, name=entry.name, compile=entry.compile.document, inputs=entry.inputs,
+            sources=[dataclasses.asdict(source) for source in entry.sources], fingerprint=entry.fingerprint, aot=aot,
+            structure=None if entry.aot.packages is None else entry.aot.packages.structure,
+        ))
     (view / "inductor").mkdir(exist_ok=True)
-    return {"store": str(store.root), "entries": described, "bytecode_modules": bytecode_modules}
+    return ViewDescription(str(store.root), tuple(described), bytecode_modules)
 
 
-def export_bytecode(store: Store, entry: Entry, dest: Path) -> int:
+def export_bytecode(store: Store, entry: Manifest, dest: Path) -> int:
     """Copy the entry's bytecode into `dest` as a PYTHONPYCACHEPREFIX tree for this
     environment (as a view lays it out); returns the number of modules."""
     roots: dict[str, str | None] = {}
     count = 0
-    for path, info in entry.manifest.get("bytecode", {}).items():
+    for path, info in entry.bytecode.items():
         placed = bytecode.prefix_path(path, info["module"], roots)
         if placed is None or path not in entry.files:
             continue
         target = inside(dest, placed)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(store.blob_file(entry.files[path].sha256), target)
+        shutil.copyfile(store.blob_file(entry.files[path]["sha256"]), target)
         count += 1
     return count
 

@@ -77,6 +77,6 @@ def summarize(files: Mapping[str, int] | Iterable[tuple[str, int]]) -> list[Kind
     )
 
 
-def kinds_of(manifest: Mapping[str, Any]) -> tuple[KindSummary, ...]:
-    """Count and bytes per kind of an entry's files."""
-    return tuple(summarize({path: ref["size"] for path, ref in manifest["files"].items()}))
+def kinds_of(files: Mapping[str, Mapping[str, Any]]) -> tuple[KindSummary, ...]:
+    """Count and bytes per kind of an entry's files (path -> {"sha256", "size"})."""
+    return tuple(summarize({path: ref["size"] for path, ref in files.items()}))

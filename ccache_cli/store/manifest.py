@@ -1,276 +1,213 @@
-"""The manifest schema, checked: what an entry's manifest.json must hold before any
-part of ccache-cli reads it, whether it comes from the store or from an archive.
+"""An entry's manifest, typed: the one description of what `manifest.json` holds,
+the one parser (which checks the document against the schema first, schema.py) and
+the one builder (precompile and capture make entries with it).
 
-Manifests are data from outside (an archive someone else packed, a store on a shared
-volume), and they name paths: every file key becomes a path under a folder the tool
-writes (the store's views, an exported cache dir, an AOT package scratch). So the
-checks are strict and complete: the id is 64 hex digits and the digest of the key;
-every file key is a normalised relative path under one of the folders an entry
-holds; every field a reader uses is present and of its type. `inside` is the second
-line of defence at each place that joins a stored path to a folder.
+The document, format 1:
 
-Standard library only; no torch.
+    {"format": 1, "id": sha256 of the key's canonical JSON, "name", "created" (UTC),
+     "lookup": sha256 of the key parts known before compiling, or null,
+     "key": {"fingerprint": {component: value}, "compile": {"device", "sizes",
+             "dynamic", "mode", "backend", ...}, "model": {"module", "attr",
+             "inputs"} or null, "inputs": {size: [input description]},
+             "sources": [{"module", "path", "sha256"}]},
+     "timings": {"sizes": [per size report], "aot": {size: s}, "packages": {size: s}},
+     "aot": {"status", "reason", "packages": {"status", "reason", "model"}},
+     "bytecode": {stored .pyc: {"module", "sha256"}}, "compiled_at": folder,
+     "files": {path: {"sha256", "size"}}}
+
+Files stay the stored dicts (an entry may name tens of thousands: `refs` builds an
+object per file only where one is asked for).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import itertools
-import operator
-import os
-import re
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from ccache_cli.errors import BadInputError
-from ccache_cli.hooked.fingerprint import components_for
+from ccache_cli.store import schema
 from ccache_cli.store.hashing import hash_json
 
-FORMAT = 1
-HEX64 = re.compile(r"[0-9a-f]{64}")
-# An entry's files live under these folders (artifacts.py says what each holds).
-_KINDS = ("inductor", "aot", "bytecode", "outputs")
-_MEGACACHE = "megacache/cache_artifacts.bin"
-# A normalised relative path: no empty, `.` or `..` part, no backslash or control
-# character. (One pattern for one path; `safe_paths` checks many at once.)
-_PART = r"(?!\.\.?(?:/|\Z))[^/\\\x00-\x1f\x7f]+"
-_RELATIVE_PATH = re.compile(rf"{_PART}(?:/{_PART})*")
-_UNSAFE_IN_JOINED = ("/../", "/./", "//", "/..\n", "/.\n", "/\n", "\\")
-_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
-_DEVICE = re.compile(r"cpu|cuda(?::[0-9]{1,4})?")
-_CREATED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
-_MAX_PATH = 4096
-_MAX_NAME = 256
-_SCALAR = (str, int, float, bool, type(None))
+FORMAT = schema.FORMAT
+ID_DISPLAY_LENGTH = 12
 
 
-class ManifestError(BadInputError):
-    """A manifest that does not follow the schema: refused, never half read."""
+@dataclass(frozen=True)
+class FileRef:
+    sha256: str
+    size: int
 
 
-def check(manifest: Any, folder: str | None = None, with_files: bool = True) -> dict[str, Any]:
-    """`manifest`, checked; ManifestError names the first field that is wrong.
-    `folder`: the entry folder's name, which the id must equal. Without `with_files`
-    (an archive's index, which keeps file lists apart), the file list is not looked for."""
-    m = _mapping(manifest, "manifest")
-    entry_id = m.get("id")
-    if not isinstance(entry_id, str) or not HEX64.fullmatch(entry_id):
-        raise ManifestError("manifest: id must be 64 lowercase hex digits")
-    where = f"manifest of entry {entry_id[:12]}"
-    try:
-        if folder is not None and folder != entry_id:
-            raise ManifestError(f"id does not match its folder {folder!r}")
-        _check_fields(m, with_files)
-        if hash_json(m["key"]) != entry_id:
-            raise ManifestError("id is not the digest of its key: the manifest was changed after it was written")
-    except ManifestError as exc:
-        raise ManifestError(f"{where}: {exc}") from None
-    return m
+@dataclass(frozen=True)
+class Source:
+    """A Python file Dynamo traced, named independently of where it lies."""
+
+    module: str
+    path: str  # relative to its sys.path root, '/'-separated
+    sha256: str
 
 
-def _check_fields(m: Mapping[str, Any], with_files: bool) -> None:
-    if m.get("format") != FORMAT:
-        raise ManifestError(f"format {m.get('format')!r} is not one this ccache-cli reads (it reads {FORMAT})")
-    name = _field(m, "name", str)
-    if not 0 < len(name) <= _MAX_NAME or not name.isprintable():
-        raise ManifestError(f"name must be 1 to {_MAX_NAME} printable characters")
-    created = _field(m, "created", str)
-    if not _CREATED.fullmatch(created):
-        raise ManifestError(f"created {created!r} is not a UTC time like 2026-11-30T12:00:00Z")
-    try:
-        dt.datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ")
-    except ValueError:
-        raise ManifestError(f"created {created!r} is not a valid time") from None
-    lookup = m.get("lookup")
-    if lookup is not None and not (isinstance(lookup, str) and HEX64.fullmatch(lookup)):
-        raise ManifestError("lookup must be a sha256 or null")
-    compiled_at = m.get("compiled_at")
-    if compiled_at is not None and not (isinstance(compiled_at, str) and os.path.isabs(compiled_at)
-                                        and len(compiled_at) <= _MAX_PATH and compiled_at.isprintable()):
-        raise ManifestError("compiled_at must be an absolute path")
-    _check_key(_field(m, "key", dict))
-    _check_timings(_field(m, "timings", dict))
-    _check_aot(_field(m, "aot", dict))
-    if with_files:
-        files = _field(m, "files", dict)
-        check_files(files)
-        _check_bytecode(_mapping(m.get("bytecode", {}), "bytecode"), files)
+@dataclass(frozen=True)
+class CompileOptions:
+    device: str
+    sizes: tuple[int, ...]
+    dynamic: bool
+    mode: str | None
+    backend: str | None
+    devices: tuple[int, ...]  # GPU indices compiled for (`precompile --devices`), or none
+    inductor_env: Mapping[str, str]  # TORCHINDUCTOR_* settings compiled with
+    document: Mapping[str, Any] = field(repr=False)  # every option, as the key holds them
 
 
-def check_files(files: Mapping[str, Any]) -> None:
-    """Every file key a safe path under an entry's folders; every reference a sha256 and
-    a size. Checked a field at a time over all files, in C: an entry may name tens of
-    thousands of files, and a manifest is checked each time it is read."""
-    try:
-        refs = list(files.values())
-        sizes = list(map(_SIZE, refs))
-        good = (safe_paths([path for path in files if path != _MEGACACHE], _FOLDERS)
-                and all(map(operator.eq, map(dict.keys, refs), itertools.repeat(_REF_FIELDS)))
-                and all_hex64(list(map(_SHA256, refs)))
-                and {*map(type, sizes)} <= {int} and min(sizes, default=0) >= 0)
-    except (TypeError, ValueError, KeyError):
-        good = False
-    if not good:
-        path = next((path for path, ref in files.items() if not _good_file(path, ref)), "?")
-        raise ManifestError(f"file {path!r} is not a relative path under {', '.join(_KINDS)} or megacache, "
-                            "with a sha256 and a size in bytes")
-    # A file may not also be a folder of others: with '/' as the lowest character, a
-    # path's first successor in sorted order starts with `path/` if any path does.
-    ordered = sorted(path.replace("/", "\x01") for path in files)
-    if any(map(str.startswith, ordered[1:], [path + "\x01" for path in ordered[:-1]])):
-        path = next(a for a, b in zip(ordered, ordered[1:]) if b.startswith(a + "\x01")).replace("\x01", "/")
-        raise ManifestError(f"file {path!r} is also a folder of other files")
+@dataclass(frozen=True)
+class ModelRef:
+    module: str
+    attr: str
+    inputs: str | None  # `module:function` of the example inputs
 
 
-_FOLDERS = tuple(f"{kind}/" for kind in _KINDS)
+@dataclass(frozen=True)
+class SizeTiming:
+    """A size's first call at precompile."""
+
+    label: str
+    wall_s: float
+    dynamo_s: float
+    aot_autograd_s: float
+    inductor_s: float
+    kernel_compile_s: float
 
 
-def safe_paths(paths: list[str], folders: tuple[str, ...]) -> bool:
-    """Whether every path is a normalised relative path (no empty, `.` or `..` part, no
-    backslash or control character) with more than its first part, which is one of
-    `folders`. In C over them all: a few substring scans of the paths joined by newlines."""
-    if not paths:
-        return True
-    joined = "\n".join(paths) + "\n"
-    return (joined.count("\n") == len(paths) and all(map(str.startswith, paths, itertools.repeat(folders))) and _CONTROL.search(joined) is None
-            and not any(map(joined.__contains__, _UNSAFE_IN_JOINED)) and max(map(len, paths)) <= _MAX_PATH)
+@dataclass(frozen=True)
+class PackageStatus:
+    status: str  # stored, skipped or disabled
+    reason: str | None
+    structure: str | None  # the model the packages were built for (build/plan.model_structure)
 
 
-_REF_FIELDS = {"sha256", "size"}
-_SHA256 = operator.itemgetter("sha256")
-_SIZE = operator.itemgetter("size")
+@dataclass(frozen=True)
+class AotStatus:
+    """The aot_compile functions' status, and the AOTInductor packages'."""
+
+    status: str
+    reason: str | None
+    packages: PackageStatus | None
 
 
-def all_match(pattern: re.Pattern[str], texts: Iterable[str]) -> bool:
-    """Whether every text matches `pattern` whole: one match over them all, joined by
-    newlines (which none may hold)."""
-    joined = "\n".join(texts)
-    return not joined or re.fullmatch(f"(?:{pattern.pattern})(?:\n(?:{pattern.pattern}))*", joined) is not None
+@dataclass(frozen=True)
+class Manifest:
+    id: str
+    name: str
+    created: str
+    lookup: str | None
+    fingerprint: Mapping[str, Any]
+    compile: CompileOptions
+    model: ModelRef | None  # None: captured from a command
+    inputs: Mapping[str, list[dict[str, Any]]]
+    sources: tuple[Source, ...]
+    timings: tuple[SizeTiming, ...]
+    aot_seconds: Mapping[str, float]  # per size, building the aot_compile functions
+    package_seconds: Mapping[str, float]  # per size, building the packages
+    aot: AotStatus
+    bytecode: Mapping[str, Mapping[str, str]]  # stored .pyc -> {"module", "sha256"}
+    compiled_at: str | None  # the Inductor cache folder the entry was compiled in
+    files: Mapping[str, Mapping[str, Any]] = field(repr=False)  # path -> {"sha256", "size"}; none from an index
+    document: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:ID_DISPLAY_LENGTH]
+
+    @property
+    def device(self) -> str:
+        return self.compile.device
+
+    @property
+    def sizes(self) -> list[int]:
+        return list(self.compile.sizes)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.compile.dynamic
+
+    @property
+    def bytes(self) -> int:
+        return sum(ref["size"] for ref in self.files.values())
+
+    @functools.cached_property  # built once, and only where asked for
+    def refs(self) -> dict[str, FileRef]:
+        return {path: FileRef(ref["sha256"], ref["size"]) for path, ref in self.files.items()}
+
+    def blobs(self) -> set[str]:
+        """The sha256 of every file."""
+        return {ref["sha256"] for ref in self.files.values()}
+
+    def digest(self) -> str:
+        """The SHA-256 of the whole document's canonical JSON (what an archive's index records)."""
+        return hash_json(dict(self.document))
+
+    def without_files(self) -> dict[str, Any]:
+        """The document less its file list (what an archive's index holds)."""
+        return {name: value for name, value in self.document.items() if name != "files"}
+
+    def with_files(self, files: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        return {**self.document, "files": files}
 
 
-def all_hex64(texts: list[str]) -> bool:
-    """Whether every text is a sha256 in lowercase hex."""
-    return {*map(len, texts)} <= {64} and not "".join(texts).encode("ascii").translate(None, b"0123456789abcdef")
-
-
-def _good_file(path: str, ref: Any) -> bool:
-    return (isinstance(path, str) and (path == _MEGACACHE or safe_paths([path], _FOLDERS)) and type(ref) is dict
-            and ref.keys() == _REF_FIELDS and type(ref["size"]) is int and ref["size"] >= 0
-            and isinstance(ref["sha256"], str) and HEX64.fullmatch(ref["sha256"]) is not None)
-
-
-def _check_key(key: Mapping[str, Any]) -> None:
-    compile_options = _field(key, "compile", dict, "key.")
-    device = _field(compile_options, "device", str, "key.compile.")
-    if not _DEVICE.fullmatch(device):
-        raise ManifestError(f"key.compile.device {device!r} is not a device such as cpu or cuda:0")
-    sizes = _field(compile_options, "sizes", list, "key.compile.")
-    if not all(type(size) is int and size > 0 for size in sizes):
-        raise ManifestError("key.compile.sizes must be positive integers")
-    _field(compile_options, "dynamic", bool, "key.compile.")
-    devices = compile_options.get("devices", [])
-    if not isinstance(devices, list) or not all(type(index) is int and index >= 0 for index in devices):
-        raise ManifestError("key.compile.devices must be GPU indices")
-    for name in ("mode", "backend"):
-        if not isinstance(compile_options.get(name), (str, type(None))):
-            raise ManifestError(f"key.compile.{name} must be a string or null")
-    fingerprint = _field(key, "fingerprint", dict, "key.")
-    for component in components_for(device):
-        if component not in fingerprint:
-            raise ManifestError(f"key.fingerprint lacks {component!r}")
-    if not all(isinstance(value, _SCALAR) for value in fingerprint.values()):
-        raise ManifestError("key.fingerprint values must be strings, numbers or null")
-    model = key.get("model")
-    if model is not None:
-        model = _mapping(model, "key.model")
-        for name in ("module", "attr"):
-            _field(model, name, str, "key.model.")
-    inputs = _field(key, "inputs", dict, "key.")
-    for size, described in inputs.items():
-        if not isinstance(described, list) or not all(isinstance(arg, dict) for arg in described):
-            raise ManifestError(f"key.inputs[{size!r}] must be a list of input descriptions")
-    for source in _field(key, "sources", list, "key."):
-        source = _mapping(source, "key.sources[]")
-        if not isinstance(source.get("module"), str):
-            raise ManifestError("key.sources[].module must be a string")
-        path = source.get("path")
-        if not (isinstance(path, str) and len(path) <= _MAX_PATH and _RELATIVE_PATH.fullmatch(path)):
-            raise ManifestError(f"key.sources[].path {path!r} is not a normalised relative path")
-        if not (isinstance(source.get("sha256"), str) and HEX64.fullmatch(source["sha256"])):
-            raise ManifestError(f"key.sources[] {path!r} has no valid sha256")
-
-
-_TIMING_NUMBERS = ("wall_s", "compile_s", "dynamo_s", "aot_autograd_s", "inductor_s", "kernel_compile_s")
-
-
-def _check_timings(timings: Mapping[str, Any]) -> None:
-    for report in _field(timings, "sizes", list, "timings."):
-        report = _mapping(report, "timings.sizes[]")
-        _field(report, "label", str, "timings.sizes[].")
-        for name in _TIMING_NUMBERS:
-            if not isinstance(report.get(name), (int, float, type(None))) or isinstance(report.get(name), bool):
-                raise ManifestError(f"timings.sizes[].{name} must be a number")
-        counters = _mapping(report.get("counters", {}), "timings.sizes[].counters")
-        if not all(type(value) is int for value in counters.values()):
-            raise ManifestError("timings.sizes[].counters must be integers")
-    for name in ("aot", "packages"):
-        seconds = timings.get(name)
-        if seconds is not None and not all(isinstance(v, (int, float)) for v in _mapping(seconds, f"timings.{name}").values()):
-            raise ManifestError(f"timings.{name} must map sizes to seconds")
-
-
-def _check_aot(aot: Mapping[str, Any]) -> None:
-    _field(aot, "status", str, "aot.")
-    if not isinstance(aot.get("reason"), (str, type(None))):
-        raise ManifestError("aot.reason must be a string or null")
+def parse(document: Any, folder: str | None = None, with_files: bool = True) -> Manifest:
+    """A manifest from its JSON document, checked against the schema (ManifestError);
+    `folder`: its entry folder's name, which the id must equal; without `with_files`,
+    an archive index's manifest, whose files come apart."""
+    d = schema.check(document, folder, with_files)
+    key, options, aot = d["key"], d["key"]["compile"], d["aot"]
     packages = aot.get("packages")
-    if packages is not None:
-        packages = _mapping(packages, "aot.packages")
-        _field(packages, "status", str, "aot.packages.")
-        if not isinstance(packages.get("reason"), (str, type(None))):
-            raise ManifestError("aot.packages.reason must be a string or null")
-        if "model" in packages and not (isinstance(packages["model"], str) and HEX64.fullmatch(packages["model"])):
-            raise ManifestError("aot.packages.model must be a sha256")
+    model = key.get("model")
+    return Manifest(
+        id=d["id"],
+        name=d["name"],
+        created=d["created"],
+        lookup=d.get("lookup"),
+        fingerprint=key["fingerprint"],
+        compile=CompileOptions(
+            device=options["device"], sizes=tuple(options["sizes"]), dynamic=options["dynamic"],
+            mode=options.get("mode"), backend=options.get("backend"), devices=tuple(options.get("devices", ())),
+            inductor_env=options.get("inductor_env") or {}, document=options,
+        ),
+        model=None if model is None else ModelRef(model["module"], model["attr"], model.get("inputs")),
+        inputs=key["inputs"],
+        sources=tuple(Source(s["module"], s["path"], s["sha256"]) for s in key["sources"]),
+        timings=tuple(
+            SizeTiming(t["label"], *(t.get(name) or 0.0 for name in
+                                     ("wall_s", "dynamo_s", "aot_autograd_s", "inductor_s", "kernel_compile_s")))
+            for t in d["timings"]["sizes"]
+        ),
+        aot_seconds=d["timings"].get("aot") or {},
+        package_seconds=d["timings"].get("packages") or {},
+        aot=AotStatus(aot["status"], aot.get("reason"), None if packages is None else
+                      PackageStatus(packages["status"], packages.get("reason"), packages.get("model"))),
+        bytecode=d.get("bytecode", {}),
+        compiled_at=d.get("compiled_at"),
+        files=d.get("files", {}),
+        document=d,
+    )
 
 
-def _check_bytecode(stored: Mapping[str, Any], files: Mapping[str, Any]) -> None:
-    """Each stored .pyc is a file of the entry, with its module's name and its source's hash."""
-    try:
-        good = (stored.keys() <= files.keys() and all(map(str.endswith, stored, itertools.repeat(".pyc")))
-                and all(map(operator.eq, map(dict.keys, stored.values()), itertools.repeat(_BYTECODE_FIELDS)))
-                and all_match(_MODULE, map(_MODULE_NAME, stored.values()))
-                and all_hex64(list(map(_SHA256, stored.values()))))
-    except (TypeError, ValueError, KeyError):
-        good = False
-    if not good:
-        raise ManifestError("bytecode must map stored .pyc files to their module and its source's sha256")
-
-
-_BYTECODE_FIELDS = {"module", "sha256"}
-_MODULE = re.compile(r"[\w-]+(?:\.[\w-]+)*")
-_MODULE_NAME = operator.itemgetter("module")
-
-
-def _field(mapping: Mapping[str, Any], name: str, kind: type, where: str = "") -> Any:
-    value = mapping.get(name)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ManifestError(f"{where}{name} is missing or not a {kind.__name__}")
-    return value
-
-
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise ManifestError(f"{where} must be an object")
-    return value
-
-
-def inside(folder: Path | str, relative: str) -> Path:
-    """`folder / relative`, refusing a path that would lie outside `folder`: the check
-    every place that writes a stored path under a folder makes, whatever was checked
-    before."""
-    joined = os.path.normpath(os.path.join(folder, relative))
-    base = os.path.normpath(folder)
-    if os.path.isabs(relative) or not joined.startswith(base.rstrip(os.sep) + os.sep):
-        raise ManifestError(f"stored path {relative!r} would lie outside {folder}")
-    return Path(joined)
+def build(*, name: str, key: Mapping[str, Any], lookup: str | None, timings: Mapping[str, Any],
+          aot: Mapping[str, Any], bytecode: Mapping[str, Any], compiled_at: str,
+          files: Mapping[str, Mapping[str, Any]]) -> Manifest:
+    """A new entry's manifest, checked: its id is the digest of `key`, created now."""
+    return parse({
+        "format": FORMAT,
+        "id": hash_json(key),
+        "name": name,
+        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "lookup": lookup,
+        "key": key,
+        "timings": timings,
+        "aot": aot,
+        "bytecode": bytecode,
+        "compiled_at": compiled_at,
+        "files": files,
+    })

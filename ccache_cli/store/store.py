@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import json
 import os
 import shutil
@@ -27,17 +26,17 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccache_cli.store import durable, manifest, owners
+from ccache_cli.store import durable, manifest, owners, schema
+from ccache_cli.store.manifest import FileRef, Manifest
 from ccache_cli.errors import BadInputError, EntryNotFoundError, StoreError
 from ccache_cli.store.hashing import sha256_file
 
 FORMAT_VERSION = 1
 STORE_ENV = "CCACHE_CLI_STORE"
-ID_DISPLAY_LENGTH = 12
 _LOCK_TIMEOUT_S = 600
 _LOCK_NOTICE_S = 1.0  # a writer waiting longer says who holds the lock
 _LOCK_POLL_S = 0.05  # how often a writer waiting for the lock tries again
@@ -46,73 +45,10 @@ REMOVED_PREFIX = "removed-"  # tmp/ folders of entries rm and gc are deleting
 
 
 @dataclass(frozen=True)
-class FileRef:
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
-class Source:
-    """A Python file Dynamo traced, named independently of where it lies."""
-
-    module: str
-    path: str  # relative to its sys.path root, '/'-separated
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A published entry, as its manifest describes it."""
-
-    id: str
-    manifest: Mapping[str, Any] = field(repr=False)
-
-    @property
-    def short_id(self) -> str:
-        return self.id[:ID_DISPLAY_LENGTH]
-
-    @property
-    def name(self) -> str:
-        return self.manifest["name"]
-
-    @property
-    def device(self) -> str:
-        return self.manifest["key"]["compile"]["device"]
-
-    @property
-    def sizes(self) -> list[int]:
-        return list(self.manifest["key"]["compile"]["sizes"])
-
-    @property
-    def dynamic(self) -> bool:
-        return bool(self.manifest["key"]["compile"]["dynamic"])
-
-    @property
-    def fingerprint(self) -> dict[str, Any]:
-        return dict(self.manifest["key"]["fingerprint"])
-
-    @functools.cached_property
-    def sources(self) -> list[Source]:
-        return [Source(**source) for source in self.manifest["key"]["sources"]]
-
-    @functools.cached_property  # built once: entries can name tens of thousands of files
-    def files(self) -> dict[str, FileRef]:
-        return {path: FileRef(**ref) for path, ref in self.manifest["files"].items()}
-
-    @property
-    def bytes(self) -> int:
-        return sum(ref["size"] for ref in self.manifest["files"].values())
-
-    @property
-    def created(self) -> str:
-        return self.manifest["created"]
-
-
-@dataclass(frozen=True)
 class Scan:
     """The entries of a store, and what could not be read, as warnings."""
 
-    entries: tuple[Entry, ...]
+    entries: tuple[Manifest, ...]
     warnings: tuple[str, ...]
 
 
@@ -196,20 +132,20 @@ class Store:
     def scan(self) -> Scan:
         """Every readable entry, newest first; unreadable ones become warnings."""
         self._check_format()
-        entries: list[Entry] = []
+        entries: list[Manifest] = []
         warnings: list[str] = []
         if not self.entries_dir.is_dir():
             return Scan((), ())
         for path in sorted(self.entries_dir.iterdir()):
             try:
                 entries.append(self._read_entry(path))
-            except manifest.ManifestError as exc:
-                warnings.append(f"entry {path.name[:ID_DISPLAY_LENGTH]} is skipped: {exc}")
+            except schema.ManifestError as exc:
+                warnings.append(f"entry {path.name[:manifest.ID_DISPLAY_LENGTH]} is skipped: {exc}")
             except FileNotFoundError as exc:
                 if path.exists():  # else removed meanwhile (rm, gc): not there, nothing to say
-                    warnings.append(f"entry {path.name[:ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})")
+                    warnings.append(f"entry {path.name[:manifest.ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})")
             except (OSError, ValueError) as exc:
-                warnings.append(f"entry {path.name[:ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})")
+                warnings.append(f"entry {path.name[:manifest.ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})")
         entries.sort(key=lambda entry: entry.created, reverse=True)
         return Scan(tuple(entries), tuple(warnings))
 
@@ -226,7 +162,7 @@ class Store:
                     continue
         return named
 
-    def find(self, ref: str) -> Entry:
+    def find(self, ref: str) -> Manifest:
         """The one entry whose id starts with `ref`, or whose name is `ref`."""
         entries = self.scan().entries
         matches = [entry for entry in entries if entry.id.startswith(ref.lower())]
@@ -239,9 +175,9 @@ class Store:
             raise BadInputError(f"{ref!r} matches {len(matches)} entries ({ids}); give a longer id prefix")
         return matches[0]
 
-    def with_lookup_key(self, lookup: str) -> list[Entry]:
+    def with_lookup_key(self, lookup: str) -> list[Manifest]:
         """Entries compiled from the same model, options and environment."""
-        return [entry for entry in self.scan().entries if entry.manifest.get("lookup") == lookup]
+        return [entry for entry in self.scan().entries if entry.lookup == lookup]
 
     def cached_machine_fingerprint(self, probe: str) -> dict[str, Any] | None:
         try:
@@ -333,16 +269,15 @@ class Store:
         os.replace(path, target)
         return FileRef(sha256, size)
 
-    def stage_entries(self, entries: Sequence[Entry], staging: Path) -> None:
-        """Check entries and write their manifests into `staging` (a folder from
-        `staging()`), ready for `publish`, which needs the lock only to move them in."""
+    def stage_entries(self, entries: Sequence[Manifest], staging: Path) -> None:
+        """Write entries' manifests into `staging` (a folder from `staging()`), ready for
+        `publish`, which needs the lock only to move them in."""
         for entry in entries:
-            manifest.check(entry.manifest)
             folder = staging / "entries" / entry.id
             folder.mkdir(parents=True)
-            (folder / "manifest.json").write_text(json.dumps(dict(entry.manifest), sort_keys=True) + "\n")
+            (folder / "manifest.json").write_text(json.dumps(dict(entry.document), sort_keys=True) + "\n")
 
-    def publish(self, entries: Sequence[Entry], staging: Path, staged_blobs: Collection[str] = ()) -> list[tuple[Entry, bool]]:
+    def publish(self, entries: Sequence[Manifest], staging: Path, staged_blobs: Collection[str] = ()) -> list[tuple[Manifest, bool]]:
         """Publish entries under one lock, their blobs already in the store or staged.
 
         `staged_blobs`, laid out read-only as `<staging>/objects/ab/<sha256>` (each
@@ -360,11 +295,10 @@ class Store:
             if staged_blobs:
                 self._adopt_staged_blobs(staging / "objects")
             new = [entry for entry in entries if not (self.entries_dir / entry.id).exists()]
-            # From the manifests' own dicts: entry.files would build an object per file first.
-            others = {ref["sha256"] for entry in new for ref in entry.manifest["files"].values()}.difference(staged_blobs)
+            others = {sha256 for entry in new for sha256 in entry.blobs()}.difference(staged_blobs)
             missing = others - self.blobs_present(others)
             if missing:
-                entry, path = next((entry, path) for entry in new for path, ref in entry.manifest["files"].items()
+                entry, path = next((entry, path) for entry in new for path, ref in entry.files.items()
                                    if ref["sha256"] in missing)
                 raise StoreError(f"cannot publish entry {entry.short_id}: blob of {path} is missing")
             if staged_blobs:
@@ -404,15 +338,15 @@ class Store:
             folder.mkdir(parents=True, exist_ok=True)
             durable.atomic_write(folder / f"{probe}.json", json.dumps(fingerprint, sort_keys=True).encode())
 
-    def materialize(self, entry: Entry, dest: Path, prefix: str) -> int:
+    def materialize(self, entry: Manifest, dest: Path, prefix: str) -> int:
         """Copy the entry's files under `prefix` into `dest`; returns the file count."""
         count = 0
         for path, ref in entry.files.items():
             if not path.startswith(prefix):
                 continue
-            out = manifest.inside(dest, path[len(prefix) :])
+            out = schema.inside(dest, path[len(prefix) :])
             out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.blob_path(ref.sha256), out)
+            shutil.copyfile(self.blob_path(ref["sha256"]), out)
             count += 1
         return count
 
@@ -445,9 +379,8 @@ class Store:
 
     # -- internals ---------------------------------------------------------
 
-    def _read_entry(self, path: Path) -> Entry:
-        raw = json.loads((path / "manifest.json").read_text())
-        return Entry(path.name, manifest.check(raw, folder=path.name))
+    def _read_entry(self, path: Path) -> Manifest:
+        return manifest.parse(json.loads((path / "manifest.json").read_text()), folder=path.name)
 
     def _check_format(self) -> None:
         try:
