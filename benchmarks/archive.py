@@ -68,7 +68,9 @@ def build_store(root: Path, target_mb: int) -> Store:
         files: dict[str, bytes] = dict(rng.sample(sorted(shared.items()), 50))
         for i in range(600):  # generated Python kernels and JSON metadata
             files[f"inductor/{i % 97:02x}/k{n}_{i}.py"] = text_blob(rng, rng.randint(1_000, 12_000))
-            files[f"inductor/triton/0/{n}_{i}/meta.json"] = json.dumps({"name": f"k{i}", "n": n, "r": rng.random()}).encode()
+            files[f"inductor/triton/0/{n}_{i}/meta.json"] = json.dumps(
+                {"name": f"k{i}", "n": n, "r": rng.random()}
+            ).encode()
         for i in range(12):  # C++ kernels and launchers
             files[f"inductor/{i:02x}/c{n}_{i}.so"] = binary_blob(rng, rng.randint(200_000, 900_000))
         for i in range(60):  # cubins
@@ -87,13 +89,33 @@ def publish(store: Store, name: str, files: dict[str, bytes]) -> None:
             staged.write_bytes(data)
             ref = store.stage_blob(staging, staged)
             refs[path] = {"sha256": ref.sha256, "size": ref.size}
-        fingerprint = {"python": "3", "torch": "2", "cuda": None, "hip": None, "machine": "x86_64",
-                       "cpu_isa": "avx2", "cpu_threads": 2}
-        key = {"fingerprint": fingerprint, "compile": {"device": "cpu", "sizes": [1], "dynamic": False},
-               "model": {"module": name, "attr": "build"}, "inputs": {}, "sources": []}
-        manifest = {"format": 1, "id": hash_json(key), "name": name, "created": "2026-11-22T00:00:00Z", "lookup": None,
-                    "key": key, "timings": {"sizes": [], "aot": None}, "aot": {"status": "disabled", "reason": None},
-                    "files": refs}
+        fingerprint = {
+            "python": "3",
+            "torch": "2",
+            "cuda": None,
+            "hip": None,
+            "machine": "x86_64",
+            "cpu_isa": "avx2",
+            "cpu_threads": 2,
+        }
+        key = {
+            "fingerprint": fingerprint,
+            "compile": {"device": "cpu", "sizes": [1], "dynamic": False},
+            "model": {"module": name, "attr": "build"},
+            "inputs": {},
+            "sources": [],
+        }
+        manifest = {
+            "format": 1,
+            "id": hash_json(key),
+            "name": name,
+            "created": "2026-11-22T00:00:00Z",
+            "lookup": None,
+            "key": key,
+            "timings": {"sizes": [], "aot": None},
+            "aot": {"status": "disabled", "reason": None},
+            "files": refs,
+        }
         store.publish([Manifest(manifest["id"], manifest)], staging, {ref["sha256"] for ref in refs.values()})
 
 
@@ -148,8 +170,10 @@ def main() -> None:
         store = build_store(work / "store", args.mb)
         files = sum(1 for p in (store.root / "objects").rglob("*") if p.is_file())
         size = sum(p.stat().st_size for p in (store.root / "objects").rglob("*") if p.is_file())
-        print(f"synthetic store: {len(store.scan().entries)} entries, {files} blobs, {size / 1e6:.0f} MB "
-              f"(built in {time.perf_counter() - t0:.0f} s); {os.cpu_count()} cores")
+        print(
+            f"synthetic store: {len(store.scan().entries)} entries, {files} blobs, {size / 1e6:.0f} MB "
+            f"(built in {time.perf_counter() - t0:.0f} s); {os.cpu_count()} cores"
+        )
 
         archive, tarball = work / "a.tar.zst", work / "t.tar.zst"
         target, plain = work / "unpacked", work / "plain"
@@ -166,36 +190,53 @@ def main() -> None:
             f"tar -C {store.root} -cf - objects entries | zstd -q -f -T0 -3 -o {tarball}",
             args.repeat,
         )
-        print(f"pack      ccache {pack.ours:6.2f} s  {archive.stat().st_size / 1e6:7.1f} MB  peak {pack.peak_mb} MB (largest process) | "
-              f"tar+zstd {pack.theirs:6.2f} s  {tarball.stat().st_size / 1e6:7.1f} MB | "
-              f"time {pack.ours / pack.theirs:.2f}x  size {archive.stat().st_size / tarball.stat().st_size:.3f}x")
+        print(
+            f"pack      ccache {pack.ours:6.2f} s  {archive.stat().st_size / 1e6:7.1f} MB  peak {pack.peak_mb} MB (largest process) | "
+            f"tar+zstd {pack.theirs:6.2f} s  {tarball.stat().st_size / 1e6:7.1f} MB | "
+            f"time {pack.ours / pack.theirs:.2f}x  size {archive.stat().st_size / tarball.stat().st_size:.3f}x"
+        )
         unpack = compare(
             [*ccache, "--store", str(target), "unpack", str(archive)],
             f"zstd -q -d -c {tarball} | tar -C {plain} -xf -",
             args.repeat,
             before=fresh_targets,
         )
-        print(f"unpack    ccache {unpack.ours:6.2f} s  peak {unpack.peak_mb} MB (largest process; checks every hash) | "
-              f"tar+zstd {unpack.theirs:6.2f} s | time {unpack.ours / unpack.theirs:.2f}x")
+        print(
+            f"unpack    ccache {unpack.ours:6.2f} s  peak {unpack.peak_mb} MB (largest process; checks every hash) | "
+            f"tar+zstd {unpack.theirs:6.2f} s | time {unpack.ours / unpack.theirs:.2f}x"
+        )
 
-        inspect_s, _ = timed([*ccache, "--store", str(work / "none"), "inspect", str(archive), "--json"],
-                             stdout=subprocess.DEVNULL)
-        print(f"inspect   ccache {inspect_s:6.2f} s on a {archive.stat().st_size / 1e6:.0f} MB archive "
-              f"({size / 1e6:.0f} MB of blobs)")
+        inspect_s, _ = timed(
+            [*ccache, "--store", str(work / "none"), "inspect", str(archive), "--json"], stdout=subprocess.DEVNULL
+        )
+        print(
+            f"inspect   ccache {inspect_s:6.2f} s on a {archive.stat().st_size / 1e6:.0f} MB archive "
+            f"({size / 1e6:.0f} MB of blobs)"
+        )
 
         # A 1 GB archive: the same store's entries plus incompressible blobs.
         fresh_targets()
         rng = random.Random(1)
         n = 0
         while archive.stat().st_size < args.inspect_gb * 1e9:
-            publish(store, f"incompressible-{n}", {f"inductor/aa/big{n}_{i}.so": rng.randbytes(4_000_000) for i in range(25)})
-            subprocess.run([*ccache, "--store", str(store.root), "pack", str(archive), "--level", "1"],
-                           check=True, stderr=subprocess.DEVNULL)
+            publish(
+                store,
+                f"incompressible-{n}",
+                {f"inductor/aa/big{n}_{i}.so": rng.randbytes(4_000_000) for i in range(25)},
+            )
+            subprocess.run(
+                [*ccache, "--store", str(store.root), "pack", str(archive), "--level", "1"],
+                check=True,
+                stderr=subprocess.DEVNULL,
+            )
             n += 1
-        inspect_s, _ = timed([*ccache, "--store", str(work / "none"), "inspect", str(archive), "--json"],
-                             stdout=subprocess.DEVNULL)
-        print(f"inspect   ccache {inspect_s:6.2f} s on a {archive.stat().st_size / 1e9:.2f} GB archive "
-              f"({len(store.scan().entries)} entries)")
+        inspect_s, _ = timed(
+            [*ccache, "--store", str(work / "none"), "inspect", str(archive), "--json"], stdout=subprocess.DEVNULL
+        )
+        print(
+            f"inspect   ccache {inspect_s:6.2f} s on a {archive.stat().st_size / 1e9:.2f} GB archive "
+            f"({len(store.scan().entries)} entries)"
+        )
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

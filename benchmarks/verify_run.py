@@ -27,16 +27,19 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ccache-verify-bench-") as store:
         ccache = [sys.executable, "-m", "ccache_cli", "--store", store]
-        subprocess.run([*ccache, "precompile", EXAMPLE, "--sizes", args.sizes, "--no-aot"], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*ccache, "precompile", EXAMPLE, "--sizes", args.sizes, "--no-aot"], check=True, stdout=subprocess.DEVNULL
+        )
         for _ in range(args.repeat):
             start = time.perf_counter()
             result = subprocess.run([*ccache, "verify", "--run", "--json"], capture_output=True, text=True)
             total = time.perf_counter() - start
             run = next(c for c in json.loads(result.stdout)["checks"] if c["check"] == "run")
             warm = float(re.search(r"warm start ([0-9.]+) s", run["detail"]).group(1))  # type: ignore[union-attr]
-            print(f"verify --run {total:5.2f} s | warm start {warm:5.2f} s | ratio {total / warm:.2f}x | "
-                  f"{'pass' if result.returncode == 0 else 'FAIL'}")
+            print(
+                f"verify --run {total:5.2f} s | warm start {warm:5.2f} s | ratio {total / warm:.2f}x | "
+                f"{'pass' if result.returncode == 0 else 'FAIL'}"
+            )
 
 
 if __name__ == "__main__":

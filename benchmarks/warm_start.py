@@ -52,8 +52,8 @@ def child(way: str, args: argparse.Namespace, sizes: list[int], extra: str | Non
     """One measured process: build the model, run every size once, print JSON."""
     import torch
 
-    from ccache_cli.build import plan as plan
     from ccache_cli.build import modelspec
+    from ccache_cli.build import plan as plan
 
     spec = modelspec.parse(args.model)
     module = modelspec.import_target(spec)
@@ -64,6 +64,7 @@ def child(way: str, args: argparse.Namespace, sizes: list[int], extra: str | Non
     built = time.perf_counter()
     with torch.no_grad():
         if way == "eager":
+
             def run(size):  # type: ignore[no-untyped-def]
                 return plan.call(model, inputs[size])
         elif way in ("cold", "inductor_dir", "megacache", "ccache_torch"):
@@ -85,13 +86,18 @@ def child(way: str, args: argparse.Namespace, sizes: list[int], extra: str | Non
         elif way == "aoti":
             from torch._inductor import aoti_load_package
 
-            state = {**dict(model.named_parameters(remove_duplicate=False)),
-                     **dict(model.named_buffers(remove_duplicate=False))}
+            state = {
+                **dict(model.named_parameters(remove_duplicate=False)),
+                **dict(model.named_buffers(remove_duplicate=False)),
+            }
             packages = {}
             for size in sizes:
                 packages[size] = aoti_load_package(str(Path(extra) / f"size-{size}.pt2"))  # type: ignore[arg-type]
-                packages[size].load_constants({name: state[name] for name in packages[size].get_constant_fqns()},
-                                              check_full_update=True, user_managed=True)
+                packages[size].load_constants(
+                    {name: state[name] for name in packages[size].get_constant_fqns()},
+                    check_full_update=True,
+                    user_managed=True,
+                )
 
             def run(size):  # type: ignore[no-untyped-def]
                 return plan.call(packages[size], inputs[size])
@@ -116,21 +122,49 @@ def child(way: str, args: argparse.Namespace, sizes: list[int], extra: str | Non
     counters: dict[str, int] = {}
     if "torch._dynamo.utils" in sys.modules:  # else nothing was compiled here
         torch_counters = sys.modules["torch._dynamo.utils"].counters
-        counters = {"fxgraph_miss": torch_counters["inductor"]["fxgraph_cache_miss"],
-                    "graphs": torch_counters["stats"]["unique_graphs"],
-                    "benchmarks": sum(count for name, count in torch_counters["inductor"].items()
-                                      if name.startswith("benchmarking."))}
+        counters = {
+            "fxgraph_miss": torch_counters["inductor"]["fxgraph_cache_miss"],
+            "graphs": torch_counters["stats"]["unique_graphs"],
+            "benchmarks": sum(
+                count for name, count in torch_counters["inductor"].items() if name.startswith("benchmarking.")
+            ),
+        }
     # perf_counter is CLOCK_MONOTONIC, one clock for every process: the parent turns
     # done_at into seconds from the command's launch, wrapper included.
-    print(json.dumps({"ready_s": done - built, "setup_s": prepared - built, "total_s": done - _STARTED,
-                      "done_at": done, "built_s": built - _STARTED, "fxgraph_miss": counters.get("fxgraph_miss", 0),
-                      "graphs": counters.get("graphs", 0), "benchmarks": counters.get("benchmarks", 0)}))
+    print(
+        json.dumps(
+            {
+                "ready_s": done - built,
+                "setup_s": prepared - built,
+                "total_s": done - _STARTED,
+                "done_at": done,
+                "built_s": built - _STARTED,
+                "fxgraph_miss": counters.get("fxgraph_miss", 0),
+                "graphs": counters.get("graphs", 0),
+                "benchmarks": counters.get("benchmarks", 0),
+            }
+        )
+    )
 
 
-def measure(mode: str, args: argparse.Namespace, env: dict[str, str], extra: str | None,
-            wrapper: list[str]) -> dict[str, float]:
-    command = [*wrapper, sys.executable, __file__, "--child", mode, "--device", args.device, "--sizes", args.sizes,
-               "--model", args.model, "--mode", args.mode]
+def measure(
+    mode: str, args: argparse.Namespace, env: dict[str, str], extra: str | None, wrapper: list[str]
+) -> dict[str, float]:
+    command = [
+        *wrapper,
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--device",
+        args.device,
+        "--sizes",
+        args.sizes,
+        "--model",
+        args.model,
+        "--mode",
+        args.mode,
+    ]
     if extra:
         command += ["--extra", extra]
     launched = time.perf_counter()
@@ -171,22 +205,33 @@ def main() -> None:
             (work / "empty-pycache").mkdir()
             env.update({"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": str(work / "empty-pycache")})
         started = time.perf_counter()
-        subprocess.run([*ccache, "precompile", args.model, "--sizes", args.sizes, "--device", args.device,
-                        "--mode", args.mode], check=True, stdout=subprocess.DEVNULL, env=env)
+        subprocess.run(
+            [*ccache, "precompile", args.model, "--sizes", args.sizes, "--device", args.device, "--mode", args.mode],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env=env,
+        )
         what = f"reference model d={dim}, {blocks} blocks" if args.model == EXAMPLE else args.model
-        print(f"{what}, mode {args.mode}, sizes {args.sizes}, {args.device}; "
-              f"precompiled in {time.perf_counter() - started:.1f} s")
-        inspected = json.loads(subprocess.run([*ccache, "inspect", "--json"], check=True, capture_output=True,
-                                              text=True, env=env).stdout)["entries"][0]
+        print(
+            f"{what}, mode {args.mode}, sizes {args.sizes}, {args.device}; "
+            f"precompiled in {time.perf_counter() - started:.1f} s"
+        )
+        inspected = json.loads(
+            subprocess.run([*ccache, "inspect", "--json"], check=True, capture_output=True, text=True, env=env).stdout
+        )["entries"][0]
         entry = inspected["id"]
-        print(f"AOTInductor packages: {inspected['aot'].get('packages', {}).get('status')}; "
-              f"aot_compile functions: {inspected['aot']['status']} {inspected['aot']['reason'] or ''}")
+        print(
+            f"AOTInductor packages: {inspected['aot'].get('packages', {}).get('status')}; "
+            f"aot_compile functions: {inspected['aot']['status']} {inspected['aot']['reason'] or ''}"
+        )
         aot_dir = work / "aot"
         aot_dir.mkdir()
         manifest = json.loads((store / "entries" / entry / "manifest.json").read_text())
         for path, ref in manifest["files"].items():  # torch's own AOT files, as precompile saved them
             if path.startswith("aot/"):
-                (aot_dir / Path(path).name).write_bytes((store / "objects" / ref["sha256"][:2] / ref["sha256"]).read_bytes())
+                (aot_dir / Path(path).name).write_bytes(
+                    (store / "objects" / ref["sha256"][:2] / ref["sha256"]).read_bytes()
+                )
 
         results: dict[str, list[dict[str, float]]] = {}
         for round_ in range(args.repeat):
@@ -200,12 +245,18 @@ def main() -> None:
                 ("ccache_api", {}, None, [*ccache, "run", "--"]),
             ]
             if any(aot_dir.glob("*.pt")):
-                ways.insert(4, ("aot", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-aot-{round_}")}, str(aot_dir), []))
+                ways.insert(
+                    4, ("aot", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-aot-{round_}")}, str(aot_dir), [])
+                )
             if any(aot_dir.glob("*.pt2")):
-                ways.insert(5, ("aoti", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-aoti-{round_}")}, str(aot_dir), []))
+                ways.insert(
+                    5, ("aoti", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-aoti-{round_}")}, str(aot_dir), [])
+                )
             if args.no_pyc:
-                ways += [("ccache_torch", {"CCACHE_CLI_BYTECODE": "0"}, None, [*ccache, "run", "--"]),
-                         ("ccache_api", {"CCACHE_CLI_BYTECODE": "0"}, None, [*ccache, "run", "--"])]
+                ways += [
+                    ("ccache_torch", {"CCACHE_CLI_BYTECODE": "0"}, None, [*ccache, "run", "--"]),
+                    ("ccache_api", {"CCACHE_CLI_BYTECODE": "0"}, None, [*ccache, "run", "--"]),
+                ]
             if args.ways:
                 ways = [way for way in ways if way[0] in args.ways.split(",")]
             for mode, extra_env, extra, wrapper in ways:
@@ -213,28 +264,39 @@ def main() -> None:
                 results.setdefault(label, []).append(measure(mode, args, {**env, **extra_env}, extra, wrapper))
 
     labels = {
-        "eager": "eager", "cold": "cold (empty Inductor cache)", "inductor_dir": "torch: same Inductor dir",
-        "megacache": "torch: Mega-Cache", "aot": "torch: aot_compile + load",
+        "eager": "eager",
+        "cold": "cold (empty Inductor cache)",
+        "inductor_dir": "torch: same Inductor dir",
+        "megacache": "torch: Mega-Cache",
+        "aot": "torch: aot_compile + load",
         "aoti": "torch: AOTInductor package load",
-        "ccache_torch": "ccache run + torch.compile", "ccache_torch_nobytecode": "  the same, no stored bytecode",
-        "ccache_api": "ccache run + ccache_cli.compile", "ccache_api_nobytecode": "  the same, no stored bytecode",
+        "ccache_torch": "ccache run + torch.compile",
+        "ccache_torch_nobytecode": "  the same, no stored bytecode",
+        "ccache_api": "ccache run + ccache_cli.compile",
+        "ccache_api_nobytecode": "  the same, no stored bytecode",
     }
     median = {mode: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for mode, runs in results.items()}
     cold = median["cold"]["ready_s"]
     eager = median["eager"]["ready_s"]
-    print(f"{'way':34} {'ready s':>8} {'setup s':>8} {'total s':>8} {'launch s':>9} {'cold/warm':>10} "
-          f"{'- eager s':>10} {'misses':>7} {'graphs':>7} {'benchmarks':>10}")
+    print(
+        f"{'way':34} {'ready s':>8} {'setup s':>8} {'total s':>8} {'launch s':>9} {'cold/warm':>10} "
+        f"{'- eager s':>10} {'misses':>7} {'graphs':>7} {'benchmarks':>10}"
+    )
     for mode, label in labels.items():
         if mode not in median:
             continue
         m = median[mode]
         ratio = "" if mode in ("eager", "cold") else f"{cold / m['ready_s']:.1f}x"
-        print(f"{label:34} {m['ready_s']:8.2f} {m['setup_s']:8.2f} {m['total_s']:8.2f} {m['launch_s']:9.2f} "
-              f"{ratio:>10} {m['ready_s'] - eager:10.2f} {int(m['fxgraph_miss']):7d} {int(m['graphs']):7d} "
-              f"{int(m['benchmarks']):10d}")
-    print(f"(medians of {args.repeat} rounds; ready = model built to every size run once, of which setup = imports"
-          " and loads before the first call; total = from the measured process's start; launch = from the"
-          f" command's launch, the `ccache run` wrapper included{'; no .pyc for torch' if args.no_pyc else ''})")
+        print(
+            f"{label:34} {m['ready_s']:8.2f} {m['setup_s']:8.2f} {m['total_s']:8.2f} {m['launch_s']:9.2f} "
+            f"{ratio:>10} {m['ready_s'] - eager:10.2f} {int(m['fxgraph_miss']):7d} {int(m['graphs']):7d} "
+            f"{int(m['benchmarks']):10d}"
+        )
+    print(
+        f"(medians of {args.repeat} rounds; ready = model built to every size run once, of which setup = imports"
+        " and loads before the first call; total = from the measured process's start; launch = from the"
+        f" command's launch, the `ccache run` wrapper included{'; no .pyc for torch' if args.no_pyc else ''})"
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,13 @@ MODELS = Path(__file__).parent / "models"
 EXAMPLE = "ccache_cli.examples.tiny_transformer"
 
 
-def ccache(*args: str, store: Path | None = None, cwd: Path | None = None, env: dict[str, str] | None = None,
-           python_flags: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+def ccache(
+    *args: str,
+    store: Path | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    python_flags: Sequence[str] = (),
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess, as a user would."""
     command = [sys.executable, *python_flags, "-m", "ccache_cli"]
     if store is not None:
@@ -71,8 +76,14 @@ def run_on_cache_dir(inductor_dir: Path, device: str, sizes: list[int], cwd: Pat
     cache counters."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir), "TORCHINDUCTOR_CPP_DYNAMIC_THREADS": "1"}
     env.pop("TRITON_CACHE_DIR", None)
-    result = subprocess.run([sys.executable, "-c", HIT_PROBE, device, json.dumps(sizes)],
-                            capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-c", HIT_PROBE, device, json.dumps(sizes)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -133,8 +144,9 @@ def cpu_fingerprint() -> dict:
     return entry_fingerprint(machine_fingerprint(), "cpu")
 
 
-def make_entry(store: Store, name: str, files: dict[str, bytes], fingerprint: dict | None = None,
-               device: str = "cpu") -> str:
+def make_entry(
+    store: Store, name: str, files: dict[str, bytes], fingerprint: dict | None = None, device: str = "cpu"
+) -> str:
     """Publish a synthetic entry (no compile): real blobs, a real manifest."""
     import hashlib
 
@@ -159,9 +171,17 @@ def synthetic_manifest(name: str, files: dict[str, dict], fingerprint: dict | No
         "inputs": {},
         "sources": [],
     }
-    return {"format": 1, "id": hash_json(key), "name": name, "created": "2026-11-22T00:00:00Z", "lookup": "0" * 64,
-            "key": key, "timings": {"sizes": [], "aot": None}, "aot": {"status": "disabled", "reason": None},
-            "files": files}
+    return {
+        "format": 1,
+        "id": hash_json(key),
+        "name": name,
+        "created": "2026-11-22T00:00:00Z",
+        "lookup": "0" * 64,
+        "key": key,
+        "timings": {"sizes": [], "aot": None},
+        "aot": {"status": "disabled", "reason": None},
+        "files": files,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -188,8 +208,9 @@ def models(tmp_path: Path) -> Path:
     return target
 
 
-def framed_archive(members: list[tuple[tarfile.TarInfo, bytes | None]], trailing: bytes = b"",
-                   groups_at: tuple[int, ...] = (2, 3)) -> bytes:
+def framed_archive(
+    members: list[tuple[tarfile.TarInfo, bytes | None]], trailing: bytes = b"", groups_at: tuple[int, ...] = (2, 3)
+) -> bytes:
     """A tar stream in pack's framed layout: a new group at each member index in
     `groups_at` (by default: the head's two members, files.json, then the rest)."""
     raw = io.BytesIO()
@@ -210,7 +231,9 @@ def framed_archive(members: list[tuple[tarfile.TarInfo, bytes | None]], trailing
 
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under `root` (the store lock aside) and its bytes."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"
+    }
 
 
 def regular(name: str, data: bytes, size: int | None = None) -> tuple[tarfile.TarInfo, bytes]:
@@ -222,11 +245,16 @@ def regular(name: str, data: bytes, size: int | None = None) -> tuple[tarfile.Ta
 def head_members(manifests: list[dict], version: int = 4) -> list[tuple[tarfile.TarInfo, bytes]]:
     """The head members pack writes for these manifests (each as given, checked or not)."""
     refs = {ref["sha256"]: ref["size"] for m in manifests for ref in m["files"].values()}
-    index = {"format": version, "entries": [{k: v for k, v in m.items() if k != "files"} for m in manifests],
-             "artifacts": {m["id"]: [] for m in manifests}, "digests": {m["id"]: hash_json(m) for m in manifests}}
+    index = {
+        "format": version,
+        "entries": [{k: v for k, v in m.items() if k != "files"} for m in manifests],
+        "artifacts": {m["id"]: [] for m in manifests},
+        "digests": {m["id"]: hash_json(m) for m in manifests},
+    }
     listed = "".join(f"{sha256} {size}\n" for sha256, size in sorted(refs.items()))
     files = {"files": {m["id"]: m["files"] for m in manifests}}
-    return [regular("index.json", json.dumps(index).encode()), regular("blobs.txt", listed.encode()),
-            regular("files.json", json.dumps(files).encode())]
-
-
+    return [
+        regular("index.json", json.dumps(index).encode()),
+        regular("blobs.txt", listed.encode()),
+        regular("files.json", json.dumps(files).encode()),
+    ]

@@ -16,8 +16,17 @@ from typing import Any
 
 import pytest
 import zstandard
-from conftest import (ccache, ccache_json, framed_archive, head_members, imported_modules, make_entry, regular, snapshot,
-                      synthetic_manifest)
+from conftest import (
+    ccache,
+    ccache_json,
+    framed_archive,
+    head_members,
+    imported_modules,
+    make_entry,
+    regular,
+    snapshot,
+    synthetic_manifest,
+)
 
 from ccache_cli.store.store import Store
 
@@ -26,7 +35,11 @@ from ccache_cli.store.store import Store
 def source_store(tmp_path: Path) -> Path:
     store = Store(tmp_path / "source")
     shared = b"shared kernel header\n" * 100
-    make_entry(store, "alpha", {"inductor/fxgraph/ab/x": b"graph a", "inductor/ab/k.py": shared, "inductor/ab/k.so": b"\x7fELF" * 500})
+    make_entry(
+        store,
+        "alpha",
+        {"inductor/fxgraph/ab/x": b"graph a", "inductor/ab/k.py": shared, "inductor/ab/k.so": b"\x7fELF" * 500},
+    )
     make_entry(store, "beta", {"inductor/fxgraph/cd/y": b"graph b", "inductor/cd/k.py": shared})
     return store.root
 
@@ -74,10 +87,24 @@ def test_groups_are_where_one_writer_would_cut_them() -> None:
         def write(self, piece: memoryview, starts_group: bool) -> None:
             self.written.append((len(piece), starts_group))
 
-    edges = [0, 1, 511, 512, 513, FRAME_SIZE // 2 - 512, FRAME_SIZE - 1024, FRAME_SIZE - 512, FRAME_SIZE, 2 * FRAME_SIZE - 512]
+    edges = [
+        0,
+        1,
+        511,
+        512,
+        513,
+        FRAME_SIZE // 2 - 512,
+        FRAME_SIZE - 1024,
+        FRAME_SIZE - 512,
+        FRAME_SIZE,
+        2 * FRAME_SIZE - 512,
+    ]
     rng = random.Random(0)
     for _ in range(60):
-        sizes = [rng.choice([*edges, rng.randint(0, 5000), rng.randint(0, 3 * FRAME_SIZE)]) for _ in range(rng.randint(1, 30))]
+        sizes = [
+            rng.choice([*edges, rng.randint(0, 5000), rng.randint(0, 3 * FRAME_SIZE)])
+            for _ in range(rng.randint(1, 30))
+        ]
         one = Pieces()
         writer = TarWriter(one)  # type: ignore[arg-type]
         for at, size in enumerate(sizes):
@@ -149,12 +176,19 @@ def test_pack_and_unpack_do_not_import_torch(source_store: Path, tmp_path: Path)
 
 def test_pack_selected_entries_to_stdout_and_unpack_from_stdin(source_store: Path, tmp_path: Path) -> None:
     beta = next(e for e in Store(source_store).scan().entries if e.name == "beta")
-    packed = subprocess.run([sys.executable, "-m", "ccache_cli", "--store", str(source_store), "pack", "-", "beta"],
-                            capture_output=True, check=True)
+    packed = subprocess.run(
+        [sys.executable, "-m", "ccache_cli", "--store", str(source_store), "pack", "-", "beta"],
+        capture_output=True,
+        check=True,
+    )
     assert packed.stderr == b""  # no progress in a pipe
     target = tmp_path / "target"
-    unpacked = subprocess.run([sys.executable, "-m", "ccache_cli", "--store", str(target), "unpack", "-", "--json"],
-                              input=packed.stdout, capture_output=True, check=True)
+    unpacked = subprocess.run(
+        [sys.executable, "-m", "ccache_cli", "--store", str(target), "unpack", "-", "--json"],
+        input=packed.stdout,
+        capture_output=True,
+        check=True,
+    )
     assert json.loads(unpacked.stdout)["added"] == [beta.id]
 
 
@@ -216,23 +250,49 @@ def listing(lines: str) -> list[tuple[tarfile.TarInfo, bytes]]:
 HOSTILE = {
     "not zstd": (b"PK\x03\x04 this is a zip", "not a zstd-compressed archive"),
     # The unpacking processes hold the list as fixed-width names and unsigned sizes.
-    "listed name not a sha256": (framed_archive([*listing(f"../{SHA[3:]} 1\n{SHA} {len(BLOB)}\n")]), "blobs.txt is malformed"),
+    "listed name not a sha256": (
+        framed_archive([*listing(f"../{SHA[3:]} 1\n{SHA} {len(BLOB)}\n")]),
+        "blobs.txt is malformed",
+    ),
     "listed size negative": (framed_archive([*listing(f"{SHA} -1\n")]), "blobs.txt is malformed"),
     "listed twice": (framed_archive([*listing(f"{SHA} {len(BLOB)}\n" * 2)]), "listed twice"),
     "truncated": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB)])[:-20], "truncated"),
     "absolute path": (framed_archive([*index_for({"b": BLOB}), regular("/etc/passwd", BLOB)]), "unsafe path"),
     "dot dot": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/../../{SHA}", BLOB)]), "unsafe path"),
-    "symlink": (framed_archive([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.SYMTYPE, "/etc/passwd")]), "is a link"),
-    "hardlink": (framed_archive([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.LNKTYPE, "index.json")]), "is a link"),
-    "fifo": (framed_archive([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.FIFOTYPE)]), "not a regular file"),
-    "device": (framed_archive([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.CHRTYPE)]), "not a regular file"),
-    "duplicate": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB), regular(f"objects/{SHA}", BLOB)]), "appears twice"),
-    "bad hash": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB[:-1] + b"!")]), "does not match its hash"),
-    "larger than index": (framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB + b"x" * 10)]), "blobs.txt says"),
+    "symlink": (
+        framed_archive([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.SYMTYPE, "/etc/passwd")]),
+        "is a link",
+    ),
+    "hardlink": (
+        framed_archive([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.LNKTYPE, "index.json")]),
+        "is a link",
+    ),
+    "fifo": (
+        framed_archive([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.FIFOTYPE)]),
+        "not a regular file",
+    ),
+    "device": (
+        framed_archive([*index_for({"b": BLOB}), special(f"objects/{SHA}", tarfile.CHRTYPE)]),
+        "not a regular file",
+    ),
+    "duplicate": (
+        framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB), regular(f"objects/{SHA}", BLOB)]),
+        "appears twice",
+    ),
+    "bad hash": (
+        framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB[:-1] + b"!")]),
+        "does not match its hash",
+    ),
+    "larger than index": (
+        framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB + b"x" * 10)]),
+        "blobs.txt says",
+    ),
     # The member's bytes run on far past the size its header declares: reading stops
     # at the declared size and what follows is rejected, never written out.
     "runs past declared size": (
-        framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB)], trailing=b"\xff" * (64 << 20)), "corrupt"),
+        framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB)], trailing=b"\xff" * (64 << 20)),
+        "corrupt",
+    ),
     "plain zstd": (zstandard.ZstdCompressor().compress(b"\0" * 10240), "plain zstd stream"),
     # A frame whose zstd header declares 64 MiB where its sizes header says 4 KiB is
     # refused before anything is decompressed.
@@ -246,10 +306,15 @@ HOSTILE = {
 def test_a_blob_in_two_groups_is_refused_from_a_pipe(source_store: Path) -> None:
     """From a pipe, groups go to one process per core: a blob repeated in another
     group (so likely another process) is still caught."""
-    data = framed_archive([*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB), regular(f"objects/{SHA}", BLOB)], groups_at=(2, 3, 4))
+    data = framed_archive(
+        [*index_for({"b": BLOB}), regular(f"objects/{SHA}", BLOB), regular(f"objects/{SHA}", BLOB)], groups_at=(2, 3, 4)
+    )
     before = snapshot(source_store)
-    result = subprocess.run([sys.executable, "-m", "ccache_cli", "--store", str(source_store), "unpack", "-"],
-                            input=data, capture_output=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "ccache_cli", "--store", str(source_store), "unpack", "-"],
+        input=data,
+        capture_output=True,
+    )
     assert result.returncode == 2 and b"appears twice" in result.stderr, result.stderr
     assert snapshot(source_store) == before
     assert list((source_store / "tmp").iterdir()) == []
@@ -330,8 +395,12 @@ def test_concurrent_unpacks_into_one_store(source_store: Path, tmp_path: Path) -
         assert ccache("pack", str(path), *selection, store=source_store).returncode == 0
     target = tmp_path / "target"
     processes = [
-        subprocess.Popen([sys.executable, "-m", "ccache_cli", "--store", str(target), "unpack", str(path)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "ccache_cli", "--store", str(target), "unpack", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for path in [*archives.values(), archives["all"]]
     ]
     for process in processes:

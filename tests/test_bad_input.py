@@ -63,9 +63,7 @@ def test_store_that_cannot_be_written(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     result = ccache("precompile", EXAMPLE, "--sizes", "1", store=blocker / "store")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        result.stderr.strip()
-    ] and "cannot write to store" in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "cannot write to store" in result.stderr
     assert blocker.read_text() == "not a directory"
 
 

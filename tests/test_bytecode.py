@@ -37,8 +37,16 @@ def test_run_serves_stored_bytecode_in_an_environment_without_pyc(example_store:
     empty = tmp_path / "empty-prefix"
     empty.mkdir()
     probe = "import os, torch._dynamo.utils as u; print(u.__cached__); print(os.path.realpath(u.__cached__))"
-    result = ccache("run", "--", sys.executable, "-c", probe, store=example_store, cwd=tmp_path,
-                    env={**NO_PYC, "PYTHONPYCACHEPREFIX": str(empty), "CCACHE_CLI_VIEWS": str(tmp_path / "views")})
+    result = ccache(
+        "run",
+        "--",
+        sys.executable,
+        "-c",
+        probe,
+        store=example_store,
+        cwd=tmp_path,
+        env={**NO_PYC, "PYTHONPYCACHEPREFIX": str(empty), "CCACHE_CLI_VIEWS": str(tmp_path / "views")},
+    )
     assert result.returncode == 0, result.stderr
     cached, real = result.stdout.strip().splitlines()[-2:]
     assert cached.startswith(str(tmp_path / "views")) and Path(cached).is_symlink()
@@ -46,9 +54,21 @@ def test_run_serves_stored_bytecode_in_an_environment_without_pyc(example_store:
     assert f"PYTHONPYCACHEPREFIX={empty} is replaced" in result.stderr
     assert list(empty.iterdir()) == []
     # CCACHE_CLI_BYTECODE=0 leaves the user's setting alone.
-    result = ccache("run", "--", sys.executable, "-c", probe, store=example_store, cwd=tmp_path,
-                    env={**NO_PYC, "PYTHONPYCACHEPREFIX": str(empty), "CCACHE_CLI_VIEWS": str(tmp_path / "views"),
-                         "CCACHE_CLI_BYTECODE": "0"})
+    result = ccache(
+        "run",
+        "--",
+        sys.executable,
+        "-c",
+        probe,
+        store=example_store,
+        cwd=tmp_path,
+        env={
+            **NO_PYC,
+            "PYTHONPYCACHEPREFIX": str(empty),
+            "CCACHE_CLI_VIEWS": str(tmp_path / "views"),
+            "CCACHE_CLI_BYTECODE": "0",
+        },
+    )
     assert result.stdout.strip().splitlines()[-2].startswith(str(empty))
 
 
@@ -91,7 +111,8 @@ def test_export_dir_writes_a_pycache_prefix_tree(example_store: Path, tmp_path: 
 def _python(code: str, env: dict[str, str], cwd: Path) -> str:
     import subprocess
 
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd,
-                            env={**os.environ, **env}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env={**os.environ, **env}, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]

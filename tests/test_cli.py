@@ -32,13 +32,31 @@ def test_inspect_table_and_detail(example_store: Path, example_entry: dict) -> N
     assert "1,8,32" in table.stdout and "yes" in table.stdout
     detail = ccache("inspect", example_entry["id"][:6], store=example_store)
     assert detail.returncode == 0
-    for text in ("Traced sources", "ccache_cli/examples/tiny_transformer.py", "fxgraph", "megacache", "cpu_isa",
-                 "Recorded compile timings", "AOT: stored"):
+    for text in (
+        "Traced sources",
+        "ccache_cli/examples/tiny_transformer.py",
+        "fxgraph",
+        "megacache",
+        "cpu_isa",
+        "Recorded compile timings",
+        "AOT: stored",
+    ):
         assert text in detail.stdout, text
 
 
 def test_inspect_json_shape(example_entry: dict) -> None:
-    for key in ("id", "name", "sizes", "device", "fingerprint", "sources", "artifacts", "bytes", "created", "compatible"):
+    for key in (
+        "id",
+        "name",
+        "sizes",
+        "device",
+        "fingerprint",
+        "sources",
+        "artifacts",
+        "bytes",
+        "created",
+        "compatible",
+    ):
         assert key in example_entry
     assert {"python", "torch", "cuda"} <= set(example_entry["fingerprint"])
     assert example_entry["bytes"] == sum(example_entry["artifact_bytes"].values())
@@ -84,8 +102,12 @@ def test_quiet_prints_only_errors_and_requested_data(example_store: Path) -> Non
 def test_no_color_is_respected(example_store: Path) -> None:
     colored = ccache("inspect", example_entry_ref(example_store), store=example_store, env={"FORCE_COLOR": "1"})
     assert "\x1b[" in colored.stdout
-    plain = ccache("inspect", example_entry_ref(example_store), store=example_store, env={"FORCE_COLOR": "1", "NO_COLOR": "1"})
-    assert plain.returncode == 0 and not any(f"\x1b[{code}" in plain.stdout for code in ("31", "32", "33", "91", "92", "93"))
+    plain = ccache(
+        "inspect", example_entry_ref(example_store), store=example_store, env={"FORCE_COLOR": "1", "NO_COLOR": "1"}
+    )
+    assert plain.returncode == 0 and not any(
+        f"\x1b[{code}" in plain.stdout for code in ("31", "32", "33", "91", "92", "93")
+    )
 
 
 def example_entry_ref(store: Path) -> str:
@@ -94,7 +116,11 @@ def example_entry_ref(store: Path) -> str:
 
 def test_env_gc_and_rm_dry_run_do_not_import_torch(example_store: Path, tmp_path: Path) -> None:
     views = {"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
-    for args in (("env",), ("gc", "--max-size", "0", "--dry-run"), ("rm", example_entry_ref(example_store), "--dry-run")):
+    for args in (
+        ("env",),
+        ("gc", "--max-size", "0", "--dry-run"),
+        ("rm", example_entry_ref(example_store), "--dry-run"),
+    ):
         result = ccache(*args, store=example_store, env=views, python_flags=["-X", "importtime"])
         assert result.returncode == 0, result.stderr
         assert "torch" not in imported_modules(result), args
@@ -104,14 +130,19 @@ def test_plain_forms_are_parsed_without_the_app_and_anything_else_goes_to_it() -
     from ccache_cli.cli.main import Plain, plain_command
 
     assert plain_command(["--store", "s", "-q", "run", "a", "b", "--", "python", "-c", "x"]) == Plain(
-        "run", "s", True, ["a", "b"], program=["python", "-c", "x"])
-    assert plain_command(["--store=s", "run", "--", "python", "--", "x"]) == Plain("run", "s", False, [], program=["python", "--", "x"])
+        "run", "s", True, ["a", "b"], program=["python", "-c", "x"]
+    )
+    assert plain_command(["--store=s", "run", "--", "python", "--", "x"]) == Plain(
+        "run", "s", False, [], program=["python", "--", "x"]
+    )
     assert plain_command(["run", "--capture", "n", "--", "python"]) is None  # an option: Typer parses it
     assert plain_command(["run", "--help"]) is None
     assert plain_command(["run", "--"]) is None  # no command: the app says so
     assert plain_command(["inspect", "--", "x"]) is None
     assert plain_command(["pack", "-", "alpha", "beta"]) == Plain("pack", None, False, ["-", "alpha", "beta"])
-    assert plain_command(["-q", "unpack", "a.tar.zst", "--json"]) == Plain("unpack", None, True, ["a.tar.zst"], json_output=True)
+    assert plain_command(["-q", "unpack", "a.tar.zst", "--json"]) == Plain(
+        "unpack", None, True, ["a.tar.zst"], json_output=True
+    )
     assert plain_command(["pack", "a.tar.zst", "--level", "9"]) is None
     assert plain_command(["unpack", "a.tar.zst", "--export-dir", "d"]) is None
     assert plain_command(["unpack", "a.tar.zst", "b.tar.zst"]) is None  # Typer's usage error

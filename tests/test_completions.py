@@ -15,8 +15,9 @@ COMPLETIONS = ROOT / "completions"
 
 
 def test_completion_scripts_are_up_to_date() -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_completions.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_completions.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -37,8 +38,10 @@ def test_every_command_and_option_is_in_every_script() -> None:
 
 def complete(*words: str) -> list[str]:
     """What bash offers for the last word, with the real script loaded."""
-    script = (f"source {COMPLETIONS / 'ccache.bash'}; COMP_WORDS=({' '.join(repr(w) for w in words)}); "
-              f"COMP_CWORD={len(words) - 1}; _ccache; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
+    script = (
+        f"source {COMPLETIONS / 'ccache.bash'}; COMP_WORDS=({' '.join(repr(w) for w in words)}); "
+        f"COMP_CWORD={len(words) - 1}; _ccache; printf '%s\\n' \"${{COMPREPLY[@]}}\""
+    )
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
     return result.stdout.split()
 

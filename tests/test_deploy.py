@@ -19,8 +19,12 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 def _shell(command: list[str], store: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     """As the recipes run: `ccache` on PATH, the store from CCACHE_CLI_STORE."""
-    env = {**os.environ, "CCACHE_CLI_STORE": str(store), "CCACHE_CLI_VIEWS": str(cwd / "views"),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "CCACHE_CLI_STORE": str(store),
+        "CCACHE_CLI_VIEWS": str(cwd / "views"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
 
 
@@ -40,15 +44,19 @@ def test_dockerfile_kubernetes_and_ci_recipes(tmp_path: Path) -> None:
     archive = tmp_path / "model-cache.tar.zst"
 
     # Builder stage (a GPU builder in production; the CPU here).
-    built = _shell([str(DEPLOY / "build-cache.sh"), EXAMPLE, "1,2", "cpu", str(archive)], tmp_path / "builder", tmp_path)
+    built = _shell(
+        [str(DEPLOY / "build-cache.sh"), EXAMPLE, "1,2", "cpu", str(archive)], tmp_path / "builder", tmp_path
+    )
     assert built.returncode == 0, built.stderr
     target = tmp_path / "model-cache.fingerprint.json"
     assert archive.is_file() and json.loads(target.read_text())["torch"]
 
     # CI: the workflow's verify line, on the archive and the deployment fingerprint.
     [verify_line] = [line.split("run:", 1)[1] for line in workflow.splitlines() if "ccache verify" in line]
-    verify = [str(archive) if w == "model-cache.tar.zst" else str(target) if w.endswith(".fingerprint.json") else w
-              for w in shlex.split(verify_line)]
+    verify = [
+        str(archive) if w == "model-cache.tar.zst" else str(target) if w.endswith(".fingerprint.json") else w
+        for w in shlex.split(verify_line)
+    ]
     checked = _shell(verify, tmp_path / "ci-store", tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert (tmp_path / "verify.xml").is_file()

@@ -46,8 +46,12 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("faults")
     store = synthetic_store(folder / "source")
     archives = {}
-    for name, entries in (("all", []), ("abc", ["alpha", "beta", "gamma"]), ("cde", ["gamma", "delta", "epsilon"]),
-                          ("efa", ["epsilon", "zeta", "alpha"])):
+    for name, entries in (
+        ("all", []),
+        ("abc", ["alpha", "beta", "gamma"]),
+        ("cde", ["gamma", "delta", "epsilon"]),
+        ("efa", ["epsilon", "zeta", "alpha"]),
+    ):
         archives[name] = folder / f"{name}.tar.zst"
         result = ccache("pack", str(archives[name]), *entries, store=store.root)
         assert result.returncode == 0, result.stderr
@@ -84,8 +88,12 @@ def _processes_on(store: Path) -> list[str]:
 
 def killed_after(args: list[str], store: Path, delay: float, cwd: Path | None = None) -> int | None:
     """Run the CLI, kill -9 it after `delay` seconds; its exit code if it ended first."""
-    process = subprocess.Popen([sys.executable, "-m", "ccache_cli", "--store", str(store), *args],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ccache_cli", "--store", str(store), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=cwd,
+    )
     try:
         return process.wait(timeout=delay)
     except subprocess.TimeoutExpired:
@@ -171,13 +179,25 @@ def test_writers_racing_on_one_store(source: dict, tmp_path: Path) -> None:
     own_reasons = ("no entry matches",)  # rm of an entry another process removed first
     for round_ in range(3):
         commands = [
-            ["unpack", str(archives["abc"])], ["unpack", str(archives["cde"])], ["unpack", str(archives["efa"])],
-            ["unpack", str(archives["all"])], ["rm", NAMES[round_]], ["rm", NAMES[round_ + 2]],
-            ["gc", "--max-size", "15M"], ["gc"],
+            ["unpack", str(archives["abc"])],
+            ["unpack", str(archives["cde"])],
+            ["unpack", str(archives["efa"])],
+            ["unpack", str(archives["all"])],
+            ["rm", NAMES[round_]],
+            ["rm", NAMES[round_ + 2]],
+            ["gc", "--max-size", "15M"],
+            ["gc"],
         ]
         random.Random(round_).shuffle(commands)
-        processes = [subprocess.Popen([sys.executable, "-m", "ccache_cli", "--store", str(target), *args],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in commands]
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "ccache_cli", "--store", str(target), *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for args in commands
+        ]
         for args, process in zip(commands, processes):
             out, err = process.communicate(timeout=300)
             assert "Traceback" not in err and "No such file" not in err and "is missing" not in err, (args, err)
@@ -192,10 +212,19 @@ def test_writers_racing_on_one_store(source: dict, tmp_path: Path) -> None:
 def test_a_writer_waiting_for_the_lock_says_who_holds_it(source: dict, tmp_path: Path) -> None:
     target = tmp_path / "store"
     shutil.copytree(source["store"], target)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom ccache_cli.store.store import Store\n"
-        "with Store(sys.argv[1]).lock():\n    print('held', flush=True)\n    time.sleep(2.5)\n"), str(target)],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time\nfrom ccache_cli.store.store import Store\n"
+                "with Store(sys.argv[1]).lock():\n    print('held', flush=True)\n    time.sleep(2.5)\n"
+            ),
+            str(target),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     result = ccache("gc", store=target)
     holder.wait()

@@ -31,22 +31,26 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ccache_cli.archive import pack, unpack
+from ccache_cli.archive.bloblist import BlobList
+from ccache_cli.archive.frames import FrameReader
+from ccache_cli.errors import CcacheError
 from ccache_cli.store import manifest, schema
 from ccache_cli.store.hashing import hash_json
-from ccache_cli.errors import CcacheError
-from ccache_cli.archive.frames import FrameReader
 from ccache_cli.store.store import Store
-from ccache_cli.archive.bloblist import BlobList
 
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("release", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-_NAME_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7e, exclude_characters="/\\~")
+_NAME_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="/\\~")
 folder = st.text(_NAME_CHARS, min_size=1, max_size=12).filter(lambda part: part not in (".", ".."))
 file_name = st.text(_NAME_CHARS, max_size=12).map(lambda name: name + "~")  # never also a folder
-file_path = st.builds(lambda kind, folders, name: "/".join([kind, *folders, name]),
-                      st.sampled_from(["inductor", "aot", "bytecode"]), st.lists(folder, max_size=3), file_name)
+file_path = st.builds(
+    lambda kind, folders, name: "/".join([kind, *folders, name]),
+    st.sampled_from(["inductor", "aot", "bytecode"]),
+    st.lists(folder, max_size=3),
+    file_name,
+)
 entry_files = st.dictionaries(file_path, st.binary(max_size=3000), min_size=1, max_size=8)
 stores = st.lists(entry_files, min_size=1, max_size=3)
 
@@ -54,6 +58,7 @@ stores = st.lists(entry_files, min_size=1, max_size=3)
 @contextmanager
 def time_limit(seconds: int) -> Iterator[None]:
     """Fail, rather than hang, past `seconds`."""
+
     def hung(*_: object) -> None:
         raise TimeoutError(f"took more than {seconds} s: a hang")
 
@@ -110,10 +115,17 @@ def test_random_stores_pack_and_unpack_identically(entries: list[dict[str, bytes
 def valid_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, dict[str, bytes]]:
     """A small valid archive, and the store content it unpacks to."""
     folder = tmp_path_factory.mktemp("fuzz")
-    source = build_store(folder / "source", [
-        {"inductor/fxgraph/a": b"graph a" * 50, "inductor/ab/k.so": bytes(range(256)) * 8},
-        {"inductor/fxgraph/b": b"graph b" * 30, "aot/size-1.pt2": b"package" * 40, "inductor/ab/k.so": bytes(range(256)) * 8},
-    ])
+    source = build_store(
+        folder / "source",
+        [
+            {"inductor/fxgraph/a": b"graph a" * 50, "inductor/ab/k.so": bytes(range(256)) * 8},
+            {
+                "inductor/fxgraph/b": b"graph b" * 30,
+                "aot/size-1.pt2": b"package" * 40,
+                "inductor/ab/k.so": bytes(range(256)) * 8,
+            },
+        ],
+    )
     data = packed(source)
     target = Store(folder / "target")
     unpack.unpack(target, io.BytesIO(data))
@@ -121,26 +133,30 @@ def valid_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, dict
 
 
 def mutations(length: int) -> st.SearchStrategy[tuple[str, int, bytes]]:
-    return st.tuples(st.sampled_from(["flip", "truncate", "insert", "delete", "overwrite"]),
-                     st.integers(0, length - 1), st.binary(min_size=1, max_size=16))
+    return st.tuples(
+        st.sampled_from(["flip", "truncate", "insert", "delete", "overwrite"]),
+        st.integers(0, length - 1),
+        st.binary(min_size=1, max_size=16),
+    )
 
 
 def mutate(data: bytes, kind: str, at: int, extra: bytes) -> bytes:
     if kind == "flip":
-        return data[:at] + bytes([data[at] ^ (extra[0] or 1)]) + data[at + 1:]
+        return data[:at] + bytes([data[at] ^ (extra[0] or 1)]) + data[at + 1 :]
     if kind == "truncate":
         return data[:at]
     if kind == "insert":
         return data[:at] + extra + data[at:]
     if kind == "delete":
-        return data[:at] + data[at + len(extra):]
-    return data[:at] + extra + data[at + len(extra):]
+        return data[:at] + data[at + len(extra) :]
+    return data[:at] + extra + data[at + len(extra) :]
 
 
 @settings(max_examples=int(settings().max_examples * 2.5))
 @given(data=st.data())
-def test_mutated_archives_are_refused_cleanly_or_unpack_the_same(valid_archive: tuple[bytes, dict[str, bytes]],
-                                                                 data: st.DataObject) -> None:
+def test_mutated_archives_are_refused_cleanly_or_unpack_the_same(
+    valid_archive: tuple[bytes, dict[str, bytes]], data: st.DataObject
+) -> None:
     original, expected = valid_archive
     kind, at, extra = data.draw(mutations(len(original)))
     mutated = mutate(original, kind, at, extra)
@@ -172,8 +188,12 @@ def test_the_frame_reader_refuses_random_bytes_cleanly(noise: bytes) -> None:
             assert str(exc) and "\n" not in str(exc)
 
 
-@given(st.binary(max_size=2048) | st.lists(st.tuples(st.binary(min_size=32, max_size=32), st.integers(-5, 10**20)))
-       .map(lambda lines: "".join(f"{sha.hex()} {size}\n" for sha, size in lines).encode()))
+@given(
+    st.binary(max_size=2048)
+    | st.lists(st.tuples(st.binary(min_size=32, max_size=32), st.integers(-5, 10**20))).map(
+        lambda lines: "".join(f"{sha.hex()} {size}\n" for sha, size in lines).encode()
+    )
+)
 def test_blob_lists_are_parsed_or_refused(listing: bytes) -> None:
     try:
         blobs = BlobList.parse(listing)
@@ -183,9 +203,11 @@ def test_blob_lists_are_parsed_or_refused(listing: bytes) -> None:
     assert list(sizes) == sorted(sizes) and all(len(name) == 64 for name in sizes)
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-                           max_leaves=12)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 def _paths(value: object, prefix: tuple = ()) -> Iterator[tuple]:
@@ -198,8 +220,13 @@ def _paths(value: object, prefix: tuple = ()) -> Iterator[tuple]:
             yield from _paths(inner, (*prefix, at))
 
 
-VALID = synthetic_manifest("valid", {"inductor/fxgraph/a": {"sha256": "a" * 64, "size": 3},
-                                     "bytecode/os.cpython-311.pyc": {"sha256": "b" * 64, "size": 9}})
+VALID = synthetic_manifest(
+    "valid",
+    {
+        "inductor/fxgraph/a": {"sha256": "a" * 64, "size": 3},
+        "bytecode/os.cpython-311.pyc": {"sha256": "b" * 64, "size": 9},
+    },
+)
 VALID["bytecode"] = {"bytecode/os.cpython-311.pyc": {"module": "os", "sha256": "c" * 64}}
 FIELDS = [path for path in _paths(VALID) if path]
 
@@ -225,7 +252,11 @@ def test_the_manifest_schema_refuses_or_accepts_only_safe_manifests(field: tuple
     json.dumps(checked)
 
 
-@given(st.lists(st.text(st.characters(min_codepoint=1, max_codepoint=0x10FFFF), min_size=1, max_size=20), min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.text(st.characters(min_codepoint=1, max_codepoint=0x10FFFF), min_size=1, max_size=20), min_size=1, max_size=6
+    )
+)
 def test_accepted_file_paths_never_leave_their_folder(parts: list[str]) -> None:
     path = "inductor/" + "/".join(parts)
     files = {path: {"sha256": hashlib.sha256(b"").hexdigest(), "size": 0}}

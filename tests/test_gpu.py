@@ -71,11 +71,17 @@ def test_cuda_run_capture_and_api(cuda_store: Path, tmp_path: Path) -> None:
     packages = ccache_json("inspect", store=store)["entries"][0]["aot"]["packages"]
     assert packages["status"] == "stored" or "has no libstdc++.so" in packages["reason"], packages
     serve = write_serve_script(tmp_path)
-    counters = serve_counters(ccache("run", "--", sys.executable, str(serve), "torch", "[1, 8, 32]", "cuda",
-                                     store=store, cwd=tmp_path, env=views))
+    counters = serve_counters(
+        ccache(
+            "run", "--", sys.executable, str(serve), "torch", "[1, 8, 32]", "cuda", store=store, cwd=tmp_path, env=views
+        )
+    )
     assert counters["same"] and counters["fxgraph_cache_hit"] == 3 and counters.get("fxgraph_cache_miss", 0) == 0
-    counters = serve_counters(ccache("run", "--", sys.executable, str(serve), "api", "[1, 8, 32]", "cuda",
-                                     store=store, cwd=tmp_path, env=views))
+    counters = serve_counters(
+        ccache(
+            "run", "--", sys.executable, str(serve), "api", "[1, 8, 32]", "cuda", store=store, cwd=tmp_path, env=views
+        )
+    )
     # Every size from a stored function: its AOTInductor package where there is one, with
     # neither Dynamo nor Inductor imported, else its aot_compile function.
     assert counters["same"] and counters.get("frames", 0) == 0
@@ -118,17 +124,25 @@ PROBE = textwrap.dedent(
 )
 
 
-def probe(store: Path | None, tmp_path: Path, device: str, way: str, mode: str = "default",
-          cache_dir: Path | None = None) -> tuple[dict, str]:
+def probe(
+    store: Path | None, tmp_path: Path, device: str, way: str, mode: str = "default", cache_dir: Path | None = None
+) -> tuple[dict, str]:
     """PROBE under `ccache run` on `store`, or, without one, plainly on `cache_dir`."""
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
     command = [sys.executable, str(script), device, way, mode]
     if store is not None:
-        result = ccache("run", "--", *command, store=store, cwd=tmp_path, env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")})
+        result = ccache(
+            "run", "--", *command, store=store, cwd=tmp_path, env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
+        )
     else:
-        result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
-                                env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache_dir)})
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache_dir)},
+        )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
 
@@ -139,7 +153,12 @@ def test_an_entry_serves_every_gpu_index(tmp_path: Path) -> None:
     the Inductor cache serves the indices precompile --devices compiled for, and a
     process on another index says why it missed."""
     one = tmp_path / "one"
-    assert ccache("precompile", "small.py:build_served", "--sizes", "1,8", "--device", "cuda:0", store=one, cwd=MODELS).returncode == 0
+    assert (
+        ccache(
+            "precompile", "small.py:build_served", "--sizes", "1,8", "--device", "cuda:0", store=one, cwd=MODELS
+        ).returncode
+        == 0
+    )
     report, _ = probe(one, tmp_path, "cuda:1", "api")
     assert report == {"same": True, "misses": 0, "graphs": 0, "benchmarks": 0}, report
     report, stderr = probe(one, tmp_path, "cuda:1", "torch")
@@ -159,7 +178,18 @@ def test_a_max_autotune_warm_start_makes_no_benchmark_calls(tmp_path: Path) -> N
     (which, in max-autotune, benchmarks some kernels again)."""
     store = tmp_path / "store"
     mode = "max-autotune-no-cudagraphs"
-    result = ccache("precompile", "small.py:build_served", "--sizes", "1,8", "--device", "cuda", "--mode", mode, store=store, cwd=MODELS)
+    result = ccache(
+        "precompile",
+        "small.py:build_served",
+        "--sizes",
+        "1,8",
+        "--device",
+        "cuda",
+        "--mode",
+        mode,
+        store=store,
+        cwd=MODELS,
+    )
     assert result.returncode == 0, result.stderr
     entry = ccache_json("inspect", store=store)["entries"][0]
     assert entry["aot"]["packages"]["status"] == "stored", entry["aot"]

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ccache, ccache_json, make_entry
 
 from ccache_cli.store.store import Store
@@ -24,10 +23,14 @@ def world(tmp_path: Path) -> dict:
     store = Store(tmp_path / "store")
     ids = {}
     for name in ("alpha", "beta", "gamma"):
-        ids[name] = make_entry(store, name, {
-            f"inductor/{name[:2]}/{name}.py": name.encode() * (100_000 // len(name)),
-            "inductor/sh/shared.py": SHARED,
-        })
+        ids[name] = make_entry(
+            store,
+            name,
+            {
+                f"inductor/{name[:2]}/{name}.py": name.encode() * (100_000 // len(name)),
+                "inductor/sh/shared.py": SHARED,
+            },
+        )
     return {"store": store.root, "ids": ids, "env": {"CCACHE_CLI_VIEWS": str(tmp_path / "views")}}
 
 
@@ -65,15 +68,29 @@ def test_gc_under_a_size_limit_keeps_the_most_recently_used(world: dict) -> None
     result = ccache("verify", "--json", store=world["store"], env=world["env"])
     assert result.returncode == 0, result.stdout
     # A tighter limit takes gamma next, then beta.
-    assert ccache_json("gc", "--max-size", "150K", store=world["store"], env=world["env"])["removed"] == [world["ids"]["gamma"]]
+    assert ccache_json("gc", "--max-size", "150K", store=world["store"], env=world["env"])["removed"] == [
+        world["ids"]["gamma"]
+    ]
     assert remaining(world) == {"beta"}
 
 
 def test_gc_never_removes_an_entry_a_running_program_uses(world: dict) -> None:
-    command = [sys.executable, "-m", "ccache_cli", "--store", str(world["store"]), "run", "beta", "--",
-               sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"]
-    program = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, **world["env"]})
+    command = [
+        sys.executable,
+        "-m",
+        "ccache_cli",
+        "--store",
+        str(world["store"]),
+        "run",
+        "beta",
+        "--",
+        sys.executable,
+        "-c",
+        "import sys; print('ready', flush=True); sys.stdin.read()",
+    ]
+    program = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **world["env"]}
+    )
     try:
         assert program.stdout is not None and program.stdout.readline().strip() == "ready"
         done = ccache_json("gc", "--max-size", "0", store=world["store"], env=world["env"])
@@ -84,7 +101,9 @@ def test_gc_never_removes_an_entry_a_running_program_uses(world: dict) -> None:
         assert refused.returncode == 1 and "in use by running process" in refused.stderr
     finally:
         program.communicate("")
-    assert ccache_json("gc", "--max-size", "0", store=world["store"], env=world["env"])["removed"] == [world["ids"]["beta"]]
+    assert ccache_json("gc", "--max-size", "0", store=world["store"], env=world["env"])["removed"] == [
+        world["ids"]["beta"]
+    ]
     assert remaining(world) == set() and blob_count(world) == 0
 
 

@@ -51,8 +51,17 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def serve(llama: dict, tmp_path: Path, models: Path | None = None, layers: int = 2) -> dict:
-    result = ccache("run", "--", sys.executable, str(llama["serve"]), str(models or llama["models"]), str(layers),
-                    store=llama["store"], cwd=models or llama["models"], env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")})
+    result = ccache(
+        "run",
+        "--",
+        sys.executable,
+        str(llama["serve"]),
+        str(models or llama["models"]),
+        str(layers),
+        store=llama["store"],
+        cwd=models or llama["models"],
+        env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")},
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -116,8 +125,9 @@ def test_a_cpu_entry_serves_any_thread_count_or_says_why_it_missed(tmp_path: Pat
     result = ccache("precompile", "small.py", "--sizes", "2", "--no-aot", store=store, cwd=MODELS)
     assert result.returncode == 0, result.stderr
     probe = tmp_path / "probe.py"
-    probe.write_text(textwrap.dedent(
-        f"""
+    probe.write_text(
+        textwrap.dedent(
+            f"""
         import sys, torch
         sys.path.insert(0, {str(MODELS)!r})
         from small import build, example_inputs
@@ -126,14 +136,17 @@ def test_a_cpu_entry_serves_any_thread_count_or_says_why_it_missed(tmp_path: Pat
             compiled(*example_inputs(2))
         from torch._dynamo.utils import counters
         print(counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"])
-        """))
+        """
+        )
+    )
     env = {"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
     one_thread = ccache("run", "--", sys.executable, str(probe), store=store, env={**env, "OMP_NUM_THREADS": "1"})
     assert one_thread.returncode == 0 and one_thread.stdout.split() == ["1", "0"], one_thread.stdout + one_thread.stderr
     assert "missed" not in one_thread.stderr
     # Kernels compiled for a fixed thread count miss; the process says why at exit.
-    fixed = ccache("run", "--", sys.executable, str(probe), store=store,
-                   env={**env, "TORCHINDUCTOR_CPP_DYNAMIC_THREADS": "0"})
+    fixed = ccache(
+        "run", "--", sys.executable, str(probe), store=store, env={**env, "TORCHINDUCTOR_CPP_DYNAMIC_THREADS": "0"}
+    )
     assert fixed.returncode == 0 and fixed.stdout.split() == ["0", "1"]
     [line] = [line for line in fixed.stderr.splitlines() if "missed the stored cache" in line]
     assert "TORCHINDUCTOR_CPP_DYNAMIC_THREADS: entry compiled with '1', this process has '0'" in line, line

@@ -14,7 +14,6 @@ import ccache_cli.examples.tiny_transformer as example_module
 from ccache_cli.store.store import Store
 
 
-
 def test_manifest_lists_sources_fingerprint_and_artifacts(example_store: Path, example_entry: dict) -> None:
     assert example_entry["sizes"] == [1, 8, 32]
     assert example_entry["device"] == "cpu"
@@ -45,7 +44,9 @@ def test_manifest_lists_sources_fingerprint_and_artifacts(example_store: Path, e
     assert store_leftovers(example_store) == [f"entries/{example_entry['id']}"]
 
 
-def test_fresh_process_on_materialized_inductor_dir_only_hits(example_store: Path, example_entry: dict, tmp_path: Path) -> None:
+def test_fresh_process_on_materialized_inductor_dir_only_hits(
+    example_store: Path, example_entry: dict, tmp_path: Path
+) -> None:
     store = Store(example_store)
     inductor_dir = tmp_path / "elsewhere" / "inductor"
     assert store.materialize(store.find(example_entry["id"]), inductor_dir, "inductor/") > 0
@@ -64,12 +65,21 @@ def test_second_precompile_finds_the_entry(example_store: Path, example_entry: d
 
 def test_file_model_records_both_user_files_and_no_torch_file(models: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
-    result = ccache_json("precompile", str(models / "two_files" / "model.py:build"), "--sizes", "2", "--no-aot",
-                         store=store, cwd=tmp_path)
+    result = ccache_json(
+        "precompile",
+        str(models / "two_files" / "model.py:build"),
+        "--sizes",
+        "2",
+        "--no-aot",
+        store=store,
+        cwd=tmp_path,
+    )
     paths = {source["path"]: source for source in result["entry"]["sources"]}
     assert set(paths) == {"model.py", "helpers.py"}
     assert paths["helpers.py"]["module"] == "helpers"
-    assert paths["helpers.py"]["sha256"] == hashlib.sha256((models / "two_files" / "helpers.py").read_bytes()).hexdigest()
+    assert (
+        paths["helpers.py"]["sha256"] == hashlib.sha256((models / "two_files" / "helpers.py").read_bytes()).hexdigest()
+    )
     assert not any("torch" in path for path in paths)
     assert result["entry"]["aot"]["status"] == "disabled"
 
@@ -89,8 +99,17 @@ def test_graph_break_skips_aot_functions_but_not_packages(models: Path, tmp_path
 
 def test_force_compiles_again_and_inputs_option(models: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
-    args = ("precompile", str(models / "small.py:build_wide"), "--inputs", str(models / "small.py:wide_inputs"),
-            "--sizes", "3", "--no-aot", "--name", "wide")
+    args = (
+        "precompile",
+        str(models / "small.py:build_wide"),
+        "--inputs",
+        str(models / "small.py:wide_inputs"),
+        "--sizes",
+        "3",
+        "--no-aot",
+        "--name",
+        "wide",
+    )
     first = ccache_json(*args, store=store, cwd=tmp_path)
     assert first["entry"]["name"] == "wide" and not first["reused"]
     forced = ccache_json(*args, "--force", store=store, cwd=tmp_path)
@@ -106,8 +125,13 @@ def test_concurrent_precompiles_of_two_models_both_complete(models: Path, tmp_pa
         [str(models / "small.py:build_wide"), "--inputs", str(models / "small.py:wide_inputs"), "--sizes", "2"],
     ]
     processes = [
-        subprocess.Popen([sys.executable, "-m", "ccache_cli", "--store", str(store), "precompile", *c, "--no-aot"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        subprocess.Popen(
+            [sys.executable, "-m", "ccache_cli", "--store", str(store), "precompile", *c, "--no-aot"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
         for c in commands
     ]
     for process in processes:
@@ -131,8 +155,9 @@ def test_loader_crash_hint_names_a_compiler_that_links_the_cxx_runtime_staticall
     code = "from ccache_cli.build.aot import static_cxx_runtime_hint as h; print(h())"
     hints = {}
     for name, compiler in (("static", str(static_only)), ("system", "g++")):
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                env={**os.environ, "CXX": compiler})
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "CXX": compiler}
+        )
         assert result.returncode == 0, result.stderr
         hints[name] = result.stdout.strip()
     assert str(static_only) in hints["static"] and "set CXX to a compiler that links it dynamically" in hints["static"]

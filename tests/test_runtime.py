@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ccache, ccache_json, store_leftovers, write_serve_script
+from conftest import serve_counters as _counters
 
-from conftest import ccache, ccache_json, serve_counters as _counters, store_leftovers, write_serve_script
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Path:
@@ -24,8 +25,17 @@ def _views(tmp_path: Path) -> dict[str, str]:
 
 
 def test_run_hits_every_size_with_torch_compile(example_store: Path, serve: Path, tmp_path: Path) -> None:
-    result = ccache("run", "--", sys.executable, str(serve), "torch", "[1, 8, 32]", store=example_store,
-                    cwd=tmp_path, env=_views(tmp_path))
+    result = ccache(
+        "run",
+        "--",
+        sys.executable,
+        str(serve),
+        "torch",
+        "[1, 8, 32]",
+        store=example_store,
+        cwd=tmp_path,
+        env=_views(tmp_path),
+    )
     counters = _counters(result)
     assert counters["same"] is True
     assert counters.get("fxgraph_cache_miss", 0) == 0 and counters.get("autograd_cache_miss", 0) == 0
@@ -33,8 +43,17 @@ def test_run_hits_every_size_with_torch_compile(example_store: Path, serve: Path
 
 
 def test_api_serves_stored_aot_functions_without_compiling(example_store: Path, serve: Path, tmp_path: Path) -> None:
-    result = ccache("run", "--", sys.executable, str(serve), "api", "[1, 8, 32]", store=example_store,
-                    cwd=tmp_path, env=_views(tmp_path))
+    result = ccache(
+        "run",
+        "--",
+        sys.executable,
+        str(serve),
+        "api",
+        "[1, 8, 32]",
+        store=example_store,
+        cwd=tmp_path,
+        env=_views(tmp_path),
+    )
     counters = _counters(result)
     assert counters["same"] is True
     # No frame was traced at all: every size ran its stored AOTInductor package, which
@@ -69,7 +88,9 @@ def test_api_package_follows_weights_and_falls_back_when_they_are_replaced(examp
     script = tmp_path / "weights.py"
     script.write_text(WEIGHTS_SCRIPT)
     for _ in range(2):
-        result = ccache("run", "--", sys.executable, str(script), store=example_store, cwd=tmp_path, env=_views(tmp_path))
+        result = ccache(
+            "run", "--", sys.executable, str(script), store=example_store, cwd=tmp_path, env=_views(tmp_path)
+        )
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout.strip().splitlines()[-1])
         # [output equals eager, Dynamo imported]: in-place weight updates are served by the
@@ -82,8 +103,17 @@ def test_api_package_follows_weights_and_falls_back_when_they_are_replaced(examp
 
 
 def test_api_falls_back_to_warm_torch_compile_for_other_sizes(example_store: Path, serve: Path, tmp_path: Path) -> None:
-    result = ccache("run", "--", sys.executable, str(serve), "api", "[8, 5]", store=example_store,
-                    cwd=tmp_path, env=_views(tmp_path))
+    result = ccache(
+        "run",
+        "--",
+        sys.executable,
+        str(serve),
+        "api",
+        "[8, 5]",
+        store=example_store,
+        cwd=tmp_path,
+        env=_views(tmp_path),
+    )
     counters = _counters(result)
     assert counters["same"] is True
     assert counters["frames"] == 1  # size 5 was compiled; size 8 came from its AOT function
@@ -96,13 +126,23 @@ def test_run_from_read_only_store_changes_nothing(example_store: Path, serve: Pa
     before = _tree_digest(store)
     _make_read_only(store)
     try:
-        result = ccache("run", "--", sys.executable, str(serve), "torch", "[1, 8, 32]", store=store,
-                        cwd=tmp_path, env=_views(tmp_path))
+        result = ccache(
+            "run",
+            "--",
+            sys.executable,
+            str(serve),
+            "torch",
+            "[1, 8, 32]",
+            store=store,
+            cwd=tmp_path,
+            env=_views(tmp_path),
+        )
         counters = _counters(result)
         assert counters.get("fxgraph_cache_miss", 0) == 0 and counters["fxgraph_cache_hit"] == 3
         # A fresh size compiles into the view, never into the store.
-        result = ccache("run", "--", sys.executable, str(serve), "api", "[3]", store=store,
-                        cwd=tmp_path, env=_views(tmp_path))
+        result = ccache(
+            "run", "--", sys.executable, str(serve), "api", "[3]", store=store, cwd=tmp_path, env=_views(tmp_path)
+        )
         assert _counters(result)["fxgraph_cache_miss"] == 1
     finally:
         _make_writable(store)
@@ -145,7 +185,9 @@ def test_capture_of_a_failing_command_stores_nothing(tmp_path: Path) -> None:
     store = tmp_path / "store"
     result = ccache("run", "--capture", "x", "--", sys.executable, "-c", "raise SystemExit(3)", store=store)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"ccache: error: {sys.executable} exited with code 3; nothing was stored"]
+    assert result.stderr.strip().splitlines() == [
+        f"ccache: error: {sys.executable} exited with code 3; nothing was stored"
+    ]
     assert store_leftovers(store) == []
 
 
@@ -179,8 +221,15 @@ def test_run_in_an_empty_store_says_there_is_nothing_to_activate(tmp_path: Path)
 
 
 def test_run_passes_the_exit_code_through(example_store: Path, tmp_path: Path) -> None:
-    result = ccache("run", "--", sys.executable, "-c", "import os, sys; print(os.environ['TORCHINDUCTOR_CACHE_DIR']); sys.exit(7)",
-                    store=example_store, env=_views(tmp_path))
+    result = ccache(
+        "run",
+        "--",
+        sys.executable,
+        "-c",
+        "import os, sys; print(os.environ['TORCHINDUCTOR_CACHE_DIR']); sys.exit(7)",
+        store=example_store,
+        env=_views(tmp_path),
+    )
     assert result.returncode == 7
     assert result.stdout.strip().startswith(str(tmp_path / "views"))
 
@@ -208,10 +257,22 @@ def test_run_records_each_use_with_its_cache_hits_and_misses(example_store: Path
     store = tmp_path / "store"
     shutil.copytree(example_store, store, symlinks=True)
     shutil.rmtree(store / "usage", ignore_errors=True)
-    _counters(ccache("run", "--", sys.executable, str(serve), "torch", "[1, 8, 32]", store=store,
-                     cwd=tmp_path, env=_views(tmp_path)))
-    _counters(ccache("run", "--", sys.executable, str(serve), "torch", "[5]", store=store,
-                     cwd=tmp_path, env=_views(tmp_path)))
+    _counters(
+        ccache(
+            "run",
+            "--",
+            sys.executable,
+            str(serve),
+            "torch",
+            "[1, 8, 32]",
+            store=store,
+            cwd=tmp_path,
+            env=_views(tmp_path),
+        )
+    )
+    _counters(
+        ccache("run", "--", sys.executable, str(serve), "torch", "[5]", store=store, cwd=tmp_path, env=_views(tmp_path))
+    )
     [entry] = ccache_json("inspect", store=store)["entries"]
     assert entry["usage"]["times_used"] == 2
     assert entry["usage"]["hits"] == 3 and entry["usage"]["misses"] == 1
@@ -237,12 +298,17 @@ def test_autotuning_results_are_looked_up_in_the_process_own_cache() -> None:
     relocate.patch(types.SimpleNamespace(AutotuneCache=AutotuneCache), ["/build/stage-1/inductor"], "/views/v/inductor")
     assert AutotuneCache("/build/stage-1/inductor/ab/k.best_config")._read() == "/views/v/inductor/ab/k.best_config"
     assert AutotuneCache("/build/stage-1/inductor/ab/k.best_config").save(None) == "/views/v/inductor/ab/k.best_config"
-    assert AutotuneCache("/build/stage-10/inductor/ab/k.best_config")._read() == "/build/stage-10/inductor/ab/k.best_config"
+    assert (
+        AutotuneCache("/build/stage-10/inductor/ab/k.best_config")._read()
+        == "/build/stage-10/inductor/ab/k.best_config"
+    )
 
 
 def test_under_ccache_run_torch_looks_up_autotuning_results_in_the_view(example_store: Path, tmp_path: Path) -> None:
-    probe = ("import os, torch._inductor.runtime.autotune_cache as ac; "
-             "print(getattr(ac.AutotuneCache._read, '_ccache_relocated', False), os.environ['CCACHE_CLI_COMPILED_AT'])")
+    probe = (
+        "import os, torch._inductor.runtime.autotune_cache as ac; "
+        "print(getattr(ac.AutotuneCache._read, '_ccache_relocated', False), os.environ['CCACHE_CLI_COMPILED_AT'])"
+    )
     result = ccache("run", "--", sys.executable, "-c", probe, store=example_store, env=_views(tmp_path))
     assert result.returncode == 0, result.stderr
     relocated, compiled_at = result.stdout.split()

@@ -14,8 +14,16 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import (ccache, ccache_json, framed_archive, head_members, make_entry, regular, snapshot,
-                      synthetic_manifest)
+from conftest import (
+    ccache,
+    ccache_json,
+    framed_archive,
+    head_members,
+    make_entry,
+    regular,
+    snapshot,
+    synthetic_manifest,
+)
 
 from ccache_cli.store.hashing import hash_json
 from ccache_cli.store.schema import ManifestError, inside
@@ -28,7 +36,9 @@ SHA = hashlib.sha256(BLOB).hexdigest()
 def archive_of(manifests: list[dict], blobs: dict[str, bytes] | None = None) -> bytes:
     """An archive as pack lays it out, for manifests as given (hashes consistent)."""
     blobs = blobs if blobs is not None else {SHA: BLOB}
-    return framed_archive([*head_members(manifests), *(regular(f"objects/{sha}", data) for sha, data in sorted(blobs.items()))])
+    return framed_archive(
+        [*head_members(manifests), *(regular(f"objects/{sha}", data) for sha, data in sorted(blobs.items()))]
+    )
 
 
 def hostile(change: Callable[[dict], None]) -> bytes:
@@ -62,8 +72,10 @@ HOSTILE_MANIFESTS = {
     "created not a date": (lambda m: m.update(created="not a date"), "is not a UTC time"),
     "name with control characters": (lambda m: m.update(name="evil\x1b]0;pwned\x07"), "printable"),
     "size of the wrong type": (lambda m: m["files"]["inductor/fxgraph/ok"].update(size="120"), "sha256 and a size"),
-    "bytecode of an unlisted file": (lambda m: m.update(bytecode={"bytecode/os.cpython-311.pyc": {"module": "os", "sha256": SHA}}),
-                                     "bytecode must map"),
+    "bytecode of an unlisted file": (
+        lambda m: m.update(bytecode={"bytecode/os.cpython-311.pyc": {"module": "os", "sha256": SHA}}),
+        "bytecode must map",
+    ),
 }
 
 
@@ -135,8 +147,15 @@ def test_a_bad_entry_in_the_store_is_a_warning_never_a_crash(target: Path, tmp_p
         assert result.returncode == 0, (args, result.stderr)
         assert "Traceback" not in result.stderr and result.stderr.count("is skipped") == 2, result.stderr
     assert [e["name"] for e in ccache_json("inspect", store=target, env=env)["entries"]] == ["own"]
-    ran = ccache("run", "--", sys.executable, "-c", "import os; print(os.environ['TORCHINDUCTOR_CACHE_DIR'])",
-                 store=target, env=env)
+    ran = ccache(
+        "run",
+        "--",
+        sys.executable,
+        "-c",
+        "import os; print(os.environ['TORCHINDUCTOR_CACHE_DIR'])",
+        store=target,
+        env=env,
+    )
     assert ran.returncode == 0, ran.stderr
     view = Path(ran.stdout.strip()).parent
     links = [p for p in view.rglob("*") if p.is_symlink()]
@@ -172,15 +191,20 @@ def signed(target: Path, keys: dict[str, Path], tmp_path: Path) -> dict[str, Pat
     source = Store(tmp_path / "source")
     make_entry(source, "signed", {"inductor/fxgraph/s": b"signed graph", "inductor/ab/k.so": b"\x7fELF" * 100})
     out = {}
-    for name, sign in (("unsigned", []), ("ours", ["--sign", str(keys["ours"])]), ("theirs", ["--sign", str(keys["theirs"])])):
+    for name, sign in (
+        ("unsigned", []),
+        ("ours", ["--sign", str(keys["ours"])]),
+        ("theirs", ["--sign", str(keys["theirs"])]),
+    ):
         out[name] = tmp_path / f"{name}.tar.zst"
         result = ccache("pack", str(out[name]), *sign, store=source.root)
         assert result.returncode == 0, result.stderr
     return out
 
 
-def test_a_signed_archive_unpacks_where_its_key_is_trusted(signed: dict[str, Path], keys: dict[str, Path],
-                                                           target: Path, tmp_path: Path) -> None:
+def test_a_signed_archive_unpacks_where_its_key_is_trusted(
+    signed: dict[str, Path], keys: dict[str, Path], target: Path, tmp_path: Path
+) -> None:
     again = tmp_path / "again.tar.zst"
     assert ccache("pack", str(again), "signed", "--sign", str(keys["ours"]), store=tmp_path / "source").returncode == 0
     assert again.read_bytes() == signed["ours"].read_bytes()  # deterministic, signature included
@@ -198,18 +222,26 @@ def test_a_signed_archive_unpacks_where_its_key_is_trusted(signed: dict[str, Pat
 
 
 @pytest.mark.parametrize("case", ["unsigned", "theirs", "altered", "altered files.json"])
-def test_an_untrusted_archive_is_refused_before_anything_is_written(case: str, signed: dict[str, Path],
-                                                                   keys: dict[str, Path], tmp_path: Path) -> None:
+def test_an_untrusted_archive_is_refused_before_anything_is_written(
+    case: str, signed: dict[str, Path], keys: dict[str, Path], tmp_path: Path
+) -> None:
     archive = signed["ours" if case.startswith("altered") else case]
     if case.startswith("altered"):
         archive = tmp_path / "altered.tar.zst"
         archive.write_bytes(_altered(signed["ours"], "index.json" if case == "altered" else "files.json"))
-    needle = {"unsigned": "is not signed", "theirs": "which is not trusted", "altered": "changed after it was signed",
-              "altered files.json": "does not match its digest"}[case]
+    needle = {
+        "unsigned": "is not signed",
+        "theirs": "which is not trusted",
+        "altered": "changed after it was signed",
+        "altered files.json": "does not match its digest",
+    }[case]
     trust = str(keys["ours"]) + ".pub"
     fresh = tmp_path / "fresh"
-    for args, env in ((["unpack", str(archive), "--trust", trust], {}), (["unpack", str(archive)], {"CCACHE_CLI_TRUST": trust}),
-                      (["verify", str(archive), "--trust", trust], {})):
+    for args, env in (
+        (["unpack", str(archive), "--trust", trust], {}),
+        (["unpack", str(archive)], {"CCACHE_CLI_TRUST": trust}),
+        (["verify", str(archive), "--trust", trust], {}),
+    ):
         result = ccache(*args, store=fresh, env=env)
         assert_refused(result, needle, code=2 if case == "altered files.json" else 1)
         assert not fresh.exists() or case == "altered files.json"
@@ -226,7 +258,11 @@ def _altered(archive: Path, member: str) -> bytes:
         for info in tar:
             data = tar.extractfile(info).read()  # type: ignore[union-attr]
             if info.name == member:
-                data = data.replace(b'"signed"', b'"SIGNED"', 1) if b'"signed"' in data else data.replace(b"inductor/ab", b"inductor/AB", 1)
+                data = (
+                    data.replace(b'"signed"', b'"SIGNED"', 1)
+                    if b'"signed"' in data
+                    else data.replace(b"inductor/ab", b"inductor/AB", 1)
+                )
             members.append(regular(info.name, data))
     return framed_archive(members, groups_at=(3, 4))
 
@@ -240,7 +276,9 @@ def test_a_public_key_in_pem_is_trusted_too(signed: dict[str, Path], keys: dict[
     assert ccache("unpack", str(signed["ours"]), "--trust", str(pem), store=tmp_path / "s").returncode == 0
     not_a_key = tmp_path / "junk.pub"
     not_a_key.write_text("hello")
-    assert_refused(ccache("unpack", str(signed["ours"]), "--trust", str(not_a_key), store=tmp_path / "s"), "is not a public key")
+    assert_refused(
+        ccache("unpack", str(signed["ours"]), "--trust", str(not_a_key), store=tmp_path / "s"), "is not a public key"
+    )
 
 
 def test_store_files_are_readable_by_other_users(target: Path, tmp_path: Path) -> None:
@@ -259,8 +297,10 @@ def test_store_files_are_readable_by_other_users(target: Path, tmp_path: Path) -
 def test_pack_into_a_directory_and_absurd_sizes_are_bad_input(target: Path, tmp_path: Path) -> None:
     assert_refused(ccache("pack", str(tmp_path), store=target), "is a directory")
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
-    assert_refused(ccache("precompile", "ccache_cli.examples.tiny_transformer", "--sizes", "99999999999999999999",
-                          store=target), "--sizes")
+    assert_refused(
+        ccache("precompile", "ccache_cli.examples.tiny_transformer", "--sizes", "99999999999999999999", store=target),
+        "--sizes",
+    )
 
 
 def test_a_relative_store_works_from_any_folder(target: Path, tmp_path: Path) -> None:
@@ -269,8 +309,17 @@ def test_a_relative_store_works_from_any_folder(target: Path, tmp_path: Path) ->
     (tmp_path / "elsewhere").mkdir()
     assert ccache("--store", "rel", "unpack", str(archive), cwd=tmp_path).returncode == 0
     check = "import os, pathlib; print(sum(1 for p in pathlib.Path(os.environ['TORCHINDUCTOR_CACHE_DIR']).rglob('*') if p.is_file()))"
-    ran = ccache("--store", "../rel", "run", "--", sys.executable, "-c", check, cwd=tmp_path / "elsewhere",
-                 env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")})
+    ran = ccache(
+        "--store",
+        "../rel",
+        "run",
+        "--",
+        sys.executable,
+        "-c",
+        check,
+        cwd=tmp_path / "elsewhere",
+        env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")},
+    )
     assert ran.returncode == 0, ran.stderr
     assert int(ran.stdout.strip()) == 1  # the entry's one file, readable through the view's link
 
@@ -278,10 +327,12 @@ def test_a_relative_store_works_from_any_folder(target: Path, tmp_path: Path) ->
 def test_unexpected_errors_are_one_line_naming_a_log(target: Path, tmp_path: Path) -> None:
     """A bug anywhere still ends in one line; the traceback is kept in a log file."""
     script = tmp_path / "boom.py"
-    script.write_text("import sys\nfrom ccache_cli.check import inspect\n"
-                      "def boom(*a, **k): raise RuntimeError('boom')\n"
-                      "inspect.inspect_store = boom\n"
-                      "from ccache_cli.cli.main import main\nsys.argv = ['ccache', '--store', sys.argv[1], 'inspect']\nmain()\n")
+    script.write_text(
+        "import sys\nfrom ccache_cli.check import inspect\n"
+        "def boom(*a, **k): raise RuntimeError('boom')\n"
+        "inspect.inspect_store = boom\n"
+        "from ccache_cli.cli.main import main\nsys.argv = ['ccache', '--store', sys.argv[1], 'inspect']\nmain()\n"
+    )
     result = __import__("subprocess").run([sys.executable, str(script), str(target)], capture_output=True, text=True)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()

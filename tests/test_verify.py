@@ -24,8 +24,9 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(MODELS / "two_files", root / "code")
     (root / "code" / "unused.py").write_text("VALUE = 1\n")
     for store, sizes in (("one", "2"), ("two", "2,4")):
-        result = ccache("precompile", str(root / "code" / "model.py"), "--sizes", sizes, "--no-aot",
-                        store=root / store, cwd=root)
+        result = ccache(
+            "precompile", str(root / "code" / "model.py"), "--sizes", sizes, "--no-aot", store=root / store, cwd=root
+        )
         assert result.returncode == 0, result.stderr
     return root
 
@@ -83,8 +84,13 @@ def test_moved_store_other_home_and_working_directory_pass(world: Path, tmp_path
     shutil.move(str(world / "one"), moved)
     (tmp_path / "home").mkdir()
     (tmp_path / "cwd").mkdir()
-    result = ccache("verify", "--json", store=moved, cwd=tmp_path / "cwd",
-                    env={"HOME": str(tmp_path / "home"), "PYTHONPATH": str(world / "code")})
+    result = ccache(
+        "verify",
+        "--json",
+        store=moved,
+        cwd=tmp_path / "cwd",
+        env={"HOME": str(tmp_path / "home"), "PYTHONPATH": str(world / "code")},
+    )
     assert result.returncode == 0, result.stdout
 
 
@@ -100,10 +106,20 @@ def test_target_with_another_build_fails_naming_the_component(component: str, va
     assert repr(value) in check["detail"]
 
 
-@pytest.mark.parametrize(("component", "value"), [("gpu", "NVIDIA A100-SXM4-80GB"), ("capability", "sm_80"), ("cuda", "12.8")])
+@pytest.mark.parametrize(
+    ("component", "value"), [("gpu", "NVIDIA A100-SXM4-80GB"), ("capability", "sm_80"), ("cuda", "12.8")]
+)
 def test_gpu_entry_against_another_gpu_fails_naming_the_component(component: str, value: str, tmp_path: Path) -> None:
-    h100 = {"python": "3.12.3", "torch": "2.11.0+cu130", "cuda": "13.0", "hip": None, "machine": "x86_64",
-            "triton": "3.6.0", "gpu": "NVIDIA H100 80GB HBM3", "capability": "sm_90"}
+    h100 = {
+        "python": "3.12.3",
+        "torch": "2.11.0+cu130",
+        "cuda": "13.0",
+        "hip": None,
+        "machine": "x86_64",
+        "triton": "3.6.0",
+        "gpu": "NVIDIA H100 80GB HBM3",
+        "capability": "sm_90",
+    }
     store = Store(tmp_path / "store")
     make_entry(store, "gpu_model", {"inductor/triton/0/k/k.cubin": b"cubin"}, fingerprint=h100, device="cuda:0")
     target = tmp_path / "target.json"
@@ -165,8 +181,11 @@ def test_run_fails_naming_the_size_whose_artifacts_are_lost(world: Path) -> None
     size_2 = {cache_key(p) for p in Store(world / "one").scan().entries[0].files}
     store = Store(world / "two")
     entry = store.scan().entries[0]
-    lost = [p for p in entry.files
-            if p.startswith(("inductor/fxgraph/", "inductor/aotautograd/")) and cache_key(p) not in size_2]
+    lost = [
+        p
+        for p in entry.files
+        if p.startswith(("inductor/fxgraph/", "inductor/aotautograd/")) and cache_key(p) not in size_2
+    ]
     assert lost
     manifest_file = store.entries_dir / entry.id / "manifest.json"
     manifest = json.loads(manifest_file.read_text())

@@ -16,9 +16,15 @@ VOCAB = 32000
 
 def build() -> torch.nn.Module:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=HIDDEN * 11 // 4,
-                         num_hidden_layers=LAYERS, num_attention_heads=HIDDEN // 64, num_key_value_heads=HIDDEN // 256,
-                         max_position_embeddings=4096)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=HIDDEN * 11 // 4,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HIDDEN // 64,
+        num_key_value_heads=HIDDEN // 256,
+        max_position_embeddings=4096,
+    )
     return LlamaForCausalLM(config).to(torch.bfloat16).eval()
 
 

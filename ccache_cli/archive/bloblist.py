@@ -36,8 +36,13 @@ class BlobList:
         fields = listing.split()
         names, sizes = fields[0::2], fields[1::2]
         joined = b"".join(names)
-        if (len(names) != len(sizes) or {*map(len, names)} - {64} or joined.translate(None, b"0123456789abcdef")
-                or not all(map(bytes.isdigit, sizes)) or max(map(len, sizes), default=0) > 18):
+        if (
+            len(names) != len(sizes)
+            or {*map(len, names)} - {64}
+            or joined.translate(None, b"0123456789abcdef")
+            or not all(map(bytes.isdigit, sizes))
+            or max(map(len, sizes), default=0) > 18
+        ):
             raise ArchiveError(f"{BLOBS_NAME} is malformed: each line must be a sha256 and a size")
         if not all(map(bytes.__lt__, names, names[1:])):
             raise ArchiveError(f"{BLOBS_NAME} is malformed: its blobs are not sorted, or one is listed twice")

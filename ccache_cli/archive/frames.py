@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import IO, Callable, NamedTuple
+from collections.abc import Callable
+from typing import IO, NamedTuple
 
 import zstandard
 
@@ -64,7 +65,9 @@ class FrameWriter:
     def write(self, piece: bytes | bytearray | memoryview, starts_group: bool) -> None:
         """Compress `piece` (at most FRAME_SIZE bytes) as the next frame."""
         frame = self._compressor.compress(piece)
-        self._out.write(_SIZES.pack(_SIZES_MAGIC, 12, len(frame), len(piece), _STARTS_GROUP if starts_group else 0) + frame)
+        self._out.write(
+            _SIZES.pack(_SIZES_MAGIC, 12, len(frame), len(piece), _STARTS_GROUP if starts_group else 0) + frame
+        )
 
 
 class FrameReader:
@@ -72,7 +75,9 @@ class FrameReader:
     not declare more than FRAME_SIZE, and its zstd header must declare the same.
     `source` is a whole archive, or with `part`, some of its groups (maybe none)."""
 
-    def __init__(self, source: IO[bytes], on_progress: Callable[[int], None] = lambda _: None, part: bool = False) -> None:
+    def __init__(
+        self, source: IO[bytes], on_progress: Callable[[int], None] = lambda _: None, part: bool = False
+    ) -> None:
         self._source = source
         self._on_progress = on_progress
         self._started = part
@@ -83,8 +88,10 @@ class FrameReader:
         if not self._started:
             self._started = True
             if head[:4] == ZSTD_MAGIC:
-                raise ArchiveError("archive is a plain zstd stream, not the framed layout `ccache pack` writes "
-                                   "(it was not packed by this version of ccache-cli)")
+                raise ArchiveError(
+                    "archive is a plain zstd stream, not the framed layout `ccache pack` writes "
+                    "(it was not packed by this version of ccache-cli)"
+                )
             if head[:4] != _SIZES_MAGIC:
                 raise ArchiveError("not a zstd-compressed archive (expected a .tar.zst written by `ccache pack`)")
         if not head:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import IO, Any, BinaryIO
 
 from ccache_cli.archive import signing
+from ccache_cli.archive.bloblist import BLOBS_NAME, BlobList
 from ccache_cli.archive.frames import FRAME_SIZE, Frame, FrameReader, FrameWriter
 from ccache_cli.archive.signing import SIGNATURE_LIMIT, SIGNATURE_NAME, PublicKey, Signer
-from ccache_cli.archive.bloblist import BLOBS_NAME, BlobList
 from ccache_cli.archive.tarstream import REGULAR, Member, TarReader, TarWriter
 from ccache_cli.errors import ArchiveError
 from ccache_cli.store import artifacts, manifest, schema
@@ -46,7 +46,9 @@ def head_frames(entries: Sequence[Manifest], listing: bytes, level: int, signer:
     index = {
         "format": ARCHIVE_FORMAT,
         "entries": [entry.without_files() for entry in ordered],
-        "artifacts": {entry.id: [[k.kind, k.count, k.bytes] for k in artifacts.kinds_of(entry.files)] for entry in ordered},
+        "artifacts": {
+            entry.id: [[k.kind, k.count, k.bytes] for k in artifacts.kinds_of(entry.files)] for entry in ordered
+        },
         "digests": {entry.id: entry.digest() for entry in ordered},
     }
     index_bytes = _json_bytes(index)
@@ -96,8 +98,7 @@ class Head:
         self.tar = TarReader(self._next_chunk)
 
     @classmethod
-    def read(cls, source: IO[bytes], on_progress: Progress = lambda _: None,
-             trusted: Sequence[PublicKey] = ()) -> Head:
+    def read(cls, source: IO[bytes], on_progress: Progress = lambda _: None, trusted: Sequence[PublicKey] = ()) -> Head:
         """The head, checked; where keys are trusted, signed by one of them (TrustError if not)."""
         head = cls(FrameReader(source, on_progress))
         head.index_bytes = read_member(head.tar, INDEX_NAME)
@@ -111,8 +112,10 @@ class Head:
             head.signature = head.tar.read_exactly(member.size, f"its {SIGNATURE_NAME}").tobytes()
             member = head.tar.next()
         if member is not None or head.tar.ended:
-            raise ArchiveError(f"archive has more than {INDEX_NAME}, {BLOBS_NAME} and {SIGNATURE_NAME} in their group; "
-                               "it was not written by `ccache pack`")
+            raise ArchiveError(
+                f"archive has more than {INDEX_NAME}, {BLOBS_NAME} and {SIGNATURE_NAME} in their group; "
+                "it was not written by `ccache pack`"
+            )
         # Checked before any of it is parsed: what no trusted key signed is not looked at.
         signing.check(head.signature, _format_of(head.index_bytes), head.index_bytes, head.blobs_bytes, trusted)
         head.index = parse_index(head.index_bytes)
@@ -140,7 +143,9 @@ class Head:
         while frame is not None and (not group or not frame.starts_group):
             size += frame.size
             if size > _INDEX_LIMIT + FRAME_SIZE:
-                raise ArchiveError(f"{FILES_NAME} is larger than any this tool writes; the archive was not written by `ccache pack`")
+                raise ArchiveError(
+                    f"{FILES_NAME} is larger than any this tool writes; the archive was not written by `ccache pack`"
+                )
             group.append(frame)
             frame = self.frames.read()
         self.next_group = frame
@@ -202,8 +207,10 @@ def parse_index(data: bytes) -> Index:
         raise ArchiveError(f"{INDEX_NAME} is malformed ({exc})") from exc
     version = index.get("format") if isinstance(index, dict) else None
     if version in _OLDER_FORMATS:
-        raise ArchiveError(f"archive format {version} was written by an older ccache-cli, which did not cover "
-                           "manifests by a hash; pack it again with this version")
+        raise ArchiveError(
+            f"archive format {version} was written by an older ccache-cli, which did not cover "
+            "manifests by a hash; pack it again with this version"
+        )
     if version != ARCHIVE_FORMAT:
         raise ArchiveError(
             f"archive format {version!r} is not supported (this ccache-cli reads format {ARCHIVE_FORMAT}); upgrade ccache-cli"
@@ -219,7 +226,9 @@ def parse_index(data: bytes) -> Index:
         if not isinstance(digests, dict) or set(digests) != set(ids) or not schema.all_hex64(list(digests.values())):
             raise ArchiveError(f"{INDEX_NAME} does not give one manifest digest (a sha256) per entry")
         kinds = {
-            entry_id: tuple(KindSummary(str(kind), int(count), int(size)) for kind, count, size in index["artifacts"][entry_id])
+            entry_id: tuple(
+                KindSummary(str(kind), int(count), int(size)) for kind, count, size in index["artifacts"][entry_id]
+            )
             for entry_id in ids
         }
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -251,12 +260,15 @@ def _complete_manifests(index: Index, files: Any, sizes: dict[str, int]) -> list
     complete = []
     for document in documents:
         if hash_json(document) != index.digests[document["id"]]:
-            raise ArchiveError(f"manifest of entry {document['id'][:12]} does not match its digest in {INDEX_NAME}: "
-                               "the archive was changed after it was packed")
+            raise ArchiveError(
+                f"manifest of entry {document['id'][:12]} does not match its digest in {INDEX_NAME}: "
+                "the archive was changed after it was packed"
+            )
         entry = manifest.parse(document)
         for ref in entry.files.values():
             if sizes.get(ref["sha256"]) != ref["size"]:
-                raise ArchiveError(f"{FILES_NAME} is inconsistent: entry {entry.short_id} names a blob "
-                                   f"that {BLOBS_NAME} does not list")
+                raise ArchiveError(
+                    f"{FILES_NAME} is inconsistent: entry {entry.short_id} names a blob that {BLOBS_NAME} does not list"
+                )
         complete.append(entry)
     return complete

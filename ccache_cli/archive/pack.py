@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ccache_cli.archive import pack_process, processes
+from ccache_cli.archive.bloblist import BlobList
 from ccache_cli.archive.frames import FrameWriter
 from ccache_cli.archive.head import Progress, head_frames
 from ccache_cli.archive.signing import Signer
-from ccache_cli.archive.bloblist import BlobList
 from ccache_cli.archive.tarstream import end_marker, group_bounds, member_length
 from ccache_cli.errors import BadInputError, CcacheError
 from ccache_cli.store import durable, owners
@@ -37,8 +37,6 @@ class PackResult:
     entries: tuple[Manifest, ...]
     blobs: int
     bytes: int  # uncompressed blob bytes
-
-
 
 
 def pack(
@@ -115,7 +113,7 @@ def _remove_killed_partials(folder: Path, name: str) -> None:
     prefix, suffix = f".{name}.", f".{socket.gethostname()}.partial"
     with contextlib.suppress(OSError):
         for other in os.listdir(folder):
-            pid = other[len(prefix):].partition(".")[0]
+            pid = other[len(prefix) :].partition(".")[0]
             if other.startswith(prefix) and other.endswith(suffix) and pid.isdigit() and not owners.is_alive(int(pid)):
                 with contextlib.suppress(OSError):
                     os.unlink(folder / other)
@@ -140,10 +138,18 @@ class _Packers:
         self._next = 0  # the process whose group is written next
         self._threads: list[threading.Thread] = []
         for at, process in enumerate(self._processes):
-            job = {"store": store, "level": level, "archive": archive,
-                   "baton_in": rings[at][0], "baton_out": rings[(at + 1) % count][1]}
-            messages = [pack_process.job_bytes(job), *map(pack_process.group_bytes, groups[at::count]),
-                        pack_process.group_bytes(BlobList.of([], []))]
+            job = {
+                "store": store,
+                "level": level,
+                "archive": archive,
+                "baton_in": rings[at][0],
+                "baton_out": rings[(at + 1) % count][1],
+            }
+            messages = [
+                pack_process.job_bytes(job),
+                *map(pack_process.group_bytes, groups[at::count]),
+                pack_process.group_bytes(BlobList.of([], [])),
+            ]
             self._threads.append(threading.Thread(target=_send, args=(process, messages), daemon=True))
             self._threads[-1].start()
 

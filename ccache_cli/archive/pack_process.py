@@ -24,12 +24,12 @@ import struct
 import sys
 from typing import IO, Any
 
-from ccache_cli.store import owners
-from ccache_cli.errors import CcacheError
-from ccache_cli.archive.frames import FrameWriter
-from ccache_cli.store.store import Store
 from ccache_cli.archive.bloblist import BlobList
+from ccache_cli.archive.frames import FrameWriter
 from ccache_cli.archive.tarstream import BLOB_PREFIX, TarWriter
+from ccache_cli.errors import CcacheError
+from ccache_cli.store import owners
+from ccache_cli.store.store import Store
 
 WRITTEN, FAILED = b"W", b"X"
 REPORT = struct.Struct("<cI")  # kind, length of the message that follows
@@ -69,7 +69,7 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
         view = memoryview(frames)
         try:
             while view:
-                view = view[os.write(job["archive"], view):]
+                view = view[os.write(job["archive"], view) :]
         except OSError as exc:
             _report(stdout, FAILED, f"cannot write the archive: {exc.strerror or exc}")
             return False

@@ -18,10 +18,10 @@ import sys
 import threading
 from collections.abc import Callable
 from types import ModuleType
+from typing import IO, Union
 
 from ccache_cli.archive import frames
 from ccache_cli.store import owners
-from typing import IO, Union
 
 
 class Forked:
@@ -80,9 +80,16 @@ def start(worker: ModuleType, count: int, keep: tuple[int, ...] = ()) -> list[Pr
     owners.prctl()  # loaded before forking, so that each forked worker has it
     env = {**os.environ, owners.PARENT_ENV: str(os.getpid())}
     return [
-        Forked(worker.serve, keep) if fork else
-        subprocess.Popen([sys.executable, "-m", worker.__name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, pass_fds=keep, env=env)
+        Forked(worker.serve, keep)
+        if fork
+        else subprocess.Popen(
+            [sys.executable, "-m", worker.__name__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=keep,
+            env=env,
+        )
         for _ in range(count)
     ]
 

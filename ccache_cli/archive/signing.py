@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccache_cli.store import durable
 from ccache_cli.errors import BadInputError, CcacheError
+from ccache_cli.store import durable
 from ccache_cli.store.hashing import canonical_json
 
 SIGNATURE_NAME = "signature.json"
@@ -66,8 +66,9 @@ def generate(path: Path) -> tuple[Path, str]:
         if target.exists():
             raise BadInputError(f"{target} exists; remove it or choose another PATH")
     key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -104,8 +105,14 @@ class Signer:
     def signature(self, archive_format: int, index: bytes, blobs: bytes) -> bytes:
         """signature.json for an archive with this index.json and blobs.txt."""
         signature = self._key.sign(_message(archive_format, index, blobs))
-        return canonical_json({"format": _FORMAT, "algorithm": "ed25519", "key": self.key_id,
-                               "signature": base64.b64encode(signature).decode()})
+        return canonical_json(
+            {
+                "format": _FORMAT,
+                "algorithm": "ed25519",
+                "key": self.key_id,
+                "signature": base64.b64encode(signature).decode(),
+            }
+        )
 
 
 def load_public(path: Path) -> PublicKey:
@@ -131,8 +138,9 @@ def trusted_keys(paths: Iterable[str | Path] = ()) -> tuple[PublicKey, ...]:
     return tuple(load_public(Path(path)) for path in named)
 
 
-def check(signature: bytes | None, archive_format: int, index: bytes, blobs: bytes,
-          trusted: Sequence[PublicKey]) -> str | None:
+def check(
+    signature: bytes | None, archive_format: int, index: bytes, blobs: bytes, trusted: Sequence[PublicKey]
+) -> str | None:
     """The id of the trusted key that signed an archive with this head; TrustError if
     none did. Without trusted keys, nothing is required (None)."""
     if not trusted:
@@ -155,17 +163,25 @@ def check(signature: bytes | None, archive_format: int, index: bytes, blobs: byt
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     try:
-        ed25519.Ed25519PublicKey.from_public_bytes(key.raw).verify(raw_signature, _message(archive_format, index, blobs))
+        ed25519.Ed25519PublicKey.from_public_bytes(key.raw).verify(
+            raw_signature, _message(archive_format, index, blobs)
+        )
     except InvalidSignature:
-        raise TrustError(f"archive's signature by {key.source} does not match its content: "
-                         "it was changed after it was signed") from None
+        raise TrustError(
+            f"archive's signature by {key.source} does not match its content: it was changed after it was signed"
+        ) from None
     return key.id
 
 
 def _message(archive_format: int, index: bytes, blobs: bytes) -> bytes:
-    return canonical_json({"archive": "ccache-cli", "format": archive_format,
-                           "index.json": hashlib.sha256(index).hexdigest(),
-                           "blobs.txt": hashlib.sha256(blobs).hexdigest()})
+    return canonical_json(
+        {
+            "archive": "ccache-cli",
+            "format": archive_format,
+            "index.json": hashlib.sha256(index).hexdigest(),
+            "blobs.txt": hashlib.sha256(blobs).hexdigest(),
+        }
+    )
 
 
 def _public_raw(key: Any) -> bytes:

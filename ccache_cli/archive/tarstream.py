@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from ccache_cli.archive.bloblist import BLOBS_NAME, BlobList
-from ccache_cli.errors import ArchiveError, CcacheError
 from ccache_cli.archive.frames import FRAME_SIZE, FrameWriter
+from ccache_cli.errors import ArchiveError, CcacheError
 
 BLOB_PREFIX = "objects/"
 _BLOB_NAME = re.compile(rf"^{BLOB_PREFIX}([0-9a-f]{{64}})$")
@@ -53,7 +53,9 @@ def ustar_header(name: str, size: int) -> bytes:
     size_field = b"%011o\0" % size if size < 8**11 else b"\x80" + size.to_bytes(11, "big")
     # The template's other bytes never change: only name and size need summing.
     checksum = b"%06o\0 " % (_TEMPLATE_FIXED_SUM + sum(encoded) + sum(size_field))
-    return b"".join((encoded, bytes(100 - len(encoded)), _TEMPLATE_MODES, size_field, _TEMPLATE_MTIME, checksum, _TEMPLATE_TAIL))
+    return b"".join(
+        (encoded, bytes(100 - len(encoded)), _TEMPLATE_MODES, size_field, _TEMPLATE_MTIME, checksum, _TEMPLATE_TAIL)
+    )
 
 
 def member_length(size: int) -> int:
@@ -303,7 +305,9 @@ def blob_members(tar: TarReader, blobs: BlobList, received: bytearray) -> Iterat
         expected = at < count and not received[at]
         if expected:
             name, size = blobs.name(at), blobs.size(at)
-            expected = size < 8**11 and header[:148] == _EXPECTED_START % (name, size) and header[156:] == _TEMPLATE_TAIL
+            expected = (
+                size < 8**11 and header[:148] == _EXPECTED_START % (name, size) and header[156:] == _TEMPLATE_TAIL
+            )
         if not expected:
             member = _parse_header(header)
             at = check_member(member, blobs, received)
@@ -315,8 +319,14 @@ def blob_members(tar: TarReader, blobs: BlobList, received: bytearray) -> Iterat
 
 
 # What pack writes before a blob's checksum field, less the blob's name and size.
-_EXPECTED_START = (BLOB_PREFIX.encode() + b"%b" + bytes(100 - len(BLOB_PREFIX) - 64)
-                   + _TEMPLATE_MODES.replace(b"%", b"%%") + b"%011o\0" + _TEMPLATE_MTIME.replace(b"%", b"%%"))
+_EXPECTED_START = (
+    BLOB_PREFIX.encode()
+    + b"%b"
+    + bytes(100 - len(BLOB_PREFIX) - 64)
+    + _TEMPLATE_MODES.replace(b"%", b"%%")
+    + b"%011o\0"
+    + _TEMPLATE_MTIME.replace(b"%", b"%%")
+)
 
 
 def check_member(member: Member, blobs: BlobList, received: bytearray) -> int:

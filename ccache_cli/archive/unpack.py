@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from ccache_cli.archive import processes, unpack_process
+from ccache_cli.archive.bloblist import BLOBS_NAME, BlobList
 from ccache_cli.archive.frames import Frame, cpu_count
 from ccache_cli.archive.head import Head, Progress
 from ccache_cli.archive.signing import PublicKey
-from ccache_cli.archive.bloblist import BLOBS_NAME, BlobList
 from ccache_cli.archive.tarstream import BLOB_PREFIX
 from ccache_cli.errors import ArchiveError, BadInputError, CcacheError
 from ccache_cli.store.manifest import Manifest
@@ -61,7 +61,9 @@ def unpack(
             return _unpack(store, staging, workers, head, select)
 
 
-def _unpack(store: Store, staging: Path, workers: _Workers, head: Head, select: Callable[[Manifest], bool]) -> UnpackResult:
+def _unpack(
+    store: Store, staging: Path, workers: _Workers, head: Head, select: Callable[[Manifest], bool]
+) -> UnpackResult:
     sizes = head.blobs.sizes()
     names = list(sizes)
     objects = staging / "objects"
@@ -90,8 +92,9 @@ def _unpack(store: Store, staging: Path, workers: _Workers, head: Head, select: 
     published = store.publish(wanted_entries, staging, wanted_blobs)
     added_entries = [entry for entry, is_new in published if is_new]
     kept = [entry for entry, is_new in published if not is_new]
-    return UnpackResult(tuple(added_entries), tuple(kept), tuple(e.id for e in skipped),
-                        len(wanted_blobs - present), new_bytes)
+    return UnpackResult(
+        tuple(added_entries), tuple(kept), tuple(e.id for e in skipped), len(wanted_blobs - present), new_bytes
+    )
 
 
 def _link_present(store: Store, objects: Path, names: list[str]) -> set[str]:
@@ -234,7 +237,9 @@ class _Workers:
     def _report(self, process: processes.Process) -> dict[str, Any]:
         assert process.stdout is not None
         stdout = process.stdout.read()  # its stdin is closed: communicate() would flush it
-        stderr = process.stderr.read() if process.stderr is not None else b""  # a traceback at most, which its pipe holds
+        stderr = (
+            process.stderr.read() if process.stderr is not None else b""
+        )  # a traceback at most, which its pipe holds
         process.wait()
         try:
             return json.loads(stdout)  # type: ignore[no-any-return]

@@ -25,11 +25,11 @@ import struct
 import sys
 from typing import IO, Any
 
-from ccache_cli.store import owners
-from ccache_cli.errors import ArchiveError, CcacheError
-from ccache_cli.archive.frames import FrameReader
 from ccache_cli.archive.bloblist import BlobList
+from ccache_cli.archive.frames import FrameReader
 from ccache_cli.archive.tarstream import BLOB_PREFIX, TarReader, blob_members, copy_member
+from ccache_cli.errors import ArchiveError, CcacheError
+from ccache_cli.store import owners
 
 _JOB_LENGTH = struct.Struct("<Q")
 _WHOLE = 1 << 20  # blobs up to this size are read whole, larger ones in chunks
@@ -55,7 +55,10 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     except CcacheError as exc:
         report["error"] = {"message": str(exc), "bad_input": exc.exit_code == 2}
     except OSError as exc:
-        report["error"] = {"message": f"cannot write blobs to {job['objects']}: {exc.strerror or exc}", "bad_input": False}
+        report["error"] = {
+            "message": f"cannot write blobs to {job['objects']}: {exc.strerror or exc}",
+            "bad_input": False,
+        }
     except Exception as exc:  # a bug: said in the report, which the caller turns into one line
         report["error"] = {"message": f"an unpacking process failed: {exc!r}", "bad_input": False}
     stdin.close()  # before reporting: a caller still writing learns at once that this one stopped
@@ -79,7 +82,9 @@ def _unpack(stdin: IO[bytes], job: dict[str, Any], blobs: BlobList, write: bytes
             if write[number]:
                 folder = folders.get(sha256[:2])
                 if folder is None:
-                    folder = folders[sha256[:2]] = os.open(os.path.join(job["objects"], sha256[:2]), os.O_RDONLY | os.O_DIRECTORY)
+                    folder = folders[sha256[:2]] = os.open(
+                        os.path.join(job["objects"], sha256[:2]), os.O_RDONLY | os.O_DIRECTORY
+                    )
             if size <= _WHOLE:  # most blobs: checked before anything is written
                 data = tar.read_member()
                 good = hashlib.sha256(data).hexdigest() == sha256

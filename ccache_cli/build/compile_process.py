@@ -23,17 +23,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from ccache_cli.store import owners
-from ccache_cli.build import aot, modelspec, outputs
-from ccache_cli.hooked import bytecode, fingerprint
-from ccache_cli.key import sources
-from ccache_cli.build import plan
-from ccache_cli.store.artifacts import AOT_PREFIX, MEGACACHE_FILE, OUTPUTS_PREFIX
+from ccache_cli.build import aot, modelspec, outputs, plan
 from ccache_cli.errors import CcacheError, DeviceError
+from ccache_cli.hooked import bytecode, fingerprint
 from ccache_cli.hooked.tracing import modules_by_file, record_traced_files
+from ccache_cli.key import sources
+from ccache_cli.store import owners
+from ccache_cli.store.artifacts import AOT_PREFIX, MEGACACHE_FILE, OUTPUTS_PREFIX
 
 Emit = Callable[..., None]
-
 
 
 def main(argv: list[str]) -> int:
@@ -47,7 +45,13 @@ def main(argv: list[str]) -> int:
     try:
         run(request, Path(argv[2]), emit, sys.stdin)
     except CcacheError as exc:
-        emit("error", kind=type(exc).__name__, exit_code=exc.exit_code, message=str(exc), traceback=traceback.format_exc())
+        emit(
+            "error",
+            kind=type(exc).__name__,
+            exit_code=exc.exit_code,
+            message=str(exc),
+            traceback=traceback.format_exc(),
+        )
         return exc.exit_code
     except Exception as exc:  # a failure inside torch: report it, the parent cleans up
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -111,8 +115,9 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
         _record_outputs(torch, model, inputs, results, out)
         for other in others:  # the graphs' cache keys hold the device index: each index its own
             moved = {size: plan.to_device(torch, args, other) for size, args in inputs.items()}
-            more, _ = _compile_sizes(torch, model.to(other), moved, {**compile_options, "device": other}, inputs_fn,
-                                     emit, suffix=f"@{other}")
+            more, _ = _compile_sizes(
+                torch, model.to(other), moved, {**compile_options, "device": other}, inputs_fn, emit, suffix=f"@{other}"
+            )
             reports += more
         model.to(device)
         artifacts = torch.compiler.save_cache_artifacts()  # what torch.compile made, before the AOT builds
@@ -129,10 +134,15 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
             with aot.inductor_cache_at(out.parent / "package-build"):
                 packages = aot.packages(torch, model, inputs, compile_options, out / AOT_PREFIX, emit)
             if graph_break is not None:
-                functions = {"status": "skipped", "reason": f"graph break, so no fullgraph capture: {aot.one_line(graph_break)}"}
+                functions = {
+                    "status": "skipped",
+                    "reason": f"graph break, so no fullgraph capture: {aot.one_line(graph_break)}",
+                }
             else:
                 functions = aot.aot_functions(torch, model, inputs, compile_options, out / AOT_PREFIX, emit)
-    traced_sources = sources.collect(traced, sys.path, os.path.dirname(torch.__file__), modules_by_file(traced, sys.modules))
+    traced_sources = sources.collect(
+        traced, sys.path, os.path.dirname(torch.__file__), modules_by_file(traced, sys.modules)
+    )
     emit("size_start", label="bytecode", phase="bytecode")
     started = time.perf_counter()
     recorded = bytecode.record(dict(sys.modules), str(out / bytecode.PREFIX))
@@ -168,14 +178,16 @@ def _compile_sizes(
     reports, results = [], {}
     for label, args in runs:
         emit("size_start", label=label + suffix, phase="compile")
-        report, results[label] = _measure(torch, options["device"], lambda: plan.call(compiled, args))
+        report, results[label] = _measure(torch, options["device"], lambda args=args: plan.call(compiled, args))
         report["label"] = label + suffix
         reports.append(report)
         emit("size_done", phase="compile", **report)
     return reports, results
 
 
-def _record_outputs(torch: Any, model: Any, inputs: dict[int, plan.CallInputs], results: dict[str, Any], out: Path) -> None:
+def _record_outputs(
+    torch: Any, model: Any, inputs: dict[int, plan.CallInputs], results: dict[str, Any], out: Path
+) -> None:
     """A record of each size's compiled call (`outputs/size-N.json`), which `verify
     --run` compares a warm start's outputs with."""
     folder = out / OUTPUTS_PREFIX
@@ -245,8 +257,11 @@ def _recording_traced_files() -> Iterator[set[str]]:
 
 def _check_same_gpus(torch: Any, devices: list[str]) -> None:
     """One entry is keyed on one GPU model: every --devices index must be one."""
-    names = {device: torch.cuda.get_device_name(fingerprint.device_index(device)) for device in devices
-             if fingerprint.is_gpu_device(device)}
+    names = {
+        device: torch.cuda.get_device_name(fingerprint.device_index(device))
+        for device in devices
+        if fingerprint.is_gpu_device(device)
+    }
     if len(set(names.values())) > 1:
         found = ", ".join(f"{device} is {name}" for device, name in names.items())
         raise DeviceError(f"--devices: the GPUs differ ({found}); precompile each GPU model apart")

@@ -65,7 +65,9 @@ def import_target(spec: ModelSpec) -> ModuleType:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
-            raise ModelSpecError(f"no module named {name!r} (from {spec.target!r}); check the name and sys.path") from exc
+            raise ModelSpecError(
+                f"no module named {name!r} (from {spec.target!r}); check the name and sys.path"
+            ) from exc
         raise CompileError(f"importing {name} failed: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:
         raise CompileError(f"importing {name} failed: {type(exc).__name__}: {exc}") from exc
@@ -84,9 +86,7 @@ def load_model(module: ModuleType, spec: ModelSpec) -> Any:
     if isinstance(target, torch.nn.Module):
         return target
     if not callable(target) or isinstance(target, type) and not issubclass(target, torch.nn.Module):
-        raise ModelSpecError(
-            f"{spec} is a {type(target).__name__}, neither an nn.Module nor a function returning one"
-        )
+        raise ModelSpecError(f"{spec} is a {type(target).__name__}, neither an nn.Module nor a function returning one")
     try:
         model = target()
     except Exception as exc:

@@ -54,8 +54,12 @@ def _sample_leaf(torch: Any, leaf: Any, samples: int) -> dict[str, Any]:
     # Evenly spaced, in integer arithmetic: float positions round past the end of large tensors.
     positions = torch.arange(count, device=flat.device) * (flat.numel() - 1) // max(count - 1, 1)
     values = flat[positions].double().cpu() if leaf.is_floating_point() else flat[positions].cpu()
-    return {"shape": list(leaf.shape), "dtype": str(leaf.dtype).removeprefix("torch."), "values": values.tolist(),
-            "norm": float(flat.double().norm()) if leaf.is_floating_point() else None}
+    return {
+        "shape": list(leaf.shape),
+        "dtype": str(leaf.dtype).removeprefix("torch."),
+        "values": values.tolist(),
+        "norm": float(flat.double().norm()) if leaf.is_floating_point() else None,
+    }
 
 
 def same_call(torch: Any, model: Any, inputs: Any, recorded: dict[str, Any]) -> bool:
@@ -79,9 +83,12 @@ def compare_recorded(torch: Any, value: Any, recorded: dict[str, Any]) -> str | 
             return f"output {index} is {tuple(a['shape'])} {a['dtype']}, precompile recorded {tuple(b['shape'])} {b['dtype']}"
         scale = max((abs(v) for v in b["values"]), default=0.0) or 1.0
         worst = max((abs(x - y) for x, y in zip(a["values"], b["values"])), default=0.0)
-        if worst > RECORDED_TOLERANCE * scale or (b["norm"] is not None and
-                                                  not math.isclose(a["norm"], b["norm"], rel_tol=RECORDED_TOLERANCE)):
-            return f"output {index} differs from the output precompile recorded by up to {worst:.3g} (scale {scale:.3g})"
+        if worst > RECORDED_TOLERANCE * scale or (
+            b["norm"] is not None and not math.isclose(a["norm"], b["norm"], rel_tol=RECORDED_TOLERANCE)
+        ):
+            return (
+                f"output {index} differs from the output precompile recorded by up to {worst:.3g} (scale {scale:.3g})"
+            )
     return None
 
 
@@ -107,5 +114,7 @@ def compare_eager(torch: Any, compiled: Any, eager: Any) -> str | None:
         scale = float(b64.abs().max()) if b64.numel() else 0.0
         if not torch.allclose(a64, b64, rtol=tolerance, atol=tolerance * scale):
             worst = float((a64 - b64).abs().max())
-            return f"output {index} differs from eager by up to {worst:.3g} (tolerance {tolerance:g} of scale {scale:.3g})"
+            return (
+                f"output {index} differs from eager by up to {worst:.3g} (tolerance {tolerance:g} of scale {scale:.3g})"
+            )
     return None

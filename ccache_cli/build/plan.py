@@ -95,8 +95,11 @@ def call(compiled: Any, inputs: CallInputs) -> Any:
 def package_configs(torch: Any, mode: str | None) -> dict[str, Any]:
     """The Inductor options an AOTInductor package is built with for `mode`; the weights
     stay out of it (the runtime binds the model's own)."""
-    options = {name: value for name, value in torch._inductor.list_mode_options(mode or "default").items()
-               if name not in _NOT_FOR_PACKAGES}
+    options = {
+        name: value
+        for name, value in torch._inductor.list_mode_options(mode or "default").items()
+        if name not in _NOT_FOR_PACKAGES
+    }
     # Every weight a constant bound by name, small ones too (Inductor would write those
     # into the code), so that weights loaded in place are the ones used.
     return {**options, "aot_inductor.package_constants_in_so": False, "always_keep_tensor_constants": True}
@@ -105,8 +108,10 @@ def package_configs(torch: Any, mode: str | None) -> dict[str, Any]:
 def packages_unsupported(mode: str | None) -> str | None:
     """Why no package is built for `mode`, or None."""
     if mode == "reduce-overhead":
-        return ("mode 'reduce-overhead' runs graphs as CUDA graphs, which a package cannot hold (each process records "
-                "them at its first calls); the Inductor cache serves it")
+        return (
+            "mode 'reduce-overhead' runs graphs as CUDA graphs, which a package cannot hold (each process records "
+            "them at its first calls); the Inductor cache serves it"
+        )
     return None
 
 
@@ -122,8 +127,11 @@ def used_weights(program: Any) -> list[str]:
     """The parameters, buffers and tensor constants an exported program's graph uses
     (attributes it lifted but never reads are left out)."""
     signature = program.graph_signature
-    targets = {**signature.inputs_to_parameters, **signature.inputs_to_buffers,
-               **signature.inputs_to_lifted_tensor_constants}
+    targets = {
+        **signature.inputs_to_parameters,
+        **signature.inputs_to_buffers,
+        **signature.inputs_to_lifted_tensor_constants,
+    }
     used = {node.name for node in program.graph.nodes if node.op == "placeholder" and node.users}
     return sorted(target for placeholder, target in targets.items() if placeholder in used)
 

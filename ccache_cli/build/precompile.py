@@ -8,7 +8,6 @@ collects what the worker wrote into blobs and publishes the entry atomically.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
 import re
@@ -24,13 +23,13 @@ from typing import Any
 
 from ccache_cli import errors
 from ccache_cli.build import modelspec
-from ccache_cli.hooked import fingerprint
-from ccache_cli.key import sources
-from ccache_cli.store.artifacts import IGNORED_INDUCTOR_DIRS, INDUCTOR_PREFIX
 from ccache_cli.errors import CcacheError, CompileError, DeviceError, SizesError, StoreError
+from ccache_cli.hooked import fingerprint
 from ccache_cli.hooked.fingerprint import DYNAMIC_THREADS_ENV
-from ccache_cli.store.hashing import hash_json
+from ccache_cli.key import sources
 from ccache_cli.store import manifest
+from ccache_cli.store.artifacts import IGNORED_INDUCTOR_DIRS, INDUCTOR_PREFIX
+from ccache_cli.store.hashing import hash_json
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 
@@ -213,10 +212,16 @@ def _store_entry(
         name=request.name or f"{planned['model']['module']}:{planned['model']['attr']}",
         key=key,
         lookup=lookup,
-        timings={"sizes": result["reports"], "aot": result["functions"].get("seconds"),
-                 "packages": result["packages"].get("seconds")},
-        aot={"status": result["functions"]["status"], "reason": result["functions"]["reason"],
-             "packages": {k: v for k, v in result["packages"].items() if k != "seconds"}},
+        timings={
+            "sizes": result["reports"],
+            "aot": result["functions"].get("seconds"),
+            "packages": result["packages"].get("seconds"),
+        },
+        aot={
+            "status": result["functions"]["status"],
+            "reason": result["functions"]["reason"],
+            "packages": {k: v for k, v in result["packages"].items() if k != "seconds"},
+        },
         bytecode=result.get("bytecode", {}),
         compiled_at=str(compiled_at),
         files=files,
@@ -258,8 +263,10 @@ def space_free(folder: Path) -> Iterator[Path]:
     alias_root = Path(tempfile.mkdtemp(prefix="ccache-cli-"))
     try:
         if " " in str(alias_root):
-            raise StoreError(f"the store path {folder} and the temp folder {alias_root} both hold a space, which torch's "
-                             "C++ compiler command line cannot take; set TMPDIR or --store to a path without one")
+            raise StoreError(
+                f"the store path {folder} and the temp folder {alias_root} both hold a space, which torch's "
+                "C++ compiler command line cannot take; set TMPDIR or --store to a path without one"
+            )
         (alias_root / "artifacts").symlink_to(folder, target_is_directory=True)
         yield alias_root / "artifacts"
     finally:

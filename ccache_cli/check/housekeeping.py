@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ccache_cli.errors import BadInputError, CcacheError
 from ccache_cli.hooked import usage
 from ccache_cli.serve import views
 from ccache_cli.store import durable, owners
-from ccache_cli.errors import BadInputError, CcacheError
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import REMOVED_PREFIX, Store
 
@@ -120,7 +120,9 @@ def plan_rm(store: Store, refs: Sequence[str]) -> Plan:
     busy = in_use(store)
     for entry in chosen:
         if entry.id in busy:
-            raise EntryInUseError(f"entry {entry.short_id} ({entry.name}) is in use by running process {busy[entry.id]}")
+            raise EntryInUseError(
+                f"entry {entry.short_id} ({entry.name}) is in use by running process {busy[entry.id]}"
+            )
     scan = store.scan()
     return _plan(store, list(scan.entries), chosen, [], _blob_sizes(store), (), scan.warnings)
 
@@ -134,7 +136,9 @@ def apply(store: Store, plan: Plan) -> None:
         busy = in_use(store)  # check again under the lock: a program may have started
         for entry in plan.remove:
             if entry.id in busy:
-                raise EntryInUseError(f"entry {entry.short_id} ({entry.name}) came into use by process {busy[entry.id]}")
+                raise EntryInUseError(
+                    f"entry {entry.short_id} ({entry.name}) came into use by process {busy[entry.id]}"
+                )
         trash = []
         for entry in plan.remove:
             folder = store.entries_dir / entry.id
@@ -188,15 +192,30 @@ def _blob_sizes(store: Store) -> dict[str, int]:
     return sizes
 
 
-def _plan(store: Store, entries: Sequence[Manifest], chosen: Sequence[Manifest], busy: Sequence[Manifest],
-          sizes: dict[str, int], abandoned: tuple[Path, ...], warnings: tuple[str, ...]) -> Plan:
+def _plan(
+    store: Store,
+    entries: Sequence[Manifest],
+    chosen: Sequence[Manifest],
+    busy: Sequence[Manifest],
+    sizes: dict[str, int],
+    abandoned: tuple[Path, ...],
+    warnings: tuple[str, ...],
+) -> Plan:
     gone = {entry.id for entry in chosen}
     kept = {sha256 for entry in entries if entry.id not in gone for sha256 in entry.blobs()}
     if warnings:  # an entry that could not be read keeps the blobs it names: it may be mended
         kept |= store.named_blobs() - {sha256 for entry in chosen for sha256 in entry.blobs()}
     blobs = tuple(sorted(sha256 for sha256 in sizes if sha256 not in kept))
-    return Plan(tuple(chosen), tuple(busy), blobs, abandoned, sum(sizes[sha256] for sha256 in blobs),
-                sum(_tree_bytes(folder) for folder in abandoned), sum(sizes.values()), warnings)
+    return Plan(
+        tuple(chosen),
+        tuple(busy),
+        blobs,
+        abandoned,
+        sum(sizes[sha256] for sha256 in blobs),
+        sum(_tree_bytes(folder) for folder in abandoned),
+        sum(sizes.values()),
+        warnings,
+    )
 
 
 def _tree_bytes(folder: Path) -> int:

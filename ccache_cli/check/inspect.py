@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ccache_cli.hooked import usage
+from ccache_cli.hooked.fingerprint import Mismatch
+from ccache_cli.hooked.usage import Usage
 from ccache_cli.key.compat import compatibility, this_machine
 from ccache_cli.store import artifacts
-from ccache_cli.hooked.fingerprint import Mismatch
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
-from ccache_cli.hooked.usage import Usage
 
 if TYPE_CHECKING:
     from ccache_cli.archive.signing import PublicKey
@@ -68,7 +68,10 @@ def inspect_archive(store: Store, path: str, trusted: Sequence[PublicKey] = ()) 
 
 
 def report_entry(
-    entry: Manifest, machine: dict[str, Any], exact: bool, kinds: tuple[artifacts.KindSummary, ...] | None = None,
+    entry: Manifest,
+    machine: dict[str, Any],
+    exact: bool,
+    kinds: tuple[artifacts.KindSummary, ...] | None = None,
     usage: Usage | None = None,
 ) -> EntryReport:
     compatible, found = compatibility(entry, machine, exact)
@@ -93,11 +96,12 @@ def entry_json(report: EntryReport) -> dict[str, Any]:
         "bytes": report.bytes,
         "created": entry.created,
         "compatible": report.compatible,
-        "mismatches": [
-            {"component": m.component, "entry": m.entry, "machine": m.target} for m in report.mismatches
-        ],
+        "mismatches": [{"component": m.component, "entry": m.entry, "machine": m.target} for m in report.mismatches],
         "aot": dataclasses.asdict(entry.aot),
-        "timings": {"sizes": [dataclasses.asdict(timing) for timing in entry.timings],
-                    "aot": dict(entry.aot_seconds), "packages": dict(entry.package_seconds)},
+        "timings": {
+            "sizes": [dataclasses.asdict(timing) for timing in entry.timings],
+            "aot": dict(entry.aot_seconds),
+            "packages": dict(entry.package_seconds),
+        },
         "usage": None if report.usage is None else dict(report.usage.__dict__),
     }

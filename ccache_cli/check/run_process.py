@@ -23,6 +23,7 @@ import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[1]).read_text())
     try:
@@ -73,14 +74,13 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         if device != "cpu":
             torch.cuda.synchronize(device)
         warm_s = time.perf_counter() - _STARTED
-        for label, size, dynamic in runs:
+        for label, _, _ in runs:
             recorded = request["recorded"].get(label)
             same = recorded is not None and outputs.same_call(torch, model, used[label], recorded)
             per_run[label]["recorded"] = same
             per_run[label]["mismatch"] = (
-                (outputs.compare_recorded(torch, results[label], recorded) if same else None)
-                or outputs.compare_eager(torch, results[label], plan.call(model, used[label]))
-            )
+                outputs.compare_recorded(torch, results[label], recorded) if same else None
+            ) or outputs.compare_eager(torch, results[label], plan.call(model, used[label]))
         recompile = None
         unlisted = _unlisted_sizes(options) if options["dynamic"] else []
         try:

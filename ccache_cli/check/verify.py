@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+from ccache_cli.archive.signing import PublicKey
+from ccache_cli.archive.unpack import check_blobs, is_archive_path, open_source
+from ccache_cli.errors import BadInputError
 from ccache_cli.hooked import bytecode, fingerprint, usage
 from ccache_cli.key import sources
-from ccache_cli.archive.unpack import check_blobs, is_archive_path, open_source
 from ccache_cli.store.artifacts import OUTPUTS_PREFIX
-from ccache_cli.errors import BadInputError
 from ccache_cli.store.hashing import sha256_file
-from ccache_cli.archive.signing import PublicKey
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 
@@ -54,8 +54,9 @@ class VerifyReport:
         return all(check.ok for check in self.checks)
 
 
-def verify(store: Store, ref: str | None, target: Path | None, run: bool,
-           trusted: Sequence[PublicKey] = ()) -> VerifyReport:
+def verify(
+    store: Store, ref: str | None, target: Path | None, run: bool, trusted: Sequence[PublicKey] = ()
+) -> VerifyReport:
     """Every check of the entries `ref` names: an id prefix or name, an archive (which
     one of the `trusted` keys must have signed, where some are), or (None) the whole store."""
     target_fingerprint = load_target(target) if target is not None else None
@@ -146,7 +147,11 @@ def bytecode_check(entry: Manifest) -> Check:
     served = f"{len(stored) - absent - len(changed)} of {len(stored)} modules' bytecode matches their sources here"
     if changed:
         served += f"; {len(changed)} have other sources and would be compiled afresh: {_first(changed)}"
-    problems = [f"torch or Triton differs from the build the entry was compiled with: {_first(compile_stack)}"] if compile_stack else []
+    problems = (
+        [f"torch or Triton differs from the build the entry was compiled with: {_first(compile_stack)}"]
+        if compile_stack
+        else []
+    )
     return _check(entry, "bytecode", problems, served)
 
 
@@ -176,18 +181,23 @@ def run_check(store: Store, entry: Manifest, search: Sequence[str]) -> Check:
     """Start a fresh process on a copy of the entry's Inductor cache (see verify_run)."""
     model = entry.model
     if model is None:  # captured from a command: there is no model to build here
-        return Check(entry.id, "run", True, "skipped: a captured entry has no model to run; run its command under `ccache run`")
+        return Check(
+            entry.id, "run", True, "skipped: a captured entry has no model to run; run its command under `ccache run`"
+        )
     roots = _import_roots(entry, search)
     with tempfile.TemporaryDirectory(prefix="ccache-verify-") as scratch:
         inductor_dir = Path(scratch) / "inductor"
         store.materialize(entry, inductor_dir, "inductor/")
         request, result_file = Path(scratch) / "request.json", Path(scratch) / "result.json"
-        recorded = {label: json.loads(store.blob_path(entry.files[path]["sha256"]).read_bytes())
-                    for label, path in _recorded_outputs(entry).items()}
-        request.write_text(json.dumps({"model": dataclasses.asdict(model), "compile": entry.compile.document, "recorded": recorded}))
+        recorded = {
+            label: json.loads(store.blob_path(entry.files[path]["sha256"]).read_bytes())
+            for label, path in _recorded_outputs(entry).items()
+        }
+        request.write_text(
+            json.dumps({"model": dataclasses.asdict(model), "compile": entry.compile.document, "recorded": recorded})
+        )
         # As activation sets it: the Inductor settings the entry was compiled with.
-        env = {**os.environ, **entry.compile.inductor_env,
-               "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
+        env = {**os.environ, **entry.compile.inductor_env, "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
         env.pop("TRITON_CACHE_DIR", None)
         env["PYTHONPATH"] = os.pathsep.join([*roots, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         process = subprocess.run(
@@ -206,8 +216,11 @@ def run_check(store: Store, entry: Manifest, search: Sequence[str]) -> Check:
     usage.record(store, [entry.id], "verify --run", hits=hits, misses=misses)
     problems = []
     for label, outcome in result["runs"].items():
-        misses = [f"{outcome[key]} {what} cache miss(es)" for key, what in
-                  (("fxgraph_miss", "FX-graph"), ("autograd_miss", "AOTAutograd")) if outcome[key]]
+        misses = [
+            f"{outcome[key]} {what} cache miss(es)"
+            for key, what in (("fxgraph_miss", "FX-graph"), ("autograd_miss", "AOTAutograd"))
+            if outcome[key]
+        ]
         if misses:
             problems.append(f"size {label}: " + ", ".join(misses) + " (its artifacts are missing or do not match)")
         if outcome["mismatch"]:
@@ -218,16 +231,22 @@ def run_check(store: Store, entry: Manifest, search: Sequence[str]) -> Check:
     cold = sum(timing.wall_s for timing in entry.timings)
     timing = f"warm start {result['warm_s']:.2f} s (model built at {result['built_s']:.2f} s), recorded cold compile {cold:.2f} s"
     unlisted = f", unlisted sizes {result['unlisted']} served without compiling" if result["unlisted"] else ""
-    compared = "outputs match eager" + (" and those recorded at precompile" if not unrecorded else
-                                        f" (size {', '.join(unrecorded)}: not the recorded call, as the example "
-                                        "inputs or weights are drawn at random, or nothing recorded)")
+    compared = "outputs match eager" + (
+        " and those recorded at precompile"
+        if not unrecorded
+        else f" (size {', '.join(unrecorded)}: not the recorded call, as the example "
+        "inputs or weights are drawn at random, or nothing recorded)"
+    )
     return _check(entry, "run", problems, f"{timing}; {len(result['runs'])} sizes hit, {compared}{unlisted}")
 
 
 def _recorded_outputs(entry: Manifest) -> dict[str, str]:
     """Size label -> the entry's file holding its recorded outputs."""
-    return {path[len(OUTPUTS_PREFIX):].removeprefix("size-").removesuffix(".json"): path
-            for path in entry.files if path.startswith(OUTPUTS_PREFIX)}
+    return {
+        path[len(OUTPUTS_PREFIX) :].removeprefix("size-").removesuffix(".json"): path
+        for path in entry.files
+        if path.startswith(OUTPUTS_PREFIX)
+    }
 
 
 def _import_roots(entry: Manifest, search: Sequence[str]) -> list[str]:

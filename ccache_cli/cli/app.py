@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from ccache_cli.store.store import Store
+
 from . import fingerprint, housekeeping, inspect, pack, precompile, run, verify
 from .render import set_quiet
 
@@ -24,7 +24,7 @@ app = typer.Typer(
 @app.callback()
 def _options(
     ctx: typer.Context,
-    store: Optional[Path] = typer.Option(
+    store: Path | None = typer.Option(
         None,
         "--store",
         metavar="PATH",

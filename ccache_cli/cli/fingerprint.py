@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from ccache_cli.hooked import fingerprint
 from ccache_cli.build.precompile import check_device
+from ccache_cli.hooked import fingerprint
+
 from .render import emit_json, out
 
 

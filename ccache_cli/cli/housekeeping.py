@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from ccache_cli.check import housekeeping
 from ccache_cli.errors import BadInputError
 from ccache_cli.store.store import Store
+
 from .render import emit_json, human_bytes, out, warn
 
 
 def gc_command(
     ctx: typer.Context,
-    max_size: Optional[str] = typer.Option(None, "--max-size", metavar="SIZE", help="Shrink the store to SIZE (500M, 2G), least recently used entries first"),
-    older_than: Optional[str] = typer.Option(None, "--older-than", metavar="AGE", help="Remove entries not used for AGE (30d, 12h, 2w)"),
+    max_size: str | None = typer.Option(
+        None,
+        "--max-size",
+        metavar="SIZE",
+        help="Shrink the store to SIZE (500M, 2G), least recently used entries first",
+    ),
+    older_than: str | None = typer.Option(
+        None, "--older-than", metavar="AGE", help="Remove entries not used for AGE (30d, 12h, 2w)"
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; change nothing"),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
 ) -> None:
@@ -48,16 +54,18 @@ def _finish(store: Store, plan: housekeeping.Plan, dry_run: bool, json_output: b
     if not dry_run:
         housekeeping.apply(store, plan)
     if json_output:
-        emit_json({
-            "dry_run": dry_run,
-            "removed": [entry.id for entry in plan.remove],
-            "kept_in_use": [entry.id for entry in plan.in_use],
-            "blobs": len(plan.blobs),
-            "abandoned_staging": [str(path) for path in plan.abandoned],
-            "freed_bytes": plan.freed_bytes,
-            "store_bytes": plan.store_bytes_after if not dry_run else plan.store_bytes,
-            "warnings": list(plan.warnings),
-        })
+        emit_json(
+            {
+                "dry_run": dry_run,
+                "removed": [entry.id for entry in plan.remove],
+                "kept_in_use": [entry.id for entry in plan.in_use],
+                "blobs": len(plan.blobs),
+                "abandoned_staging": [str(path) for path in plan.abandoned],
+                "freed_bytes": plan.freed_bytes,
+                "store_bytes": plan.store_bytes_after if not dry_run else plan.store_bytes,
+                "warnings": list(plan.warnings),
+            }
+        )
         return
     for entry in plan.in_use:
         warn(f"kept entry {entry.short_id} ({entry.name}): a running program uses it")
@@ -66,5 +74,7 @@ def _finish(store: Store, plan: housekeeping.Plan, dry_run: bool, json_output: b
         out.print(f"{verb} entry {entry.short_id} ({entry.name})")
     for folder in plan.abandoned:
         out.print(f"{verb} tmp/{folder.name}, left by a writer that was killed")
-    out.print(f"{'Would free' if dry_run else 'Freed'} {human_bytes(plan.freed_bytes)} in {len(plan.blobs)} blobs; "
-              f"the store {'would hold' if dry_run else 'holds'} {human_bytes(plan.store_bytes_after)}.")
+    out.print(
+        f"{'Would free' if dry_run else 'Freed'} {human_bytes(plan.freed_bytes)} in {len(plan.blobs)} blobs; "
+        f"the store {'would hold' if dry_run else 'holds'} {human_bytes(plan.store_bytes_after)}."
+    )

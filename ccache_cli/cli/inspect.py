@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 
-from ccache_cli.hooked import fingerprint
 from ccache_cli.archive.signing import trusted_keys
 from ccache_cli.archive.unpack import is_archive_path
 from ccache_cli.check.inspect import EntryReport, InspectReport, entry_json, inspect_archive, inspect_store
+from ccache_cli.hooked import fingerprint
+
 from .pack import TRUST_OPTION
 from .render import age, emit_json, human_bytes, out, seconds, warn, yes_no
 
 
 def command(
     ctx: typer.Context,
-    entry: Optional[str] = typer.Argument(
-        None, metavar="[ENTRY|ARCHIVE]", help="An entry id prefix or name to show in detail, or a .tar.zst archive to list"
+    entry: str | None = typer.Argument(
+        None,
+        metavar="[ENTRY|ARCHIVE]",
+        help="An entry id prefix or name to show in detail, or a .tar.zst archive to list",
     ),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
-    trust: Optional[list[Path]] = TRUST_OPTION,
+    trust: list[Path] | None = TRUST_OPTION,
 ) -> None:
     """List the stored entries, or show one in detail, or list an archive's. Does not import torch."""
     archive = entry is not None and is_archive_path(entry)
@@ -46,11 +48,27 @@ def _print_table(report: InspectReport, root: object) -> None:
         e = item.entry
         sizes = ",".join(map(str, e.sizes)) + (",dyn" if e.dynamic else "")
         device = e.fingerprint.get("gpu") or e.device
-        used = "-" if item.usage is None or not item.usage.times_used else f"{item.usage.times_used}x, {age(item.usage.last_used)}"
-        table.add_row(e.short_id, e.name, sizes, device, e.fingerprint["torch"], human_bytes(item.bytes), age(e.created), used, yes_no(item.compatible))
+        used = (
+            "-"
+            if item.usage is None or not item.usage.times_used
+            else f"{item.usage.times_used}x, {age(item.usage.last_used)}"
+        )
+        table.add_row(
+            e.short_id,
+            e.name,
+            sizes,
+            device,
+            e.fingerprint["torch"],
+            human_bytes(item.bytes),
+            age(e.created),
+            used,
+            yes_no(item.compatible),
+        )
     out.print(table)
     if not report.machine_exact:
-        out.print("? = the components readable without torch match; `ccache fingerprint` records the rest for this machine.")
+        out.print(
+            "? = the components readable without torch match; `ccache fingerprint` records the rest for this machine."
+        )
 
 
 def _print_detail(item: EntryReport, report: InspectReport) -> None:
@@ -59,7 +77,9 @@ def _print_detail(item: EntryReport, report: InspectReport) -> None:
     out.print(f"created {e.created} ({age(e.created)}), {item.file_count} files, {human_bytes(item.bytes)}")
     if item.usage is not None and item.usage.times_used:
         u = item.usage
-        out.print(f"used {u.times_used} times, last {age(u.last_used)}; recorded cache hits {u.hits}, misses {u.misses}")
+        out.print(
+            f"used {u.times_used} times, last {age(u.last_used)}; recorded cache hits {u.hits}, misses {u.misses}"
+        )
         if u.miss_reason:
             out.print(f"latest miss: {u.miss_reason}", soft_wrap=True)
     key = Table("key part", "entry", "this machine", title="Fingerprint", title_justify="left")
@@ -83,12 +103,31 @@ def _print_detail(item: EntryReport, report: InspectReport) -> None:
     for kind in item.kinds:
         kinds.add_row(kind.kind, str(kind.count), human_bytes(kind.bytes))
     out.print(kinds)
-    timings = Table("size", "first call s", "dynamo s", "aot_autograd s", "inductor s", "kernels s", title="Recorded compile timings", title_justify="left")
+    timings = Table(
+        "size",
+        "first call s",
+        "dynamo s",
+        "aot_autograd s",
+        "inductor s",
+        "kernels s",
+        title="Recorded compile timings",
+        title_justify="left",
+    )
     for t in e.timings:
-        timings.add_row(t.label, seconds(t.wall_s), seconds(t.dynamo_s), seconds(t.aot_autograd_s), seconds(t.inductor_s), seconds(t.kernel_compile_s))
+        timings.add_row(
+            t.label,
+            seconds(t.wall_s),
+            seconds(t.dynamo_s),
+            seconds(t.aot_autograd_s),
+            seconds(t.inductor_s),
+            seconds(t.kernel_compile_s),
+        )
     out.print(timings)
     aot = e.aot
     out.print(f"AOT: {aot.status}" + (f" ({aot.reason})" if aot.reason else ""), soft_wrap=True)
     if aot.packages is not None:
-        out.print(f"AOTInductor packages: {aot.packages.status}" + (f" ({aot.packages.reason})" if aot.packages.reason else ""),
-                  soft_wrap=True)
+        out.print(
+            f"AOTInductor packages: {aot.packages.status}"
+            + (f" ({aot.packages.reason})" if aot.packages.reason else ""),
+            soft_wrap=True,
+        )

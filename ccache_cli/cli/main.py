@@ -50,15 +50,21 @@ def main() -> None:
         if os.environ.get("CCACHE_CLI_DEBUG"):
             raise
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            _fail(f"no space left on the device holding {exc.filename or 'a file being written'}; "
-                  "nothing was changed: free some space (`ccache gc --max-size`) and run it again", ExitCode.FAILED)
+            _fail(
+                f"no space left on the device holding {exc.filename or 'a file being written'}; "
+                "nothing was changed: free some space (`ccache gc --max-size`) and run it again",
+                ExitCode.FAILED,
+            )
         _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), ExitCode.FAILED)
     except Exception:  # a bug: one line here, the traceback in a log file
         if os.environ.get("CCACHE_CLI_DEBUG"):
             raise
         kind, value = sys.exc_info()[:2]
-        _fail(f"internal error ({kind.__name__ if kind else 'exception'}: {value}); "
-              f"the traceback is in {_write_traceback()}, please report it", ExitCode.FAILED)
+        _fail(
+            f"internal error ({kind.__name__ if kind else 'exception'}: {value}); "
+            f"the traceback is in {_write_traceback()}, please report it",
+            ExitCode.FAILED,
+        )
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -96,7 +102,11 @@ def plain_command(argv: list[str]) -> Plain | None:
             return Plain(command, store, quiet, refs, program=program)
     elif command in ("pack", "unpack"):
         args = [arg for arg in rest if arg != "--json"]
-        if args and not any(arg.startswith("-") and arg != "-" for arg in args) and (command == "pack" or len(args) == 1):
+        if (
+            args
+            and not any(arg.startswith("-") and arg != "-" for arg in args)
+            and (command == "pack" or len(args) == 1)
+        ):
             return Plain(command, store, quiet, args, json_output="--json" in rest)
     return None
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from typing import Optional
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -15,20 +14,31 @@ from ccache_cli.build import precompile as core
 from ccache_cli.check.inspect import entry_json, report_entry
 from ccache_cli.key.compat import this_machine
 from ccache_cli.store.manifest import PackageStatus
+
 from .render import emit_json, human_bytes, out, seconds
 
 
 def command(
     ctx: typer.Context,
-    model: str = typer.Argument(..., metavar="MODEL", help="pkg.module[:attr] or path/to/file.py[:attr]; attr defaults to build"),
+    model: str = typer.Argument(
+        ..., metavar="MODEL", help="pkg.module[:attr] or path/to/file.py[:attr]; attr defaults to build"
+    ),
     sizes: str = typer.Option(..., "--sizes", help="Batch sizes to compile, e.g. 1,8,32"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N"),
-    devices: Optional[str] = typer.Option(None, "--devices", metavar="0,1,...",
-                                          help="Compile for each of these GPU indices (one process per GPU, as tensor-parallel servers run)"),
-    dynamic: bool = typer.Option(False, "--dynamic", help="Also compile a general shape with the batch dimension dynamic"),
+    devices: str | None = typer.Option(
+        None,
+        "--devices",
+        metavar="0,1,...",
+        help="Compile for each of these GPU indices (one process per GPU, as tensor-parallel servers run)",
+    ),
+    dynamic: bool = typer.Option(
+        False, "--dynamic", help="Also compile a general shape with the batch dimension dynamic"
+    ),
     mode: str = typer.Option("default", "--mode", help="torch.compile mode: " + ", ".join(core.MODES)),
-    name: Optional[str] = typer.Option(None, "--name", help="A name for the entry [default: module:attr]"),
-    inputs: Optional[str] = typer.Option(None, "--inputs", metavar="MOD:FN", help="example_inputs(size) -> tuple, if not beside the model"),
+    name: str | None = typer.Option(None, "--name", help="A name for the entry [default: module:attr]"),
+    inputs: str | None = typer.Option(
+        None, "--inputs", metavar="MOD:FN", help="example_inputs(size) -> tuple, if not beside the model"
+    ),
     force: bool = typer.Option(False, "--force", help="Compile again even if the store has this entry"),
     aot: bool = typer.Option(True, "--aot/--no-aot", help="Also store AOT-compiled functions (needs fullgraph)"),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
@@ -80,9 +90,18 @@ def _progress(enabled: bool) -> Iterator[Callable[[core.Progress], None]]:
             if key not in tasks:
                 for other in tasks.values():  # one step runs at a time
                     progress.update(other, total=1, completed=1)
-                what = {"loading": "loading model and torch", "compile": "compile", "aot": "aot_compile",
-                        "package": "AOTInductor package", "bytecode": "bytecode of the imported modules"}[event.phase]
-                label = "" if event.label in (None, "bytecode") else (" dynamic shape" if event.label == "dynamic" else f" size {event.label}")
+                what = {
+                    "loading": "loading model and torch",
+                    "compile": "compile",
+                    "aot": "aot_compile",
+                    "package": "AOTInductor package",
+                    "bytecode": "bytecode of the imported modules",
+                }[event.phase]
+                label = (
+                    ""
+                    if event.label in (None, "bytecode")
+                    else (" dynamic shape" if event.label == "dynamic" else f" size {event.label}")
+                )
                 tasks[key] = progress.add_task(what + label, total=None)
             if event.done:
                 progress.update(tasks[key], total=1, completed=1)
@@ -102,7 +121,16 @@ def _print_summary(result: core.PrecompileResult) -> None:
         )
         return
     table = Table(title=f"Compiled {entry.name} on {entry.device}", title_justify="left")
-    for column in ("size", "first call s", "dynamo s", "aot_autograd s", "inductor s", "kernels s", "fx graph hit/miss", "aot_autograd hit/miss"):
+    for column in (
+        "size",
+        "first call s",
+        "dynamo s",
+        "aot_autograd s",
+        "inductor s",
+        "kernels s",
+        "fx graph hit/miss",
+        "aot_autograd hit/miss",
+    ):
         table.add_column(column, justify="right")
     for report in result.reports:
         c = report.counters

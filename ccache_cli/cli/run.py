@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import typer
 
+from ccache_cli.errors import BadInputError
 from ccache_cli.hooked import usage
 from ccache_cli.serve import activation, capture
-from ccache_cli.errors import BadInputError
 from ccache_cli.store.store import Store
+
 from .render import emit_json, err, human_bytes, warn
 
 
 def env_command(
     ctx: typer.Context,
-    entries: Optional[list[str]] = typer.Argument(None, metavar="[ENTRY...]", help="Manifest id prefixes or names [default: all that fit this machine]"),
+    entries: list[str] | None = typer.Argument(
+        None, metavar="[ENTRY...]", help="Manifest id prefixes or names [default: all that fit this machine]"
+    ),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
 ) -> None:
     """Print shell exports that make entries active: eval "$(ccache env)". Does not import torch."""
@@ -24,18 +26,29 @@ def env_command(
     _warn_replaced(active)
     usage.record(ctx.obj, [entry.id for entry in active.entries], "env")
     if json_output:
-        emit_json({"entries": [e.id for e in active.entries], "view": str(active.view),
-                   "set": active.set_env, "unset": list(active.unset_env)})
+        emit_json(
+            {
+                "entries": [e.id for e in active.entries],
+                "view": str(active.view),
+                "set": active.set_env,
+                "unset": list(active.unset_env),
+            }
+        )
         return
     sys.stdout.write(active.shell_exports())
 
 
 def run_command(
     ctx: typer.Context,
-    args: Optional[list[str]] = typer.Argument(None, metavar="[ENTRY...] -- CMD...", help="Entries [default: all that fit], then the command"),
-    capture_name: Optional[str] = typer.Option(None, "--capture", metavar="NAME",
-                                               help="Run CMD on an empty cache and store what it compiles as entry NAME"),
-    json_output: bool = typer.Option(False, "--json", help="With --capture: write only a JSON summary to stdout (CMD's output goes to stderr)"),
+    args: list[str] | None = typer.Argument(
+        None, metavar="[ENTRY...] -- CMD...", help="Entries [default: all that fit], then the command"
+    ),
+    capture_name: str | None = typer.Option(
+        None, "--capture", metavar="NAME", help="Run CMD on an empty cache and store what it compiles as entry NAME"
+    ),
+    json_output: bool = typer.Option(
+        False, "--json", help="With --capture: write only a JSON summary to stdout (CMD's output goes to stderr)"
+    ),
 ) -> None:
     """Run CMD with entries active (or, with --capture, record what it compiles). Does not import torch."""
     store: Store = ctx.obj
@@ -48,13 +61,23 @@ def run_command(
         # With --json, stdout carries only the summary: the command's output goes to stderr.
         result = capture.capture(store, capture_name, command, stdout=2 if json_output else None)
         if json_output:
-            emit_json({"entry": result.entry.id, "name": result.entry.name, "new": result.new,
-                       "files": result.files, "bytes": result.entry.bytes, "seconds": round(result.seconds, 3)})
+            emit_json(
+                {
+                    "entry": result.entry.id,
+                    "name": result.entry.name,
+                    "new": result.new,
+                    "files": result.files,
+                    "bytes": result.entry.bytes,
+                    "seconds": round(result.seconds, 3),
+                }
+            )
         else:
             state = "stored" if result.new else "already stored"
-            err.print(f"Captured entry {result.entry.short_id} ({result.entry.name}, {state}): {result.files} files, "
-                      f"{human_bytes(result.entry.bytes)}, {len(result.entry.sources)} traced sources, "
-                      f"command ran {result.seconds:.1f} s.")
+            err.print(
+                f"Captured entry {result.entry.short_id} ({result.entry.name}, {state}): {result.files} files, "
+                f"{human_bytes(result.entry.bytes)}, {len(result.entry.sources)} traced sources, "
+                f"command ran {result.seconds:.1f} s."
+            )
         return
     active = activation.start(store, refs)
     _warn_replaced(active)

@@ -7,18 +7,28 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ccache_cli.archive import pack as packing, signing, unpack as unpacking
+from ccache_cli.archive import pack as packing
+from ccache_cli.archive import signing
+from ccache_cli.archive import unpack as unpacking
 from ccache_cli.errors import BadInputError
 from ccache_cli.key.compat import fits, this_machine
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
+
 from .render import emit_json, err, human_bytes, out, warn
 
 PYCACHE_DIR = "pycache"  # the exported bytecode tree, inside the exported Inductor cache
 
 
-def pack(store: Store, output: str, refs: Sequence[str] = (), compatible_only: bool = False, level: int = 3,
-         json_output: bool = False, sign: Path | None = None) -> None:
+def pack(
+    store: Store,
+    output: str,
+    refs: Sequence[str] = (),
+    compatible_only: bool = False,
+    level: int = 3,
+    json_output: bool = False,
+    sign: Path | None = None,
+) -> None:
     if json_output and output == "-":
         raise BadInputError("--json writes to stdout, so it cannot be used with OUTPUT -")
     signer = signing.Signer(sign) if sign is not None else None
@@ -31,16 +41,33 @@ def pack(store: Store, output: str, refs: Sequence[str] = (), compatible_only: b
     with packing.open_output(output) as handle, _progress("packing", total, output != "-") as on_progress:
         result = packing.pack(store, chosen, handle, level, on_progress, signer)
     if json_output:
-        emit_json({"output": output, "entries": [e.id for e in result.entries], "blobs": result.blobs, "bytes": result.bytes,
-                   "archive_bytes": Path(output).stat().st_size, "signed_by": signer.key_id if signer else None})
+        emit_json(
+            {
+                "output": output,
+                "entries": [e.id for e in result.entries],
+                "blobs": result.blobs,
+                "bytes": result.bytes,
+                "archive_bytes": Path(output).stat().st_size,
+                "signed_by": signer.key_id if signer else None,
+            }
+        )
     elif output != "-":
         size = Path(output).stat().st_size
-        err.print(f"Packed {len(result.entries)} entries, {result.blobs} blobs, {human_bytes(result.bytes)} "
-                  f"into {output} ({human_bytes(size)})" + (f", signed by key {signer.key_id[:16]}." if signer else "."))
+        err.print(
+            f"Packed {len(result.entries)} entries, {result.blobs} blobs, {human_bytes(result.bytes)} "
+            f"into {output} ({human_bytes(size)})" + (f", signed by key {signer.key_id[:16]}." if signer else ".")
+        )
 
 
-def unpack(store: Store, source: str, compatible_only: bool = False, export_dir: Path | None = None,
-           entry: str | None = None, json_output: bool = False, trust: Sequence[Path] = ()) -> None:
+def unpack(
+    store: Store,
+    source: str,
+    compatible_only: bool = False,
+    export_dir: Path | None = None,
+    entry: str | None = None,
+    json_output: bool = False,
+    trust: Sequence[Path] = (),
+) -> None:
     trusted = signing.trusted_keys(trust)
     # This machine's fingerprint only where it is used: reading it costs every unpack otherwise.
     machine, exact = this_machine(store) if compatible_only or export_dir is not None else ({}, False)
@@ -60,23 +87,39 @@ def unpack(store: Store, source: str, compatible_only: bool = False, export_dir:
         if pycache_prefix is not None:
             env["PYTHONPYCACHEPREFIX"] = str(pycache_prefix)
     if json_output:
-        emit_json({
-            "added": [e.id for e in result.added], "kept": [e.id for e in result.kept], "skipped": list(result.skipped),
-            "new_blobs": result.new_blobs, "new_bytes": result.new_bytes,
-            "exported": None if exported is None else {
-                "entry": exported.id, "dir": str(export_dir),
-                "pycache_prefix": None if pycache_prefix is None else str(pycache_prefix), "env": env},
-        })
+        emit_json(
+            {
+                "added": [e.id for e in result.added],
+                "kept": [e.id for e in result.kept],
+                "skipped": list(result.skipped),
+                "new_blobs": result.new_blobs,
+                "new_bytes": result.new_bytes,
+                "exported": None
+                if exported is None
+                else {
+                    "entry": exported.id,
+                    "dir": str(export_dir),
+                    "pycache_prefix": None if pycache_prefix is None else str(pycache_prefix),
+                    "env": env,
+                },
+            }
+        )
         return
-    out.print(f"Unpacked {len(result.added)} new entries ({len(result.kept)} already there, {len(result.skipped)} "
-              f"skipped as incompatible); {result.new_blobs} new blobs, {human_bytes(result.new_bytes)}.")
+    out.print(
+        f"Unpacked {len(result.added)} new entries ({len(result.kept)} already there, {len(result.skipped)} "
+        f"skipped as incompatible); {result.new_blobs} new blobs, {human_bytes(result.new_bytes)}."
+    )
     if exported is not None:
-        out.print(f"Exported entry {exported.short_id} ({exported.name}) to {export_dir}; run with "
-                  + " ".join(f"{name}={value}" for name, value in env.items()), soft_wrap=True)
+        out.print(
+            f"Exported entry {exported.short_id} ({exported.name}) to {export_dir}; run with "
+            + " ".join(f"{name}={value}" for name, value in env.items()),
+            soft_wrap=True,
+        )
 
 
-def _export(store: Store, entries: list[Manifest], ref: str | None, target: Path, machine: dict,
-            exact: bool) -> tuple[Manifest, Path | None]:
+def _export(
+    store: Store, entries: list[Manifest], ref: str | None, target: Path, machine: dict, exact: bool
+) -> tuple[Manifest, Path | None]:
     """The exported entry, and its bytecode tree if it has one."""
     from ccache_cli.serve import views  # imported here: pack and unpack start faster without it
 
@@ -86,10 +129,14 @@ def _export(store: Store, entries: list[Manifest], ref: str | None, target: Path
         fitting = fits(entries, machine, exact)
         if len(fitting) != 1:
             ids = ", ".join(e.short_id for e in fitting) or "none"
-            raise BadInputError(f"--export-dir needs one entry that fits this machine; found {len(fitting)} ({ids}): pass --entry")
+            raise BadInputError(
+                f"--export-dir needs one entry that fits this machine; found {len(fitting)} ({ids}): pass --entry"
+            )
         chosen = fitting[0]
     if not exact:
-        warn("this machine's full fingerprint is unknown (run `ccache fingerprint`); exporting on the components read without torch")
+        warn(
+            "this machine's full fingerprint is unknown (run `ccache fingerprint`); exporting on the components read without torch"
+        )
     store.materialize(chosen, target, "inductor/")
     modules = views.export_bytecode(store, chosen, target / PYCACHE_DIR)
     return chosen, (target / PYCACHE_DIR if modules else None)

@@ -5,40 +5,54 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 
+from ccache_cli.archive.signing import trusted_keys
 from ccache_cli.check import verify as core
 from ccache_cli.errors import ExitCode
-from ccache_cli.archive.signing import trusted_keys
+
 from .pack import TRUST_OPTION
 from .render import emit_json, err, out
 
 
 def command(
     ctx: typer.Context,
-    ref: Optional[str] = typer.Argument(
+    ref: str | None = typer.Argument(
         None, metavar="[ENTRY|ARCHIVE]", help="An entry id prefix or name, or a .tar.zst archive [default: every entry]"
     ),
-    run: bool = typer.Option(False, "--run", help="Also start each entry in a fresh process: zero misses, zero recompiles, outputs equal to eager"),
-    target: Optional[Path] = typer.Option(None, "--target", metavar="FINGERPRINT.json",
-                                          help="Check compatibility against this machine fingerprint (from `ccache fingerprint --json`)"),
+    run: bool = typer.Option(
+        False,
+        "--run",
+        help="Also start each entry in a fresh process: zero misses, zero recompiles, outputs equal to eager",
+    ),
+    target: Path | None = typer.Option(
+        None,
+        "--target",
+        metavar="FINGERPRINT.json",
+        help="Check compatibility against this machine fingerprint (from `ccache fingerprint --json`)",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
-    junit: Optional[Path] = typer.Option(None, "--junit", metavar="FILE", help="Also write a JUnit XML report"),
-    trust: Optional[list[Path]] = TRUST_OPTION,
+    junit: Path | None = typer.Option(None, "--junit", metavar="FILE", help="Also write a JUnit XML report"),
+    trust: list[Path] | None = TRUST_OPTION,
 ) -> None:
     """Check that entries are intact, fit the target machine and their sources are unchanged; exit 1 if not."""
     # Hashing every blob, and --run's fresh processes, take a while: say so on a terminal.
-    with err.status("verifying (--run starts a process per entry)" if run else "verifying") if err.is_terminal else nullcontext():
+    with (
+        err.status("verifying (--run starts a process per entry)" if run else "verifying")
+        if err.is_terminal
+        else nullcontext()
+    ):
         report = core.verify(ctx.obj, ref, target, run, trusted_keys(trust or []))
     if junit is not None:
         junit.write_bytes(core.junit_xml(report))
     if json_output:
         emit_json({"ok": report.ok, "target": report.target, "checks": [asdict(check) for check in report.checks]})
     else:
-        table = Table("entry", "check", "result", "detail", title=f"ccache verify against {report.target}", title_justify="left")
+        table = Table(
+            "entry", "check", "result", "detail", title=f"ccache verify against {report.target}", title_justify="left"
+        )
         for check in report.checks:
             verdict = "[green]pass[/green]" if check.ok else "[red]FAIL[/red]"
             table.add_row(check.entry[:12], check.check, verdict, check.detail)

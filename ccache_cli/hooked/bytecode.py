@@ -101,7 +101,9 @@ def source_root(module: str, cache: dict[str, str | None], every_finder: bool = 
     if top not in cache:
         root = None
         try:
-            spec = (None if every_finder else importlib.machinery.PathFinder.find_spec(top)) or importlib.util.find_spec(top)
+            spec = (
+                None if every_finder else importlib.machinery.PathFinder.find_spec(top)
+            ) or importlib.util.find_spec(top)
         except (ImportError, ValueError):
             spec = None
         if spec is not None and spec.has_location and spec.origin and os.path.isfile(spec.origin):

@@ -29,7 +29,9 @@ CPU_COMPONENTS = ("cpu_isa", "cpu_threads")
 DYNAMIC = "dynamic"  # cpu_threads of kernels that read the thread count when they run
 DYNAMIC_THREADS_ENV = "TORCHINDUCTOR_CPP_DYNAMIC_THREADS"
 # TORCHINDUCTOR_* variables that say where caches live, not what is compiled: not in the key.
-INDUCTOR_ENV_IGNORED = frozenset({"TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"})
+INDUCTOR_ENV_IGNORED = frozenset(
+    {"TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"}
+)
 COMPONENTS = BUILD_COMPONENTS + GPU_COMPONENTS + CPU_COMPONENTS
 
 # Environment variables that change what torch reports for the components above.
@@ -80,7 +82,9 @@ def mismatches(entry: dict[str, Any], device: str, target: dict[str, Any]) -> li
         Mismatch(name, entry.get(name), target[name])
         for name in components_for(device)
         # An entry compiled with TORCHINDUCTOR_CPP_DYNAMIC_THREADS=1 runs on any thread count.
-        if name in target and entry.get(name) != target[name] and not (name == "cpu_threads" and entry.get(name) == DYNAMIC)
+        if name in target
+        and entry.get(name) != target[name]
+        and not (name == "cpu_threads" and entry.get(name) == DYNAMIC)
     ]
 
 

@@ -61,26 +61,41 @@ def explain(torch: Any, entries: list[dict[str, Any]], fingerprint: ModuleType, 
         else:
             if gpu not in machines:
                 machines[gpu] = fingerprint.machine_fingerprint(device, cpu=not gpu)
-            reasons += [f"{m.component}: entry has {m.entry!r}, this process has {m.target!r}"
-                        for m in fingerprint.mismatches(entry["fingerprint"], entry_device, machines[gpu])]
+            reasons += [
+                f"{m.component}: entry has {m.entry!r}, this process has {m.target!r}"
+                for m in fingerprint.mismatches(entry["fingerprint"], entry_device, machines[gpu])
+            ]
             if gpu and device not in [f"cuda:{index}" for index in options.get("devices") or []] + [entry_device]:
-                reasons.append(f"device: entry compiled for {entry_device}, this process runs on {device} "
-                               f"(precompile with --devices to serve other GPU indices)")
+                reasons.append(
+                    f"device: entry compiled for {entry_device}, this process runs on {device} "
+                    f"(precompile with --devices to serve other GPU indices)"
+                )
         recorded = options.get("inductor_env") or {}
-        current = {name: value for name, value in environ.items()
-                   if name.startswith("TORCHINDUCTOR_") and name not in fingerprint.INDUCTOR_ENV_IGNORED}
+        current = {
+            name: value
+            for name, value in environ.items()
+            if name.startswith("TORCHINDUCTOR_") and name not in fingerprint.INDUCTOR_ENV_IGNORED
+        }
         for name in sorted(set(recorded) | set(current)):
             if recorded.get(name) != current.get(name):
-                reasons.append(f"{name}: entry compiled with {recorded.get(name)!r}, this process has {current.get(name)!r}")
+                reasons.append(
+                    f"{name}: entry compiled with {recorded.get(name)!r}, this process has {current.get(name)!r}"
+                )
         reasons += [f"traced source {path} changed since precompile" for path in _changed_sources(entry["sources"])]
         found.append((len(reasons), entry["name"], reasons))
     if not found:
         return "no entry is active"
     _, name, reasons = min(found)
     if not reasons:
-        return (f"entry {name} fits this process, so the graphs were not among those it stored "
-                "(other input shapes, dtypes or compile options than precompile compiled)")
-    return f"closest entry {name}: " + "; ".join(reasons[:3]) + (f" and {len(reasons) - 3} more" if len(reasons) > 3 else "")
+        return (
+            f"entry {name} fits this process, so the graphs were not among those it stored "
+            "(other input shapes, dtypes or compile options than precompile compiled)"
+        )
+    return (
+        f"closest entry {name}: "
+        + "; ".join(reasons[:3])
+        + (f" and {len(reasons) - 3} more" if len(reasons) > 3 else "")
+    )
 
 
 def _device_in_use(torch: Any) -> str:

@@ -50,7 +50,7 @@ def patch(module: Any, prefixes: list[str], cache_dir: str) -> None:
             return
         for prefix in prefixes:
             if local[1].startswith(prefix + os.sep):
-                cache.local_cache = (local[0], cache_dir + local[1][len(prefix):])
+                cache.local_cache = (local[0], cache_dir + local[1][len(prefix) :])
                 return
 
     def relocated_read(self: Any) -> Any:

@@ -27,8 +27,9 @@ class SourceStatus:
     found_at: str | None
 
 
-def collect(filenames: Iterable[str], sys_path: Sequence[str], torch_dir: str | None,
-            modules: Mapping[str, str] | None = None) -> list[Source]:
+def collect(
+    filenames: Iterable[str], sys_path: Sequence[str], torch_dir: str | None, modules: Mapping[str, str] | None = None
+) -> list[Source]:
     """The traced files that the key must hash, sorted by path. A file imported as a
     module (`modules`: real path -> module name) is named after the module, which also
     covers packages found by import hooks rather than a sys.path folder (editable
@@ -63,8 +64,14 @@ def check(sources: Iterable[Source], sys_path: Sequence[str]) -> list[SourceStat
     statuses = []
     for source in sources:
         found_by_import = bytecode.source_root(source.module, package_roots)
-        found = next((Path(root) / source.path for root in [*filter(None, [found_by_import]), *roots]
-                      if (Path(root) / source.path).is_file()), None)
+        found = next(
+            (
+                Path(root) / source.path
+                for root in [*filter(None, [found_by_import]), *roots]
+                if (Path(root) / source.path).is_file()
+            ),
+            None,
+        )
         if found is None:
             statuses.append(SourceStatus(source, "missing", None))
         else:

@@ -24,7 +24,7 @@ from typing import NoReturn
 from ccache_cli.errors import BadInputError, EntryNotFoundError
 from ccache_cli.hooked import fingerprint, misses, relocate, usage
 from ccache_cli.key.compat import fits, this_machine
-from ccache_cli.serve.views import ensure_view, ended_processes
+from ccache_cli.serve.views import ended_processes, ensure_view
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 
@@ -69,8 +69,10 @@ def start(store: Store, refs: Sequence[str]) -> Activation:
 
 
 def replaced_warnings(active: Activation) -> list[str]:
-    return [f"{name}={previous} is replaced by the stored bytecode tree ({BYTECODE_ENV}=0 keeps yours)"
-            for name, previous in active.replaced.items()]
+    return [
+        f"{name}={previous} is replaced by the stored bytecode tree ({BYTECODE_ENV}=0 keeps yours)"
+        for name, previous in active.replaced.items()
+    ]
 
 
 def exec_command(command: Sequence[str]) -> NoReturn:
@@ -144,10 +146,14 @@ def _agreed_inductor_env(entries: Sequence[Manifest]) -> dict[str, str]:
     settings = [dict(entry.compile.inductor_env) for entry in entries if "inductor_env" in entry.compile.document]
     if not settings:
         return {}
-    return {name: value for name, value in settings[0].items() if all(other.get(name) == value for other in settings[1:])}
+    return {
+        name: value for name, value in settings[0].items() if all(other.get(name) == value for other in settings[1:])
+    }
 
 
-def activate(store: Store | str | os.PathLike[str] | None = None, entry: str | Sequence[str] | None = None) -> Activation:
+def activate(
+    store: Store | str | os.PathLike[str] | None = None, entry: str | Sequence[str] | None = None
+) -> Activation:
     """Make stored entries active in this process (see `ccache_cli.activate`)."""
     store = store if isinstance(store, Store) else Store(store)
     refs = [entry] if isinstance(entry, str) else list(entry or ())
@@ -158,7 +164,15 @@ def activate(store: Store | str | os.PathLike[str] | None = None, entry: str | S
         sys.pycache_prefix = active.set_env["PYTHONPYCACHEPREFIX"]  # for the modules this process imports next
     for name, previous in active.replaced.items():
         warnings.warn(f"ccache_cli.activate() replaced {name}={previous}", stacklevel=2)
-    relocate.install(active.set_env.get(COMPILED_AT_ENV, "").split(os.pathsep), active.set_env["TORCHINDUCTOR_CACHE_DIR"])
-    atexit.register(misses.report_at_exit, str(active.view), usage.log_paths(store, [e.id for e in active.entries]),
-                    fingerprint, usage, "activate")
+    relocate.install(
+        active.set_env.get(COMPILED_AT_ENV, "").split(os.pathsep), active.set_env["TORCHINDUCTOR_CACHE_DIR"]
+    )
+    atexit.register(
+        misses.report_at_exit,
+        str(active.view),
+        usage.log_paths(store, [e.id for e in active.entries]),
+        fingerprint,
+        usage,
+        "activate",
+    )
     return active

@@ -63,21 +63,24 @@ def _active_aot_functions() -> list[_AotFunction]:
         if options.get("backend") != "inductor" or options.get("grad", True) or options.get("dynamic"):
             continue
         for size, paths in entry.aot.items():
-            functions.append(_AotFunction(
-                function=str(Path(view) / paths["function"]) if "function" in paths else None,
-                package=str(Path(view) / paths["package"]) if "package" in paths else None,
-                device=options["device"],
-                mode=options.get("mode") or "default",
-                inputs=_signature_of_description(entry.inputs.get(size, [])),
-                sources=tuple(Source(**source) for source in entry.sources),
-                structure=entry.structure,
-                view=view,
-            ))
+            functions.append(
+                _AotFunction(
+                    function=str(Path(view) / paths["function"]) if "function" in paths else None,
+                    package=str(Path(view) / paths["package"]) if "package" in paths else None,
+                    device=options["device"],
+                    mode=options.get("mode") or "default",
+                    inputs=_signature_of_description(entry.inputs.get(size, [])),
+                    sources=tuple(Source(**source) for source in entry.sources),
+                    structure=entry.structure,
+                    view=view,
+                )
+            )
     return functions
 
 
 def _signature_of_description(described: list[dict[str, Any]]) -> tuple[Any, ...]:
     """The signature (`_CompiledModel._signature`) of calls with inputs as the key describes them."""
+
     def part(arg: dict[str, Any]) -> Any:
         return (tuple(arg["shape"]), arg["dtype"]) if "shape" in arg else ("value", arg["value"])
 
@@ -91,8 +94,15 @@ class _CompiledModel:
     inputs (and its traced sources are unchanged), else through torch.compile, which
     hits the warm caches. The choice is made once per input signature."""
 
-    def __init__(self, torch: Any, model: Any, mode: str | None, dynamic: bool, kwargs: dict[str, Any],
-                 aot_functions: list[_AotFunction]) -> None:
+    def __init__(
+        self,
+        torch: Any,
+        model: Any,
+        mode: str | None,
+        dynamic: bool,
+        kwargs: dict[str, Any],
+        aot_functions: list[_AotFunction],
+    ) -> None:
         self._torch = torch
         self._model = model
         self._mode = mode or "default"
@@ -131,7 +141,9 @@ class _CompiledModel:
         devices = tuple(sorted({str(value.device) for value in (*args, *kwargs.values()) if isinstance(value, tensor)}))
         return (tuple(map(part, args)), tuple(sorted((name, part(value)) for name, value in kwargs.items()))), devices
 
-    def _load_aot(self, signature: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Package | _GuardedFunction | None:
+    def _load_aot(
+        self, signature: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> _Package | _GuardedFunction | None:
         wanted, devices = signature
         for candidate in self._aot:
             if candidate.inputs != wanted or not _runs_on(candidate, devices):
@@ -143,8 +155,9 @@ class _CompiledModel:
                 continue  # compiled from other code: never serve it
             if candidate.package is not None and candidate.structure == self._structure():
                 with _unpacking_into(_package_scratch(candidate.view)):
-                    package = _Package.load(self._torch, candidate.package, devices[0] if devices else candidate.device,
-                                            self._model)
+                    package = _Package.load(
+                        self._torch, candidate.package, devices[0] if devices else candidate.device, self._model
+                    )
                 if package is not None and package.serves(self._model, args, kwargs):
                     return package
             if candidate.function is not None and devices in ((), (candidate.device,)):
@@ -165,7 +178,9 @@ class _CompiledModel:
     def _torch_compiled(self) -> Any:
         if self._compiled is None:
             # One static graph per batch size, as precompile stored them.
-            self._compiled = plan.torch_compile(self._torch, self._model, self._mode, 64, dynamic=self._dynamic, **self._kwargs)
+            self._compiled = plan.torch_compile(
+                self._torch, self._model, self._mode, 64, dynamic=self._dynamic, **self._kwargs
+            )
         return self._compiled
 
 
@@ -175,8 +190,11 @@ def _runs_on(candidate: _AotFunction, devices: tuple[str, ...]) -> bool:
     built on cuda:0 serves a process on cuda:3."""
     if devices in ((), (candidate.device,)):
         return True
-    return candidate.package is not None and len(devices) == 1 and \
-        devices[0].partition(":")[0] == candidate.device.partition(":")[0]
+    return (
+        candidate.package is not None
+        and len(devices) == 1
+        and devices[0].partition(":")[0] == candidate.device.partition(":")[0]
+    )
 
 
 def _package_scratch(view: str) -> str | None:
@@ -235,7 +253,9 @@ class _Package:
     goes to torch.compile.
     """
 
-    def __init__(self, torch: Any, loader: Any, model: Any, tensors: dict[str, tuple[dict[str, Any], str, Any]]) -> None:
+    def __init__(
+        self, torch: Any, loader: Any, model: Any, tensors: dict[str, tuple[dict[str, Any], str, Any]]
+    ) -> None:
         self._loader = loader
         self._tensor_type = torch.Tensor
         pytree = torch.utils._pytree
@@ -248,7 +268,9 @@ class _Package:
         self._keywords = list(keywords.context or [])
         # What must stay as it was: every module under its parent, every bound tensor
         # in its module at the same address.
-        self._modules = [(parent._modules, name, child) for parent in model.modules() for name, child in parent._modules.items()]
+        self._modules = [
+            (parent._modules, name, child) for parent in model.modules() for name, child in parent._modules.items()
+        ]
         self._all_modules = list(model.modules())
         self._bound = [(slot, name, tensor, tensor.data_ptr()) for slot, name, tensor in tensors.values()]
 
@@ -273,10 +295,14 @@ class _Package:
     def serves(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         return (
             sorted(kwargs) == sorted(self._keywords)
-            and all(slot.get(name) is tensor and tensor.data_ptr() == address for slot, name, tensor, address in self._bound)
+            and all(
+                slot.get(name) is tensor and tensor.data_ptr() == address for slot, name, tensor, address in self._bound
+            )
             and all(children.get(name) is child for children, name, child in self._modules)
             and not any(module.training for module in self._all_modules)
-            and all(value.is_contiguous() for value in (*args, *kwargs.values()) if isinstance(value, self._tensor_type))
+            and all(
+                value.is_contiguous() for value in (*args, *kwargs.values()) if isinstance(value, self._tensor_type)
+            )
         )
 
     def __call__(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

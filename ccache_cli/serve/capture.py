@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ccache_cli.build.precompile import PRIMARY_DEVICES, space_free, stage_artifacts, staged_blobs
+from ccache_cli.errors import BadInputError, CcacheError
 from ccache_cli.hooked import fingerprint
 from ccache_cli.key import sources
-from ccache_cli.store.artifacts import BYTECODE_PREFIX
-from ccache_cli.errors import BadInputError, CcacheError
-from ccache_cli.build.precompile import PRIMARY_DEVICES, space_free, stage_artifacts, staged_blobs
 from ccache_cli.serve.activation import VIEW_ENV, with_startup_hook
 from ccache_cli.store import manifest
+from ccache_cli.store.artifacts import BYTECODE_PREFIX
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 
@@ -54,26 +54,36 @@ def capture(store: Store, name: str, command: Sequence[str], stdout: int | None 
         records = staging / "records"
         records.mkdir()
         env = {var: value for var, value in os.environ.items() if var not in ("TRITON_CACHE_DIR", VIEW_ENV)}
-        env.update({
-            "TORCHINDUCTOR_CACHE_DIR": str(inductor),
-            CAPTURE_DIR_ENV: str(records),
-            "PYTHONPATH": with_startup_hook(os.environ.get("PYTHONPATH")),
-        })
+        env.update(
+            {
+                "TORCHINDUCTOR_CACHE_DIR": str(inductor),
+                CAPTURE_DIR_ENV: str(records),
+                "PYTHONPATH": with_startup_hook(os.environ.get("PYTHONPATH")),
+            }
+        )
         started = time.perf_counter()
         code = _run(command, env, stdout)
         seconds = time.perf_counter() - started
         if code != 0:
             raise CaptureError(f"{command[0]} exited with code {code}; nothing was stored")
         if not any(path.is_file() for path in inductor.rglob("*")):
-            raise CaptureError(f"{command[0]} wrote nothing to the Inductor cache: it compiled nothing with torch.compile")
+            raise CaptureError(
+                f"{command[0]} wrote nothing to the Inductor cache: it compiled nothing with torch.compile"
+            )
         process_records = [json.loads(path.read_text()) for path in sorted(records.glob("*.json"))]
         record = _merged_record(process_records)
         if record["device"] in PRIMARY_DEVICES:  # as precompile: inspect can then answer without torch
             store.save_machine_fingerprint(fingerprint.probe_digest(), record["machine"])
         key = {
             "fingerprint": fingerprint.entry_fingerprint(record["machine"], record["device"]),
-            "compile": {"backend": "inductor", "device": record["device"], "sizes": [], "dynamic": False,
-                        "mode": None, "captured": list(command)},
+            "compile": {
+                "backend": "inductor",
+                "device": record["device"],
+                "sizes": [],
+                "dynamic": False,
+                "mode": None,
+                "captured": list(command),
+            },
             "model": None,
             "inputs": {},
             "sources": [source.__dict__ for source in record["sources"]],
@@ -81,9 +91,14 @@ def capture(store: Store, name: str, command: Sequence[str], stdout: int | None 
         stored_bytecode = _gather_bytecode(records, process_records, staging / "artifacts")
         files, _ = stage_artifacts(store, staging, staging / "artifacts")
         entry = manifest.build(
-            name=name, key=key, lookup=None, timings={"sizes": [], "aot": None, "captured_s": round(seconds, 3)},
-            aot={"status": "disabled", "reason": "captured from a command"}, bytecode=stored_bytecode,
-            compiled_at=str(inductor), files=files,
+            name=name,
+            key=key,
+            lookup=None,
+            timings={"sizes": [], "aot": None, "captured_s": round(seconds, 3)},
+            aot={"status": "disabled", "reason": "captured from a command"},
+            bytecode=stored_bytecode,
+            compiled_at=str(inductor),
+            files=files,
         )
         [(entry, new)] = store.publish([entry], staging, staged_blobs(files))
     return CaptureResult(entry, new, len(files), seconds)
@@ -102,7 +117,9 @@ def _run(command: Sequence[str], env: dict[str, str], stdout: int | None) -> int
         signal.signal(signal.SIGINT, previous)
 
 
-def _gather_bytecode(records: Path, process_records: list[dict[str, Any]], artifacts: Path) -> dict[str, dict[str, str]]:
+def _gather_bytecode(
+    records: Path, process_records: list[dict[str, Any]], artifacts: Path
+) -> dict[str, dict[str, str]]:
     """Move the bytecode each process recorded (under `records`) into the entry's
     artifacts (the first process to record a module wins: the same source gives the
     same bytecode)."""
@@ -114,7 +131,7 @@ def _gather_bytecode(records: Path, process_records: list[dict[str, Any]], artif
                 continue
             target = artifacts / stored
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(folder / stored[len(BYTECODE_PREFIX):], target)
+            os.replace(folder / stored[len(BYTECODE_PREFIX) :], target)
             gathered[stored] = info
     return gathered
 

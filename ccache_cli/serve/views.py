@@ -37,8 +37,8 @@ from ccache_cli.hooked import bytecode
 from ccache_cli.store import owners
 from ccache_cli.store.artifacts import AOT_PREFIX
 from ccache_cli.store.hashing import hash_json
-from ccache_cli.store.schema import inside
 from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.schema import inside
 from ccache_cli.store.store import Store
 
 VIEWS_ENV = "CCACHE_CLI_VIEWS"  # where views are made
@@ -61,8 +61,12 @@ def ensure_view(store: Store, entries: Sequence[Manifest]) -> tuple[Path, int]:
             bytecode.source_root(stored["module"], roots, every_finder=False)  # on every start: fast
     # Keyed on content too: an entry id names a key, not the exact files stored for it.
     contents = sorted((e.id, hash_json(dict(e.files))) for e in entries)
-    view = root / hash_json({"layout": _VIEW_LAYOUT, "store": str(store.root.resolve()), "entries": contents,
-                             "roots": roots})[:24]
+    view = (
+        root
+        / hash_json({"layout": _VIEW_LAYOUT, "store": str(store.root.resolve()), "entries": contents, "roots": roots})[
+            :24
+        ]
+    )
     if (view / ACTIVATION_FILE).is_file():
         return view, read_description(view).bytecode_modules
     building = root / f".building-{uuid.uuid4().hex}"
@@ -118,8 +122,9 @@ class ViewDescription:
 def read_description(view: Path | str) -> ViewDescription:
     """A view's activation.json (OSError, ValueError or TypeError where it is not one)."""
     document = json.loads((Path(view) / ACTIVATION_FILE).read_text())
-    return ViewDescription(document["store"], tuple(ActiveEntry(**entry) for entry in document["entries"]),
-                           document["bytecode_modules"])
+    return ViewDescription(
+        document["store"], tuple(ActiveEntry(**entry) for entry in document["entries"]), document["bytecode_modules"]
+    )
 
 
 def _link_files(store: Store, entries: Sequence[Manifest], view: Path, roots: dict[str, str | None]) -> ViewDescription:
@@ -138,7 +143,7 @@ def _link_files(store: Store, entries: Sequence[Manifest], view: Path, roots: di
                 target = f"bytecode/{placed}"
                 bytecode_modules += target not in made
             elif path.startswith(AOT_PREFIX):
-                target = f"aot/{entry.id}/{path[len(AOT_PREFIX):]}"
+                target = f"aot/{entry.id}/{path[len(AOT_PREFIX) :]}"
                 size = Path(path).stem.removeprefix("size-")
                 aot.setdefault(size, {})["package" if path.endswith(".pt2") else "function"] = target
             else:
@@ -152,11 +157,18 @@ def _link_files(store: Store, entries: Sequence[Manifest], view: Path, roots: di
                 made.add(parent)
             os.symlink(store.blob_file(ref["sha256"]), link)
             made.add(target)
-        described.append(ActiveEntry(
-            id=entry.id, name=entry.name, compile=entry.compile.document, inputs=entry.inputs,
-            sources=[dataclasses.asdict(source) for source in entry.sources], fingerprint=entry.fingerprint, aot=aot,
-            structure=None if entry.aot.packages is None else entry.aot.packages.structure,
-        ))
+        described.append(
+            ActiveEntry(
+                id=entry.id,
+                name=entry.name,
+                compile=entry.compile.document,
+                inputs=entry.inputs,
+                sources=[dataclasses.asdict(source) for source in entry.sources],
+                fingerprint=entry.fingerprint,
+                aot=aot,
+                structure=None if entry.aot.packages is None else entry.aot.packages.structure,
+            )
+        )
     (view / "inductor").mkdir(exist_ok=True)
     return ViewDescription(str(store.root), tuple(described), bytecode_modules)
 

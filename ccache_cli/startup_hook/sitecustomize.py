@@ -63,8 +63,15 @@ class _WhenTracingIsImported:
 
 def _write_record():
     torch = sys.modules.get("torch")
-    record = {"pid": os.getpid(), "argv": sys.argv, "traced": sorted(_TRACED), "sys_path": sys.path, "error": None,
-              "modules": _load("tracing").modules_by_file(_TRACED, sys.modules) if _TRACED else {}, "bytecode": {}}
+    record = {
+        "pid": os.getpid(),
+        "argv": sys.argv,
+        "traced": sorted(_TRACED),
+        "sys_path": sys.path,
+        "error": None,
+        "modules": _load("tracing").modules_by_file(_TRACED, sys.modules) if _TRACED else {},
+        "bytecode": {},
+    }
     if torch is not None:
         record["torch_dir"] = os.path.dirname(torch.__file__)
     if _TRACED and torch is not None:
@@ -102,7 +109,9 @@ def _report_usage():
 if _VIEW and _USAGE_LOGS is not None:
     atexit.register(_report_usage)
 if _VIEW and os.environ.get("CCACHE_CLI_COMPILED_AT"):  # autotuning results where this process keeps its cache
-    _load("relocate").install(os.environ["CCACHE_CLI_COMPILED_AT"].split(os.pathsep), os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    _load("relocate").install(
+        os.environ["CCACHE_CLI_COMPILED_AT"].split(os.pathsep), os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    )
 if _RECORDS:
     sys.meta_path.insert(0, _WhenTracingIsImported())
     atexit.register(_write_record)

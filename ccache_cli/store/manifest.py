@@ -171,22 +171,37 @@ def parse(document: Any, folder: str | None = None, with_files: bool = True) -> 
         lookup=d.get("lookup"),
         fingerprint=key["fingerprint"],
         compile=CompileOptions(
-            device=options["device"], sizes=tuple(options["sizes"]), dynamic=options["dynamic"],
-            mode=options.get("mode"), backend=options.get("backend"), devices=tuple(options.get("devices", ())),
-            inductor_env=options.get("inductor_env") or {}, document=options,
+            device=options["device"],
+            sizes=tuple(options["sizes"]),
+            dynamic=options["dynamic"],
+            mode=options.get("mode"),
+            backend=options.get("backend"),
+            devices=tuple(options.get("devices", ())),
+            inductor_env=options.get("inductor_env") or {},
+            document=options,
         ),
         model=None if model is None else ModelRef(model["module"], model["attr"], model.get("inputs")),
         inputs=key["inputs"],
         sources=tuple(Source(s["module"], s["path"], s["sha256"]) for s in key["sources"]),
         timings=tuple(
-            SizeTiming(t["label"], *(t.get(name) or 0.0 for name in
-                                     ("wall_s", "dynamo_s", "aot_autograd_s", "inductor_s", "kernel_compile_s")))
+            SizeTiming(
+                t["label"],
+                *(
+                    t.get(name) or 0.0
+                    for name in ("wall_s", "dynamo_s", "aot_autograd_s", "inductor_s", "kernel_compile_s")
+                ),
+            )
             for t in d["timings"]["sizes"]
         ),
         aot_seconds=d["timings"].get("aot") or {},
         package_seconds=d["timings"].get("packages") or {},
-        aot=AotStatus(aot["status"], aot.get("reason"), None if packages is None else
-                      PackageStatus(packages["status"], packages.get("reason"), packages.get("model"))),
+        aot=AotStatus(
+            aot["status"],
+            aot.get("reason"),
+            None
+            if packages is None
+            else PackageStatus(packages["status"], packages.get("reason"), packages.get("model")),
+        ),
         bytecode=d.get("bytecode", {}),
         compiled_at=d.get("compiled_at"),
         files=d.get("files", {}),
@@ -194,20 +209,30 @@ def parse(document: Any, folder: str | None = None, with_files: bool = True) -> 
     )
 
 
-def build(*, name: str, key: Mapping[str, Any], lookup: str | None, timings: Mapping[str, Any],
-          aot: Mapping[str, Any], bytecode: Mapping[str, Any], compiled_at: str,
-          files: Mapping[str, Mapping[str, Any]]) -> Manifest:
+def build(
+    *,
+    name: str,
+    key: Mapping[str, Any],
+    lookup: str | None,
+    timings: Mapping[str, Any],
+    aot: Mapping[str, Any],
+    bytecode: Mapping[str, Any],
+    compiled_at: str,
+    files: Mapping[str, Mapping[str, Any]],
+) -> Manifest:
     """A new entry's manifest, checked: its id is the digest of `key`, created now."""
-    return parse({
-        "format": FORMAT,
-        "id": hash_json(key),
-        "name": name,
-        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "lookup": lookup,
-        "key": key,
-        "timings": timings,
-        "aot": aot,
-        "bytecode": bytecode,
-        "compiled_at": compiled_at,
-        "files": files,
-    })
+    return parse(
+        {
+            "format": FORMAT,
+            "id": hash_json(key),
+            "name": name,
+            "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lookup": lookup,
+            "key": key,
+            "timings": timings,
+            "aot": aot,
+            "bytecode": bytecode,
+            "compiled_at": compiled_at,
+            "files": files,
+        }
+    )

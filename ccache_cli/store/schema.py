@@ -87,8 +87,12 @@ def _check_fields(m: Mapping[str, Any], with_files: bool) -> None:
     if lookup is not None and not (isinstance(lookup, str) and HEX64.fullmatch(lookup)):
         raise ManifestError("lookup must be a sha256 or null")
     compiled_at = m.get("compiled_at")
-    if compiled_at is not None and not (isinstance(compiled_at, str) and os.path.isabs(compiled_at)
-                                        and len(compiled_at) <= _MAX_PATH and compiled_at.isprintable()):
+    if compiled_at is not None and not (
+        isinstance(compiled_at, str)
+        and os.path.isabs(compiled_at)
+        and len(compiled_at) <= _MAX_PATH
+        and compiled_at.isprintable()
+    ):
         raise ManifestError("compiled_at must be an absolute path")
     _check_key(_field(m, "key", dict))
     _check_timings(_field(m, "timings", dict))
@@ -106,16 +110,21 @@ def check_files(files: Mapping[str, Any]) -> None:
     try:
         refs = list(files.values())
         sizes = list(map(_SIZE, refs))
-        good = (safe_paths([path for path in files if path != _MEGACACHE], _FOLDERS)
-                and all(map(operator.eq, map(dict.keys, refs), itertools.repeat(_REF_FIELDS)))
-                and all_hex64(list(map(_SHA256, refs)))
-                and {*map(type, sizes)} <= {int} and min(sizes, default=0) >= 0)
+        good = (
+            safe_paths([path for path in files if path != _MEGACACHE], _FOLDERS)
+            and all(map(operator.eq, map(dict.keys, refs), itertools.repeat(_REF_FIELDS)))
+            and all_hex64(list(map(_SHA256, refs)))
+            and {*map(type, sizes)} <= {int}
+            and min(sizes, default=0) >= 0
+        )
     except (TypeError, ValueError, KeyError):
         good = False
     if not good:
         path = next((path for path, ref in files.items() if not _good_file(path, ref)), "?")
-        raise ManifestError(f"file {path!r} is not a relative path under {', '.join(_KINDS)} or megacache, "
-                            "with a sha256 and a size in bytes")
+        raise ManifestError(
+            f"file {path!r} is not a relative path under {', '.join(_KINDS)} or megacache, "
+            "with a sha256 and a size in bytes"
+        )
     # A file may not also be a folder of others: with '/' as the lowest character, a
     # path's first successor in sorted order starts with `path/` if any path does.
     ordered = sorted(path.replace("/", "\x01") for path in files)
@@ -134,8 +143,13 @@ def safe_paths(paths: list[str], folders: tuple[str, ...]) -> bool:
     if not paths:
         return True
     joined = "\n".join(paths) + "\n"
-    return (joined.count("\n") == len(paths) and all(map(str.startswith, paths, itertools.repeat(folders))) and _CONTROL.search(joined) is None
-            and not any(map(joined.__contains__, _UNSAFE_IN_JOINED)) and max(map(len, paths)) <= _MAX_PATH)
+    return (
+        joined.count("\n") == len(paths)
+        and all(map(str.startswith, paths, itertools.repeat(folders)))
+        and _CONTROL.search(joined) is None
+        and not any(map(joined.__contains__, _UNSAFE_IN_JOINED))
+        and max(map(len, paths)) <= _MAX_PATH
+    )
 
 
 _REF_FIELDS = {"sha256", "size"}
@@ -156,9 +170,16 @@ def all_hex64(texts: list[str]) -> bool:
 
 
 def _good_file(path: str, ref: Any) -> bool:
-    return (isinstance(path, str) and (path == _MEGACACHE or safe_paths([path], _FOLDERS)) and type(ref) is dict
-            and ref.keys() == _REF_FIELDS and type(ref["size"]) is int and ref["size"] >= 0
-            and isinstance(ref["sha256"], str) and HEX64.fullmatch(ref["sha256"]) is not None)
+    return (
+        isinstance(path, str)
+        and (path == _MEGACACHE or safe_paths([path], _FOLDERS))
+        and type(ref) is dict
+        and ref.keys() == _REF_FIELDS
+        and type(ref["size"]) is int
+        and ref["size"] >= 0
+        and isinstance(ref["sha256"], str)
+        and HEX64.fullmatch(ref["sha256"]) is not None
+    )
 
 
 def _check_key(key: Mapping[str, Any]) -> None:
@@ -217,7 +238,9 @@ def _check_timings(timings: Mapping[str, Any]) -> None:
             raise ManifestError("timings.sizes[].counters must be integers")
     for name in ("aot", "packages"):
         seconds = timings.get(name)
-        if seconds is not None and not all(isinstance(v, (int, float)) for v in _mapping(seconds, f"timings.{name}").values()):
+        if seconds is not None and not all(
+            isinstance(v, (int, float)) for v in _mapping(seconds, f"timings.{name}").values()
+        ):
             raise ManifestError(f"timings.{name} must map sizes to seconds")
 
 
@@ -238,10 +261,13 @@ def _check_aot(aot: Mapping[str, Any]) -> None:
 def _check_bytecode(stored: Mapping[str, Any], files: Mapping[str, Any]) -> None:
     """Each stored .pyc is a file of the entry, with its module's name and its source's hash."""
     try:
-        good = (stored.keys() <= files.keys() and all(map(str.endswith, stored, itertools.repeat(".pyc")))
-                and all(map(operator.eq, map(dict.keys, stored.values()), itertools.repeat(_BYTECODE_FIELDS)))
-                and all_match(_MODULE, map(_MODULE_NAME, stored.values()))
-                and all_hex64(list(map(_SHA256, stored.values()))))
+        good = (
+            stored.keys() <= files.keys()
+            and all(map(str.endswith, stored, itertools.repeat(".pyc")))
+            and all(map(operator.eq, map(dict.keys, stored.values()), itertools.repeat(_BYTECODE_FIELDS)))
+            and all_match(_MODULE, map(_MODULE_NAME, stored.values()))
+            and all_hex64(list(map(_SHA256, stored.values())))
+        )
     except (TypeError, ValueError, KeyError):
         good = False
     if not good:

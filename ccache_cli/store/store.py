@@ -30,16 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccache_cli.store import durable, manifest, owners, schema
-from ccache_cli.store.manifest import FileRef, Manifest
 from ccache_cli.errors import BadInputError, EntryNotFoundError, StoreError
+from ccache_cli.store import durable, lock, manifest, owners, schema
 from ccache_cli.store.hashing import sha256_file
+from ccache_cli.store.manifest import FileRef, Manifest
 
 FORMAT_VERSION = 1
 STORE_ENV = "CCACHE_CLI_STORE"
-_LOCK_TIMEOUT_S = 600
-_LOCK_NOTICE_S = 1.0  # a writer waiting longer says who holds the lock
-_LOCK_POLL_S = 0.05  # how often a writer waiting for the lock tries again
 _UNNAMED_AFTER_S = 60  # a staging folder still without its owner file was left by a killed writer
 REMOVED_PREFIX = "removed-"  # tmp/ folders of entries rm and gc are deleting
 
@@ -140,12 +137,16 @@ class Store:
             try:
                 entries.append(self._read_entry(path))
             except schema.ManifestError as exc:
-                warnings.append(f"entry {path.name[:manifest.ID_DISPLAY_LENGTH]} is skipped: {exc}")
+                warnings.append(f"entry {path.name[: manifest.ID_DISPLAY_LENGTH]} is skipped: {exc}")
             except FileNotFoundError as exc:
                 if path.exists():  # else removed meanwhile (rm, gc): not there, nothing to say
-                    warnings.append(f"entry {path.name[:manifest.ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})")
+                    warnings.append(
+                        f"entry {path.name[: manifest.ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})"
+                    )
             except (OSError, ValueError) as exc:
-                warnings.append(f"entry {path.name[:manifest.ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})")
+                warnings.append(
+                    f"entry {path.name[: manifest.ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})"
+                )
         entries.sort(key=lambda entry: entry.created, reverse=True)
         return Scan(tuple(entries), tuple(warnings))
 
@@ -224,8 +225,10 @@ class Store:
             yield path
         except OSError as exc:
             if durable.is_disk_full(exc):
-                raise StoreError(f"no space left on the device of store {self.root}; nothing was changed: "
-                                 "free some space (`ccache gc --max-size`) and run it again") from exc
+                raise StoreError(
+                    f"no space left on the device of store {self.root}; nothing was changed: "
+                    "free some space (`ccache gc --max-size`) and run it again"
+                ) from exc
             raise
         finally:
             shutil.rmtree(path, ignore_errors=True)
@@ -277,7 +280,9 @@ class Store:
             folder.mkdir(parents=True)
             (folder / "manifest.json").write_text(json.dumps(dict(entry.document), sort_keys=True) + "\n")
 
-    def publish(self, entries: Sequence[Manifest], staging: Path, staged_blobs: Collection[str] = ()) -> list[tuple[Manifest, bool]]:
+    def publish(
+        self, entries: Sequence[Manifest], staging: Path, staged_blobs: Collection[str] = ()
+    ) -> list[tuple[Manifest, bool]]:
         """Publish entries under one lock, their blobs already in the store or staged.
 
         `staged_blobs`, laid out read-only as `<staging>/objects/ab/<sha256>` (each
@@ -298,8 +303,9 @@ class Store:
             others = {sha256 for entry in new for sha256 in entry.blobs()}.difference(staged_blobs)
             missing = others - self.blobs_present(others)
             if missing:
-                entry, path = next((entry, path) for entry in new for path, ref in entry.files.items()
-                                   if ref["sha256"] in missing)
+                entry, path = next(
+                    (entry, path) for entry in new for path, ref in entry.files.items() if ref["sha256"] in missing
+                )
                 raise StoreError(f"cannot publish entry {entry.short_id}: blob of {path} is missing")
             if staged_blobs:
                 durable.sync_filesystem(self.objects_dir)  # the blobs' new names, before the entries naming them
@@ -350,32 +356,9 @@ class Store:
             count += 1
         return count
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """The store's write lock (filelock: an flock on `.lock` on Unix, which the kernel
-        releases when the holder exits, however it exits). A writer that waits more
-        than a second says who holds it."""
-        import filelock  # writers only: read-only commands start without it
-
-        lock = filelock.FileLock(str(self.root / ".lock"))
-        holder = self.root / ".lock-holder"
-        try:
-            lock.acquire(timeout=_LOCK_NOTICE_S, poll_interval=_LOCK_POLL_S)
-        except filelock.Timeout:
-            self.notify(f"waiting for the lock of store {self.root}, held by {_holder(holder)}")
-            try:
-                lock.acquire(timeout=_LOCK_TIMEOUT_S, poll_interval=_LOCK_POLL_S)
-            except filelock.Timeout:
-                raise StoreError(f"store {self.root} stayed locked for {_LOCK_TIMEOUT_S} s by {_holder(holder)}; "
-                                 "is that writer stuck?") from None
-        try:
-            with contextlib.suppress(OSError):
-                holder.write_text(json.dumps({"owner": owners.describe(), "command": _command_line()}) + "\n")
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                holder.unlink()  # before the lock goes: the next holder's line must stay
-            lock.release()
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The store's write lock (lock.py)."""
+        return lock.store_lock(self.root, self.notify)
 
     # -- internals ---------------------------------------------------------
 
@@ -390,23 +373,7 @@ class Store:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{self.root / 'store.json'} is unreadable ({exc})") from exc
         if version != FORMAT_VERSION:
-            raise StoreError(
-                f"store {self.root} has format {version}; this ccache-cli reads format {FORMAT_VERSION}"
-            )
-
-
-def _holder(holder: Path) -> str:
-    """Who holds the lock, as its holder wrote it: `pid N on HOST (COMMAND)`."""
-    try:
-        written = json.loads(holder.read_text())
-        host, pid = written["owner"].split()[:2]
-        return f"pid {pid} on {host} ({written['command']})"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return "another process"
-
-
-def _command_line() -> str:
-    return " ".join([os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python", *sys.argv[1:]])[:300]
+            raise StoreError(f"store {self.root} has format {version}; this ccache-cli reads format {FORMAT_VERSION}")
 
 
 def _mtime(path: Path, default: float) -> float:

@@ -1,9 +1,8 @@
 """A user's model whose forward calls helpers from a second file."""
 
 import torch
-from torch import nn
-
 from helpers import scaled_gelu
+from torch import nn
 
 
 class TwoFileModel(nn.Module):
