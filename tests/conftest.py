@@ -9,10 +9,11 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from ccache_cli.archive.frames import FRAME_SIZE, FrameWriter
 from ccache_cli.store.hashing import hash_json
@@ -20,6 +21,26 @@ from ccache_cli.store.manifest import parse as parse_manifest
 from ccache_cli.store.store import Store
 
 MODELS = Path(__file__).parent / "models"
+# The tiers: tests/unit (pure functions), then the integration tests below, of which
+# these compile for real or kill processes in loops: marked `slow`.
+SLOW_MODULES = {
+    "test_precompile",
+    "test_runtime",
+    "test_models",
+    "test_verify",
+    "test_bytecode",
+    "test_deploy",
+    "test_faults",
+}
+COMPILED_FIXTURES = {"example_store", "example_entry", "llama", "compiled"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES or COMPILED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 EXAMPLE = "ccache_cli.examples.tiny_transformer"
 
 
@@ -184,13 +205,35 @@ def synthetic_manifest(name: str, files: dict[str, dict], fingerprint: dict | No
     }
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder that `build` fills, built once per test run: under pytest-xdist the first
+    worker to ask builds it in a folder the run's workers share, and each worker gets its
+    own copy (tests write to what fixtures give them)."""
+    mine = tmp_path_factory.mktemp(name)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        build(mine)
+        return mine
+    shared_root = tmp_path_factory.getbasetemp().parent  # this run's folder, above each worker's
+    shared = shared_root / f"shared-{name}"
+    with FileLock(str(shared_root / f"shared-{name}.lock")):
+        if not (shared_root / f"shared-{name}.done").exists():
+            shutil.rmtree(shared, ignore_errors=True)
+            shared.mkdir()
+            build(shared)
+            (shared_root / f"shared-{name}.done").touch()
+    shutil.copytree(shared, mine, symlinks=True, dirs_exist_ok=True)
+    return mine
+
+
 @pytest.fixture(scope="session")
 def example_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store holding the bundled example compiled for 1, 8, 32, AOT included."""
-    store = tmp_path_factory.mktemp("example") / "store"
-    result = ccache("precompile", EXAMPLE, "--sizes", "1,8,32", store=store)
-    assert result.returncode == 0, result.stderr
-    return store
+
+    def build(folder: Path) -> None:
+        result = ccache("precompile", EXAMPLE, "--sizes", "1,8,32", store=folder / "store")
+        assert result.returncode == 0, result.stderr
+
+    return built_once(tmp_path_factory, "example", build) / "store"
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import MODELS, ccache, ccache_json
+from conftest import MODELS, built_once, ccache, ccache_json
 
 pytest.importorskip("transformers")
 
@@ -39,15 +39,23 @@ SERVE = textwrap.dedent(
 
 @pytest.fixture(scope="session")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    folder = tmp_path_factory.mktemp("llama")
-    models = folder / "models"
-    shutil.copytree(MODELS, models)
-    (folder / "serve.py").write_text(SERVE)
+    def build(folder: Path) -> None:
+        shutil.copytree(MODELS, folder / "models")
+        (folder / "serve.py").write_text(SERVE)
+        result = ccache("precompile", "llama.py", "--sizes", "1,2", store=folder / "store", cwd=folder / "models")
+        assert result.returncode == 0, result.stderr
+        (folder / "precompile.out").write_text(result.stdout)
+
+    folder = built_once(tmp_path_factory, "llama", build)
     store = folder / "store"
-    result = ccache("precompile", "llama.py", "--sizes", "1,2", store=store, cwd=models)
-    assert result.returncode == 0, result.stderr
     [entry] = ccache_json("inspect", store=store)["entries"]
-    return {"store": store, "models": models, "serve": folder / "serve.py", "entry": entry, "stdout": result.stdout}
+    return {
+        "store": store,
+        "models": folder / "models",
+        "serve": folder / "serve.py",
+        "entry": entry,
+        "stdout": (folder / "precompile.out").read_text(),
+    }
 
 
 def serve(llama: dict, tmp_path: Path, models: Path | None = None, layers: int = 2) -> dict:

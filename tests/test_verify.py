@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import MODELS, ccache, ccache_json, framed_archive, make_entry
+from conftest import MODELS, built_once, ccache, ccache_json, framed_archive, make_entry
 
 from ccache_cli.store.store import Store
 
@@ -20,15 +20,23 @@ from ccache_cli.store.store import Store
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The two-file model precompiled for size 2 (store `one`) and sizes 2,4 (store `two`),
     beside an untraced file of the same folder."""
-    root = tmp_path_factory.mktemp("verify")
-    shutil.copytree(MODELS / "two_files", root / "code")
-    (root / "code" / "unused.py").write_text("VALUE = 1\n")
-    for store, sizes in (("one", "2"), ("two", "2,4")):
-        result = ccache(
-            "precompile", str(root / "code" / "model.py"), "--sizes", sizes, "--no-aot", store=root / store, cwd=root
-        )
-        assert result.returncode == 0, result.stderr
-    return root
+
+    def build(root: Path) -> None:
+        shutil.copytree(MODELS / "two_files", root / "code")
+        (root / "code" / "unused.py").write_text("VALUE = 1\n")
+        for store, sizes in (("one", "2"), ("two", "2,4")):
+            result = ccache(
+                "precompile",
+                str(root / "code" / "model.py"),
+                "--sizes",
+                sizes,
+                "--no-aot",
+                store=root / store,
+                cwd=root,
+            )
+            assert result.returncode == 0, result.stderr
+
+    return built_once(tmp_path_factory, "verify", build)
 
 
 @pytest.fixture

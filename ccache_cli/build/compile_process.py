@@ -70,6 +70,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
     spec = modelspec.parse(request["model"])
     inputs_spec = modelspec.parse(request["inputs"], default_attr=None) if request["inputs"] else None
     module = modelspec.import_target(spec)
+    modelspec.model_target(module, spec)
     inputs_fn = modelspec.load_inputs(module, inputs_spec)
 
     import torch

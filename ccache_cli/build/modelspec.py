@@ -78,8 +78,9 @@ def module_identity(module: ModuleType, spec: ModelSpec, inputs: Callable[[int],
     return {"module": module.__name__, "attr": spec.attr, "inputs": f"{inputs.__module__}:{inputs.__name__}"}
 
 
-def load_model(module: ModuleType, spec: ModelSpec) -> Any:
-    """The nn.Module a spec names, calling it when it is a factory."""
+def model_target(module: ModuleType, spec: ModelSpec) -> Any:
+    """What a spec names, checked to be an nn.Module or a function that may return one,
+    without calling it: a wrong spec fails before any compile work starts."""
     import torch
 
     target = _attribute(module, spec)
@@ -87,6 +88,16 @@ def load_model(module: ModuleType, spec: ModelSpec) -> Any:
         return target
     if not callable(target) or isinstance(target, type) and not issubclass(target, torch.nn.Module):
         raise ModelSpecError(f"{spec} is a {type(target).__name__}, neither an nn.Module nor a function returning one")
+    return target
+
+
+def load_model(module: ModuleType, spec: ModelSpec) -> Any:
+    """The nn.Module a spec names, calling it when it is a factory."""
+    import torch
+
+    target = model_target(module, spec)
+    if isinstance(target, torch.nn.Module):
+        return target
     try:
         model = target()
     except Exception as exc:

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ccache_cli.errors import BadInputError, CcacheError
 from ccache_cli.hooked import usage
@@ -57,6 +58,38 @@ class Plan:
     @property
     def store_bytes_after(self) -> int:
         return self.store_bytes - self.blob_bytes
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    """A plan carried out, or only shown (`--dry-run`)."""
+
+    plan: Plan
+    dry_run: bool
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self.plan.warnings
+
+    def to_json(self) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "dry_run": self.dry_run,
+            "removed": [entry.id for entry in plan.remove],
+            "kept_in_use": [entry.id for entry in plan.in_use],
+            "blobs": len(plan.blobs),
+            "abandoned_staging": [str(path) for path in plan.abandoned],
+            "freed_bytes": plan.freed_bytes,
+            "store_bytes": plan.store_bytes if self.dry_run else plan.store_bytes_after,
+            "warnings": list(plan.warnings),
+        }
+
+
+def carry_out(store: Store, plan: Plan, dry_run: bool) -> Cleanup:
+    """Apply `plan` unless `dry_run`."""
+    if not dry_run:
+        apply(store, plan)
+    return Cleanup(plan, dry_run)
 
 
 def parse_size(text: str) -> int:

@@ -35,6 +35,36 @@ class EntryReport:
     def bytes(self) -> int:
         return sum(kind.bytes for kind in self.kinds)
 
+    def to_json(self) -> dict[str, Any]:
+        """An entry as `inspect --json` prints it."""
+        report, entry = self, self.entry
+        return {
+            "id": entry.id,
+            "name": entry.name,
+            "sizes": entry.sizes,
+            "dynamic": entry.dynamic,
+            "device": entry.device,
+            "fingerprint": dict(entry.fingerprint),
+            "compile": dict(entry.compile.document),
+            "model": None if entry.model is None else dataclasses.asdict(entry.model),
+            "sources": [{"path": s.path, "module": s.module, "sha256": s.sha256} for s in entry.sources],
+            "artifacts": {kind.kind: kind.count for kind in report.kinds},
+            "artifact_bytes": {kind.kind: kind.bytes for kind in report.kinds},
+            "bytes": report.bytes,
+            "created": entry.created,
+            "compatible": report.compatible,
+            "mismatches": [
+                {"component": m.component, "entry": m.entry, "machine": m.target} for m in report.mismatches
+            ],
+            "aot": dataclasses.asdict(entry.aot),
+            "timings": {
+                "sizes": [dataclasses.asdict(timing) for timing in entry.timings],
+                "aot": dict(entry.aot_seconds),
+                "packages": dict(entry.package_seconds),
+            },
+            "usage": None if report.usage is None else dict(report.usage.__dict__),
+        }
+
 
 @dataclass(frozen=True)
 class InspectReport:
@@ -42,6 +72,9 @@ class InspectReport:
     warnings: tuple[str, ...]
     machine: dict[str, Any]
     machine_exact: bool  # False: only the components readable without torch are known
+
+    def to_json(self) -> dict[str, Any]:
+        return {"entries": [entry.to_json() for entry in self.entries], "warnings": list(self.warnings)}
 
 
 def inspect_store(store: Store, ref: str | None = None) -> InspectReport:
@@ -76,32 +109,3 @@ def report_entry(
 ) -> EntryReport:
     compatible, found = compatibility(entry, machine, exact)
     return EntryReport(entry, compatible, found, artifacts.kinds_of(entry.files) if kinds is None else kinds, usage)
-
-
-def entry_json(report: EntryReport) -> dict[str, Any]:
-    """An entry as `inspect --json` prints it."""
-    entry = report.entry
-    return {
-        "id": entry.id,
-        "name": entry.name,
-        "sizes": entry.sizes,
-        "dynamic": entry.dynamic,
-        "device": entry.device,
-        "fingerprint": dict(entry.fingerprint),
-        "compile": dict(entry.compile.document),
-        "model": None if entry.model is None else dataclasses.asdict(entry.model),
-        "sources": [{"path": s.path, "module": s.module, "sha256": s.sha256} for s in entry.sources],
-        "artifacts": {kind.kind: kind.count for kind in report.kinds},
-        "artifact_bytes": {kind.kind: kind.bytes for kind in report.kinds},
-        "bytes": report.bytes,
-        "created": entry.created,
-        "compatible": report.compatible,
-        "mismatches": [{"component": m.component, "entry": m.entry, "machine": m.target} for m in report.mismatches],
-        "aot": dataclasses.asdict(entry.aot),
-        "timings": {
-            "sizes": [dataclasses.asdict(timing) for timing in entry.timings],
-            "aot": dict(entry.aot_seconds),
-            "packages": dict(entry.package_seconds),
-        },
-        "usage": None if report.usage is None else dict(report.usage.__dict__),
-    }

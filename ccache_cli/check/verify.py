@@ -53,6 +53,9 @@ class VerifyReport:
     def ok(self) -> bool:
         return all(check.ok for check in self.checks)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "target": self.target, "checks": [dataclasses.asdict(check) for check in self.checks]}
+
 
 def verify(
     store: Store, ref: str | None, target: Path | None, run: bool, trusted: Sequence[PublicKey] = ()

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import typer
 from rich.table import Table
 
 from ccache_cli.build.precompile import check_device
 from ccache_cli.hooked import fingerprint
 
-from .render import emit_json, out
+from .render import out, show
+
+
+@dataclass(frozen=True)
+class MachineFingerprint:
+    components: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.components
 
 
 def command(
@@ -19,10 +30,12 @@ def command(
     """Print this machine's key components, as torch reports them."""
     machine = fingerprint.machine_fingerprint(check_device(device))
     ctx.obj.save_machine_fingerprint(fingerprint.probe_digest(), machine)
-    if json_output:
-        emit_json(machine)
-        return
+    show(MachineFingerprint(machine), json_output, _print_fingerprint)
+
+
+def _print_fingerprint(machine: MachineFingerprint) -> None:
     table = Table("component", "value", box=None)
     for name in fingerprint.COMPONENTS:
-        table.add_row(name, "-" if machine.get(name) is None else str(machine[name]))
+        value = machine.components.get(name)
+        table.add_row(name, "-" if value is None else str(value))
     out.print(table)

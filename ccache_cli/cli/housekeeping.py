@@ -8,7 +8,7 @@ from ccache_cli.check import housekeeping
 from ccache_cli.errors import BadInputError
 from ccache_cli.store.store import Store
 
-from .render import emit_json, human_bytes, out, warn
+from .render import human_bytes, out, show, warn
 
 
 def gc_command(
@@ -49,24 +49,11 @@ def rm_command(
 
 
 def _finish(store: Store, plan: housekeeping.Plan, dry_run: bool, json_output: bool) -> None:
-    for warning in plan.warnings:
-        warn(warning)
-    if not dry_run:
-        housekeeping.apply(store, plan)
-    if json_output:
-        emit_json(
-            {
-                "dry_run": dry_run,
-                "removed": [entry.id for entry in plan.remove],
-                "kept_in_use": [entry.id for entry in plan.in_use],
-                "blobs": len(plan.blobs),
-                "abandoned_staging": [str(path) for path in plan.abandoned],
-                "freed_bytes": plan.freed_bytes,
-                "store_bytes": plan.store_bytes_after if not dry_run else plan.store_bytes,
-                "warnings": list(plan.warnings),
-            }
-        )
-        return
+    show(housekeeping.carry_out(store, plan, dry_run), json_output, _print_cleanup)
+
+
+def _print_cleanup(cleanup: housekeeping.Cleanup) -> None:
+    plan, dry_run = cleanup.plan, cleanup.dry_run
     for entry in plan.in_use:
         warn(f"kept entry {entry.short_id} ({entry.name}): a running program uses it")
     verb = "would remove" if dry_run else "removed"

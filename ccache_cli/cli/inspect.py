@@ -9,11 +9,11 @@ from rich.table import Table
 
 from ccache_cli.archive.signing import trusted_keys
 from ccache_cli.archive.unpack import is_archive_path
-from ccache_cli.check.inspect import EntryReport, InspectReport, entry_json, inspect_archive, inspect_store
+from ccache_cli.check.inspect import InspectReport, inspect_archive, inspect_store
 from ccache_cli.hooked import fingerprint
 
 from .pack import TRUST_OPTION
-from .render import age, emit_json, human_bytes, out, seconds, warn, yes_no
+from .render import age, human_bytes, out, seconds, show, yes_no
 
 
 def command(
@@ -29,14 +29,10 @@ def command(
     """List the stored entries, or show one in detail, or list an archive's. Does not import torch."""
     archive = entry is not None and is_archive_path(entry)
     report = inspect_archive(ctx.obj, entry, trusted_keys(trust or [])) if archive else inspect_store(ctx.obj, entry)
-    for warning in report.warnings:
-        warn(warning)
-    if json_output:
-        emit_json({"entries": [entry_json(e) for e in report.entries], "warnings": list(report.warnings)})
-    elif entry is None or archive:
-        _print_table(report, entry if archive else ctx.obj.root)
+    if entry is None or archive:
+        show(report, json_output, lambda r: _print_table(r, entry if archive else ctx.obj.root))
     else:
-        _print_detail(report.entries[0], report)
+        show(report, json_output, _print_detail)
 
 
 def _print_table(report: InspectReport, root: object) -> None:
@@ -71,7 +67,8 @@ def _print_table(report: InspectReport, root: object) -> None:
         )
 
 
-def _print_detail(item: EntryReport, report: InspectReport) -> None:
+def _print_detail(report: InspectReport) -> None:
+    item = report.entries[0]
     e = item.entry
     out.print(f"[bold]{e.id}[/bold]  {e.name}")
     out.print(f"created {e.created} ({age(e.created)}), {item.file_count} files, {human_bytes(item.bytes)}")

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ccache_cli.build import precompile as core
-from ccache_cli.check.inspect import entry_json, report_entry
+from ccache_cli.check.inspect import EntryReport, report_entry
 from ccache_cli.key.compat import this_machine
 from ccache_cli.store.manifest import PackageStatus
 
-from .render import emit_json, human_bytes, out, seconds
+from .render import human_bytes, out, seconds, show
 
 
 def command(
@@ -61,19 +62,25 @@ def command(
     store = ctx.obj
     with _progress(enabled=out.is_terminal and not json_output) as on_progress:
         result = core.precompile(store, request, on_progress)
-    machine, exact = this_machine(store)
-    if json_output:
-        emit_json(
-            {
-                "entry": entry_json(report_entry(result.entry, machine, exact)),
-                "reused": result.reused,
-                "reports": [asdict(report) for report in result.reports],
-                "new_bytes": result.new_bytes,
-                "seconds": round(result.seconds, 3),
-            }
-        )
-        return
-    _print_summary(result)
+    show(Precompiled(result, report_entry(result.entry, *this_machine(store))), json_output, _print_summary)
+
+
+@dataclass(frozen=True)
+class Precompiled:
+    """What precompile did, with the entry as inspect reports it."""
+
+    result: core.PrecompileResult
+    entry: EntryReport
+
+    def to_json(self) -> dict[str, Any]:
+        result = self.result
+        return {
+            "entry": self.entry.to_json(),
+            "reused": result.reused,
+            "reports": [asdict(report) for report in result.reports],
+            "new_bytes": result.new_bytes,
+            "seconds": round(result.seconds, 3),
+        }
 
 
 @contextlib.contextmanager
@@ -111,7 +118,8 @@ def _progress(enabled: bool) -> Iterator[Callable[[core.Progress], None]]:
             progress.update(task, total=1, completed=1)
 
 
-def _print_summary(result: core.PrecompileResult) -> None:
+def _print_summary(precompiled: Precompiled) -> None:
+    result = precompiled.result
     entry = result.entry
     if result.reused:
         out.print(

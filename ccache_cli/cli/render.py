@@ -5,14 +5,42 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from rich.console import Console
 
-# rich honours NO_COLOR (and FORCE_COLOR), and draws no progress in pipes.
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)  # progress and summaries that keep stdout clean
-_warnings = Console(stderr=True, highlight=False)  # --quiet leaves warnings and errors
+
+def _console(stderr: bool) -> Console:
+    # In a pipe or a CI log nothing is cut to fit a width: ids and versions are shown
+    # whole. rich honours NO_COLOR (and FORCE_COLOR), and draws no progress in pipes.
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 100_000)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)  # progress and summaries that keep stdout clean
+_warnings = _console(stderr=True)  # --quiet leaves warnings and errors
+
+
+class Result(Protocol):
+    """What a command returns: `to_json()` is its --json document (the contract scripts
+    rely on); a command's human view prints the rest."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=Result)
+
+
+def show(result: R, json_output: bool, human: Callable[[R], None]) -> None:
+    """Print a command's result: its warnings on stderr, then JSON or the human view."""
+    for message in getattr(result, "warnings", ()):
+        warn(message)
+    if json_output:
+        _emit_json(result.to_json())
+    else:
+        human(result)
 
 
 def set_quiet() -> None:
@@ -20,7 +48,7 @@ def set_quiet() -> None:
     out.quiet = err.quiet = True
 
 
-def emit_json(data: Any) -> None:
+def _emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 

@@ -11,7 +11,7 @@ from ccache_cli.hooked import usage
 from ccache_cli.serve import activation, capture
 from ccache_cli.store.store import Store
 
-from .render import emit_json, err, human_bytes, warn
+from .render import err, human_bytes, show, warn
 
 
 def env_command(
@@ -25,17 +25,7 @@ def env_command(
     active = activation.activation(ctx.obj, activation.select_entries(ctx.obj, entries or ()))
     _warn_replaced(active)
     usage.record(ctx.obj, [entry.id for entry in active.entries], "env")
-    if json_output:
-        emit_json(
-            {
-                "entries": [e.id for e in active.entries],
-                "view": str(active.view),
-                "set": active.set_env,
-                "unset": list(active.unset_env),
-            }
-        )
-        return
-    sys.stdout.write(active.shell_exports())
+    show(active, json_output, lambda a: sys.stdout.write(a.shell_exports()))
 
 
 def run_command(
@@ -60,28 +50,20 @@ def run_command(
             raise BadInputError("--capture runs on an empty cache; it takes no ENTRY")
         # With --json, stdout carries only the summary: the command's output goes to stderr.
         result = capture.capture(store, capture_name, command, stdout=2 if json_output else None)
-        if json_output:
-            emit_json(
-                {
-                    "entry": result.entry.id,
-                    "name": result.entry.name,
-                    "new": result.new,
-                    "files": result.files,
-                    "bytes": result.entry.bytes,
-                    "seconds": round(result.seconds, 3),
-                }
-            )
-        else:
-            state = "stored" if result.new else "already stored"
-            err.print(
-                f"Captured entry {result.entry.short_id} ({result.entry.name}, {state}): {result.files} files, "
-                f"{human_bytes(result.entry.bytes)}, {len(result.entry.sources)} traced sources, "
-                f"command ran {result.seconds:.1f} s."
-            )
+        show(result, json_output, _print_capture)
         return
     active = activation.start(store, refs)
     _warn_replaced(active)
     activation.exec_command(command)
+
+
+def _print_capture(result: capture.CaptureResult) -> None:
+    state = "stored" if result.new else "already stored"
+    err.print(
+        f"Captured entry {result.entry.short_id} ({result.entry.name}, {state}): {result.files} files, "
+        f"{human_bytes(result.entry.bytes)}, {len(result.entry.sources)} traced sources, "
+        f"command ran {result.seconds:.1f} s."
+    )
 
 
 def _warn_replaced(active: activation.Activation) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ccache_cli.archive import pack as packing
 from ccache_cli.archive import signing
@@ -15,7 +17,7 @@ from ccache_cli.key.compat import fits, this_machine
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 
-from .render import emit_json, err, human_bytes, out, warn
+from .render import err, human_bytes, out, show, warn
 
 PYCACHE_DIR = "pycache"  # the exported bytecode tree, inside the exported Inductor cache
 
@@ -40,23 +42,37 @@ def pack(
     total = sum(packing.blob_sizes(chosen).values())
     with packing.open_output(output) as handle, _progress("packing", total, output != "-") as on_progress:
         result = packing.pack(store, chosen, handle, level, on_progress, signer)
-    if json_output:
-        emit_json(
-            {
-                "output": output,
-                "entries": [e.id for e in result.entries],
-                "blobs": result.blobs,
-                "bytes": result.bytes,
-                "archive_bytes": Path(output).stat().st_size,
-                "signed_by": signer.key_id if signer else None,
-            }
-        )
-    elif output != "-":
-        size = Path(output).stat().st_size
-        err.print(
-            f"Packed {len(result.entries)} entries, {result.blobs} blobs, {human_bytes(result.bytes)} "
-            f"into {output} ({human_bytes(size)})" + (f", signed by key {signer.key_id[:16]}." if signer else ".")
-        )
+    archive_bytes = Path(output).stat().st_size if output != "-" else None
+    show(Packed(result, output, archive_bytes, signer.key_id if signer else None), json_output, _print_packed)
+
+
+@dataclass(frozen=True)
+class Packed:
+    result: packing.PackResult
+    output: str
+    archive_bytes: int | None  # None: written to stdout
+    signed_by: str | None  # the signing key's id
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "output": self.output,
+            "entries": [entry.id for entry in self.result.entries],
+            "blobs": self.result.blobs,
+            "bytes": self.result.bytes,
+            "archive_bytes": self.archive_bytes,
+            "signed_by": self.signed_by,
+        }
+
+
+def _print_packed(packed: Packed) -> None:
+    if packed.archive_bytes is None:  # stdout carries the archive
+        return
+    result = packed.result
+    err.print(
+        f"Packed {len(result.entries)} entries, {result.blobs} blobs, {human_bytes(result.bytes)} "
+        f"into {packed.output} ({human_bytes(packed.archive_bytes)})"
+        + (f", signed by key {packed.signed_by[:16]}." if packed.signed_by else ".")
+    )
 
 
 def unpack(
@@ -86,33 +102,46 @@ def unpack(
         env = {"TORCHINDUCTOR_CACHE_DIR": str(export_dir), **exported.compile.inductor_env}
         if pycache_prefix is not None:
             env["PYTHONPYCACHEPREFIX"] = str(pycache_prefix)
-    if json_output:
-        emit_json(
-            {
-                "added": [e.id for e in result.added],
-                "kept": [e.id for e in result.kept],
-                "skipped": list(result.skipped),
-                "new_blobs": result.new_blobs,
-                "new_bytes": result.new_bytes,
-                "exported": None
-                if exported is None
-                else {
-                    "entry": exported.id,
-                    "dir": str(export_dir),
-                    "pycache_prefix": None if pycache_prefix is None else str(pycache_prefix),
-                    "env": env,
-                },
-            }
-        )
-        return
+    show(Unpacked(result, exported, export_dir, pycache_prefix, env), json_output, _print_unpacked)
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    result: unpacking.UnpackResult
+    exported: Manifest | None  # the entry exported with --export-dir
+    export_dir: Path | None
+    pycache_prefix: Path | None  # its bytecode tree, if it has one
+    env: dict[str, str]  # what a process sets to hit the exported cache
+
+    def to_json(self) -> dict[str, Any]:
+        result, exported = self.result, self.exported
+        return {
+            "added": [entry.id for entry in result.added],
+            "kept": [entry.id for entry in result.kept],
+            "skipped": list(result.skipped),
+            "new_blobs": result.new_blobs,
+            "new_bytes": result.new_bytes,
+            "exported": None
+            if exported is None
+            else {
+                "entry": exported.id,
+                "dir": str(self.export_dir),
+                "pycache_prefix": None if self.pycache_prefix is None else str(self.pycache_prefix),
+                "env": self.env,
+            },
+        }
+
+
+def _print_unpacked(unpacked: Unpacked) -> None:
+    result, exported = unpacked.result, unpacked.exported
     out.print(
         f"Unpacked {len(result.added)} new entries ({len(result.kept)} already there, {len(result.skipped)} "
         f"skipped as incompatible); {result.new_blobs} new blobs, {human_bytes(result.new_bytes)}."
     )
     if exported is not None:
         out.print(
-            f"Exported entry {exported.short_id} ({exported.name}) to {export_dir}; run with "
-            + " ".join(f"{name}={value}" for name, value in env.items()),
+            f"Exported entry {exported.short_id} ({exported.name}) to {unpacked.export_dir}; run with "
+            + " ".join(f"{name}={value}" for name, value in unpacked.env.items()),
             soft_wrap=True,
         )
 

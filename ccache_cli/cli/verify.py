@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -14,7 +13,7 @@ from ccache_cli.check import verify as core
 from ccache_cli.errors import ExitCode
 
 from .pack import TRUST_OPTION
-from .render import emit_json, err, out
+from .render import err, out, show
 
 
 def command(
@@ -47,17 +46,18 @@ def command(
         report = core.verify(ctx.obj, ref, target, run, trusted_keys(trust or []))
     if junit is not None:
         junit.write_bytes(core.junit_xml(report))
-    if json_output:
-        emit_json({"ok": report.ok, "target": report.target, "checks": [asdict(check) for check in report.checks]})
-    else:
-        table = Table(
-            "entry", "check", "result", "detail", title=f"ccache verify against {report.target}", title_justify="left"
-        )
-        for check in report.checks:
-            verdict = "[green]pass[/green]" if check.ok else "[red]FAIL[/red]"
-            table.add_row(check.entry[:12], check.check, verdict, check.detail)
-        out.print(table)
-        failed = sum(not check.ok for check in report.checks)
-        out.print(f"{len(report.checks) - failed} passed, {failed} failed")
+    show(report, json_output, _print_report)
     if not report.ok:
         raise typer.Exit(ExitCode.FAILED)
+
+
+def _print_report(report: core.VerifyReport) -> None:
+    table = Table(
+        "entry", "check", "result", "detail", title=f"ccache verify against {report.target}", title_justify="left"
+    )
+    for check in report.checks:
+        verdict = "[green]pass[/green]" if check.ok else "[red]FAIL[/red]"
+        table.add_row(check.entry[:12], check.check, verdict, check.detail)
+    out.print(table)
+    failed = sum(not check.ok for check in report.checks)
+    out.print(f"{len(report.checks) - failed} passed, {failed} failed")

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ccache_cli.errors import BadInputError, EntryNotFoundError
 from ccache_cli.hooked import fingerprint, misses, relocate, usage
@@ -49,6 +49,14 @@ class Activation:
         for name in self.unset_env:
             environ.pop(name, None)
         environ.update(self.set_env)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "entries": [entry.id for entry in self.entries],
+            "view": str(self.view),
+            "set": self.set_env,
+            "unset": list(self.unset_env),
+        }
 
     def shell_exports(self) -> str:
         lines = [f"export {name}={shlex.quote(value)}" for name, value in self.set_env.items()]

@@ -44,6 +44,16 @@ class CaptureResult:
     files: int
     seconds: float
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "entry": self.entry.id,
+            "name": self.entry.name,
+            "new": self.new,
+            "files": self.files,
+            "bytes": self.entry.bytes,
+            "seconds": round(self.seconds, 3),
+        }
+
 
 def capture(store: Store, name: str, command: Sequence[str], stdout: int | None = None) -> CaptureResult:
     """Run `command` to completion on an empty cache and store what it compiled;
