@@ -17,7 +17,10 @@ torch did: FX-graph cache misses, graphs traced, and GPU benchmark calls (Induct
 - torch aot load: load_compiled_function() of stored aot_compile functions, empty cache
 - torch AOTInductor load: aoti_load_package() of the stored packages, bound to the
   model's weights with load_constants(user_managed=True), empty cache
-- ccache run + torch.compile: the program unchanged, under `ccache run`
+- ccache run + torch.compile: the program unchanged (`torch.compile(model, mode=...)`,
+  nothing else), under `ccache run`, which routes the call to the stored code
+- ccache run --no-route + torch.compile: the same without routing: torch.compile on
+  the warm caches and stored bytecode
 - ccache run + ccache_cli.compile: the API, under `ccache run` (runs the stored
   AOTInductor packages without importing Dynamo or Inductor)
 
@@ -101,6 +104,11 @@ def child(way: str, args: argparse.Namespace, sizes: list[int], extra: str | Non
 
             def run(size):  # type: ignore[no-untyped-def]
                 return plan.call(packages[size], inputs[size])
+        elif way == "ccache_route":
+            compiled = torch.compile(model, mode=mode)  # what an unchanged program writes
+
+            def run(size):  # type: ignore[no-untyped-def]
+                return plan.call(compiled, inputs[size])
         elif way == "ccache_api":
             import ccache_cli
 
@@ -241,7 +249,8 @@ def main() -> None:
                 ("cold", {"TORCHINDUCTOR_CACHE_DIR": str(cold_dir)}, str(mega), []),
                 ("inductor_dir", {"TORCHINDUCTOR_CACHE_DIR": str(cold_dir)}, None, []),
                 ("megacache", {"TORCHINDUCTOR_CACHE_DIR": str(work / f"empty-mega-{round_}")}, str(mega), []),
-                ("ccache_torch", {}, None, [*ccache, "run", "--"]),
+                ("ccache_route", {}, None, [*ccache, "run", "--"]),
+                ("ccache_torch", {}, None, [*ccache, "run", "--no-route", "--"]),
                 ("ccache_api", {}, None, [*ccache, "run", "--"]),
             ]
             if any(aot_dir.glob("*.pt")):
@@ -254,7 +263,7 @@ def main() -> None:
                 )
             if args.no_pyc:
                 ways += [
-                    ("ccache_torch", {"CCACHE_CLI_BYTECODE": "0"}, None, [*ccache, "run", "--"]),
+                    ("ccache_torch", {"CCACHE_CLI_BYTECODE": "0"}, None, [*ccache, "run", "--no-route", "--"]),
                     ("ccache_api", {"CCACHE_CLI_BYTECODE": "0"}, None, [*ccache, "run", "--"]),
                 ]
             if args.ways:
@@ -270,7 +279,8 @@ def main() -> None:
         "megacache": "torch: Mega-Cache",
         "aot": "torch: aot_compile + load",
         "aoti": "torch: AOTInductor package load",
-        "ccache_torch": "ccache run + torch.compile",
+        "ccache_route": "ccache run + torch.compile",
+        "ccache_torch": "ccache run --no-route + torch.compile",
         "ccache_torch_nobytecode": "  the same, no stored bytecode",
         "ccache_api": "ccache run + ccache_cli.compile",
         "ccache_api_nobytecode": "  the same, no stored bytecode",

@@ -31,6 +31,8 @@ SLOW_MODULES = {
     "test_bytecode",
     "test_deploy",
     "test_faults",
+    "test_routing",
+    "test_foreign_env",
 }
 COMPILED_FIXTURES = {"example_store", "example_entry", "llama", "compiled"}
 
@@ -223,6 +225,25 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
             (shared_root / f"shared-{name}.done").touch()
     shutil.copytree(shared, mine, symlinks=True, dirs_exist_ok=True)
     return mine
+
+
+def foreign_venv(folder: Path) -> Path:
+    """A second virtual environment with this one's packages (torch among them) at paths
+    of its own, but not ccache-cli: each of this environment's site-packages entries
+    linked into its own. Its Python executable."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    ours = Path(torch_site_packages())
+    [theirs] = (folder / "lib").glob("python3*/site-packages")
+    for item in ours.iterdir():
+        if not item.name.startswith(("ccache_cli", "__editable__", "__pycache__")):
+            (theirs / item.name).symlink_to(item)
+    return folder / "bin" / "python"
+
+
+def torch_site_packages() -> str:
+    import torch
+
+    return str(Path(torch.__file__).parent.parent)
 
 
 @pytest.fixture(scope="session")

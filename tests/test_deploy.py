@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import EXAMPLE, serve_counters, write_serve_script
+from conftest import EXAMPLE, foreign_venv, serve_counters, write_serve_script
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -38,6 +38,8 @@ def _server_command(recipe: str) -> list[str]:
 def test_dockerfile_kubernetes_and_ci_recipes(tmp_path: Path) -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     kubernetes = (DEPLOY / "kubernetes.yaml").read_text()
+    own_env = (DEPLOY / "Dockerfile.own-env").read_text()
+    assert "CCACHE_CLI_PYTHON=/srv/venv/bin/python" in own_env and "deploy/build-cache.sh" in own_env
     workflow = (DEPLOY / "verify-cache.yml").read_text()
     assert "deploy/build-cache.sh" in dockerfile and "deploy/install-cache.sh" in dockerfile
     assert "deploy/install-cache.sh" in kubernetes
@@ -71,11 +73,17 @@ def test_dockerfile_kubernetes_and_ci_recipes(tmp_path: Path) -> None:
     for path in [store, *store.rglob("*")]:
         os.chmod(path, path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     serve = write_serve_script(tmp_path)
-    for recipe in (dockerfile, kubernetes):
+    # The own-env recipe's server lives in a venv without ccache-cli.
+    server_venv = foreign_venv(tmp_path / "srv-venv")
+    for recipe, python in ((dockerfile, "python"), (kubernetes, "python"), (own_env, "/srv/venv/bin/python")):
         command = _server_command(recipe)
-        assert command[-2:] == ["python", "serve.py"]
-        command = [*command[:-2], sys.executable, str(serve), "torch", "[1, 2]"]
-        counters = serve_counters(_shell(command, store, tmp_path))
-        assert counters.get("fxgraph_cache_miss", 0) == 0 and counters["fxgraph_cache_hit"] == 2
+        assert command[-2:] == [python, "serve.py"]
+        interpreter = sys.executable if python == "python" else str(server_venv)
+        command = [*command[:-2], interpreter, str(serve), "torch", "[1, 2]"]
+        result = _shell(command, store, tmp_path)
+        counters = serve_counters(result)
+        # The server's own torch.compile runs the stored code: nothing traced, nothing compiled.
+        assert counters["same"] and counters["frames"] == 0 and counters.get("fxgraph_cache_miss", 0) == 0
+        assert "cannot tell" not in result.stderr
     for path in [store, *store.rglob("*")]:
         os.chmod(path, path.stat().st_mode | stat.S_IWUSR)

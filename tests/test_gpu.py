@@ -71,12 +71,13 @@ def test_cuda_run_capture_and_api(cuda_store: Path, tmp_path: Path) -> None:
     packages = ccache_json("inspect", store=store)["entries"][0]["aot"]["packages"]
     assert packages["status"] == "stored" or "has no libstdc++.so" in packages["reason"], packages
     serve = write_serve_script(tmp_path)
-    counters = serve_counters(
-        ccache(
-            "run", "--", sys.executable, str(serve), "torch", "[1, 8, 32]", "cuda", store=store, cwd=tmp_path, env=views
-        )
-    )
+    command = ["--", sys.executable, str(serve), "torch", "[1, 8, 32]", "cuda"]
+    counters = serve_counters(ccache("run", "--no-route", *command, store=store, cwd=tmp_path, env=views))
     assert counters["same"] and counters["fxgraph_cache_hit"] == 3 and counters.get("fxgraph_cache_miss", 0) == 0
+    # Routed, the unchanged program's torch.compile runs the stored code.
+    counters = serve_counters(ccache("run", *command, store=store, cwd=tmp_path, env=views))
+    assert counters["same"] and counters.get("fxgraph_cache_miss", 0) == 0
+    assert counters["frames"] == 0 or packages["status"] != "stored"
     counters = serve_counters(
         ccache(
             "run", "--", sys.executable, str(serve), "api", "[1, 8, 32]", "cuda", store=store, cwd=tmp_path, env=views
@@ -127,13 +128,15 @@ PROBE = textwrap.dedent(
 def probe(
     store: Path | None, tmp_path: Path, device: str, way: str, mode: str = "default", cache_dir: Path | None = None
 ) -> tuple[dict, str]:
-    """PROBE under `ccache run` on `store`, or, without one, plainly on `cache_dir`."""
+    """PROBE under `ccache run` on `store`, or, without one, plainly on `cache_dir`.
+    The torch way is not routed: it checks the caches torch.compile finds."""
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
     command = [sys.executable, str(script), device, way, mode]
     if store is not None:
+        route = ["--no-route"] if way == "torch" else []
         result = ccache(
-            "run", "--", *command, store=store, cwd=tmp_path, env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
+            "run", *route, "--", *command, store=store, cwd=tmp_path, env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
         )
     else:
         result = subprocess.run(

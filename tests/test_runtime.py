@@ -27,6 +27,7 @@ def _views(tmp_path: Path) -> dict[str, str]:
 def test_run_hits_every_size_with_torch_compile(example_store: Path, serve: Path, tmp_path: Path) -> None:
     result = ccache(
         "run",
+        "--no-route",  # the warm caches themselves: routing would serve the stored packages
         "--",
         sys.executable,
         str(serve),
@@ -128,6 +129,7 @@ def test_run_from_read_only_store_changes_nothing(example_store: Path, serve: Pa
     try:
         result = ccache(
             "run",
+            "--no-route",
             "--",
             sys.executable,
             str(serve),
@@ -260,6 +262,7 @@ def test_run_records_each_use_with_its_cache_hits_and_misses(example_store: Path
     _counters(
         ccache(
             "run",
+            "--no-route",
             "--",
             sys.executable,
             str(serve),

@@ -26,7 +26,8 @@ from ccache_cli.build import modelspec
 from ccache_cli.errors import CcacheError, CompileError, DeviceError, SizesError, StoreError
 from ccache_cli.hooked import fingerprint
 from ccache_cli.hooked.fingerprint import DYNAMIC_THREADS_ENV
-from ccache_cli.key import sources
+from ccache_cli.hooked.usage import VIEW_ENV
+from ccache_cli.key import interpreter, sources
 from ccache_cli.store import manifest
 from ccache_cli.store.artifacts import IGNORED_INDUCTOR_DIRS, INDUCTOR_PREFIX
 from ccache_cli.store.hashing import hash_json
@@ -50,6 +51,7 @@ class PrecompileRequest:
     inputs: str | None = None
     force: bool = False
     aot: bool = True
+    python: str | None = None  # the interpreter to compile in (`--python`), if not this one
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,12 @@ def precompile(
     modelspec.parse(request.model)  # malformed specs fail before a worker starts
     if request.inputs:
         modelspec.parse(request.inputs, default_attr=None)
-    probe = fingerprint.probe_digest()
+    python = None
+    if request.python is not None and not interpreter.is_this_interpreter(request.python):
+        python = request.python
+        probe = interpreter.probe(python).digest  # its environment, not this one, names its fingerprint
+    else:
+        probe = fingerprint.probe_digest()
     with store.staging() as staging, contextlib.ExitStack() as stack:
         request_file = staging / "request.json"
         request_file.write_text(
@@ -150,7 +157,7 @@ def precompile(
         on_progress(Progress("loading"))
         (staging / "artifacts").mkdir()
         compile_dir = stack.enter_context(space_free(staging / "artifacts"))
-        worker = _Worker(request_file, staging, compile_dir)
+        worker = _Worker(request_file, staging, compile_dir, python)
         try:
             planned = worker.expect("planned")
             if device in PRIMARY_DEVICES:
@@ -273,10 +280,21 @@ def space_free(folder: Path) -> Iterator[Path]:
         shutil.rmtree(alias_root, ignore_errors=True)
 
 
+_FOREIGN_START = """
+import importlib.util, runpy, sys
+folder = sys.argv.pop(1)
+spec = importlib.util.spec_from_file_location("ccache_cli", folder + "/__init__.py", submodule_search_locations=[folder])
+package = importlib.util.module_from_spec(spec)
+sys.modules["ccache_cli"] = package
+spec.loader.exec_module(package)
+runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
+"""
+
+
 class _Worker:
     """The compile worker process and its event stream."""
 
-    def __init__(self, request_file: Path, staging: Path, artifacts: Path) -> None:
+    def __init__(self, request_file: Path, staging: Path, artifacts: Path, python: str | None = None) -> None:
         env = dict(os.environ)
         env["TORCHINDUCTOR_CACHE_DIR"] = str(artifacts / INDUCTOR_PREFIX.rstrip("/"))
         env["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
@@ -284,13 +302,17 @@ class _Worker:
         # Triton then caches under the Inductor dir (triton/<device>), inside the entry.
         env.pop("TRITON_CACHE_DIR", None)
         env.pop("TORCHINDUCTOR_FORCE_DISABLE_CACHES", None)
+        env.pop(VIEW_ENV, None)  # never under activated entries (a shell after `eval "$(ccache env)"`)
         # C++ kernels that read the thread count when they run, not when compiled: an entry
         # serves processes with any thread count (a Kubernetes CPU limit sets another).
         env.setdefault(DYNAMIC_THREADS_ENV, "1")
         self._log = open(staging / "worker.log", "wb")
         self._debug = bool(os.environ.get("CCACHE_CLI_DEBUG"))
+        # In another interpreter, ccache-cli's package is loaded by path: it need not be
+        # installed there, and nothing of this environment is put on its path.
+        start = ["-m"] if python is None else ["-c", _FOREIGN_START, str(Path(__file__).resolve().parent.parent)]
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "ccache_cli.build.compile_process", str(request_file), str(artifacts)],
+            [python or sys.executable, *start, "ccache_cli.build.compile_process", str(request_file), str(artifacts)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None if self._debug else self._log,

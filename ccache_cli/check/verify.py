@@ -28,6 +28,7 @@ from ccache_cli.archive.unpack import check_blobs, is_archive_path, open_source
 from ccache_cli.errors import BadInputError
 from ccache_cli.hooked import bytecode, fingerprint, usage
 from ccache_cli.key import sources
+from ccache_cli.serve import routing
 from ccache_cli.store.artifacts import OUTPUTS_PREFIX
 from ccache_cli.store.hashing import sha256_file
 from ccache_cli.store.manifest import Manifest
@@ -202,6 +203,7 @@ def run_check(store: Store, entry: Manifest, search: Sequence[str]) -> Check:
         # As activation sets it: the Inductor settings the entry was compiled with.
         env = {**os.environ, **entry.compile.inductor_env, "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
         env.pop("TRITON_CACHE_DIR", None)
+        env[routing.ROUTE_ENV] = "0"  # the check is of the caches torch.compile finds, not of the packages
         env["PYTHONPATH"] = os.pathsep.join([*roots, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         process = subprocess.run(
             [sys.executable, "-m", "ccache_cli.check.run_process", str(request), str(result_file)],

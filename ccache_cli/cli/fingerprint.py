@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ccache_cli.build.precompile import check_device
 from ccache_cli.hooked import fingerprint
+from ccache_cli.key import interpreter
 
 from .render import out, show
 
@@ -25,11 +26,22 @@ class MachineFingerprint:
 def command(
     ctx: typer.Context,
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N: the GPU whose components to report"),
+    python: str | None = typer.Option(
+        None,
+        "--python",
+        metavar="PATH",
+        envvar=interpreter.PYTHON_ENV,
+        help="The components of this Python's environment [default: this one]",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
 ) -> None:
     """Print this machine's key components, as torch reports them."""
-    machine = fingerprint.machine_fingerprint(check_device(device))
-    ctx.obj.save_machine_fingerprint(fingerprint.probe_digest(), machine)
+    device = check_device(device)
+    if python is None or interpreter.is_this_interpreter(python):
+        machine, digest = fingerprint.machine_fingerprint(device), fingerprint.probe_digest()
+    else:
+        machine, digest = interpreter.machine_fingerprint(python, device), interpreter.probe(python).digest
+    ctx.obj.save_machine_fingerprint(digest, machine)
     show(MachineFingerprint(machine), json_output, _print_fingerprint)
 
 

@@ -79,6 +79,10 @@ def _print_detail(report: InspectReport) -> None:
         )
         if u.miss_reason:
             out.print(f"latest miss: {u.miss_reason}", soft_wrap=True)
+        if u.routed or u.not_routed:
+            out.print(f"torch.compile calls routed to the stored code: {u.routed}; model calls it ran: {u.served}")
+            for why, number in sorted(u.not_routed.items(), key=lambda item: -item[1]):
+                out.print(f"  not served {number}x: {why}", soft_wrap=True)
     key = Table("key part", "entry", "this machine", title="Fingerprint", title_justify="left")
     for name in fingerprint.components_for(e.device):
         here = report.machine.get(name, "(unknown without torch)")

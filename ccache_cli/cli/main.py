@@ -3,7 +3,7 @@ run in start-up scripts and image builds.
 
 Typer's import and argument handling (it builds pydantic validators for every
 parameter) cost 0.3 s or more at each start. So the plain forms
-`ccache [--store PATH] [-q] run [ENTRY...] -- CMD...`,
+`ccache [--store PATH] [-q] run [--no-route] [ENTRY...] -- CMD...`,
 `... pack OUTPUT [ENTRY...] [--json]` and `... unpack ARCHIVE [--json]` are parsed
 here without it; anything else (other options, --help, other commands) goes to the
 Typer app in app.py, which defines the same options.
@@ -28,6 +28,7 @@ class Plain(NamedTuple):
     args: list[str]  # run: the entries; pack: output and entries; unpack: the archive
     json_output: bool = False
     program: list[str] = []  # run: the command after --
+    route: bool = True  # run: not with --no-route
 
 
 def main() -> None:
@@ -98,8 +99,10 @@ def plain_command(argv: list[str]) -> Plain | None:
     command, rest = argv[at] if at < len(argv) else "", argv[at + 1 :]
     if command == "run" and "--" in rest:
         refs, program = rest[: rest.index("--")], rest[rest.index("--") + 1 :]
+        route = "--no-route" not in refs
+        refs = [ref for ref in refs if ref not in ("--route", "--no-route")]
         if program and not any(ref.startswith("-") for ref in refs):  # an option: the app's to handle
-            return Plain(command, store, quiet, refs, program=program)
+            return Plain(command, store, quiet, refs, program=program, route=route)
     elif command in ("pack", "unpack"):
         args = [arg for arg in rest if arg != "--json"]
         if (
@@ -118,7 +121,7 @@ def _start(plain: Plain) -> None:
     if plain.command == "run":  # prints only warnings and errors anyway
         from ccache_cli.serve import activation
 
-        active = activation.start(store, plain.args)
+        active = activation.start(store, plain.args, plain.route, plain.program)
         for message in activation.replaced_warnings(active):
             sys.stderr.write(f"warning: {message}\n")
         activation.exec_command(plain.program)

@@ -14,6 +14,7 @@ from rich.table import Table
 from ccache_cli.build import precompile as core
 from ccache_cli.check.inspect import EntryReport, report_entry
 from ccache_cli.key.compat import this_machine
+from ccache_cli.key.interpreter import PYTHON_ENV
 from ccache_cli.store.manifest import PackageStatus
 
 from .render import human_bytes, out, seconds, show
@@ -42,6 +43,14 @@ def command(
     ),
     force: bool = typer.Option(False, "--force", help="Compile again even if the store has this entry"),
     aot: bool = typer.Option(True, "--aot/--no-aot", help="Also store AOT-compiled functions (needs fullgraph)"),
+    python: str | None = typer.Option(
+        None,
+        "--python",
+        metavar="PATH",
+        envvar=PYTHON_ENV,
+        help="Compile in this Python's environment (its torch and packages; ccache-cli need not be installed there) "
+        "[default: this one]",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
 ) -> None:
     """Compile MODEL for each size in an isolated cache and store the artifacts as one entry."""
@@ -58,6 +67,7 @@ def command(
         inputs=inputs,
         force=force,
         aot=aot,
+        python=python,
     )
     store = ctx.obj
     with _progress(enabled=out.is_terminal and not json_output) as on_progress:

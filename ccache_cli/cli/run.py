@@ -39,6 +39,12 @@ def run_command(
     json_output: bool = typer.Option(
         False, "--json", help="With --capture: write only a JSON summary to stdout (CMD's output goes to stderr)"
     ),
+    route: bool = typer.Option(
+        True,
+        "--route/--no-route",
+        help="Serve CMD's own torch.compile(module) calls with the stored AOT code where they fit "
+        "[also $CCACHE_CLI_ROUTE=0]",
+    ),
 ) -> None:
     """Run CMD with entries active (or, with --capture, record what it compiles). Does not import torch."""
     store: Store = ctx.obj
@@ -52,7 +58,7 @@ def run_command(
         result = capture.capture(store, capture_name, command, stdout=2 if json_output else None)
         show(result, json_output, _print_capture)
         return
-    active = activation.start(store, refs)
+    active = activation.start(store, refs, route, command)
     _warn_replaced(active)
     activation.exec_command(command)
 

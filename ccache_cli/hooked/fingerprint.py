@@ -129,8 +129,7 @@ def static_fingerprint() -> dict[str, Any]:
         "machine": platform.machine(),
     }
     version_file = _torch_version_file()
-    if version_file is None:
-        fingerprint.update(torch=None, cuda=None, hip=None)
+    if version_file is None:  # torch lives elsewhere (ccache in its own environment): unknown here
         return fingerprint
     text = version_file.read_text()
     fingerprint["torch"] = _assigned(text, "__version__")

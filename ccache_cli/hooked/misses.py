@@ -18,19 +18,31 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 ACTIVATION_FILE = "activation.json"
 
 
-def report_at_exit(view: str, logs: list[str], fingerprint: ModuleType, usage: ModuleType, by: str) -> None:
-    """Append this process's cache hits and misses to `logs`; on misses, say why."""
+def report_at_exit(
+    view: str,
+    logs: list[str],
+    fingerprint: ModuleType,
+    usage: ModuleType,
+    by: str,
+    routing: Callable[[], dict[str, Any] | None] | None = None,
+) -> None:
+    """Append this process's cache hits and misses, and what `routing` (a summary of
+    serve/routing.py's) says it did, to `logs`; on misses, say why."""
+    routed = routing() if routing is not None else None
     utils = sys.modules.get("torch._dynamo.utils")
-    if utils is None:  # this process compiled nothing
+    if utils is None and routed is None:  # this process compiled nothing
         return
-    counters = utils.counters["inductor"]
-    hits, misses = counters["fxgraph_cache_hit"], counters["fxgraph_cache_miss"]
+    hits = misses = 0
+    if utils is not None:
+        counters = utils.counters["inductor"]
+        hits, misses = counters["fxgraph_cache_hit"], counters["fxgraph_cache_miss"]
     reason = None
     if misses:
         try:
@@ -43,6 +55,8 @@ def report_at_exit(view: str, logs: list[str], fingerprint: ModuleType, usage: M
     line: dict[str, Any] = {"at": usage.now(), "by": by, "result": True, "hits": hits, "misses": misses}
     if reason is not None:
         line["reason"] = reason
+    if routed is not None:
+        line["routing"] = routed
     usage.append(logs, line)
 
 

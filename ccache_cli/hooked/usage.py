@@ -16,14 +16,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ccache_cli.store.store import Store
 
 LOGS_ENV = "CCACHE_CLI_USAGE_LOGS"  # for the start-up hook: the logs of the active entries
+VIEW_ENV = "CCACHE_CLI_VIEW"  # set in an activated process: the view it uses
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class Usage:
     hits: int
     misses: int
     miss_reason: str | None = None  # why the latest process that missed did (misses.py)
+    routed: int = 0  # torch.compile calls of programs routed to the stored code (serve/routing.py)
+    served: int = 0  # model calls the stored code ran
+    not_routed: dict[str, int] = field(default_factory=dict)  # "declined: why" / "fallback: why" -> count
 
 
 def record(store: Store, entry_ids: Iterable[str], by: str, hits: int | None = None, misses: int | None = None) -> None:
@@ -74,6 +79,7 @@ def log_paths(store: Store, entry_ids: Iterable[str]) -> list[str]:
 
 def read(store: Store, entry_id: str) -> Usage:
     times, last, hits, misses, reason = 0, None, 0, 0, None
+    routed, served, not_routed = 0, 0, Counter()
     try:
         lines = (store.root / "usage" / f"{entry_id}.log").read_text().splitlines()
     except OSError:
@@ -89,7 +95,12 @@ def read(store: Store, entry_id: str) -> Usage:
         hits += int(line.get("hits", 0))
         misses += int(line.get("misses", 0))
         reason = line.get("reason", reason)
-    return Usage(times, last, hits, misses, reason)
+        routing = line.get("routing")
+        if isinstance(routing, dict):
+            routed += int(routing.get("routed", 0))
+            served += int(routing.get("served", 0))
+            not_routed.update({str(why): int(n) for why, n in dict(routing.get("not_routed") or {}).items()})
+    return Usage(times, last, hits, misses, reason, routed, served, dict(not_routed))
 
 
 def forget(store: Store, entry_id: str) -> None:

@@ -12,23 +12,26 @@ records usage and says why a process missed (hooked/misses.py).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import shlex
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from ccache_cli.errors import BadInputError, EntryNotFoundError
 from ccache_cli.hooked import fingerprint, misses, relocate, usage
+from ccache_cli.hooked.usage import VIEW_ENV
+from ccache_cli.key import interpreter
 from ccache_cli.key.compat import fits, this_machine
+from ccache_cli.serve import routing
 from ccache_cli.serve.views import ended_processes, ensure_view
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 
-VIEW_ENV = "CCACHE_CLI_VIEW"  # set in an activated process: the view it uses
 COMPILED_AT_ENV = "CCACHE_CLI_COMPILED_AT"  # the folders the active entries were compiled in
 BYTECODE_ENV = "CCACHE_CLI_BYTECODE"  # 0: do not serve stored bytecode
 _STARTUP_HOOK_DIR = Path(__file__).resolve().parent.parent / "startup_hook"
@@ -44,6 +47,7 @@ class Activation:
     unset_env: tuple[str, ...]
     bytecode_modules: int  # modules whose stored bytecode the view serves
     replaced: dict[str, str]  # a user's own settings this activation replaces: say so
+    notes: tuple[str, ...] = ()  # what the user should know, such as a fallback taken
 
     def apply(self, environ: dict[str, str] | os._Environ[str]) -> None:
         for name in self.unset_env:
@@ -63,10 +67,18 @@ class Activation:
         return "\n".join([*lines, *(f"unset {name}" for name in self.unset_env)]) + "\n"
 
 
-def start(store: Store, refs: Sequence[str]) -> Activation:
+def start(store: Store, refs: Sequence[str], route: bool = True, command: Sequence[str] = ()) -> Activation:
     """Make the named entries (default: all that fit) active in this process's
-    environment, for a command about to be exec'd in its place (`ccache run`)."""
-    active = activation(store, select_entries(store, refs))
+    environment, for `command`, about to be exec'd in its place (`ccache run`): for the
+    Python it runs, its bytecode and entries (key/interpreter.py). Without `route`,
+    the command's torch.compile calls are left alone."""
+    target, note = _target_of(store, command)
+    machine = this_machine(store) if target is None else _machine_of(store, target)
+    active = activation(store, select_entries(store, refs, machine), None if target is None else target.roots)
+    if note is not None:
+        active = dataclasses.replace(active, notes=(*active.notes, note))
+    if not route:
+        os.environ[routing.ROUTE_ENV] = "0"
     register_user(active, store, "run")  # exec keeps the pid: gc sees the command as the user
     active.apply(os.environ)
     # The start-up hook adds each Python process's cache hits and misses at exit, and
@@ -76,10 +88,39 @@ def start(store: Store, refs: Sequence[str]) -> Activation:
     return active
 
 
+def _target_of(store: Store, command: Sequence[str]) -> tuple[interpreter.Target | None, str | None]:
+    """The interpreter `command` runs, where it is not this one; and a note where it
+    cannot be told, so that this one's layout is used."""
+    if not command:
+        return None, None
+    try:
+        executable = interpreter.find(command)
+        if interpreter.is_this_interpreter(executable):
+            return None, None
+        tops = {
+            stored["module"].partition(".")[0] for entry in store.scan().entries for stored in entry.bytecode.values()
+        }
+        return interpreter.probe(executable, tops), None
+    except BadInputError as exc:
+        return None, (
+            f"cannot tell which Python `{command[0]}` runs ({exc}); entries and bytecode are chosen "
+            f"for ccache's own, {sys.executable}"
+        )
+
+
+def _machine_of(store: Store, target: interpreter.Target) -> tuple[dict[str, Any], bool]:
+    """The target's exact fingerprint where one was recorded, else what it read without torch."""
+    cached = store.cached_machine_fingerprint(target.digest)
+    return (cached, True) if cached is not None else (dict(target.static), False)
+
+
 def replaced_warnings(active: Activation) -> list[str]:
     return [
-        f"{name}={previous} is replaced by the stored bytecode tree ({BYTECODE_ENV}=0 keeps yours)"
-        for name, previous in active.replaced.items()
+        *(
+            f"{name}={previous} is replaced by the stored bytecode tree ({BYTECODE_ENV}=0 keeps yours)"
+            for name, previous in active.replaced.items()
+        ),
+        *active.notes,
     ]
 
 
@@ -111,26 +152,29 @@ def register_user(active: Activation, store: Store, by: str) -> None:
     usage.record(store, [entry.id for entry in active.entries], by)
 
 
-def select_entries(store: Store, refs: Sequence[str] = ()) -> list[Manifest]:
-    """The named entries, or every entry that fits this machine."""
+def select_entries(
+    store: Store, refs: Sequence[str] = (), machine: tuple[dict[str, Any], bool] | None = None
+) -> list[Manifest]:
+    """The named entries, or every entry that fits `machine` (default: this one)."""
     if refs:
         return [store.find(ref) for ref in refs]
     entries = store.scan().entries
-    fitting = fits(entries, *this_machine(store))
+    fitting = fits(entries, *(machine or this_machine(store)))
     if not fitting:
         what = f"none of its {len(entries)} entries fits this machine" if entries else "it holds no entries"
         raise EntryNotFoundError(f"nothing to activate in store {store.root}: {what} (run `ccache inspect`)")
     return fitting
 
 
-def activation(store: Store, entries: Sequence[Manifest]) -> Activation:
+def activation(store: Store, entries: Sequence[Manifest], roots: Mapping[str, str | None] | None = None) -> Activation:
     """The environment that makes `entries` active, building their view if needed.
 
     The stored bytecode is served through PYTHONPYCACHEPREFIX unless
     CCACHE_CLI_BYTECODE=0; a PYTHONPYCACHEPREFIX of the user's is replaced, and
-    reported in `replaced` so that the caller says so.
+    reported in `replaced` so that the caller says so. `roots`: where another
+    interpreter's top-level modules live, for its bytecode tree (key/interpreter.py).
     """
-    view, bytecode_modules = ensure_view(store, entries)
+    view, bytecode_modules = ensure_view(store, entries, roots)
     # Triton then keeps its kernels inside the Inductor cache, as at precompile time.
     set_env = {"TORCHINDUCTOR_CACHE_DIR": str(view / "inductor"), VIEW_ENV: str(view)}
     compiled_at = sorted({entry.compiled_at for entry in entries if entry.compiled_at})
@@ -175,6 +219,8 @@ def activate(
     relocate.install(
         active.set_env.get(COMPILED_AT_ENV, "").split(os.pathsep), active.set_env["TORCHINDUCTOR_CACHE_DIR"]
     )
+    if routing.enabled():
+        routing.install_when_torch_is_imported()
     atexit.register(
         misses.report_at_exit,
         str(active.view),
@@ -182,5 +228,6 @@ def activate(
         fingerprint,
         usage,
         "activate",
+        routing.summary,
     )
     return active

@@ -16,6 +16,7 @@ This module imports torch only inside `compile`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -24,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ccache_cli.build import plan
+from ccache_cli.hooked.usage import VIEW_ENV
 from ccache_cli.key.sources import check, search_path
-from ccache_cli.serve.activation import VIEW_ENV
 from ccache_cli.serve.views import ended_processes, read_description
 from ccache_cli.store.manifest import Source
 
@@ -35,6 +36,50 @@ def compile(model: Any, *, mode: str | None = None, dynamic: bool = False, **tor
     import torch
 
     return _CompiledModel(torch, model, mode, dynamic, torch_compile_kwargs, _active_aot_functions())
+
+
+def router(torch: Any, model: Any, kwargs: dict[str, Any], fallback: Callable[[], Any]) -> Any:
+    """A routed `torch.compile(model, **kwargs)` (serve/routing.py): the stored code where
+    it serves a call, else `fallback()`, the program's own torch.compile call, made once."""
+    from ccache_cli.serve import routing
+
+    routing.count("routed")
+    options = {name: value for name, value in kwargs.items() if name not in ("mode", "dynamic")}
+    return _CompiledModel(
+        torch, model, kwargs.get("mode"), False, options, _active_aot_functions(), fallback, routing.count
+    )
+
+
+def routed_module(torch: Any, model: Any, kwargs: dict[str, Any], fallback: Callable[[], Any]) -> Any:
+    """`router` as an nn.Module that wraps `model` as torch's OptimizedModule does
+    (`_orig_mod`, its attributes, `.eval()` returning the wrapper), so that code written
+    for what torch.compile returns works unchanged."""
+    return _routed_module_class(torch)(model, router(torch, model, kwargs, fallback))
+
+
+@functools.cache
+def _routed_module_class(torch: Any) -> type:
+    class RoutedModule(torch.nn.Module):
+        def __init__(self, model: Any, call: Any) -> None:
+            super().__init__()
+            self._orig_mod = model
+            self._ccache_cli_call = call
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return self._ccache_cli_call(*args, **kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self._orig_mod, name)
+
+    return RoutedModule
+
+
+def active_modes() -> set[str]:
+    """The compile modes of the active entries' AOT code."""
+    return {function.mode for function in _active_aot_functions()}
 
 
 @dataclass(frozen=True)
@@ -53,6 +98,11 @@ def _active_aot_functions() -> list[_AotFunction]:
     view = os.environ.get(VIEW_ENV)
     if not view:
         return []
+    return _aot_functions_in(view)
+
+
+@functools.cache
+def _aot_functions_in(view: str) -> list[_AotFunction]:
     try:
         description = read_description(view)
     except (OSError, ValueError, TypeError):
@@ -102,6 +152,8 @@ class _CompiledModel:
         dynamic: bool,
         kwargs: dict[str, Any],
         aot_functions: list[_AotFunction],
+        fallback: Callable[[], Any] | None = None,
+        count: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._torch = torch
         self._model = model
@@ -115,15 +167,28 @@ class _CompiledModel:
         self._fresh_sources: dict[tuple[Source, ...], bool] = {}
         self._compiled: Any = None
         self._model_structure: str | None = None
+        self._fallback = fallback
+        self._count = count
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._aot and not self._torch.is_grad_enabled():
+        if not self._aot:
+            why = "no stored code for its compile options"
+        elif self._torch.is_grad_enabled():
+            why = "grad enabled"
+        else:
             signature = self._signature(args, kwargs)
             if signature not in self._chosen:
                 self._chosen[signature] = self._load_aot(signature, args, kwargs)
             function = self._chosen[signature]
             if function is not None and function.serves(self._model, args, kwargs):
+                self._count("served")
                 return function(self._model, args, kwargs)
+            why = (
+                "no stored code for these inputs"
+                if function is None
+                else "model changed since its code was loaded (training mode, hooks, new tensors or strided inputs)"
+            )
+        self._count(f"fallback: {why}")
         return self._torch_compiled()(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -176,6 +241,8 @@ class _CompiledModel:
         return self._model_structure
 
     def _torch_compiled(self) -> Any:
+        if self._compiled is None and self._fallback is not None:
+            self._compiled = self._fallback()
         if self._compiled is None:
             # One static graph per batch size, as precompile stored them.
             self._compiled = plan.torch_compile(
@@ -249,8 +316,8 @@ class _Package:
     They are bound by pointer, never copied, so in-place updates (a new checkpoint
     loaded with `load_state_dict`) are seen. A call is served only while the model
     still holds those very tensors, in the same module tree, with no submodule in
-    training mode and contiguous inputs, as the package was built; anything else
-    goes to torch.compile.
+    training mode, no forward hooks and contiguous inputs, as the package was built;
+    anything else goes to torch.compile.
     """
 
     def __init__(
@@ -258,6 +325,7 @@ class _Package:
     ) -> None:
         self._loader = loader
         self._tensor_type = torch.Tensor
+        self._global_hooks = torch.nn.modules.module
         pytree = torch.utils._pytree
         self._flatten, self._unflatten = pytree.tree_flatten, pytree.tree_unflatten
         in_spec, out_spec = loader.get_call_spec()
@@ -300,6 +368,9 @@ class _Package:
             )
             and all(children.get(name) is child for children, name, child in self._modules)
             and not any(module.training for module in self._all_modules)
+            # The package runs the graph, not the modules: hooks would not run.
+            and not any(module._forward_hooks or module._forward_pre_hooks for module in self._all_modules)
+            and not (self._global_hooks._global_forward_hooks or self._global_hooks._global_forward_pre_hooks)
             and all(
                 value.is_contiguous() for value in (*args, *kwargs.values()) if isinstance(value, self._tensor_type)
             )

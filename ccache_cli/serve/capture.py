@@ -23,8 +23,9 @@ from typing import Any
 from ccache_cli.build.precompile import PRIMARY_DEVICES, space_free, stage_artifacts, staged_blobs
 from ccache_cli.errors import BadInputError, CcacheError
 from ccache_cli.hooked import fingerprint
+from ccache_cli.hooked.usage import VIEW_ENV
 from ccache_cli.key import sources
-from ccache_cli.serve.activation import VIEW_ENV, with_startup_hook
+from ccache_cli.serve.activation import with_startup_hook
 from ccache_cli.store import manifest
 from ccache_cli.store.artifacts import BYTECODE_PREFIX
 from ccache_cli.store.manifest import Manifest

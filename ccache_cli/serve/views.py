@@ -50,12 +50,15 @@ INDUCTOR_PREFIX = "inductor/"
 _VIEW_LAYOUT = 3  # 2: activation.json lists each size's AOT function and package; 3: the model structure
 
 
-def ensure_view(store: Store, entries: Sequence[Manifest]) -> tuple[Path, int]:
+def ensure_view(
+    store: Store, entries: Sequence[Manifest], roots: Mapping[str, str | None] | None = None
+) -> tuple[Path, int]:
     """The shared writable view of `entries`, made if missing (atomically), and the
-    number of modules whose bytecode it serves."""
+    number of modules whose bytecode it serves. `roots`: where the interpreter that
+    will use it finds each top-level module, if not this one."""
     root = views_root()
-    # Where this environment's modules live decides the bytecode tree's layout.
-    roots: dict[str, str | None] = {}
+    # Where the environment's modules live decides the bytecode tree's layout.
+    roots = dict(roots) if roots is not None else {}
     for entry in entries:
         for stored in entry.bytecode.values():
             bytecode.source_root(stored["module"], roots, every_finder=False)  # on every start: fast

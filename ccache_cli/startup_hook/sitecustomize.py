@@ -3,8 +3,10 @@ folder first on PYTHONPATH.
 
 Under `ccache run` ($CCACHE_CLI_VIEW and $CCACHE_CLI_USAGE_LOGS set), it appends the
 process's FX-graph cache hits and misses to the active entries' usage logs at exit,
-and where graphs missed the stored cache, says why on stderr; and it has torch look
-up autotuning results in the view (relocate.py).
+and where graphs missed the stored cache, says why on stderr; it routes the program's
+torch.compile calls to the stored AOT code where they fit (serve/routing.py, unless
+CCACHE_CLI_ROUTE=0); and it has torch look up autotuning results in the view
+(relocate.py).
 
 Under `ccache run --capture`, the hook stays idle
 until the program imports torch's tracing module, then records the files Dynamo
@@ -99,15 +101,34 @@ def _run_shadowed_sitecustomize():
         spec.loader.exec_module(module)
 
 
+def _routing():
+    """ccache-cli's routing of torch.compile (serve/routing.py), from ccache-cli's own
+    package loaded by path where the program cannot import it: it and the modules it
+    uses need only the standard library and the program's torch."""
+    if "ccache_cli" not in sys.modules:
+        folder = os.path.join(_PACKAGE_ROOT, "ccache_cli")
+        spec = importlib.util.spec_from_file_location(
+            "ccache_cli", os.path.join(folder, "__init__.py"), submodule_search_locations=[folder]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["ccache_cli"] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module("ccache_cli.serve.routing")
+
+
 def _report_usage():
-    """Append this process's cache hits and misses to the entries' usage logs, and say
-    why where it missed (misses.py)."""
+    """Append this process's cache hits and misses, and what routing did, to the
+    entries' usage logs, and say why where it missed (misses.py)."""
     logs = [path for path in _USAGE_LOGS.split(os.pathsep) if path]
-    _load("misses").report_at_exit(_VIEW, logs, _load("fingerprint"), _load("usage"), "run")
+    routing = sys.modules.get("ccache_cli.serve.routing")
+    summary = routing.summary if routing is not None else None
+    _load("misses").report_at_exit(_VIEW, logs, _load("fingerprint"), _load("usage"), "run", summary)
 
 
 if _VIEW and _USAGE_LOGS is not None:
     atexit.register(_report_usage)
+if _VIEW and os.environ.get("CCACHE_CLI_ROUTE", "1") != "0":  # torch.compile of a module runs the stored code
+    _routing().install_when_torch_is_imported()
 if _VIEW and os.environ.get("CCACHE_CLI_COMPILED_AT"):  # autotuning results where this process keeps its cache
     _load("relocate").install(
         os.environ["CCACHE_CLI_COMPILED_AT"].split(os.pathsep), os.environ["TORCHINDUCTOR_CACHE_DIR"]

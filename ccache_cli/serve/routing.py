@@ -1,0 +1,143 @@
+"""Routing: under `ccache run` (and after `ccache_cli.activate()`), a program's own
+`torch.compile(module, ...)` and `module.compile(...)` get what `ccache_cli.compile`
+returns, so unchanged programs run the stored AOT code.
+
+Only calls that the active entries can serve exactly are routed: an nn.Module with
+the inductor backend, no `options`, `dynamic` not True, and a mode some entry
+compiled. Anything else (a plain function, the decorator form, another backend or
+mode) goes to torch.compile untouched. A routed model still falls back to the
+program's own torch.compile call, made lazily with its own arguments, for calls the
+stored code cannot serve (other shapes, grad enabled, training mode, changed sources).
+
+Counts of routed and declined calls, with the reasons, go to the entries' usage logs
+at exit (hooked/misses.py), where `inspect` shows them. `ccache run --no-route` or
+CCACHE_CLI_ROUTE=0 turns routing off. Standard library only until torch is imported;
+this module never imports torch itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import sys
+import threading
+from collections import Counter
+from typing import Any
+
+ROUTE_ENV = "CCACHE_CLI_ROUTE"  # "0": leave torch.compile alone
+
+_lock = threading.Lock()
+_counts: Counter[str] = Counter()  # "routed", "served", and "declined: <why>" / "fallback: <why>"
+
+
+def enabled() -> bool:
+    return os.environ.get(ROUTE_ENV, "1") != "0"
+
+
+def count(what: str) -> None:
+    with _lock:
+        _counts[what] += 1
+
+
+def summary() -> dict[str, Any] | None:
+    """What routing did in this process, for the usage log; None where torch.compile was never called."""
+    with _lock:
+        if not _counts:
+            return None
+        reasons: Counter[str] = Counter()
+        for key, number in _counts.items():
+            if ":" in key:
+                reasons[key] += number
+        return {"routed": _counts["routed"], "served": _counts["served"], "not_routed": dict(reasons)}
+
+
+def install_when_torch_is_imported() -> None:
+    """Patch torch.compile now if torch is imported, else right after its import."""
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "compile"):
+        install(torch)
+    elif not any(isinstance(finder, _WhenTorchIsImported) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _WhenTorchIsImported())
+
+
+class _WhenTorchIsImported:
+    """A meta path finder that patches torch right after it is first imported."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "torch":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module: Any) -> None:
+            exec_module(module)
+            install(module)
+
+        spec.loader.exec_module = exec_and_patch  # type: ignore[method-assign]
+        return spec
+
+
+def install(torch: Any) -> None:
+    """Route `torch.compile` and `nn.Module.compile` (once per process)."""
+    if getattr(torch.compile, "_ccache_cli_routed", False):
+        return
+    original = torch.compile
+    original_module_compile = torch.nn.Module.compile
+
+    @functools.wraps(original)
+    def compile(model: Any = None, *args: Any, **kwargs: Any) -> Any:
+        why = None if args else _declined(torch, model, kwargs)
+        if why is not None:
+            count(f"declined: {why}")
+            return original(**kwargs) if model is None else original(model, *args, **kwargs)
+        from ccache_cli.serve import api
+
+        return api.routed_module(torch, model, kwargs, lambda: original(model, **kwargs))
+
+    @functools.wraps(original_module_compile)
+    def module_compile(self: Any, *args: Any, **kwargs: Any) -> None:
+        why = None if args else _declined(torch, self, kwargs)
+        if why is not None:
+            count(f"declined: {why}")
+            self._compiled_call_impl = original(self._call_impl, *args, **kwargs)  # what torch's own does
+            return
+        from ccache_cli.serve import api
+
+        self._compiled_call_impl = api.router(torch, self, kwargs, lambda: original(self._call_impl, **kwargs))
+
+    compile._ccache_cli_routed = True  # type: ignore[attr-defined]
+    torch.compile = compile
+    torch.nn.Module.compile = module_compile
+
+
+def _declined(torch: Any, model: Any, kwargs: dict[str, Any]) -> str | None:
+    """Why the active entries cannot serve this call exactly; None if they may."""
+    if model is None:
+        return "the decorator form"
+    if not isinstance(model, torch.nn.Module):
+        return "not an nn.Module"
+    if kwargs.get("disable"):
+        return "disable=True"
+    backend = kwargs.get("backend", "inductor")
+    if backend != "inductor":
+        return f"backend {getattr(backend, '__name__', backend)!r}"
+    if kwargs.get("options"):
+        return "options= given"
+    if kwargs.get("dynamic"):
+        return "dynamic=True"
+    unknown = set(kwargs) - {"fullgraph", "dynamic", "backend", "mode", "options", "disable"}
+    if unknown:
+        return f"argument {sorted(unknown)[0]}"
+    from ccache_cli.serve import api
+
+    modes = api.active_modes()
+    if not modes:
+        return "no active entry holds AOT code"
+    mode = kwargs.get("mode") or "default"
+    if mode not in modes:
+        return f"mode {mode!r}: the active entries were compiled with {', '.join(sorted(modes))}"
+    return None
