@@ -15,6 +15,7 @@ import atexit
 import dataclasses
 import os
 import shlex
+import shutil
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -91,7 +92,7 @@ def start(store: Store, refs: Sequence[str], route: bool = True, command: Sequen
 def _target_of(store: Store, command: Sequence[str]) -> tuple[interpreter.Target | None, str | None]:
     """The interpreter `command` runs, where it is not this one; and a note where it
     cannot be told, so that this one's layout is used."""
-    if not command:
+    if not command or shutil.which(command[0]) is None:  # exec says it is not found
         return None, None
     try:
         executable = interpreter.find(command)
