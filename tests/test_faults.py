@@ -23,7 +23,7 @@ from conftest import MODELS, ccache, ccache_json, make_entry
 
 from ccache_cli.store.store import Store
 
-TRIALS = int(os.environ.get("CCACHE_CLI_KILL_TRIALS", "3"))
+TRIALS = int(os.environ.get("CCACHE_CLI_KILL_TRIALS", "2"))
 SEED = int(os.environ.get("CCACHE_CLI_KILL_SEED", "1130"))
 NAMES = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta")
 
