@@ -87,19 +87,20 @@ def read(store: Store, entry_id: str) -> Usage:
     for text in lines:
         try:
             line = json.loads(text)
-        except ValueError:
-            continue  # a line cut short by a crash
-        if not line.get("result"):  # a result line reports a use's cache counters, not another use
-            times += 1
-            last = line["at"] if last is None or moment(line["at"]) > moment(last) else last
-        hits += int(line.get("hits", 0))
-        misses += int(line.get("misses", 0))
-        reason = line.get("reason", reason)
-        routing = line.get("routing")
-        if isinstance(routing, dict):
-            routed += int(routing.get("routed", 0))
-            served += int(routing.get("served", 0))
-            not_routed.update({str(why): int(n) for why, n in dict(routing.get("not_routed") or {}).items()})
+            if not line.get("result"):  # a result line reports a use's cache counters, not another use
+                at = line["at"]
+                last = at if last is None or moment(at) > moment(last) else last
+                times += 1
+            hits += int(line.get("hits", 0))
+            misses += int(line.get("misses", 0))
+            reason = line.get("reason", reason)
+            routing = line.get("routing")
+            if isinstance(routing, dict):
+                routed += int(routing.get("routed", 0))
+                served += int(routing.get("served", 0))
+                not_routed.update({str(why): int(n) for why, n in dict(routing.get("not_routed") or {}).items()})
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue  # a line cut short by a crash, or not one this tool wrote
     return Usage(times, last, hits, misses, reason, routed, served, dict(not_routed))
 
 

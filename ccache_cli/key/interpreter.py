@@ -34,6 +34,7 @@ _PYTHON_NAME = re.compile(r"(python|pypy)[0-9.]*[a-z]?")
 _SHELLS = ("sh", "bash", "dash", "zsh", "ash")
 _SHELL_SYNTAX = re.compile(r"[;&|<>`$(){}\n*?]")
 _HOOKED = Path(__file__).resolve().parent.parent / "hooked"
+_HOOK = Path(__file__).resolve().parent.parent / "startup_hook"
 
 # Run in the target interpreter: the fingerprint and bytecode modules, loaded by path.
 _PROBE = """
@@ -123,17 +124,20 @@ def machine_fingerprint(executable: str, device: str) -> dict[str, Any]:
 
 
 def _run(executable: str, args: list[str], environ: Mapping[str, str], timeout: int) -> str:
-    """The last line `executable -c ARGS...` prints, its own environment (not our hook)."""
+    """The last line `executable -c ARGS...` prints, in the environment CMD gets, less
+    ccache's start-up hook."""
     environ = dict(environ)
-    environ.pop("PYTHONPATH", None)
+    kept = [entry for entry in environ.get("PYTHONPATH", "").split(os.pathsep) if entry and entry != str(_HOOK)]
+    environ["PYTHONPATH"] = os.pathsep.join(kept)
     try:
         result = subprocess.run([executable, "-c", *args], capture_output=True, text=True, env=environ, timeout=timeout)
-    except OSError as exc:
-        raise BadInputError(f"cannot run {executable}: {exc.strerror or exc}") from None
-    if result.returncode != 0:
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BadInputError(f"cannot run {executable}: {getattr(exc, 'strerror', None) or exc}") from None
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise BadInputError(f"{executable} could not be asked for its environment: {last}")
-    return result.stdout.strip().splitlines()[-1]
+    return lines[-1]
 
 
 def _resolve(word: str, environ: Mapping[str, str]) -> str:
@@ -161,7 +165,11 @@ def _shebang(path: str) -> list[str] | None:
 
 
 def _after_env(words: list[str]) -> list[str]:
-    """What `env [NAME=VALUE]... COMMAND` runs; options other than none are not plain."""
+    """What `env [-S] [NAME=VALUE]... COMMAND` runs; other options are not plain."""
+    if words and words[0] == "-S" and len(words) > 1:  # a #! line's `env -S "python3 -u"`
+        words = [*_split(words[1]), *words[2:]]
+    elif words and words[0].startswith("-S"):
+        words = [*_split(words[0][2:]), *words[1:]]
     at = 0
     while at < len(words) and "=" in words[at] and not words[at].startswith("-"):
         at += 1
@@ -174,7 +182,14 @@ def _plain_shell_command(script: str) -> list[str]:
     """`sh -c SCRIPT` where SCRIPT is one plain command (`exec` and assignments allowed)."""
     if _SHELL_SYNTAX.search(script):
         raise BadInputError("the sh -c script is more than one plain command")
-    words = shlex.split(script)
+    words = _split(script)
     while words and (words[0] == "exec" or ("=" in words[0] and not words[0].startswith("-"))):
         words = words[1:]
     return words
+
+
+def _split(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as exc:  # an unbalanced quote
+        raise BadInputError(f"cannot read {text!r}: {exc}") from None

@@ -102,7 +102,7 @@ def _target_of(store: Store, command: Sequence[str]) -> tuple[interpreter.Target
             stored["module"].partition(".")[0] for entry in store.scan().entries for stored in entry.bytecode.values()
         }
         return interpreter.probe(executable, tops), None
-    except BadInputError as exc:
+    except Exception as exc:  # whatever the command or its interpreter does, CMD still runs
         return None, (
             f"cannot tell which Python `{command[0]}` runs ({exc}); entries and bytecode are chosen "
             f"for ccache's own, {sys.executable}"
@@ -204,6 +204,9 @@ def _agreed_inductor_env(entries: Sequence[Manifest]) -> dict[str, str]:
     }
 
 
+_reporting: list[bool] = []  # set once this process reports its usage at exit
+
+
 def activate(
     store: Store | str | os.PathLike[str] | None = None, entry: str | Sequence[str] | None = None
 ) -> Activation:
@@ -222,6 +225,9 @@ def activate(
     )
     if routing.enabled():
         routing.install_when_torch_is_imported()
+    if usage.LOGS_ENV in os.environ or _reporting:  # the start-up hook reports, or an earlier activate()
+        return active
+    _reporting.append(True)
     atexit.register(
         misses.report_at_exit,
         str(active.view),

@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import platform
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,29 +54,63 @@ def router(torch: Any, model: Any, kwargs: dict[str, Any], fallback: Callable[[]
 
 def routed_module(torch: Any, model: Any, kwargs: dict[str, Any], fallback: Callable[[], Any]) -> Any:
     """`router` as an nn.Module that wraps `model` as torch's OptimizedModule does
-    (`_orig_mod`, its attributes, `.eval()` returning the wrapper), so that code written
-    for what torch.compile returns works unchanged."""
-    return _routed_module_class(torch)(model, router(torch, model, kwargs, fallback))
+    (`_orig_mod`, its attributes and training flag, `.eval()` returning the wrapper,
+    copied and pickled as the model compiled again), so that code written for what
+    torch.compile returns works unchanged."""
+    return _routed_module_class(torch)(model, router(torch, model, kwargs, fallback), kwargs)
+
+
+def _compiled_again(model: Any, kwargs: dict[str, Any]) -> Any:
+    """What a copied or unpickled routed module becomes: `torch.compile(model, **kwargs)`."""
+    import torch
+
+    return torch.compile(model, **kwargs)
 
 
 @functools.cache
 def _routed_module_class(torch: Any) -> type:
     class RoutedModule(torch.nn.Module):
-        def __init__(self, model: Any, call: Any) -> None:
+        def __init__(self, model: Any, call: Any, kwargs: dict[str, Any]) -> None:
             super().__init__()
             self._orig_mod = model
             self._ccache_cli_call = call
+            self._ccache_cli_kwargs = kwargs
 
         def forward(self, *args: Any, **kwargs: Any) -> Any:
             return self._ccache_cli_call(*args, **kwargs)
+
+        @property  # type: ignore[override]
+        def training(self) -> bool:
+            return self._orig_mod.training
+
+        @training.setter
+        def training(self, value: bool) -> None:
+            if "_orig_mod" in self.__dict__.get("_modules", {}):  # nn.Module.__init__ sets it first
+                self._orig_mod.training = value
 
         def __getattr__(self, name: str) -> Any:
             try:
                 return super().__getattr__(name)
             except AttributeError:
+                if name in ("_orig_mod", "_modules") or name.startswith("__"):
+                    raise
                 return getattr(self._orig_mod, name)
 
+        def __reduce__(self) -> Any:
+            return _compiled_again, (self._orig_mod, self._ccache_cli_kwargs)
+
+    RoutedModule.__module__ = __name__
     return RoutedModule
+
+
+def may_serve(model: Any) -> bool:
+    """Whether some active entry's stored code may serve `model`: a package built for a
+    model of its structure, or a function whose guards will tell."""
+    functions = _active_aot_functions()
+    if any(function.function is not None for function in functions):
+        return True
+    structure = plan.model_structure(model)
+    return any(function.structure == structure for function in functions if function.package is not None)
 
 
 def active_modes() -> set[str]:
@@ -92,6 +128,7 @@ class _AotFunction:
     sources: tuple[Source, ...]
     structure: str | None  # the package's model (compile_plan.model_structure)
     view: str
+    built_with: tuple[Any, Any]  # the Python and torch versions of its key
 
 
 def _active_aot_functions() -> list[_AotFunction]:
@@ -123,6 +160,7 @@ def _aot_functions_in(view: str) -> list[_AotFunction]:
                     sources=tuple(Source(**source) for source in entry.sources),
                     structure=entry.structure,
                     view=view,
+                    built_with=(entry.fingerprint.get("python"), entry.fingerprint.get("torch")),
                 )
             )
     return functions
@@ -162,7 +200,10 @@ class _CompiledModel:
         self._kwargs = kwargs
         # Stored functions are static graphs from Inductor's default options.
         plain = not dynamic and kwargs.get("backend", "inductor") == "inductor" and not kwargs.get("options")
-        self._aot = [f for f in aot_functions if f.mode == self._mode] if plain else []
+        # Code of the running Python and torch only: activation chose entries from
+        # what it could read without them, and this process may run another.
+        running = (platform.python_version(), torch.__version__)
+        self._aot = [f for f in aot_functions if f.mode == self._mode and f.built_with == running] if plain else []
         self._chosen: dict[Any, _Package | _GuardedFunction | None] = {}
         self._fresh_sources: dict[tuple[Source, ...], bool] = {}
         self._compiled: Any = None
@@ -171,27 +212,49 @@ class _CompiledModel:
         self._count = count
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if not self._aot:
-            why = "no stored code for its compile options"
-        elif self._torch.is_grad_enabled():
-            why = "grad enabled"
-        else:
-            signature = self._signature(args, kwargs)
-            if signature not in self._chosen:
-                self._chosen[signature] = self._load_aot(signature, args, kwargs)
-            function = self._chosen[signature]
-            if function is not None and function.serves(self._model, args, kwargs):
-                self._count("served")
-                return function(self._model, args, kwargs)
-            why = (
-                "no stored code for these inputs"
-                if function is None
-                else "model changed since its code was loaded (training mode, hooks, new tensors or strided inputs)"
-            )
+        why = self._why_not_served(args, kwargs)
+        if why is None:
+            self._count("served")
+            return self._chosen_for(args, kwargs)(self._model, args, kwargs)  # type: ignore[misc]
         self._count(f"fallback: {why}")
         return self._torch_compiled()(*args, **kwargs)
 
+    def _chosen_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Package | _GuardedFunction | None:
+        return self._chosen.get(self._signature(args, kwargs))
+
+    def _why_not_served(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        """None where the stored code serves this call, else why not."""
+        torch = self._torch
+        if not self._aot:
+            return "no stored code for its compile options"
+        if torch.is_grad_enabled():
+            return "grad enabled"
+        state = _state_torch_compile_would_see(torch)
+        if state is not None:
+            return state
+        try:
+            signature = self._signature(args, kwargs)
+            hash(signature)
+        except TypeError:
+            return "inputs that are not tensors or plain values"
+        if signature not in self._chosen:
+            try:
+                self._chosen[signature] = self._load_aot(signature, args, kwargs)
+            except Exception as exc:  # a package or function this torch cannot load: torch.compile serves
+                self._chosen[signature] = None
+                self._count(f"fallback: stored code failed to load ({type(exc).__name__})")
+        function = self._chosen[signature]
+        if function is None:
+            return "no stored code for these inputs"
+        if not function.serves(self._model, args, kwargs):
+            return (
+                "model or inputs not as the stored code was built (training mode, hooks, new tensors, strides, guards)"
+            )
+        return None
+
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_model":  # copy and pickle probe before __init__ ran
+            raise AttributeError(name)
         return getattr(self._model, name)
 
     def _signature(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
@@ -223,14 +286,13 @@ class _CompiledModel:
                     package = _Package.load(
                         self._torch, candidate.package, devices[0] if devices else candidate.device, self._model
                     )
-                if package is not None and package.serves(self._model, args, kwargs):
+                if package is not None:
                     return package
             if candidate.function is not None and devices in ((), (candidate.device,)):
                 self._torch._dynamo.config.enable_aot_compile = True
                 with open(candidate.function, "rb") as handle:
                     function = self._torch.compiler.load_compiled_function(handle)
-                if function.guard_check(self._model, *args, **kwargs):
-                    return _GuardedFunction(function)
+                return _GuardedFunction(function)
         return None
 
     def _structure(self) -> str:
@@ -249,6 +311,22 @@ class _CompiledModel:
                 self._torch, self._model, self._mode, 64, dynamic=self._dynamic, **self._kwargs
             )
         return self._compiled
+
+
+def _state_torch_compile_would_see(torch: Any) -> str | None:
+    """Process state under which torch.compile would run something else than the stored
+    graph: autocast, an active dispatch mode (fake tensors, export), a disabled compiler."""
+    if any(torch.is_autocast_enabled(kind) for kind in ("cpu", "cuda")):
+        return "autocast enabled"
+    if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None or (
+        torch._C._len_torch_dispatch_stack() > 0
+    ):
+        return "a dispatch mode is active"
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    stance = getattr(getattr(eval_frame, "_stance", None), "stance", "default")
+    if stance != "default" or os.environ.get("TORCH_COMPILE_DISABLE") == "1":
+        return f"torch.compile is set to {stance if stance != 'default' else 'disabled'}"
+    return None
 
 
 def _runs_on(candidate: _AotFunction, devices: tuple[str, ...]) -> bool:
@@ -298,13 +376,13 @@ def _unpacking_into(folder: str | None) -> Iterator[None]:
 
 
 class _GuardedFunction:
-    """An aot_compile function whose guards passed when it was loaded."""
+    """An aot_compile function, serving the calls whose guards pass."""
 
     def __init__(self, function: Callable[..., Any]) -> None:
         self._function = function
 
     def serves(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        return True
+        return bool(self._function.guard_check(model, *args, **kwargs))
 
     def __call__(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return self._function(model, *args, **kwargs)

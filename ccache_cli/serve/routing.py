@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import os
 import sys
 import threading
@@ -82,25 +83,32 @@ class _WhenTorchIsImported:
 
 
 def install(torch: Any) -> None:
-    """Route `torch.compile` and `nn.Module.compile` (once per process)."""
-    if getattr(torch.compile, "_ccache_cli_routed", False):
+    """Route `torch.compile` and `nn.Module.compile` (once per process; never raises)."""
+    if getattr(torch.compile, "_ccache_cli_routed", False) or not hasattr(torch.nn.Module, "compile"):
         return
     original = torch.compile
     original_module_compile = torch.nn.Module.compile
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(original).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
 
     @functools.wraps(original)
     def compile(model: Any = None, *args: Any, **kwargs: Any) -> Any:
-        why = None if args else _declined(torch, model, kwargs)
+        if model is None and not args:  # the decorator form: decided when it is applied
+            return functools.partial(compile, **kwargs)
+        why = "positional arguments" if args else _declined(torch, model, kwargs, defaults)
         if why is not None:
             count(f"declined: {why}")
-            return original(**kwargs) if model is None else original(model, *args, **kwargs)
+            return original(model, *args, **kwargs)
         from ccache_cli.serve import api
 
         return api.routed_module(torch, model, kwargs, lambda: original(model, **kwargs))
 
     @functools.wraps(original_module_compile)
     def module_compile(self: Any, *args: Any, **kwargs: Any) -> None:
-        why = None if args else _declined(torch, self, kwargs)
+        why = "positional arguments" if args else _declined(torch, self, kwargs, defaults)
         if why is not None:
             count(f"declined: {why}")
             self._compiled_call_impl = original(self._call_impl, *args, **kwargs)  # what torch's own does
@@ -114,24 +122,28 @@ def install(torch: Any) -> None:
     torch.nn.Module.compile = module_compile
 
 
-def _declined(torch: Any, model: Any, kwargs: dict[str, Any]) -> str | None:
+# Arguments that change only how torch.compile compiles what the stored code does not serve.
+_FALLBACK_ONLY = {"fullgraph", "name", "recompile_limit", "isolate_recompiles"}
+
+
+def _declined(torch: Any, model: Any, kwargs: dict[str, Any], defaults: dict[str, Any]) -> str | None:
     """Why the active entries cannot serve this call exactly; None if they may."""
-    if model is None:
-        return "the decorator form"
     if not isinstance(model, torch.nn.Module):
         return "not an nn.Module"
     if kwargs.get("disable"):
         return "disable=True"
-    backend = kwargs.get("backend", "inductor")
+    backend = kwargs.get("backend") or _default_backend()
     if backend != "inductor":
         return f"backend {getattr(backend, '__name__', backend)!r}"
     if kwargs.get("options"):
         return "options= given"
     if kwargs.get("dynamic"):
         return "dynamic=True"
-    unknown = set(kwargs) - {"fullgraph", "dynamic", "backend", "mode", "options", "disable"}
-    if unknown:
-        return f"argument {sorted(unknown)[0]}"
+    for name, value in kwargs.items():
+        if name not in (*_FALLBACK_ONLY, "disable", "backend", "options", "dynamic", "mode") and (
+            name not in defaults or value is not defaults[name]
+        ):
+            return f"argument {name}"
     from ccache_cli.serve import api
 
     modes = api.active_modes()
@@ -140,4 +152,13 @@ def _declined(torch: Any, model: Any, kwargs: dict[str, Any]) -> str | None:
     mode = kwargs.get("mode") or "default"
     if mode not in modes:
         return f"mode {mode!r}: the active entries were compiled with {', '.join(sorted(modes))}"
+    if not api.may_serve(model):
+        return "no active entry was built for this model"
     return None
+
+
+def _default_backend() -> Any:
+    """torch.compile's backend when none is given (torch.compiler.set_default_backend)."""
+    registry = sys.modules.get("torch._dynamo.backends.registry")
+    get = getattr(registry, "get_default_backend", None)
+    return get() if get is not None else "inductor"

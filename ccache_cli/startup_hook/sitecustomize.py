@@ -128,7 +128,10 @@ def _report_usage():
 if _VIEW and _USAGE_LOGS is not None:
     atexit.register(_report_usage)
 if _VIEW and os.environ.get("CCACHE_CLI_ROUTE", "1") != "0":  # torch.compile of a module runs the stored code
-    _routing().install_when_torch_is_imported()
+    try:
+        _routing().install_when_torch_is_imported()
+    except Exception as exc:  # never stop the program, or the sitecustomize it shadows
+        sys.stderr.write(f"ccache: torch.compile is not routed in this process ({type(exc).__name__}: {exc})\n")
 if _VIEW and os.environ.get("CCACHE_CLI_COMPILED_AT"):  # autotuning results where this process keeps its cache
     _load("relocate").install(
         os.environ["CCACHE_CLI_COMPILED_AT"].split(os.pathsep), os.environ["TORCHINDUCTOR_CACHE_DIR"]

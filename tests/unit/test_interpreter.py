@@ -22,6 +22,7 @@ def bin_dir(tmp_path: Path) -> Path:
         ("vllm", f"#!{folder / 'python3.12'}\n"),
         ("served", "#!/usr/bin/env python3.12\n"),
         ("tool", "#!/bin/sh\n"),
+        ("long", "#!/usr/bin/env -S python3.12 -u\r\n"),
         ("binary", "\x7fELF"),
     ):
         (folder / name).write_text(line + "import sys\n")
@@ -41,6 +42,8 @@ def test_pythons_console_scripts_and_plain_wrappers(bin_dir: Path) -> None:
         ["env", "CUDA_VISIBLE_DEVICES=0", "vllm", "serve"],
         ["sh", "-c", "exec OMP_NUM_THREADS=4 python3.12 serve.py --port 8000"],
         ["/usr/bin/env", "python3.12", "x.py"],
+        ["env", "-S", "python3.12 -u", "x.py"],
+        ["long"],  # #!/usr/bin/env -S python3.12 -u, with CRLF line ends
     ):
         assert find(command, env) == python, command
 
@@ -55,6 +58,7 @@ def test_pythons_console_scripts_and_plain_wrappers(bin_dir: Path) -> None:
         (["env", "-u", "X", "python3.12"], "not a plain env wrapper"),
         (["sh", "-c", "cd /srv && python3.12 serve.py"], "more than one plain command"),
         (["bash", "-c", "python3.12 $SCRIPT"], "more than one plain command"),
+        (["sh", "-c", "python3.12 it's"], "cannot read"),
         ([], "empty"),
     ],
 )
