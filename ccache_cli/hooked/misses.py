@@ -31,13 +31,14 @@ def report_at_exit(
     fingerprint: ModuleType,
     usage: ModuleType,
     by: str,
-    routing: Callable[[], dict[str, Any] | None] | None = None,
+    routing: Callable[[str], dict[str, Any] | None] | None = None,
 ) -> None:
-    """Append this process's cache hits and misses, and what `routing` (a summary of
-    serve/routing.py's) says it did, to `logs`; on misses, say why."""
-    routed = routing() if routing is not None else None
+    """Append this process's cache hits and misses, and what `routing` (serve/routing.py's
+    summary for an entry id) says it did, to `logs` (`<entry id>.log` each); on misses,
+    say why."""
+    routed = {log: routing(os.path.basename(log)[: -len(".log")]) for log in logs} if routing is not None else {}
     utils = sys.modules.get("torch._dynamo.utils")
-    if utils is None and routed is None:  # this process compiled nothing
+    if utils is None and not any(routed.values()):  # this process compiled nothing
         return
     hits = misses = 0
     if utils is not None:
@@ -55,9 +56,8 @@ def report_at_exit(
     line: dict[str, Any] = {"at": usage.now(), "by": by, "result": True, "hits": hits, "misses": misses}
     if reason is not None:
         line["reason"] = reason
-    if routed is not None:
-        line["routing"] = routed
-    usage.append(logs, line)
+    for log in logs:
+        usage.append([log], {**line, "routing": routed[log]} if routed.get(log) else line)
 
 
 def explain(torch: Any, entries: list[dict[str, Any]], fingerprint: ModuleType, environ: Any) -> str:

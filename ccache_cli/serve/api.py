@@ -129,6 +129,7 @@ class _AotFunction:
     structure: str | None  # the package's model (compile_plan.model_structure)
     view: str
     built_with: tuple[Any, Any]  # the Python and torch versions of its key
+    entry: str  # the id of the entry that holds it
 
 
 def _active_aot_functions() -> list[_AotFunction]:
@@ -161,6 +162,7 @@ def _aot_functions_in(view: str) -> list[_AotFunction]:
                     structure=entry.structure,
                     view=view,
                     built_with=(entry.fingerprint.get("python"), entry.fingerprint.get("torch")),
+                    entry=entry.id,
                 )
             )
     return functions
@@ -191,7 +193,7 @@ class _CompiledModel:
         kwargs: dict[str, Any],
         aot_functions: list[_AotFunction],
         fallback: Callable[[], Any] | None = None,
-        count: Callable[[str], None] = lambda _: None,
+        count: Callable[..., None] = lambda *_: None,
     ) -> None:
         self._torch = torch
         self._model = model
@@ -214,13 +216,11 @@ class _CompiledModel:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         why = self._why_not_served(args, kwargs)
         if why is None:
-            self._count("served")
-            return self._chosen_for(args, kwargs)(self._model, args, kwargs)  # type: ignore[misc]
+            chosen = self._chosen[self._signature(args, kwargs)]
+            self._count("served", chosen.entry)  # type: ignore[union-attr]
+            return chosen(self._model, args, kwargs)  # type: ignore[misc]
         self._count(f"fallback: {why}")
         return self._torch_compiled()(*args, **kwargs)
-
-    def _chosen_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Package | _GuardedFunction | None:
-        return self._chosen.get(self._signature(args, kwargs))
 
     def _why_not_served(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
         """None where the stored code serves this call, else why not."""
@@ -287,12 +287,13 @@ class _CompiledModel:
                         self._torch, candidate.package, devices[0] if devices else candidate.device, self._model
                     )
                 if package is not None:
+                    package.entry = candidate.entry
                     return package
             if candidate.function is not None and devices in ((), (candidate.device,)):
                 self._torch._dynamo.config.enable_aot_compile = True
                 with open(candidate.function, "rb") as handle:
                     function = self._torch.compiler.load_compiled_function(handle)
-                return _GuardedFunction(function)
+                return _GuardedFunction(function, candidate.entry)
         return None
 
     def _structure(self) -> str:
@@ -378,8 +379,9 @@ def _unpacking_into(folder: str | None) -> Iterator[None]:
 class _GuardedFunction:
     """An aot_compile function, serving the calls whose guards pass."""
 
-    def __init__(self, function: Callable[..., Any]) -> None:
+    def __init__(self, function: Callable[..., Any], entry: str) -> None:
         self._function = function
+        self.entry = entry
 
     def serves(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         return bool(self._function.guard_check(model, *args, **kwargs))
@@ -419,6 +421,7 @@ class _Package:
         ]
         self._all_modules = list(model.modules())
         self._bound = [(slot, name, tensor, tensor.data_ptr()) for slot, name, tensor in tensors.values()]
+        self.entry = ""  # the id of the entry that holds it, set by who loads it
 
     @classmethod
     def load(cls, torch: Any, path: str, device: str, model: Any) -> _Package | None:

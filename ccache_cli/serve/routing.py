@@ -29,28 +29,33 @@ from typing import Any
 ROUTE_ENV = "CCACHE_CLI_ROUTE"  # "0": leave torch.compile alone
 
 _lock = threading.Lock()
-_counts: Counter[str] = Counter()  # "routed", "served", and "declined: <why>" / "fallback: <why>"
+# "routed", and "declined: <why>" / "fallback: <why>", for the process; "served" per entry id.
+_counts: Counter[str] = Counter()
+_served: Counter[str] = Counter()
 
 
 def enabled() -> bool:
     return os.environ.get(ROUTE_ENV, "1") != "0"
 
 
-def count(what: str) -> None:
+def count(what: str, entry: str | None = None) -> None:
+    """Count a routing decision; a call the stored code ran is counted for its entry."""
     with _lock:
-        _counts[what] += 1
+        if entry is not None:
+            _served[entry] += 1
+        else:
+            _counts[what] += 1
 
 
-def summary() -> dict[str, Any] | None:
-    """What routing did in this process, for the usage log; None where torch.compile was never called."""
+def summary(entry: str) -> dict[str, Any] | None:
+    """What routing did in this process, for `entry`'s usage log: the calls routed and
+    declined (with why) by the process, the calls `entry`'s code ran; None where
+    torch.compile was never called."""
     with _lock:
-        if not _counts:
+        if not _counts and not _served:
             return None
-        reasons: Counter[str] = Counter()
-        for key, number in _counts.items():
-            if ":" in key:
-                reasons[key] += number
-        return {"routed": _counts["routed"], "served": _counts["served"], "not_routed": dict(reasons)}
+        reasons = {key: number for key, number in _counts.items() if ":" in key}
+        return {"routed": _counts["routed"], "served": _served[entry], "not_routed": reasons}
 
 
 def install_when_torch_is_imported() -> None:
