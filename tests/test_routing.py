@@ -115,3 +115,40 @@ def test_unchanged_programs_run_the_stored_code_and_the_rest_is_torch_compile_un
 def test_the_environment_switch_leaves_torch_compile_alone(example_store: Path, program: Path, tmp_path: Path) -> None:
     report = _run(example_store, program, "module", tmp_path, env={"CCACHE_CLI_ROUTE": "0"})
     assert report["module"]["type"] == "OptimizedModule" and report["graphs"] > 0 and report["module"]["close"]
+
+
+def test_the_routed_module_behaves_as_torch_compile_s_own() -> None:
+    """The wrapper routing returns, without an entry or a compile: the model's training
+    flag and attributes, `.eval()` returning it, copies and pickles compiled again."""
+    import copy
+    import pickle
+
+    import torch
+
+    from ccache_cli.serve import api
+
+    model = torch.nn.Linear(3, 3)
+    calls = []
+    routed = api._routed_module_class(torch)(model, lambda *a: calls.append(a) or model(*a), {})
+    assert routed.eval() is routed and not routed.training and not model.training
+    routed.train()
+    assert model.training and routed.weight is model.weight
+    assert list(routed.state_dict()) == ["_orig_mod.weight", "_orig_mod.bias"]
+    x = torch.randn(2, 3)
+    assert torch.equal(routed(x), model(x)) and len(calls) == 1
+    for again in (copy.deepcopy(routed), pickle.loads(pickle.dumps(routed))):
+        assert type(again).__name__ == "OptimizedModule"  # no routing in this process: torch.compile's own
+
+
+def test_state_under_which_torch_compile_would_run_something_else_is_never_served() -> None:
+    import torch
+
+    from ccache_cli.serve import api
+
+    assert api._state_torch_compile_would_see(torch) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert api._state_torch_compile_would_see(torch) == "autocast enabled"
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        assert api._state_torch_compile_would_see(torch) == "a dispatch mode is active"
