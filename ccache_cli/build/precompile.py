@@ -1,6 +1,6 @@
 """Precompile a model for a list of sizes and store the result as one entry.
 
-The CLI process never imports torch: a worker process (`worker.py`) loads the model
+The CLI process never imports torch: a worker process (`compile_process.py`) loads the model
 and compiles it into a staging folder of the store; this side looks the key up,
 collects what the worker wrote into blobs and publishes the entry atomically.
 """

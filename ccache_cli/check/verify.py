@@ -6,7 +6,7 @@
 - freshness: every traced source, looked up as it resolves now, hashes as recorded.
 - bytecode (this machine only): which stored modules have other sources here; fails
   when torch's or Triton's own files differ from those the entry was compiled with.
-- run (store entries, `--run`): see `verify_run.py`.
+- run (store entries, `--run`): see `run_process.py`.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def broken_store_blobs(store: Store, entries: Iterable[Manifest]) -> dict[str, s
 
 
 def run_check(store: Store, entry: Manifest, search: Sequence[str]) -> Check:
-    """Start a fresh process on a copy of the entry's Inductor cache (see verify_run)."""
+    """Start a fresh process on a copy of the entry's Inductor cache (see run_process.py)."""
     model = entry.model
     if model is None:  # captured from a command: there is no model to build here
         return Check(

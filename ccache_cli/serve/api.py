@@ -126,7 +126,7 @@ class _AotFunction:
     mode: str
     inputs: tuple[Any, ...]  # the signature of the calls it was compiled for (`_signature`)
     sources: tuple[Source, ...]
-    structure: str | None  # the package's model (compile_plan.model_structure)
+    structure: str | None  # the package's model (build/plan.model_structure)
     view: str
     built_with: tuple[Any, Any]  # the Python and torch versions of its key
     entry: str  # the id of the entry that holds it
@@ -297,7 +297,7 @@ class _CompiledModel:
         return None
 
     def _structure(self) -> str:
-        """The model's structure (compile_plan.model_structure), once: a package serves
+        """The model's structure (build/plan.model_structure), once: a package serves
         only the model it was built for, not another layer count or dtype."""
         if self._model_structure is None:
             self._model_structure = plan.model_structure(self._model)
