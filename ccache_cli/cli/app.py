@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: ...]" is text, not markup
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -46,7 +47,9 @@ app.command("fingerprint")(fingerprint.command)
 app.command("env")(run.env_command)
 app.command("gc")(housekeeping.gc_command)
 app.command("rm")(housekeeping.rm_command)
-key_app = typer.Typer(name="key", help="Signing keys for archives.", no_args_is_help=True, add_completion=False)
+key_app = typer.Typer(
+    name="key", help="Signing keys for archives.", no_args_is_help=True, add_completion=False, rich_markup_mode=None
+)
 key_app.command("generate")(pack.key_generate_command)
 app.add_typer(key_app)
 app.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})(run.run_command)
