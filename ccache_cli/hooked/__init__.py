@@ -9,6 +9,7 @@ it. The rest of ccache-cli imports them as usual.
 - usage: per-entry usage logs
 - misses: why a process missed the stored cache, said at exit
 - relocate: autotuning results looked up in the process's own cache
+- imports: patching a module right after its first import
 
 May import: the standard library only.
 """

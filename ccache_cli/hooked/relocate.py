@@ -20,22 +20,18 @@ by path.
 from __future__ import annotations
 
 import os
-import sys
+from collections.abc import Callable
 from typing import Any
 
 MODULE = "torch._inductor.runtime.autotune_cache"
 
 
-def install(compiled_at: list[str], cache_dir: str) -> None:
+def install(compiled_at: list[str], cache_dir: str, when_imported: Callable[..., None]) -> None:
     """Relocate result paths under `compiled_at` to `cache_dir`, now if torch's module
-    is imported, else when it is."""
+    is imported, else when it is (`when_imported` of hooked/imports.py, passed in)."""
     prefixes = [prefix.rstrip(os.sep) for prefix in compiled_at if prefix and prefix.rstrip(os.sep) != cache_dir]
-    if not prefixes:
-        return
-    if MODULE in sys.modules:
-        patch(sys.modules[MODULE], prefixes, cache_dir)
-    else:
-        sys.meta_path.insert(0, _WhenImported(prefixes, cache_dir))
+    if prefixes:
+        when_imported(MODULE, lambda module: patch(module, prefixes, cache_dir))
 
 
 def patch(module: Any, prefixes: list[str], cache_dir: str) -> None:
@@ -64,29 +60,3 @@ def patch(module: Any, prefixes: list[str], cache_dir: str) -> None:
     relocated_read._ccache_relocated = True  # type: ignore[attr-defined]
     cache_class._read = relocated_read
     cache_class.save = relocated_save
-
-
-class _WhenImported:
-    """A meta path finder that patches torch's autotune cache module right after it is imported."""
-
-    def __init__(self, prefixes: list[str], cache_dir: str) -> None:
-        self._prefixes = prefixes
-        self._cache_dir = cache_dir
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != MODULE:
-            return None
-        import importlib.util
-
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_and_patch(module: Any) -> None:
-            exec_module(module)
-            patch(module, self._prefixes, self._cache_dir)
-
-        spec.loader.exec_module = exec_and_patch  # type: ignore[method-assign]
-        return spec

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ccache_cli.errors import BadInputError, EntryNotFoundError
-from ccache_cli.hooked import fingerprint, misses, relocate, usage
+from ccache_cli.hooked import fingerprint, imports, misses, relocate, usage
 from ccache_cli.hooked.usage import VIEW_ENV
 from ccache_cli.key import interpreter
 from ccache_cli.key.compat import fits, this_machine
@@ -221,7 +221,9 @@ def activate(
     for name, previous in active.replaced.items():
         warnings.warn(f"ccache_cli.activate() replaced {name}={previous}", stacklevel=2)
     relocate.install(
-        active.set_env.get(COMPILED_AT_ENV, "").split(os.pathsep), active.set_env["TORCHINDUCTOR_CACHE_DIR"]
+        active.set_env.get(COMPILED_AT_ENV, "").split(os.pathsep),
+        active.set_env["TORCHINDUCTOR_CACHE_DIR"],
+        imports.when_imported,
     )
     if routing.enabled():
         routing.install_when_torch_is_imported()

@@ -18,13 +18,14 @@ this module never imports torch itself.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import inspect
 import os
 import sys
 import threading
 from collections import Counter
 from typing import Any
+
+from ccache_cli.hooked.imports import when_imported
 
 ROUTE_ENV = "CCACHE_CLI_ROUTE"  # "0": leave torch.compile alone
 
@@ -60,31 +61,7 @@ def summary(entry: str) -> dict[str, Any] | None:
 
 def install_when_torch_is_imported() -> None:
     """Patch torch.compile now if torch is imported, else right after its import."""
-    torch = sys.modules.get("torch")
-    if torch is not None and hasattr(torch, "compile"):
-        install(torch)
-    elif not any(isinstance(finder, _WhenTorchIsImported) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _WhenTorchIsImported())
-
-
-class _WhenTorchIsImported:
-    """A meta path finder that patches torch right after it is first imported."""
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "torch":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_and_patch(module: Any) -> None:
-            exec_module(module)
-            install(module)
-
-        spec.loader.exec_module = exec_and_patch  # type: ignore[method-assign]
-        return spec
+    when_imported("torch", install)
 
 
 def install(torch: Any) -> None:

@@ -43,26 +43,6 @@ def _load(name):
     return module
 
 
-class _WhenTracingIsImported:
-    """A meta path finder that patches torch._guards right after it is first imported."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "torch._guards":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_and_patch(module):
-            exec_module(module)
-            _load("tracing").record_traced_files(module.TracingContext, _TRACED)
-
-        spec.loader.exec_module = exec_and_patch
-        return spec
-
-
 def _write_record():
     torch = sys.modules.get("torch")
     record = {
@@ -134,9 +114,13 @@ if _VIEW and os.environ.get("CCACHE_CLI_ROUTE", "1") != "0":  # torch.compile of
         sys.stderr.write(f"ccache: torch.compile is not routed in this process ({type(exc).__name__}: {exc})\n")
 if _VIEW and os.environ.get("CCACHE_CLI_COMPILED_AT"):  # autotuning results where this process keeps its cache
     _load("relocate").install(
-        os.environ["CCACHE_CLI_COMPILED_AT"].split(os.pathsep), os.environ["TORCHINDUCTOR_CACHE_DIR"]
+        os.environ["CCACHE_CLI_COMPILED_AT"].split(os.pathsep),
+        os.environ["TORCHINDUCTOR_CACHE_DIR"],
+        _load("imports").when_imported,
     )
-if _RECORDS:
-    sys.meta_path.insert(0, _WhenTracingIsImported())
+if _RECORDS:  # the files Dynamo traces, recorded from when its tracing module is imported
+    _load("imports").when_imported(
+        "torch._guards", lambda guards: _load("tracing").record_traced_files(guards.TracingContext, _TRACED)
+    )
     atexit.register(_write_record)
 _run_shadowed_sitecustomize()
