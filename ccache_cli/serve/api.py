@@ -214,29 +214,30 @@ class _CompiledModel:
         self._count = count
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        why = self._why_not_served(args, kwargs)
-        if why is None:
-            chosen = self._chosen[self._signature(args, kwargs)]
-            self._count("served", chosen.entry)  # type: ignore[union-attr]
-            return chosen(self._model, args, kwargs)  # type: ignore[misc]
+        chosen, why = self._serving(args, kwargs)
+        if chosen is not None:
+            self._count("served", chosen.entry)
+            return chosen(self._model, args, kwargs)
         self._count(f"fallback: {why}")
         return self._torch_compiled()(*args, **kwargs)
 
-    def _why_not_served(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-        """None where the stored code serves this call, else why not."""
+    def _serving(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[_Package | _GuardedFunction | None, str | None]:
+        """The stored code that serves this call, or why none does."""
         torch = self._torch
         if not self._aot:
-            return "no stored code for its compile options"
+            return None, "no stored code for its compile options"
         if torch.is_grad_enabled():
-            return "grad enabled"
+            return None, "grad enabled"
         state = _state_torch_compile_would_see(torch)
         if state is not None:
-            return state
+            return None, state
         try:
             signature = self._signature(args, kwargs)
             hash(signature)
         except TypeError:
-            return "inputs that are not tensors or plain values"
+            return None, "inputs that are not tensors or plain values"
         if signature not in self._chosen:
             try:
                 self._chosen[signature] = self._load_aot(signature, args, kwargs)
@@ -245,12 +246,12 @@ class _CompiledModel:
                 self._count(f"fallback: stored code failed to load ({type(exc).__name__})")
         function = self._chosen[signature]
         if function is None:
-            return "no stored code for these inputs"
+            return None, "no stored code for these inputs"
         if not function.serves(self._model, args, kwargs):
-            return (
+            return None, (
                 "model or inputs not as the stored code was built (training mode, hooks, new tensors, strides, guards)"
             )
-        return None
+        return function, None
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "_model":  # copy and pickle probe before __init__ ran
