@@ -13,7 +13,7 @@ from ccache_cli.check.inspect import InspectReport, inspect_archive, inspect_sto
 from ccache_cli.hooked import fingerprint
 
 from .pack import TRUST_OPTION
-from .render import age, human_bytes, out, seconds, show, yes_no
+from .render import TIMING_COLUMNS, age, human_bytes, out, show, timing_cells, yes_no
 
 
 def command(
@@ -104,25 +104,9 @@ def _print_detail(report: InspectReport) -> None:
     for kind in item.kinds:
         kinds.add_row(kind.kind, str(kind.count), human_bytes(kind.bytes))
     out.print(kinds)
-    timings = Table(
-        "size",
-        "first call s",
-        "dynamo s",
-        "aot_autograd s",
-        "inductor s",
-        "kernels s",
-        title="Recorded compile timings",
-        title_justify="left",
-    )
-    for t in e.timings:
-        timings.add_row(
-            t.label,
-            seconds(t.wall_s),
-            seconds(t.dynamo_s),
-            seconds(t.aot_autograd_s),
-            seconds(t.inductor_s),
-            seconds(t.kernel_compile_s),
-        )
+    timings = Table(*TIMING_COLUMNS, title="Recorded compile timings", title_justify="left")
+    for timing in e.timings:
+        timings.add_row(*timing_cells(timing))
     out.print(timings)
     aot = e.aot
     out.print(f"AOT: {aot.status}" + (f" ({aot.reason})" if aot.reason else ""), soft_wrap=True)

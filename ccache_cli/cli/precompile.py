@@ -17,7 +17,7 @@ from ccache_cli.key.compat import this_machine
 from ccache_cli.key.interpreter import PYTHON_ENV
 from ccache_cli.store.manifest import PackageStatus
 
-from .render import human_bytes, out, seconds, show
+from .render import TIMING_COLUMNS, human_bytes, out, show, timing_cells
 
 
 def command(
@@ -139,26 +139,12 @@ def _print_summary(precompiled: Precompiled) -> None:
         )
         return
     table = Table(title=f"Compiled {entry.name} on {entry.device}", title_justify="left")
-    for column in (
-        "size",
-        "first call s",
-        "dynamo s",
-        "aot_autograd s",
-        "inductor s",
-        "kernels s",
-        "fx graph hit/miss",
-        "aot_autograd hit/miss",
-    ):
+    for column in (*TIMING_COLUMNS, "fx graph hit/miss", "aot_autograd hit/miss"):
         table.add_column(column, justify="right")
     for report in result.reports:
         c = report.counters
         table.add_row(
-            report.label,
-            seconds(report.wall_s),
-            seconds(report.dynamo_s),
-            seconds(report.aot_autograd_s),
-            seconds(report.inductor_s),
-            seconds(report.kernel_compile_s),
+            *timing_cells(report),
             f"{c['fxgraph_cache_hit']}/{c['fxgraph_cache_miss']}",
             f"{c['autograd_cache_hit']}/{c['autograd_cache_miss']}",
         )

@@ -78,5 +78,15 @@ def seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+# A size's compile timings, as precompile reports them and the manifest records them.
+TIMING_COLUMNS = ("size", "first call s", "dynamo s", "aot_autograd s", "inductor s", "kernels s")
+
+
+def timing_cells(timing: Any) -> list[str]:
+    """The TIMING_COLUMNS cells of a precompile SizeReport or a manifest SizeTiming."""
+    values = (timing.wall_s, timing.dynamo_s, timing.aot_autograd_s, timing.inductor_s, timing.kernel_compile_s)
+    return [timing.label, *map(seconds, values)]
+
+
 def yes_no(value: bool | None) -> str:
     return {True: "[green]yes[/green]", False: "[red]no[/red]", None: "[yellow]?[/yellow]"}[value]
