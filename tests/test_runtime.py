@@ -305,6 +305,10 @@ def test_autotuning_results_are_looked_up_in_the_process_own_cache() -> None:
         AutotuneCache("/build/stage-10/inductor/ab/k.best_config")._read()
         == "/build/stage-10/inductor/ab/k.best_config"
     )
+    # A kernel's bound `save` crosses from torch's compile workers by pickle, which
+    # looks the method up by its name: the wrappers keep the names they replace.
+    cache = AutotuneCache("/build/stage-1/inductor/ab/k.best_config")
+    assert getattr(cache, cache.save.__name__) == cache.save and cache._read.__name__ == "_read"
 
 
 def test_under_ccache_run_torch_looks_up_autotuning_results_in_the_view(example_store: Path, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ by path.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -49,10 +50,14 @@ def patch(module: Any, prefixes: list[str], cache_dir: str) -> None:
                 cache.local_cache = (local[0], cache_dir + local[1][len(prefix) :])
                 return
 
+    # functools.wraps keeps the methods' names: torch pickles a kernel's bound `save`
+    # between its compile workers and the process, and pickle finds a method by name.
+    @functools.wraps(read)
     def relocated_read(self: Any) -> Any:
         relocate(self)
         return read(self)
 
+    @functools.wraps(save)
     def relocated_save(self: Any, *args: Any, **kwargs: Any) -> Any:
         relocate(self)
         return save(self, *args, **kwargs)
