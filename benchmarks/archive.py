@@ -27,7 +27,7 @@ from pathlib import Path
 
 import ccache_cli
 from ccache_cli.store.hashing import hash_json
-from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.manifest import parse as manifest_parse
 from ccache_cli.store.store import Store
 
 WORDS = (
@@ -100,8 +100,8 @@ def publish(store: Store, name: str, files: dict[str, bytes]) -> None:
         }
         key = {
             "fingerprint": fingerprint,
-            "compile": {"device": "cpu", "sizes": [1], "dynamic": False},
-            "model": {"module": name, "attr": "build"},
+            "compile": {"device": "cpu", "sizes": [1], "dynamic": False, "mode": "default"},
+            "model": {"module": name, "attr": "build", "inputs": f"{name}:example_inputs"},
             "inputs": {},
             "sources": [],
         }
@@ -110,13 +110,13 @@ def publish(store: Store, name: str, files: dict[str, bytes]) -> None:
             "id": hash_json(key),
             "name": name,
             "created": "2026-11-22T00:00:00Z",
-            "lookup": None,
+            "lookup": "0" * 64,
             "key": key,
             "timings": {"sizes": [], "aot": None},
             "aot": {"status": "disabled", "reason": None},
             "files": refs,
         }
-        store.publish([Manifest(manifest["id"], manifest)], staging, {ref["sha256"] for ref in refs.values()})
+        store.publish([manifest_parse(manifest)], staging, {ref["sha256"] for ref in refs.values()})
 
 
 def timed(command: list[str] | str, **kwargs: object) -> tuple[float, int]:

@@ -46,6 +46,10 @@ class ArchiveError(BadInputError):
     """An archive that is not one this tool can read, or that fails a check."""
 
 
+class RegistryError(CcacheError):
+    """A registry that cannot be reached, refuses the credentials, or fails a transfer."""
+
+
 class StoreError(CcacheError):
     """The store cannot be read or written."""
 

@@ -40,18 +40,7 @@ def head_frames(entries: Sequence[Manifest], listing: bytes, level: int, signer:
     """The archive's first groups, as frames: index.json, blobs.txt and the signature,
     then files.json; and their length in the tar stream."""
     ordered = sorted(entries, key=lambda entry: entry.id)
-    # The first member holds what `inspect ARCHIVE` shows, small whatever the archive
-    # size: manifests without their file lists, artifact counts per entry, and the
-    # digest of each whole manifest, which covers its file list in files.json.
-    index = {
-        "format": ARCHIVE_FORMAT,
-        "entries": [entry.without_files() for entry in ordered],
-        "artifacts": {
-            entry.id: [[k.kind, k.count, k.bytes] for k in artifacts.kinds_of(entry.files)] for entry in ordered
-        },
-        "digests": {entry.id: entry.digest() for entry in ordered},
-    }
-    index_bytes = _json_bytes(index)
+    index_bytes = index_document(ordered)
     members = [(INDEX_NAME, index_bytes), (BLOBS_NAME, listing)]
     if signer is not None:
         members.append((SIGNATURE_NAME, signer.signature(ARCHIVE_FORMAT, index_bytes, listing)))
@@ -64,6 +53,24 @@ def head_frames(entries: Sequence[Manifest], listing: bytes, level: int, signer:
     tar.add(FILES_NAME, size=len(data), data=data)
     tar.cut()
     return out.getvalue(), tar.written
+
+
+def index_document(entries: Sequence[Manifest]) -> bytes:
+    """index.json: what `inspect ARCHIVE` and `inspect REF` show, small whatever the
+    archive's size: manifests without their file lists, artifact counts per entry, and
+    the digest of each whole manifest, which covers its file list (files.json, or a
+    registry's catalog layer)."""
+    ordered = sorted(entries, key=lambda entry: entry.id)
+    return _json_bytes(
+        {
+            "format": ARCHIVE_FORMAT,
+            "entries": [entry.without_files() for entry in ordered],
+            "artifacts": {
+                entry.id: [[k.kind, k.count, k.bytes] for k in artifacts.kinds_of(entry.files)] for entry in ordered
+            },
+            "digests": {entry.id: entry.digest() for entry in ordered},
+        }
+    )
 
 
 def _json_bytes(content: dict[str, Any]) -> bytes:
@@ -254,17 +261,12 @@ def _complete_manifests(index: Index, files: Any, sizes: dict[str, int]) -> list
     try:
         if set(files["files"]) != {entry.id for entry in index.entries}:
             raise ArchiveError(f"{FILES_NAME} does not list the files of exactly the entries of {INDEX_NAME}")
-        documents = [entry.with_files(files["files"][entry.id]) for entry in index.entries]
+        lists = [files["files"][entry.id] for entry in index.entries]
     except (KeyError, TypeError, AttributeError) as exc:
         raise ArchiveError(f"{FILES_NAME} is malformed ({exc})") from exc
     complete = []
-    for document in documents:
-        if hash_json(document) != index.digests[document["id"]]:
-            raise ArchiveError(
-                f"manifest of entry {document['id'][:12]} does not match its digest in {INDEX_NAME}: "
-                "the archive was changed after it was packed"
-            )
-        entry = manifest.parse(document)
+    for listed, file_list in zip(index.entries, lists):
+        entry = complete_manifest(index, listed, file_list, "archive")
         for ref in entry.files.values():
             if sizes.get(ref["sha256"]) != ref["size"]:
                 raise ArchiveError(
@@ -272,3 +274,15 @@ def _complete_manifests(index: Index, files: Any, sizes: dict[str, int]) -> list
                 )
         complete.append(entry)
     return complete
+
+
+def complete_manifest(index: Index, listed: Manifest, file_list: Any, carrier: str) -> Manifest:
+    """An index's manifest with its file list put back, checked whole and against its
+    digest in the index; `carrier` (archive, artifact) names what was changed if not."""
+    document = listed.with_files(file_list)
+    if hash_json(document) != index.digests[listed.id]:
+        raise ArchiveError(
+            f"manifest of entry {listed.short_id} does not match its digest in {INDEX_NAME}: "
+            f"the {carrier} was changed after it was written"
+        )
+    return manifest.parse(document)

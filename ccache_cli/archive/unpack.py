@@ -69,7 +69,7 @@ def _unpack(
     objects = staging / "objects"
     # Blobs the store has are linked into staging, so that publishing needs nothing
     # another process could remove meanwhile (gc, rm); the rest are written.
-    present = _link_present(store, objects, names)
+    present = link_present(store, objects, names)
     for folder in sorted({sha256[:2] for sha256 in names if sha256 not in present}):
         (objects / folder).mkdir(parents=True, exist_ok=True)
     # Every blob is staged: which ones the chosen entries need is only known from
@@ -97,7 +97,7 @@ def _unpack(
     )
 
 
-def _link_present(store: Store, objects: Path, names: list[str]) -> set[str]:
+def link_present(store: Store, objects: Path, names: list[str]) -> set[str]:
     """Hard-link into `objects` the blobs of `names` the store holds; the ones linked.
     One that cannot be linked (gone meanwhile, another user's file) is written instead."""
     linked: set[str] = set()

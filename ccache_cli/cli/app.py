@@ -8,7 +8,7 @@ import typer
 
 from ccache_cli.store.store import Store
 
-from . import fingerprint, housekeeping, inspect, pack, precompile, run, verify
+from . import fingerprint, housekeeping, inspect, pack, precompile, registry, run, verify
 from .render import set_quiet
 
 app = typer.Typer(
@@ -42,6 +42,8 @@ app.command("precompile")(precompile.command)
 app.command("inspect")(inspect.command)
 app.command("pack")(pack.pack_command)
 app.command("unpack")(pack.unpack_command)
+app.command("push")(registry.push_command)
+app.command("pull")(registry.pull_command)
 app.command("verify")(verify.command)
 app.command("fingerprint")(fingerprint.command)
 app.command("env")(run.env_command)

@@ -40,7 +40,7 @@ def pack(
     if not chosen:
         raise BadInputError(f"nothing to pack: no {'compatible ' if compatible_only else ''}entries in {store.root}")
     total = sum(packing.blob_sizes(chosen).values())
-    with packing.open_output(output) as handle, _progress("packing", total, output != "-") as on_progress:
+    with packing.open_output(output) as handle, progress("packing", total, output != "-") as on_progress:
         result = packing.pack(store, chosen, handle, level, on_progress, signer)
     archive_bytes = Path(output).stat().st_size if output != "-" else None
     show(Packed(result, output, archive_bytes, signer.key_id if signer else None), json_output, _print_packed)
@@ -92,7 +92,7 @@ def unpack(
         return not compatible_only or bool(fits([candidate], machine, exact))
 
     total = Path(source).stat().st_size if source != "-" and Path(source).is_file() else None
-    with unpacking.open_source(source) as handle, _progress("unpacking", total, not json_output) as on_progress:
+    with unpacking.open_source(source) as handle, progress("unpacking", total, not json_output) as on_progress:
         result = unpacking.unpack(store, handle, select, on_progress, trusted)
     exported, pycache_prefix, env = None, None, {}
     if export_dir is not None:
@@ -172,7 +172,7 @@ def _export(
 
 
 @contextlib.contextmanager
-def _progress(what: str, total: int | None, enabled: bool) -> Iterator[Callable[[int], None]]:
+def progress(what: str, total: int | None, enabled: bool) -> Iterator[Callable[[int], None]]:
     if not (enabled and err.is_terminal):
         yield lambda _: None
         return

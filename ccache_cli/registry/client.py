@@ -1,0 +1,292 @@
+"""One repository of an OCI registry, through the `oras` SDK.
+
+oras parses the reference and keeps credentials the way the ecosystem does: Docker's
+config.json (`$DOCKER_CONFIG`), its credential helpers and credential store, and the
+token flow of registries that hand out bearer tokens. What it lacks for caches of
+tens of thousands of files is replaced here: its request wrapper retries every
+failure five times, sleeping up to 81 s (an unreachable registry took two minutes to
+report); this one retries what a retry can mend (a dropped connection, a 5xx, a 429)
+three times within seconds, then fails with one line. Uploads stream from files and
+downloads resume where they were cut (HTTP Range).
+
+Credentials from the environment come first: CCACHE_CLI_REGISTRY_TOKEN (a bearer
+token), or CCACHE_CLI_REGISTRY_USERNAME and CCACHE_CLI_REGISTRY_PASSWORD.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import time
+from collections.abc import Iterator
+from typing import IO, Any
+
+import oras.container
+import oras.provider
+import requests
+
+from ccache_cli.errors import ArchiveError, BadInputError, RegistryError
+
+TOKEN_ENV = "CCACHE_CLI_REGISTRY_TOKEN"
+USERNAME_ENV = "CCACHE_CLI_REGISTRY_USERNAME"
+PASSWORD_ENV = "CCACHE_CLI_REGISTRY_PASSWORD"
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+_RETRY_DELAYS_S = (0.2, 1.0, 3.0)
+_RETRIED_STATUS = {429, 500, 502, 503, 504}
+_CONNECTIONS = 16
+_CHUNK = 1 << 20
+_REFERENCE = re.compile(r"^[^/\s]+[.:][^/\s]*/[^\s]+$|^localhost/[^\s]+$")
+
+
+def is_reference(text: str) -> bool:
+    """Whether an argument names a registry artifact (`host[:port]/repository[:tag]`):
+    its first part is a host, with a dot or a port, or localhost. An existing file
+    is never one."""
+    return bool(_REFERENCE.match(text)) and not os.path.exists(text)
+
+
+class Remote:
+    """A repository and tag (or digest) of a registry, ready to be read and written."""
+
+    def __init__(self, reference: str, insecure: bool = False) -> None:
+        if not is_reference(reference):
+            raise BadInputError(
+                f"{reference!r} is not a registry reference: write it as host[:port]/repository[:tag], "
+                "e.g. registry.example.com/team/model-cache:v1"
+            )
+        try:
+            self.container = oras.container.Container(reference)
+        except ValueError as exc:
+            raise BadInputError(f"{reference!r} is not a registry reference ({exc})") from exc
+        self.reference = reference
+        self.host = self.container.registry
+        # Plain HTTP only where asked, or to this machine (a registry on loopback, as in
+        # tests and sidecars, is seldom given a certificate).
+        self.scheme = "http" if insecure or _is_loopback(self.host) else "https"
+        self._oras = _Oras(self.host, self.scheme)
+        self._oras.auth.load_configs(self.container)
+        if token := os.environ.get(TOKEN_ENV):
+            self._oras.auth.token = token
+        elif (user := os.environ.get(USERNAME_ENV)) and (password := os.environ.get(PASSWORD_ENV)) is not None:
+            self._oras.auth.set_basic_auth(user, password)
+        self._base = f"{self.scheme}://{self.host}/v2/{self.container.api_prefix}"
+
+    @property
+    def tag(self) -> str:
+        return self.container.digest or self.container.tag or "latest"
+
+    # -- manifests -----------------------------------------------------------
+
+    def manifest(self, limit: int) -> bytes:
+        """The artifact's manifest, as stored (its bytes are what its digest covers)."""
+        response = self._request("GET", f"{self._base}/manifests/{self.tag}", headers={"Accept": MANIFEST_TYPE})
+        if response.status_code == 404:
+            raise BadInputError(f"{self.reference} not found: the registry has no such repository or tag")
+        self._check(response, "read the manifest of")
+        if len(response.content) > limit:
+            raise ArchiveError(f"{self.reference}: its manifest is larger than any ccache writes")
+        return response.content
+
+    def put_manifest(self, data: bytes) -> str:
+        """Store the manifest under the tag; its digest."""
+        response = self._request(
+            "PUT", f"{self._base}/manifests/{self.tag}", data=data, headers={"Content-Type": MANIFEST_TYPE}
+        )
+        self._check(response, "write the manifest of")
+        return response.headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(data).hexdigest()
+
+    # -- blobs ---------------------------------------------------------------
+
+    def has_blob(self, digest: str) -> bool:
+        response = self._request("HEAD", f"{self._base}/blobs/{digest}")
+        if response.status_code == 404:
+            return False
+        self._check(response, "look up a blob of")
+        return True
+
+    def put_blob(self, digest: str, size: int, data: bytes | IO[bytes]) -> None:
+        """Upload a blob in one request (bytes, or a file streamed from where it is)."""
+        response = self._request("POST", f"{self._base}/blobs/uploads/", headers={"Content-Length": "0"})
+        self._check(response, "start an upload to")
+        location = response.headers.get("Location", "")
+        if location.startswith("/"):
+            location = f"{self.scheme}://{self.host}{location}"
+        separator = "&" if "?" in location else "?"
+        if not isinstance(data, bytes):
+            data.seek(0)
+        response = self._request(
+            "PUT",
+            f"{location}{separator}digest={digest}",
+            data=data,
+            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+            retry=isinstance(data, bytes),  # a stream is not sent twice
+        )
+        if response.status_code == 400 and "DIGEST_INVALID" in response.text:
+            raise RegistryError(f"{self.host} refused a blob of {self.reference}: it does not match its digest")
+        self._check(response, "upload a blob to")
+
+    def blob(self, digest: str, size: int, limit: int | None = None) -> bytes:
+        """A small blob (a config, a catalog), whole and checked against its digest."""
+        if limit is not None and size > limit:
+            raise ArchiveError(f"{self.reference}: blob {digest[7:19]} is larger than any ccache writes")
+        return b"".join(self.stream(digest, size))
+
+    def stream(self, digest: str, size: int) -> Iterator[bytes]:
+        """A blob's bytes as they arrive; a connection cut midway is resumed where it
+        stopped (a few times). Raises ArchiveError once the bytes do not make up the
+        blob (another size, another digest): nothing read from it may be kept."""
+        hasher = hashlib.sha256()
+        offset = 0
+        failures = 0
+        while True:
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            try:
+                response = self._request("GET", f"{self._base}/blobs/{digest}", headers=headers, stream=True)
+                if response.status_code == 404:
+                    raise ArchiveError(f"{self.reference} is incomplete: the registry lacks its blob {digest[7:19]}")
+                self._check(response, "download a blob of")
+                if offset and response.status_code != 206:
+                    raise RegistryError(f"{self.host} cannot resume a download (no HTTP range support)")
+                with response:
+                    for chunk in response.iter_content(_CHUNK):
+                        offset += len(chunk)
+                        if offset > size:
+                            raise ArchiveError(
+                                f"{self.reference}: blob {digest[7:19]} is larger than its manifest says; "
+                                "the registry's copy is corrupt"
+                            )
+                        hasher.update(chunk)
+                        yield chunk
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                failures += 1
+                if failures > len(_RETRY_DELAYS_S):
+                    raise RegistryError(
+                        f"lost the connection to {self.host} while downloading: {_reason(exc)}"
+                    ) from exc
+                time.sleep(_RETRY_DELAYS_S[failures - 1])
+                continue
+            break
+        if offset != size or "sha256:" + hasher.hexdigest() != digest:
+            raise ArchiveError(
+                f"{self.reference}: blob {digest[7:19]} does not match its digest; the registry's copy is corrupt"
+            )
+
+    # -- requests ------------------------------------------------------------
+
+    def _request(
+        self, method: str, url: str, *, headers: dict[str, str] | None = None, retry: bool = True, **kwargs: Any
+    ) -> requests.Response:
+        for attempt in range(len(_RETRY_DELAYS_S) + 1):
+            last = not retry or attempt == len(_RETRY_DELAYS_S)
+            try:
+                response = self._oras.do_request(url, method, headers=dict(headers or {}), **kwargs)
+            except requests.ConnectionError as exc:
+                if last:
+                    raise RegistryError(f"cannot reach registry {self.host}: {_reason(exc)}") from exc
+            except _AuthenticationFailed as exc:
+                raise RegistryError(
+                    f"{self.host} refused the credentials for {self.container.api_prefix} ({exc}): "
+                    f"log in with `docker login {self.host}`, or set {TOKEN_ENV} or "
+                    f"{USERNAME_ENV} and {PASSWORD_ENV}"
+                ) from None
+            else:
+                if response.status_code not in _RETRIED_STATUS or last:
+                    return response
+                response.close()
+            time.sleep(_RETRY_DELAYS_S[attempt])
+        raise AssertionError("unreachable")
+
+    def _check(self, response: requests.Response, action: str) -> None:
+        if response.status_code < 300:
+            return
+        if response.status_code in (401, 403):
+            raise RegistryError(
+                f"{self.host} denied access to {self.container.api_prefix} (HTTP {response.status_code}): "
+                f"log in with `docker login {self.host}`, or set {TOKEN_ENV} or {USERNAME_ENV} and {PASSWORD_ENV}"
+            )
+        raise RegistryError(
+            f"cannot {action} {self.reference}: HTTP {response.status_code} {_registry_message(response)}".rstrip()
+        )
+
+
+class _AuthenticationFailed(Exception):
+    pass
+
+
+class _Oras(oras.provider.Registry):
+    """oras's registry client with its request wrapper replaced: one attempt, the
+    caller retries; a 401 is answered once, with Basic credentials where the registry
+    asks for them (htpasswd) and the token flow otherwise."""
+
+    def __init__(self, host: str, scheme: str) -> None:
+        super().__init__(hostname=host, insecure=scheme == "http", auth_backend="token")
+        adapter = requests.adapters.HTTPAdapter(pool_connections=_CONNECTIONS, pool_maxsize=_CONNECTIONS)
+        self.session.mount(f"{scheme}://", adapter)
+
+    def do_request(  # type: ignore[override]
+        self,
+        url: str,
+        method: str = "GET",
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        json: Any = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        headers = dict(headers or {})
+        headers.update(self._credentials())
+        response = self.session.request(method, url, data=data, headers=headers, stream=stream, timeout=(10, 300))
+        if response.status_code != 401 or "Authorization" in headers:
+            return response
+        challenge = response.headers.get("Www-Authenticate", "")
+        basic = getattr(self.auth, "_basic_auth", None)
+        if challenge.lower().startswith("basic"):
+            if not basic:
+                return response  # no credentials: the caller reports the 401
+            self._scheme = "Basic"
+        else:
+            headers, changed = self.auth.authenticate_request(response, headers)
+            if not changed:
+                raise _AuthenticationFailed("no token was granted")
+            self._scheme = "Bearer"
+        response.close()
+        if hasattr(data, "seek"):
+            data.seek(0)
+        headers.update(self._credentials())
+        return self.session.request(method, url, data=data, headers=headers, stream=stream, timeout=(10, 300))
+
+    _scheme: str | None = None
+
+    def _credentials(self) -> dict[str, str]:
+        if self._scheme == "Basic":
+            return {"Authorization": f"Basic {self.auth._basic_auth}"}  # type: ignore[attr-defined]
+        if getattr(self.auth, "token", None):
+            return {"Authorization": f"Bearer {self.auth.token}"}  # type: ignore[attr-defined]
+        return {}
+
+
+def _is_loopback(host: str) -> bool:
+    name = host[1 : host.find("]")] if host.startswith("[") else host.split(":")[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "timed out", "Connection reset"):
+        if marker in text:
+            return marker.lower()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _registry_message(response: requests.Response) -> str:
+    try:
+        errors = response.json().get("errors", [])
+        return "; ".join(str(error.get("message", error.get("code", ""))) for error in errors)[:200]
+    except ValueError:
+        return response.reason or ""

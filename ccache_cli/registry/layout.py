@@ -1,0 +1,247 @@
+"""How entries lie in a registry: the layers of a ccache artifact and its manifest
+(docs/registry-format.md).
+
+Layers are cut so that a push uploads only what the registry lacks and a pull
+downloads only what the store lacks:
+
+- a blob of BIG_BLOB bytes or more is a layer of its own, raw, so its layer digest is
+  its sha256: shared by every entry and every push that has it;
+- an entry's smaller blobs go into packs (a tar of `objects/<sha256>`, zstd): walking
+  its files in path order, a pack ends after a file whose path hashes to 0 modulo
+  PACK_FILES (or before one that would take it past PACK_BYTES). The cuts depend on
+  the paths alone, so two entries that share most files (another size set, a model
+  edited in a few places) cut most packs at the same files: same bytes, same digest,
+  one layer in the registry. Packs are per entry: one entry changed changes only its own;
+- a catalog per entry: its file list and which layer holds each blob;
+- the config: the archive's index.json (every manifest without its file list, each
+  whole manifest's digest), all that `inspect REF` and `verify REF` read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zstandard
+
+from ccache_cli.archive.bloblist import BlobList
+from ccache_cli.archive.head import Index, complete_manifest
+from ccache_cli.archive.tarstream import BLOB_PREFIX, end_marker, member_length, ustar_header
+from ccache_cli.errors import ArchiveError
+from ccache_cli.store import schema
+from ccache_cli.store.manifest import Manifest
+
+ARTIFACT_TYPE = "application/vnd.ccache-cli.cache.v1"
+INDEX_TYPE = "application/vnd.ccache-cli.index.v1+json"
+CATALOG_TYPE = "application/vnd.ccache-cli.catalog.v1+json+zstd"
+PACK_TYPE = "application/vnd.ccache-cli.pack.v1.tar+zstd"
+BLOB_TYPE = "application/vnd.ccache-cli.blob.v1"
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+ENTRY_ANNOTATION = "dev.ccache-cli.entry"
+CREATED_ANNOTATION = "org.opencontainers.image.created"
+
+BIG_BLOB = 1 << 20
+PACK_BYTES = 8 << 20
+PACK_FILES = 64
+ZSTD_LEVEL = 3
+MANIFEST_LIMIT = 4 << 20  # what registries accept at most (distribution's default)
+DOCUMENT_LIMIT = 256 << 20  # an index or catalog past this is not one ccache wrote
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A descriptor of the manifest: a layer, or the config."""
+
+    media_type: str
+    digest: str  # "sha256:<64 hex>"
+    size: int
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, media_type: str, data: bytes, annotations: Mapping[str, str] | None = None) -> Layer:
+        return cls(media_type, "sha256:" + hashlib.sha256(data).hexdigest(), len(data), dict(annotations or {}))
+
+    def descriptor(self) -> dict[str, Any]:
+        described: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.annotations:
+            described["annotations"] = dict(self.annotations)
+        return described
+
+
+# -- cutting -------------------------------------------------------------------
+
+
+def cut(entry: Manifest) -> tuple[list[tuple[str, ...]], list[str]]:
+    """An entry's packs (each its blobs, sorted) and its blobs big enough for a layer
+    of their own, sorted; each blob once."""
+    packs: list[list[str]] = [[]]
+    filled = 0
+    big: set[str] = set()
+    seen: set[str] = set()
+    for path in sorted(entry.files):
+        ref = entry.files[path]
+        sha256, size = ref["sha256"], ref["size"]
+        if sha256 in seen:
+            continue
+        seen.add(sha256)
+        if size >= BIG_BLOB:
+            big.add(sha256)
+            continue
+        if packs[-1] and filled + size > PACK_BYTES:
+            packs.append([])
+            filled = 0
+        packs[-1].append(sha256)
+        filled += size
+        if int.from_bytes(hashlib.sha256(path.encode()).digest()[:4], "big") % PACK_FILES == 0:
+            packs.append([])
+            filled = 0
+    return [tuple(sorted(pack)) for pack in packs if pack], sorted(big)
+
+
+def pack_bytes(blobs: Sequence[str], sizes: Mapping[str, int], read_blob: Callable[[str], bytes]) -> bytes:
+    """A pack: the tar of `objects/<sha256>` for each blob (sorted), zstd-compressed.
+    The same blobs give the same bytes (fixed tar headers, one zstd frame at a fixed level)."""
+    parts: list[bytes] = []
+    length = 0
+    for sha256 in blobs:
+        data = read_blob(sha256)
+        if len(data) != sizes[sha256]:
+            raise ArchiveError(f"blob {sha256[:12]} of the store is {len(data)} bytes, not {sizes[sha256]}")
+        parts += (ustar_header(BLOB_PREFIX + sha256, len(data)), data, bytes(-len(data) % 512))
+        length += member_length(len(data))
+    parts.append(end_marker(length))
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compress(b"".join(parts))
+
+
+def pack_list(blobs: Sequence[str], sizes: Mapping[str, int]) -> BlobList:
+    """The blob list a pack's reader checks its members against."""
+    return BlobList.of(list(blobs), [sizes[sha256] for sha256 in blobs])
+
+
+# -- documents -----------------------------------------------------------------
+
+
+def catalog_bytes(entry: Manifest, packs: Sequence[tuple[str, Sequence[str]]], big: Sequence[str]) -> bytes:
+    """An entry's catalog: its file list (which, with the index's manifest, hashes to
+    the digest in the index), each pack's layer digest and blobs, its raw blobs."""
+    document = {"files": dict(entry.files), "packs": [[digest, list(blobs)] for digest, blobs in packs], "blobs": big}
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(_canonical(document))
+
+
+def manifest_bytes(index: Layer, layers: Sequence[Layer], created: str) -> bytes:
+    return _canonical(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "artifactType": ARTIFACT_TYPE,
+            "config": index.descriptor(),
+            "layers": [layer.descriptor() for layer in layers],
+            "annotations": {CREATED_ANNOTATION: created},
+        }
+    )
+
+
+def _canonical(document: Any) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# -- reading -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A ccache artifact's manifest, read back and checked."""
+
+    index: Layer  # the config: index.json
+    catalogs: Mapping[str, Layer]  # per entry id
+    layers: Mapping[str, Layer]  # packs and raw blobs, by digest
+
+    @property
+    def layer_count(self) -> int:
+        return len(self.catalogs) + len(self.layers)
+
+
+def parse_manifest(data: bytes, reference: str) -> Artifact:
+    """A manifest, checked: one of ccache's artifacts, every descriptor well formed."""
+    try:
+        document = json.loads(data)
+    except ValueError as exc:
+        raise ArchiveError(f"{reference}: its manifest is not JSON ({exc})") from exc
+    if not isinstance(document, dict) or document.get("schemaVersion") != 2:
+        raise ArchiveError(f"{reference} is not an OCI image manifest")
+    config = document.get("config") if isinstance(document.get("config"), dict) else {}
+    kind = document.get("artifactType") or config.get("mediaType")
+    if kind != ARTIFACT_TYPE and config.get("mediaType") != INDEX_TYPE:
+        raise ArchiveError(
+            f"{reference} is not a ccache artifact (its type is {kind or document.get('mediaType')!r}); "
+            "push one with `ccache push`"
+        )
+    try:
+        index = _layer(config, {INDEX_TYPE})
+        catalogs: dict[str, Layer] = {}
+        layers: dict[str, Layer] = {}
+        for described in document["layers"]:
+            layer = _layer(described, {CATALOG_TYPE, PACK_TYPE, BLOB_TYPE})
+            if layer.media_type == CATALOG_TYPE:
+                entry_id = layer.annotations.get(ENTRY_ANNOTATION, "")
+                if not schema.all_hex64([entry_id]) or entry_id in catalogs:
+                    raise ValueError(f"a catalog layer names entry {entry_id!r}")
+                catalogs[entry_id] = layer
+            else:
+                layers[layer.digest] = layer
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArchiveError(f"{reference}: its manifest is malformed ({exc})") from exc
+    return Artifact(index, catalogs, layers)
+
+
+def _layer(described: Any, media_types: set[str]) -> Layer:
+    if not isinstance(described, dict):
+        raise TypeError("a descriptor is not an object")
+    media_type, digest, size = described["mediaType"], described["digest"], described["size"]
+    annotations = described.get("annotations") or {}
+    if media_type not in media_types:
+        raise ValueError(f"unexpected media type {media_type!r}")
+    if not (isinstance(digest, str) and digest.startswith("sha256:") and schema.all_hex64([digest[7:]])):
+        raise ValueError(f"digest {digest!r} is not a sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(f"size {size!r}")
+    if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
+        raise ValueError("annotations are not strings")
+    return Layer(media_type, digest, size, annotations)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """An entry's catalog, checked against the index and the manifest."""
+
+    entry: Manifest  # complete: its files put back, hashing to its digest in the index
+    packs: tuple[tuple[str, tuple[str, ...]], ...]  # each pack's layer digest and blobs
+    big: tuple[str, ...]  # blobs that are layers of their own
+
+
+def parse_catalog(data: bytes, listed: Manifest, index: Index, artifact: Artifact) -> Catalog:
+    try:
+        text = zstandard.ZstdDecompressor().decompress(data, max_output_size=DOCUMENT_LIMIT)
+        document = json.loads(text)
+        packs = tuple((str(digest), tuple(map(str, blobs))) for digest, blobs in document["packs"])
+        big = tuple(map(str, document["blobs"]))
+        entry = complete_manifest(index, listed, document["files"], "artifact")
+    except (zstandard.ZstdError, ValueError, KeyError, TypeError) as exc:
+        raise ArchiveError(f"the catalog of entry {listed.short_id} is malformed ({exc})") from exc
+    held: set[str] = set(big)
+    for digest, blobs in packs:
+        layer = artifact.layers.get(digest)
+        if layer is None or layer.media_type != PACK_TYPE:
+            raise ArchiveError(f"the catalog of entry {listed.short_id} names a pack the manifest lacks")
+        held.update(blobs)
+    for sha256 in big:
+        layer = artifact.layers.get("sha256:" + sha256)
+        if layer is None or layer.media_type != BLOB_TYPE:
+            raise ArchiveError(f"the catalog of entry {listed.short_id} names a blob layer the manifest lacks")
+    sizes = {ref["sha256"]: ref["size"] for ref in entry.files.values()}
+    if held != set(sizes) or any(artifact.layers["sha256:" + sha256].size != sizes.get(sha256) for sha256 in big):
+        raise ArchiveError(f"the catalog of entry {listed.short_id} does not account for every blob of the entry")
+    return Catalog(entry, packs, big)
