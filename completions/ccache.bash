@@ -11,18 +11,20 @@ _ccache() {
         esac
     done
     case "$command" in
-        "") COMPREPLY=($(compgen -W "--help -h --store --quiet -q env fingerprint gc inspect key pack precompile rm run unpack verify" -- "$cur"));;
+        "") COMPREPLY=($(compgen -W "--help -h --store --quiet -q env fingerprint gc inspect key pack precompile pull push rm run unpack verify" -- "$cur"));;
         env) COMPREPLY=($(compgen -W "--help -h --json" -- "$cur"));;
         fingerprint) COMPREPLY=($(compgen -W "--help -h --device --python --json" -- "$cur"));;
         gc) COMPREPLY=($(compgen -W "--help -h --max-size --older-than --dry-run --json" -- "$cur"));;
-        inspect) COMPREPLY=($(compgen -W "--help -h --json --trust" -- "$cur"));;
+        inspect) COMPREPLY=($(compgen -W "--help -h --json --trust --insecure" -- "$cur"));;
         key) COMPREPLY=($(compgen -W "generate --help -h" -- "$cur"));;
         pack) COMPREPLY=($(compgen -W "--help -h --compatible-only --level --json --sign" -- "$cur"));;
         precompile) COMPREPLY=($(compgen -W "--help -h --sizes --device --devices --dynamic --mode --name --inputs --force --aot --no-aot --python --json" -- "$cur"));;
+        pull) COMPREPLY=($(compgen -W "--help -h --compatible-only --insecure --json" -- "$cur"));;
+        push) COMPREPLY=($(compgen -W "--help -h --compatible-only --insecure --json" -- "$cur"));;
         rm) COMPREPLY=($(compgen -W "--help -h --dry-run --json" -- "$cur"));;
         run) COMPREPLY=($(compgen -W "--help -h --capture --json --route --no-route" -- "$cur"));;
         unpack) COMPREPLY=($(compgen -W "--help -h --compatible-only --export-dir --entry --json --trust" -- "$cur"));;
-        verify) COMPREPLY=($(compgen -W "--help -h --run --target --json --junit --trust" -- "$cur"));;
+        verify) COMPREPLY=($(compgen -W "--help -h --run --target --json --junit --trust --insecure" -- "$cur"));;
     esac
 }
 complete -o default -F _ccache ccache ccache-cli

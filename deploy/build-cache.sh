@@ -1,8 +1,12 @@
 #!/bin/sh
-# Precompile a model and pack it: the builder stage of deploy/Dockerfile, or a CI job
-# on a GPU runner. Usage: deploy/build-cache.sh MODEL SIZES DEVICE OUT.tar.zst
+# Precompile a model, pack it and, given a registry REF, push it: the builder stage of
+# deploy/Dockerfile, or a CI job on a GPU runner.
+# Usage: deploy/build-cache.sh MODEL SIZES DEVICE OUT.tar.zst [REF]
+# REF (registry.example.com/team/model-cache:v1) takes the credentials of `docker login`
+# or CCACHE_CLI_REGISTRY_TOKEN; a push uploads only the layers the registry lacks.
 set -eu
 model=$1 sizes=$2 device=$3 out=$4
 ccache precompile "$model" --sizes "$sizes" --device "$device"
 ccache fingerprint --device "$device" --json > "${out%.tar.zst}.fingerprint.json"
 ccache pack "$out" --compatible-only
+if [ $# -ge 5 ]; then ccache push "$5" --compatible-only; fi

@@ -12,7 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import EXAMPLE, foreign_venv, serve_counters, write_serve_script
+from registry_server import NO_REGISTRY, REGISTRY, Registry
+
+from ccache_cli.registry.reference import is_reference
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -35,6 +39,7 @@ def _server_command(recipe: str) -> list[str]:
     return json.loads(match.group(0))
 
 
+@pytest.mark.skipif(REGISTRY is None, reason=NO_REGISTRY)
 def test_dockerfile_kubernetes_and_ci_recipes(tmp_path: Path) -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     kubernetes = (DEPLOY / "kubernetes.yaml").read_text()
@@ -44,33 +49,43 @@ def test_dockerfile_kubernetes_and_ci_recipes(tmp_path: Path) -> None:
     assert "deploy/build-cache.sh" in dockerfile and "deploy/install-cache.sh" in dockerfile
     assert "deploy/install-cache.sh" in kubernetes
     archive = tmp_path / "model-cache.tar.zst"
+    registry = Registry(tmp_path / "registry")
+    registry.start()
+    ref = f"{registry.host}/team/model-cache:v1"
 
-    # Builder stage (a GPU builder in production; the CPU here).
+    # Builder stage and CI's build job (a GPU builder in production; the CPU here): pack and push.
     built = _shell(
-        [str(DEPLOY / "build-cache.sh"), EXAMPLE, "1,2", "cpu", str(archive)], tmp_path / "builder", tmp_path
+        [str(DEPLOY / "build-cache.sh"), EXAMPLE, "1,2", "cpu", str(archive), ref], tmp_path / "builder", tmp_path
     )
     assert built.returncode == 0, built.stderr
     target = tmp_path / "model-cache.fingerprint.json"
     assert archive.is_file() and json.loads(target.read_text())["torch"]
 
-    # CI: the workflow's verify line, on the archive and the deployment fingerprint.
+    # CI: the workflow's verify line, on the pushed artifact and the deployment fingerprint.
     [verify_line] = [line.split("run:", 1)[1] for line in workflow.splitlines() if "ccache verify" in line]
     verify = [
-        str(archive) if w == "model-cache.tar.zst" else str(target) if w.endswith(".fingerprint.json") else w
+        ref if w == "$CACHE_REF" else str(target) if w.endswith(".fingerprint.json") else w
         for w in shlex.split(verify_line)
     ]
     checked = _shell(verify, tmp_path / "ci-store", tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert (tmp_path / "verify.xml").is_file()
 
-    # Runtime stage / initContainer: unpack into the store the server reads, and check.
+    # Runtime stage: unpack the archive into the store the server reads, and check; the
+    # initContainer: its own command, pulling from the registry.
     store = tmp_path / "runtime-store"
     installed = _shell([str(DEPLOY / "install-cache.sh"), str(archive), str(target)], store, tmp_path)
     assert installed.returncode == 0, installed.stdout + installed.stderr
+    init = re.search(r'\["deploy/install-cache.sh", "([^"]+)"\]', kubernetes)
+    assert init and is_reference(init.group(1)), "the initContainer no longer pulls with install-cache.sh"
+    pulled_store = tmp_path / "pulled-store"
+    pulled = _shell([str(DEPLOY / "install-cache.sh"), ref, str(target)], pulled_store, tmp_path)
+    assert pulled.returncode == 0 and "Pulled 1 new entries" in pulled.stdout, pulled.stdout + pulled.stderr
+    registry.kill()
 
     # The server, as the Dockerfile's CMD and the Deployment's container start it, from
     # a store that is read-only from then on (an image layer, a read-only mount).
-    for path in [store, *store.rglob("*")]:
+    for path in [store, *store.rglob("*"), pulled_store, *pulled_store.rglob("*")]:
         os.chmod(path, path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     serve = write_serve_script(tmp_path)
     # The own-env recipe's server lives in a venv without ccache-cli.
@@ -80,10 +95,10 @@ def test_dockerfile_kubernetes_and_ci_recipes(tmp_path: Path) -> None:
         assert command[-2:] == [python, "serve.py"]
         interpreter = sys.executable if python == "python" else str(server_venv)
         command = [*command[:-2], interpreter, str(serve), "torch", "[1, 2]"]
-        result = _shell(command, store, tmp_path)
+        result = _shell(command, pulled_store if recipe is kubernetes else store, tmp_path)
         counters = serve_counters(result)
         # The server's own torch.compile runs the stored code: nothing traced, nothing compiled.
         assert counters["same"] and counters["frames"] == 0 and counters.get("fxgraph_cache_miss", 0) == 0
         assert "cannot tell" not in result.stderr
-    for path in [store, *store.rglob("*")]:
+    for path in [store, *store.rglob("*"), pulled_store, *pulled_store.rglob("*")]:
         os.chmod(path, path.stat().st_mode | stat.S_IWUSR)

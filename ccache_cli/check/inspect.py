@@ -100,6 +100,16 @@ def inspect_archive(store: Store, path: str, trusted: Sequence[PublicKey] = ()) 
     return InspectReport(reports, (), machine, exact)
 
 
+def inspect_remote(store: Store, reference: str, insecure: bool = False) -> InspectReport:
+    """The entries of a pushed artifact, from its manifest and index alone."""
+    from ccache_cli.registry import client, transfer
+
+    machine, exact = this_machine(store)
+    _, index = transfer.read_listing(client.Remote(reference, insecure))
+    reports = tuple(report_entry(entry, machine, exact, index.kinds[entry.id], None) for entry in index.entries)
+    return InspectReport(reports, (), machine, exact)
+
+
 def report_entry(
     entry: Manifest,
     machine: dict[str, Any],

@@ -1,7 +1,8 @@
 """`verify`: will a cache be used, and is it intact? Each check names what fails.
 
 - integrity: every blob present, of its size, hashing to its name; archives are read
-  as a stream, never unpacked.
+  as a stream, never unpacked. A registry artifact is read from its manifest and index
+  alone: integrity is then that every entry has its catalog (pull checks each byte).
 - compatibility: every key component against this machine or a `--target` fingerprint.
 - freshness: every traced source, looked up as it resolves now, hashes as recorded.
 - bytecode (this machine only): which stored modules have other sources here; fails
@@ -28,6 +29,7 @@ from ccache_cli.archive.unpack import check_blobs, is_archive_path, open_source
 from ccache_cli.errors import BadInputError
 from ccache_cli.hooked import bytecode, fingerprint, usage
 from ccache_cli.key import sources
+from ccache_cli.registry.reference import is_reference
 from ccache_cli.serve import routing
 from ccache_cli.store.artifacts import OUTPUTS_PREFIX
 from ccache_cli.store.hashing import sha256_file
@@ -59,12 +61,21 @@ class VerifyReport:
 
 
 def verify(
-    store: Store, ref: str | None, target: Path | None, run: bool, trusted: Sequence[PublicKey] = ()
+    store: Store,
+    ref: str | None,
+    target: Path | None,
+    run: bool,
+    trusted: Sequence[PublicKey] = (),
+    insecure: bool = False,
 ) -> VerifyReport:
     """Every check of the entries `ref` names: an id prefix or name, an archive (which
     one of the `trusted` keys must have signed, where some are), or (None) the whole store."""
     target_fingerprint = load_target(target) if target is not None else None
     checks: list[Check] = []
+    if ref is not None and not is_archive_path(ref) and is_reference(ref):
+        if run:
+            raise BadInputError("--run needs stored entries: `ccache pull` the artifact, then verify the entries")
+        return _verify_remote(store, ref, target_fingerprint, str(target) if target is not None else None, insecure)
     if ref is not None and is_archive_path(ref):
         if run:
             raise BadInputError("--run needs stored entries: `ccache unpack` the archive, then verify the entries")
@@ -88,6 +99,25 @@ def verify(
     if run:
         checks += [run_check(store, entry, search) for entry in entries]
     return VerifyReport(tuple(checks), str(target) if target is not None else "this machine")
+
+
+def _verify_remote(
+    store: Store, reference: str, target: dict[str, Any] | None, target_name: str | None, insecure: bool
+) -> VerifyReport:
+    """Compatibility and freshness of a pushed artifact's entries, from its manifest and
+    index alone (no blob is downloaded)."""
+    from ccache_cli.registry import client, transfer
+
+    artifact, index = transfer.read_listing(client.Remote(reference, insecure))
+    machine = target or this_machine_exact(store)
+    listed = Check("", "integrity", True, "")
+    checks = []
+    for entry in index.entries:
+        layer = artifact.catalogs[entry.id]
+        detail = f"catalog {layer.digest[7:19]} listed in the manifest; `ccache pull` checks every layer's digest"
+        checks.append(dataclasses.replace(listed, entry=entry.id, detail=detail))
+        checks += [c for c in static_checks([entry], {}, machine, sources.search_path()) if c.check != "integrity"]
+    return VerifyReport(tuple(checks), target_name or "this machine")
 
 
 def load_target(path: Path) -> dict[str, Any]:

@@ -9,10 +9,12 @@ from rich.table import Table
 
 from ccache_cli.archive.signing import trusted_keys
 from ccache_cli.archive.unpack import is_archive_path
-from ccache_cli.check.inspect import InspectReport, inspect_archive, inspect_store
+from ccache_cli.check.inspect import InspectReport, inspect_archive, inspect_remote, inspect_store
 from ccache_cli.hooked import fingerprint
+from ccache_cli.registry.reference import is_reference
 
 from .pack import TRUST_OPTION
+from .registry import INSECURE_OPTION
 from .render import TIMING_COLUMNS, age, human_bytes, out, show, timing_cells, yes_no
 
 
@@ -20,17 +22,24 @@ def command(
     ctx: typer.Context,
     entry: str | None = typer.Argument(
         None,
-        metavar="[ENTRY|ARCHIVE]",
-        help="An entry id prefix or name to show in detail, or a .tar.zst archive to list",
+        metavar="[ENTRY|ARCHIVE|REF]",
+        help="An entry id prefix or name to show in detail, a .tar.zst archive or a registry REF to list",
     ),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
     trust: list[Path] | None = TRUST_OPTION,
+    insecure: bool = INSECURE_OPTION,
 ) -> None:
-    """List the stored entries, or show one in detail, or list an archive's. Does not import torch."""
+    """List the stored entries, or show one in detail, or list an archive's or a pushed artifact's (its manifest and index only). Does not import torch."""
     archive = entry is not None and is_archive_path(entry)
-    report = inspect_archive(ctx.obj, entry, trusted_keys(trust or [])) if archive else inspect_store(ctx.obj, entry)
-    if entry is None or archive:
-        show(report, json_output, lambda r: _print_table(r, entry if archive else ctx.obj.root))
+    remote = entry is not None and not archive and is_reference(entry)
+    if archive:
+        report = inspect_archive(ctx.obj, entry, trusted_keys(trust or []))
+    elif remote:
+        report = inspect_remote(ctx.obj, entry, insecure)
+    else:
+        report = inspect_store(ctx.obj, entry)
+    if entry is None or archive or remote:
+        show(report, json_output, lambda r: _print_table(r, entry if archive or remote else ctx.obj.root))
     else:
         show(report, json_output, _print_detail)
 

@@ -13,13 +13,16 @@ from ccache_cli.check import verify as core
 from ccache_cli.errors import ExitCode
 
 from .pack import TRUST_OPTION
+from .registry import INSECURE_OPTION
 from .render import err, out, show
 
 
 def command(
     ctx: typer.Context,
     ref: str | None = typer.Argument(
-        None, metavar="[ENTRY|ARCHIVE]", help="An entry id prefix or name, or a .tar.zst archive [default: every entry]"
+        None,
+        metavar="[ENTRY|ARCHIVE|REF]",
+        help="An entry id prefix or name, a .tar.zst archive, or a registry REF (its manifest and index only) [default: every entry]",
     ),
     run: bool = typer.Option(
         False,
@@ -35,6 +38,7 @@ def command(
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
     junit: Path | None = typer.Option(None, "--junit", metavar="FILE", help="Also write a JUnit XML report"),
     trust: list[Path] | None = TRUST_OPTION,
+    insecure: bool = INSECURE_OPTION,
 ) -> None:
     """Check that entries are intact, fit the target machine and their sources are unchanged; exit 1 if not."""
     # Hashing every blob, and --run's fresh processes, take a while: say so on a terminal.
@@ -43,7 +47,7 @@ def command(
         if err.is_terminal
         else nullcontext()
     ):
-        report = core.verify(ctx.obj, ref, target, run, trusted_keys(trust or []))
+        report = core.verify(ctx.obj, ref, target, run, trusted_keys(trust or []), insecure)
     if junit is not None:
         junit.write_bytes(core.junit_xml(report))
     show(report, json_output, _print_report)

@@ -1,7 +1,7 @@
 """One repository of an OCI registry, through the `oras` SDK.
 
 oras parses the reference and keeps credentials the way the ecosystem does: Docker's
-config.json (`$DOCKER_CONFIG`), its credential helpers and credential store, and the
+config.json (`$DOCKER_CONFIG`, else ~/.docker), its credential helpers and credential store, and the
 token flow of registries that hand out bearer tokens. What it lacks for caches of
 tens of thousands of files is replaced here: its request wrapper retries every
 failure five times, sleeping up to 81 s (an unreachable registry took two minutes to
@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-import re
 import time
 from collections.abc import Iterator
 from typing import IO, Any
@@ -29,6 +28,8 @@ import requests
 
 from ccache_cli.errors import ArchiveError, BadInputError, RegistryError
 
+from .reference import is_reference
+
 TOKEN_ENV = "CCACHE_CLI_REGISTRY_TOKEN"
 USERNAME_ENV = "CCACHE_CLI_REGISTRY_USERNAME"
 PASSWORD_ENV = "CCACHE_CLI_REGISTRY_PASSWORD"
@@ -37,14 +38,6 @@ _RETRY_DELAYS_S = (0.2, 1.0, 3.0)
 _RETRIED_STATUS = {429, 500, 502, 503, 504}
 _CONNECTIONS = 16
 _CHUNK = 1 << 20
-_REFERENCE = re.compile(r"^[^/\s]+[.:][^/\s]*/[^\s]+$|^localhost/[^\s]+$")
-
-
-def is_reference(text: str) -> bool:
-    """Whether an argument names a registry artifact (`host[:port]/repository[:tag]`):
-    its first part is a host, with a dot or a port, or localhost. An existing file
-    is never one."""
-    return bool(_REFERENCE.match(text)) and not os.path.exists(text)
 
 
 class Remote:
@@ -66,7 +59,10 @@ class Remote:
         # tests and sidecars, is seldom given a certificate).
         self.scheme = "http" if insecure or _is_loopback(self.host) else "https"
         self._oras = _Oras(self.host, self.scheme)
-        self._oras.auth.load_configs(self.container)
+        # oras reads ~/.docker/config.json; Docker reads $DOCKER_CONFIG's first where it is set.
+        docker_config = os.path.join(os.environ.get("DOCKER_CONFIG", ""), "config.json")
+        configs = [docker_config] if os.environ.get("DOCKER_CONFIG") and os.path.isfile(docker_config) else []
+        self._oras.auth.load_configs(self.container, configs)
         if token := os.environ.get(TOKEN_ENV):
             self._oras.auth.token = token
         elif (user := os.environ.get(USERNAME_ENV)) and (password := os.environ.get(PASSWORD_ENV)) is not None:
