@@ -86,7 +86,10 @@ def main() -> None:
         manifest = json.loads(requests.get(f"http://{server.host}/v2/bench/cache/manifests/v1", headers=OCI).content)
         kinds: dict[str, list[int]] = {}
         for layer in manifest["layers"]:
-            kinds.setdefault(layer["mediaType"].split(".")[-2].split("+")[0], []).append(layer["size"])
+            kind = {layout.CATALOG_TYPE: "catalog", layout.PACK_TYPE: "pack", layout.BLOB_TYPE: "blob"}[
+                layer["mediaType"]
+            ]
+            kinds.setdefault(kind, []).append(layer["size"])
         print(
             "layout    "
             + ", ".join(

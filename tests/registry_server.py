@@ -37,7 +37,7 @@ class Registry:
         self.config = folder / "config.yml"
         self.config.write_text(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {self.storage}\n"
+            f"storage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: {self.storage}\n"
             f"http:\n  addr: {self.host}\n{auth}"
         )
         self.process: subprocess.Popen[bytes] | None = None

@@ -37,11 +37,11 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
         server.kill()
 
 
-def entry_files(seed: int, shared: dict[str, bytes] | None = None, big: int = 2) -> dict[str, bytes]:
+def entry_files(seed: int, shared: dict[str, bytes] | None = None, big: int = 2, small: int = 150) -> dict[str, bytes]:
     """A synthetic cache: generated sources and metadata, a few binaries over 1 MiB."""
     rng = random.Random(seed)
     files = dict(shared or {})
-    for i in range(150):
+    for i in range(small):
         files[f"inductor/{i % 16:02x}/k{seed}_{i}.py"] = f"# kernel {seed} {i}\n".encode() + rng.randbytes(
             rng.randint(200, 6000)
         )
@@ -125,7 +125,7 @@ def test_a_push_uploads_only_what_the_registry_lacks(registry: Registry, tmp_pat
 def test_entries_sharing_most_files_share_most_layers(registry: Registry, tmp_path: Path) -> None:
     source = tmp_path / "source"
     store = Store(source)
-    base = entry_files(1)
+    base = entry_files(1, small=3000)  # some dozen packs, as a real entry's thousands of files make
     grown = {**base, **{f"inductor/{i:02x}/extra{i}.py": b"# another size\n" * (i + 1) for i in range(4)}}
     make_entry(store, "sizes-1-8", base)
     make_entry(store, "sizes-1-8-32", grown)

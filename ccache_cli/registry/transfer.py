@@ -12,34 +12,27 @@ otherwise), so the next pull resumes where it stopped.
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
-import os
-import stat
+import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
-import zstandard
-
+from ccache_cli.archive import processes
 from ccache_cli.archive.head import Index, index_document, parse_index
-from ccache_cli.archive.tarstream import TarReader, blob_members, copy_member
 from ccache_cli.archive.unpack import link_present
 from ccache_cli.errors import ArchiveError, RegistryError
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 
-from . import layout
+from . import fetch_process, layout
 from .client import Remote
+from .fetch_process import TRANSFERS, in_threads
 from .layout import Layer
 
 Progress = Callable[[int], None]  # called with a count of bytes just moved
-TRANSFERS = 8  # layers moved at once
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
 
 @dataclass(frozen=True)
@@ -86,8 +79,8 @@ def push(
         on_progress(layer.size)
         return layer
 
-    pack_layers = dict(zip(packs, _parallel(send_pack, packs)))
-    big_layers = _parallel(send_big, big)
+    pack_layers = dict(zip(packs, in_threads(send_pack, packs)))
+    big_layers = in_threads(send_big, big)
     catalogs = []
     for entry in sorted(entries, key=lambda e: e.id):
         entry_packs, entry_big = cuts[entry.id]
@@ -189,7 +182,7 @@ def pull(
             remote.blob(layer.digest, layer.size, layout.DOCUMENT_LIMIT), listed, index, artifact
         )
 
-    catalogs = _parallel(read_catalog, chosen)
+    catalogs = in_threads(read_catalog, chosen)
     downloads += [artifact.catalogs[entry.id] for entry in chosen]
     entries = [catalog.entry for catalog in catalogs]
     sizes = {ref["sha256"]: ref["size"] for entry in entries for ref in entry.files.values()}
@@ -200,19 +193,17 @@ def pull(
         jobs = _jobs(catalogs, needed)
         for folder in {sha256[:2] for sha256 in needed}:
             (objects / folder).mkdir(parents=True, exist_ok=True)
-        fetcher = _Fetcher(remote, objects, sizes, on_progress)
-        try:
-            _parallel(
-                fetcher.fetch, [(artifact.layers[digest], blobs, wanted) for digest, (blobs, wanted) in jobs.items()]
-            )
-        except RegistryError:
-            # Cut off by the network: keep what was verified, for the next pull.
-            store.publish([], staging, fetcher.verified)
-            raise
-        downloads += [artifact.layers[digest] for digest in jobs]
-        if fetcher.verified != needed:
+        layers = [(artifact.layers[digest], blobs, wanted) for digest, (blobs, wanted) in jobs.items()]
+        verified, error = _fetch(remote, objects, sizes, layers, on_progress)
+        if error is not None:
+            if error["transfer"]:  # cut off by the network: keep what was verified, for the next pull
+                store.publish([], staging, verified)
+                raise RegistryError(error["message"])
+            raise ArchiveError(error["message"])
+        downloads += [layer for layer, _, _ in layers]
+        if verified != needed:
             raise ArchiveError(
-                f"{remote.reference}: its layers lack {len(needed - fetcher.verified)} blob(s) its catalogs name"
+                f"{remote.reference}: its layers lack {len(needed - verified)} blob(s) its catalogs name"
             )
         published = store.publish(entries, staging, needed)
     return PullResult(
@@ -244,84 +235,65 @@ def _jobs(catalogs: Sequence[layout.Catalog], needed: set[str]) -> dict[str, tup
     return {digest: (blobs, frozenset(wanted)) for digest, (blobs, wanted) in jobs.items()}
 
 
-class _Fetcher:
-    """Downloads layers into a staging folder, from several threads."""
+def _fetch(
+    remote: Remote,
+    objects: Path,
+    sizes: dict[str, int],
+    layers: list[tuple[Layer, tuple[str, ...], frozenset[str]]],
+    on_progress: Progress,
+) -> tuple[set[str], dict[str, Any] | None]:
+    """Download `layers` into `objects` in one process per core (fetch_process.py),
+    the largest first, each process's share about equal in bytes. The blobs verified,
+    and the first error: one that is not the network's stops the others at once."""
+    if not layers:
+        return set(), None
+    count = min(len(layers), processes.worker_count(sum(layer.size for layer, _, _ in layers)))
+    shares: list[list[Any]] = [[] for _ in range(count)]
+    loads = [0] * count
+    for layer, blobs, wanted in sorted(layers, key=lambda job: -job[0].size):
+        least = loads.index(min(loads))
+        shares[least].append([layer.digest, layer.media_type, layer.size, list(blobs), sorted(wanted)])
+        loads[least] += layer.size
+    workers = processes.start(fetch_process, count)
+    verified: set[str] = set()
+    errors: list[dict[str, Any]] = []
+    lock = threading.Lock()
 
-    def __init__(self, remote: Remote, objects: Path, sizes: dict[str, int], on_progress: Progress) -> None:
-        self.remote = remote
-        self.objects = objects
-        self.sizes = sizes
-        self.on_progress = on_progress
-        self.verified: set[str] = set()  # blobs written whole and hashing to their names
-        self._lock = threading.Lock()
+    def follow(worker: processes.Process) -> None:
+        assert worker.stdout is not None
+        for line in worker.stdout:
+            report = json.loads(line)
+            if "bytes" in report:
+                with lock:
+                    on_progress(report["bytes"])
+                continue
+            with lock:
+                verified.update(report["verified"])
+                if report["error"] is not None:
+                    errors.append(report["error"])
+                    if not report["error"]["transfer"]:  # a bad artifact: the others need not go on
+                        for other in workers:
+                            if other is not worker:
+                                other.kill()
 
-    def fetch(self, job: tuple[Layer, tuple[str, ...], frozenset[str]]) -> None:
-        layer, blobs, wanted = job
-        chunks = self._counted(self.remote.stream(layer.digest, layer.size))
-        if layer.media_type == layout.BLOB_TYPE:
-            (sha256,) = blobs
-            with self._blob_file(sha256) as fd:
-                for chunk in chunks:  # the stream checks size and digest, the digest being the blob's
-                    os.write(fd, chunk)
-            return
-        decompressor = zstandard.ZstdDecompressor().decompressobj()
-        pieces = (decompressor.decompress(chunk) for chunk in chunks)
-        tar = TarReader(lambda: next(pieces, b""))
-        listing = layout.pack_list(blobs, self.sizes)
-        received = bytearray(len(blobs))
-        try:
-            for _, sha256, size in blob_members(tar, listing, received):
-                if sha256 in wanted:
-                    with self._blob_file(sha256) as fd:
-                        digest = copy_member(tar, sha256, size, fd)
-                        _check_blob(digest.hexdigest(), sha256)
-                else:
-                    _check_blob(copy_member(tar, sha256, size, None).hexdigest(), sha256)
-            for _ in pieces:  # the rest of the stream: the layer's digest is checked at its end
-                pass
-        except zstandard.ZstdError as exc:
-            raise ArchiveError(f"{self.remote.reference}: pack {layer.digest[7:19]} is corrupt ({exc})") from exc
-        if not tar.ended or not all(received):
-            raise ArchiveError(f"{self.remote.reference}: pack {layer.digest[7:19]} lacks blobs its catalog names")
-
-    @contextlib.contextmanager
-    def _blob_file(self, sha256: str) -> Iterator[int]:
-        """A blob's file in staging, written whole or removed; verified on a clean exit."""
-        path = self.objects / sha256[:2] / sha256
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
-        try:
-            yield fd
-            os.fchmod(fd, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            raise
-        finally:
-            os.close(fd)
-        with self._lock:
-            self.verified.add(sha256)
-
-    def _counted(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        for chunk in chunks:
-            self.on_progress(len(chunk))
-            yield chunk
-
-
-def _check_blob(actual: str, sha256: str) -> None:
-    if actual != sha256:
-        raise ArchiveError(f"blob {sha256[:12]} does not match its hash; the registry's copy is corrupt")
-
-
-def _parallel(function: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
-    """`function` over `items` on TRANSFERS threads, in order; the first failure is
-    raised once the others have stopped (those not started are cancelled)."""
-    if len(items) <= 1:
-        return [function(item) for item in items]
-    with concurrent.futures.ThreadPoolExecutor(TRANSFERS) as pool:
-        futures = [pool.submit(function, item) for item in items]
-        try:
-            return [future.result() for future in futures]
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    try:
+        for worker, share in zip(workers, shares):
+            assert worker.stdin is not None
+            job = {
+                "reference": remote.reference,
+                "insecure": remote.scheme == "http",
+                "objects": str(objects),
+                "sizes": {sha256: sizes[sha256] for layer in share for sha256 in layer[3]},
+                "layers": share,
+                "threads": max(1, TRANSFERS // count),
+            }
+            worker.stdin.write(json.dumps(job).encode() + b"\n")
+            worker.stdin.close()
+        in_threads(follow, workers, len(workers))
+    finally:
+        processes.stop(workers)
+        processes.close_pipes(workers)
+    if not errors and len(verified) < sum(len(wanted) for _, _, wanted in layers):
+        errors.append({"message": "a downloading process ended without a report", "transfer": False})
+    bad = [error for error in errors if not error["transfer"]]
+    return verified, (bad or errors or [None])[0]

@@ -1,0 +1,181 @@
+"""Downloads a share of a pull's layers in a process of its own; `registry.transfer.pull`
+runs one per core, forked from itself where it can (`serve`), else started as
+`python -m ccache_cli.registry.fetch_process`.
+
+Reads from stdin one JSON job: the reference (and whether plain HTTP), the staging
+folder for blobs, each blob's size, and its layers: digest, media type, size, the
+blobs the layer holds and those of them to write. Downloads them, a few at once;
+streams each through its SHA-256 and, for packs, zstd and the archive's tar reader;
+checks every blob against its name and writes the wanted ones, read-only, as
+`<objects>/ab/<sha256>` (folders made by the caller). Writes JSON lines to stdout:
+`{"bytes": n}` as layers arrive, then `{"verified": [...], "error": ...}`.
+
+Why processes: as for unpacking (archive/unpack_process.py), tens of thousands of
+small blobs mean as many open, write and close calls, and threads doing those wait on
+each other for the GIL; the downloads themselves overlap in threads within each process.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import zstandard
+
+from ccache_cli.archive.tarstream import TarReader, blob_members, copy_member
+from ccache_cli.errors import ArchiveError, CcacheError, RegistryError
+from ccache_cli.store import owners
+
+from . import layout
+from .client import Remote
+from .layout import Layer
+
+TRANSFERS = 8  # requests in flight, over all processes
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def in_threads(function: Callable[[_T], _R], items: Sequence[_T], threads: int = TRANSFERS) -> list[_R]:
+    """`function` over `items` on `threads` threads, in order; the first failure is
+    raised once the others have stopped (those not started are cancelled)."""
+    if len(items) <= 1 or threads <= 1:
+        return [function(item) for item in items]
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(function, item) for item in items]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
+    job = json.loads(stdin.readline())
+    lock = threading.Lock()
+
+    def report(line: dict[str, Any]) -> None:
+        with lock:
+            stdout.write(json.dumps(line).encode() + b"\n")
+            stdout.flush()
+
+    verified: set[str] = set()
+    error = None
+    try:
+        remote = Remote(job["reference"], job["insecure"])
+        fetcher = Fetcher(remote, Path(job["objects"]), job["sizes"], lambda n: report({"bytes": n}))
+        verified = fetcher.verified
+        layers = [
+            (Layer(media_type, digest, size), tuple(blobs), frozenset(wanted))
+            for digest, media_type, size, blobs, wanted in job["layers"]
+        ]
+        try:
+            in_threads(fetcher.fetch, layers, job["threads"])
+        finally:
+            fetcher.close()
+    except CcacheError as exc:
+        error = {"message": str(exc), "transfer": isinstance(exc, RegistryError)}
+    except OSError as exc:
+        error = {"message": f"cannot write blobs to {job['objects']}: {exc.strerror or exc}", "transfer": False}
+    except Exception as exc:  # a bug: said in the report, which the caller turns into one line
+        error = {"message": f"a downloading process failed: {exc!r}", "transfer": False}
+    report({"verified": sorted(verified), "error": error})
+
+
+class Fetcher:
+    """Downloads layers into a staging folder, from several threads."""
+
+    def __init__(
+        self, remote: Remote, objects: Path, sizes: dict[str, int], on_progress: Callable[[int], None]
+    ) -> None:
+        self.remote = remote
+        self.objects = objects
+        self.sizes = sizes
+        self.on_progress = on_progress
+        self.verified: set[str] = set()  # blobs written whole and hashing to their names
+        self._folders: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def fetch(self, job: tuple[Layer, tuple[str, ...], frozenset[str]]) -> None:
+        layer, blobs, wanted = job
+        chunks = self._counted(self.remote.stream(layer.digest, layer.size))
+        if layer.media_type == layout.BLOB_TYPE:
+            (sha256,) = blobs
+
+            def write_all(fd: int) -> None:
+                for chunk in chunks:  # the stream checks size and digest, the digest being the blob's
+                    os.write(fd, chunk)
+
+            self._write(sha256, write_all)
+            return
+        decompressor = zstandard.ZstdDecompressor().decompressobj()
+        pieces = (decompressor.decompress(chunk) for chunk in chunks)
+        tar = TarReader(lambda: next(pieces, b""))
+        received = bytearray(len(blobs))
+        try:
+            for _, sha256, size in blob_members(tar, layout.pack_list(blobs, self.sizes), received):
+                if sha256 in wanted:
+                    self._write(sha256, functools.partial(_copy_checked, tar, sha256, size))
+                else:
+                    _copy_checked(tar, sha256, size, None)
+            for _ in pieces:  # the rest of the stream: the layer's digest is checked at its end
+                pass
+        except zstandard.ZstdError as exc:
+            raise ArchiveError(f"{self.remote.reference}: pack {layer.digest[7:19]} is corrupt ({exc})") from exc
+        if not tar.ended or not all(received):
+            raise ArchiveError(f"{self.remote.reference}: pack {layer.digest[7:19]} lacks blobs its catalog names")
+
+    def _write(self, sha256: str, fill: Callable[[int], object]) -> None:
+        """Write a blob's file in staging with `fill(fd)`, whole or not at all (read-only
+        from the start: the descriptor still writes); verified once `fill` returns."""
+        folder = self._folder(sha256[:2])
+        fd = os.open(sha256, _CREATE, 0o444, dir_fd=folder)
+        try:
+            fill(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(sha256, dir_fd=folder)
+            raise
+        os.close(fd)
+        self.verified.add(sha256)
+
+    def _folder(self, name: str) -> int:
+        """A two-letter folder of staging, opened once (each blob's open then looks up one name)."""
+        fd = self._folders.get(name)
+        if fd is None:
+            with self._lock:
+                fd = self._folders.get(name)
+                if fd is None:
+                    fd = self._folders[name] = os.open(self.objects / name, os.O_RDONLY | os.O_DIRECTORY)
+        return fd
+
+    def close(self) -> None:
+        for fd in self._folders.values():
+            os.close(fd)
+        self._folders.clear()
+
+    def _counted(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.on_progress(len(chunk))
+            yield chunk
+
+
+def _copy_checked(tar: TarReader, sha256: str, size: int, fd: int | None) -> None:
+    """Read a pack's member (into `fd`, if given), checking it hashes to its name."""
+    if copy_member(tar, sha256, size, fd).hexdigest() != sha256:
+        raise ArchiveError(f"blob {sha256[:12]} does not match its hash; the registry's copy is corrupt")
+
+
+if __name__ == "__main__":
+    owners.die_with_parent()
+    serve(sys.stdin.buffer, sys.stdout.buffer)
