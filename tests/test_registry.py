@@ -160,6 +160,8 @@ def test_registry_faults_leave_the_store_unchanged(registry: Registry, tmp_path:
     refused(["pull", f"{registry.host}/team/cache:missing"], 2, "not found")
     refused(["pull", f"{registry.host}/team/nothing:v1"], 2, "not found")
     refused(["pull", "not a reference"], 2, "not a registry reference")
+    for typo in (f"{registry.host}/team//cache:v1", "registry.example.com/team:v1:v2", f"{registry.host}/Team/cache"):
+        refused(["pull", typo], 2, "not a registry reference")
     started = time.monotonic()
     refused(["pull", f"127.0.0.1:{free_port()}/team/cache:v1"], 1, "cannot reach registry")
     assert time.monotonic() - started < 15
@@ -305,3 +307,56 @@ def test_a_pull_cut_off_resumes_where_it_stopped(registry: Registry, tmp_path: P
     assert pulled["downloaded"] < pushed["layers"] and registry.blob_downloads() - downloads == pulled["downloaded"]
     assert pulled["new_blobs"] == len(blobs_of(source)) - len(kept)
     assert blobs_of(target) == blobs_of(source)
+
+
+def test_a_pack_that_expands_past_its_blobs_is_refused_in_bounded_memory(registry: Registry, tmp_path: Path) -> None:
+    """A hostile artifact: one pack swapped for 1 GiB of zeros compressed to kilobytes,
+    its catalog and manifest rewritten to match. Pull refuses it without holding it."""
+    source = tmp_path / "source"
+    make_entry(Store(source), "model", entry_files(3, big=0))
+    ccache_json("push", f"{registry.host}/team/cache:v1", store=source)
+    base = f"http://{registry.host}/v2/team/cache"
+    manifest = json.loads(requests.get(f"{base}/manifests/v1", headers=OCI).content)
+
+    def upload(data: bytes) -> dict:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        location = requests.post(f"{base}/blobs/uploads/").headers["Location"]
+        requests.put(f"{location}&digest={digest}", data=data).raise_for_status()
+        return {"digest": digest, "size": len(data)}
+
+    bomb = upload(zstandard.ZstdCompressor(level=1).compress(bytes(1 << 30)))
+    [catalog_layer] = [layer for layer in manifest["layers"] if layer["mediaType"] == layout.CATALOG_TYPE]
+    catalog = json.loads(zstandard.decompress(requests.get(f"{base}/blobs/{catalog_layer['digest']}").content))
+    victim = catalog["packs"][0][0]
+    catalog["packs"][0][0] = bomb["digest"]
+    new_catalog = upload(zstandard.compress(json.dumps(catalog).encode()))
+    for layer in manifest["layers"]:
+        if layer["digest"] == victim:
+            layer.update(bomb)
+        elif layer["digest"] == catalog_layer["digest"]:
+            layer.update(new_catalog)
+    requests.put(
+        f"{base}/manifests/bomb", data=json.dumps(manifest), headers={"Content-Type": layout.MANIFEST_TYPE}
+    ).raise_for_status()
+    target = tmp_path / "target"
+    # The pull's peak memory, its workers' included, measured by a parent of its own.
+    measure = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+        "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    pull = ["-m", "ccache_cli", "--store", str(target), "pull", f"{registry.host}/team/cache:bomb"]
+    result = subprocess.run([sys.executable, "-c", measure, sys.executable, *pull], capture_output=True, text=True)
+    code, peak_kb = map(int, result.stdout.split())
+    assert code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert peak_kb < 400 * 1024, peak_kb  # far below the 1 GiB it would expand to
+    assert not (target / "entries").exists() or not list((target / "entries").iterdir())
+
+
+def test_a_pull_by_digest_gets_exactly_that_manifest(registry: Registry, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    make_entry(Store(source), "model", entry_files(4, big=0))
+    pushed = ccache_json("push", f"{registry.host}/team/cache:v1", store=source)
+    pulled = ccache_json("pull", f"{registry.host}/team/cache@{pushed['digest']}", store=tmp_path / "target")
+    assert pulled["added"] == pushed["entries"]
+    again = ccache_json("push", f"{registry.host}/team/cache:v1", store=source)
+    assert again["digest"] == pushed["digest"] and again["uploaded"] == 0  # the same entries, the same manifest

@@ -1,23 +1,27 @@
 """One repository of an OCI registry, through the `oras` SDK.
 
-oras parses the reference and keeps credentials the way the ecosystem does: Docker's
-config.json (`$DOCKER_CONFIG`, else ~/.docker), its credential helpers and credential store, and the
-token flow of registries that hand out bearer tokens. What it lacks for caches of
-tens of thousands of files is replaced here: its request wrapper retries every
-failure five times, sleeping up to 81 s (an unreachable registry took two minutes to
-report); this one retries what a retry can mend (a dropped connection, a 5xx, a 429)
-three times within seconds, then fails with one line. Uploads stream from files and
-downloads resume where they were cut (HTTP Range).
+oras keeps credentials the way the ecosystem does: Docker's config.json, its
+credential helpers and credential store, and the token flow of registries that hand
+out bearer tokens. What it lacks for caches of tens of thousands of files is replaced
+here: its request wrapper retries every failure five times, sleeping up to 81 s (an
+unreachable registry took two minutes to report); this one retries what a retry can
+mend (a dropped connection, a 5xx, a 429) three times within seconds, then fails with
+one line. Uploads stream from files, downloads resume where they were cut (HTTP
+Range), and nothing read from the registry is held beyond a bound.
 
 Credentials from the environment come first: CCACHE_CLI_REGISTRY_TOKEN (a bearer
-token), or CCACHE_CLI_REGISTRY_USERNAME and CCACHE_CLI_REGISTRY_PASSWORD.
+token), or CCACHE_CLI_REGISTRY_USERNAME and CCACHE_CLI_REGISTRY_PASSWORD; then
+Docker's config.json: `$DOCKER_CONFIG`'s alone where it is set, as Docker does, else
+~/.docker's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import IO, Any
@@ -28,75 +32,78 @@ import requests
 
 from ccache_cli.errors import ArchiveError, BadInputError, RegistryError
 
-from .reference import is_reference
+from . import reference as references
+from .layout import MANIFEST_TYPE
 
 TOKEN_ENV = "CCACHE_CLI_REGISTRY_TOKEN"
 USERNAME_ENV = "CCACHE_CLI_REGISTRY_USERNAME"
 PASSWORD_ENV = "CCACHE_CLI_REGISTRY_PASSWORD"
-MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 _RETRY_DELAYS_S = (0.2, 1.0, 3.0)
 _RETRIED_STATUS = {429, 500, 502, 503, 504}
+_TIMEOUTS_S = (5, 60)  # to connect; between two reads of a response
 _CONNECTIONS = 16
 _CHUNK = 1 << 20
+_LOGIN_HINT = "log in with `docker login {host}`, or set " + f"{TOKEN_ENV} or {USERNAME_ENV} and {PASSWORD_ENV}"
 
 
 class Remote:
     """A repository and tag (or digest) of a registry, ready to be read and written."""
 
     def __init__(self, reference: str, insecure: bool = False) -> None:
-        if not is_reference(reference):
-            raise BadInputError(
-                f"{reference!r} is not a registry reference: write it as host[:port]/repository[:tag], "
-                "e.g. registry.example.com/team/model-cache:v1"
-            )
-        try:
-            self.container = oras.container.Container(reference)
-        except ValueError as exc:
-            raise BadInputError(f"{reference!r} is not a registry reference ({exc})") from exc
+        self.ref = references.parse(reference)
         self.reference = reference
-        self.host = self.container.registry
+        self.host = self.ref.host
         # Plain HTTP only where asked, or to this machine (a registry on loopback, as in
         # tests and sidecars, is seldom given a certificate).
         self.scheme = "http" if insecure or _is_loopback(self.host) else "https"
         self._oras = _Oras(self.host, self.scheme)
-        # oras reads ~/.docker/config.json; Docker reads $DOCKER_CONFIG's first where it is set.
-        docker_config = os.path.join(os.environ.get("DOCKER_CONFIG", ""), "config.json")
-        configs = [docker_config] if os.environ.get("DOCKER_CONFIG") and os.path.isfile(docker_config) else []
-        self._oras.auth.load_configs(self.container, configs)
+        auth = self._oras.auth
+        docker_config = os.environ.get("DOCKER_CONFIG")
+        if docker_config:  # oras would merge it with ~/.docker's; Docker reads it alone
+            path = os.path.join(docker_config, "config.json")
+            auth._auth_config = _docker_config(path) if os.path.isfile(path) else {"auths": {}}
+        auth.load_configs(oras.container.Container(f"{self.host}/{self.ref.repository}", registry=self.host))
         if token := os.environ.get(TOKEN_ENV):
-            self._oras.auth.token = token
+            auth.token = token
         elif (user := os.environ.get(USERNAME_ENV)) and (password := os.environ.get(PASSWORD_ENV)) is not None:
-            self._oras.auth.set_basic_auth(user, password)
-        self._base = f"{self.scheme}://{self.host}/v2/{self.container.api_prefix}"
-
-    @property
-    def tag(self) -> str:
-        return self.container.digest or self.container.tag or "latest"
+            auth.set_basic_auth(user, password)
+        self._base = f"{self.scheme}://{self.host}/v2/{self.ref.repository}"
 
     # -- manifests -----------------------------------------------------------
 
     def manifest(self, limit: int) -> bytes:
-        """The artifact's manifest, as stored (its bytes are what its digest covers)."""
-        response = self._request("GET", f"{self._base}/manifests/{self.tag}", headers={"Accept": MANIFEST_TYPE})
-        if response.status_code == 404:
-            raise BadInputError(f"{self.reference} not found: the registry has no such repository or tag")
-        self._check(response, "read the manifest of")
-        if len(response.content) > limit:
+        """The artifact's manifest, as stored (its bytes are what its digest covers),
+        read up to `limit` bytes; checked against the reference's digest if it has one."""
+        url = f"{self._base}/manifests/{self.ref.version}"
+        with self._request("GET", url, headers={"Accept": MANIFEST_TYPE}, stream=True) as response:
+            if response.status_code == 404:
+                raise BadInputError(f"{self.reference} not found: the registry has no such repository, tag or digest")
+            self._check(response, "read the manifest of")
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise ArchiveError(f"{self.reference}: its manifest is larger than any ccache writes")
+            try:
+                data = response.raw.read(limit + 1, decode_content=True)
+            except (requests.RequestException, OSError) as exc:
+                raise RegistryError(f"lost the connection to {self.host}: {_reason(exc)}") from exc
+        if len(data) > limit:
             raise ArchiveError(f"{self.reference}: its manifest is larger than any ccache writes")
-        return response.content
+        if self.ref.digest and "sha256:" + hashlib.sha256(data).hexdigest() != self.ref.digest:
+            raise ArchiveError(f"{self.reference}: the registry's manifest does not match the digest asked for")
+        return data
 
     def put_manifest(self, data: bytes) -> str:
         """Store the manifest under the tag; its digest."""
-        response = self._request(
-            "PUT", f"{self._base}/manifests/{self.tag}", data=data, headers={"Content-Type": MANIFEST_TYPE}
-        )
+        url = f"{self._base}/manifests/{self.ref.version}"
+        response = self._request("PUT", url, data=data, headers={"Content-Type": MANIFEST_TYPE})
         self._check(response, "write the manifest of")
-        return response.headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(data).hexdigest()
+        return "sha256:" + hashlib.sha256(data).hexdigest()
 
     # -- blobs ---------------------------------------------------------------
 
     def has_blob(self, digest: str) -> bool:
         response = self._request("HEAD", f"{self._base}/blobs/{digest}")
+        response.close()
         if response.status_code == 404:
             return False
         self._check(response, "look up a blob of")
@@ -120,7 +127,10 @@ class Remote:
             retry=isinstance(data, bytes),  # a stream is not sent twice
         )
         if response.status_code == 400 and "DIGEST_INVALID" in response.text:
-            raise RegistryError(f"{self.host} refused a blob of {self.reference}: it does not match its digest")
+            raise RegistryError(
+                f"{self.host} refused blob {digest[7:19]}: it does not match its digest; "
+                "the store's copy is damaged (`ccache verify` names the entry)"
+            )
         self._check(response, "upload a blob to")
 
     def blob(self, digest: str, size: int, limit: int | None = None) -> bytes:
@@ -130,22 +140,25 @@ class Remote:
         return b"".join(self.stream(digest, size))
 
     def stream(self, digest: str, size: int) -> Iterator[bytes]:
-        """A blob's bytes as they arrive; a connection cut midway is resumed where it
-        stopped (a few times). Raises ArchiveError once the bytes do not make up the
-        blob (another size, another digest): nothing read from it may be kept."""
+        """A blob's bytes as they arrive, never more than its size; a connection cut
+        midway is resumed where it stopped (a few times). Raises ArchiveError once the
+        bytes do not make up the blob (another size, another digest): nothing read
+        from it may be kept."""
         hasher = hashlib.sha256()
         offset = 0
         failures = 0
         while True:
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            # identity: the offsets of a resumed download count the blob's own bytes
+            headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
             try:
-                response = self._request("GET", f"{self._base}/blobs/{digest}", headers=headers, stream=True)
-                if response.status_code == 404:
-                    raise ArchiveError(f"{self.reference} is incomplete: the registry lacks its blob {digest[7:19]}")
-                self._check(response, "download a blob of")
-                if offset and response.status_code != 206:
-                    raise RegistryError(f"{self.host} cannot resume a download (no HTTP range support)")
-                with response:
+                with self._request("GET", f"{self._base}/blobs/{digest}", headers=headers, stream=True) as response:
+                    if response.status_code == 404:
+                        raise ArchiveError(
+                            f"{self.reference} is incomplete: the registry lacks its blob {digest[7:19]}"
+                        )
+                    self._check(response, "download a blob of")
+                    if offset and response.status_code != 206:
+                        raise RegistryError(f"{self.host} cannot resume a download (no HTTP range support)")
                     for chunk in response.iter_content(_CHUNK):
                         offset += len(chunk)
                         if offset > size:
@@ -155,7 +168,7 @@ class Remote:
                             )
                         hasher.update(chunk)
                         yield chunk
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            except requests.RequestException as exc:
                 failures += 1
                 if failures > len(_RETRY_DELAYS_S):
                     raise RegistryError(
@@ -178,14 +191,17 @@ class Remote:
             last = not retry or attempt == len(_RETRY_DELAYS_S)
             try:
                 response = self._oras.do_request(url, method, headers=dict(headers or {}), **kwargs)
-            except requests.ConnectionError as exc:
+            except requests.exceptions.SSLError as exc:
+                raise RegistryError(
+                    f"TLS with {self.host} failed ({_reason(exc)}); a registry serving plain HTTP needs --insecure"
+                ) from exc
+            except requests.RequestException as exc:
                 if last:
                     raise RegistryError(f"cannot reach registry {self.host}: {_reason(exc)}") from exc
             except _AuthenticationFailed as exc:
                 raise RegistryError(
-                    f"{self.host} refused the credentials for {self.container.api_prefix} ({exc}): "
-                    f"log in with `docker login {self.host}`, or set {TOKEN_ENV} or "
-                    f"{USERNAME_ENV} and {PASSWORD_ENV}"
+                    f"{self.host} refused the credentials for {self.ref.repository} ({exc}): "
+                    + _LOGIN_HINT.format(host=self.host)
                 ) from None
             else:
                 if response.status_code not in _RETRIED_STATUS or last:
@@ -199,8 +215,8 @@ class Remote:
             return
         if response.status_code in (401, 403):
             raise RegistryError(
-                f"{self.host} denied access to {self.container.api_prefix} (HTTP {response.status_code}): "
-                f"log in with `docker login {self.host}`, or set {TOKEN_ENV} or {USERNAME_ENV} and {PASSWORD_ENV}"
+                f"{self.host} denied access to {self.ref.repository} (HTTP {response.status_code}): "
+                + _LOGIN_HINT.format(host=self.host)
             )
         raise RegistryError(
             f"cannot {action} {self.reference}: HTTP {response.status_code} {_registry_message(response)}".rstrip()
@@ -213,13 +229,17 @@ class _AuthenticationFailed(Exception):
 
 class _Oras(oras.provider.Registry):
     """oras's registry client with its request wrapper replaced: one attempt, the
-    caller retries; a 401 is answered once, with Basic credentials where the registry
-    asks for them (htpasswd) and the token flow otherwise."""
+    caller retries; a 401 is answered with Basic credentials where the registry asks
+    for them (htpasswd), else with a token from the challenge's realm and scope,
+    asked for again when the token held lacks the scope (a push after a pull) or
+    has expired."""
 
     def __init__(self, host: str, scheme: str) -> None:
         super().__init__(hostname=host, insecure=scheme == "http", auth_backend="token")
         adapter = requests.adapters.HTTPAdapter(pool_connections=_CONNECTIONS, pool_maxsize=_CONNECTIONS)
         self.session.mount(f"{scheme}://", adapter)
+        self._scheme: str | None = None  # the challenge answered: Basic or Bearer
+        self._auth_lock = threading.Lock()
 
     def do_request(  # type: ignore[override]
         self,
@@ -230,29 +250,31 @@ class _Oras(oras.provider.Registry):
         json: Any = None,
         stream: bool = False,
     ) -> requests.Response:
-        headers = dict(headers or {})
-        headers.update(self._credentials())
-        response = self.session.request(method, url, data=data, headers=headers, stream=stream, timeout=(10, 300))
-        if response.status_code != 401 or "Authorization" in headers:
+        headers = {**(headers or {}), **self._credentials()}
+        response = self._send(method, url, data, headers, stream)
+        if response.status_code != 401:
             return response
         challenge = response.headers.get("Www-Authenticate", "")
-        basic = getattr(self.auth, "_basic_auth", None)
-        if challenge.lower().startswith("basic"):
-            if not basic:
-                return response  # no credentials: the caller reports the 401
-            self._scheme = "Basic"
-        else:
-            headers, changed = self.auth.authenticate_request(response, headers)
-            if not changed:
-                raise _AuthenticationFailed("no token was granted")
-            self._scheme = "Bearer"
+        sent = headers.get("Authorization")
+        with self._auth_lock:
+            if self._credentials().get("Authorization", sent) != sent:
+                pass  # another thread got new credentials meanwhile: use them
+            elif challenge.lower().startswith("basic"):
+                if sent is not None or not getattr(self.auth, "_basic_auth", None):
+                    return response  # wrong or no credentials: the caller reports the 401
+                self._scheme = "Basic"
+            else:
+                new_headers, changed = self.auth.authenticate_request(response, dict(headers), refresh=sent is not None)
+                if not changed or new_headers.get("Authorization") == sent:
+                    raise _AuthenticationFailed("no token was granted")
+                self._scheme = "Bearer"
         response.close()
         if hasattr(data, "seek"):
             data.seek(0)
-        headers.update(self._credentials())
-        return self.session.request(method, url, data=data, headers=headers, stream=stream, timeout=(10, 300))
+        return self._send(method, url, data, {**headers, **self._credentials()}, stream)
 
-    _scheme: str | None = None
+    def _send(self, method: str, url: str, data: Any, headers: dict[str, str], stream: bool) -> requests.Response:
+        return self.session.request(method, url, data=data, headers=headers, stream=stream, timeout=_TIMEOUTS_S)
 
     def _credentials(self) -> dict[str, str]:
         if self._scheme == "Basic":
@@ -260,6 +282,20 @@ class _Oras(oras.provider.Registry):
         if getattr(self.auth, "token", None):
             return {"Authorization": f"Bearer {self.auth.token}"}  # type: ignore[attr-defined]
         return {}
+
+
+def _docker_config(path: str) -> dict[str, Any]:
+    """One Docker config.json, in the shape oras keeps its merged configs."""
+    try:
+        with open(path) as handle:
+            config = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"cannot read Docker's {path}: {exc}") from exc
+    return {
+        "auths": config.get("auths", {}),
+        "credsStore": config.get("credsStore"),
+        "credHelpers": config.get("credHelpers", {}),
+    }
 
 
 def _is_loopback(host: str) -> bool:
@@ -284,5 +320,5 @@ def _registry_message(response: requests.Response) -> str:
     try:
         errors = response.json().get("errors", [])
         return "; ".join(str(error.get("message", error.get("code", ""))) for error in errors)[:200]
-    except ValueError:
+    except (ValueError, AttributeError):
         return response.reason or ""

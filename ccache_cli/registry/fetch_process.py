@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import io
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import requests
 import zstandard
 
 from ccache_cli.archive.tarstream import TarReader, blob_members, copy_member
@@ -39,6 +41,7 @@ from .client import Remote
 from .layout import Layer
 
 TRANSFERS = 8  # requests in flight, over all processes
+_PIECE = 1 << 20  # decompressed bytes read at a time
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -83,11 +86,13 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
         finally:
             fetcher.close()
     except CcacheError as exc:
-        error = {"message": str(exc), "transfer": isinstance(exc, RegistryError)}
+        error = {"message": str(exc), "kind": _kind(exc)}
+    except requests.RequestException as exc:  # an OSError too, but the network's, not the disk's
+        error = {"message": f"lost the connection to the registry: {exc}", "kind": "transfer"}
     except OSError as exc:
-        error = {"message": f"cannot write blobs to {job['objects']}: {exc.strerror or exc}", "transfer": False}
+        error = {"message": f"cannot write blobs to {job['objects']}: {exc.strerror or exc}", "kind": "failed"}
     except Exception as exc:  # a bug: said in the report, which the caller turns into one line
-        error = {"message": f"a downloading process failed: {exc!r}", "transfer": False}
+        error = {"message": f"a downloading process failed: {exc!r}", "kind": "failed"}
     report({"verified": sorted(verified), "error": error})
 
 
@@ -117,9 +122,11 @@ class Fetcher:
 
             self._write(sha256, write_all)
             return
-        decompressor = zstandard.ZstdDecompressor().decompressobj()
-        pieces = (decompressor.decompress(chunk) for chunk in chunks)
-        tar = TarReader(lambda: next(pieces, b""))
+        # Read in bounded pieces: a pack that decompresses to more than its tar of the
+        # listed blobs is refused within a piece past its end, however it was made.
+        compressed = _ChunkFile(chunks)
+        reader = zstandard.ZstdDecompressor().stream_reader(compressed, read_size=_PIECE, read_across_frames=True)
+        tar = TarReader(lambda: reader.read(_PIECE))
         received = bytearray(len(blobs))
         try:
             for _, sha256, size in blob_members(tar, layout.pack_list(blobs, self.sizes), received):
@@ -127,8 +134,7 @@ class Fetcher:
                     self._write(sha256, functools.partial(_copy_checked, tar, sha256, size))
                 else:
                     _copy_checked(tar, sha256, size, None)
-            for _ in pieces:  # the rest of the stream: the layer's digest is checked at its end
-                pass
+            compressed.drain()  # the rest of the stream: the layer's digest is checked at its end
         except zstandard.ZstdError as exc:
             raise ArchiveError(f"{self.remote.reference}: pack {layer.digest[7:19]} is corrupt ({exc})") from exc
         if not tar.ended or not all(received):
@@ -168,6 +174,39 @@ class Fetcher:
         for chunk in chunks:
             self.on_progress(len(chunk))
             yield chunk
+
+
+def _kind(exc: CcacheError) -> str:
+    """transfer: the network's (what was verified is kept); artifact: bad input; failed: the rest."""
+    if isinstance(exc, RegistryError):
+        return "transfer"
+    return "artifact" if isinstance(exc, ArchiveError) else "failed"
+
+
+class _ChunkFile(io.RawIOBase):
+    """A stream of chunks as the file zstd's stream reader reads from."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._left = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._left = memoryview(chunk)
+        count = min(len(buffer), len(self._left))
+        buffer[:count] = self._left[:count]
+        self._left = self._left[count:]
+        return count
+
+    def drain(self) -> None:
+        for _ in self._chunks:
+            pass
 
 
 def _copy_checked(tar: TarReader, sha256: str, size: int, fd: int | None) -> None:

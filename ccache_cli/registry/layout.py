@@ -20,6 +20,7 @@ downloads only what the store lacks:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import zstandard
 from ccache_cli.archive.bloblist import BlobList
 from ccache_cli.archive.head import Index, complete_manifest
 from ccache_cli.archive.tarstream import BLOB_PREFIX, end_marker, member_length, ustar_header
-from ccache_cli.errors import ArchiveError
+from ccache_cli.errors import ArchiveError, StoreError
 from ccache_cli.store import schema
 from ccache_cli.store.manifest import Manifest
 
@@ -108,8 +109,8 @@ def pack_bytes(blobs: Sequence[str], sizes: Mapping[str, int], read_blob: Callab
     length = 0
     for sha256 in blobs:
         data = read_blob(sha256)
-        if len(data) != sizes[sha256]:
-            raise ArchiveError(f"blob {sha256[:12]} of the store is {len(data)} bytes, not {sizes[sha256]}")
+        if len(data) != sizes[sha256] or hashlib.sha256(data).hexdigest() != sha256:
+            raise StoreError(f"blob {sha256[:12]} of the store is damaged; `ccache verify` names its entry")
         parts += (ustar_header(BLOB_PREFIX + sha256, len(data)), data, bytes(-len(data) % 512))
         length += member_length(len(data))
     parts.append(end_marker(length))
@@ -224,7 +225,9 @@ class Catalog:
 
 def parse_catalog(data: bytes, listed: Manifest, index: Index, artifact: Artifact) -> Catalog:
     try:
-        text = zstandard.ZstdDecompressor().decompress(data, max_output_size=DOCUMENT_LIMIT)
+        text = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read(DOCUMENT_LIMIT + 1)
+        if len(text) > DOCUMENT_LIMIT:
+            raise ValueError("it is larger than any ccache writes")
         document = json.loads(text)
         packs = tuple((str(digest), tuple(map(str, blobs))) for digest, blobs in document["packs"])
         big = tuple(map(str, document["blobs"]))

@@ -13,8 +13,8 @@ otherwise), so the next pull resumes where it stopped.
 from __future__ import annotations
 
 import json
+import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Any
 from ccache_cli.archive import processes
 from ccache_cli.archive.head import Index, index_document, parse_index
 from ccache_cli.archive.unpack import link_present
-from ccache_cli.errors import ArchiveError, RegistryError
+from ccache_cli.errors import ArchiveError, CcacheError, RegistryError
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 
@@ -51,6 +51,7 @@ def push(
 ) -> PushResult:
     """Upload `entries` as one artifact under `remote`'s tag, each layer only if the
     registry lacks it; the tag moves only once every layer is there."""
+    entries = list({entry.id: entry for entry in entries}.values())
     sizes = {ref["sha256"]: ref["size"] for entry in entries for ref in entry.files.values()}
     cuts = {entry.id: layout.cut(entry) for entry in entries}
     packs = sorted({pack for entry_packs, _ in cuts.values() for pack in entry_packs})
@@ -92,7 +93,7 @@ def push(
     index = Layer.of(layout.INDEX_TYPE, index_bytes)
     uploads.add(index, _ensure(remote, index, index_bytes))
     others = sorted({layer.digest: layer for layer in [*pack_layers.values(), *big_layers]}.values(), key=_digest)
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    created = max(entry.created for entry in entries)  # the same entries give the same manifest
     digest = remote.put_manifest(layout.manifest_bytes(index, [*catalogs, *others], created))
     return PushResult(
         remote.reference,
@@ -196,10 +197,11 @@ def pull(
         layers = [(artifact.layers[digest], blobs, wanted) for digest, (blobs, wanted) in jobs.items()]
         verified, error = _fetch(remote, objects, sizes, layers, on_progress)
         if error is not None:
-            if error["transfer"]:  # cut off by the network: keep what was verified, for the next pull
+            if error["kind"] == "transfer":  # cut off by the network: keep what was verified, for the next pull
+                _keep_only(objects, verified)
                 store.publish([], staging, verified)
                 raise RegistryError(error["message"])
-            raise ArchiveError(error["message"])
+            raise (ArchiveError if error["kind"] == "artifact" else CcacheError)(error["message"])
         downloads += [layer for layer, _, _ in layers]
         if verified != needed:
             raise ArchiveError(
@@ -257,9 +259,11 @@ def _fetch(
     workers = processes.start(fetch_process, count)
     verified: set[str] = set()
     errors: list[dict[str, Any]] = []
+    reported = 0
     lock = threading.Lock()
 
     def follow(worker: processes.Process) -> None:
+        nonlocal reported
         assert worker.stdout is not None
         for line in worker.stdout:
             report = json.loads(line)
@@ -268,10 +272,11 @@ def _fetch(
                     on_progress(report["bytes"])
                 continue
             with lock:
+                reported += 1
                 verified.update(report["verified"])
                 if report["error"] is not None:
                     errors.append(report["error"])
-                    if not report["error"]["transfer"]:  # a bad artifact: the others need not go on
+                    if report["error"]["kind"] != "transfer":  # the others need not go on
                         for other in workers:
                             if other is not worker:
                                 other.kill()
@@ -293,7 +298,18 @@ def _fetch(
     finally:
         processes.stop(workers)
         processes.close_pipes(workers)
-    if not errors and len(verified) < sum(len(wanted) for _, _, wanted in layers):
-        errors.append({"message": "a downloading process ended without a report", "transfer": False})
-    bad = [error for error in errors if not error["transfer"]]
-    return verified, (bad or errors or [None])[0]
+    if reported < len(workers):  # killed, or crashed: what it wrote is unknown
+        errors.append({"message": "a downloading process ended without a report", "kind": "failed"})
+    worst = sorted(errors, key=lambda error: error["kind"] == "transfer")  # a transfer error only if alone
+    return verified, (worst or [None])[0]
+
+
+def _keep_only(objects: Path, verified: set[str]) -> None:
+    """Remove from staging every blob file but the verified ones (and the store's own,
+    linked in), before what a cut-off pull verified is adopted."""
+    for folder in os.listdir(objects):
+        for name in os.listdir(objects / folder):
+            if name not in verified:
+                path = objects / folder / name
+                if os.stat(path).st_nlink < 2:  # a blob of the store, linked in, has two names
+                    os.unlink(path)
