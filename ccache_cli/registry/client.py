@@ -117,14 +117,11 @@ class Remote:
         if location.startswith("/"):
             location = f"{self.scheme}://{self.host}{location}"
         separator = "&" if "?" in location else "?"
-        if not isinstance(data, bytes):
-            data.seek(0)
         response = self._request(
             "PUT",
             f"{location}{separator}digest={digest}",
             data=data,
             headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
-            retry=isinstance(data, bytes),  # a stream is not sent twice
         )
         if response.status_code == 400 and "DIGEST_INVALID" in response.text:
             raise RegistryError(
@@ -189,6 +186,8 @@ class Remote:
     ) -> requests.Response:
         for attempt in range(len(_RETRY_DELAYS_S) + 1):
             last = not retry or attempt == len(_RETRY_DELAYS_S)
+            if hasattr(kwargs.get("data"), "seek"):
+                kwargs["data"].seek(0)  # a file sent again is sent from its start
             try:
                 response = self._oras.do_request(url, method, headers=dict(headers or {}), **kwargs)
             except requests.exceptions.SSLError as exc:
