@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 import zstandard
-from conftest import ccache, ccache_json, make_entry, snapshot, store_leftovers
+from conftest import ccache, ccache_json, imported_modules, make_entry, snapshot, store_leftovers
 from registry_server import NO_REGISTRY, REGISTRY, Registry, free_port
 
 from ccache_cli.registry import layout
@@ -71,6 +71,11 @@ def test_push_pull_inspect_and_verify_a_reference(registry: Registry, tmp_path: 
     verified = ccache_json("verify", ref, store=tmp_path / "empty")
     assert verified["ok"] and {c["check"] for c in verified["checks"]} == {"integrity", "compatibility", "freshness"}
     assert registry.blob_downloads() - before == 2  # the index, once per command
+
+    # push, pull and inspect REF never import torch (they run in image builds and initContainers).
+    for args, store in ((["push", ref], source), (["pull", ref], tmp_path / "no-torch"), (["inspect", ref], source)):
+        result = ccache(*args, store=store, python_flags=["-X", "importtime"])
+        assert result.returncode == 0 and "torch" not in imported_modules(result), (args, result.stderr[-500:])
 
     pulled_store = tmp_path / "pulled"
     pulled = ccache_json("pull", ref, store=pulled_store)
