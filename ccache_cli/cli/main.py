@@ -4,9 +4,10 @@ run in start-up scripts and image builds.
 Typer's import and argument handling (it builds pydantic validators for every
 parameter) cost 0.3 s or more at each start. So the plain forms
 `ccache [--store PATH] [-q] run [--no-route] [ENTRY...] -- CMD...`,
-`... pack OUTPUT [ENTRY...] [--json]` and `... unpack ARCHIVE [--json]` are parsed
-here without it; anything else (other options, --help, other commands) goes to the
-Typer app in app.py, which defines the same options.
+`... pack OUTPUT [ENTRY...] [--json]`, `... unpack ARCHIVE [--json]`,
+`... push REF [ENTRY...] [--json]` and `... pull REF [--json]` are parsed here
+without it; anything else (other options, --help, other commands) goes to the Typer
+app in app.py, which defines the same options.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from ccache_cli.errors import CcacheError, ExitCode
 class Plain(NamedTuple):
     """A plain command line: what main.py runs without Typer."""
 
-    command: str  # run, pack or unpack
+    command: str  # run, pack, unpack, push or pull
     store: str | None
     quiet: bool
-    args: list[str]  # run: the entries; pack: output and entries; unpack: the archive
+    args: list[str]  # run: the entries; pack: output and entries; unpack: the archive; push: REF and entries; pull: REF
     json_output: bool = False
     program: list[str] = []  # run: the command after --
     route: bool = True  # run: not with --no-route
@@ -103,12 +104,12 @@ def plain_command(argv: list[str]) -> Plain | None:
         refs = [ref for ref in refs if ref not in ("--route", "--no-route")]
         if program and not any(ref.startswith("-") for ref in refs):  # an option: the app's to handle
             return Plain(command, store, quiet, refs, program=program, route=route)
-    elif command in ("pack", "unpack"):
+    elif command in ("pack", "unpack", "push", "pull"):
         args = [arg for arg in rest if arg != "--json"]
         if (
             args
             and not any(arg.startswith("-") and arg != "-" for arg in args)
-            and (command == "pack" or len(args) == 1)
+            and (command in ("pack", "push") or len(args) == 1)
         ):
             return Plain(command, store, quiet, args, json_output="--json" in rest)
     return None
@@ -132,5 +133,9 @@ def _start(plain: Plain) -> None:
         render.set_quiet()
     if plain.command == "pack":
         transfer.pack(store, plain.args[0], plain.args[1:], json_output=plain.json_output)
+    elif plain.command == "push":
+        transfer.push(store, plain.args[0], plain.args[1:], json_output=plain.json_output)
+    elif plain.command == "pull":
+        transfer.pull(store, plain.args[0], json_output=plain.json_output)
     else:
         transfer.unpack(store, plain.args[0], json_output=plain.json_output)

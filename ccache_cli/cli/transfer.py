@@ -1,5 +1,5 @@
-"""What `ccache pack` and `ccache unpack` do, without Typer: the Typer commands in
-pack.py and the fast start in main.py both call these."""
+"""What `ccache pack`, `unpack`, `push` and `pull` do, without Typer: the Typer commands
+in pack.py and registry.py and the fast start in main.py all call these."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ccache_cli.archive import pack as packing
 from ccache_cli.archive import signing
@@ -18,6 +18,9 @@ from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 
 from .render import err, human_bytes, out, show, warn
+
+if TYPE_CHECKING:
+    from ccache_cli.registry.transfer import PullResult, PushResult
 
 PYCACHE_DIR = "pycache"  # the exported bytecode tree, inside the exported Inductor cache
 
@@ -144,6 +147,101 @@ def _print_unpacked(unpacked: Unpacked) -> None:
             + " ".join(f"{name}={value}" for name, value in unpacked.env.items()),
             soft_wrap=True,
         )
+
+
+def push(
+    store: Store,
+    reference: str,
+    refs: Sequence[str] = (),
+    compatible_only: bool = False,
+    insecure: bool = False,
+    json_output: bool = False,
+) -> None:
+    from ccache_cli.registry import client, transfer
+
+    remote = client.Remote(reference, insecure)
+    chosen = [store.find(ref) for ref in refs] if refs else list(store.scan().entries)
+    if compatible_only:
+        chosen = fits(chosen, *this_machine(store))
+    if not chosen:
+        raise BadInputError(f"nothing to push: no {'compatible ' if compatible_only else ''}entries in {store.root}")
+    total = sum({ref["sha256"]: ref["size"] for e in chosen for ref in e.files.values()}.values())
+    with progress("pushing", total, not json_output) as on_progress:
+        result = transfer.push(store, chosen, remote, on_progress)
+    show(Pushed(result), json_output, _print_pushed)
+
+
+@dataclass(frozen=True)
+class Pushed:
+    result: PushResult
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "reference": r.reference,
+            "digest": r.digest,
+            "entries": [entry.id for entry in r.entries],
+            "layers": r.layers,
+            "uploaded": r.uploaded,
+            "uploaded_bytes": r.uploaded_bytes,
+            "bytes": r.total_bytes,
+        }
+
+
+def _print_pushed(pushed: Pushed) -> None:
+    r = pushed.result
+    out.print(
+        f"Pushed {len(r.entries)} entries to {r.reference} ({r.digest[:19]}): {r.layers} layers, "
+        f"{human_bytes(r.total_bytes)}; uploaded {r.uploaded} the registry lacked, {human_bytes(r.uploaded_bytes)}.",
+        soft_wrap=True,
+    )
+
+
+def pull(
+    store: Store, reference: str, compatible_only: bool = False, insecure: bool = False, json_output: bool = False
+) -> None:
+    from ccache_cli.registry import client, transfer
+
+    remote = client.Remote(reference, insecure)
+    machine, exact = this_machine(store) if compatible_only else ({}, False)
+
+    def select(candidate: Manifest) -> bool:
+        return not compatible_only or bool(fits([candidate], machine, exact))
+
+    with progress("pulling", None, not json_output) as on_progress:
+        result = transfer.pull(store, remote, select, on_progress)
+    show(Pulled(result), json_output, _print_pulled)
+
+
+@dataclass(frozen=True)
+class Pulled:
+    result: PullResult
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "reference": r.reference,
+            "added": [entry.id for entry in r.added],
+            "kept": [entry.id for entry in r.kept],
+            "skipped": list(r.skipped),
+            "new_blobs": r.new_blobs,
+            "new_bytes": r.new_bytes,
+            "layers": r.layers,
+            "downloaded": r.downloaded,
+            "downloaded_bytes": r.downloaded_bytes,
+        }
+
+
+def _print_pulled(pulled: Pulled) -> None:
+    r = pulled.result
+    out.print(
+        f"Pulled {len(r.added)} new entries from {r.reference} ({len(r.kept)} already there, {len(r.skipped)} "
+        f"skipped as incompatible); {r.new_blobs} new blobs, {human_bytes(r.new_bytes)}; downloaded "
+        f"{r.downloaded} of {r.layers} layers, {human_bytes(r.downloaded_bytes)}.",
+        soft_wrap=True,
+    )
+    if r.skipped and not r.added and not r.kept:
+        err.print("No entry of the artifact fits this machine.")
 
 
 def _export(

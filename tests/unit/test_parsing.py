@@ -86,6 +86,8 @@ def test_human_bytes() -> None:
         (["--store", "/s", "-q", "run", "llama", "--", "srv"], ("run", "/s", True, ["llama"], ["srv"])),
         (["--store=/s", "pack", "out.tar.zst", "a", "--json"], ("pack", "/s", False, ["out.tar.zst", "a"], [])),
         (["unpack", "-"], ("unpack", None, False, ["-"], [])),
+        (["push", "reg.io/t/c:v1", "a", "b"], ("push", None, False, ["reg.io/t/c:v1", "a", "b"], [])),
+        (["-q", "pull", "reg.io/t/c:v1", "--json"], ("pull", None, True, ["reg.io/t/c:v1"], [])),
     ],
 )
 def test_plain_command_lines_are_recognised(argv: list[str], expected: tuple) -> None:
@@ -105,6 +107,9 @@ def test_plain_command_lines_are_recognised(argv: list[str], expected: tuple) ->
         ["inspect"],
         ["run", "--"],
         ["pack"],
+        ["pull", "reg.io/t/c:v1", "--insecure"],
+        ["push", "reg.io/t/c:v1", "--compatible-only"],
+        ["pull", "a", "b"],
     ],
 )
 def test_anything_else_goes_to_the_app(argv: list[str]) -> None:
