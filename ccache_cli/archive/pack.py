@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -70,7 +70,7 @@ def pack(
     return PackResult(tuple(entries), len(blobs), total)
 
 
-def blob_sizes(entries: Sequence[Manifest]) -> dict[str, int]:
+def blob_sizes(entries: Iterable[Manifest]) -> dict[str, int]:
     """Each blob of `entries` once, with its size: what pack writes."""
     return {ref["sha256"]: ref["size"] for entry in entries for ref in entry.files.values()}
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+from ccache_cli.archive.pack import blob_sizes
 from ccache_cli.archive.signing import PublicKey
 from ccache_cli.archive.unpack import check_blobs, is_archive_path, open_source
 from ccache_cli.errors import BadInputError
@@ -196,7 +197,7 @@ def _first(names: Sequence[str], shown: int = 5) -> str:
 def broken_store_blobs(store: Store, entries: Iterable[Manifest]) -> dict[str, str]:
     """Re-hash every blob the entries name; what is wrong with each bad one."""
     broken: dict[str, str] = {}
-    sizes = {ref["sha256"]: ref["size"] for entry in entries for ref in entry.files.values()}
+    sizes = blob_sizes(entries)
     for sha256, size in sizes.items():
         path = store.blob_path(sha256)
         try:

@@ -37,11 +37,7 @@ def pack(
     if json_output and output == "-":
         raise BadInputError("--json writes to stdout, so it cannot be used with OUTPUT -")
     signer = signing.Signer(sign) if sign is not None else None
-    chosen = [store.find(ref) for ref in refs] if refs else list(store.scan().entries)
-    if compatible_only:
-        chosen = fits(chosen, *this_machine(store))
-    if not chosen:
-        raise BadInputError(f"nothing to pack: no {'compatible ' if compatible_only else ''}entries in {store.root}")
+    chosen = _chosen(store, refs, compatible_only, "pack")
     total = sum(packing.blob_sizes(chosen).values())
     with packing.open_output(output) as handle, progress("packing", total, output != "-") as on_progress:
         result = packing.pack(store, chosen, handle, level, on_progress, signer)
@@ -90,9 +86,7 @@ def unpack(
     trusted = signing.trusted_keys(trust)
     # This machine's fingerprint only where it is used: reading it costs every unpack otherwise.
     machine, exact = this_machine(store) if compatible_only or export_dir is not None else ({}, False)
-
-    def select(candidate: Manifest) -> bool:
-        return not compatible_only or bool(fits([candidate], machine, exact))
+    select = _selection(compatible_only, machine, exact)
 
     total = Path(source).stat().st_size if source != "-" and Path(source).is_file() else None
     with unpacking.open_source(source) as handle, progress("unpacking", total, not json_output) as on_progress:
@@ -160,12 +154,8 @@ def push(
     from ccache_cli.registry import client, transfer
 
     remote = client.Remote(reference, insecure)
-    chosen = [store.find(ref) for ref in refs] if refs else list(store.scan().entries)
-    if compatible_only:
-        chosen = fits(chosen, *this_machine(store))
-    if not chosen:
-        raise BadInputError(f"nothing to push: no {'compatible ' if compatible_only else ''}entries in {store.root}")
-    total = sum({ref["sha256"]: ref["size"] for e in chosen for ref in e.files.values()}.values())
+    chosen = _chosen(store, refs, compatible_only, "push")
+    total = sum(packing.blob_sizes(chosen).values())
     with progress("pushing", total, not json_output) as on_progress:
         result = transfer.push(store, chosen, remote, on_progress)
     show(Pushed(result), json_output, _print_pushed)
@@ -203,10 +193,7 @@ def pull(
     from ccache_cli.registry import client, transfer
 
     remote = client.Remote(reference, insecure)
-    machine, exact = this_machine(store) if compatible_only else ({}, False)
-
-    def select(candidate: Manifest) -> bool:
-        return not compatible_only or bool(fits([candidate], machine, exact))
+    select = _selection(compatible_only, *(this_machine(store) if compatible_only else ({}, False)))
 
     with progress("pulling", None, not json_output) as on_progress:
         result = transfer.pull(store, remote, select, on_progress)
@@ -267,6 +254,23 @@ def _export(
     store.materialize(chosen, target, "inductor/")
     modules = views.export_bytecode(store, chosen, target / PYCACHE_DIR)
     return chosen, (target / PYCACHE_DIR if modules else None)
+
+
+def _chosen(store: Store, refs: Sequence[str], compatible_only: bool, verb: str) -> list[Manifest]:
+    """The entries `refs` name (all, if none), only those fitting this machine with
+    `compatible_only`; BadInputError if that leaves none to `verb`."""
+    chosen = [store.find(ref) for ref in refs] if refs else list(store.scan().entries)
+    if compatible_only:
+        chosen = fits(chosen, *this_machine(store))
+    if not chosen:
+        raise BadInputError(f"nothing to {verb}: no {'compatible ' if compatible_only else ''}entries in {store.root}")
+    return chosen
+
+
+def _selection(compatible_only: bool, machine: dict, exact: bool) -> Callable[[Manifest], bool]:
+    """Which entries of an archive or artifact to take: all, or with `compatible_only`
+    those that fit `machine`."""
+    return lambda candidate: not compatible_only or bool(fits([candidate], machine, exact))
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from typing import Any
 
 from ccache_cli.archive import processes
 from ccache_cli.archive.head import Index, index_document, parse_index
+from ccache_cli.archive.pack import blob_sizes
 from ccache_cli.archive.unpack import link_present
 from ccache_cli.errors import ArchiveError, CcacheError, RegistryError
 from ccache_cli.store.manifest import Manifest
@@ -52,7 +53,7 @@ def push(
     """Upload `entries` as one artifact under `remote`'s tag, each layer only if the
     registry lacks it; the tag moves only once every layer is there."""
     entries = list({entry.id: entry for entry in entries}.values())
-    sizes = {ref["sha256"]: ref["size"] for entry in entries for ref in entry.files.values()}
+    sizes = blob_sizes(entries)
     cuts = {entry.id: layout.cut(entry) for entry in entries}
     packs = sorted({pack for entry_packs, _ in cuts.values() for pack in entry_packs})
     big = sorted({sha256 for _, entry_big in cuts.values() for sha256 in entry_big})
@@ -173,8 +174,13 @@ def pull(
     """Merge the artifact's entries into `store`, downloading only the layers holding
     blobs the store lacks; all or nothing (but see the module's note on resuming)."""
     artifact, index = read_listing(remote)
-    chosen = [entry for entry in index.entries if select(entry)]
-    skipped = tuple(entry.id for entry in index.entries if not select(entry))
+    chosen: list[Manifest] = []
+    skipped: list[str] = []
+    for entry in index.entries:
+        if select(entry):
+            chosen.append(entry)
+        else:
+            skipped.append(entry.id)
     downloads = [artifact.index]
 
     def read_catalog(listed: Manifest) -> layout.Catalog:
@@ -186,7 +192,7 @@ def pull(
     catalogs = in_threads(read_catalog, chosen)
     downloads += [artifact.catalogs[entry.id] for entry in chosen]
     entries = [catalog.entry for catalog in catalogs]
-    sizes = {ref["sha256"]: ref["size"] for entry in entries for ref in entry.files.values()}
+    sizes = blob_sizes(entries)
     with store.staging() as staging:
         objects = staging / "objects"
         present = link_present(store, objects, list(sizes))
@@ -198,7 +204,7 @@ def pull(
         verified, error = _fetch(remote, objects, sizes, layers, on_progress)
         if error is not None:
             if error["kind"] == "transfer":  # cut off by the network: keep what was verified, for the next pull
-                _keep_only(objects, verified)
+                _keep_only(objects, verified | present)
                 store.publish([], staging, verified)
                 raise RegistryError(error["message"])
             raise (ArchiveError if error["kind"] == "artifact" else CcacheError)(error["message"])
@@ -212,7 +218,7 @@ def pull(
         remote.reference,
         tuple(entry for entry, is_new in published if is_new),
         tuple(entry for entry, is_new in published if not is_new),
-        skipped,
+        tuple(skipped),
         len(needed),
         sum(sizes[sha256] for sha256 in needed),
         artifact.layer_count + 1,
@@ -304,12 +310,10 @@ def _fetch(
     return verified, (worst or [None])[0]
 
 
-def _keep_only(objects: Path, verified: set[str]) -> None:
-    """Remove from staging every blob file but the verified ones (and the store's own,
-    linked in), before what a cut-off pull verified is adopted."""
+def _keep_only(objects: Path, kept: set[str]) -> None:
+    """Remove from staging every blob file but `kept` (the verified ones and the store's
+    own, linked in), before what a cut-off pull verified is adopted."""
     for folder in os.listdir(objects):
         for name in os.listdir(objects / folder):
-            if name not in verified:
-                path = objects / folder / name
-                if os.stat(path).st_nlink < 2:  # a blob of the store, linked in, has two names
-                    os.unlink(path)
+            if name not in kept:
+                os.unlink(objects / folder / name)
