@@ -28,6 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from environments import foreign_venv  # noqa: E402  (shared with the tests)
+
 PROGRAM = """
 import time
 started = time.perf_counter()
@@ -51,19 +54,6 @@ print(json.dumps({"total_s": done - started, "done_at": done, "misses": misses})
 """
 
 
-def make_venv(folder: Path) -> Path:
-    """A venv with this environment's packages linked in, ccache-cli left out."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
-    import torch
-
-    ours = Path(torch.__file__).parent.parent
-    [theirs] = (folder / "lib").glob("python3*/site-packages")
-    for item in ours.iterdir():
-        if not item.name.startswith(("ccache_cli", "__editable__", "__pycache__")):
-            (theirs / item.name).symlink_to(item)
-    return folder / "bin" / "python"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(Path(__file__).parent / "models" / "llama_decoder.py"))
@@ -75,7 +65,7 @@ def main() -> None:
     model = str(Path(args.model).resolve())
     with tempfile.TemporaryDirectory(prefix="ccache-foreign-bench-") as work_dir:
         work = Path(work_dir)
-        python = args.python or str(make_venv(work / "venv"))
+        python = args.python or str(foreign_venv(work / "venv"))
         ccache = [sys.executable, "-m", "ccache_cli", "--store", str(work / "store")]
         (work / "empty").mkdir()
         base = {

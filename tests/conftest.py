@@ -238,25 +238,6 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
     return mine
 
 
-def foreign_venv(folder: Path) -> Path:
-    """A second virtual environment with this one's packages (torch among them) at paths
-    of its own, but not ccache-cli: each of this environment's site-packages entries
-    linked into its own. Its Python executable."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
-    ours = Path(torch_site_packages())
-    [theirs] = (folder / "lib").glob("python3*/site-packages")
-    for item in ours.iterdir():
-        if not item.name.startswith(("ccache_cli", "__editable__", "__pycache__")):
-            (theirs / item.name).symlink_to(item)
-    return folder / "bin" / "python"
-
-
-def torch_site_packages() -> str:
-    import torch
-
-    return str(Path(torch.__file__).parent.parent)
-
-
 @pytest.fixture(scope="session")
 def example_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store holding the bundled example compiled for 1, 8, 32, AOT included."""

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, foreign_venv, serve_counters, write_serve_script
+from conftest import EXAMPLE, serve_counters, write_serve_script
+from environments import foreign_venv
 from registry_server import NO_REGISTRY, REGISTRY, Registry
 
 from ccache_cli.registry.reference import is_reference

@@ -9,7 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import MODELS, ccache, ccache_json, foreign_venv
+from conftest import MODELS, ccache, ccache_json
+from environments import foreign_venv
 
 PROGRAM = textwrap.dedent(
     """
