@@ -188,6 +188,31 @@ def test_kill_9_of_precompile(tmp_path: Path) -> None:
         assert not [p for p in (target / "tmp").iterdir()]  # the killed one's staging was reclaimed
 
 
+KILLED_WHILE_DISCARDING = """
+import os, shutil, signal, sys
+from pathlib import Path
+from ccache_cli.store.store import STAGING_OWNER, Store
+
+def killed_midway(path, *args, **kwargs):  # rmtree may take the owner file first
+    for found in Path(path).rglob(STAGING_OWNER):
+        found.unlink()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+shutil.rmtree = killed_midway
+with Store(Path(sys.argv[1])).staging() as staging:
+    (staging / "kernel.so").write_bytes(b"x" * 5000)
+"""
+
+
+def test_a_writer_killed_while_it_removes_its_staging_leaves_nothing_the_next_one_keeps(tmp_path: Path) -> None:
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_DISCARDING, str(tmp_path)], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(list((tmp_path / "tmp").iterdir())) == 1
+    with Store(tmp_path).staging():
+        pass
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_writers_racing_on_one_store(source: dict, tmp_path: Path) -> None:
     """Eight processes at once, for several rounds: unpacks of overlapping archives, rm and
     gc. Each succeeds or fails for a reason of its own; the store verifies at the end."""

@@ -231,7 +231,18 @@ class Store:
                 ) from exc
             raise
         finally:
-            shutil.rmtree(path, ignore_errors=True)
+            self._discard(path)
+
+    def _discard(self, staging: Path) -> None:
+        # Renamed first: rmtree may delete the owner file before it is killed, and a
+        # staging folder without one is only reclaimed after _UNNAMED_AFTER_S, while a
+        # removed- folder always is.
+        trash = self.tmp_dir / f"{REMOVED_PREFIX}{uuid.uuid4().hex}"
+        try:
+            os.rename(staging, trash)
+        except OSError:
+            trash = staging
+        shutil.rmtree(trash, ignore_errors=True)
 
     def leftovers(self, other_hosts_after_s: float = 7 * 86400) -> tuple[Path, ...]:
         """What killed writers left in tmp/: staging folders whose process has ended
