@@ -16,6 +16,7 @@ import datetime as dt
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -252,9 +253,12 @@ def _plan(
 
 
 def _tree_bytes(folder: Path) -> int:
+    """Bytes of the files under `folder`; of one that its writer is removing meanwhile,
+    what is left (os.walk passes over folders that vanish)."""
     total = 0
-    for path in folder.rglob("*"):
-        with contextlib.suppress(OSError):
-            if path.is_file() and not path.is_symlink():
-                total += path.stat().st_size
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                status = os.lstat(os.path.join(parent, name))
+                total += status.st_size if stat.S_ISREG(status.st_mode) else 0
     return total

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from ccache_cli.hooked.fingerprint import DYNAMIC, components_for, mismatches
@@ -88,7 +87,9 @@ def test_the_standard_library_and_torch_are_not_sources(tmp_path: Path) -> None:
         str(fake_torch / "nn.py"),
         __import__("os").__file__,
     ]
-    collected = sources.collect(traced, [str(tmp_path), *sys.path], torch_dir=str(fake_torch))
+    # The roots given, not this process's sys.path, which other tests in it may have changed.
+    project = str(Path(sources.__file__).parents[2])
+    collected = sources.collect(traced, [str(tmp_path), project], torch_dir=str(fake_torch))
     assert [s.module for s in collected] == ["ccache_cli.errors"]
 
 
