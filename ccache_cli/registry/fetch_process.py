@@ -4,22 +4,26 @@ runs one per core, forked from itself where it can (`serve`), else started as
 
 Reads from stdin one JSON job: the reference (and whether plain HTTP), the staging
 folder for blobs, each blob's size, and its layers: digest, media type, size, the
-blobs the layer holds and those of them to write. Downloads them, a few at once;
-streams each through its SHA-256 and, for packs, zstd and the archive's tar reader;
-checks every blob against its name and writes the wanted ones, read-only, as
-`<objects>/ab/<sha256>` (folders made by the caller). Writes JSON lines to stdout:
-`{"bytes": n}` as layers arrive, then `{"verified": [...], "error": ...}`.
+blobs the layer holds and those of them to write. Downloads them, a few at once,
+each through its SHA-256: a raw blob layer straight into its file, a pack into memory
+and then, on the main thread, through zstd and the archive's tar reader; checks every
+blob against its name and writes the wanted ones, read-only, as `<objects>/ab/<sha256>`
+(folders made by the caller). Writes JSON lines to stdout: `{"bytes": n}` as layers
+arrive, then `{"verified": [...], "error": ...}`.
 
 Why processes: as for unpacking (archive/unpack_process.py), tens of thousands of
 small blobs mean as many open, write and close calls, and threads doing those wait on
-each other for the GIL; the downloads themselves overlap in threads within each process.
+each other for the GIL. So one thread per process unpacks, while the downloads, which
+wait on the network, overlap in threads beside it.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import functools
+import hashlib
 import io
 import json
 import os
@@ -42,8 +46,10 @@ from .layout import Layer
 
 TRANSFERS = 8  # requests in flight, over all processes
 _PIECE = 1 << 20  # decompressed bytes read at a time
+_CORRUPT_BLOB = "blob {} does not match its hash; the registry's copy is corrupt"
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 _T = TypeVar("_T")
+Job = tuple[Layer, tuple[str, ...], frozenset[str]]  # a layer, its blobs, those of them to write
 _R = TypeVar("_R")
 
 
@@ -82,7 +88,7 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
             for digest, media_type, size, blobs, wanted in job["layers"]
         ]
         try:
-            in_threads(fetcher.fetch, layers, job["threads"])
+            fetcher.fetch_all(layers, job["threads"])
         finally:
             fetcher.close()
     except CcacheError as exc:
@@ -97,7 +103,8 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
 
 
 class Fetcher:
-    """Downloads layers into a staging folder, from several threads."""
+    """Downloads layers into a staging folder: several at once, on threads; packs are
+    unpacked on the calling thread, one at a time."""
 
     def __init__(
         self, remote: Remote, objects: Path, sizes: dict[str, int], on_progress: Callable[[int], None]
@@ -110,31 +117,68 @@ class Fetcher:
         self._folders: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def fetch(self, job: tuple[Layer, tuple[str, ...], frozenset[str]]) -> None:
-        layer, blobs, wanted = job
+    def fetch_all(self, jobs: Sequence[Job], threads: int) -> None:
+        """Fetch every layer of `jobs`; the first failure is raised once the downloads
+        under way have ended (those not started are cancelled).
+
+        A pack is downloaded whole (checked against its digest) and then unpacked here:
+        one thread makes a pack's thousands of small writes, instead of several taking
+        turns at the GIL, while the others download. At most `threads` + 2 layers are
+        held, each no more than a pack (PACK_BYTES before compression)."""
+        waiting = collections.deque(jobs)
+        running: dict[concurrent.futures.Future[bytes | None], Job] = {}
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            try:
+                while waiting or running:
+                    while waiting and len(running) < threads + 2:
+                        job = waiting.popleft()
+                        running[pool.submit(self._download, job)] = job
+                    done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in done:
+                        job = running.pop(future)
+                        data = future.result()
+                        if data is not None:
+                            self._unpack(job, data)
+            except BaseException:
+                for future in running:
+                    future.cancel()
+                raise
+
+    def _download(self, job: Job) -> bytes | None:
+        """A pack's bytes; a raw blob layer is written as it arrives (None)."""
+        layer, blobs, _ = job
         chunks = self._counted(self.remote.stream(layer.digest, layer.size))
-        if layer.media_type == layout.BLOB_TYPE:
-            (sha256,) = blobs
+        if layer.media_type != layout.BLOB_TYPE:
+            return b"".join(chunks)  # the stream checks size and digest
+        (sha256,) = blobs
 
-            def write_all(fd: int) -> None:
-                for chunk in chunks:  # the stream checks size and digest, the digest being the blob's
-                    os.write(fd, chunk)
+        def write_all(fd: int) -> None:
+            for chunk in chunks:  # the digest checked is the blob's
+                os.write(fd, chunk)
 
-            self._write(sha256, write_all)
-            return
+        self._write(sha256, write_all)
+        return None
+
+    def _unpack(self, job: Job, data: bytes) -> None:
+        layer, blobs, wanted = job
         # Read in bounded pieces: a pack that decompresses to more than its tar of the
         # listed blobs is refused within a piece past its end, however it was made.
-        compressed = _ChunkFile(chunks)
-        reader = zstandard.ZstdDecompressor().stream_reader(compressed, read_size=_PIECE, read_across_frames=True)
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_size=_PIECE, read_across_frames=True)
         tar = TarReader(lambda: reader.read(_PIECE))
         received = bytearray(len(blobs))
         try:
             for _, sha256, size in blob_members(tar, layout.pack_list(blobs, self.sizes), received):
+                if size >= layout.BIG_BLOB:  # not what push packs, but read in pieces all the same
+                    if sha256 in wanted:
+                        self._write(sha256, functools.partial(_copy_checked, tar, sha256, size))
+                    else:
+                        _copy_checked(tar, sha256, size, None)
+                    continue
+                data = tar.read_member()
+                if hashlib.sha256(data).hexdigest() != sha256:
+                    raise ArchiveError(_CORRUPT_BLOB.format(sha256[:12]))
                 if sha256 in wanted:
-                    self._write(sha256, functools.partial(_copy_checked, tar, sha256, size))
-                else:
-                    _copy_checked(tar, sha256, size, None)
-            compressed.drain()  # the rest of the stream: the layer's digest is checked at its end
+                    self._write(sha256, functools.partial(_write_bytes, data))
         except zstandard.ZstdError as exc:
             raise ArchiveError(f"{self.remote.reference}: pack {layer.digest[7:19]} is corrupt ({exc})") from exc
         if not tar.ended or not all(received):
@@ -183,36 +227,14 @@ def _kind(exc: CcacheError) -> str:
     return "artifact" if isinstance(exc, ArchiveError) else "failed"
 
 
-class _ChunkFile(io.RawIOBase):
-    """A stream of chunks as the file zstd's stream reader reads from."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._left = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._left:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._left = memoryview(chunk)
-        count = min(len(buffer), len(self._left))
-        buffer[:count] = self._left[:count]
-        self._left = self._left[count:]
-        return count
-
-    def drain(self) -> None:
-        for _ in self._chunks:
-            pass
+def _write_bytes(data: memoryview, fd: int) -> None:
+    os.write(fd, data)  # a regular file takes the whole buffer
 
 
 def _copy_checked(tar: TarReader, sha256: str, size: int, fd: int | None) -> None:
     """Read a pack's member (into `fd`, if given), checking it hashes to its name."""
     if copy_member(tar, sha256, size, fd).hexdigest() != sha256:
-        raise ArchiveError(f"blob {sha256[:12]} does not match its hash; the registry's copy is corrupt")
+        raise ArchiveError(_CORRUPT_BLOB.format(sha256[:12]))
 
 
 if __name__ == "__main__":

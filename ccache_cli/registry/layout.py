@@ -46,7 +46,7 @@ CREATED_ANNOTATION = "org.opencontainers.image.created"
 
 BIG_BLOB = 1 << 20
 PACK_BYTES = 8 << 20
-PACK_FILES = 256
+PACK_FILES = 512
 ZSTD_LEVEL = 3
 MANIFEST_LIMIT = 4 << 20  # what registries accept at most (distribution's default)
 DOCUMENT_LIMIT = 256 << 20  # an index or catalog past this is not one ccache wrote
