@@ -240,13 +240,26 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
 
 @pytest.fixture(scope="session")
 def example_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store holding the bundled example compiled for 1, 8, 32, AOT included."""
+    """A store holding the bundled example compiled for 1 and 8, AOT included."""
 
     def build(folder: Path) -> None:
-        result = ccache("precompile", EXAMPLE, "--sizes", "1,8,32", store=folder / "store")
+        result = ccache("precompile", EXAMPLE, "--sizes", "1,8", store=folder / "store")
         assert result.returncode == 0, result.stderr
 
     return built_once(tmp_path_factory, "example", build) / "store"
+
+
+@pytest.fixture(scope="session")
+def machine_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This machine's fingerprint as `ccache fingerprint --json` writes it, in a file:
+    learned once per test run (each time costs a torch import)."""
+
+    def build(folder: Path) -> None:
+        result = ccache("fingerprint", "--json")
+        assert result.returncode == 0, result.stderr
+        (folder / "fingerprint.json").write_text(result.stdout)
+
+    return built_once(tmp_path_factory, "fingerprint", build) / "fingerprint.json"
 
 
 @pytest.fixture(scope="session")

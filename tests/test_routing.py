@@ -19,13 +19,14 @@ PROGRAM = textwrap.dedent(
     import json, sys, torch
     from ccache_cli.examples.tiny_transformer import build, example_inputs
     report = {}
+    sizes = json.loads(sys.argv[2]) if len(sys.argv) > 2 else [1, 8]
     for how in sys.argv[1].split(","):
         model = build()
         if how != "training":
             model = model.eval()
         grad = torch.enable_grad() if how == "training" else torch.no_grad()
         with grad:  # before compiling: module.compile() compiles the model itself
-            eager = [model(*example_inputs(size)) for size in (1, 8)]
+            eager = [model(*example_inputs(size)) for size in sizes]
         if how == "method":
             model.compile()
             compiled = model
@@ -36,7 +37,7 @@ PROGRAM = textwrap.dedent(
         else:  # module, training
             compiled = torch.compile(model)
         with grad:
-            outputs = [compiled(*example_inputs(size)) for size in (1, 8)]
+            outputs = [compiled(*example_inputs(size)) for size in sizes]
         report[how] = {
             "type": type(compiled).__name__,
             "is_module": isinstance(compiled, torch.nn.Module),
@@ -60,7 +61,9 @@ def program(tmp_path: Path) -> Path:
     return script
 
 
-def _run(store: Path, program: Path, hows: str, tmp_path: Path, *options: str, env: dict | None = None) -> dict:
+def _run(
+    store: Path, program: Path, hows: str, tmp_path: Path, *options: str, sizes: str = "[1, 8]", env: dict | None = None
+) -> dict:
     result = ccache(
         "run",
         *options,
@@ -68,6 +71,7 @@ def _run(store: Path, program: Path, hows: str, tmp_path: Path, *options: str, e
         sys.executable,
         str(program),
         hows,
+        sizes,
         store=store,
         cwd=tmp_path,
         env={"CCACHE_CLI_VIEWS": str(tmp_path / "views"), **(env or {})},
@@ -89,10 +93,11 @@ def test_unchanged_programs_run_the_stored_code_and_the_rest_is_torch_compile_un
     assert served["module"]["close"] and served["module"]["type"] == "RoutedModule" and served["module"]["is_module"]
     assert served["method"]["close"] and served["method"]["type"] == "TinyTransformer"
 
-    # A function, a mode no entry was compiled with, training with grad: as without ccache's routing.
+    # A function, a mode no entry was compiled with, training with grad: as without
+    # ccache's routing (size 1 alone: each is a cold compile, twice).
     unserved = "function,mode,training"
-    routed = _run(store, program, unserved, tmp_path)
-    plain = _run(store, program, unserved, tmp_path, "--no-route")
+    routed = _run(store, program, unserved, tmp_path, sizes="[1]")
+    plain = _run(store, program, unserved, tmp_path, "--no-route", sizes="[1]")
     assert routed["graphs"] > 0
     for how in unserved.split(","):
         assert routed[how]["outputs"] == plain[how]["outputs"], how  # bit for bit
@@ -102,18 +107,20 @@ def test_unchanged_programs_run_the_stored_code_and_the_rest_is_torch_compile_un
     # inspect counts what was routed and served, and says why the rest was not.
     [entry] = ccache_json("inspect", store=store)["entries"]
     usage = entry["usage"]
-    assert usage["routed"] == 3 and usage["served"] == 4, usage  # module, method, training; 2 sizes each served
+    assert usage["routed"] == 3 and usage["served"] == 4, (
+        usage
+    )  # module, method, training; 2 sizes each of the first two served
     assert usage["not_routed"] == {
         "declined: not an nn.Module": 1,
         "declined: mode 'reduce-overhead': the active entries were compiled with default": 1,
-        "fallback: grad enabled": 2,
+        "fallback: grad enabled": 1,
     }, usage
     detail = ccache("inspect", entry["id"][:8], store=store).stdout
     assert "torch.compile calls routed to the stored code: 3" in detail and "grad enabled" in detail
 
 
 def test_the_environment_switch_leaves_torch_compile_alone(example_store: Path, program: Path, tmp_path: Path) -> None:
-    report = _run(example_store, program, "module", tmp_path, env={"CCACHE_CLI_ROUTE": "0"})
+    report = _run(example_store, program, "module", tmp_path, sizes="[1]", env={"CCACHE_CLI_ROUTE": "0"})
     assert report["module"]["type"] == "OptimizedModule" and report["graphs"] > 0 and report["module"]["close"]
 
 

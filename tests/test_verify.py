@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import MODELS, built_once, ccache, ccache_json, framed_archive, make_entry
+from conftest import MODELS, built_once, ccache, framed_archive, make_entry
 
 from ccache_cli.store.store import Store
 
@@ -103,8 +103,10 @@ def test_moved_store_other_home_and_working_directory_pass(world: Path, tmp_path
 
 
 @pytest.mark.parametrize(("component", "value"), [("torch", "2.99.0+cpu"), ("python", "3.99.0"), ("cuda", "13.0")])
-def test_target_with_another_build_fails_naming_the_component(component: str, value: str, world: Path) -> None:
-    fingerprint = ccache_json("fingerprint", store=world / "one")
+def test_target_with_another_build_fails_naming_the_component(
+    component: str, value: str, world: Path, machine_target: Path
+) -> None:
+    fingerprint = json.loads(machine_target.read_text())
     target = world / "target.json"
     target.write_text(json.dumps({**fingerprint, component: value}))
     result = verify(world, "--json", "--target", str(target))
