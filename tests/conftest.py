@@ -26,6 +26,10 @@ MODELS = Path(__file__).parent / "models"
 # every cold compile here). It picks the same ISA where the probes pass, as they do on
 # the machines the tests run on; the compiles themselves stay real.
 os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")
+# On a few cores, each compiling process starting Inductor's pool of compile workers
+# (each importing torch) costs more CPU than the pool saves; the compiles are the same.
+if (os.cpu_count() or 1) <= 4:
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 # The tiers: tests/unit (pure functions), then the integration tests below, of which
 # these compile for real or kill processes in loops: marked `slow`.
 SLOW_MODULES = {

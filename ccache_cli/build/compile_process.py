@@ -92,11 +92,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
         **({"devices": request["devices"]} if others else {}),
         "grad": False,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "inductor_env": {
-            name: value
-            for name, value in sorted(os.environ.items())
-            if name.startswith("TORCHINDUCTOR_") and name not in fingerprint.INDUCTOR_ENV_IGNORED
-        },
+        "inductor_env": fingerprint.inductor_env(os.environ),
     }
     emit(
         "planned",

@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,16 @@ GPU_COMPONENTS = ("triton", "gpu", "capability")
 CPU_COMPONENTS = ("cpu_isa", "cpu_threads")
 DYNAMIC = "dynamic"  # cpu_threads of kernels that read the thread count when they run
 DYNAMIC_THREADS_ENV = "TORCHINDUCTOR_CPP_DYNAMIC_THREADS"
-# TORCHINDUCTOR_* variables that say where caches live, not what is compiled: not in the key.
+# TORCHINDUCTOR_* variables that say where caches live or how many processes compile,
+# not what is compiled (torch leaves them out of its own cache keys): not in the key.
 INDUCTOR_ENV_IGNORED = frozenset(
-    {"TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"}
+    {
+        "TORCHINDUCTOR_CACHE_DIR",
+        "TORCHINDUCTOR_FX_GRAPH_CACHE",
+        "TORCHINDUCTOR_AUTOGRAD_CACHE",
+        "TORCHINDUCTOR_COMPILE_THREADS",
+        "TORCHINDUCTOR_WORKER_START",
+    }
 )
 COMPONENTS = BUILD_COMPONENTS + GPU_COMPONENTS + CPU_COMPONENTS
 
@@ -53,6 +61,15 @@ class Mismatch:
 
     def __str__(self) -> str:
         return f"{self.component}: entry has {self.entry!r}, target has {self.target!r}"
+
+
+def inductor_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The TORCHINDUCTOR_* settings of `environ` that the key holds, sorted by name."""
+    return {
+        name: value
+        for name, value in sorted(environ.items())
+        if name.startswith("TORCHINDUCTOR_") and name not in INDUCTOR_ENV_IGNORED
+    }
 
 
 def is_gpu_device(device: str) -> bool:

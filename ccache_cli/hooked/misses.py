@@ -85,11 +85,7 @@ def explain(torch: Any, entries: list[dict[str, Any]], fingerprint: ModuleType, 
                     f"(precompile with --devices to serve other GPU indices)"
                 )
         recorded = options.get("inductor_env") or {}
-        current = {
-            name: value
-            for name, value in environ.items()
-            if name.startswith("TORCHINDUCTOR_") and name not in fingerprint.INDUCTOR_ENV_IGNORED
-        }
+        current = fingerprint.inductor_env(environ)
         for name in sorted(set(recorded) | set(current)):
             if recorded.get(name) != current.get(name):
                 reasons.append(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ccache_cli.hooked.fingerprint import DYNAMIC, components_for, mismatches
+from ccache_cli.hooked.fingerprint import DYNAMIC, components_for, inductor_env, mismatches
 from ccache_cli.key import sources
 from ccache_cli.store.hashing import sha256_file
 
@@ -102,3 +102,15 @@ def test_check_finds_changed_and_missing_sources(tmp_path: Path) -> None:
     (tmp_path / "gone.py").unlink()
     states = {status.source.module: status.state for status in sources.check(collected, [str(tmp_path)])}
     assert states == {"m": "changed", "gone": "missing"}
+
+
+def test_the_key_holds_inductor_settings_of_what_is_compiled_not_of_how_or_where() -> None:
+    environ = {
+        "TORCHINDUCTOR_MAX_AUTOTUNE": "1",
+        "TORCHINDUCTOR_CPP_DYNAMIC_THREADS": "1",
+        "TORCHINDUCTOR_CACHE_DIR": "/tmp/x",
+        "TORCHINDUCTOR_COMPILE_THREADS": "1",
+        "TORCHINDUCTOR_WORKER_START": "fork",
+        "PATH": "/usr/bin",
+    }
+    assert inductor_env(environ) == {"TORCHINDUCTOR_CPP_DYNAMIC_THREADS": "1", "TORCHINDUCTOR_MAX_AUTOTUNE": "1"}
