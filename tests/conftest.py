@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import compileall
 import functools
 import io
 import json
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
+import ccache_cli
 from ccache_cli.archive.frames import FRAME_SIZE, FrameWriter
 from ccache_cli.store.hashing import hash_json
 from ccache_cli.store.manifest import parse as parse_manifest
@@ -44,6 +46,15 @@ SLOW_MODULES = {
     "test_foreign_env",
 }
 COMPILED_FIXTURES = {"example_store", "example_entry", "llama", "compiled"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Bytecode for the project and the test models, once: every process the tests
+    start imports them, an editable install leaves them without .pyc files, and where
+    PYTHONDONTWRITEBYTECODE is set each process would compile them again."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller, before the workers start
+        for folder in (Path(ccache_cli.__file__).parent, MODELS):
+            compileall.compile_dir(str(folder), quiet=1)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
