@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import stat
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from ccache_cli.hooked import usage
 from ccache_cli.serve import views
 from ccache_cli.store import durable, owners
 from ccache_cli.store.manifest import Manifest
-from ccache_cli.store.store import REMOVED_PREFIX, Store
+from ccache_cli.store.store import Store
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])\s*$", re.IGNORECASE)
@@ -177,7 +176,7 @@ def apply(store: Store, plan: Plan) -> None:
         for entry in plan.remove:
             folder = store.entries_dir / entry.id
             if folder.is_dir():
-                trash.append(store.tmp_dir / f"{REMOVED_PREFIX}{uuid.uuid4().hex}")
+                trash.append(store.trash_folder())
                 os.rename(folder, trash[-1])
             usage.forget(store, entry.id)
         if trash:

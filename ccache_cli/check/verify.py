@@ -111,12 +111,11 @@ def _verify_remote(
 
     artifact, index = transfer.read_listing(client.Remote(reference, insecure))
     machine = target or this_machine_exact(store)
-    listed = Check("", "integrity", True, "")
     checks = []
     for entry in index.entries:
         layer = artifact.catalogs[entry.id]
         detail = f"catalog {layer.digest[7:19]} listed in the manifest; `ccache pull` checks every layer's digest"
-        checks.append(dataclasses.replace(listed, entry=entry.id, detail=detail))
+        checks.append(Check(entry.id, "integrity", True, detail))
         checks += [c for c in static_checks([entry], {}, machine, sources.search_path()) if c.check != "integrity"]
     return VerifyReport(tuple(checks), target_name or "this machine")
 

@@ -31,7 +31,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import requests
 import zstandard
@@ -44,28 +44,10 @@ from . import layout
 from .client import Remote
 from .layout import Layer
 
-TRANSFERS = 8  # requests in flight, over all processes
 _PIECE = 1 << 20  # decompressed bytes read at a time
 _CORRUPT_BLOB = "blob {} does not match its hash; the registry's copy is corrupt"
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-_T = TypeVar("_T")
 Job = tuple[Layer, tuple[str, ...], frozenset[str]]  # a layer, its blobs, those of them to write
-_R = TypeVar("_R")
-
-
-def in_threads(function: Callable[[_T], _R], items: Sequence[_T], threads: int = TRANSFERS) -> list[_R]:
-    """`function` over `items` on `threads` threads, in order; the first failure is
-    raised once the others have stopped (those not started are cancelled)."""
-    if len(items) <= 1 or threads <= 1:
-        return [function(item) for item in items]
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        futures = [pool.submit(function, item) for item in items]
-        try:
-            return [future.result() for future in futures]
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
 
 
 def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
@@ -174,11 +156,11 @@ class Fetcher:
                     else:
                         _copy_checked(tar, sha256, size, None)
                     continue
-                data = tar.read_member()
-                if hashlib.sha256(data).hexdigest() != sha256:
+                content = tar.read_member()
+                if hashlib.sha256(content).hexdigest() != sha256:
                     raise ArchiveError(_CORRUPT_BLOB.format(sha256[:12]))
                 if sha256 in wanted:
-                    self._write(sha256, functools.partial(_write_bytes, data))
+                    self._write(sha256, functools.partial(_write_bytes, content))
         except zstandard.ZstdError as exc:
             raise ArchiveError(f"{self.remote.reference}: pack {layer.digest[7:19]} is corrupt ({exc})") from exc
         if not tar.ended or not all(received):

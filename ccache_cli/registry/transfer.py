@@ -12,13 +12,14 @@ otherwise), so the next pull resumes where it stopped.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ccache_cli.archive import processes
 from ccache_cli.archive.head import Index, index_document, parse_index
@@ -30,10 +31,27 @@ from ccache_cli.store.store import Store
 
 from . import fetch_process, layout
 from .client import Remote
-from .fetch_process import TRANSFERS, in_threads
 from .layout import Layer
 
 Progress = Callable[[int], None]  # called with a count of bytes just moved
+TRANSFERS = 8  # requests in flight, over all processes
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def in_threads(function: Callable[[_T], _R], items: Sequence[_T], threads: int = TRANSFERS) -> list[_R]:
+    """`function` over `items` on `threads` threads, in order; the first failure is
+    raised once the others have stopped (those not started are cancelled)."""
+    if len(items) <= 1 or threads <= 1:
+        return [function(item) for item in items]
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(function, item) for item in items]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from ccache_cli.store.manifest import FileRef, Manifest
 FORMAT_VERSION = 1
 STORE_ENV = "CCACHE_CLI_STORE"
 _UNNAMED_AFTER_S = 60  # a staging folder still without its owner file was left by a killed writer
-REMOVED_PREFIX = "removed-"  # tmp/ folders of entries rm and gc are deleting
+REMOVED_PREFIX = "removed-"  # tmp/ folders being deleted: entries rm and gc removed, staging done with
 
 
 @dataclass(frozen=True)
@@ -237,12 +237,17 @@ class Store:
         # Renamed first: rmtree may delete the owner file before it is killed, and a
         # staging folder without one is only reclaimed after _UNNAMED_AFTER_S, while a
         # removed- folder always is.
-        trash = self.tmp_dir / f"{REMOVED_PREFIX}{uuid.uuid4().hex}"
+        trash = self.trash_folder()
         try:
             os.rename(staging, trash)
         except OSError:
             trash = staging
         shutil.rmtree(trash, ignore_errors=True)
+
+    def trash_folder(self) -> Path:
+        """A new name in tmp/ for a folder to delete: renamed there first, it is reclaimed
+        by the next writer or `gc` if its deleter is killed (Store.leftovers)."""
+        return self.tmp_dir / f"{REMOVED_PREFIX}{uuid.uuid4().hex}"
 
     def leftovers(self, other_hosts_after_s: float = 7 * 86400) -> tuple[Path, ...]:
         """What killed writers left in tmp/: staging folders whose process has ended
