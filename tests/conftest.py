@@ -46,15 +46,21 @@ SLOW_MODULES = {
     "test_foreign_env",
 }
 COMPILED_FIXTURES = {"example_store", "example_entry", "llama", "compiled"}
+FINGERPRINT_ENV = "CCACHE_CLI_TEST_FINGERPRINT"  # `ccache fingerprint --json`, learned once per run
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Bytecode for the project and the test models, once: every process the tests
-    start imports them, an editable install leaves them without .pyc files, and where
-    PYTHONDONTWRITEBYTECODE is set each process would compile them again."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller, before the workers start
+    """Once, in the controller before the workers start: bytecode for the project and
+    the test models (every process the tests start imports them, an editable install
+    leaves them without .pyc files, and where PYTHONDONTWRITEBYTECODE is set each process
+    would compile them again); and this machine's fingerprint, for every worker (each
+    time it is learned costs a torch import)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
         for folder in (Path(ccache_cli.__file__).parent, MODELS):
             compileall.compile_dir(str(folder), quiet=1)
+        learned = ccache("fingerprint", "--json")
+        assert learned.returncode == 0, learned.stderr
+        os.environ[FINGERPRINT_ENV] = learned.stdout
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
@@ -188,9 +194,9 @@ def store_leftovers(store: Path) -> list[str]:
 @functools.cache
 def cpu_fingerprint() -> dict:
     """This machine's CPU fingerprint, as an entry compiled here would carry it."""
-    from ccache_cli.hooked.fingerprint import entry_fingerprint, machine_fingerprint
+    from ccache_cli.hooked.fingerprint import entry_fingerprint
 
-    return entry_fingerprint(machine_fingerprint(), "cpu")
+    return entry_fingerprint(json.loads(os.environ[FINGERPRINT_ENV]), "cpu")
 
 
 def make_entry(
@@ -266,15 +272,10 @@ def example_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def machine_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This machine's fingerprint as `ccache fingerprint --json` writes it, in a file:
-    learned once per test run (each time costs a torch import)."""
-
-    def build(folder: Path) -> None:
-        result = ccache("fingerprint", "--json")
-        assert result.returncode == 0, result.stderr
-        (folder / "fingerprint.json").write_text(result.stdout)
-
-    return built_once(tmp_path_factory, "fingerprint", build) / "fingerprint.json"
+    """This machine's fingerprint as `ccache fingerprint --json` writes it, in a file."""
+    target = tmp_path_factory.mktemp("fingerprint") / "fingerprint.json"
+    target.write_text(os.environ[FINGERPRINT_ENV])
+    return target
 
 
 @pytest.fixture(scope="session")
