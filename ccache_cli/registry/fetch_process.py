@@ -2,14 +2,15 @@
 runs one per core, forked from itself where it can (`serve`), else started as
 `python -m ccache_cli.registry.fetch_process`.
 
-Reads from stdin one JSON job: the reference (and whether plain HTTP), the staging
-folder for blobs, each blob's size, and its layers: digest, media type, size, the
-blobs the layer holds and those of them to write. Downloads them, a few at once,
-each through its SHA-256: a raw blob layer straight into its file, a pack into memory
-and then, on the main thread, through zstd and the archive's tar reader; checks every
-blob against its name and writes the wanted ones, read-only, as `<objects>/ab/<sha256>`
-(folders made by the caller). Writes JSON lines to stdout: `{"bytes": n}` as layers
-arrive, then `{"verified": [...], "error": ...}`.
+Reads JSON lines from stdin: first the reference (and whether plain HTTP), the
+staging folder for blobs and how many downloads to run at once; then one line per
+layer, as the caller learns of it from the catalogs, until stdin ends: digest, media
+type, size, the blobs the layer holds, those of them to write, and each one's size.
+Downloads them, a few at once, each through its SHA-256: a raw blob layer straight
+into its file, a pack into memory and then, on the main thread, through zstd and the
+archive's tar reader; checks every blob against its name and writes the wanted ones,
+read-only, as `<objects>/ab/<sha256>` (folders made by the caller). Writes JSON lines
+to stdout: `{"bytes": n}` as layers arrive, then `{"verified": [...], "error": ...}`.
 
 Why processes: as for unpacking (archive/unpack_process.py), tens of thousands of
 small blobs mean as many open, write and close calls, and threads doing those wait on
@@ -19,7 +20,6 @@ wait on the network, overlap in threads beside it.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -27,9 +27,10 @@ import hashlib
 import io
 import json
 import os
+import queue
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -63,14 +64,17 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     error = None
     try:
         remote = Remote(job["reference"], job["insecure"])
-        fetcher = Fetcher(remote, Path(job["objects"]), job["sizes"], lambda n: report({"bytes": n}))
+        fetcher = Fetcher(remote, Path(job["objects"]), {}, lambda n: report({"bytes": n}))
         verified = fetcher.verified
-        layers = [
-            (Layer(media_type, digest, size), tuple(blobs), frozenset(wanted))
-            for digest, media_type, size, blobs, wanted in job["layers"]
-        ]
+
+        def layers() -> Iterator[Job]:
+            for line in stdin:
+                digest, media_type, size, blobs, wanted, sizes = json.loads(line)
+                fetcher.sizes.update(zip(blobs, sizes))
+                yield Layer(media_type, digest, size), tuple(blobs), frozenset(wanted)
+
         try:
-            fetcher.fetch_all(layers, job["threads"])
+            fetcher.fetch_all(layers(), job["threads"])
         finally:
             fetcher.close()
     except CcacheError as exc:
@@ -99,31 +103,54 @@ class Fetcher:
         self._folders: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def fetch_all(self, jobs: Sequence[Job], threads: int) -> None:
-        """Fetch every layer of `jobs`; the first failure is raised once the downloads
-        under way have ended (those not started are cancelled).
+    def fetch_all(self, jobs: Iterable[Job], threads: int) -> None:
+        """Fetch every layer of `jobs`, an iterator that may wait for the next while the
+        layers before it download; the first failure is raised once the downloads under
+        way have ended (those not started are cancelled).
 
         A pack is downloaded whole (checked against its digest) and then unpacked here:
         one thread makes a pack's thousands of small writes, instead of several taking
         turns at the GIL, while the others download. At most `threads` + 2 layers are
         held, each no more than a pack (PACK_BYTES before compression)."""
-        waiting = collections.deque(jobs)
-        running: dict[concurrent.futures.Future[bytes | None], Job] = {}
+        arrived: queue.SimpleQueue[tuple[Job | None, Any]] = queue.SimpleQueue()
+        room = threading.Semaphore(threads + 2)  # a layer takes it from download to unpacked
+        stopping = threading.Event()
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+
+            def feed() -> None:
+                """Start each layer's download as it arrives; then say how many there were."""
+                count = 0
+                try:
+                    for job in jobs:
+                        room.acquire()
+                        if stopping.is_set():
+                            return
+                        pool.submit(self._download, job).add_done_callback(functools.partial(_arrived, arrived, job))
+                        count += 1
+                    arrived.put((None, count))
+                except BaseException as exc:  # a job that is not one, or stdin lost: the main thread raises it
+                    arrived.put((None, exc))
+
+            threading.Thread(target=feed, daemon=True).start()
+            expected: int | None = None
+            handled = 0
             try:
-                while waiting or running:
-                    while waiting and len(running) < threads + 2:
-                        job = waiting.popleft()
-                        running[pool.submit(self._download, job)] = job
-                    done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-                    for future in done:
-                        job = running.pop(future)
-                        data = future.result()
-                        if data is not None:
-                            self._unpack(job, data)
+                while expected is None or handled < expected:
+                    job, outcome = arrived.get()
+                    if job is None:
+                        if isinstance(outcome, BaseException):
+                            raise outcome
+                        expected = outcome
+                        continue
+                    handled += 1
+                    data = outcome.result()
+                    if data is not None:
+                        self._unpack(job, data)
+                    room.release()
             except BaseException:
-                for future in running:
-                    future.cancel()
+                stopping.set()
+                room.release()  # a feeder waiting for room sees it is stopping
+                pool.shutdown(wait=True, cancel_futures=True)
                 raise
 
     def _download(self, job: Job) -> bytes | None:
@@ -200,6 +227,12 @@ class Fetcher:
         for chunk in chunks:
             self.on_progress(len(chunk))
             yield chunk
+
+
+def _arrived(
+    arrived: queue.SimpleQueue[tuple[Job | None, Any]], job: Job, future: concurrent.futures.Future[bytes | None]
+) -> None:
+    arrived.put((job, future))
 
 
 def _kind(exc: CcacheError) -> str:

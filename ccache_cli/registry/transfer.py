@@ -13,10 +13,11 @@ otherwise), so the next pull resumes where it stopped.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -190,7 +191,11 @@ def pull(
     on_progress: Progress = lambda _: None,
 ) -> PullResult:
     """Merge the artifact's entries into `store`, downloading only the layers holding
-    blobs the store lacks; all or nothing (but see the module's note on resuming)."""
+    blobs the store lacks; all or nothing (but see the module's note on resuming).
+
+    Each catalog's layers start downloading as soon as it has been read and checked,
+    while the others are still on their way (as unpack writes blobs while it reads
+    the manifests)."""
     artifact, index = read_listing(remote)
     chosen: list[Manifest] = []
     skipped: list[str] = []
@@ -199,7 +204,6 @@ def pull(
             chosen.append(entry)
         else:
             skipped.append(entry.id)
-    downloads = [artifact.index]
 
     def read_catalog(listed: Manifest) -> layout.Catalog:
         layer = artifact.catalogs[listed.id]
@@ -207,31 +211,44 @@ def pull(
             remote.blob(layer.digest, layer.size, layout.DOCUMENT_LIMIT), listed, index, artifact
         )
 
-    catalogs = in_threads(read_catalog, chosen)
-    downloads += [artifact.catalogs[entry.id] for entry in chosen]
-    entries = [catalog.entry for catalog in catalogs]
-    sizes = blob_sizes(entries)
+    sizes: dict[str, int] = {}
+    present: set[str] = set()
+    needed: set[str] = set()
+    fetched: dict[str, Layer] = {}  # layers sent to download, by digest
+    catalogs: dict[str, layout.Catalog] = {}
     with store.staging() as staging:
         objects = staging / "objects"
-        present = link_present(store, objects, list(sizes))
-        needed = set(sizes) - present
-        jobs = _jobs(catalogs, needed)
-        for folder in {sha256[:2] for sha256 in needed}:
-            (objects / folder).mkdir(parents=True, exist_ok=True)
-        layers = [(artifact.layers[digest], blobs, wanted) for digest, (blobs, wanted) in jobs.items()]
-        verified, error = _fetch(remote, objects, sizes, layers, on_progress)
+        objects.mkdir()
+        # Started before any thread (so they are forked), for the layers the artifact has.
+        workers = processes.worker_count(sum(layer.size for layer in artifact.layers.values()))
+        with _Downloads(remote, objects, min(workers, len(artifact.layers)), on_progress) as downloads:
+            for catalog in _as_read(read_catalog, chosen):
+                catalogs[catalog.entry.id] = catalog
+                new = {sha256: size for sha256, size in blob_sizes([catalog.entry]).items() if sha256 not in sizes}
+                sizes.update(new)
+                linked = link_present(store, objects, list(new))
+                present |= linked
+                wanted_now = set(new) - linked
+                needed |= wanted_now
+                for folder in {sha256[:2] for sha256 in wanted_now}:
+                    (objects / folder).mkdir(exist_ok=True)
+                for digest, blobs, wanted in _jobs(catalog, wanted_now):
+                    fetched[digest] = artifact.layers[digest]
+                    downloads.send(fetched[digest], blobs, wanted, sizes)
+            verified, error = downloads.finish()
         if error is not None:
             if error["kind"] == "transfer":  # cut off by the network: keep what was verified, for the next pull
                 _keep_only(objects, verified | present)
                 store.publish([], staging, verified)
                 raise RegistryError(error["message"])
             raise (ArchiveError if error["kind"] == "artifact" else CcacheError)(error["message"])
-        downloads += [layer for layer, _, _ in layers]
         if verified != needed:
             raise ArchiveError(
                 f"{remote.reference}: its layers lack {len(needed - verified)} blob(s) its catalogs name"
             )
+        entries = [catalogs[listed.id].entry for listed in chosen]
         published = store.publish(entries, staging, needed)
+    downloads_made = [artifact.index, *(artifact.catalogs[entry.id] for entry in chosen), *fetched.values()]
     return PullResult(
         remote.reference,
         tuple(entry for entry, is_new in published if is_new),
@@ -240,92 +257,118 @@ def pull(
         len(needed),
         sum(sizes[sha256] for sha256 in needed),
         artifact.layer_count + 1,
-        len(downloads),
-        sum(layer.size for layer in downloads),
+        len(downloads_made),
+        sum(layer.size for layer in downloads_made),
     )
 
 
-def _jobs(catalogs: Sequence[layout.Catalog], needed: set[str]) -> dict[str, tuple[tuple[str, ...], frozenset[str]]]:
-    """The layers to download, by digest: each with its blobs (a pack's, in order) and
-    those of them to write, each needed blob taken from the first layer that holds it."""
-    assigned: set[str] = set()
-    jobs: dict[str, tuple[tuple[str, ...], set[str]]] = {}
-    for catalog in catalogs:
-        holders = [(digest, blobs) for digest, blobs in catalog.packs]
-        holders += [("sha256:" + sha256, (sha256,)) for sha256 in catalog.big]
-        for digest, blobs in holders:
-            wanted = {sha256 for sha256 in blobs if sha256 in needed and sha256 not in assigned}
-            if wanted:
-                assigned.update(wanted)
-                jobs.setdefault(digest, (blobs, set()))[1].update(wanted)
-    return {digest: (blobs, frozenset(wanted)) for digest, (blobs, wanted) in jobs.items()}
+def _as_read(read: Callable[[Manifest], layout.Catalog], listed: Sequence[Manifest]) -> Iterator[layout.Catalog]:
+    """`read` of each of `listed` on a few threads, as each is done; the first failure
+    is raised once the reads under way have ended (those not started are cancelled)."""
+    with concurrent.futures.ThreadPoolExecutor(TRANSFERS) as pool:
+        futures = [pool.submit(read, item) for item in listed]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                yield future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
-def _fetch(
-    remote: Remote,
-    objects: Path,
-    sizes: dict[str, int],
-    layers: list[tuple[Layer, tuple[str, ...], frozenset[str]]],
-    on_progress: Progress,
-) -> tuple[set[str], dict[str, Any] | None]:
-    """Download `layers` into `objects` in one process per core (fetch_process.py),
-    the largest first, each process's share about equal in bytes. The blobs verified,
-    and the first error: one that is not the network's stops the others at once."""
-    if not layers:
-        return set(), None
-    count = min(len(layers), processes.worker_count(sum(layer.size for layer, _, _ in layers)))
-    shares: list[list[Any]] = [[] for _ in range(count)]
-    loads = [0] * count
-    for layer, blobs, wanted in sorted(layers, key=lambda job: -job[0].size):
-        least = loads.index(min(loads))
-        shares[least].append([layer.digest, layer.media_type, layer.size, list(blobs), sorted(wanted)])
-        loads[least] += layer.size
-    workers = processes.start(fetch_process, count)
-    verified: set[str] = set()
-    errors: list[dict[str, Any]] = []
-    reported = 0
-    lock = threading.Lock()
+def _jobs(catalog: layout.Catalog, needed: set[str]) -> list[tuple[str, tuple[str, ...], frozenset[str]]]:
+    """The layers of `catalog` to download for `needed` (blobs no earlier catalog's
+    layers were sent for), by digest, largest first: each with its blobs (a pack's, in
+    order) and those of them to write, each blob taken from the first layer that holds it."""
+    jobs = []
+    holders = [(digest, blobs) for digest, blobs in catalog.packs]
+    holders += [("sha256:" + sha256, (sha256,)) for sha256 in catalog.big]
+    for digest, blobs in holders:
+        wanted = needed.intersection(blobs)
+        if wanted:
+            needed = needed - wanted
+            jobs.append((digest, blobs, frozenset(wanted)))
+    return jobs
 
-    def follow(worker: processes.Process) -> None:
-        nonlocal reported
+
+class _Downloads:
+    """The processes that download a pull's layers (fetch_process.py), one per core,
+    each sent layers as the catalogs name them, balanced by bytes."""
+
+    def __init__(self, remote: Remote, objects: Path, count: int, on_progress: Progress) -> None:
+        self._on_progress = on_progress
+        self._workers = processes.start(fetch_process, max(1, count))
+        self._loads = [0] * len(self._workers)
+        self._lock = threading.Lock()
+        self._reports = 0
+        self.verified: set[str] = set()
+        self.errors: list[dict[str, Any]] = []
+        header = {
+            "reference": remote.reference,
+            "insecure": remote.scheme == "http",
+            "objects": str(objects),
+            "threads": max(1, TRANSFERS // len(self._workers)),
+        }
+        for worker in self._workers:
+            self._write(worker, header)
+        self._followers = [threading.Thread(target=self._follow, args=(worker,)) for worker in self._workers]
+        for follower in self._followers:
+            follower.start()
+
+    def send(self, layer: Layer, blobs: Sequence[str], wanted: frozenset[str], sizes: dict[str, int]) -> None:
+        least = self._loads.index(min(self._loads))
+        self._loads[least] += layer.size
+        job = [layer.digest, layer.media_type, layer.size, list(blobs), sorted(wanted), [sizes[s] for s in blobs]]
+        self._write(self._workers[least], job)
+
+    def finish(self) -> tuple[set[str], dict[str, Any] | None]:
+        """Wait for every process's report: the blobs verified, and the first error (one
+        that is not the network's stops the others at once)."""
+        for worker in self._workers:
+            with contextlib.suppress(OSError):
+                assert worker.stdin is not None
+                worker.stdin.close()
+        for follower in self._followers:
+            follower.join()
+        if self._reports < len(self._workers):  # killed, or crashed: what it wrote is unknown
+            self.errors.append({"message": "a downloading process ended without a report", "kind": "failed"})
+        worst = sorted(self.errors, key=lambda error: error["kind"] == "transfer")  # a transfer error only if alone
+        return self.verified, (worst or [None])[0]
+
+    def __enter__(self) -> _Downloads:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        processes.stop(self._workers)
+        for follower in self._followers:
+            follower.join()
+        processes.close_pipes(self._workers)
+
+    @staticmethod
+    def _write(worker: processes.Process, line: Any) -> None:
+        """A line to a process; one that stopped says why in its report."""
+        assert worker.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            worker.stdin.write(json.dumps(line).encode() + b"\n")
+            worker.stdin.flush()
+
+    def _follow(self, worker: processes.Process) -> None:
         assert worker.stdout is not None
         for line in worker.stdout:
             report = json.loads(line)
             if "bytes" in report:
-                with lock:
-                    on_progress(report["bytes"])
+                with self._lock:
+                    self._on_progress(report["bytes"])
                 continue
-            with lock:
-                reported += 1
-                verified.update(report["verified"])
+            with self._lock:
+                self._reports += 1
+                self.verified.update(report["verified"])
                 if report["error"] is not None:
-                    errors.append(report["error"])
+                    self.errors.append(report["error"])
                     if report["error"]["kind"] != "transfer":  # the others need not go on
-                        for other in workers:
+                        for other in self._workers:
                             if other is not worker:
                                 other.kill()
-
-    try:
-        for worker, share in zip(workers, shares):
-            assert worker.stdin is not None
-            job = {
-                "reference": remote.reference,
-                "insecure": remote.scheme == "http",
-                "objects": str(objects),
-                "sizes": {sha256: sizes[sha256] for layer in share for sha256 in layer[3]},
-                "layers": share,
-                "threads": max(1, TRANSFERS // count),
-            }
-            worker.stdin.write(json.dumps(job).encode() + b"\n")
-            worker.stdin.close()
-        in_threads(follow, workers, len(workers))
-    finally:
-        processes.stop(workers)
-        processes.close_pipes(workers)
-    if reported < len(workers):  # killed, or crashed: what it wrote is unknown
-        errors.append({"message": "a downloading process ended without a report", "kind": "failed"})
-    worst = sorted(errors, key=lambda error: error["kind"] == "transfer")  # a transfer error only if alone
-    return verified, (worst or [None])[0]
 
 
 def _keep_only(objects: Path, kept: set[str]) -> None:
