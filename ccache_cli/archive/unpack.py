@@ -97,12 +97,15 @@ def _unpack(
     )
 
 
-def link_present(store: Store, objects: Path, names: list[str]) -> set[str]:
-    """Hard-link into `objects` the blobs of `names` the store holds; the ones linked.
-    One that cannot be linked (gone meanwhile, another user's file) is written instead."""
+def link_present(
+    store: Store, objects: Path, names: list[str], listings: dict[str, set[str]] | None = None
+) -> set[str]:
+    """Hard-link into `objects` the blobs of `names` the store holds (`listings` as
+    `Store.blobs_present` takes it); the ones linked. One that cannot be linked (gone
+    meanwhile, another user's file) is written instead."""
     linked: set[str] = set()
     folders: set[str] = set()
-    for sha256 in store.blobs_present(names):
+    for sha256 in store.blobs_present(names, listings):
         try:
             if sha256[:2] not in folders:
                 (objects / sha256[:2]).mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ wait on the network, overlap in threads beside it.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -105,51 +106,49 @@ class Fetcher:
 
     def fetch_all(self, jobs: Iterable[Job], threads: int) -> None:
         """Fetch every layer of `jobs`, an iterator that may wait for the next while the
-        layers before it download; the first failure is raised once the downloads under
-        way have ended (those not started are cancelled).
+        layers before it download (read on a thread of its own, so that the sender is
+        never kept waiting); the first failure is raised once the downloads under way
+        have ended (those not started are cancelled).
 
         A pack is downloaded whole (checked against its digest) and then unpacked here:
         one thread makes a pack's thousands of small writes, instead of several taking
         turns at the GIL, while the others download. At most `threads` + 2 layers are
         held, each no more than a pack (PACK_BYTES before compression)."""
-        arrived: queue.SimpleQueue[tuple[Job | None, Any]] = queue.SimpleQueue()
-        room = threading.Semaphore(threads + 2)  # a layer takes it from download to unpacked
-        stopping = threading.Event()
-        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
 
-            def feed() -> None:
-                """Start each layer's download as it arrives; then say how many there were."""
-                count = 0
-                try:
-                    for job in jobs:
-                        room.acquire()
-                        if stopping.is_set():
-                            return
-                        pool.submit(self._download, job).add_done_callback(functools.partial(_arrived, arrived, job))
-                        count += 1
-                    arrived.put((None, count))
-                except BaseException as exc:  # a job that is not one, or stdin lost: the main thread raises it
-                    arrived.put((None, exc))
-
-            threading.Thread(target=feed, daemon=True).start()
-            expected: int | None = None
-            handled = 0
+        def read() -> None:
             try:
-                while expected is None or handled < expected:
-                    job, outcome = arrived.get()
-                    if job is None:
-                        if isinstance(outcome, BaseException):
-                            raise outcome
-                        expected = outcome
-                        continue
-                    handled += 1
-                    data = outcome.result()
-                    if data is not None:
-                        self._unpack(job, data)
-                    room.release()
+                for job in jobs:
+                    events.put(("job", job))
+                events.put(("end", None))
+            except BaseException as exc:  # a job that is not one, or stdin lost: the main thread raises it
+                events.put(("failed", exc))
+
+        threading.Thread(target=read, daemon=True).start()
+        waiting: collections.deque[Job] = collections.deque()
+        held = 0  # layers downloading, or downloaded and not yet unpacked
+        ended = False
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            try:
+                while not ended or waiting or held:
+                    while waiting and held < threads + 2:
+                        job = waiting.popleft()
+                        pool.submit(self._download, job).add_done_callback(functools.partial(_downloaded, events, job))
+                        held += 1
+                    kind, value = events.get()
+                    if kind == "job":
+                        waiting.append(value)
+                    elif kind == "end":
+                        ended = True
+                    elif kind == "failed":
+                        raise value
+                    else:
+                        job, future = value
+                        data = future.result()
+                        if data is not None:
+                            self._unpack(job, data)
+                        held -= 1
             except BaseException:
-                stopping.set()
-                room.release()  # a feeder waiting for room sees it is stopping
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
 
@@ -229,10 +228,10 @@ class Fetcher:
             yield chunk
 
 
-def _arrived(
-    arrived: queue.SimpleQueue[tuple[Job | None, Any]], job: Job, future: concurrent.futures.Future[bytes | None]
+def _downloaded(
+    events: queue.SimpleQueue[tuple[str, Any]], job: Job, future: concurrent.futures.Future[bytes | None]
 ) -> None:
-    arrived.put((job, future))
+    events.put(("downloaded", (job, future)))
 
 
 def _kind(exc: CcacheError) -> str:
@@ -255,3 +254,4 @@ def _copy_checked(tar: TarReader, sha256: str, size: int, fd: int | None) -> Non
 if __name__ == "__main__":
     owners.die_with_parent()
     serve(sys.stdin.buffer, sys.stdout.buffer)
+    os._exit(0)  # the report is out; the thread reading stdin may still wait in a read

@@ -216,26 +216,35 @@ def pull(
     needed: set[str] = set()
     fetched: dict[str, Layer] = {}  # layers sent to download, by digest
     catalogs: dict[str, layout.Catalog] = {}
+    listings: dict[str, set[str]] = {}  # the store's blob folders, each listed once
     with store.staging() as staging:
         objects = staging / "objects"
         objects.mkdir()
         # Started before any thread (so they are forked), for the layers the artifact has.
         workers = processes.worker_count(sum(layer.size for layer in artifact.layers.values()))
         with _Downloads(remote, objects, min(workers, len(artifact.layers)), on_progress) as downloads:
-            for catalog in _as_read(read_catalog, chosen):
-                catalogs[catalog.entry.id] = catalog
-                new = {sha256: size for sha256, size in blob_sizes([catalog.entry]).items() if sha256 not in sizes}
-                sizes.update(new)
-                linked = link_present(store, objects, list(new))
-                present |= linked
-                wanted_now = set(new) - linked
-                needed |= wanted_now
-                for folder in {sha256[:2] for sha256 in wanted_now}:
-                    (objects / folder).mkdir(exist_ok=True)
-                for digest, blobs, wanted in _jobs(catalog, wanted_now):
-                    fetched[digest] = artifact.layers[digest]
-                    downloads.send(fetched[digest], blobs, wanted, sizes)
+            cut_off: RegistryError | None = None
+            try:
+                for catalog in _as_read(read_catalog, chosen):
+                    catalogs[catalog.entry.id] = catalog
+                    new = {sha256: size for sha256, size in blob_sizes([catalog.entry]).items() if sha256 not in sizes}
+                    sizes.update(new)
+                    linked = link_present(store, objects, list(new), listings)
+                    present |= linked
+                    wanted_now = set(new) - linked
+                    needed |= wanted_now
+                    for folder in {sha256[:2] for sha256 in wanted_now}:
+                        (objects / folder).mkdir(exist_ok=True)
+                    for digest, blobs, wanted in _jobs(catalog, wanted_now, artifact):
+                        fetched[digest] = artifact.layers[digest]
+                        downloads.send(fetched[digest], blobs, wanted, sizes)
+                    if downloads.failed:  # the pull cannot complete: no more to send
+                        break
+            except RegistryError as exc:  # the network cut a catalog off: keep what the layers brought
+                cut_off = exc
             verified, error = downloads.finish()
+        if error is None and cut_off is not None:
+            error = {"message": str(cut_off), "kind": "transfer"}
         if error is not None:
             if error["kind"] == "transfer":  # cut off by the network: keep what was verified, for the next pull
                 _keep_only(objects, verified | present)
@@ -276,10 +285,13 @@ def _as_read(read: Callable[[Manifest], layout.Catalog], listed: Sequence[Manife
             raise
 
 
-def _jobs(catalog: layout.Catalog, needed: set[str]) -> list[tuple[str, tuple[str, ...], frozenset[str]]]:
-    """The layers of `catalog` to download for `needed` (blobs no earlier catalog's
-    layers were sent for), by digest, largest first: each with its blobs (a pack's, in
-    order) and those of them to write, each blob taken from the first layer that holds it."""
+def _jobs(
+    catalog: layout.Catalog, needed: set[str], artifact: layout.Artifact
+) -> list[tuple[str, tuple[str, ...], frozenset[str]]]:
+    """The layers of `catalog` to download for `needed` (its blobs that neither the
+    store nor the layers of a catalog read earlier bring), largest first: each with its
+    digest, its blobs (a pack's, in order) and those of them to write, each blob taken
+    from the first of the catalog's layers that holds it."""
     jobs = []
     holders = [(digest, blobs) for digest, blobs in catalog.packs]
     holders += [("sha256:" + sha256, (sha256,)) for sha256 in catalog.big]
@@ -288,7 +300,7 @@ def _jobs(catalog: layout.Catalog, needed: set[str]) -> list[tuple[str, tuple[st
         if wanted:
             needed = needed - wanted
             jobs.append((digest, blobs, frozenset(wanted)))
-    return jobs
+    return sorted(jobs, key=lambda job: -artifact.layers[job[0]].size)
 
 
 class _Downloads:
@@ -297,23 +309,33 @@ class _Downloads:
 
     def __init__(self, remote: Remote, objects: Path, count: int, on_progress: Progress) -> None:
         self._on_progress = on_progress
-        self._workers = processes.start(fetch_process, max(1, count))
-        self._loads = [0] * len(self._workers)
         self._lock = threading.Lock()
         self._reports = 0
         self.verified: set[str] = set()
         self.errors: list[dict[str, Any]] = []
+        self._workers = processes.start(fetch_process, max(1, count))
+        self._loads = [0] * len(self._workers)
+        self._followers = [threading.Thread(target=self._follow, args=(worker,)) for worker in self._workers]
         header = {
             "reference": remote.reference,
             "insecure": remote.scheme == "http",
             "objects": str(objects),
             "threads": max(1, TRANSFERS // len(self._workers)),
         }
-        for worker in self._workers:
-            self._write(worker, header)
-        self._followers = [threading.Thread(target=self._follow, args=(worker,)) for worker in self._workers]
-        for follower in self._followers:
-            follower.start()
+        try:
+            for worker in self._workers:
+                self._write(worker, header)
+            for follower in self._followers:
+                follower.start()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    @property
+    def failed(self) -> bool:
+        """Whether a process reported an error other than the network's (the others stop)."""
+        with self._lock:
+            return any(error["kind"] != "transfer" for error in self.errors)
 
     def send(self, layer: Layer, blobs: Sequence[str], wanted: frozenset[str], sizes: dict[str, int]) -> None:
         least = self._loads.index(min(self._loads))
@@ -341,7 +363,8 @@ class _Downloads:
     def __exit__(self, *exc_info: object) -> None:
         processes.stop(self._workers)
         for follower in self._followers:
-            follower.join()
+            if follower.is_alive():
+                follower.join()
         processes.close_pipes(self._workers)
 
     @staticmethod
@@ -353,22 +376,31 @@ class _Downloads:
             worker.stdin.flush()
 
     def _follow(self, worker: processes.Process) -> None:
+        """Relay a process's progress and keep its report; a line cut short (a process
+        killed while writing) is no report."""
         assert worker.stdout is not None
-        for line in worker.stdout:
-            report = json.loads(line)
-            if "bytes" in report:
+        try:
+            for line in worker.stdout:
+                report = json.loads(line)
+                if "bytes" in report:
+                    with self._lock:
+                        self._on_progress(report["bytes"])
+                    continue
                 with self._lock:
-                    self._on_progress(report["bytes"])
-                continue
+                    self._reports += 1
+                    self.verified.update(report["verified"])
+                    if report["error"] is not None:
+                        self.errors.append(report["error"])
+                        if report["error"]["kind"] != "transfer":  # the others need not go on
+                            for other in self._workers:
+                                if other is not worker:
+                                    other.kill()
+        except ValueError:
+            pass
+        except Exception as exc:  # a bug: said as the pull's error
             with self._lock:
-                self._reports += 1
-                self.verified.update(report["verified"])
-                if report["error"] is not None:
-                    self.errors.append(report["error"])
-                    if report["error"]["kind"] != "transfer":  # the others need not go on
-                        for other in self._workers:
-                            if other is not worker:
-                                other.kill()
+                self.errors.append({"message": f"following a downloading process failed: {exc!r}", "kind": "failed"})
+            worker.kill()
 
 
 def _keep_only(objects: Path, kept: set[str]) -> None:

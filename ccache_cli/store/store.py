@@ -109,20 +109,23 @@ class Store:
             for fd in folders.values():
                 os.close(fd)
 
-    def blobs_present(self, wanted: Iterable[str]) -> set[str]:
+    def blobs_present(self, wanted: Iterable[str], listings: dict[str, set[str]] | None = None) -> set[str]:
         """Which of these blobs the store holds: one listing per two-letter folder
-        instead of one stat per blob."""
-        try:
-            folders = os.listdir(self.objects_dir)
-        except FileNotFoundError:
-            folders = []
-        if not folders:  # an empty store, as in an image build
-            return set()
+        instead of one stat per blob. A caller asking several times passes `listings`,
+        which keeps each folder's listing for the next time."""
+        listings = {} if listings is None else listings
+        if "" not in listings:  # the store's folders
+            try:
+                listings[""] = set(os.listdir(self.objects_dir))
+            except FileNotFoundError:
+                listings[""] = set()
         looked_for = set(wanted)
         present: set[str] = set()
-        for folder in {sha256[:2] for sha256 in looked_for}.intersection(folders):
-            present.update(os.listdir(self.objects_dir / folder))
-        return present & looked_for
+        for folder in {sha256[:2] for sha256 in looked_for}.intersection(listings[""]):
+            if folder not in listings:
+                listings[folder] = set(os.listdir(self.objects_dir / folder))
+            present |= listings[folder] & looked_for
+        return present
 
     # -- reading -----------------------------------------------------------
 
