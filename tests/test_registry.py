@@ -231,11 +231,13 @@ def test_credentials_from_docker_config_and_the_environment(tmp_path: Path) -> N
 
 class CuttingProxy:
     """Forwards loopback connections to the registry until `budget` bytes came back,
-    then stops forwarding, so a test can kill the registry mid-pull."""
+    then stops forwarding, so a test can kill the registry mid-pull; and cuts every
+    connection that asks for `refused` (a path), as a network that keeps failing it."""
 
-    def __init__(self, upstream: int, budget: int) -> None:
+    def __init__(self, upstream: int, budget: int = 1 << 62, refused: str | None = None) -> None:
         self.upstream = upstream
         self.budget = budget
+        self.refused = refused.encode() if refused else None
         self.reached = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -259,6 +261,8 @@ class CuttingProxy:
     def _pipe(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
         try:
             while data := source.recv(65536):
+                if not counted and self.refused and b" " + self.refused + b" " in data:
+                    break
                 if counted:
                     with self._lock:
                         self.budget -= len(data)
@@ -312,6 +316,35 @@ def test_a_pull_cut_off_resumes_where_it_stopped(registry: Registry, tmp_path: P
     assert pulled["downloaded"] < pushed["layers"] and registry.blob_downloads() - downloads == pulled["downloaded"]
     assert pulled["new_blobs"] == len(blobs_of(source)) - len(kept)
     assert blobs_of(target) == blobs_of(source)
+
+
+def test_a_pull_cut_off_while_catalogs_arrive_keeps_what_the_layers_brought(registry: Registry, tmp_path: Path) -> None:
+    """Layers start downloading as their catalogs arrive: one entry's catalog cut off
+    by the network (every try) while the others' layers download. Exit 1; the other
+    entries' blobs are kept, so the next pull downloads only the cut entry's layers."""
+    source = tmp_path / "source"
+    files = {n: entry_files(30 + n, big=1) for n in range(3)}
+    ids = {n: make_entry(Store(source), f"model-{n}", files[n]) for n in range(3)}
+    ccache_json("push", f"{registry.host}/team/cache:v1", store=source)
+    manifest = json.loads(requests.get(f"http://{registry.host}/v2/team/cache/manifests/v1", headers=OCI).content)
+    [cut] = [
+        layer for layer in manifest["layers"] if layer.get("annotations", {}).get(layout.ENTRY_ANNOTATION) == ids[2]
+    ]
+    proxy = CuttingProxy(registry.port, refused=f"/v2/team/cache/blobs/{cut['digest']}")
+    target = tmp_path / "target"
+    try:
+        result = ccache("pull", f"127.0.0.1:{proxy.port}/team/cache:v1", store=target)
+    finally:
+        proxy.close()
+    assert result.returncode == 1 and "connection" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not list((target / "entries").iterdir()) and not list((target / "tmp").iterdir())
+    others = {hashlib.sha256(data).hexdigest() for n in (0, 1) for data in files[n].values()}
+    assert set(blobs_of(target)) == others  # every layer of the catalogs that arrived, verified and kept
+
+    pulled = ccache_json("pull", f"{registry.host}/team/cache:v1", store=target)
+    assert len(pulled["added"]) == 3 and blobs_of(target) == blobs_of(source)
+    assert pulled["new_blobs"] == len({hashlib.sha256(data).hexdigest() for data in files[2].values()} - others)
 
 
 def test_a_pack_that_expands_past_its_blobs_is_refused_in_bounded_memory(registry: Registry, tmp_path: Path) -> None:
