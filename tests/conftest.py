@@ -23,6 +23,7 @@ from ccache_cli.store.manifest import parse as parse_manifest
 from ccache_cli.store.store import Store
 
 MODELS = Path(__file__).parent / "models"
+UNIT = Path(__file__).parent / "unit"
 # Every process the tests start trusts this CPU's flags for Inductor's vector ISA,
 # instead of compiling and loading probe programs in each fresh cache (8 to 10 s of
 # every cold compile here). It picks the same ISA where the probes pass, as they do on
@@ -58,9 +59,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         for folder in (Path(ccache_cli.__file__).parent, MODELS):
             compileall.compile_dir(str(folder), quiet=1)
-        learned = ccache("fingerprint", "--json")
-        assert learned.returncode == 0, learned.stderr
-        os.environ[FINGERPRINT_ENV] = learned.stdout
+        if not all(Path(arg.split("::")[0]).resolve().is_relative_to(UNIT) for arg in config.args):
+            machine_fingerprint_json()  # the unit tier needs none
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
@@ -196,7 +196,17 @@ def cpu_fingerprint() -> dict:
     """This machine's CPU fingerprint, as an entry compiled here would carry it."""
     from ccache_cli.hooked.fingerprint import entry_fingerprint
 
-    return entry_fingerprint(json.loads(os.environ[FINGERPRINT_ENV]), "cpu")
+    return entry_fingerprint(json.loads(machine_fingerprint_json()), "cpu")
+
+
+def machine_fingerprint_json() -> str:
+    """`ccache fingerprint --json`, learned once per run where the controller did (and
+    handed to the workers in the environment), else once per process."""
+    if FINGERPRINT_ENV not in os.environ:
+        learned = ccache("fingerprint", "--json")
+        assert learned.returncode == 0, learned.stderr
+        os.environ[FINGERPRINT_ENV] = learned.stdout
+    return os.environ[FINGERPRINT_ENV]
 
 
 def make_entry(
@@ -274,7 +284,7 @@ def example_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def machine_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """This machine's fingerprint as `ccache fingerprint --json` writes it, in a file."""
     target = tmp_path_factory.mktemp("fingerprint") / "fingerprint.json"
-    target.write_text(os.environ[FINGERPRINT_ENV])
+    target.write_text(machine_fingerprint_json())
     return target
 
 
