@@ -38,6 +38,7 @@ from typing import IO, Any
 import requests
 import zstandard
 
+from ccache_cli.archive.bloblist import BlobList
 from ccache_cli.archive.tarstream import TarReader, blob_members, copy_member
 from ccache_cli.errors import ArchiveError, CcacheError, RegistryError
 from ccache_cli.store import owners
@@ -49,7 +50,9 @@ from .layout import Layer
 _PIECE = 1 << 20  # decompressed bytes read at a time
 _CORRUPT_BLOB = "blob {} does not match its hash; the registry's copy is corrupt"
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-Job = tuple[Layer, tuple[str, ...], frozenset[str]]  # a layer, its blobs, those of them to write
+Job = tuple[
+    Layer, tuple[str, ...], tuple[int, ...], frozenset[str]
+]  # a layer, its blobs and their sizes, those to write
 
 
 def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
@@ -65,14 +68,13 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     error = None
     try:
         remote = Remote(job["reference"], job["insecure"])
-        fetcher = Fetcher(remote, Path(job["objects"]), {}, lambda n: report({"bytes": n}))
+        fetcher = Fetcher(remote, Path(job["objects"]), lambda n: report({"bytes": n}))
         verified = fetcher.verified
 
         def layers() -> Iterator[Job]:
             for line in stdin:
                 digest, media_type, size, blobs, wanted, sizes = json.loads(line)
-                fetcher.sizes.update(zip(blobs, sizes))
-                yield Layer(media_type, digest, size), tuple(blobs), frozenset(wanted)
+                yield Layer(media_type, digest, size), tuple(blobs), tuple(sizes), frozenset(wanted)
 
         try:
             fetcher.fetch_all(layers(), job["threads"])
@@ -93,12 +95,9 @@ class Fetcher:
     """Downloads layers into a staging folder: several at once, on threads; packs are
     unpacked on the calling thread, one at a time."""
 
-    def __init__(
-        self, remote: Remote, objects: Path, sizes: dict[str, int], on_progress: Callable[[int], None]
-    ) -> None:
+    def __init__(self, remote: Remote, objects: Path, on_progress: Callable[[int], None]) -> None:
         self.remote = remote
         self.objects = objects
-        self.sizes = sizes
         self.on_progress = on_progress
         self.verified: set[str] = set()  # blobs written whole and hashing to their names
         self._folders: dict[str, int] = {}
@@ -154,7 +153,7 @@ class Fetcher:
 
     def _download(self, job: Job) -> bytes | None:
         """A pack's bytes; a raw blob layer is written as it arrives (None)."""
-        layer, blobs, _ = job
+        layer, blobs, _, _ = job
         chunks = self._counted(self.remote.stream(layer.digest, layer.size))
         if layer.media_type != layout.BLOB_TYPE:
             return b"".join(chunks)  # the stream checks size and digest
@@ -168,14 +167,14 @@ class Fetcher:
         return None
 
     def _unpack(self, job: Job, data: bytes) -> None:
-        layer, blobs, wanted = job
+        layer, blobs, sizes, wanted = job
         # Read in bounded pieces: a pack that decompresses to more than its tar of the
         # listed blobs is refused within a piece past its end, however it was made.
         reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_size=_PIECE, read_across_frames=True)
         tar = TarReader(lambda: reader.read(_PIECE))
         received = bytearray(len(blobs))
         try:
-            for _, sha256, size in blob_members(tar, layout.pack_list(blobs, self.sizes), received):
+            for _, sha256, size in blob_members(tar, BlobList.of(list(blobs), list(sizes)), received):
                 if size >= layout.BIG_BLOB:  # not what push packs, but read in pieces all the same
                     if sha256 in wanted:
                         self._write(sha256, functools.partial(_copy_checked, tar, sha256, size))
@@ -241,7 +240,7 @@ def _kind(exc: CcacheError) -> str:
     return "artifact" if isinstance(exc, ArchiveError) else "failed"
 
 
-def _write_bytes(data: memoryview, fd: int) -> None:
+def _write_bytes(data: bytes, fd: int) -> None:
     os.write(fd, data)  # a regular file takes the whole buffer
 
 

@@ -28,7 +28,6 @@ from typing import Any
 
 import zstandard
 
-from ccache_cli.archive.bloblist import BlobList
 from ccache_cli.archive.head import Index, complete_manifest
 from ccache_cli.archive.tarstream import BLOB_PREFIX, end_marker, member_length, ustar_header
 from ccache_cli.errors import ArchiveError, StoreError
@@ -115,11 +114,6 @@ def pack_bytes(blobs: Sequence[str], sizes: Mapping[str, int], read_blob: Callab
         length += member_length(len(data))
     parts.append(end_marker(length))
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compress(b"".join(parts))
-
-
-def pack_list(blobs: Sequence[str], sizes: Mapping[str, int]) -> BlobList:
-    """The blob list a pack's reader checks its members against."""
-    return BlobList.of(list(blobs), [sizes[sha256] for sha256 in blobs])
 
 
 # -- documents -----------------------------------------------------------------

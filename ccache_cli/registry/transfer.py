@@ -40,15 +40,18 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
-def in_threads(function: Callable[[_T], _R], items: Sequence[_T], threads: int = TRANSFERS) -> list[_R]:
-    """`function` over `items` on `threads` threads, in order; the first failure is
-    raised once the others have stopped (those not started are cancelled)."""
+def in_threads(function: Callable[[_T], _R], items: Sequence[_T], threads: int = TRANSFERS) -> Iterator[_R]:
+    """`function` over `items` on `threads` threads, each result as soon as it is ready;
+    the first failure is raised once the calls under way have ended (those not started
+    are cancelled)."""
     if len(items) <= 1 or threads <= 1:
-        return [function(item) for item in items]
+        yield from map(function, items)
+        return
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         futures = [pool.submit(function, item) for item in items]
         try:
-            return [future.result() for future in futures]
+            for future in concurrent.futures.as_completed(futures):
+                yield future.result()
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -82,12 +85,12 @@ def push(
         with open(store.blob_file(sha256), "rb") as handle:
             return handle.read()
 
-    def send_pack(blobs: tuple[str, ...]) -> Layer:
+    def send_pack(blobs: tuple[str, ...]) -> tuple[tuple[str, ...], Layer]:
         data = layout.pack_bytes(blobs, sizes, read_blob)
         layer = Layer.of(layout.PACK_TYPE, data)
         uploads.add(layer, _ensure(remote, layer, data))
         on_progress(sum(sizes[sha256] for sha256 in blobs))
-        return layer
+        return blobs, layer
 
     def send_big(sha256: str) -> Layer:
         layer = Layer(layout.BLOB_TYPE, "sha256:" + sha256, sizes[sha256])
@@ -100,8 +103,8 @@ def push(
         on_progress(layer.size)
         return layer
 
-    pack_layers = dict(zip(packs, in_threads(send_pack, packs)))
-    big_layers = in_threads(send_big, big)
+    pack_layers = dict(in_threads(send_pack, packs))
+    big_layers = list(in_threads(send_big, big))
     catalogs = []
     for entry in sorted(entries, key=lambda e: e.id):
         entry_packs, entry_big = cuts[entry.id]
@@ -225,7 +228,7 @@ def pull(
         with _Downloads(remote, objects, min(workers, len(artifact.layers)), on_progress) as downloads:
             cut_off: RegistryError | None = None
             try:
-                for catalog in _as_read(read_catalog, chosen):
+                for catalog in in_threads(read_catalog, chosen):
                     catalogs[catalog.entry.id] = catalog
                     new = {sha256: size for sha256, size in blob_sizes([catalog.entry]).items() if sha256 not in sizes}
                     sizes.update(new)
@@ -269,20 +272,6 @@ def pull(
         len(downloads_made),
         sum(layer.size for layer in downloads_made),
     )
-
-
-def _as_read(read: Callable[[Manifest], layout.Catalog], listed: Sequence[Manifest]) -> Iterator[layout.Catalog]:
-    """`read` of each of `listed` on a few threads, as each is done; the first failure
-    is raised once the reads under way have ended (those not started are cancelled)."""
-    with concurrent.futures.ThreadPoolExecutor(TRANSFERS) as pool:
-        futures = [pool.submit(read, item) for item in listed]
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                yield future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
 
 
 def _jobs(
