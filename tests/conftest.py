@@ -29,6 +29,9 @@ UNIT = Path(__file__).parent / "unit"
 # every cold compile here). It picks the same ISA where the probes pass, as they do on
 # the machines the tests run on; the compiles themselves stay real.
 os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")
+# The test command installs without bytecode (pip --no-compile): each module is
+# compiled once, by the first process that imports it, which must be let write it.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 # On a few cores, each compiling process starting Inductor's pool of compile workers
 # (each importing torch) costs more CPU than the pool saves; the compiles are the same.
 if (os.cpu_count() or 1) <= 4:

@@ -18,7 +18,6 @@ Standard library only, with no package-relative imports (loaded by path by the
 from __future__ import annotations
 
 import hashlib
-import importlib._bootstrap_external as bootstrap_external
 import importlib.machinery
 import importlib.util
 import marshal
@@ -27,6 +26,7 @@ import sys
 from typing import Any
 
 PREFIX = "bytecode/"  # where an entry keeps them (artifacts.BYTECODE_PREFIX)
+_CHECKED_HASH = (0b11).to_bytes(4, "little")  # PEP 552 flags: hash-based, checked against the source
 
 
 def record(modules: dict[str, Any], out: str) -> dict[str, dict[str, str]]:
@@ -34,6 +34,7 @@ def record(modules: dict[str, Any], out: str) -> dict[str, dict[str, str]]:
     loaded from source under `out`; returns {stored path: {module, sha256 of source}}."""
     tag = sys.implementation.cache_tag
     recorded: dict[str, dict[str, str]] = {}
+    made: set[str] = set()
     for name, module in sorted(modules.items()):
         spec = getattr(module, "__spec__", None)
         if name == "__main__" or spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
@@ -46,16 +47,20 @@ def record(modules: dict[str, Any], out: str) -> dict[str, dict[str, str]]:
         try:
             with open(source_path, "rb") as handle:
                 source = handle.read()
-            code = _existing_code(source_path, source) or compile(source, source_path, "exec", dont_inherit=True)
+            marshalled = _existing_code(source_path, source)
+            if marshalled is None:
+                marshalled = marshal.dumps(compile(source, source_path, "exec", dont_inherit=True))
         except (OSError, SyntaxError, ValueError):
             continue
         stem = name.replace(".", "/") + ("/__init__" if os.path.basename(source_path) == "__init__.py" else "")
         relative = f"{stem}.{tag}.pyc"
         target = os.path.join(out, relative)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        data = bootstrap_external._code_to_hash_pyc(code, importlib.util.source_hash(source), True)
+        folder = os.path.dirname(target)
+        if folder not in made:
+            os.makedirs(folder, exist_ok=True)
+            made.add(folder)
         with open(target, "wb") as handle:
-            handle.write(data)
+            handle.write(importlib.util.MAGIC_NUMBER + _CHECKED_HASH + importlib.util.source_hash(source) + marshalled)
         recorded[PREFIX + relative] = {"module": name, "sha256": hashlib.sha256(source).hexdigest()}
     return recorded
 
@@ -65,9 +70,11 @@ def is_module_name(name: str) -> bool:
     return all(part.replace("-", "_").isidentifier() for part in name.split("."))
 
 
-def _existing_code(source_path: str, source: bytes) -> Any:
-    """The code object of a valid timestamp .pyc beside the source, if any: reading it
-    is much faster than compiling again."""
+def _existing_code(source_path: str, source: bytes) -> bytes | None:
+    """The marshalled code of a valid timestamp .pyc beside the source, if any: the
+    body of a hash-based .pyc as it is (reading it is much faster than compiling
+    again, and than loading and dumping it). Its validity is the import system's: this
+    process imported the module from it."""
     try:
         cached = importlib.util.cache_from_source(source_path)
         with open(cached, "rb") as handle:
@@ -76,16 +83,13 @@ def _existing_code(source_path: str, source: bytes) -> Any:
     except (OSError, NotImplementedError, ValueError):
         return None
     flags = int.from_bytes(data[4:8], "little")
-    if data[:4] != importlib.util.MAGIC_NUMBER or flags != 0:
+    if data[:4] != importlib.util.MAGIC_NUMBER or flags != 0 or len(data) <= 16:
         return None
     if int.from_bytes(data[8:12], "little") != int(stat.st_mtime) & 0xFFFFFFFF:
         return None
     if int.from_bytes(data[12:16], "little") != len(source) & 0xFFFFFFFF:
         return None
-    try:
-        return marshal.loads(data[16:])
-    except (EOFError, ValueError, TypeError):
-        return None
+    return data[16:]
 
 
 def source_root(module: str, cache: dict[str, str | None], every_finder: bool = True) -> str | None:
