@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -49,7 +50,7 @@ SLOW_MODULES = {
     "test_routing",
     "test_foreign_env",
 }
-COMPILED_FIXTURES = {"example_store", "example_entry", "llama", "compiled"}
+COMPILED_FIXTURES = {"example_store", "example_entry", "llama", "small_store", "two_files_stores"}
 FINGERPRINT_ENV = "CCACHE_CLI_TEST_FINGERPRINT"  # `ccache fingerprint --json`, learned once per run
 
 
@@ -281,6 +282,41 @@ def example_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert result.returncode == 0, result.stderr
 
     return built_once(tmp_path_factory, "example", build) / "store"
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """tests/models/small.py precompiled for size 2 without AOT (`models`, a copy of
+    tests/models, is where it was precompiled from), and how long that took (s)."""
+
+    def build(folder: Path) -> None:
+        shutil.copytree(MODELS, folder / "models")
+        started = time.monotonic()
+        result = ccache(*SMALL_PRECOMPILE, store=folder / "store", cwd=folder / "models")
+        assert result.returncode == 0, result.stderr
+        (folder / "seconds").write_text(str(time.monotonic() - started))
+
+    folder = built_once(tmp_path_factory, "small", build)
+    return {"store": folder / "store", "models": folder / "models", "seconds": float((folder / "seconds").read_text())}
+
+
+SMALL_PRECOMPILE = ("precompile", "small.py", "--sizes", "2", "--no-aot")
+
+
+@pytest.fixture(scope="session")
+def two_files_stores(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two-file model in `code/` precompiled for size 2 (store `one`) and sizes 2,4
+    (store `two`), beside an untraced file of the same folder."""
+
+    def build(root: Path) -> None:
+        shutil.copytree(MODELS / "two_files", root / "code")
+        (root / "code" / "unused.py").write_text("VALUE = 1\n")
+        for store, sizes in (("one", "2"), ("two", "2,4")):
+            model = str(root / "code" / "model.py")
+            result = ccache("precompile", model, "--sizes", sizes, "--no-aot", store=root / store, cwd=root)
+            assert result.returncode == 0, result.stderr
+
+    return built_once(tmp_path_factory, "two-files", build)
 
 
 @pytest.fixture(scope="session")

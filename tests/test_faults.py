@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import MODELS, ccache, ccache_json, make_entry
+from conftest import MODELS, SMALL_PRECOMPILE, ccache, ccache_json, make_entry
 
 from ccache_cli.store.store import Store
 
@@ -169,10 +169,10 @@ def test_kill_9_at_random_moments(command: str, source: dict, tmp_path: Path, cl
         shutil.rmtree(target)
 
 
-def test_kill_9_of_precompile(tmp_path: Path, clean: Clean) -> None:
+def test_kill_9_of_precompile(small_store: dict, tmp_path: Path, clean: Clean) -> None:
     rng = random.Random(f"{SEED}-precompile")
-    args = ["precompile", "small.py", "--sizes", "2", "--no-aot"]
-    longest = duration(args, tmp_path / "timing", cwd=MODELS)
+    args = list(SMALL_PRECOMPILE)
+    longest = small_store["seconds"]  # the same precompile, whole
     for trial in range(max(1, TRIALS // 3)):  # each costs two compiles
         target = tmp_path / f"store-{trial}"
         killed_after(args, target, rng.uniform(0.2, longest), cwd=MODELS)

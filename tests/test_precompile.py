@@ -63,25 +63,15 @@ def test_second_precompile_finds_the_entry(example_store: Path, example_entry: d
     assert result["reports"] == []
 
 
-def test_file_model_records_both_user_files_and_no_torch_file(models: Path, tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    result = ccache_json(
-        "precompile",
-        str(models / "two_files" / "model.py:build"),
-        "--sizes",
-        "2",
-        "--no-aot",
-        store=store,
-        cwd=tmp_path,
-    )
-    paths = {source["path"]: source for source in result["entry"]["sources"]}
+def test_file_model_records_both_user_files_and_no_torch_file(two_files_stores: Path) -> None:
+    [entry] = ccache_json("inspect", store=two_files_stores / "one")["entries"]
+    paths = {source["path"]: source for source in entry["sources"]}
     assert set(paths) == {"model.py", "helpers.py"}
     assert paths["helpers.py"]["module"] == "helpers"
-    assert (
-        paths["helpers.py"]["sha256"] == hashlib.sha256((models / "two_files" / "helpers.py").read_bytes()).hexdigest()
-    )
+    helpers = two_files_stores / "code" / "helpers.py"
+    assert paths["helpers.py"]["sha256"] == hashlib.sha256(helpers.read_bytes()).hexdigest()
     assert not any("torch" in path for path in paths)
-    assert result["entry"]["aot"]["status"] == "disabled"
+    assert entry["aot"]["status"] == "disabled"
 
 
 def test_graph_break_skips_aot_functions_but_not_packages(models: Path, tmp_path: Path) -> None:
@@ -97,33 +87,12 @@ def test_graph_break_skips_aot_functions_but_not_packages(models: Path, tmp_path
     assert entry["artifacts"]["fxgraph"] >= 2  # one graph each side of the break
 
 
-def test_force_compiles_again_and_inputs_option(models: Path, tmp_path: Path) -> None:
+def test_concurrent_precompiles_of_two_models_both_complete_and_force_compiles_again(
+    models: Path, tmp_path: Path
+) -> None:
     store = tmp_path / "store"
-    args = (
-        "precompile",
-        str(models / "small.py:build_wide"),
-        "--inputs",
-        str(models / "small.py:wide_inputs"),
-        "--sizes",
-        "3",
-        "--no-aot",
-        "--name",
-        "wide",
-    )
-    first = ccache_json(*args, store=store, cwd=tmp_path)
-    assert first["entry"]["name"] == "wide" and not first["reused"]
-    forced = ccache_json(*args, "--force", store=store, cwd=tmp_path)
-    assert not forced["reused"] and forced["reports"][0]["label"] == "3"
-    # Same key, so the same entry: compiling again adds nothing new.
-    assert forced["entry"]["id"] == first["entry"]["id"]
-
-
-def test_concurrent_precompiles_of_two_models_both_complete(models: Path, tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    commands = [
-        [str(models / "small.py:build"), "--sizes", "2"],
-        [str(models / "small.py:build_wide"), "--inputs", str(models / "small.py:wide_inputs"), "--sizes", "2"],
-    ]
+    wide = [str(models / "small.py:build_wide"), "--inputs", str(models / "small.py:wide_inputs"), "--name", "wide"]
+    commands = [[str(models / "small.py:build"), "--sizes", "2"], [*wide, "--sizes", "3"]]
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "ccache_cli", "--store", str(store), "precompile", *c, "--no-aot"],
@@ -143,6 +112,11 @@ def test_concurrent_precompiles_of_two_models_both_complete(models: Path, tmp_pa
     for entry in scanned.scan().entries:
         assert all(scanned.blob_path(ref.sha256).is_file() for ref in entry.refs.values())
     assert sorted(store_leftovers(store)) == sorted(f"entries/{e['id']}" for e in entries)
+    # --force compiles again; the same key gives the same entry, adding nothing new.
+    [first] = [e for e in entries if e["name"] == "wide"]
+    forced = ccache_json("precompile", *wide, "--sizes", "3", "--no-aot", "--force", store=store, cwd=tmp_path)
+    assert not forced["reused"] and forced["reports"][0]["label"] == "3"
+    assert forced["entry"]["id"] == first["id"]
 
 
 def test_loader_crash_hint_names_a_compiler_that_links_the_cxx_runtime_statically(tmp_path: Path) -> None:

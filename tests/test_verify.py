@@ -11,38 +11,15 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import MODELS, built_once, ccache, framed_archive, make_entry
+from conftest import ccache, framed_archive, make_entry
 
 from ccache_cli.store.store import Store
 
 
-@pytest.fixture(scope="session")
-def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The two-file model precompiled for size 2 (store `one`) and sizes 2,4 (store `two`),
-    beside an untraced file of the same folder."""
-
-    def build(root: Path) -> None:
-        shutil.copytree(MODELS / "two_files", root / "code")
-        (root / "code" / "unused.py").write_text("VALUE = 1\n")
-        for store, sizes in (("one", "2"), ("two", "2,4")):
-            result = ccache(
-                "precompile",
-                str(root / "code" / "model.py"),
-                "--sizes",
-                sizes,
-                "--no-aot",
-                store=root / store,
-                cwd=root,
-            )
-            assert result.returncode == 0, result.stderr
-
-    return built_once(tmp_path_factory, "verify", build)
-
-
 @pytest.fixture
-def world(compiled: Path, tmp_path: Path) -> Path:
+def world(two_files_stores: Path, tmp_path: Path) -> Path:
     """A private copy of the code and stores, at another path than they were made at."""
-    shutil.copytree(compiled, tmp_path / "w")
+    shutil.copytree(two_files_stores, tmp_path / "w")
     return tmp_path / "w"
 
 

@@ -282,8 +282,7 @@ def _jobs(
     digest, its blobs (a pack's, in order) and those of them to write, each blob taken
     from the first of the catalog's layers that holds it."""
     jobs = []
-    holders = [(digest, blobs) for digest, blobs in catalog.packs]
-    holders += [("sha256:" + sha256, (sha256,)) for sha256 in catalog.big]
+    holders = [*catalog.packs, *(("sha256:" + sha256, (sha256,)) for sha256 in catalog.big)]
     for digest, blobs in holders:
         wanted = needed.intersection(blobs)
         if wanted:

@@ -15,21 +15,16 @@ This module imports torch only inside `compile`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import platform
-import shutil
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from ccache_cli.build import plan
-from ccache_cli.hooked.usage import VIEW_ENV
 from ccache_cli.key.sources import check, search_path
-from ccache_cli.serve.views import ended_processes, read_description
+from ccache_cli.serve import stored_code
 from ccache_cli.store.manifest import Source
 
 
@@ -37,7 +32,7 @@ def compile(model: Any, *, mode: str | None = None, dynamic: bool = False, **tor
     """A drop-in for `torch.compile(model)` (see `ccache_cli.compile`)."""
     import torch
 
-    return _CompiledModel(torch, model, mode, dynamic, torch_compile_kwargs, _active_aot_functions())
+    return _CompiledModel(torch, model, mode, dynamic, torch_compile_kwargs, stored_code.active_aot_functions())
 
 
 def router(torch: Any, model: Any, kwargs: dict[str, Any], fallback: Callable[[], Any]) -> Any:
@@ -48,7 +43,7 @@ def router(torch: Any, model: Any, kwargs: dict[str, Any], fallback: Callable[[]
     routing.count("routed")
     options = {name: value for name, value in kwargs.items() if name not in ("mode", "dynamic")}
     return _CompiledModel(
-        torch, model, kwargs.get("mode"), False, options, _active_aot_functions(), fallback, routing.count
+        torch, model, kwargs.get("mode"), False, options, stored_code.active_aot_functions(), fallback, routing.count
     )
 
 
@@ -106,7 +101,7 @@ def _routed_module_class(torch: Any) -> type:
 def may_serve(model: Any) -> bool:
     """Whether some active entry's stored code may serve `model`: a package built for a
     model of its structure, or a function whose guards will tell."""
-    functions = _active_aot_functions()
+    functions = stored_code.active_aot_functions()
     if any(function.function is not None for function in functions):
         return True
     structure = plan.model_structure(model)
@@ -115,68 +110,7 @@ def may_serve(model: Any) -> bool:
 
 def active_modes() -> set[str]:
     """The compile modes of the active entries' AOT code."""
-    return {function.mode for function in _active_aot_functions()}
-
-
-@dataclass(frozen=True)
-class _AotFunction:
-    function: str | None  # an aot_compile function: needs Dynamo to load
-    package: str | None  # an AOTInductor package of the same graph: loads without it
-    device: str
-    mode: str
-    inputs: tuple[Any, ...]  # the signature of the calls it was compiled for (`_signature`)
-    sources: tuple[Source, ...]
-    structure: str | None  # the package's model (build/plan.model_structure)
-    view: str
-    built_with: tuple[Any, Any]  # the Python and torch versions of its key
-    entry: str  # the id of the entry that holds it
-
-
-def _active_aot_functions() -> list[_AotFunction]:
-    view = os.environ.get(VIEW_ENV)
-    if not view:
-        return []
-    return _aot_functions_in(view)
-
-
-@functools.cache
-def _aot_functions_in(view: str) -> list[_AotFunction]:
-    try:
-        description = read_description(view)
-    except (OSError, ValueError, TypeError):
-        return []
-    functions = []
-    for entry in description.entries:
-        options = entry.compile
-        if options.get("backend") != "inductor" or options.get("grad", True) or options.get("dynamic"):
-            continue
-        for size, paths in entry.aot.items():
-            functions.append(
-                _AotFunction(
-                    function=str(Path(view) / paths["function"]) if "function" in paths else None,
-                    package=str(Path(view) / paths["package"]) if "package" in paths else None,
-                    device=options["device"],
-                    mode=options.get("mode") or "default",
-                    inputs=_signature_of_description(entry.inputs.get(size, [])),
-                    sources=tuple(Source(**source) for source in entry.sources),
-                    structure=entry.structure,
-                    view=view,
-                    built_with=(entry.fingerprint.get("python"), entry.fingerprint.get("torch")),
-                    entry=entry.id,
-                )
-            )
-    return functions
-
-
-def _signature_of_description(described: list[dict[str, Any]]) -> tuple[Any, ...]:
-    """The signature (`_CompiledModel._signature`) of calls with inputs as the key describes them."""
-
-    def part(arg: dict[str, Any]) -> Any:
-        return (tuple(arg["shape"]), arg["dtype"]) if "shape" in arg else ("value", arg["value"])
-
-    positional = tuple(part(arg) for arg in described if "name" not in arg)
-    named = tuple(sorted((arg["name"], part(arg)) for arg in described if "name" in arg))
-    return positional, named
+    return {function.mode for function in stored_code.active_aot_functions()}
 
 
 class _CompiledModel:
@@ -191,7 +125,7 @@ class _CompiledModel:
         mode: str | None,
         dynamic: bool,
         kwargs: dict[str, Any],
-        aot_functions: list[_AotFunction],
+        aot_functions: list[stored_code.AotFunction],
         fallback: Callable[[], Any] | None = None,
         count: Callable[..., None] = lambda *_: None,
     ) -> None:
@@ -206,7 +140,7 @@ class _CompiledModel:
         # what it could read without them, and this process may run another.
         running = (platform.python_version(), torch.__version__)
         self._aot = [f for f in aot_functions if f.mode == self._mode and f.built_with == running] if plain else []
-        self._chosen: dict[Any, _Package | _GuardedFunction | None] = {}
+        self._chosen: dict[Any, stored_code.Package | stored_code.GuardedFunction | None] = {}
         self._fresh_sources: dict[tuple[Source, ...], bool] = {}
         self._compiled: Any = None
         self._model_structure: str | None = None
@@ -223,7 +157,7 @@ class _CompiledModel:
 
     def _serving(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[_Package | _GuardedFunction | None, str | None]:
+    ) -> tuple[stored_code.Package | stored_code.GuardedFunction | None, str | None]:
         """The stored code that serves this call, or why none does."""
         torch = self._torch
         if not self._aot:
@@ -272,10 +206,10 @@ class _CompiledModel:
 
     def _load_aot(
         self, signature: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> _Package | _GuardedFunction | None:
+    ) -> stored_code.Package | stored_code.GuardedFunction | None:
         wanted, devices = signature
         for candidate in self._aot:
-            if candidate.inputs != wanted or not _runs_on(candidate, devices):
+            if candidate.inputs != wanted or not stored_code.runs_on(candidate, devices):
                 continue
             if candidate.sources not in self._fresh_sources:
                 statuses = check(candidate.sources, search_path())
@@ -283,8 +217,8 @@ class _CompiledModel:
             if not self._fresh_sources[candidate.sources]:
                 continue  # compiled from other code: never serve it
             if candidate.package is not None and candidate.structure == self._structure():
-                with _unpacking_into(_package_scratch(candidate.view)):
-                    package = _Package.load(
+                with stored_code.unpacking_into(stored_code.package_scratch(candidate.view)):
+                    package = stored_code.Package.load(
                         self._torch, candidate.package, devices[0] if devices else candidate.device, self._model
                     )
                 if package is not None:
@@ -294,7 +228,7 @@ class _CompiledModel:
                 self._torch._dynamo.config.enable_aot_compile = True
                 with open(candidate.function, "rb") as handle:
                     function = self._torch.compiler.load_compiled_function(handle)
-                return _GuardedFunction(function, candidate.entry)
+                return stored_code.GuardedFunction(function, candidate.entry)
         return None
 
     def _structure(self) -> str:
@@ -329,137 +263,3 @@ def _state_torch_compile_would_see(torch: Any) -> str | None:
     if stance != "default" or os.environ.get("TORCH_COMPILE_DISABLE") == "1":
         return f"torch.compile is set to {stance if stance != 'default' else 'disabled'}"
     return None
-
-
-def _runs_on(candidate: _AotFunction, devices: tuple[str, ...]) -> bool:
-    """Whether a stored function can serve a call on `devices`: its own device; for a
-    package, any index of the same kind (the loader takes the index), so an entry
-    built on cuda:0 serves a process on cuda:3."""
-    if devices in ((), (candidate.device,)):
-        return True
-    return (
-        candidate.package is not None
-        and len(devices) == 1
-        and devices[0].partition(":")[0] == candidate.device.partition(":")[0]
-    )
-
-
-def _package_scratch(view: str) -> str | None:
-    """Where AOTInductor's loader unpacks packages for this process, `<view>/packages/<pid>`.
-
-    torch unpacks each package into a new temp folder per process and never removes
-    it; here they land in the view, and the folders of ended processes go.
-    """
-    root = os.path.join(view, "packages")
-    try:
-        os.makedirs(root, exist_ok=True)
-        for name in ended_processes(root):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-        mine = os.path.join(root, str(os.getpid()))
-        os.makedirs(mine, exist_ok=True)
-    except OSError:  # then torch's default temp folder
-        return None
-    return mine
-
-
-@contextlib.contextmanager
-def _unpacking_into(folder: str | None) -> Iterator[None]:
-    """TMPDIR, which AOTInductor's loader unpacks into, set to `folder` meanwhile."""
-    previous = os.environ.get("TMPDIR")
-    if folder is not None:
-        os.environ["TMPDIR"] = folder
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = previous
-
-
-class _GuardedFunction:
-    """An aot_compile function, serving the calls whose guards pass."""
-
-    def __init__(self, function: Callable[..., Any], entry: str) -> None:
-        self._function = function
-        self.entry = entry
-
-    def serves(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        return bool(self._function.guard_check(model, *args, **kwargs))
-
-    def __call__(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return self._function(model, *args, **kwargs)
-
-
-class _Package:
-    """An AOTInductor package run on the model's own parameters and buffers.
-
-    They are bound by pointer, never copied, so in-place updates (a new checkpoint
-    loaded with `load_state_dict`) are seen. A call is served only while the model
-    still holds those very tensors, in the same module tree, with no submodule in
-    training mode, no forward hooks and contiguous inputs, as the package was built;
-    anything else goes to torch.compile.
-    """
-
-    def __init__(
-        self, torch: Any, loader: Any, model: Any, tensors: dict[str, tuple[dict[str, Any], str, Any]]
-    ) -> None:
-        self._loader = loader
-        self._tensor_type = torch.Tensor
-        self._global_hooks = torch.nn.modules.module
-        pytree = torch.utils._pytree
-        self._flatten, self._unflatten = pytree.tree_flatten, pytree.tree_unflatten
-        in_spec, out_spec = loader.get_call_spec()
-        self._in_spec = pytree.treespec_loads(in_spec)
-        self._out_spec = pytree.treespec_loads(out_spec)
-        # The keyword inputs' order the package was exported with.
-        keywords = self._in_spec.child(1) if hasattr(self._in_spec, "child") else self._in_spec.children_specs[1]
-        self._keywords = list(keywords.context or [])
-        # What must stay as it was: every module under its parent, every bound tensor
-        # in its module at the same address.
-        self._modules = [
-            (parent._modules, name, child) for parent in model.modules() for name, child in parent._modules.items()
-        ]
-        self._all_modules = list(model.modules())
-        self._bound = [(slot, name, tensor, tensor.data_ptr()) for slot, name, tensor in tensors.values()]
-        self.entry = ""  # the id of the entry that holds it, set by who loads it
-
-    @classmethod
-    def load(cls, torch: Any, path: str, device: str, model: Any) -> _Package | None:
-        """The package bound to `model`, on `device`; None where it needs a tensor the model lacks."""
-        loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, plan.package_device_index(device))
-        owned: dict[str, tuple[dict[str, Any], str, Any]] = {}
-        for prefix, module in model.named_modules(remove_duplicate=False):
-            for slot in (module._parameters, module._buffers):
-                for name, tensor in slot.items():
-                    if tensor is not None:
-                        owned[f"{prefix}.{name}" if prefix else name] = (slot, name, tensor)
-        names = loader.get_constant_fqns()
-        if any(name not in owned for name in names):
-            return None
-        tensors = {name: owned[name] for name in names}
-        # use_inactive=False, check_full_update=True, user_managed=True: shared, never copied
-        loader.load_constants({name: tensor for name, (_, _, tensor) in tensors.items()}, False, True, True)
-        return cls(torch, loader, model, tensors)
-
-    def serves(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        return (
-            sorted(kwargs) == sorted(self._keywords)
-            and all(
-                slot.get(name) is tensor and tensor.data_ptr() == address for slot, name, tensor, address in self._bound
-            )
-            and all(children.get(name) is child for children, name, child in self._modules)
-            and not any(module.training for module in self._all_modules)
-            # The package runs the graph, not the modules: hooks would not run.
-            and not any(module._forward_hooks or module._forward_pre_hooks for module in self._all_modules)
-            and not (self._global_hooks._global_forward_hooks or self._global_hooks._global_forward_pre_hooks)
-            and all(
-                value.is_contiguous() for value in (*args, *kwargs.values()) if isinstance(value, self._tensor_type)
-            )
-        )
-
-    def __call__(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        ordered = {name: kwargs[name] for name in self._keywords}
-        leaves = self._flatten((args, ordered))[0]
-        outputs = self._loader.boxed_run([leaf for leaf in leaves if isinstance(leaf, self._tensor_type)])
-        return self._unflatten(outputs, self._out_spec)

@@ -39,6 +39,7 @@ FORMAT_VERSION = 1
 STORE_ENV = "CCACHE_CLI_STORE"
 _UNNAMED_AFTER_S = 60  # a staging folder still without its owner file was left by a killed writer
 REMOVED_PREFIX = "removed-"  # tmp/ folders being deleted: entries rm and gc removed, staging done with
+STAGING_OWNER = ".owner"
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,6 @@ def default_root() -> Path:
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
     return Path(xdg) / "ccache-cli"
-
-
-STAGING_OWNER = ".owner"
 
 
 def _to_stderr(message: str) -> None:
