@@ -31,9 +31,11 @@ _CHECKED_HASH = (0b11).to_bytes(4, "little")  # PEP 552 flags: hash-based, check
 
 def record(modules: dict[str, Any], out: str) -> dict[str, dict[str, str]]:
     """Write checked hash-based .pyc files of `modules` (sys.modules) that were
-    loaded from source under `out`; returns {stored path: {module, sha256 of source}}."""
+    loaded from source, and from where a view would place their bytecode, under
+    `out`; returns {stored path: {module, sha256 of source}}."""
     tag = sys.implementation.cache_tag
     recorded: dict[str, dict[str, str]] = {}
+    roots: dict[str, str | None] = {}
     made: set[str] = set()
     for name, module in sorted(modules.items()):
         spec = getattr(module, "__spec__", None)
@@ -53,6 +55,9 @@ def record(modules: dict[str, Any], out: str) -> dict[str, dict[str, str]]:
         except (OSError, SyntaxError, ValueError):
             continue
         stem = name.replace(".", "/") + ("/__init__" if os.path.basename(source_path) == "__init__.py" else "")
+        root = source_root(name, roots, every_finder=False)
+        if root is None or os.path.join(root, stem + ".py") != source_path:
+            continue  # where a view would place it (`distutils`, served from setuptools), nothing would read it
         relative = f"{stem}.{tag}.pyc"
         target = os.path.join(out, relative)
         folder = os.path.dirname(target)
@@ -142,6 +147,8 @@ def changed_sources(stored: dict[str, dict[str, str]]) -> tuple[list[str], int]:
     here by their top-level name (vendored by path tricks, `__main__`): those are
     simply not served."""
     roots: dict[str, str | None] = {}
+    for info in stored.values():  # found as a view places them (serve/views.py)
+        source_root(info["module"], roots, every_finder=False)
     changed, absent = [], 0
     for path, info in sorted(stored.items()):
         source = source_file(path, info["module"], roots)
