@@ -5,7 +5,7 @@ The thin subclass stands for a service's own wrapper: its forward is traced too.
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-LAYERS = 2
+LAYERS = 1
 TOKENS = 16
 VOCAB = 512
 
