@@ -9,7 +9,9 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,19 +54,45 @@ SLOW_MODULES = {
 }
 COMPILED_FIXTURES = {"example_store", "example_entry", "llama", "small_store", "two_files_stores"}
 FINGERPRINT_ENV = "CCACHE_CLI_TEST_FINGERPRINT"  # `ccache fingerprint --json`, learned once per run
+FINGERPRINT_FILE_ENV = "CCACHE_CLI_TEST_FINGERPRINT_FILE"  # where the controller writes it
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Once, in the controller before the workers start: bytecode for the project and
     the test models (every process the tests start imports them, an editable install
     leaves them without .pyc files, and where PYTHONDONTWRITEBYTECODE is set each process
-    would compile them again); and this machine's fingerprint, for every worker (each
-    time it is learned costs a torch import)."""
+    would compile them again); and this machine's fingerprint for every worker (each
+    time it is learned costs a torch import), learned while the workers start."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         for folder in (Path(ccache_cli.__file__).parent, MODELS):
             compileall.compile_dir(str(folder), quiet=1)
-        if not all(Path(arg.split("::")[0]).resolve().is_relative_to(UNIT) for arg in config.args):
-            machine_fingerprint_json()  # the unit tier needs none
+        unit_only = all(Path(arg.split("::")[0]).resolve().is_relative_to(UNIT) for arg in config.args)
+        if not unit_only and FINGERPRINT_ENV not in os.environ:
+            _learn_fingerprint_in_background(Path(tempfile.mkdtemp(prefix="ccache-cli-tests-")) / "fingerprint.json")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER") and FINGERPRINT_FILE_ENV in os.environ:
+        shutil.rmtree(Path(os.environ[FINGERPRINT_FILE_ENV]).parent, ignore_errors=True)
+
+
+def _learn_fingerprint_in_background(path: Path) -> None:
+    """`ccache fingerprint --json` into `path` (whole or not at all), which
+    `machine_fingerprint_json` waits for."""
+    os.environ[FINGERPRINT_FILE_ENV] = str(path)
+    learning = subprocess.Popen(
+        [sys.executable, "-m", "ccache_cli", "fingerprint", "--json"], stdout=subprocess.PIPE, text=True
+    )
+
+    def finish() -> None:
+        learned = learning.communicate()[0]
+        if learning.returncode == 0:
+            path.with_suffix(".tmp").write_text(learned)
+            path.with_suffix(".tmp").replace(path)
+        else:
+            path.with_suffix(".failed").touch()
+
+    threading.Thread(target=finish, daemon=True).start()
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
@@ -204,9 +232,18 @@ def cpu_fingerprint() -> dict:
 
 
 def machine_fingerprint_json() -> str:
-    """`ccache fingerprint --json`, learned once per run where the controller did (and
-    handed to the workers in the environment), else once per process."""
+    """`ccache fingerprint --json`, learned once per run where the controller did (in
+    the background: waited for here), else once per process."""
     if FINGERPRINT_ENV not in os.environ:
+        learned_file = Path(os.environ.get(FINGERPRINT_FILE_ENV, "/nonexistent"))
+        deadline = time.monotonic() + 300
+        while FINGERPRINT_FILE_ENV in os.environ and time.monotonic() < deadline:
+            if learned_file.is_file():
+                os.environ[FINGERPRINT_ENV] = learned_file.read_text()
+                return os.environ[FINGERPRINT_ENV]
+            if learned_file.with_suffix(".failed").exists():
+                break
+            time.sleep(0.05)
         learned = ccache("fingerprint", "--json")
         assert learned.returncode == 0, learned.stderr
         os.environ[FINGERPRINT_ENV] = learned.stdout
