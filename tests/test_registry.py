@@ -130,7 +130,7 @@ def test_a_push_uploads_only_what_the_registry_lacks(registry: Registry, tmp_pat
 def test_entries_sharing_most_files_share_most_layers(registry: Registry, tmp_path: Path) -> None:
     source = tmp_path / "source"
     store = Store(source)
-    base = entry_files(1, small=6000)  # a dozen packs, as a real entry's thousands of files make
+    base = entry_files(1, small=12000)  # a dozen packs, as a real entry's thousands of files make
     grown = {**base, **{f"inductor/{i:02x}/extra{i}.py": b"# another size\n" * (i + 1) for i in range(4)}}
     make_entry(store, "sizes-1-8", base)
     make_entry(store, "sizes-1-8-32", grown)

@@ -44,9 +44,10 @@ ENTRY_ANNOTATION = "dev.ccache-cli.entry"
 CREATED_ANNOTATION = "org.opencontainers.image.created"
 
 BIG_BLOB = 1 << 20
-PACK_BYTES = 8 << 20
-PACK_FILES = 512
+PACK_BYTES = 16 << 20
+PACK_FILES = 1024
 ZSTD_LEVEL = 3
+_PIECE = 4 << 20
 MANIFEST_LIMIT = 4 << 20  # what registries accept at most (distribution's default)
 DOCUMENT_LIMIT = 256 << 20  # an index or catalog past this is not one ccache wrote
 
@@ -102,18 +103,27 @@ def cut(entry: Manifest) -> tuple[list[tuple[str, ...]], list[str]]:
 
 
 def pack_bytes(blobs: Sequence[str], sizes: Mapping[str, int], read_blob: Callable[[str], bytes]) -> bytes:
-    """A pack: the tar of `objects/<sha256>` for each blob (sorted), zstd-compressed.
-    The same blobs give the same bytes (fixed tar headers, one zstd frame at a fixed level)."""
-    parts: list[bytes] = []
-    length = 0
+    """A pack: the tar of `objects/<sha256>` for each blob (sorted), zstd-compressed as
+    it is read (one blob in memory at a time, beside the compressed bytes). The same
+    blobs give the same bytes (fixed tar headers, one zstd frame at a fixed level, fed
+    a member's parts at a time)."""
+    length = sum(member_length(sizes[sha256]) for sha256 in blobs)
+    end = end_marker(length)
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compressobj(size=length + len(end))
+    compressed: list[bytes] = []
+    piece = bytearray()  # fed to zstd a few MiB at a time: a call per blob costs more than the copy
     for sha256 in blobs:
         data = read_blob(sha256)
         if len(data) != sizes[sha256] or hashlib.sha256(data).hexdigest() != sha256:
             raise StoreError(f"blob {sha256[:12]} of the store is damaged; `ccache verify` names its entry")
-        parts += (ustar_header(BLOB_PREFIX + sha256, len(data)), data, bytes(-len(data) % 512))
-        length += member_length(len(data))
-    parts.append(end_marker(length))
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compress(b"".join(parts))
+        piece += ustar_header(BLOB_PREFIX + sha256, len(data))
+        piece += data
+        piece += bytes(-len(data) % 512)
+        if len(piece) >= _PIECE:
+            compressed.append(compressor.compress(piece))
+            piece.clear()
+    compressed += (compressor.compress(bytes(piece + end)), compressor.flush())
+    return b"".join(compressed)
 
 
 # -- documents -----------------------------------------------------------------
