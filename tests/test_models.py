@@ -4,6 +4,7 @@ called with keyword inputs; and CPU entries across thread counts."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import shutil
 import sys
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import MODELS, built_once, ccache, ccache_json
 
-pytest.importorskip("transformers")
+# Decided without importing transformers: each test worker collects this module.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers")
 
 # Builds the Llama (with `layers` layers), calls it through ccache_cli.compile for the
 # sizes given with keyword inputs, and prints whether every output matches eager and
