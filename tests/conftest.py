@@ -59,10 +59,10 @@ FINGERPRINT_FILE_ENV = "CCACHE_CLI_TEST_FINGERPRINT_FILE"  # where the controlle
 
 def pytest_configure(config: pytest.Config) -> None:
     """Once, in the controller before the workers start: bytecode for the project and
-    the test models (every process the tests start imports them, an editable install
-    leaves them without .pyc files, and where PYTHONDONTWRITEBYTECODE is set each process
-    would compile them again); and this machine's fingerprint for every worker (each
-    time it is learned costs a torch import), learned while the workers start."""
+    the test models (every process the tests start imports them, and an editable
+    install leaves them without .pyc files, which the first processes would all race to
+    write); and this machine's fingerprint for every worker (each time it is learned
+    costs a torch import), learned while the workers start."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         for folder in (Path(ccache_cli.__file__).parent, MODELS):
             compileall.compile_dir(str(folder), quiet=1)

@@ -55,10 +55,9 @@ def record(modules: dict[str, Any], out: str) -> dict[str, dict[str, str]]:
         except (OSError, SyntaxError, ValueError):
             continue
         stem = name.replace(".", "/") + ("/__init__" if os.path.basename(source_path) == "__init__.py" else "")
-        root = source_root(name, roots, every_finder=False)
-        if root is None or os.path.join(root, stem + ".py") != source_path:
-            continue  # where a view would place it (`distutils`, served from setuptools), nothing would read it
         relative = f"{stem}.{tag}.pyc"
+        if source_file(PREFIX + relative, name, roots) != source_path:
+            continue  # where a view would place it (`distutils`, served from setuptools), nothing would read it
         target = os.path.join(out, relative)
         folder = os.path.dirname(target)
         if folder not in made:
@@ -125,7 +124,7 @@ def source_root(module: str, cache: dict[str, str | None], every_finder: bool = 
 def prefix_path(stored: str, module: str, roots: dict[str, str | None]) -> str | None:
     """Where a stored .pyc goes in a PYTHONPYCACHEPREFIX tree, relative to the tree:
     Python looks up `<prefix>/<absolute source folder>/<name>.<tag>.pyc`."""
-    root = source_root(module, roots)
+    root = source_root(module, roots, every_finder=False)
     if root is None:
         return None
     relative = stored[len(PREFIX) :]
@@ -133,8 +132,9 @@ def prefix_path(stored: str, module: str, roots: dict[str, str | None]) -> str |
 
 
 def source_file(stored: str, module: str, roots: dict[str, str | None]) -> str | None:
-    """The source file a stored .pyc was compiled from, as it resolves here."""
-    root = source_root(module, roots)
+    """The source file a stored .pyc was compiled from, as it resolves here (found as a
+    view places the .pyc: `prefix_path`)."""
+    root = source_root(module, roots, every_finder=False)
     if root is None:
         return None
     stem = stored[len(PREFIX) :].rsplit(".", 2)[0]  # drop `.<cache tag>.pyc`
@@ -147,8 +147,6 @@ def changed_sources(stored: dict[str, dict[str, str]]) -> tuple[list[str], int]:
     here by their top-level name (vendored by path tricks, `__main__`): those are
     simply not served."""
     roots: dict[str, str | None] = {}
-    for info in stored.values():  # found as a view places them (serve/views.py)
-        source_root(info["module"], roots, every_finder=False)
     changed, absent = [], 0
     for path, info in sorted(stored.items()):
         source = source_file(path, info["module"], roots)

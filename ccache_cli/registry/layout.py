@@ -122,7 +122,7 @@ def pack_bytes(blobs: Sequence[str], sizes: Mapping[str, int], read_blob: Callab
         if len(piece) >= _PIECE:
             compressed.append(compressor.compress(piece))
             piece.clear()
-    compressed += (compressor.compress(bytes(piece + end)), compressor.flush())
+    compressed += (compressor.compress(piece + end), compressor.flush())
     return b"".join(compressed)
 
 
