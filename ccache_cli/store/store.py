@@ -330,11 +330,12 @@ class Store:
                 os.rename(staging / "entries" / entry.id, self.entries_dir / entry.id)
             if new:
                 durable.fsync_dir(self.entries_dir)
-        new_ids = {entry.id for entry in new}
-        return [
-            (entry, True) if entry.id in new_ids else (self._read_entry(self.entries_dir / entry.id), False)
-            for entry in entries
-        ]
+            # Entries kept are read under the lock: `rm` or `gc` may remove them once it is released.
+            new_ids = {entry.id for entry in new}
+            return [
+                (entry, True) if entry.id in new_ids else (self._read_entry(self.entries_dir / entry.id), False)
+                for entry in entries
+            ]
 
     def _adopt_staged_blobs(self, staged_objects: Path) -> None:
         """Move staged blobs into the store. A two-letter folder the store lacks is moved
