@@ -308,8 +308,8 @@ class Store:
         looked for. Entries not yet staged are staged first (`stage_entries`); each
         one's folder is renamed into entries/, so each entry appears whole or not at
         all. Everything is on disk before the entries that name it appear, so a power
-        cut never leaves an entry whose files are lost.
-        Returns each entry and whether it was new; one already there is kept as it is.
+        cut never leaves an entry whose files are lost. Returns each entry and whether
+        it was new; one already there is kept, and read before the lock is released.
         """
         self.stage_entries([entry for entry in entries if not (staging / "entries" / entry.id).is_dir()], staging)
         durable.sync_filesystem(staging)  # the staged blobs' and manifests' bytes
@@ -330,7 +330,6 @@ class Store:
                 os.rename(staging / "entries" / entry.id, self.entries_dir / entry.id)
             if new:
                 durable.fsync_dir(self.entries_dir)
-            # Entries kept are read under the lock: `rm` or `gc` may remove them once it is released.
             new_ids = {entry.id for entry in new}
             return [
                 (entry, True) if entry.id in new_ids else (self._read_entry(self.entries_dir / entry.id), False)
