@@ -39,6 +39,29 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 # (each importing torch) costs more CPU than the pool saves; the compiles are the same.
 if (os.cpu_count() or 1) <= 4:
     os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+# The tests write several GB in all (stores, archives, views) and flush them as the
+# store does (syncfs): where the machine has a RAM-backed file system with room, their
+# folders go there (kept only for failed tests: tmp_path_retention_policy), so that
+# the disk's writeback is not what the run waits for.
+_RAM_FS = Path("/dev/shm")
+
+
+def _memory_available() -> int:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+if (
+    "PYTEST_DEBUG_TEMPROOT" not in os.environ
+    and _RAM_FS.is_dir()
+    and os.access(_RAM_FS, os.W_OK)
+    and min(shutil.disk_usage(_RAM_FS).free, _memory_available()) > 8 << 30
+):
+    os.environ["PYTEST_DEBUG_TEMPROOT"] = str(_RAM_FS)
 # The tiers: tests/unit (pure functions), then the integration tests below, of which
 # these compile for real or kill processes in loops: marked `slow`.
 SLOW_MODULES = {
