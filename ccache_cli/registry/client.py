@@ -1,39 +1,34 @@
-"""One repository of an OCI registry, through the `oras` SDK.
+"""One repository of an OCI registry.
 
-oras keeps credentials the way the ecosystem does: Docker's config.json, its
-credential helpers and credential store, and the token flow of registries that hand
-out bearer tokens. What it lacks for caches of tens of thousands of files is replaced
-here: its request wrapper retries every failure five times, sleeping up to 81 s (an
-unreachable registry took two minutes to report); this one retries what a retry can
-mend (a dropped connection, a 5xx, a 429) three times within seconds, then fails with
-one line. Uploads stream from files, downloads resume where they were cut (HTTP
-Range), and nothing read from the registry is held beyond a bound.
-
-Credentials from the environment come first: CCACHE_CLI_REGISTRY_TOKEN (a bearer
-token), or CCACHE_CLI_REGISTRY_USERNAME and CCACHE_CLI_REGISTRY_PASSWORD; then
-Docker's config.json: `$DOCKER_CONFIG`'s alone where it is set, as Docker does, else
-~/.docker's.
+Requests go through `requests`, with ccache's own retries: oras's request wrapper
+retries every failure five times, sleeping up to 81 s (an unreachable registry took
+two minutes to report); this one retries what a retry can mend (a dropped connection,
+a 5xx, a 429) three times within seconds, then fails with one line. Uploads stream
+from files, downloads resume where they were cut (HTTP Range), and nothing read from
+the registry is held beyond a bound. Credentials are the `oras` SDK's
+(credentials.py), loaded when a registry first answers 401, or at once where the
+environment holds some.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import oras.container
-import oras.provider
 import requests
 
 from ccache_cli.errors import ArchiveError, BadInputError, RegistryError
 
 from . import reference as references
 from .layout import MANIFEST_TYPE
+
+if TYPE_CHECKING:
+    from .credentials import Credentials
 
 TOKEN_ENV = "CCACHE_CLI_REGISTRY_TOKEN"
 USERNAME_ENV = "CCACHE_CLI_REGISTRY_USERNAME"
@@ -43,7 +38,6 @@ _RETRIED_STATUS = {429, 500, 502, 503, 504}
 _TIMEOUTS_S = (5, 60)  # to connect; between two reads of a response
 _CONNECTIONS = 16
 _CHUNK = 1 << 20
-_LOGIN_HINT = "log in with `docker login {host}`, or set " + f"{TOKEN_ENV} or {USERNAME_ENV} and {PASSWORD_ENV}"
 
 
 class Remote:
@@ -56,17 +50,13 @@ class Remote:
         # Plain HTTP only where asked, or to this machine (a registry on loopback, as in
         # tests and sidecars, is seldom given a certificate).
         self.scheme = "http" if insecure or _is_loopback(self.host) else "https"
-        self._oras = _Oras(self.host, self.scheme)
-        auth = self._oras.auth
-        docker_config = os.environ.get("DOCKER_CONFIG")
-        if docker_config:  # oras would merge it with ~/.docker's; Docker reads it alone
-            path = os.path.join(docker_config, "config.json")
-            auth._auth_config = _docker_config(path) if os.path.isfile(path) else {"auths": {}}
-        auth.load_configs(oras.container.Container(f"{self.host}/{self.ref.repository}", registry=self.host))
-        if token := os.environ.get(TOKEN_ENV):
-            auth.token = token
-        elif (user := os.environ.get(USERNAME_ENV)) and (password := os.environ.get(PASSWORD_ENV)) is not None:
-            auth.set_basic_auth(user, password)
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=_CONNECTIONS, pool_maxsize=_CONNECTIONS)
+        self._session.mount(f"{self.scheme}://", adapter)
+        self._credentials: Credentials | None = None
+        self._credentials_lock = threading.Lock()
+        if _has_environment_credentials():
+            self._load_credentials()
         self._base = f"{self.scheme}://{self.host}/v2/{self.ref.repository}"
 
     # -- manifests -----------------------------------------------------------
@@ -189,7 +179,7 @@ class Remote:
             if hasattr(kwargs.get("data"), "seek"):
                 kwargs["data"].seek(0)  # a file sent again is sent from its start
             try:
-                response = self._oras.do_request(url, method, headers=dict(headers or {}), **kwargs)
+                response = self._send(method, url, dict(headers or {}), **kwargs)
             except requests.exceptions.SSLError as exc:
                 raise RegistryError(
                     f"TLS with {self.host} failed ({_reason(exc)}); a registry serving plain HTTP needs --insecure"
@@ -197,11 +187,6 @@ class Remote:
             except requests.RequestException as exc:
                 if last:
                     raise RegistryError(f"cannot reach registry {self.host}: {_reason(exc)}") from exc
-            except _AuthenticationFailed as exc:
-                raise RegistryError(
-                    f"{self.host} refused the credentials for {self.ref.repository} ({exc}): "
-                    + _LOGIN_HINT.format(host=self.host)
-                ) from None
             else:
                 if response.status_code not in _RETRIED_STATUS or last:
                     return response
@@ -209,92 +194,48 @@ class Remote:
             time.sleep(_RETRY_DELAYS_S[attempt])
         raise AssertionError("unreachable")
 
+    def _send(self, method: str, url: str, headers: dict[str, str], **kwargs: Any) -> requests.Response:
+        """One request, with the credentials held; a 401 answered once (credentials.py)."""
+        credentials = self._credentials
+        sent = {**headers, **(credentials.authorization() if credentials else {})}
+        response = self._session.request(method, url, headers=sent, timeout=_TIMEOUTS_S, **kwargs)
+        if response.status_code != 401:
+            return response
+        again = (credentials or self._load_credentials()).answer(response, sent)
+        if again is None:
+            return response  # no credentials, or wrong ones: the caller reports the 401
+        response.close()
+        if hasattr(kwargs.get("data"), "seek"):
+            kwargs["data"].seek(0)
+        return self._session.request(method, url, headers=again, timeout=_TIMEOUTS_S, **kwargs)
+
+    def _load_credentials(self) -> Credentials:
+        with self._credentials_lock:
+            if self._credentials is None:
+                from .credentials import Credentials
+
+                self._credentials = Credentials(self.host, self.ref.repository, self.scheme, self._session)
+            return self._credentials
+
     def _check(self, response: requests.Response, action: str) -> None:
         if response.status_code < 300:
             return
         if response.status_code in (401, 403):
             raise RegistryError(
                 f"{self.host} denied access to {self.ref.repository} (HTTP {response.status_code}): "
-                + _LOGIN_HINT.format(host=self.host)
+                + login_hint(self.host)
             )
         raise RegistryError(
             f"cannot {action} {self.reference}: HTTP {response.status_code} {_registry_message(response)}".rstrip()
         )
 
 
-class _AuthenticationFailed(Exception):
-    pass
+def _has_environment_credentials() -> bool:
+    return bool(os.environ.get(TOKEN_ENV) or os.environ.get(USERNAME_ENV))
 
 
-class _Oras(oras.provider.Registry):
-    """oras's registry client with its request wrapper replaced: one attempt, the
-    caller retries; a 401 is answered with Basic credentials where the registry asks
-    for them (htpasswd), else with a token from the challenge's realm and scope,
-    asked for again when the token held lacks the scope (a push after a pull) or
-    has expired."""
-
-    def __init__(self, host: str, scheme: str) -> None:
-        super().__init__(hostname=host, insecure=scheme == "http", auth_backend="token")
-        adapter = requests.adapters.HTTPAdapter(pool_connections=_CONNECTIONS, pool_maxsize=_CONNECTIONS)
-        self.session.mount(f"{scheme}://", adapter)
-        self._scheme: str | None = None  # the challenge answered: Basic or Bearer
-        self._auth_lock = threading.Lock()
-
-    def do_request(  # type: ignore[override]
-        self,
-        url: str,
-        method: str = "GET",
-        data: Any = None,
-        headers: dict[str, str] | None = None,
-        json: Any = None,
-        stream: bool = False,
-    ) -> requests.Response:
-        headers = {**(headers or {}), **self._credentials()}
-        response = self._send(method, url, data, headers, stream)
-        if response.status_code != 401:
-            return response
-        challenge = response.headers.get("Www-Authenticate", "")
-        sent = headers.get("Authorization")
-        with self._auth_lock:
-            if self._credentials().get("Authorization", sent) != sent:
-                pass  # another thread got new credentials meanwhile: use them
-            elif challenge.lower().startswith("basic"):
-                if sent is not None or not getattr(self.auth, "_basic_auth", None):
-                    return response  # wrong or no credentials: the caller reports the 401
-                self._scheme = "Basic"
-            else:
-                new_headers, changed = self.auth.authenticate_request(response, dict(headers), refresh=sent is not None)
-                if not changed or new_headers.get("Authorization") == sent:
-                    raise _AuthenticationFailed("no token was granted")
-                self._scheme = "Bearer"
-        response.close()
-        if hasattr(data, "seek"):
-            data.seek(0)
-        return self._send(method, url, data, {**headers, **self._credentials()}, stream)
-
-    def _send(self, method: str, url: str, data: Any, headers: dict[str, str], stream: bool) -> requests.Response:
-        return self.session.request(method, url, data=data, headers=headers, stream=stream, timeout=_TIMEOUTS_S)
-
-    def _credentials(self) -> dict[str, str]:
-        if self._scheme == "Basic":
-            return {"Authorization": f"Basic {self.auth._basic_auth}"}  # type: ignore[attr-defined]
-        if getattr(self.auth, "token", None):
-            return {"Authorization": f"Bearer {self.auth.token}"}  # type: ignore[attr-defined]
-        return {}
-
-
-def _docker_config(path: str) -> dict[str, Any]:
-    """One Docker config.json, in the shape oras keeps its merged configs."""
-    try:
-        with open(path) as handle:
-            config = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"cannot read Docker's {path}: {exc}") from exc
-    return {
-        "auths": config.get("auths", {}),
-        "credsStore": config.get("credsStore"),
-        "credHelpers": config.get("credHelpers", {}),
-    }
+def login_hint(host: str) -> str:
+    return f"log in with `docker login {host}`, or set {TOKEN_ENV} or {USERNAME_ENV} and {PASSWORD_ENV}"
 
 
 def _is_loopback(host: str) -> bool:
