@@ -9,7 +9,7 @@ type, size, the blobs the layer holds, those of them to write, and each one's si
 Downloads them, a few at once, each through its SHA-256: a raw blob layer straight
 into its file, a pack into memory and then, on the main thread, through zstd and the
 archive's tar reader; checks every blob against its name and writes the wanted ones,
-read-only, as `<objects>/ab/<sha256>` (folders made by the caller). Writes JSON lines
+read-only, as `<objects>/ab/<sha256>` (folders made as needed). Writes JSON lines
 to stdout: `{"bytes": n}` as layers arrive, then `{"verified": [...], "error": ...}`.
 
 Why processes: as for unpacking (archive/unpack_process.py), tens of thousands of
@@ -207,12 +207,14 @@ class Fetcher:
         self.verified.add(sha256)
 
     def _folder(self, name: str) -> int:
-        """A two-letter folder of staging, opened once (each blob's open then looks up one name)."""
+        """A two-letter folder of staging, made if need be and opened once (each blob's
+        open then looks up one name)."""
         fd = self._folders.get(name)
         if fd is None:
             with self._lock:
                 fd = self._folders.get(name)
                 if fd is None:
+                    os.makedirs(self.objects / name, exist_ok=True)  # the other processes may make it too
                     fd = self._folders[name] = os.open(self.objects / name, os.O_RDONLY | os.O_DIRECTORY)
         return fd
 

@@ -236,8 +236,6 @@ def pull(
                     present |= linked
                     wanted_now = set(new) - linked
                     needed |= wanted_now
-                    for folder in {sha256[:2] for sha256 in wanted_now}:
-                        (objects / folder).mkdir(exist_ok=True)
                     for digest, blobs, wanted in _jobs(catalog, wanted_now, artifact):
                         fetched[digest] = artifact.layers[digest]
                         downloads.send(fetched[digest], blobs, wanted, sizes)
