@@ -11,6 +11,8 @@ Dynamo, which a process running stored packages never does).
     benchmark_calls.install()   # before torch compiles or loads anything
     ...
     benchmark_calls.count()     # 0 where the module was never imported
+
+Calls made in autotuning subprocesses (TORCHINDUCTOR_AUTOTUNE_IN_SUBPROC=1) are not counted.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 MODULE = "torch._inductor.runtime.benchmarking"
 _ENTRY_POINTS = ("benchmark", "benchmark_gpu", "benchmark_cpu")
 _calls = 0
+_counting = threading.Lock()
 _inside = threading.local()  # benchmark() calls benchmark_gpu(): count the outer call only
 
 
@@ -46,7 +49,8 @@ def _counted(function: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         global _calls
         if getattr(_inside, "depth", 0) == 0:
-            _calls += 1
+            with _counting:
+                _calls += 1
         _inside.depth = getattr(_inside, "depth", 0) + 1
         try:
             return function(*args, **kwargs)

@@ -59,6 +59,7 @@ if (
     "PYTEST_DEBUG_TEMPROOT" not in os.environ
     and _RAM_FS.is_dir()
     and os.access(_RAM_FS, os.W_OK)
+    and not os.statvfs(_RAM_FS).f_flag & os.ST_NOEXEC  # the tests load compiled kernels from their folders
     and min(shutil.disk_usage(_RAM_FS).free, _memory_available()) > 8 << 30
 ):
     os.environ["PYTEST_DEBUG_TEMPROOT"] = str(_RAM_FS)

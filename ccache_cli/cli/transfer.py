@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ccache_cli.archive import pack as packing
 from ccache_cli.archive import signing
 from ccache_cli.archive import unpack as unpacking
-from ccache_cli.errors import BadInputError
+from ccache_cli.errors import BadInputError, StoreError
 from ccache_cli.key.compat import fits, this_machine
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
@@ -251,8 +251,11 @@ def _export(
         warn(
             "this machine's full fingerprint is unknown (run `ccache fingerprint`); exporting on the components read without torch"
         )
-    store.materialize(chosen, target, "inductor/")
-    modules = views.export_bytecode(store, chosen, target / PYCACHE_DIR)
+    try:
+        store.materialize(chosen, target, "inductor/")
+        modules = views.export_bytecode(store, chosen, target / PYCACHE_DIR)
+    except FileNotFoundError as exc:  # its blobs removed meanwhile (rm and gc of another process)
+        raise StoreError(f"entry {chosen.short_id} was removed from the store while it was exported: {exc}") from exc
     return chosen, (target / PYCACHE_DIR if modules else None)
 
 

@@ -13,6 +13,7 @@ environment holds some.
 from __future__ import annotations
 
 import hashlib
+import http.cookiejar
 import ipaddress
 import os
 import threading
@@ -51,6 +52,9 @@ class Remote:
         # tests and sidecars, is seldom given a certificate).
         self.scheme = "http" if insecure or _is_loopback(self.host) else "https"
         self._session = requests.Session()
+        # No cookies, as oras's session: some registries (Harbor) refuse an upload that
+        # carries the CSRF cookie their reads handed out.
+        self._session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         adapter = requests.adapters.HTTPAdapter(pool_connections=_CONNECTIONS, pool_maxsize=_CONNECTIONS)
         self._session.mount(f"{self.scheme}://", adapter)
         self._credentials: Credentials | None = None
@@ -201,7 +205,11 @@ class Remote:
         response = self._session.request(method, url, headers=sent, timeout=_TIMEOUTS_S, **kwargs)
         if response.status_code != 401:
             return response
-        again = (credentials or self._load_credentials()).answer(response, sent)
+        try:
+            again = (credentials or self._load_credentials()).answer(response, sent)
+        except BaseException:
+            response.close()
+            raise
         if again is None:
             return response  # no credentials, or wrong ones: the caller reports the 401
         response.close()

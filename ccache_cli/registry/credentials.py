@@ -38,7 +38,7 @@ class Credentials(oras.provider.Registry):
     def __init__(self, host: str, repository: str, scheme: str, session: requests.Session) -> None:
         super().__init__(hostname=host, insecure=scheme == "http", auth_backend="token")
         self._where = (host, repository)
-        self.session = session
+        self.session = self.auth.session = session  # token requests too: one pool, no cookies
         self._scheme: str | None = None  # the challenge answered: Basic or Bearer
         self._auth_lock = threading.Lock()
         auth = self.auth
@@ -46,7 +46,10 @@ class Credentials(oras.provider.Registry):
         if docker_config:  # oras would merge it with ~/.docker's; Docker reads it alone
             path = os.path.join(docker_config, "config.json")
             auth._auth_config = _docker_config(path) if os.path.isfile(path) else {"auths": {}}
-        auth.load_configs(oras.container.Container(f"{host}/{repository}", registry=host))
+        try:
+            auth.load_configs(oras.container.Container(f"{host}/{repository}", registry=host))
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # a config.json or helper's answer that is not one
+            raise BadInputError(f"cannot read Docker's credentials for {host}: {exc!r}") from exc
         if token := os.environ.get(TOKEN_ENV):
             auth.token = token
         elif (user := os.environ.get(USERNAME_ENV)) and (password := os.environ.get(PASSWORD_ENV)) is not None:

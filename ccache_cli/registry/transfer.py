@@ -257,7 +257,7 @@ def pull(
                 f"{remote.reference}: its layers lack {len(needed - verified)} blob(s) its catalogs name"
             )
         entries = [catalogs[listed.id].entry for listed in chosen]
-        published = store.publish(entries, staging, needed)
+        published = store.publish(entries, staging, needed | present)  # linked ones too: rm and gc may run
     downloads_made = [artifact.index, *(artifact.catalogs[entry.id] for entry in chosen), *fetched.values()]
     return PullResult(
         remote.reference,
