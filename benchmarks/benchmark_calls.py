@@ -4,8 +4,8 @@ Inductor's `benchmarking.*` counters are no measure of a warm start's work: on e
 FX-graph cache hit torch adds to its counters the deltas recorded when that graph was
 compiled, so a process that benchmarks nothing reports the calls its cache's cold compile
 made. This counts calls as they happen instead, by wrapping the benchmarkers' entry points
-when Inductor's benchmarking module is first imported (not before: importing it imports
-Dynamo, which a process running stored packages never does).
+when Inductor's benchmarking module is first imported (ccache's `when_imported`; not
+before: importing it imports Dynamo, which a process running stored packages never does).
 
     import benchmark_calls
     benchmark_calls.install()   # before torch compiles or loads anything
@@ -18,13 +18,12 @@ Calls made in autotuning subprocesses (TORCHINDUCTOR_AUTOTUNE_IN_SUBPROC=1) are 
 from __future__ import annotations
 
 import functools
-import importlib.abc
-import importlib.util
-import sys
 import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
+
+from ccache_cli.hooked.imports import when_imported
 
 MODULE = "torch._inductor.runtime.benchmarking"
 _ENTRY_POINTS = ("benchmark", "benchmark_gpu", "benchmark_cpu")
@@ -38,10 +37,7 @@ def count() -> int:
 
 
 def install() -> None:
-    if MODULE in sys.modules:
-        _wrap(sys.modules[MODULE])
-    else:
-        sys.meta_path.insert(0, _Finder())
+    when_imported(MODULE, _wrap)
 
 
 def _counted(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -66,21 +62,3 @@ def _wrap(module: ModuleType) -> None:
             for name in _ENTRY_POINTS:
                 if name in vars(cls):
                     setattr(cls, name, _counted(vars(cls)[name]))
-
-
-class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != MODULE:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        execute = spec.loader.exec_module
-
-        def exec_module(module: ModuleType) -> None:
-            execute(module)
-            _wrap(module)
-
-        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
