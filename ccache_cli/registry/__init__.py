@@ -4,8 +4,9 @@ and `verify REF` from a pushed artifact's manifest and config alone.
 layout.py is the artifact's layout (docs/registry-format.md): which layers an entry's
 blobs go into, and the manifest that lists them. client.py speaks the distribution
 protocol, with ccache's own retries and errors; credentials.py answers a registry's
-401 through the `oras` SDK (Docker's credentials, token flows), imported only then. transfer.py pushes and pulls: only the layers the other side
-lacks, several at once, streamed, every byte checked before the store adopts it.
+401 through the `oras` SDK (Docker's credentials, token flows), imported only then.
+transfer.py pushes and pulls: only the layers the other side lacks, several at once,
+streamed, every byte checked before the store adopts it.
 
 May import: ccache_cli.archive (the index and tar stream archives use),
 ccache_cli.store, ccache_cli.errors, oras, requests, zstandard. Never torch, Typer
