@@ -43,6 +43,25 @@ def ccache(store: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "ccache_cli", "--store", str(store), *args]
 
 
+def compile_imported() -> None:
+    """Bytecode for every module the commands timed import, as pip writes it when it
+    installs a package: a virtual environment installed with --no-compile, or run under
+    PYTHONDONTWRITEBYTECODE, would compile requests, rich and the rest from source in
+    every process."""
+    modules = "ccache_cli.cli.main, ccache_cli.cli.transfer, ccache_cli.registry.transfer, ccache_cli.archive.unpack"
+    listing = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys, {modules}; print(*(getattr(m, '__file__', None) for m in list(sys.modules.values())))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *(f for f in listing if f.endswith(".py"))], check=True)
+
+
 def run_json(command: list[str]) -> tuple[dict, float, int]:
     """The command's JSON, its wall seconds and peak RSS (MB)."""
     start = time.perf_counter()
@@ -65,9 +84,7 @@ def main() -> None:
         raise SystemExit("needs the distribution registry: apt-get install docker-registry")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ccache-registry-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", str(Path(archive.ccache_cli.__file__).parent)], check=True
-    )
+    compile_imported()
     server = Registry(work / "registry")
     server.start()
     try:

@@ -6,7 +6,8 @@ blobs go into, and the manifest that lists them. client.py speaks the distributi
 protocol, with ccache's own retries and errors; credentials.py answers a registry's
 401 through the `oras` SDK (Docker's credentials, token flows), imported only then.
 transfer.py pushes and pulls: only the layers the other side lacks, several at once,
-streamed, every byte checked before the store adopts it.
+streamed, every byte checked before the store adopts it; a pull downloads in processes
+(downloads.py starts and feeds them, fetch_process.py is one).
 
 May import: ccache_cli.archive (the index and tar stream archives use),
 ccache_cli.store, ccache_cli.errors, oras, requests, zstandard. Never torch, Typer

@@ -130,12 +130,13 @@ class Remote:
             raise ArchiveError(f"{self.reference}: blob {digest[7:19]} is larger than any ccache writes")
         return b"".join(self.stream(digest, size))
 
-    def stream(self, digest: str, size: int) -> Iterator[bytes]:
+    def stream(self, digest: str, size: int, hashed: bool = True) -> Iterator[bytes]:
         """A blob's bytes as they arrive, never more than its size; a connection cut
         midway is resumed where it stopped (a few times). Raises ArchiveError once the
-        bytes do not make up the blob (another size, another digest): nothing read
-        from it may be kept."""
-        hasher = hashlib.sha256()
+        bytes do not make up the blob (another size; with `hashed`, another digest):
+        nothing read from it may be kept. A caller that passes `hashed=False` checks
+        every byte it keeps in another way."""
+        hasher = hashlib.sha256() if hashed else None
         offset = 0
         failures = 0
         while True:
@@ -157,7 +158,8 @@ class Remote:
                                 f"{self.reference}: blob {digest[7:19]} is larger than its manifest says; "
                                 "the registry's copy is corrupt"
                             )
-                        hasher.update(chunk)
+                        if hasher is not None:
+                            hasher.update(chunk)
                         yield chunk
             except requests.RequestException as exc:
                 failures += 1
@@ -168,7 +170,7 @@ class Remote:
                 time.sleep(_RETRY_DELAYS_S[failures - 1])
                 continue
             break
-        if offset != size or "sha256:" + hasher.hexdigest() != digest:
+        if offset != size or (hasher is not None and "sha256:" + hasher.hexdigest() != digest):
             raise ArchiveError(
                 f"{self.reference}: blob {digest[7:19]} does not match its digest; the registry's copy is corrupt"
             )

@@ -1,16 +1,17 @@
-"""Downloads a share of a pull's layers in a process of its own; `registry.transfer.pull`
-runs one per core, forked from itself where it can (`serve`), else started as
+"""Downloads a share of a pull's layers in a process of its own; a pull runs one per
+core (downloads.py), forked from itself where it can (`serve`), else started as
 `python -m ccache_cli.registry.fetch_process`.
 
 Reads JSON lines from stdin: first the reference (and whether plain HTTP), the
 staging folder for blobs and how many downloads to run at once; then one line per
 layer, as the caller learns of it from the catalogs, until stdin ends: digest, media
 type, size, the blobs the layer holds, those of them to write, and each one's size.
-Downloads them, a few at once, each through its SHA-256: a raw blob layer straight
-into its file, a pack into memory and then, on the main thread, through zstd and the
+Downloads them, a few at once: a raw blob layer straight into its file, through its
+SHA-256, a pack into memory and then, on the main thread, through zstd and the
 archive's tar reader; checks every blob against its name and writes the wanted ones,
 read-only, as `<objects>/ab/<sha256>` (folders made as needed). Writes JSON lines
-to stdout: `{"bytes": n}` as layers arrive, then `{"verified": [...], "error": ...}`.
+to stdout: `{"bytes": n}` as layers arrive, `{"done": 1}` as each is written (the
+caller sends the next), then `{"verified": [...], "error": ...}`.
 
 Why processes: as for unpacking (archive/unpack_process.py), tens of thousands of
 small blobs mean as many open, write and close calls, and threads doing those wait on
@@ -68,7 +69,7 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     error = None
     try:
         remote = Remote(job["reference"], job["insecure"])
-        fetcher = Fetcher(remote, Path(job["objects"]), lambda n: report({"bytes": n}))
+        fetcher = Fetcher(remote, Path(job["objects"]), lambda n: report({"bytes": n}), lambda: report({"done": 1}))
         verified = fetcher.verified
 
         def layers() -> Iterator[Job]:
@@ -95,10 +96,13 @@ class Fetcher:
     """Downloads layers into a staging folder: several at once, on threads; packs are
     unpacked on the calling thread, one at a time."""
 
-    def __init__(self, remote: Remote, objects: Path, on_progress: Callable[[int], None]) -> None:
+    def __init__(
+        self, remote: Remote, objects: Path, on_progress: Callable[[int], None], on_done: Callable[[], None]
+    ) -> None:
         self.remote = remote
         self.objects = objects
-        self.on_progress = on_progress
+        self.on_progress = on_progress  # bytes downloaded
+        self.on_done = on_done  # a layer written
         self.verified: set[str] = set()  # blobs written whole and hashing to their names
         self._folders: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -109,7 +113,7 @@ class Fetcher:
         never kept waiting); the first failure is raised once the downloads under way
         have ended (those not started are cancelled).
 
-        A pack is downloaded whole (checked against its digest) and then unpacked here:
+        A pack is downloaded whole (checked against its size) and then unpacked here:
         one thread makes a pack's thousands of small writes, instead of several taking
         turns at the GIL, while the others download. At most `threads` + 2 layers are
         held, each no more than a pack (PACK_BYTES before compression)."""
@@ -147,6 +151,7 @@ class Fetcher:
                         if data is not None:
                             self._unpack(job, data)
                         held -= 1
+                        self.on_done()
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
@@ -154,9 +159,12 @@ class Fetcher:
     def _download(self, job: Job) -> bytes | None:
         """A pack's bytes; a raw blob layer is written as it arrives (None)."""
         layer, blobs, _, _ = job
-        chunks = self._counted(self.remote.stream(layer.digest, layer.size))
         if layer.media_type != layout.BLOB_TYPE:
-            return b"".join(chunks)  # the stream checks size and digest
+            # A pack's digest is not taken: what is kept of it is checked on its own
+            # (its members against the catalog, each blob against its name), so hashing
+            # the layer as well would only repeat that check over every byte.
+            return b"".join(self._counted(self.remote.stream(layer.digest, layer.size, hashed=False)))
+        chunks = self._counted(self.remote.stream(layer.digest, layer.size))
         (sha256,) = blobs
 
         def write_all(fd: int) -> None:

@@ -13,14 +13,12 @@ otherwise), so the next pull resumes where it stopped.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import json
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ccache_cli.archive import processes
 from ccache_cli.archive.head import Index, index_document, parse_index
@@ -30,8 +28,9 @@ from ccache_cli.errors import ArchiveError, CcacheError, RegistryError
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 
-from . import fetch_process, layout
+from . import layout
 from .client import Remote
+from .downloads import Downloads
 from .layout import Layer
 
 Progress = Callable[[int], None]  # called with a count of bytes just moved
@@ -225,7 +224,7 @@ def pull(
         objects.mkdir()
         # Started before any thread (so they are forked), for the layers the artifact has.
         workers = processes.worker_count(sum(layer.size for layer in artifact.layers.values()))
-        with _Downloads(remote, objects, min(workers, len(artifact.layers)), on_progress) as downloads:
+        with Downloads(remote, objects, min(workers, len(artifact.layers)), TRANSFERS, on_progress) as downloads:
             cut_off: RegistryError | None = None
             try:
                 for catalog in in_threads(read_catalog, chosen):
@@ -287,106 +286,6 @@ def _jobs(
             needed = needed - wanted
             jobs.append((digest, blobs, frozenset(wanted)))
     return sorted(jobs, key=lambda job: -artifact.layers[job[0]].size)
-
-
-class _Downloads:
-    """The processes that download a pull's layers (fetch_process.py), one per core,
-    each sent layers as the catalogs name them, balanced by bytes."""
-
-    def __init__(self, remote: Remote, objects: Path, count: int, on_progress: Progress) -> None:
-        self._on_progress = on_progress
-        self._lock = threading.Lock()
-        self._reports = 0
-        self.verified: set[str] = set()
-        self.errors: list[dict[str, Any]] = []
-        self._workers = processes.start(fetch_process, max(1, count))
-        self._loads = [0] * len(self._workers)
-        self._followers = [threading.Thread(target=self._follow, args=(worker,)) for worker in self._workers]
-        header = {
-            "reference": remote.reference,
-            "insecure": remote.scheme == "http",
-            "objects": str(objects),
-            "threads": max(1, TRANSFERS // len(self._workers)),
-        }
-        try:
-            for worker in self._workers:
-                self._write(worker, header)
-            for follower in self._followers:
-                follower.start()
-        except BaseException:
-            self.__exit__()
-            raise
-
-    @property
-    def failed(self) -> bool:
-        """Whether a process reported an error other than the network's (the others stop)."""
-        with self._lock:
-            return any(error["kind"] != "transfer" for error in self.errors)
-
-    def send(self, layer: Layer, blobs: Sequence[str], wanted: frozenset[str], sizes: dict[str, int]) -> None:
-        least = self._loads.index(min(self._loads))
-        self._loads[least] += layer.size
-        job = [layer.digest, layer.media_type, layer.size, list(blobs), sorted(wanted), [sizes[s] for s in blobs]]
-        self._write(self._workers[least], job)
-
-    def finish(self) -> tuple[set[str], dict[str, Any] | None]:
-        """Wait for every process's report: the blobs verified, and the first error (one
-        that is not the network's stops the others at once)."""
-        for worker in self._workers:
-            with contextlib.suppress(OSError):
-                assert worker.stdin is not None
-                worker.stdin.close()
-        for follower in self._followers:
-            follower.join()
-        if self._reports < len(self._workers):  # killed, or crashed: what it wrote is unknown
-            self.errors.append({"message": "a downloading process ended without a report", "kind": "failed"})
-        worst = sorted(self.errors, key=lambda error: error["kind"] == "transfer")  # a transfer error only if alone
-        return self.verified, (worst or [None])[0]
-
-    def __enter__(self) -> _Downloads:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        processes.stop(self._workers)
-        for follower in self._followers:
-            if follower.is_alive():
-                follower.join()
-        processes.close_pipes(self._workers)
-
-    @staticmethod
-    def _write(worker: processes.Process, line: Any) -> None:
-        """A line to a process; one that stopped says why in its report."""
-        assert worker.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            worker.stdin.write(json.dumps(line).encode() + b"\n")
-            worker.stdin.flush()
-
-    def _follow(self, worker: processes.Process) -> None:
-        """Relay a process's progress and keep its report; a line cut short (a process
-        killed while writing) is no report."""
-        assert worker.stdout is not None
-        try:
-            for line in worker.stdout:
-                report = json.loads(line)
-                if "bytes" in report:
-                    with self._lock:
-                        self._on_progress(report["bytes"])
-                    continue
-                with self._lock:
-                    self._reports += 1
-                    self.verified.update(report["verified"])
-                    if report["error"] is not None:
-                        self.errors.append(report["error"])
-                        if report["error"]["kind"] != "transfer":  # the others need not go on
-                            for other in self._workers:
-                                if other is not worker:
-                                    other.kill()
-        except ValueError:
-            pass
-        except Exception as exc:  # a bug: said as the pull's error
-            with self._lock:
-                self.errors.append({"message": f"following a downloading process failed: {exc!r}", "kind": "failed"})
-            worker.kill()
 
 
 def _keep_only(objects: Path, kept: set[str]) -> None:
