@@ -57,7 +57,8 @@ class Downloads:
             return any(error["kind"] != "transfer" for error in self.errors)
 
     def send(self, layer: Layer, blobs: Sequence[str], wanted: frozenset[str], sizes: dict[str, int]) -> None:
-        job = [layer.digest, layer.media_type, layer.size, list(blobs), sorted(wanted), [sizes[s] for s in blobs]]
+        flags = "".join("1" if sha256 in wanted else "0" for sha256 in blobs)
+        job = [layer.digest, layer.media_type, layer.size, "".join(blobs), flags, [sizes[s] for s in blobs]]
         with self._lock:
             self._waiting.append(json.dumps(job).encode())
             self._dispatch()

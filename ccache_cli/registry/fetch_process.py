@@ -5,7 +5,8 @@ core (downloads.py), forked from itself where it can (`serve`), else started as
 Reads JSON lines from stdin: first the reference (and whether plain HTTP), the
 staging folder for blobs and how many downloads to run at once; then one line per
 layer, as the caller learns of it from the catalogs, until stdin ends: digest, media
-type, size, the blobs the layer holds, those of them to write, and each one's size.
+type, size, the names of the blobs the layer holds run together, whether to write
+each (a 1 or a 0), and each one's size.
 Downloads them, a few at once: a raw blob layer straight into its file, through its
 SHA-256, a pack into memory and then, on the main thread, through zstd and the
 archive's tar reader; checks every blob against its name and writes the wanted ones,
@@ -74,8 +75,10 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
 
         def layers() -> Iterator[Job]:
             for line in stdin:
-                digest, media_type, size, blobs, wanted, sizes = json.loads(line)
-                yield Layer(media_type, digest, size), tuple(blobs), tuple(sizes), frozenset(wanted)
+                digest, media_type, size, names, flags, sizes = json.loads(line)
+                blobs = tuple(names[at : at + 64] for at in range(0, len(names), 64))
+                wanted = frozenset(sha256 for sha256, flag in zip(blobs, flags) if flag == "1")
+                yield Layer(media_type, digest, size), blobs, tuple(sizes), wanted
 
         try:
             fetcher.fetch_all(layers(), job["threads"])
