@@ -349,12 +349,9 @@ def test_a_pull_cut_off_while_catalogs_arrive_keeps_what_the_layers_brought(regi
     assert pulled["new_blobs"] == len({hashlib.sha256(data).hexdigest() for data in files[2].values()} - others)
 
 
-def test_a_pack_that_expands_past_its_blobs_is_refused_in_bounded_memory(registry: Registry, tmp_path: Path) -> None:
-    """A hostile artifact: one pack swapped for 1 GiB of zeros compressed to kilobytes,
-    its catalog and manifest rewritten to match. Pull refuses it without holding it."""
-    source = tmp_path / "source"
-    make_entry(Store(source), "model", entry_files(3, big=0))
-    ccache_json("push", f"{registry.host}/team/cache:v1", store=source)
+def swap_first_pack(registry: Registry, data: bytes, tag: str) -> None:
+    """Push a hostile artifact under `tag`: the one entry of `team/cache:v1` with its
+    first pack swapped for `data`, its catalog and manifest rewritten to match."""
     base = f"http://{registry.host}/v2/team/cache"
     manifest = json.loads(requests.get(f"{base}/manifests/v1", headers=OCI).content)
 
@@ -364,20 +361,29 @@ def test_a_pack_that_expands_past_its_blobs_is_refused_in_bounded_memory(registr
         requests.put(f"{location}&digest={digest}", data=data).raise_for_status()
         return {"digest": digest, "size": len(data)}
 
-    bomb = upload(zstandard.ZstdCompressor(level=1).compress(bytes(1 << 30)))
+    swapped = upload(data)
     [catalog_layer] = [layer for layer in manifest["layers"] if layer["mediaType"] == layout.CATALOG_TYPE]
     catalog = json.loads(zstandard.decompress(requests.get(f"{base}/blobs/{catalog_layer['digest']}").content))
     victim = catalog["packs"][0][0]
-    catalog["packs"][0][0] = bomb["digest"]
+    catalog["packs"][0][0] = swapped["digest"]
     new_catalog = upload(zstandard.compress(json.dumps(catalog).encode()))
     for layer in manifest["layers"]:
         if layer["digest"] == victim:
-            layer.update(bomb)
+            layer.update(swapped)
         elif layer["digest"] == catalog_layer["digest"]:
             layer.update(new_catalog)
     requests.put(
-        f"{base}/manifests/bomb", data=json.dumps(manifest), headers={"Content-Type": layout.MANIFEST_TYPE}
+        f"{base}/manifests/{tag}", data=json.dumps(manifest), headers={"Content-Type": layout.MANIFEST_TYPE}
     ).raise_for_status()
+
+
+def test_a_pack_that_expands_past_its_blobs_is_refused_in_bounded_memory(registry: Registry, tmp_path: Path) -> None:
+    """A hostile artifact: one pack swapped for 1 GiB of zeros compressed to kilobytes.
+    Pull refuses it without holding it."""
+    source = tmp_path / "source"
+    make_entry(Store(source), "model", entry_files(3, big=0))
+    ccache_json("push", f"{registry.host}/team/cache:v1", store=source)
+    swap_first_pack(registry, zstandard.ZstdCompressor(level=1).compress(bytes(1 << 30)), "bomb")
     target = tmp_path / "target"
     # The pull's peak memory, its workers' included, measured by a parent of its own.
     measure = (
@@ -390,6 +396,21 @@ def test_a_pack_that_expands_past_its_blobs_is_refused_in_bounded_memory(registr
     assert code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert peak_kb < 400 * 1024, peak_kb  # far below the 1 GiB it would expand to
     assert not (target / "entries").exists() or not list((target / "entries").iterdir())
+
+
+def test_a_pack_layer_larger_than_its_blobs_could_make_is_refused_unread(registry: Registry, tmp_path: Path) -> None:
+    """A pull holds a pack whole, so a pack layer larger than zstd makes of the tar of
+    the blobs its catalog lists is refused before it is downloaded."""
+    source = tmp_path / "source"
+    make_entry(Store(source), "model", entry_files(5, big=0, small=20))
+    ccache_json("push", f"{registry.host}/team/cache:v1", store=source)
+    swap_first_pack(registry, random.Random(5).randbytes(4 << 20), "padded")
+    downloads = registry.blob_downloads()
+    target = tmp_path / "target"
+    result = ccache("pull", f"{registry.host}/team/cache:padded", store=target)
+    assert result.returncode == 2 and "names a pack larger than any ccache writes" in result.stderr, result.stderr
+    assert registry.blob_downloads() - downloads == 2  # the index and the catalog
+    assert store_leftovers(target) == []
 
 
 def test_a_pull_by_digest_gets_exactly_that_manifest(registry: Registry, tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ def _verify_remote(
     checks = []
     for entry in index.entries:
         layer = artifact.catalogs[entry.id]
-        detail = f"catalog {layer.digest[7:19]} listed in the manifest; `ccache pull` checks every layer's digest"
+        detail = f"catalog {layer.digest[7:19]} listed in the manifest; `ccache pull` checks every blob it downloads against its name"
         checks.append(Check(entry.id, "integrity", True, detail))
         checks += [c for c in static_checks([entry], {}, machine, sources.search_path()) if c.check != "integrity"]
     return VerifyReport(tuple(checks), target_name or "this machine")

@@ -18,6 +18,8 @@ from . import fetch_process
 from .client import Remote
 from .layout import Layer
 
+_NO_REPORT = {"message": "a downloading process ended without a report", "kind": "failed"}
+
 
 class Downloads:
     """The processes that download a pull's layers (fetch_process.py), one per core,
@@ -29,13 +31,14 @@ class Downloads:
         self, remote: Remote, objects: Path, count: int, transfers: int, on_progress: Callable[[int], None]
     ) -> None:
         self._on_progress = on_progress
-        self._lock = threading.Condition()
-        self._reports = 0
+        self._progress_lock = threading.Lock()
+        self._lock = threading.Condition()  # guards what follows, and the pipes' writes
         self.verified: set[str] = set()
         self.errors: list[dict[str, Any]] = []
         self._workers = processes.start(fetch_process, max(1, count))
         self._held = [0] * len(self._workers)  # layers sent to each process and not yet written
         self._live = [True] * len(self._workers)
+        self._reported = [False] * len(self._workers)
         self._waiting: collections.deque[bytes] = collections.deque()  # layers sent to none yet
         threads = max(1, transfers // len(self._workers))
         self._window = threads + 2
@@ -52,7 +55,7 @@ class Downloads:
 
     @property
     def failed(self) -> bool:
-        """Whether a process reported an error other than the network's (the others stop)."""
+        """Whether a process failed other than by the network (the others stop)."""
         with self._lock:
             return any(error["kind"] != "transfer" for error in self.errors)
 
@@ -76,8 +79,6 @@ class Downloads:
                 worker.stdin.close()
         for follower in self._followers:
             follower.join()
-        if self._reports < len(self._workers):  # killed, or crashed: what it wrote is unknown
-            self.errors.append({"message": "a downloading process ended without a report", "kind": "failed"})
         worst = sorted(self.errors, key=lambda error: error["kind"] == "transfer")  # a transfer error only if alone
         return self.verified, (worst or [None])[0]
 
@@ -92,7 +93,9 @@ class Downloads:
         processes.close_pipes(self._workers)
 
     def _dispatch(self) -> None:
-        """Send waiting layers to the processes with room, fewest held first (the lock held)."""
+        """Send waiting layers to the processes with room, fewest held first (the lock
+        held: a process's stdin is read by a thread of its own, so a write waits only
+        on a process that stopped running)."""
         while self._waiting and not self.errors:
             room = [n for n, live in enumerate(self._live) if live and self._held[n] < self._window]
             if not room:
@@ -111,29 +114,31 @@ class Downloads:
 
     def _follow(self, number: int) -> None:
         """Relay a process's progress, send it more layers as it writes them and keep its
-        report; a line cut short (a process killed while writing) is no report."""
+        report; a line cut short (a process killed while writing) is no report, and a
+        process that ends without one fails the pull at once."""
         worker = self._workers[number]
         assert worker.stdout is not None
         try:
             for line in worker.stdout:
                 report = json.loads(line)
-                with self._lock:
-                    if "bytes" in report:
+                if "bytes" in report:
+                    with self._progress_lock:
                         self._on_progress(report["bytes"])
-                        continue
+                    continue
+                with self._lock:
                     if "done" in report:
                         self._held[number] -= 1
                         self._dispatch()
                         self._lock.notify_all()
-                        continue
-                    self._reports += 1
-                    self.verified.update(report["verified"])
-                    if report["error"] is not None:
-                        self.errors.append(report["error"])
-                        if report["error"]["kind"] != "transfer":  # the others need not go on
-                            for other in self._workers:
-                                if other is not worker:
-                                    other.kill()
+                    else:
+                        self._reported[number] = True
+                        self.verified.update(report["verified"])
+                        if report["error"] is not None:
+                            self.errors.append(report["error"])
+                            if report["error"]["kind"] != "transfer":  # the others need not go on
+                                for other in self._workers:
+                                    if other is not worker:
+                                        other.kill()
         except ValueError:
             pass
         except Exception as exc:  # a bug: said as the pull's error
@@ -143,4 +148,6 @@ class Downloads:
         finally:
             with self._lock:
                 self._live[number] = False
+                if not self._reported[number]:  # killed, or crashed: what it wrote is unknown
+                    self.errors.append(_NO_REPORT)
                 self._lock.notify_all()

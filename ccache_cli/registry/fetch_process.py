@@ -119,7 +119,8 @@ class Fetcher:
         A pack is downloaded whole (checked against its size) and then unpacked here:
         one thread makes a pack's thousands of small writes, instead of several taking
         turns at the GIL, while the others download. At most `threads` + 2 layers are
-        held, each no more than a pack (PACK_BYTES before compression)."""
+        held, each no more than a pack (PACK_LIMIT decompressed; its layer no larger
+        than zstd makes of that)."""
         events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
 
         def read() -> None:

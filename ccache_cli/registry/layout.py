@@ -8,7 +8,7 @@ downloads only what the store lacks:
   its sha256: shared by every entry and every push that has it;
 - an entry's smaller blobs go into packs (a tar of `objects/<sha256>`, zstd): walking
   its files in path order, a pack ends after a file whose path hashes to 0 modulo
-  PACK_FILES (or before one that would take it past PACK_BYTES). The cuts depend on
+  PACK_FILES (or before one that would take its tar past PACK_BYTES). The cuts depend on
   the paths alone, so two entries that share most files (another size set, a model
   edited in a few places) cut most packs at the same files: same bytes, same digest,
   one layer in the registry. Packs are per entry: one entry changed changes only its own;
@@ -45,6 +45,10 @@ CREATED_ANNOTATION = "org.opencontainers.image.created"
 
 BIG_BLOB = 1 << 20
 PACK_BYTES = 16 << 20
+# The most tar a pull accepts of a pack, which a fetching process holds whole: twice
+# what push writes, so that packs cut by their blobs' bytes alone (headers and padding
+# not counted, as before) still read.
+PACK_LIMIT = 2 * PACK_BYTES
 PACK_FILES = 1024
 ZSTD_LEVEL = 3
 _PIECE = 4 << 20
@@ -91,11 +95,11 @@ def cut(entry: Manifest) -> tuple[list[tuple[str, ...]], list[str]]:
         if size >= BIG_BLOB:
             big.add(sha256)
             continue
-        if packs[-1] and filled + size > PACK_BYTES:
+        if packs[-1] and filled + member_length(size) > PACK_BYTES:
             packs.append([])
             filled = 0
         packs[-1].append(sha256)
-        filled += size
+        filled += member_length(size)
         if int.from_bytes(hashlib.sha256(path.encode()).digest()[:4], "big") % PACK_FILES == 0:
             packs.append([])
             filled = 0
@@ -124,6 +128,17 @@ def pack_bytes(blobs: Sequence[str], sizes: Mapping[str, int], read_blob: Callab
             piece.clear()
     compressed += (compressor.compress(piece + end), compressor.flush())
     return b"".join(compressed)
+
+
+def pack_length(sizes: Sequence[int]) -> int:
+    """Bytes of the tar of a pack of blobs of these sizes, its end marker included."""
+    length = sum(map(member_length, sizes))
+    return length + len(end_marker(length))
+
+
+def _zstd_bound(size: int) -> int:
+    """The most one zstd frame makes of `size` bytes (zstd's ZSTD_COMPRESSBOUND)."""
+    return size + (size >> 8) + ((((128 << 10) - size) >> 11) if size < 128 << 10 else 0)
 
 
 # -- documents -----------------------------------------------------------------
@@ -251,4 +266,8 @@ def parse_catalog(data: bytes, listed: Manifest, index: Index, artifact: Artifac
     sizes = {ref["sha256"]: ref["size"] for ref in entry.files.values()}
     if held != set(sizes) or any(artifact.layers["sha256:" + sha256].size != sizes.get(sha256) for sha256 in big):
         raise ArchiveError(f"the catalog of entry {listed.short_id} does not account for every blob of the entry")
+    for digest, blobs in packs:  # a pull holds a pack whole: bounded, as push makes them
+        length = pack_length([sizes[sha256] for sha256 in blobs])
+        if length > PACK_LIMIT or artifact.layers[digest].size > _zstd_bound(length):
+            raise ArchiveError(f"the catalog of entry {listed.short_id} names a pack larger than any ccache writes")
     return Catalog(entry, packs, big)

@@ -3,7 +3,8 @@ other side lacks it, several at once, streamed.
 
 A pull trusts nothing it downloads: the manifest must be a ccache artifact, the index
 and each catalog must hash to their digests, each catalog's file list to its
-manifest's digest in the index, each layer to its digest and each blob to its name.
+manifest's digest in the index, each blob layer to its digest, each pack's members to
+the catalog's list and each blob to its name.
 Blobs are staged in the store's tmp/ and entries published only when everything
 checked out, as `unpack` does. A pull cut off by the network keeps the blobs it
 verified (in the store, named by no entry until a pull completes; `gc` removes them
