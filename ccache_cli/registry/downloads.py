@@ -41,7 +41,7 @@ class Downloads:
         self._reported = [False] * len(self._workers)
         self._waiting: collections.deque[bytes] = collections.deque()  # layers sent to none yet
         threads = max(1, transfers // len(self._workers))
-        self._window = threads + 2
+        self._window = fetch_process.held_at_most(threads)
         self._followers = [threading.Thread(target=self._follow, args=(n,)) for n in range(len(self._workers))]
         header = {"reference": remote.reference, "insecure": remote.scheme == "http", "objects": str(objects)}
         try:

@@ -57,6 +57,12 @@ Job = tuple[
 ]  # a layer, its blobs and their sizes, those to write
 
 
+def held_at_most(threads: int) -> int:
+    """Layers a process holds at once, downloading `threads` at a time: those, one
+    being unpacked and one downloaded waiting for it. Its caller sends no more."""
+    return threads + 2
+
+
 def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     job = json.loads(stdin.readline())
     lock = threading.Lock()
@@ -118,7 +124,7 @@ class Fetcher:
 
         A pack is downloaded whole (checked against its size) and then unpacked here:
         one thread makes a pack's thousands of small writes, instead of several taking
-        turns at the GIL, while the others download. At most `threads` + 2 layers are
+        turns at the GIL, while the others download. At most `held_at_most(threads)` layers are
         held, each no more than a pack (PACK_LIMIT decompressed; its layer no larger
         than zstd makes of that)."""
         events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
@@ -138,7 +144,7 @@ class Fetcher:
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
             try:
                 while not ended or waiting or held:
-                    while waiting and held < threads + 2:
+                    while waiting and held < held_at_most(threads):
                         job = waiting.popleft()
                         pool.submit(self._download, job).add_done_callback(functools.partial(_downloaded, events, job))
                         held += 1
