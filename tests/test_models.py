@@ -83,9 +83,11 @@ def test_a_transformers_decoder_gets_a_package(llama: dict) -> None:
     entry = llama["entry"]
     assert entry["aot"]["packages"]["status"] == "stored", entry["aot"]
     assert entry["artifacts"]["aot"] == 1 and entry["artifacts"]["outputs"] == 1
-    # Dynamo's fullgraph capture of a transformers decoder fails on a guard it cannot
-    # serialize: the entry says which, and on what.
-    assert entry["aot"]["status"] == "skipped" and "guard on" in entry["aot"]["reason"], entry["aot"]
+    # aot_compile does not take a transformers decoder (a guard it cannot serialize, or
+    # code it cannot capture, depending on the transformers version): the entry says why.
+    assert entry["aot"]["status"] == "skipped" and entry["aot"]["reason"].startswith(
+        ("aot_compile failed: ", "graph break")
+    ), entry["aot"]
     assert "AOTInductor packages stored for every size" in llama["stdout"]
 
 
