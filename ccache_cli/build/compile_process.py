@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from ccache_cli.build import aot, modelspec, outputs, plan
+from ccache_cli.build import aot, guards, modelspec, outputs, plan
 from ccache_cli.errors import CcacheError, DeviceError
 from ccache_cli.hooked import bytecode, fingerprint
 from ccache_cli.hooked.tracing import modules_by_file, record_traced_files
@@ -107,12 +107,16 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
         return
 
     model = modelspec.load_model(module, spec).to(device)
+    recorder = guards.Recorder()
     with _recording_traced_files() as traced:
-        reports, results = _compile_sizes(torch, model, inputs, compile_options, inputs_fn, emit)
+        with recorder.recording(torch):
+            reports, results, assumptions = _compile_sizes(
+                torch, model, inputs, compile_options, inputs_fn, emit, recorder=recorder
+            )
         _record_outputs(torch, model, inputs, results, out)
         for other in others:  # the graphs' cache keys hold the device index: each index its own
             moved = {size: plan.to_device(torch, args, other) for size, args in inputs.items()}
-            more, _ = _compile_sizes(
+            more, _, _ = _compile_sizes(
                 torch, model.to(other), moved, {**compile_options, "device": other}, inputs_fn, emit, suffix=f"@{other}"
             )
             reports += more
@@ -150,6 +154,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
         functions=functions,
         packages=packages,
         sources=[source.__dict__ for source in traced_sources],
+        assumptions={size: taken.to_json() for size, taken in assumptions.items()},
         bytecode=recorded,
     )
 
@@ -162,9 +167,11 @@ def _compile_sizes(
     inputs_fn: Callable[[int], Any],
     emit: Emit,
     suffix: str = "",
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Each size's first call through torch.compile: the reports, and the outputs (by
-    size, or "dynamic"); labels end with `suffix` (the device index beyond the first)."""
+    recorder: guards.Recorder | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Each size's first call through torch.compile: the reports, the outputs (by size,
+    or "dynamic"), and with a `recorder` what each static size's graph assumes
+    (build/guards.py); labels end with `suffix` (the device index beyond the first)."""
     runs: list[tuple[str, plan.CallInputs]] = [(str(size), args) for size, args in inputs.items()]
     if options["dynamic"]:  # a dynamic graph on top of the static ones, when asked for
         hint = options["dynamic_hint"]
@@ -172,14 +179,18 @@ def _compile_sizes(
         plan.mark_batch_dynamic(torch, args, hint)
         runs.append(("dynamic", args))
     compiled = plan.torch_compile(torch, model, options["mode"], len(runs))
-    reports, results = [], {}
+    reports, results, assumptions = [], {}, {}
     for label, args in runs:
         emit("size_start", label=label + suffix, phase="compile")
         report, results[label] = _measure(torch, options["device"], lambda args=args: plan.call(compiled, args))
         report["label"] = label + suffix
         reports.append(report)
+        if recorder is not None:
+            recorded = guards.size_assumptions(torch, model, recorder.take())
+            if recorded is not None and label != "dynamic":
+                assumptions[label] = recorded
         emit("size_done", phase="compile", **report)
-    return reports, results
+    return reports, results, assumptions
 
 
 def _record_outputs(

@@ -229,6 +229,7 @@ def _store_entry(
             "reason": result["functions"]["reason"],
             "packages": {k: v for k, v in result["packages"].items() if k != "seconds"},
         },
+        assumptions=result.get("assumptions"),
         bytecode=result.get("bytecode", {}),
         compiled_at=str(compiled_at),
         files=files,

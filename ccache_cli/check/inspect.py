@@ -57,6 +57,14 @@ class EntryReport:
                 {"component": m.component, "entry": m.entry, "machine": m.target} for m in report.mismatches
             ],
             "aot": dataclasses.asdict(entry.aot),
+            "assumptions": {
+                size: {
+                    "frame": f"{recorded.frame.module}:{recorded.frame.qualname}",
+                    "checks": recorded.counts(),
+                    "unserialized": recorded.unserialized,
+                }
+                for size, recorded in entry.assumptions.items()
+            },
             "timings": {
                 "sizes": [dataclasses.asdict(timing) for timing in entry.timings],
                 "aot": dict(entry.aot_seconds),

@@ -12,6 +12,7 @@ from ccache_cli.archive.unpack import is_archive_path
 from ccache_cli.check.inspect import InspectReport, inspect_archive, inspect_remote, inspect_store
 from ccache_cli.hooked import fingerprint
 from ccache_cli.registry.reference import is_reference
+from ccache_cli.store.manifest import Manifest
 
 from .pack import TRUST_OPTION
 from .registry import INSECURE_OPTION
@@ -125,3 +126,29 @@ def _print_detail(report: InspectReport) -> None:
             + (f" ({aot.packages.reason})" if aot.packages.reason else ""),
             soft_wrap=True,
         )
+    _print_assumptions(e)
+
+
+def _print_assumptions(e: Manifest) -> None:
+    """What each size's stored code assumes of the program, by kind of check."""
+    stored = e.aot.status == "stored" or (e.aot.packages is not None and e.aot.packages.status == "stored")
+    if stored and not e.assumptions:
+        out.print("Assumptions: none recorded (precompiled by an older ccache-cli): its stored code is never served")
+    if not e.assumptions:
+        return
+    table = Table(
+        "size",
+        "traced forward",
+        "checked before stored code serves",
+        "aot_compile guards drop",
+        title="Assumptions of the stored code",
+        title_justify="left",
+    )
+    for size, recorded in sorted(e.assumptions.items(), key=lambda item: int(item[0])):
+        counts = recorded.counts()
+        unchecked = counts.pop("unchecked", 0)
+        cells = ", ".join(f"{kind} {number}" for kind, number in sorted(counts.items()))
+        if unchecked:
+            cells += f"; [red]{unchecked} ccache cannot check: never served[/red]"
+        table.add_row(size, f"{recorded.frame.module}:{recorded.frame.qualname}", cells, str(recorded.unserialized))
+    out.print(table)

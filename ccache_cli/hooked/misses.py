@@ -45,7 +45,14 @@ def report_at_exit(
         counters = utils.counters["inductor"]
         hits, misses = counters["fxgraph_cache_hit"], counters["fxgraph_cache_miss"]
     reason = None
-    if misses:
+    # Stored code not used because an assumption of it did not hold: that is why the
+    # process compiled what it did, and is said even where the compile hit a cache.
+    refused = sorted({why for summary in routed.values() if summary for why in summary.get("refused", {})})
+    if refused:
+        reason = "; ".join(refused[:2]) + (f" and {len(refused) - 2} more" if len(refused) > 2 else "")
+        compiled = f" ({misses} graphs compiled)" if misses else ""
+        sys.stderr.write(f"ccache: stored code not used, torch.compile ran instead{compiled}: {reason}\n")
+    elif misses:
         try:
             with open(os.path.join(view, ACTIVATION_FILE)) as handle:
                 entries = json.load(handle)["entries"]

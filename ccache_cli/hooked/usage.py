@@ -99,6 +99,8 @@ def read(store: Store, entry_id: str) -> Usage:
                 routed += int(routing.get("routed", 0))
                 served += int(routing.get("served", 0))
                 not_routed.update({str(why): int(n) for why, n in dict(routing.get("not_routed") or {}).items()})
+                refused = dict(routing.get("refused") or {})
+                not_routed.update({f"stored code not used: {why}": int(n) for why, n in refused.items()})
         except (ValueError, TypeError, KeyError, AttributeError):
             continue  # a line cut short by a crash, or not one this tool wrote
     return Usage(times, last, hits, misses, reason, routed, served, dict(not_routed))

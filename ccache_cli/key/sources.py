@@ -34,25 +34,30 @@ def collect(
     module (`modules`: real path -> module name) is named after the module, which also
     covers packages found by import hooks rather than a sys.path folder (editable
     installs); any other file after its sys.path root."""
-    paths = sysconfig.get_paths()
-    stdlib = tuple(os.path.realpath(paths[name]) + os.sep for name in ("stdlib", "platstdlib"))
-    site = tuple(os.path.realpath(paths[name]) + os.sep for name in ("purelib", "platlib"))
-    torch_prefix = os.path.realpath(torch_dir) + os.sep if torch_dir else None
     roots = sorted({os.path.realpath(p or os.getcwd()) for p in sys_path}, key=len, reverse=True)
     sources: dict[str, Source] = {}
     for filename in filenames:
         if not filename.endswith(".py") or not os.path.isfile(filename):
             continue  # <string>, <eval_with_key>, frozen modules
         real = os.path.realpath(filename)
-        if torch_prefix and real.startswith(torch_prefix):
-            continue
-        # site-packages often lies inside the stdlib folder; only the stdlib proper is covered.
-        if real.startswith(stdlib) and not real.startswith(site):
+        if covered_by_versions(real, torch_dir):
             continue
         module = (modules or {}).get(real)
         relative = _module_path(module, real) if module else _relative_to_root(real, roots)
         sources[relative] = Source(module=_module_name(relative), path=relative, sha256=sha256_file(Path(real)))
     return [sources[path] for path in sorted(sources)]
+
+
+def covered_by_versions(real_path: str, torch_dir: str | None) -> bool:
+    """Whether a file is torch's own or the standard library's, which the torch and
+    Python versions in the key cover."""
+    paths = sysconfig.get_paths()
+    if torch_dir and real_path.startswith(os.path.realpath(torch_dir) + os.sep):
+        return True
+    stdlib = tuple(os.path.realpath(paths[name]) + os.sep for name in ("stdlib", "platstdlib"))
+    site = tuple(os.path.realpath(paths[name]) + os.sep for name in ("purelib", "platlib"))
+    # site-packages often lies inside the stdlib folder; only the stdlib proper is covered.
+    return real_path.startswith(stdlib) and not real_path.startswith(site)
 
 
 def check(sources: Iterable[Source], sys_path: Sequence[str]) -> list[SourceStatus]:

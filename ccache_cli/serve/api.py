@@ -23,8 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ccache_cli.build import plan
+from ccache_cli.key.assumptions import Checker
 from ccache_cli.key.sources import check, search_path
-from ccache_cli.serve import stored_code
+from ccache_cli.serve import routing, stored_code
 from ccache_cli.store.manifest import Source
 
 
@@ -38,8 +39,6 @@ def compile(model: Any, *, mode: str | None = None, dynamic: bool = False, **tor
 def router(torch: Any, model: Any, kwargs: dict[str, Any], fallback: Callable[[], Any]) -> Any:
     """A routed `torch.compile(model, **kwargs)` (serve/routing.py): the stored code where
     it serves a call, else `fallback()`, the program's own torch.compile call, made once."""
-    from ccache_cli.serve import routing
-
     routing.count("routed")
     options = {name: value for name, value in kwargs.items() if name not in ("mode", "dynamic")}
     return _CompiledModel(
@@ -141,6 +140,10 @@ class _CompiledModel:
         running = (platform.python_version(), torch.__version__)
         self._aot = [f for f in aot_functions if f.mode == self._mode and f.built_with == running] if plain else []
         self._chosen: dict[Any, stored_code.Package | stored_code.GuardedFunction | None] = {}
+        # Per signature, whether the stored code's assumptions held (None) or why not,
+        # checked at its first call; on every call under the every-call policy.
+        self._assumed: dict[Any, str | None] = {}
+        self._every_call = routing.guard_policy() == "every-call"
         self._fresh_sources: dict[tuple[Source, ...], bool] = {}
         self._compiled: Any = None
         self._model_structure: str | None = None
@@ -185,7 +188,28 @@ class _CompiledModel:
             return None, (
                 "model or inputs not as the stored code was built (training mode, hooks, new tensors, strides, guards)"
             )
+        why = self._assumption_mismatch(signature, function, args, kwargs)
+        if why is not None:
+            routing.refuse(function.entry, f"entry {function.name}: {why}")
+            return None, "an assumption of the stored code does not hold"
         return function, None
+
+    def _assumption_mismatch(
+        self, signature: Any, function: stored_code.Package | stored_code.GuardedFunction, args: Any, kwargs: Any
+    ) -> str | None:
+        """Why the stored code would not compute what torch.compile would for this call:
+        torch's global state is compared on every call (it is cheap); the model, its
+        code and its module's globals at a size's first call, or on every call under the
+        every-call policy (key/assumptions.py)."""
+        checker = function.checker
+        if checker is None:
+            return "it records no assumptions of its stored code (precompiled by an older ccache-cli): precompile again"
+        why = checker.state_mismatch()
+        if why is not None:
+            return why
+        if self._every_call or signature not in self._assumed:
+            self._assumed[signature] = checker.program_mismatch(self._model, args, kwargs)
+        return self._assumed[signature]
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "_model":  # copy and pickle probe before __init__ ran
@@ -222,14 +246,16 @@ class _CompiledModel:
                         self._torch, candidate.package, devices[0] if devices else candidate.device, self._model
                     )
                 if package is not None:
-                    package.entry = candidate.entry
-                    return package
+                    return package.for_entry(candidate, self._checker(candidate))
             if candidate.function is not None and devices in ((), (candidate.device,)):
                 self._torch._dynamo.config.enable_aot_compile = True
                 with open(candidate.function, "rb") as handle:
                     function = self._torch.compiler.load_compiled_function(handle)
-                return stored_code.GuardedFunction(function, candidate.entry)
+                return stored_code.GuardedFunction(function).for_entry(candidate, self._checker(candidate))
         return None
+
+    def _checker(self, candidate: stored_code.AotFunction) -> Checker | None:
+        return None if candidate.assumptions is None else Checker(self._torch, candidate.assumptions)
 
     def _structure(self) -> str:
         """The model's structure (build/plan.model_structure), once: a package serves

@@ -19,8 +19,9 @@ from typing import Any
 
 from ccache_cli.build import plan
 from ccache_cli.hooked.usage import VIEW_ENV
+from ccache_cli.key.assumptions import Checker
 from ccache_cli.serve.views import ended_processes, read_description
-from ccache_cli.store.manifest import Source
+from ccache_cli.store.manifest import SizeAssumptions, Source
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class AotFunction:
     view: str
     built_with: tuple[Any, Any]  # the Python and torch versions of its key
     entry: str  # the id of the entry that holds it
+    name: str  # that entry's name
+    assumptions: SizeAssumptions | None  # what it assumes of the program (None: not recorded, never served)
 
 
 def active_aot_functions() -> list[AotFunction]:
@@ -68,6 +71,10 @@ def aot_functions_in(view: str) -> list[AotFunction]:
                     view=view,
                     built_with=(entry.fingerprint.get("python"), entry.fingerprint.get("torch")),
                     entry=entry.id,
+                    name=entry.name,
+                    assumptions=(
+                        SizeAssumptions.from_json(entry.assumptions[size]) if size in entry.assumptions else None
+                    ),
                 )
             )
     return functions
@@ -130,12 +137,25 @@ def unpacking_into(folder: str | None) -> Iterator[None]:
             os.environ["TMPDIR"] = previous
 
 
-class GuardedFunction:
-    """An aot_compile function, serving the calls whose guards pass."""
+class _ForEntry:
+    """What stored code knows of the entry that holds it: its id and name, and the
+    check of what it assumes of the program (None: nothing recorded, never served)."""
 
-    def __init__(self, function: Callable[..., Any], entry: str) -> None:
+    entry = ""
+    name = ""
+    checker: Checker | None = None
+
+    def for_entry(self, candidate: AotFunction, checker: Checker | None) -> Any:
+        self.entry, self.name, self.checker = candidate.entry, candidate.name, checker
+        return self
+
+
+class GuardedFunction(_ForEntry):
+    """An aot_compile function, serving the calls whose guards pass (its own guards
+    drop every global one: the entry's assumptions check those)."""
+
+    def __init__(self, function: Callable[..., Any]) -> None:
         self._function = function
-        self.entry = entry
 
     def serves(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         return bool(self._function.guard_check(model, *args, **kwargs))
@@ -144,7 +164,7 @@ class GuardedFunction:
         return self._function(model, *args, **kwargs)
 
 
-class Package:
+class Package(_ForEntry):
     """An AOTInductor package run on the model's own parameters and buffers.
 
     They are bound by pointer, never copied, so in-place updates (a new checkpoint
@@ -175,7 +195,6 @@ class Package:
         ]
         self._all_modules = list(model.modules())
         self._bound = [(slot, name, tensor, tensor.data_ptr()) for slot, name, tensor in tensors.values()]
-        self.entry = ""  # the id of the entry that holds it, set by who loads it
 
     @classmethod
     def load(cls, torch: Any, path: str, device: str, model: Any) -> Package | None:

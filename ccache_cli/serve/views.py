@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,9 @@ class ActiveEntry:
     fingerprint: Mapping[str, Any]
     aot: Mapping[str, Mapping[str, str]]  # per size: {"function", "package"} paths in the view
     structure: str | None  # the model the packages were built for
+    assumptions: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # per size, what its stored code assumes (as the manifest)
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,7 @@ def _link_files(store: Store, entries: Sequence[Manifest], view: Path, roots: di
                 fingerprint=entry.fingerprint,
                 aot=aot,
                 structure=None if entry.aot.packages is None else entry.aot.packages.structure,
+                assumptions={size: recorded.to_json() for size, recorded in entry.assumptions.items()},
             )
         )
     (view / "inductor").mkdir(exist_ok=True)

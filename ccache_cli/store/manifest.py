@@ -12,6 +12,8 @@ The document, format 1:
              "sources": [{"module", "path", "sha256"}]},
      "timings": {"sizes": [per size report], "aot": {size: s}, "packages": {size: s}},
      "aot": {"status", "reason", "packages": {"status", "reason", "model"}},
+     "assumptions": {size: {"frame": {"module", "qualname"}, "unserialized": count,
+                            "assumptions": [[check, path, expected, guard]]}} (optional),
      "bytecode": {stored .pyc: {"module", "sha256"}}, "compiled_at": folder,
      "files": {path: {"sha256", "size"}}}
 
@@ -97,6 +99,56 @@ class AotStatus:
 
 
 @dataclass(frozen=True)
+class Assumption:
+    """One thing a size's stored code assumes of the program that runs it
+    (key/assumptions.py says what each check means)."""
+
+    check: str  # one of schema.ASSUMPTION_CHECKS
+    path: str  # where the value is read: Dynamo's source expression, a module:qualname (code), a torch state name
+    expected: Any  # JSON: what must hold there
+    guard: str  # the Dynamo guard it came from ("" for code and torch_state)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The traced forward whose locals (`L`) and globals (`G`) the paths start from."""
+
+    module: str  # its globals' module
+    qualname: str  # its code's qualified name
+
+
+@dataclass(frozen=True)
+class SizeAssumptions:
+    """What one size's stored code assumes."""
+
+    frame: Frame
+    assumptions: tuple[Assumption, ...]
+    unserialized: int  # how many of them aot_compile's own guards drop (global, or a kind it cannot save)
+
+    def counts(self) -> dict[str, int]:
+        counted: dict[str, int] = {}
+        for assumption in self.assumptions:
+            counted[assumption.check] = counted.get(assumption.check, 0) + 1
+        return counted
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "frame": {"module": self.frame.module, "qualname": self.frame.qualname},
+            "assumptions": [[a.check, a.path, a.expected, a.guard] for a in self.assumptions],
+            "unserialized": self.unserialized,
+        }
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> SizeAssumptions:
+        frame = document["frame"]
+        return cls(
+            Frame(frame["module"], frame["qualname"]),
+            tuple(Assumption(*row) for row in document["assumptions"]),
+            document.get("unserialized", 0),
+        )
+
+
+@dataclass(frozen=True)
 class Manifest:
     id: str
     name: str
@@ -111,6 +163,7 @@ class Manifest:
     aot_seconds: Mapping[str, float]  # per size, building the aot_compile functions
     package_seconds: Mapping[str, float]  # per size, building the packages
     aot: AotStatus
+    assumptions: Mapping[str, SizeAssumptions]  # per size; none recorded: its stored code is never served
     bytecode: Mapping[str, Mapping[str, str]]  # stored .pyc -> {"module", "sha256"}
     compiled_at: str | None  # the Inductor cache folder the entry was compiled in
     files: Mapping[str, Mapping[str, Any]] = field(repr=False)  # path -> {"sha256", "size"}; none from an index
@@ -202,6 +255,7 @@ def parse(document: Any, folder: str | None = None, with_files: bool = True) -> 
             if packages is None
             else PackageStatus(packages["status"], packages.get("reason"), packages.get("model")),
         ),
+        assumptions={size: SizeAssumptions.from_json(found) for size, found in d.get("assumptions", {}).items()},
         bytecode=d.get("bytecode", {}),
         compiled_at=d.get("compiled_at"),
         files=d.get("files", {}),
@@ -216,6 +270,7 @@ def build(
     lookup: str | None,
     timings: Mapping[str, Any],
     aot: Mapping[str, Any],
+    assumptions: Mapping[str, Any] | None = None,
     bytecode: Mapping[str, Any],
     compiled_at: str,
     files: Mapping[str, Mapping[str, Any]],
@@ -231,6 +286,7 @@ def build(
             "key": key,
             "timings": timings,
             "aot": aot,
+            **({"assumptions": assumptions} if assumptions else {}),
             "bytecode": bytecode,
             "compiled_at": compiled_at,
             "files": files,

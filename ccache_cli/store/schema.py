@@ -44,6 +44,12 @@ _CREATED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _MAX_PATH = 4096
 _MAX_NAME = 256
 _SCALAR = (str, int, float, bool, type(None))
+# What a size's stored code may assume (key/assumptions.py says what each check means).
+ASSUMPTION_CHECKS = frozenset(
+    {"value", "type", "identity", "code", "keys", "length", "attribute", "own_attribute_absent", "dict_key"}
+    | {"tensor", "torch_state", "unchecked"}
+)
+_MAX_ASSUMPTIONS = 100_000
 
 
 class ManifestError(BadInputError):
@@ -97,6 +103,7 @@ def _check_fields(m: Mapping[str, Any], with_files: bool) -> None:
     _check_key(_field(m, "key", dict))
     _check_timings(_field(m, "timings", dict))
     _check_aot(_field(m, "aot", dict))
+    _check_assumptions(_mapping(m.get("assumptions", {}), "assumptions"))
     if with_files:
         files = _field(m, "files", dict)
         check_files(files)
@@ -242,6 +249,32 @@ def _check_timings(timings: Mapping[str, Any]) -> None:
             isinstance(v, (int, float)) for v in _mapping(seconds, f"timings.{name}").values()
         ):
             raise ManifestError(f"timings.{name} must map sizes to seconds")
+
+
+def _check_assumptions(by_size: Mapping[str, Any]) -> None:
+    """Per size: the traced forward's module and name, and rows of [check, path, expected, guard]."""
+    for size, recorded in by_size.items():
+        where = f"assumptions[{size!r}]"
+        if not (isinstance(size, str) and size.isascii() and size.isdigit()):
+            raise ManifestError(f"{where}: sizes are decimal numbers")
+        recorded = _mapping(recorded, where)
+        frame = _mapping(recorded.get("frame"), f"{where}.frame")
+        if not all(isinstance(frame.get(name), str) for name in ("module", "qualname")):
+            raise ManifestError(f"{where}.frame must name a module and a qualname")
+        rows = recorded.get("assumptions")
+        if not isinstance(rows, list) or len(rows) > _MAX_ASSUMPTIONS:
+            raise ManifestError(f"{where}.assumptions must be a list of at most {_MAX_ASSUMPTIONS}")
+        for row in rows:
+            if not (
+                isinstance(row, list)
+                and len(row) == 4
+                and row[0] in ASSUMPTION_CHECKS
+                and isinstance(row[1], str)
+                and isinstance(row[3], str)
+            ):
+                raise ManifestError(f"{where}: an assumption is not [check, path, expected, guard]")
+        if not isinstance(recorded.get("unserialized", 0), int):
+            raise ManifestError(f"{where}.unserialized must be a count")
 
 
 def _check_aot(aot: Mapping[str, Any]) -> None:

@@ -1,0 +1,408 @@
+"""What stored code assumes of the program that runs it, and the check of it.
+
+Stored AOT code (an AOTInductor package, an aot_compile function) is a forward with
+every Python value its trace read baked in. torch.compile re-checks those values with
+Dynamo's guards on every call; stored code checks nothing of them (aot_compile keeps
+some of its guards and drops every global one). So precompile turns each guard Dynamo
+built for a size's graph into an `Assumption` (build/guards.py): a path, Dynamo's own
+expression for where the value was read (rooted at the traced forward's locals `L` and
+its module's globals `G`), and what must hold there. Before stored code serves a
+model, `Checker` evaluates every path on that model and names the first that differs
+(`layers.0.n1.eps is 0.5; the stored code was built with 1e-06`), and the call goes to
+torch.compile. An assumption that ccache cannot check is a mismatch too: stored code
+runs only where torch.compile would compute the same thing.
+
+Checks (the guard kinds of torch 2.11 to 2.13 that map to each are in build/guards.py):
+- value: a plain constant (bool, int, float, str, None, an enum member, a torch dtype
+  or device, tuples of them), equal in type and value;
+- type: the class of the value, by module and qualified name;
+- identity: a module by name, a class by module and qualified name, a Python function
+  by module, qualified name and a digest of its code (so a monkeypatch is seen where
+  no file changed), a builtin by its name;
+- code: a function Dynamo inlined, found again by module and qualified name (through
+  decorators' `__wrapped__`), with the same code digest: a method replaced on its class
+  is seen this way, which Dynamo's type guard does not;
+- keys, length, attribute (present or absent), own_attribute_absent, dict_key;
+- tensor: dtype, shape and device of a tensor that is neither an input nor a parameter
+  or buffer (those are the call's signature and the package's bound weights);
+- torch_state: the default dtype, float32 matmul precision, default device, and the
+  global state torch's own GlobalStateGuard holds (deterministic algorithms, TF32 and
+  reduced-precision flags, autocast, torch function modes), all but the thread count;
+- unchecked: what ccache cannot check (a graph break's locals, an object's identity
+  across processes); never served.
+
+Paths are parsed and allowed only as attribute, constant subscript, `type(...)` and
+`dict(...)` chains from `L` and `G`: a manifest never runs code here.
+
+Standard library only; torch is handed in where needed.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import enum
+import hashlib
+import importlib
+import inspect
+import json
+import re
+import sys
+import types
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ccache_cli.store.manifest import Assumption, Frame, SizeAssumptions
+
+# Names Dynamo installs into the traced frame's globals; resolved here without it.
+_IMPORT_PREFIX = "__import_"
+_BUILTINS_PREFIX = "__builtins_dict__"
+_ALLOWED_CALLS = {"type": type, "dict": dict}
+
+
+# --- describing values, so that two processes can compare them ---------------------
+
+
+def describe_value(value: Any) -> str | None:
+    """A plain constant as a string that is equal exactly where type and value are; None
+    for anything else."""
+    kind = type(value)
+    if value is None or kind in (bool, int, float, complex, str, bytes):
+        return f"{kind.__name__}:{value!r}"
+    if isinstance(value, enum.Enum):
+        return f"enum:{kind.__module__}.{kind.__qualname__}.{value.name}"
+    if kind in (tuple, list):
+        parts = [describe_value(item) for item in value]
+        return None if None in parts else f"{kind.__name__}:(" + ",".join(parts) + ")"  # type: ignore[arg-type]
+    if kind.__module__ == "torch" and kind.__name__ in ("dtype", "device"):
+        return f"torch.{kind.__name__}:{value}"
+    return None
+
+
+def describe_type(kind: type) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def describe_identity(value: Any) -> str | None:
+    """What makes `value` the same object in another process: a module's name, a class's
+    name, a function's name and code; None where nothing does."""
+    if isinstance(value, types.ModuleType):
+        return f"module:{value.__name__}"
+    if isinstance(value, type):
+        return f"class:{describe_type(value)}"
+    if isinstance(value, types.FunctionType):
+        return f"function:{value.__module__}.{value.__qualname__}:{code_digest(value.__code__)}"
+    if isinstance(value, types.MethodType):
+        inner = describe_identity(value.__func__)
+        return None if inner is None else f"method:{inner}"
+    if isinstance(value, (types.BuiltinFunctionType, types.MethodDescriptorType, types.WrapperDescriptorType)):
+        owner = getattr(value, "__self__", None)
+        owner_name = owner.__name__ if isinstance(owner, (type, types.ModuleType)) else type(owner).__name__
+        return f"builtin:{getattr(value, '__module__', None)}.{value.__qualname__}@{owner_name}"
+    return describe_value(value)
+
+
+_digests: dict[int, tuple[types.CodeType, str]] = {}
+
+
+def code_digest(code: types.CodeType) -> str:
+    """A digest of what a code object does, not where it lies: its bytecode, names and
+    constants (nested code objects too), without its file name or line numbers."""
+    cached = _digests.get(id(code))
+    if cached is not None and cached[0] is code:
+        return cached[1]
+    digest = hashlib.sha256()
+
+    def feed(item: Any) -> None:
+        if isinstance(item, types.CodeType):
+            digest.update(b"code")
+            digest.update(item.co_code)
+            for part in (item.co_names, item.co_varnames, item.co_freevars, item.co_cellvars):
+                digest.update(repr(part).encode())
+            digest.update(getattr(item, "co_qualname", item.co_name).encode())
+            digest.update(b"%d %d %d" % (item.co_argcount, item.co_kwonlyargcount, item.co_flags))
+            for const in item.co_consts:
+                feed(const)
+        elif isinstance(item, (tuple, list)):
+            digest.update(b"(")
+            for part in item:
+                feed(part)
+            digest.update(b")")
+        elif isinstance(item, frozenset):  # its order follows string hashing, which differs per process
+            digest.update(b"{" + ",".join(sorted(map(repr, item))).encode() + b"}")
+        else:
+            digest.update(repr(item).encode() + b";")
+
+    feed(code)
+    _digests[id(code)] = (code, digest.hexdigest()[:32])
+    return _digests[id(code)][1]
+
+
+# --- paths -------------------------------------------------------------------------
+
+
+class PathError(Exception):
+    """A path that is not of the allowed form, or that cannot be evaluated."""
+
+
+def compile_path(path: str) -> types.CodeType:
+    """`path` compiled for `evaluate`, after checking that it is only attribute, constant
+    subscript, `type(...)` and `dict(...)` steps from `L` or `G` (PathError otherwise)."""
+    try:
+        tree = ast.parse(path, mode="eval")
+    except SyntaxError as exc:
+        raise PathError(f"not a path: {path}") from exc
+
+    def allowed(node: ast.AST) -> bool:
+        if isinstance(node, ast.Name):
+            return node.id in ("L", "G")
+        if isinstance(node, ast.Attribute):
+            return allowed(node.value)
+        if isinstance(node, ast.Subscript):
+            return isinstance(node.slice, ast.Constant) and allowed(node.value)
+        if isinstance(node, ast.Call):
+            return (
+                isinstance(node.func, ast.Name)
+                and node.func.id in _ALLOWED_CALLS
+                and len(node.args) == 1
+                and not node.keywords
+                and allowed(node.args[0])
+            )
+        return False
+
+    if not allowed(tree.body):
+        raise PathError(f"not a path ccache evaluates: {path}")
+    return compile(tree, "<assumption>", "eval")
+
+
+class Globals(dict):  # type: ignore[type-arg]
+    """A traced frame's globals as Dynamo saw them: the module's own names, and the
+    names Dynamo installs there (`__import_a_dot_b` for module a.b, `__builtins_dict__`
+    for the builtins), which a process without Dynamo has not."""
+
+    def __init__(self, module: str) -> None:
+        super().__init__()
+        self._names = vars(_module(module))
+
+    def __missing__(self, name: str) -> Any:
+        if name in self._names:
+            return self._names[name]
+        if name.startswith(_IMPORT_PREFIX):
+            return _module(name[len(_IMPORT_PREFIX) :].replace("_dot_", "."))
+        if name.startswith(_BUILTINS_PREFIX):
+            return vars(builtins)
+        raise KeyError(name)
+
+
+def _module(name: str) -> types.ModuleType:
+    """The module `name`, imported if the program has not yet (its forward would)."""
+    module = sys.modules.get(name)
+    return module if module is not None else importlib.import_module(name)
+
+
+def evaluate(compiled: types.CodeType, local: Mapping[str, Any], global_: Mapping[str, Any]) -> Any:
+    try:
+        return eval(compiled, {"__builtins__": {}, **_ALLOWED_CALLS}, {"L": local, "G": global_})
+    except Exception as exc:
+        raise PathError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def forward_locals(model: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The traced forward's locals at its start, as a call of `model` binds them."""
+    forward = type(model).forward
+    bound = inspect.signature(forward, follow_wrapped=False).bind(model, *args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def resolve_code_owner(module: str, qualname: str) -> list[Any]:
+    """The objects found at `module:qualname` that may hold the code: the attribute
+    itself and what it wraps (a property's getter, a method's function, decorators'
+    `__wrapped__`)."""
+    found: Any = _module(module)
+    for part in qualname.split("."):
+        found = inspect.getattr_static(found, part)
+    candidates, seen = [], set()
+    pending = [found]
+    while pending and len(candidates) < 16:
+        item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        candidates.append(item)
+        for attribute in ("__func__", "fget", "__wrapped__"):
+            inner = getattr(item, attribute, None)
+            if inner is not None:
+                pending.append(inner)
+    return candidates
+
+
+# --- torch's global state ------------------------------------------------------------
+
+# The global state the stored code was traced under, readable without Dynamo.
+_IGNORED_STATE = ("num_threads", "grad_mode")  # results do not depend on them; grad is checked per call
+
+
+def torch_state(torch: Any) -> dict[str, Any]:
+    """The torch state that Dynamo's global guards check, by readable name."""
+    from torch._C._dynamo.guards import GlobalStateGuard
+
+    state = {
+        "default dtype": str(torch.get_default_dtype()),
+        "float32 matmul precision": torch.get_float32_matmul_precision(),
+        "default device": str(getattr(sys.modules.get("torch.utils._device"), "CURRENT_DEVICE", None)),
+        "torch function modes": torch._C._len_torch_function_stack(),
+    }
+    for name, value in json.loads(GlobalStateGuard().__getstate__()).items():
+        if name not in _IGNORED_STATE and name != "default_dtype":
+            state[f"torch {name}"] = value
+    return state
+
+
+# --- the check -----------------------------------------------------------------------
+
+
+def _render(value: Any) -> str:
+    """A described value as a reader knows it: `float:1e-06` -> `1e-06`, a function
+    by its name (`function m.helper`, `other code of function m.helper` where only
+    the code differs is told by the caller)."""
+    if not isinstance(value, str):
+        return json.dumps(value)
+    kind, _, rest = value.partition(":")
+    if kind in ("bool", "int", "float", "str", "NoneType", "bytes", "complex"):
+        return rest
+    if kind in ("function", "method"):
+        return f"{kind} {rest.rsplit(':', 1)[0].removeprefix('function:')}"
+    if kind in ("module", "class", "builtin", "enum"):
+        return f"{kind} {rest}"
+    return value
+
+
+def display_path(path: str, frame: Frame, frame_self: str | None) -> str:
+    """A path as a program would write it: `L['self']._modules['n1'].eps` -> `n1.eps`,
+    `G['SCALE']` -> `mymodel.SCALE`, `G['__import_a_dot_b'].x` -> `a.b.x`."""
+    text = path
+    if frame_self is not None:
+        for root, shown in (
+            (f"L[{frame_self!r}]._modules", ""),
+            (f"L[{frame_self!r}].", ""),
+            (f"L[{frame_self!r}]", "model"),
+        ):
+            text = text.replace(root, shown)
+    text = re.sub(r"G\['__import_(\w+?)'\]", lambda m: m.group(1).replace("_dot_", "."), text)
+    text = re.sub(r"G\['(\w+)'\]", lambda m: f"{frame.module}.{m.group(1)}", text)
+    text = text.replace("._modules", "")
+    text = re.sub(r"\[(['\"])(\w+)\1\]", r".\2", text)
+    return text.lstrip(".") or path
+
+
+class Checker:
+    """The assumptions of one size's stored code, compiled once, checked on a model."""
+
+    def __init__(self, torch: Any, recorded: SizeAssumptions) -> None:
+        self._torch = torch
+        self._frame = recorded.frame
+        self._state = [a for a in recorded.assumptions if a.check == "torch_state"]
+        self._program = [a for a in recorded.assumptions if a.check != "torch_state"]
+        self._compiled: dict[str, types.CodeType | PathError] = {}
+        self._self_name: str | None = None
+
+    def state_mismatch(self) -> str | None:
+        """The first torch state that differs from the traced one (cheap: every call)."""
+        if not self._state:
+            return None
+        current = torch_state(self._torch)
+        for assumption in self._state:
+            if current.get(assumption.path) != assumption.expected:
+                return (
+                    f"{assumption.path} is {_render(current.get(assumption.path))}; "
+                    f"the stored code was built with {_render(assumption.expected)}"
+                )
+        return None
+
+    def program_mismatch(self, model: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
+        """The first assumption about the model, its code and its module's globals that
+        does not hold for this call, in words; None where all hold."""
+        try:
+            local = forward_locals(model, args, kwargs)
+            global_ = Globals(self._frame.module)
+        except Exception as exc:
+            return f"the forward's locals or globals could not be read ({type(exc).__name__}: {exc})"
+        self._self_name = next(iter(local), None)
+        for assumption in self._program:
+            why = self._mismatch(assumption, local, global_)
+            if why is not None:
+                return why
+        return None
+
+    def _mismatch(self, assumption: Assumption, local: Mapping[str, Any], global_: Mapping[str, Any]) -> str | None:
+        check, path, expected = assumption.check, assumption.path, assumption.expected
+        shown = display_path(path, self._frame, self._self_name)
+        if check == "unchecked":
+            return f"the stored code assumes {assumption.guard} on {shown}, which ccache cannot check ({expected})"
+        if check == "code":
+            module, _, qualname = path.partition(":")
+            try:
+                candidates = resolve_code_owner(module, qualname)
+            except Exception:
+                return f"{path} is gone; the stored code was traced through it"
+            if any(code_digest(c.__code__) == expected for c in candidates if hasattr(c, "__code__")):
+                return None
+            return f"{path} is not the code the stored code was traced through (replaced or patched)"
+        try:
+            value = evaluate(self._compile(path), local, global_)
+        except PathError:
+            if check == "attribute" and not expected[1]:
+                return None  # absent as traced
+            return f"{shown} cannot be read; the stored code was built with it"
+        found = _observe(check, value, expected)
+        if found == expected:
+            return None
+        if check == "identity" and found is not None and _render(found) == _render(expected):
+            return f"{shown} is {_render(found)} with other code than the stored code was built with"
+        if check == "attribute":
+            return f"{shown} {'has' if found[1] else 'has no'} attribute {expected[0]!r}; the stored code was built {'with' if expected[1] else 'without'} it"
+        if check == "own_attribute_absent":
+            return f"{shown}.{expected} is set on the instance; the stored code was built calling its class's"
+        if check == "dict_key":
+            return f"{shown} {'holds' if found[1] else 'lacks'} the key {expected[0]!r}; the stored code was built {'with' if expected[1] else 'without'} it"
+        return f"{shown} is {_render(found)}; the stored code was built with {_render(expected)}"
+
+    def _compile(self, path: str) -> types.CodeType:
+        compiled = self._compiled.get(path)
+        if compiled is None:
+            try:
+                compiled = compile_path(path)
+            except PathError as exc:
+                compiled = exc
+            self._compiled[path] = compiled
+        if isinstance(compiled, PathError):
+            raise compiled
+        return compiled
+
+
+def _observe(check: str, value: Any, expected: Any) -> Any:
+    """What `check` sees of `value`, in the form `expected` was recorded in."""
+    if check == "value":
+        return describe_value(value)
+    if check == "type":
+        return describe_type(type(value))
+    if check == "identity":
+        return describe_identity(value)
+    if check == "keys":
+        return [describe_value(key) for key in value]
+    if check == "length":
+        return len(value)
+    if check == "attribute":
+        return [expected[0], hasattr(value, expected[0])]
+    if check == "own_attribute_absent":
+        return expected if expected not in getattr(value, "__dict__", {}) else None
+    if check == "dict_key":
+        return [expected[0], expected[0] in value]
+    if check == "tensor":
+        return describe_tensor(value)
+    return f"an unknown check {check!r}"
+
+
+def describe_tensor(value: Any) -> list[Any]:
+    return [str(getattr(value, "dtype", None)), list(getattr(value, "shape", ())), str(getattr(value, "device", None))]
