@@ -58,6 +58,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     if options["dynamic"]:
         runs.append(("dynamic", options["dynamic_hint"], True))
     built_s = time.perf_counter() - _STARTED
+    held = _assumptions_held(torch, model, request.get("assumptions", {}), inputs)
     compiled = plan.torch_compile(torch, model, options["mode"], len(runs))
     per_run: dict[str, dict[str, Any]] = {}
     results, used = {}, {}
@@ -70,6 +71,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
             per_run[label] = {
                 "fxgraph_miss": after["fxgraph_cache_miss"] - before["fxgraph_cache_miss"],
                 "autograd_miss": after["autograd_cache_miss"] - before["autograd_cache_miss"],
+                "assumption": held.get(label),
             }
         if device != "cpu":
             torch.cuda.synchronize(device)
@@ -92,6 +94,20 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         except Exception as exc:  # torch raises its own error type for a recompile
             recompile = f"size {recompile}: {str(exc).strip().splitlines()[0][:200]}"
     return {"built_s": built_s, "warm_s": warm_s, "runs": per_run, "recompile": recompile, "unlisted": unlisted}
+
+
+def _assumptions_held(torch: Any, model: Any, recorded: dict[str, Any], inputs: Any) -> dict[str, str | None]:
+    """Per size: the first assumption of its stored code that the freshly built model
+    breaks (key/assumptions.py), or None; before anything is compiled here."""
+    from ccache_cli.key.assumptions import Checker
+    from ccache_cli.store.manifest import SizeAssumptions
+
+    held = {}
+    for label, found in recorded.items():
+        checker = Checker(torch, SizeAssumptions.from_json(found))
+        args = inputs(int(label))
+        held[label] = checker.state_mismatch() or checker.program_mismatch(model, args.args, args.kwargs)
+    return held
 
 
 def _load_model(torch: Any, model: dict[str, str]) -> Any:

@@ -167,7 +167,42 @@ def static_checks(
             if status.state != "fresh"
         ]
         checks.append(_check(entry, "freshness", stale, f"{len(entry.sources)} traced sources unchanged"))
+        if stores_aot_code(entry):
+            checks.append(assumptions_check(entry))
     return checks
+
+
+def stores_aot_code(entry: Manifest) -> bool:
+    packages = entry.aot.packages
+    return entry.aot.status == "stored" or (packages is not None and packages.status == "stored")
+
+
+def assumptions_check(entry: Manifest) -> Check:
+    """Whether every size's stored code records what it assumes of the program, all of it
+    checkable. The assumptions on the program itself (its model's attributes, its code,
+    its module's globals) need the program: `verify --run` checks them on a model built
+    as precompile built it; the runtime checks them on the program's own."""
+    if not entry.assumptions:
+        return _check(
+            entry,
+            "assumptions",
+            ["none recorded (precompiled by an older ccache-cli), so its stored code never serves: precompile again"],
+            "",
+        )
+    problems, on_program = [], 0
+    for size, recorded in sorted(entry.assumptions.items(), key=lambda item: int(item[0])):
+        unchecked = [a for a in recorded.assumptions if a.check == "unchecked"]
+        if unchecked:
+            problems.append(
+                f"size {size}: {len(unchecked)} assumption(s) ccache cannot check (first: {unchecked[0].guard} on "
+                f"{unchecked[0].path}: {unchecked[0].expected}), so its stored code never serves"
+            )
+        on_program = max(on_program, sum(a.check != "torch_state" for a in recorded.assumptions))
+    detail = (
+        f"every size records its assumptions; up to {on_program} of them read the program "
+        "(attributes, globals, code) and are checked on it when it runs (`verify --run` checks them here)"
+    )
+    return _check(entry, "assumptions", problems, detail)
 
 
 def bytecode_check(entry: Manifest) -> Check:
@@ -228,7 +263,14 @@ def run_check(store: Store, entry: Manifest, search: Sequence[str]) -> Check:
             for label, path in _recorded_outputs(entry).items()
         }
         request.write_text(
-            json.dumps({"model": dataclasses.asdict(model), "compile": entry.compile.document, "recorded": recorded})
+            json.dumps(
+                {
+                    "model": dataclasses.asdict(model),
+                    "compile": entry.compile.document,
+                    "recorded": recorded,
+                    "assumptions": {size: found.to_json() for size, found in entry.assumptions.items()},
+                }
+            )
         )
         # As activation sets it: the Inductor settings the entry was compiled with.
         env = {**os.environ, **entry.compile.inductor_env, "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
@@ -260,6 +302,8 @@ def run_check(store: Store, entry: Manifest, search: Sequence[str]) -> Check:
             problems.append(f"size {label}: " + ", ".join(misses) + " (its artifacts are missing or do not match)")
         if outcome["mismatch"]:
             problems.append(f"size {label}: {outcome['mismatch']}")
+        if outcome.get("assumption"):
+            problems.append(f"size {label}: its stored code would not serve the model: {outcome['assumption']}")
     if result["recompile"]:
         problems.append(f"recompiled under fail_on_recompile at {result['recompile']}")
     unrecorded = [label for label, outcome in result["runs"].items() if not outcome["recorded"]]

@@ -8,7 +8,7 @@ import typer
 
 from ccache_cli.errors import BadInputError
 from ccache_cli.hooked import usage
-from ccache_cli.serve import activation, capture
+from ccache_cli.serve import activation, capture, routing
 from ccache_cli.store.store import Store
 
 from .render import err, human_bytes, show, warn
@@ -45,6 +45,14 @@ def run_command(
         help="Serve CMD's own torch.compile(module) calls with the stored AOT code where they fit "
         "[also $CCACHE_CLI_ROUTE=0]",
     ),
+    guards: str = typer.Option(
+        None,
+        "--guards",
+        metavar="once|every-call",
+        help="When stored code's assumptions of the program (attributes, globals, functions) are checked: "
+        "once per size and model, or on every call for programs that change them between calls "
+        "[default: once; also $CCACHE_CLI_GUARDS]",
+    ),
 ) -> None:
     """Run CMD with entries active (or, with --capture, record what it compiles). Does not import torch."""
     store: Store = ctx.obj
@@ -58,7 +66,9 @@ def run_command(
         result = capture.capture(store, capture_name, command, stdout=2 if json_output else None)
         show(result, json_output, _print_capture)
         return
-    active = activation.start(store, refs, route, command)
+    if guards is not None and guards not in routing.GUARD_POLICIES:
+        raise BadInputError(f"--guards {guards!r}: use one of {', '.join(routing.GUARD_POLICIES)}")
+    active = activation.start(store, refs, route, command, guards)
     _warn_replaced(active)
     activation.exec_command(command)
 

@@ -68,11 +68,14 @@ class Activation:
         return "\n".join([*lines, *(f"unset {name}" for name in self.unset_env)]) + "\n"
 
 
-def start(store: Store, refs: Sequence[str], route: bool = True, command: Sequence[str] = ()) -> Activation:
+def start(
+    store: Store, refs: Sequence[str], route: bool = True, command: Sequence[str] = (), guards: str | None = None
+) -> Activation:
     """Make the named entries (default: all that fit) active in this process's
     environment, for `command`, about to be exec'd in its place (`ccache run`): for the
     Python it runs, its bytecode and entries (key/interpreter.py). Without `route`,
-    the command's torch.compile calls are left alone."""
+    the command's torch.compile calls are left alone; `guards`: the guard policy
+    (serve/routing.py)."""
     target, note = _target_of(store, command)
     machine = this_machine(store) if target is None else _machine_of(store, target)
     active = activation(store, select_entries(store, refs, machine), None if target is None else target.roots)
@@ -80,6 +83,8 @@ def start(store: Store, refs: Sequence[str], route: bool = True, command: Sequen
         active = dataclasses.replace(active, notes=(*active.notes, note))
     if not route:
         os.environ[routing.ROUTE_ENV] = "0"
+    if guards is not None:
+        os.environ[routing.GUARDS_ENV] = guards
     register_user(active, store, "run")  # exec keeps the pid: gc sees the command as the user
     active.apply(os.environ)
     # The start-up hook adds each Python process's cache hits and misses at exit, and
