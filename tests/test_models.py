@@ -166,3 +166,34 @@ def test_a_cpu_entry_serves_any_thread_count_or_says_why_it_missed(small_store: 
     assert "TORCHINDUCTOR_CPP_DYNAMIC_THREADS: entry compiled with '1', this process has '0'" in line, line
     shown = ccache("inspect", "small:build", store=store, env=env)
     assert "latest miss:" in shown.stdout and "TORCHINDUCTOR_CPP_DYNAMIC_THREADS" in shown.stdout
+
+
+# The soundness matrix's transformers cases (tests/test_soundness.py has the rest): what
+# serving code changes after loading, as a kernel library patches transformers.
+LLAMA_CASES = {
+    "config value": ("route", "config.output_hidden_states is True; the stored code was built with False"),
+    "patched function": ("api", "modeling_llama.apply_rotary_pos_emb is function __main__.sharper_rotary"),
+    "patched method": ("route", "modeling_llama.LlamaRMSNorm.forward was replaced"),
+}
+
+
+@pytest.mark.parametrize("case", list(LLAMA_CASES))
+def test_a_configured_or_patched_transformers_model_gets_eager_numbers(llama: dict, tmp_path: Path, case: str) -> None:
+    way, reason = LLAMA_CASES[case]
+    program = Path(__file__).parent / "programs" / "configure_llama.py"
+    result = ccache(
+        "run",
+        "--",
+        sys.executable,
+        str(program),
+        str(llama["models"]),
+        way,
+        case,
+        store=llama["store"],
+        cwd=tmp_path,
+        env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["mismatch"] is None
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("ccache: stored code not used")]
+    assert reason in line, line

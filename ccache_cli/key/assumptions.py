@@ -76,6 +76,8 @@ def describe_value(value: Any) -> str | None:
         return None if None in parts else f"{kind.__name__}:(" + ",".join(parts) + ")"  # type: ignore[arg-type]
     if kind.__module__ == "torch" and kind.__name__ in ("dtype", "device"):
         return f"torch.{kind.__name__}:{value}"
+    if kind is types.CodeType:  # a function's __code__, which Dynamo compares
+        return f"code:{code_digest(value)}"
     return None
 
 
@@ -195,9 +197,14 @@ class Globals(dict):  # type: ignore[type-arg]
 
 
 def _module(name: str) -> types.ModuleType:
-    """The module `name`, imported if the program has not yet (its forward would)."""
+    """The module `name`, imported if the program has not yet (its forward would) and
+    its package is one the program imported: a path never imports anything else."""
     module = sys.modules.get(name)
-    return module if module is not None else importlib.import_module(name)
+    if module is not None:
+        return module
+    if name.partition(".")[0] not in sys.modules:
+        raise KeyError(f"{name}: the program has not imported its package")
+    return importlib.import_module(name)
 
 
 def evaluate(compiled: types.CodeType, local: Mapping[str, Any], global_: Mapping[str, Any]) -> Any:
@@ -208,11 +215,16 @@ def evaluate(compiled: types.CodeType, local: Mapping[str, Any], global_: Mappin
 
 
 def forward_locals(model: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The traced forward's locals at its start, as a call of `model` binds them."""
+    """The traced forward's locals at its start, as a call of `model` binds them: its
+    arguments, and its closure's cells (`__class__`, for `super()`)."""
     forward = type(model).forward
     bound = inspect.signature(forward, follow_wrapped=False).bind(model, *args, **kwargs)
     bound.apply_defaults()
-    return dict(bound.arguments)
+    found = dict(bound.arguments)
+    code = getattr(forward, "__code__", None)
+    for name, cell in zip(getattr(code, "co_freevars", ()), getattr(forward, "__closure__", None) or ()):
+        found.setdefault(name, cell.cell_contents)
+    return found
 
 
 def resolve_code_owner(module: str, qualname: str) -> list[Any]:
@@ -273,7 +285,9 @@ def _render(value: Any) -> str:
         return rest
     if kind in ("function", "method"):
         return f"{kind} {rest.rsplit(':', 1)[0].removeprefix('function:')}"
-    if kind in ("module", "class", "builtin", "enum"):
+    if kind == "builtin":
+        return f"builtin {rest.split('@')[0].removeprefix('None.')}"
+    if kind in ("module", "class", "enum"):
         return f"{kind} {rest}"
     return value
 
@@ -337,27 +351,30 @@ class Checker:
 
     def _mismatch(self, assumption: Assumption, local: Mapping[str, Any], global_: Mapping[str, Any]) -> str | None:
         check, path, expected = assumption.check, assumption.path, assumption.expected
-        shown = display_path(path, self._frame, self._self_name)
         if check == "unchecked":
+            shown = display_path(path, self._frame, self._self_name)
             return f"the stored code assumes {assumption.guard} on {shown}, which ccache cannot check ({expected})"
         if check == "code":
             module, _, qualname = path.partition(":")
             try:
                 candidates = resolve_code_owner(module, qualname)
             except Exception:
-                return f"{path} is gone; the stored code was traced through it"
+                return f"{module}.{qualname} is gone; the stored code was traced through it"
             if any(code_digest(c.__code__) == expected for c in candidates if hasattr(c, "__code__")):
                 return None
-            return f"{path} is not the code the stored code was traced through (replaced or patched)"
+            return f"{module}.{qualname} was replaced: it is not the code the stored code was traced through"
         try:
             value = evaluate(self._compile(path), local, global_)
         except PathError:
             if check == "attribute" and not expected[1]:
                 return None  # absent as traced
-            return f"{shown} cannot be read; the stored code was built with it"
+            return (
+                f"{display_path(path, self._frame, self._self_name)} cannot be read; the stored code was built with it"
+            )
         found = _observe(check, value, expected)
         if found == expected:
             return None
+        shown = display_path(path, self._frame, self._self_name)
         if check == "identity" and found is not None and _render(found) == _render(expected):
             return f"{shown} is {_render(found)} with other code than the stored code was built with"
         if check == "attribute":

@@ -1,0 +1,150 @@
+"""Stored code runs only where torch.compile would compute the same thing: a program
+that changes Python state its model's forward reads (an attribute, a config value, a
+global, a function, a method, torch's global state) gets eager's numbers through the
+fallback, and the reason on stderr; an unchanged program is still served with nothing
+traced. Each case is a real program (tests/programs/) under `ccache run`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MODELS, built_once, ccache, ccache_json
+
+pytestmark = pytest.mark.slow
+
+PROGRAMS = Path(__file__).parent / "programs"
+
+# case -> what the reason on stderr says (the path and both values, or the state).
+CASES = {
+    "float attribute": "n1.eps is 0.5; the stored code was built with 1e-06",
+    "int attribute": "attn.heads is 2; the stored code was built with 4",
+    "bool attribute": "n1.centered is False; the stored code was built with True",
+    "string attribute": "n1.kind is 'plain'; the stored code was built with 'rms'",
+    "config value": "config.residual is 0.5; the stored code was built with 1.0",
+    "module constant": "configurable.SCALE is 3.0; the stored code was built with 2.0",
+    "global function": "configurable.activation is builtin",
+    "method on the class": "configurable.Norm.forward was replaced",
+    "matmul precision": "float32 matmul precision is medium; the stored code was built with highest",
+    "backends flag": "float32 matmul precision is high; the stored code was built with highest",
+    "deterministic algorithms": "torch deterministic_algorithms is true; the stored code was built with false",
+    "default dtype": "default dtype is torch.float64; the stored code was built with torch.float32",
+}
+
+
+@pytest.fixture(scope="session")
+def configurable(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    def build(folder: Path) -> None:
+        shutil.copytree(MODELS, folder / "models")
+        result = ccache("precompile", "configurable.py", "--sizes", "2", store=folder / "store", cwd=folder / "models")
+        assert result.returncode == 0, result.stderr
+
+    folder = built_once(tmp_path_factory, "configurable", build)
+    return {"store": folder / "store", "models": folder / "models"}
+
+
+def serve(configurable: dict, tmp_path: Path, way: str, case: str, *options: str, store: Path | None = None):
+    result = ccache(
+        "run",
+        *options,
+        "--",
+        sys.executable,
+        str(PROGRAMS / "configure_and_serve.py"),
+        str(configurable["models"]),
+        way,
+        case,
+        store=store or configurable["store"],
+        cwd=tmp_path,
+        env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")},
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
+@pytest.mark.parametrize("way", ["route", "api"])
+def test_an_unchanged_program_is_served_with_nothing_traced(configurable: dict, tmp_path: Path, way: str) -> None:
+    report, stderr = serve(configurable, tmp_path, way, "unchanged")
+    assert report == {"mismatch": None, "frames": 0}, stderr
+    assert "ccache:" not in stderr
+
+
+# Each case through one of the two ways (both are the same check; the matrix stays cheap).
+@pytest.mark.parametrize(
+    "case,way", [(case, ("route", "api")[number % 2]) for number, case in enumerate(CASES)], ids=list(CASES)
+)
+def test_changed_python_state_gets_eager_numbers_and_the_reason(
+    configurable: dict, tmp_path: Path, case: str, way: str
+) -> None:
+    report, stderr = serve(configurable, tmp_path, way, case)
+    assert report["mismatch"] is None, report
+    [line] = [line for line in stderr.splitlines() if line.startswith("ccache: stored code not used")]
+    assert "entry configurable:build: " in line and CASES[case] in line, line
+
+
+def test_the_reason_reaches_inspect_and_verify_checks_the_assumptions(configurable: dict, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(configurable["store"], store)
+    serve(configurable, tmp_path, "route", "float attribute", store=store)
+    [entry] = ccache_json("inspect", store=store)["entries"]
+    assert "n1.eps is 0.5" in entry["usage"]["miss_reason"], entry["usage"]
+    checks = entry["assumptions"]["2"]["checks"]
+    assert checks["value"] >= 5 and checks["code"] >= 3 and checks["torch_state"] >= 4, checks
+    assert "unchecked" not in checks
+    verified = ccache("verify", "--run", "--json", store=store, cwd=configurable["models"])
+    assert verified.returncode == 0, verified.stdout
+    [assumed] = [check for check in json.loads(verified.stdout)["checks"] if check["check"] == "assumptions"]
+    assert assumed["ok"] and "read the program" in assumed["detail"]
+
+
+def test_every_call_policy_sees_a_change_between_calls(configurable: dict, tmp_path: Path) -> None:
+    program = tmp_path / "two_calls.py"
+    program.write_text(
+        "import json, sys, torch\n"
+        f"sys.path.insert(0, {str(configurable['models'])!r})\n"
+        "import configurable\n"
+        "from ccache_cli.build.outputs import compare_eager\n"
+        "model = configurable.build()\n"
+        "compiled = torch.compile(model)\n"
+        "(x,) = configurable.example_inputs(2)\n"
+        "with torch.no_grad():\n"
+        "    first = compare_eager(torch, compiled(x), model(x))\n"
+        "    model.n1.eps = 0.5\n"
+        "    second = compare_eager(torch, compiled(x), model(x))\n"
+        "print(json.dumps([first, second]))\n"
+    )
+    result = ccache(
+        "run",
+        "--guards",
+        "every-call",
+        "--",
+        sys.executable,
+        str(program),
+        store=configurable["store"],
+        cwd=tmp_path,
+        env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [None, None]
+    assert "n1.eps is 0.5" in result.stderr
+    refused = ccache("run", "--guards", "sometimes", "--", sys.executable, "-c", "pass", store=configurable["store"])
+    assert refused.returncode == 2 and "--guards 'sometimes'" in refused.stderr
+
+
+def test_an_entry_without_recorded_assumptions_is_never_served(configurable: dict, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(configurable["store"], store)
+    [manifest] = (store / "entries").glob("*/manifest.json")
+    document = json.loads(manifest.read_text())
+    del document["assumptions"]  # as precompiled before they were recorded
+    manifest.chmod(0o644)
+    manifest.write_text(json.dumps(document))
+    report, stderr = serve(configurable, tmp_path, "api", "unchanged", store=store)
+    assert report["mismatch"] is None and report["frames"] >= 1
+    assert "records no assumptions" in stderr and "precompile again" in stderr
+    verified = ccache("verify", "--json", store=store)
+    assert verified.returncode == 1
+    [assumed] = [check for check in json.loads(verified.stdout)["checks"] if check["check"] == "assumptions"]
+    assert not assumed["ok"] and "precompile again" in assumed["detail"]

@@ -1,0 +1,98 @@
+"""The pure parts of the assumption check: which paths are evaluated, how values and
+code are described so that two processes compare them."""
+
+from __future__ import annotations
+
+import enum
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ccache_cli.key import assumptions as a
+from ccache_cli.store.manifest import Frame
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "L['self']._modules['n1'].eps",
+        "G['__import_torch_dot_nn_dot_modules_dot_module']._global_forward_hooks",
+        "dict(type(L['self']).__mro__[1].__dict__)['forward'].__closure__[0].cell_contents",
+    ],
+)
+def test_dynamo_source_paths_compile(path: str) -> None:
+    a.compile_path(path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "__import__('os').system('true')",
+        "L['self'].__class__.__init__(1)",
+        "open('/etc/passwd')",
+        "L[__import__('os')]",
+        "[x for x in L]",
+        "L['a'] if G else L['b']",
+        "X.y",
+    ],
+)
+def test_a_path_that_would_run_code_is_refused(path: str) -> None:
+    with pytest.raises(a.PathError):
+        a.compile_path(path)
+
+
+def test_evaluate_resolves_dynamo_installed_globals_without_dynamo() -> None:
+    scope = a.Globals("os.path")
+    assert a.evaluate(a.compile_path("G['__import_os_dot_path'].join"), {}, scope) is os.path.join
+    assert a.evaluate(a.compile_path("G['__builtins_dict___0']['len']"), {}, scope) is len
+    assert a.evaluate(a.compile_path("G['sep']"), {}, scope) == os.sep
+
+
+class Color(enum.Enum):
+    RED = 1
+
+
+def test_values_are_equal_only_in_type_and_value() -> None:
+    assert a.describe_value(1) != a.describe_value(1.0) != a.describe_value(True)
+    assert a.describe_value((1, "x", None)) == "tuple:(int:1,str:'x',NoneType:None)"
+    assert a.describe_value(Color.RED).endswith("Color.RED")
+    assert a.describe_value(object()) is None and a.describe_value((1, object())) is None
+    assert a.describe_value(float("nan")) == "float:nan"
+
+
+def test_a_function_is_described_by_name_and_code() -> None:
+    def helper(x):  # noqa: ANN001, ANN202
+        return x + 1
+
+    def other(x):  # noqa: ANN001, ANN202
+        return x + 2
+
+    assert a.describe_identity(os.path) == "module:posixpath"
+    assert a.describe_identity(helper) != a.describe_identity(other)
+    assert a.describe_identity(len) == a.describe_identity(len)
+    assert a.describe_identity(object()) is None
+
+
+def test_code_digests_agree_across_processes_with_other_string_hashing() -> None:
+    program = (
+        "from ccache_cli.key.assumptions import code_digest\n"
+        "def f(x):\n    return x in {'alpha', 'beta', 'gamma', 'delta'}\n"
+        "print(code_digest(f.__code__))\n"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", program], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed}
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(digests) == 1 and len(next(iter(digests)).strip()) == 32
+
+
+def test_paths_are_shown_as_a_program_writes_them() -> None:
+    frame = Frame("mymodel", "Model.forward")
+    assert a.display_path("L['self']._modules['layers']._modules['0'].eps", frame, "self") == "layers.0.eps"
+    assert a.display_path("L['self'].config.mult", frame, "self") == "config.mult"
+    assert a.display_path("G['SCALE']", frame, "self") == "mymodel.SCALE"
+    assert a.display_path("G['__import_a_dot_b'].x", frame, "self") == "a.b.x"
