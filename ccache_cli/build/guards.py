@@ -40,6 +40,7 @@ from typing import Any
 
 from ccache_cli.hooked.tracing import modules_by_file
 from ccache_cli.key import assumptions as a
+from ccache_cli.key import paths
 from ccache_cli.key.sources import covered_by_versions
 
 _VALUE = {"CONSTANT_MATCH", "EQUALS_MATCH", "BOOL_MATCH", "NONE_MATCH"}
@@ -68,7 +69,8 @@ class Recorder:
         self._frames: list[_TracedFrame] = []
 
     def take(self) -> list[_TracedFrame]:
-        frames, self._frames = self._frames, []
+        frames = list(self._frames)
+        self._frames.clear()  # the same list: `recording` appends to it
         return frames
 
     @contextlib.contextmanager
@@ -210,8 +212,8 @@ def _reads_back(frame: _TracedFrame, assumption: a.Assumption, value: Any) -> bo
     where both can look: a path ccache would read otherwise is not checked by it."""
     try:
         local = frame.local_scope
-        found = a.evaluate(a.compile_path(assumption.path), local, _RecordGlobals(frame))
-    except a.PathError:
+        found = paths.evaluate(paths.compile_path(assumption.path), local, _RecordGlobals(frame))
+    except paths.PathError:
         return False
     if found is value or (assumption.check == "value" and a.describe_value(found) == assumption.expected):
         return True
@@ -221,7 +223,7 @@ def _reads_back(frame: _TracedFrame, assumption: a.Assumption, value: Any) -> bo
         return False
 
 
-class _RecordGlobals(a.Globals):
+class _RecordGlobals(paths.Globals):
     """The frame's globals as Dynamo left them (with the names it installed), falling back
     as the runtime resolves them."""
 

@@ -203,7 +203,10 @@ class _CompiledModel:
         every-call policy (key/assumptions.py)."""
         checker = function.checker
         if checker is None:
-            return "it records no assumptions of its stored code (precompiled by an older ccache-cli): precompile again"
+            return (
+                "it records no assumptions of this size's stored code (precompiled by an older ccache-cli): "
+                "precompile it again"
+            )
         why = checker.state_mismatch()
         if why is not None:
             return why

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from ccache_cli.key import assumptions as a
+from ccache_cli.key import paths
 from ccache_cli.store.manifest import Frame
 
 
@@ -23,7 +24,7 @@ from ccache_cli.store.manifest import Frame
     ],
 )
 def test_dynamo_source_paths_compile(path: str) -> None:
-    a.compile_path(path)
+    paths.compile_path(path)
 
 
 @pytest.mark.parametrize(
@@ -39,15 +40,15 @@ def test_dynamo_source_paths_compile(path: str) -> None:
     ],
 )
 def test_a_path_that_would_run_code_is_refused(path: str) -> None:
-    with pytest.raises(a.PathError):
-        a.compile_path(path)
+    with pytest.raises(paths.PathError):
+        paths.compile_path(path)
 
 
 def test_evaluate_resolves_dynamo_installed_globals_without_dynamo() -> None:
-    scope = a.Globals("os.path")
-    assert a.evaluate(a.compile_path("G['__import_os_dot_path'].join"), {}, scope) is os.path.join
-    assert a.evaluate(a.compile_path("G['__builtins_dict___0']['len']"), {}, scope) is len
-    assert a.evaluate(a.compile_path("G['sep']"), {}, scope) == os.sep
+    scope = paths.Globals("os.path")
+    assert paths.evaluate(paths.compile_path("G['__import_os_dot_path'].join"), {}, scope) is os.path.join
+    assert paths.evaluate(paths.compile_path("G['__builtins_dict___0']['len']"), {}, scope) is len
+    assert paths.evaluate(paths.compile_path("G['sep']"), {}, scope) == os.sep
 
 
 class Color(enum.Enum):
@@ -92,7 +93,7 @@ def test_code_digests_agree_across_processes_with_other_string_hashing() -> None
 
 def test_paths_are_shown_as_a_program_writes_them() -> None:
     frame = Frame("mymodel", "Model.forward")
-    assert a.display_path("L['self']._modules['layers']._modules['0'].eps", frame, "self") == "layers.0.eps"
-    assert a.display_path("L['self'].config.mult", frame, "self") == "config.mult"
-    assert a.display_path("G['SCALE']", frame, "self") == "mymodel.SCALE"
-    assert a.display_path("G['__import_a_dot_b'].x", frame, "self") == "a.b.x"
+    assert paths.display_path("L['self']._modules['layers']._modules['0'].eps", frame, "self") == "layers.0.eps"
+    assert paths.display_path("L['self'].config.mult", frame, "self") == "config.mult"
+    assert paths.display_path("G['SCALE']", frame, "self") == "mymodel.SCALE"
+    assert paths.display_path("G['__import_a_dot_b'].x", frame, "self") == "a.b.x"
