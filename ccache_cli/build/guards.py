@@ -42,6 +42,7 @@ from ccache_cli.hooked.tracing import modules_by_file
 from ccache_cli.key import assumptions as a
 from ccache_cli.key import paths
 from ccache_cli.key.sources import covered_by_versions
+from ccache_cli.store.manifest import Assumption, Frame, SizeAssumptions
 
 _VALUE = {"CONSTANT_MATCH", "EQUALS_MATCH", "BOOL_MATCH", "NONE_MATCH"}
 _TYPE = {"TYPE_MATCH", "NOT_NONE_MATCH"}
@@ -111,14 +112,14 @@ class Recorder:
             manager.__init__ = original
 
 
-def size_assumptions(torch: Any, model: Any, frames: list[_TracedFrame]) -> a.SizeAssumptions | None:
+def size_assumptions(torch: Any, model: Any, frames: list[_TracedFrame]) -> SizeAssumptions | None:
     """What the stored code of the size whose compile recorded `frames` assumes; None
     where no frame of the model's forward was compiled."""
     forward_code = getattr(type(model).forward, "__code__", None)
     top = next((frame for frame in frames if frame.code is forward_code), None)
     if top is None:
         return None
-    recorded: dict[tuple[str, str], a.Assumption] = {}
+    recorded: dict[tuple[str, str], Assumption] = {}
     unserialized = 0
     unsupported = set(getattr(torch._dynamo.guards.CheckFunctionManager, "UNSUPPORTED_SERIALIZATION_GUARD_TYPES", ()))
     self_name = top.code.co_varnames[0] if top.code.co_argcount else None
@@ -133,12 +134,12 @@ def size_assumptions(torch: Any, model: Any, frames: list[_TracedFrame]) -> a.Si
             recorded.setdefault((assumption.check, assumption.path), assumption)
     if any(entry.guard_type in _STATE for frame in frames for entry in frame.guards):
         for name, value in a.torch_state(torch).items():
-            recorded[("torch_state", name)] = a.Assumption("torch_state", name, value, "")
-    frame_of = a.Frame(top.module, top.code.co_qualname if hasattr(top.code, "co_qualname") else top.code.co_name)
-    return a.SizeAssumptions(frame_of, tuple(recorded.values()), unserialized)
+            recorded[("torch_state", name)] = Assumption("torch_state", name, value, "")
+    frame_of = Frame(top.module, top.code.co_qualname if hasattr(top.code, "co_qualname") else top.code.co_name)
+    return SizeAssumptions(frame_of, tuple(recorded.values()), unserialized)
 
 
-def _assumption(frame: _TracedFrame, self_name: str | None, entry: Any) -> a.Assumption | None:
+def _assumption(frame: _TracedFrame, self_name: str | None, entry: Any) -> Assumption | None:
     """The assumption one guard stands for; None for those checked otherwise.
     `self_name`: the forward's first argument, the model, where `frame` is the
     forward's (None for frames after a graph break)."""
@@ -163,7 +164,7 @@ def _assumption(frame: _TracedFrame, self_name: str | None, entry: Any) -> a.Ass
     check = _CHECK_OF.get(kind) or ("tensor" if kind == "TENSOR_MATCH" else "")
     if not check:
         return _unchecked(kind, path, "a guard kind ccache does not know")
-    assumption = a.Assumption(check, path, expected, kind)
+    assumption = Assumption(check, path, expected, kind)
     return assumption if _reads_back(frame, assumption, entry.value) else _unchecked(kind, path, "not readable")
 
 
@@ -207,7 +208,7 @@ def _expected(kind: str, entry: Any, attr: str | None, key: Any) -> Any:
     return None
 
 
-def _reads_back(frame: _TracedFrame, assumption: a.Assumption, value: Any) -> bool:
+def _reads_back(frame: _TracedFrame, assumption: Assumption, value: Any) -> bool:
     """Whether ccache's evaluation of the path finds the object Dynamo guarded, here
     where both can look: a path ccache would read otherwise is not checked by it."""
     try:
@@ -232,7 +233,7 @@ class _RecordGlobals(paths.Globals):
         self._names = frame.global_scope
 
 
-def _code_assumptions(traced_code: list[Any], torch_dir: str) -> list[a.Assumption]:
+def _code_assumptions(traced_code: list[Any], torch_dir: str) -> list[Assumption]:
     """A `code` assumption for each function Dynamo inlined from code outside torch and
     the standard library that can be found again by module and qualified name (nested
     functions and comprehensions are part of their enclosing function's digest)."""
@@ -246,7 +247,7 @@ def _code_assumptions(traced_code: list[Any], torch_dir: str) -> list[a.Assumpti
             continue
         if covered_by_versions(real, torch_dir):
             continue
-        found.append(a.Assumption("code", f"{module}:{qualname}", a.code_digest(code), ""))
+        found.append(Assumption("code", f"{module}:{qualname}", a.code_digest(code), ""))
     return found
 
 
@@ -260,5 +261,5 @@ def _keyword(guard: Any, name: str) -> Any:
     return create.keywords.get(name) if isinstance(create, functools.partial) else None
 
 
-def _unchecked(kind: str, path: str, why: str) -> a.Assumption:
-    return a.Assumption("unchecked", path, why, kind)
+def _unchecked(kind: str, path: str, why: str) -> Assumption:
+    return Assumption("unchecked", path, why, kind)
