@@ -113,12 +113,17 @@ class Recorder:
 
 
 def size_assumptions(torch: Any, model: Any, frames: list[_TracedFrame]) -> SizeAssumptions | None:
-    """What the stored code of the size whose compile recorded `frames` assumes; None
-    where no frame of the model's forward was compiled."""
+    """What the stored code of the size whose compile recorded `frames` assumes (where no
+    frame of the model's forward was compiled, nothing ccache can check: never served);
+    None where Dynamo compiled nothing."""
+    if not frames:
+        return None
     forward_code = getattr(type(model).forward, "__code__", None)
     top = next((frame for frame in frames if frame.code is forward_code), None)
     if top is None:
-        return None
+        names = ", ".join(sorted({frame.code.co_name for frame in frames}))
+        why = f"Dynamo compiled {names}, not the model's forward, so its locals cannot be bound"
+        return SizeAssumptions(Frame("", ""), (_unchecked("-", "-", why),), 0)
     recorded: dict[tuple[str, str], Assumption] = {}
     unserialized = 0
     unsupported = set(getattr(torch._dynamo.guards.CheckFunctionManager, "UNSUPPORTED_SERIALIZATION_GUARD_TYPES", ()))

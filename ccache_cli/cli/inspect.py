@@ -140,7 +140,7 @@ def _print_assumptions(e: Manifest) -> None:
         "size",
         "traced forward",
         "checked before stored code serves",
-        "aot_compile guards drop",
+        "of them aot_compile's guards drop",
         title="Assumptions of the stored code",
         title_justify="left",
     )
