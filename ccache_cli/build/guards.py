@@ -218,7 +218,7 @@ def _reads_back(frame: _TracedFrame, assumption: Assumption, value: Any) -> bool
     where both can look: a path ccache would read otherwise is not checked by it."""
     try:
         local = frame.local_scope
-        found = paths.evaluate(paths.compile_path(assumption.path), local, _RecordGlobals(frame))
+        found = paths.evaluate_one(assumption.path, local, _RecordGlobals(frame))
     except paths.PathError:
         return False
     if found is value or (assumption.check == "value" and a.describe_value(found) == assumption.expected):

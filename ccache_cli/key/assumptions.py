@@ -47,11 +47,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ccache_cli.key.paths import (
+    FAILED,
     Globals,
     PathError,
-    compile_path,
+    PathSet,
     display_path,
-    evaluate,
     forward_locals,
     resolve_code_owner,
 )
@@ -188,8 +188,19 @@ class Checker:
         self._frame = recorded.frame
         self._state = [a for a in recorded.assumptions if a.check == "torch_state"]
         self._program = [a for a in recorded.assumptions if a.check != "torch_state"]
-        self._compiled: dict[str, types.CodeType | PathError] = {}
+        # Each path's node in one tree of shared prefixes, parsed here once (None: code
+        # and unchecked assumptions, which read no path; -2: not a path).
+        self._paths = PathSet()
+        self._nodes = [self._node(a) for a in self._program]
         self._self_name: str | None = None
+
+    def _node(self, assumption: Assumption) -> int | None:
+        if assumption.check in ("code", "unchecked"):
+            return None
+        try:
+            return self._paths.add(assumption.path)
+        except PathError:
+            return -2
 
     def state_mismatch(self) -> str | None:
         """The first torch state that differs from the traced one (cheap: every call)."""
@@ -213,13 +224,15 @@ class Checker:
         except Exception as exc:
             return f"the forward's locals or globals could not be read ({type(exc).__name__}: {exc})"
         self._self_name = next(iter(local), None)
-        for assumption in self._program:
-            why = self._mismatch(assumption, local, global_)
+        values = self._paths.evaluate(local, global_)
+        for assumption, node in zip(self._program, self._nodes):
+            why = self._mismatch(assumption, FAILED if node is None or node < 0 else values[node])
             if why is not None:
                 return why
         return None
 
-    def _mismatch(self, assumption: Assumption, local: Mapping[str, Any], global_: Mapping[str, Any]) -> str | None:
+    def _mismatch(self, assumption: Assumption, value: Any) -> str | None:
+        """Why `assumption` does not hold where its path reads `value`, or None."""
         check, path, expected = assumption.check, assumption.path, assumption.expected
         if check == "unchecked":
             shown = display_path(path, self._frame, self._self_name)
@@ -233,9 +246,7 @@ class Checker:
             if any(code_digest(c.__code__) == expected for c in candidates if hasattr(c, "__code__")):
                 return None
             return f"{module}.{qualname} was replaced: it is not the code the stored code was traced through"
-        try:
-            value = evaluate(self._compile(path), local, global_)
-        except PathError:
+        if value is FAILED:
             if check == "attribute" and not expected[1]:
                 return None  # absent as traced
             return (
@@ -254,18 +265,6 @@ class Checker:
         if check == "dict_key":
             return f"{shown} {'holds' if found[1] else 'lacks'} the key {expected[0]!r}; the stored code was built {'with' if expected[1] else 'without'} it"
         return f"{shown} is {_render(found)}; the stored code was built with {_render(expected)}"
-
-    def _compile(self, path: str) -> types.CodeType:
-        compiled = self._compiled.get(path)
-        if compiled is None:
-            try:
-                compiled = compile_path(path)
-            except PathError as exc:
-                compiled = exc
-            self._compiled[path] = compiled
-        if isinstance(compiled, PathError):
-            raise compiled
-        return compiled
 
 
 def _observe(check: str, value: Any, expected: Any) -> Any:

@@ -2,9 +2,10 @@
 (`L['self']._modules['n1'].eps`, `G['__import_torch'].nn`), evaluated on a program's
 model without Dynamo, and shown as a program would write them (`n1.eps`).
 
-Paths are parsed and allowed only as attribute, constant subscript, `type(...)` and
-`dict(...)` chains from `L` (the traced forward's locals) and `G` (its module's
-globals): a manifest never runs code here, nor imports a package the program has not.
+Paths are parsed, never evaluated as Python, and allowed only as attribute, constant
+subscript, `type(...)` and `dict(...)` chains from `L` (the traced forward's locals)
+and `G` (its module's globals): a manifest runs no code here, nor imports a package
+the program has not.
 
 Standard library only.
 """
@@ -26,41 +27,126 @@ from ccache_cli.store.manifest import Frame
 # Names Dynamo installs into the traced frame's globals; resolved here without it.
 _IMPORT_PREFIX = "__import_"
 _BUILTINS_PREFIX = "__builtins_dict__"
-_ALLOWED_CALLS = {"type": type, "dict": dict}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SUBSCRIPT = re.compile(r"""\[(-?[0-9]+|'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\]""")
+
+# A step of a path: ("local" | "global", name) first, then ("attr", name),
+# ("item", key) or ("call", "type" | "dict") applied to what came before.
+Step = tuple[str, Any]
 
 
 class PathError(Exception):
-    """A path that is not of the allowed form, or that cannot be evaluated."""
+    """A path that is not of the allowed form."""
 
 
-def compile_path(path: str) -> types.CodeType:
-    """`path` compiled for `evaluate`, after checking that it is only attribute, constant
-    subscript, `type(...)` and `dict(...)` steps from `L` or `G` (PathError otherwise)."""
-    try:
-        tree = ast.parse(path, mode="eval")
-    except SyntaxError as exc:
-        raise PathError(f"not a path: {path}") from exc
-
-    def allowed(node: ast.AST) -> bool:
-        if isinstance(node, ast.Name):
-            return node.id in ("L", "G")
-        if isinstance(node, ast.Attribute):
-            return allowed(node.value)
-        if isinstance(node, ast.Subscript):
-            return isinstance(node.slice, ast.Constant) and allowed(node.value)
-        if isinstance(node, ast.Call):
-            return (
-                isinstance(node.func, ast.Name)
-                and node.func.id in _ALLOWED_CALLS
-                and len(node.args) == 1
-                and not node.keywords
-                and allowed(node.args[0])
-            )
-        return False
-
-    if not allowed(tree.body):
+def parse_path(path: str) -> tuple[Step, ...]:
+    """`path` as steps, where it is only attribute, constant subscript, `type(...)` and
+    `dict(...)` steps from `L[...]` or `G[...]` (PathError otherwise). Nothing in it is
+    ever evaluated as Python."""
+    steps, at = _chain(path, 0)
+    if at != len(path):
         raise PathError(f"not a path ccache evaluates: {path}")
-    return compile(tree, "<assumption>", "eval")
+    return tuple(steps)
+
+
+def _chain(text: str, at: int) -> tuple[list[Step], int]:
+    if text.startswith(("type(", "dict("), at):
+        call = text[at : at + 4]
+        steps, at = _chain(text, at + 5)
+        if not text.startswith(")", at):
+            raise PathError(f"not a path ccache evaluates: {text}")
+        steps.append(("call", call))
+        at += 1
+    elif text.startswith(("L[", "G["), at):
+        root = "local" if text[at] == "L" else "global"
+        name, at = _subscript(text, at + 1)
+        if not isinstance(name, str):
+            raise PathError(f"not a path ccache evaluates: {text}")
+        steps = [(root, name)]
+    else:
+        raise PathError(f"not a path ccache evaluates: {text}")
+    while at < len(text):
+        if text[at] == ".":
+            found = _NAME.match(text, at + 1)
+            if found is None:
+                raise PathError(f"not a path ccache evaluates: {text}")
+            steps.append(("attr", found.group()))
+            at = found.end()
+        elif text[at] == "[":
+            key, at = _subscript(text, at)
+            steps.append(("item", key))
+        else:
+            break
+    return steps, at
+
+
+def _subscript(text: str, at: int) -> tuple[Any, int]:
+    """The constant of the subscript at `at` (`[0]`, `['name']`), and where it ends."""
+    found = _SUBSCRIPT.match(text, at)
+    if found is None:
+        raise PathError(f"not a path ccache evaluates: {text}")
+    token = found.group(1)
+    if token[0] not in "'\"":
+        return int(token), found.end()
+    return (token[1:-1] if "\\" not in token else ast.literal_eval(token)), found.end()
+
+
+FAILED = object()  # a step that raised: what follows it fails too
+
+
+class PathSet:
+    """Paths parsed once into a tree of their shared prefixes (a model's paths share
+    most of theirs: `L['self']._modules['model']._modules['layers']...`), so that one
+    pass evaluates each prefix once."""
+
+    def __init__(self) -> None:
+        self._nodes: list[tuple[int, str, Any]] = []  # (parent node or -1, op, argument)
+        self._index: dict[tuple[int, Step], int] = {}
+
+    def add(self, path: str) -> int:
+        """The node whose value is `path`'s (PathError where it is not a path)."""
+        node = -1
+        for step in parse_path(path):
+            key = (node, step)
+            found = self._index.get(key)
+            if found is None:
+                found = len(self._nodes)
+                self._nodes.append((node, *step))
+                self._index[key] = found
+            node = found
+        return node
+
+    def evaluate(self, local: Mapping[str, Any], global_: Mapping[str, Any]) -> list[Any]:
+        """Every node's value (FAILED where a step raised)."""
+        values: list[Any] = []
+        append = values.append
+        for parent, op, argument in self._nodes:
+            base = values[parent] if parent >= 0 else None
+            if base is FAILED:
+                append(FAILED)
+                continue
+            try:
+                if op == "attr":
+                    append(getattr(base, argument))
+                elif op == "item":
+                    append(base[argument])
+                elif op == "call":
+                    append(type(base) if argument == "type" else dict(base))
+                else:
+                    append((local if op == "local" else global_)[argument])
+            except Exception:
+                append(FAILED)
+        return values
+
+
+def evaluate_one(path: str, local: Mapping[str, Any], global_: Mapping[str, Any]) -> Any:
+    """`path`'s value (PathError where it is not a path or cannot be read)."""
+    paths = PathSet()
+    node = paths.add(path)
+    value = paths.evaluate(local, global_)[node]
+    if value is FAILED:
+        raise PathError(f"{path} cannot be read")
+    return value
 
 
 class Globals(dict):  # type: ignore[type-arg]
@@ -91,13 +177,6 @@ def _module(name: str) -> types.ModuleType:
     if name.partition(".")[0] not in sys.modules:
         raise KeyError(f"{name}: the program has not imported its package")
     return importlib.import_module(name)
-
-
-def evaluate(compiled: types.CodeType, local: Mapping[str, Any], global_: Mapping[str, Any]) -> Any:
-    try:
-        return eval(compiled, {"__builtins__": {}, **_ALLOWED_CALLS}, {"L": local, "G": global_})
-    except Exception as exc:
-        raise PathError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def forward_locals(model: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:

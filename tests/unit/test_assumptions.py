@@ -23,8 +23,8 @@ from ccache_cli.store.manifest import Frame
         "dict(type(L['self']).__mro__[1].__dict__)['forward'].__closure__[0].cell_contents",
     ],
 )
-def test_dynamo_source_paths_compile(path: str) -> None:
-    paths.compile_path(path)
+def test_dynamo_source_paths_parse(path: str) -> None:
+    paths.parse_path(path)
 
 
 @pytest.mark.parametrize(
@@ -37,18 +37,32 @@ def test_dynamo_source_paths_compile(path: str) -> None:
         "[x for x in L]",
         "L['a'] if G else L['b']",
         "X.y",
+        "L['a'].b[c]",
+        "type(L['a'], 1)",
+        "L['a'].b + 1",
     ],
 )
 def test_a_path_that_would_run_code_is_refused(path: str) -> None:
     with pytest.raises(paths.PathError):
-        paths.compile_path(path)
+        paths.parse_path(path)
 
 
 def test_evaluate_resolves_dynamo_installed_globals_without_dynamo() -> None:
     scope = paths.Globals("os.path")
-    assert paths.evaluate(paths.compile_path("G['__import_os_dot_path'].join"), {}, scope) is os.path.join
-    assert paths.evaluate(paths.compile_path("G['__builtins_dict___0']['len']"), {}, scope) is len
-    assert paths.evaluate(paths.compile_path("G['sep']"), {}, scope) == os.sep
+    assert paths.evaluate_one("G['__import_os_dot_path'].join", {}, scope) is os.path.join
+    assert paths.evaluate_one("G['__builtins_dict___0']['len']", {}, scope) is len
+    assert paths.evaluate_one("G['sep']", {}, scope) == os.sep
+    assert paths.evaluate_one("dict(type(L['x']).__dict__)['__module__']", {"x": Color.RED}, scope) == __name__
+    with pytest.raises(paths.PathError):
+        paths.evaluate_one("L['x'].missing", {"x": 1}, scope)
+
+
+def test_paths_share_their_prefixes() -> None:
+    tree = paths.PathSet()
+    first, second = tree.add("L['a'].b['c']"), tree.add("L['a'].b[\"it's\"]")
+    assert first != second and len(tree._nodes) == 4
+    values = tree.evaluate({"a": type("A", (), {"b": {"c": 1, "it's": 2}})}, {})
+    assert values[first] == 1 and values[second] == 2
 
 
 class Color(enum.Enum):
