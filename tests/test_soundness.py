@@ -148,3 +148,29 @@ def test_an_entry_without_recorded_assumptions_is_never_served(configurable: dic
     assert verified.returncode == 1
     [assumed] = [check for check in json.loads(verified.stdout)["checks"] if check["check"] == "assumptions"]
     assert not assumed["ok"] and "precompile again" in assumed["detail"]
+
+
+def test_the_bundled_example_with_a_norm_configured_after_building(example_store: Path, tmp_path: Path) -> None:
+    program = tmp_path / "configured.py"
+    program.write_text(
+        "import json, torch, ccache_cli\n"
+        "from ccache_cli.build.outputs import compare_eager\n"
+        "from ccache_cli.examples.tiny_transformer import build, example_inputs\n"
+        "model = build()\n"
+        "model.blocks[0].norm.eps = 0.5  # nn.LayerNorm reads it in its forward\n"
+        "compiled = ccache_cli.compile(model)\n"
+        "with torch.no_grad():\n"
+        "    print(json.dumps(compare_eager(torch, compiled(*example_inputs(1)), model(*example_inputs(1)))))\n"
+    )
+    result = ccache(
+        "run",
+        "--",
+        sys.executable,
+        str(program),
+        store=example_store,
+        cwd=tmp_path,
+        env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) is None
+    assert "blocks.0.norm.eps is 0.5; the stored code was built with 1e-05" in result.stderr, result.stderr
