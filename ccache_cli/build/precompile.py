@@ -94,7 +94,7 @@ def parse_sizes(text: str) -> tuple[int, ...]:
         part = part.strip()
         if not part:
             raise SizesError(f"--sizes {text!r} has an empty item: give batch sizes like 1,8,32")
-        if not part.lstrip("-").isdigit():
+        if not (part.isascii() and part.lstrip("-").isdigit()):
             raise SizesError(f"--sizes {text!r}: {part!r} is not an integer")
         size = int(part)
         if not 0 < size <= MAX_SIZE:
@@ -107,7 +107,7 @@ def parse_sizes(text: str) -> tuple[int, ...]:
 def parse_devices(text: str) -> tuple[int, ...]:
     """`0,1,3` -> (0, 1, 3): GPU indices, each once."""
     parts = [part.strip() for part in text.split(",")]
-    if not all(part.isdigit() for part in parts):
+    if not all(part.isascii() and part.isdigit() for part in parts):
         raise DeviceError(f"--devices {text!r}: give GPU indices like 0,1,2,3")
     return tuple(dict.fromkeys(int(part) for part in parts))
 

@@ -48,13 +48,18 @@ def parse(text: str) -> Reference:
             f"{text!r} is not a registry reference: write it as host[:port]/repository[:tag], e.g. {EXAMPLE}"
         )
     host, rest = text.split("/", 1)
-    rest, _, digest = rest.partition("@")
+    rest, at, digest = rest.partition("@")
+    if at and not digest:  # `REF@$DIGEST` with the variable unset: never fall back to a mutable tag
+        raise BadInputError(f"{text!r} ends in an empty digest after '@': give @sha256:<64 hex digits>, or no '@'")
     repository, tag = rest, None
     if ":" in rest.rsplit("/", 1)[-1]:
         repository, tag = rest.rsplit(":", 1)
     problems = []
+    port = host.rpartition(":")[2] if not host.endswith("]") and ":" in host else None
     if not _HOST.match(host):
         problems.append(f"host {host!r}")
+    elif port is not None and not 0 < int(port) <= 65535:
+        problems.append(f"port {port} (1 to 65535)")
     if not _REPOSITORY.match(repository) or len(repository) > 255:
         problems.append(
             f"repository {repository!r} (lowercase letters, digits and . _ - separators, parts joined by /)"

@@ -21,7 +21,9 @@ def test_parse_sizes_keeps_order_and_drops_repeats(text: str, sizes: tuple[int, 
     assert parse_sizes(text) == sizes
 
 
-@pytest.mark.parametrize("text", ["", " ", "1,,8", "0", "-1", "1.5", "eight", "1;8", str(MAX_SIZE + 1)])
+@pytest.mark.parametrize(
+    "text", ["", " ", "1,,8", "0", "-1", "1.5", "eight", "1;8", str(MAX_SIZE + 1), "\u0661,\u0668", "2\u00b2", "\uff18"]
+)
 def test_parse_sizes_refuses_what_is_not_a_list_of_batch_sizes(text: str) -> None:
     with pytest.raises(SizesError) as caught:
         parse_sizes(text)
@@ -34,7 +36,7 @@ def test_parse_devices_and_check_device() -> None:
     assert check_device("cuda") == "cuda:0"
     assert check_device("cuda:3") == "cuda:3"
     assert check_device("cpu") == "cpu"
-    for bad in ("0,a", "-1", ""):
+    for bad in ("0,a", "-1", "", "\u0661", "1\u00b2"):
         with pytest.raises(DeviceError):
             parse_devices(bad)
     for bad in ("gpu", "cuda:x", "tpu:0"):
@@ -114,3 +116,20 @@ def test_plain_command_lines_are_recognised(argv: list[str], expected: tuple) ->
 )
 def test_anything_else_goes_to_the_app(argv: list[str]) -> None:
     assert plain_command(argv) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("localhost:5000/cache:v1@", "empty digest"),
+        ("localhost:99999/x", "port 99999"),
+        ("localhost:0/x", "port 0"),
+        ("localhost:5000/x@sha256:abc", "digest"),
+    ],
+)
+def test_a_reference_that_would_pull_something_else_is_bad_input(text: str, why: str) -> None:
+    from ccache_cli.registry.reference import parse
+
+    with pytest.raises(BadInputError) as caught:
+        parse(text)
+    assert caught.value.exit_code == ExitCode.BAD_INPUT and why in str(caught.value)
