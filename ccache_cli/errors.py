@@ -54,5 +54,10 @@ class StoreError(CcacheError):
     """The store cannot be read or written."""
 
 
+class UnsafeFolderError(CcacheError):
+    """A folder ccache would reuse for code that programs load (views) that another user
+    could write to: a link, someone else's, or writable by others."""
+
+
 class CompileError(CcacheError):
     """The model's build function or its compilation failed."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccache_cli.errors import BadInputError, CcacheError
+from ccache_cli.errors import BadInputError, CcacheError, UnsafeFolderError
 from ccache_cli.hooked import usage
 from ccache_cli.serve import views
 from ccache_cli.store import durable, owners
@@ -193,8 +193,9 @@ def apply(store: Store, plan: Plan) -> None:
 def in_use(store: Store) -> dict[str, int]:
     """Manifest id -> the pid of a running program whose view holds it."""
     busy: dict[str, int] = {}
-    root = views.views_root()
-    if not root.is_dir():
+    try:
+        root = views.views_root()
+    except UnsafeFolderError:  # no view of this user's can be there
         return busy
     store_path = str(store.root.resolve())
     for view in root.iterdir():

@@ -22,10 +22,12 @@ lack) stays there for the next process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ccache_cli.errors import UnsafeFolderError
 from ccache_cli.hooked import bytecode
 from ccache_cli.store import owners
 from ccache_cli.store.artifacts import AOT_PREFIX
@@ -89,13 +92,41 @@ def ensure_view(
 
 
 def views_root() -> Path:
-    """Where views live: $CCACHE_CLI_VIEWS, else a private folder in the temp dir."""
+    """Where views live: $CCACHE_CLI_VIEWS, else a private folder in the temp dir; made
+    if missing, and refused (UnsafeFolderError) where another user could write to it:
+    programs load kernels and bytecode from views."""
     if env := os.environ.get(VIEWS_ENV):
-        return Path(env)
-    root = Path(tempfile.gettempdir()) / f"ccache-cli-{os.getuid()}" / "views"
-    root.mkdir(parents=True, exist_ok=True)
-    os.chmod(root.parent, 0o700)
-    return root
+        root = Path(env)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        return _own_folder(root, f"{VIEWS_ENV}={env}", "point it at a folder of your own that others cannot write")
+    base = _own_folder(
+        Path(tempfile.gettempdir()) / f"ccache-cli-{os.getuid()}",
+        "the views folder",
+        f"remove it, or set {VIEWS_ENV} to a folder of your own",
+    )
+    return _own_folder(base / "views", "the views folder", f"remove {base}, or set {VIEWS_ENV}")
+
+
+def _own_folder(path: Path, what: str, fix: str) -> Path:
+    """`path`, made private if missing; UnsafeFolderError where it is a link, not a
+    folder, someone else's or writable by others."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    found = os.lstat(path)
+    problem = None
+    if stat.S_ISLNK(found.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(found.st_mode):
+        problem = "is not a folder"
+    elif found.st_uid != os.getuid():
+        problem = f"belongs to another user (uid {found.st_uid})"
+    elif found.st_mode & 0o022:
+        problem = "is writable by other users"
+    if problem is not None:
+        raise UnsafeFolderError(
+            f"{what}: {path} {problem}, so code that programs started by ccache load could be planted there: {fix}"
+        )
+    return path
 
 
 @dataclass(frozen=True)
