@@ -65,3 +65,70 @@ def test_a_reference_that_would_pull_something_else_is_refused(tmp_path: Path, r
     for command in (["pull", reference], ["inspect", reference], ["verify", reference]):
         result = ccache(*command, store=tmp_path / "store")
         assert result.returncode == 2 and why in result.stderr, (command, result.stderr)
+
+
+@pytest.fixture
+def archive(store: Path, tmp_path: Path) -> Path:
+    packed = tmp_path / "cache.tar.zst"
+    assert ccache("pack", str(packed), store=store).returncode == 0
+    return packed
+
+
+def _export(archive: Path, export: Path, tmp_path: Path):  # noqa: ANN202
+    return ccache("unpack", str(archive), "--export-dir", str(export), store=tmp_path / "image-store")
+
+
+def test_an_export_never_writes_through_a_linked_folder_inside_it(archive: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "kept.txt").write_text("mine")
+    (export / "fxgraph").symlink_to(outside)  # where the export puts its graphs
+    result = _export(archive, export, tmp_path)
+    assert result.returncode == 2 and "fxgraph is a symbolic link" in result.stderr, result.stderr
+    assert list(outside.iterdir()) == [] and sorted(p.name for p in export.iterdir()) == ["fxgraph", "kept.txt"]
+    assert not [p for p in tmp_path.iterdir() if ".exporting-" in p.name]  # no staging folder left
+
+
+def test_an_export_never_writes_through_a_linked_file_inside_it(archive: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    export = tmp_path / "export"
+    (export / "fxgraph" / "ab").mkdir(parents=True)
+    (export / "fxgraph" / "ab" / "entry").symlink_to(victim)
+    result = _export(archive, export, tmp_path)
+    assert result.returncode == 2 and "symbolic link" in result.stderr
+    assert victim.read_text() == "precious"
+
+
+def test_an_export_dir_that_is_a_link_or_a_file_is_refused(archive: Path, tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    result = _export(archive, tmp_path / "link", tmp_path)
+    assert result.returncode == 2 and "is a symbolic link" in result.stderr
+    (tmp_path / "file").write_text("x")
+    assert _export(archive, tmp_path / "file", tmp_path).returncode == 2
+
+
+def test_an_export_in_the_way_of_a_file_leaves_nothing_partial(archive: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    (export / "fxgraph" / "ab" / "entry").mkdir(parents=True)  # a folder where the export has a file
+    result = _export(archive, export, tmp_path)
+    assert result.returncode == 2 and "in the way" in result.stderr
+    assert sorted(str(p.relative_to(export)) for p in export.rglob("*")) == [
+        "fxgraph",
+        "fxgraph/ab",
+        "fxgraph/ab/entry",
+    ]
+
+
+def test_an_export_into_a_new_an_empty_or_an_earlier_export_works(archive: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    for _ in range(2):  # new, then over the earlier export
+        result = _export(archive, export, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert (export / "fxgraph" / "ab" / "entry").read_bytes() == b"graph"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _export(archive, empty, tmp_path).returncode == 0 and (empty / "fxgraph" / "ab" / "entry").is_file()

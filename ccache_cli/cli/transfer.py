@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ccache_cli.archive import pack as packing
 from ccache_cli.archive import signing
 from ccache_cli.archive import unpack as unpacking
-from ccache_cli.errors import BadInputError, StoreError
+from ccache_cli.errors import BadInputError
 from ccache_cli.key.compat import fits, this_machine
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
@@ -21,8 +21,6 @@ from .render import err, human_bytes, out, show, warn
 
 if TYPE_CHECKING:
     from ccache_cli.registry.transfer import PullResult, PushResult
-
-PYCACHE_DIR = "pycache"  # the exported bytecode tree, inside the exported Inductor cache
 
 
 def pack(
@@ -235,7 +233,7 @@ def _export(
     store: Store, entries: list[Manifest], ref: str | None, target: Path, machine: dict, exact: bool
 ) -> tuple[Manifest, Path | None]:
     """The exported entry, and its bytecode tree if it has one."""
-    from ccache_cli.serve import views  # imported here: pack and unpack start faster without it
+    from ccache_cli.serve import export  # imported here: pack and unpack start faster without it
 
     if ref is not None:
         chosen = store.find(ref)
@@ -251,12 +249,7 @@ def _export(
         warn(
             "this machine's full fingerprint is unknown (run `ccache fingerprint`); exporting on the components read without torch"
         )
-    try:
-        store.materialize(chosen, target, "inductor/")
-        modules = views.export_bytecode(store, chosen, target / PYCACHE_DIR)
-    except FileNotFoundError as exc:  # its blobs removed meanwhile (rm and gc of another process)
-        raise StoreError(f"entry {chosen.short_id} was removed from the store while it was exported: {exc}") from exc
-    return chosen, (target / PYCACHE_DIR if modules else None)
+    return chosen, export.export(store, chosen, target)
 
 
 def _chosen(store: Store, refs: Sequence[str], compatible_only: bool, verb: str) -> list[Manifest]:
