@@ -5,7 +5,12 @@ something else than asked."""
 from __future__ import annotations
 
 import os
+import socket
+import socketserver
+import struct
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +137,85 @@ def test_an_export_into_a_new_an_empty_or_an_earlier_export_works(archive: Path,
     empty = tmp_path / "empty"
     empty.mkdir()
     assert _export(archive, empty, tmp_path).returncode == 0 and (empty / "fxgraph" / "ab" / "entry").is_file()
+
+
+# -- registries that reset, stall or trickle ----------------------------------
+
+
+class _Hostile(socketserver.ThreadingTCPServer):
+    """A loopback server that answers every request as `mode` says: `reset` (headers,
+    part of the body, then a reset connection), `trickle` (a byte every half second,
+    so that no read times out) or `mute` (never a response)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.requests = 0
+        self.stop = threading.Event()
+        super().__init__(("127.0.0.1", 0), _HostileHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class _HostileHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        server: _Hostile = self.server  # type: ignore[assignment]
+        self.request.recv(65536)
+        server.requests += 1
+        if server.mode == "mute":
+            server.stop.wait(30)
+            return
+        body = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []}' * 20
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self.request.sendall(head.encode())
+        if server.mode == "reset":
+            self.request.sendall(body[:40])
+            self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return  # closing with linger 0 sends a reset
+        for byte in body:
+            if server.stop.wait(0.5):
+                return
+            try:
+                self.request.sendall(bytes([byte]))
+            except OSError:  # the client gave up
+                return
+
+
+@pytest.mark.parametrize(
+    ("mode", "env", "said", "commands"),
+    [
+        ("reset", {}, "lost the connection to", ("pull", "inspect", "verify")),
+        (
+            "trickle",
+            {"CCACHE_CLI_REGISTRY_MIN_RATE": "100000", "CCACHE_CLI_REGISTRY_TIMEOUT": "1.5"},
+            "slower than",
+            ("pull",),
+        ),
+        ("mute", {"CCACHE_CLI_REGISTRY_TIMEOUT": "1"}, "timed out", ("pull",)),
+    ],
+)
+def test_a_registry_that_resets_stalls_or_trickles_fails_in_one_line(
+    tmp_path: Path, mode: str, env: dict[str, str], said: str, commands: tuple[str, ...]
+) -> None:
+    server = _Hostile(mode)
+    try:
+        for command in commands:  # inspect and verify read the manifest as pull does
+            started = time.monotonic()
+            result = ccache(command, f"{server.host}/cache:v1", store=tmp_path / "store", env=env)
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert result.returncode == 1 and len(lines) == 1 and said in lines[0], (command, result.stderr)
+            assert "internal error" not in result.stderr and time.monotonic() - started < 30
+        assert server.requests == 4 * len(commands)  # each tried again three times
+        assert not list((tmp_path / "store").glob("entries/*"))
+    finally:
+        server.stop.set()
+        server.shutdown()
+        server.server_close()

@@ -12,16 +12,19 @@ environment holds some.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.cookiejar
 import ipaddress
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 import requests
+import urllib3
 
 from ccache_cli.errors import ArchiveError, BadInputError, RegistryError
 
@@ -34,9 +37,10 @@ if TYPE_CHECKING:
 TOKEN_ENV = "CCACHE_CLI_REGISTRY_TOKEN"
 USERNAME_ENV = "CCACHE_CLI_REGISTRY_USERNAME"
 PASSWORD_ENV = "CCACHE_CLI_REGISTRY_PASSWORD"
+TIMEOUT_ENV = "CCACHE_CLI_REGISTRY_TIMEOUT"  # seconds to connect, to get a response's headers, between reads
+MIN_RATE_ENV = "CCACHE_CLI_REGISTRY_MIN_RATE"  # bytes/s below which a response's body is given up
 _RETRY_DELAYS_S = (0.2, 1.0, 3.0)
 _RETRIED_STATUS = {429, 500, 502, 503, 504}
-_TIMEOUTS_S = (5, 60)  # to connect; between two reads of a response
 _CONNECTIONS = 16
 _CHUNK = 1 << 20
 
@@ -67,19 +71,29 @@ class Remote:
 
     def manifest(self, limit: int) -> bytes:
         """The artifact's manifest, as stored (its bytes are what its digest covers),
-        read up to `limit` bytes; checked against the reference's digest if it has one."""
+        read up to `limit` bytes; checked against the reference's digest if it has one.
+        A connection reset or stalled while the body arrives is tried again."""
         url = f"{self._base}/manifests/{self.ref.version}"
-        with self._request("GET", url, headers={"Accept": MANIFEST_TYPE}, stream=True) as response:
-            if response.status_code == 404:
-                raise BadInputError(f"{self.reference} not found: the registry has no such repository, tag or digest")
-            self._check(response, "read the manifest of")
-            declared = response.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise ArchiveError(f"{self.reference}: its manifest is larger than any ccache writes")
-            try:
-                data = response.raw.read(limit + 1, decode_content=True)
-            except (requests.RequestException, OSError) as exc:
-                raise RegistryError(f"lost the connection to {self.host}: {_reason(exc)}") from exc
+        for attempt in range(len(_RETRY_DELAYS_S) + 1):
+            with self._request("GET", url, headers={"Accept": MANIFEST_TYPE}, stream=True) as response:
+                if response.status_code == 404:
+                    raise BadInputError(
+                        f"{self.reference} not found: the registry has no such repository, tag or digest"
+                    )
+                self._check(response, "read the manifest of")
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > limit:
+                    raise ArchiveError(f"{self.reference}: its manifest is larger than any ccache writes")
+                try:
+                    with _deadline(response, int(declared) if declared.isdigit() else limit, self.host):
+                        data = response.raw.read(limit + 1, decode_content=True)
+                    break
+                except (requests.RequestException, OSError, urllib3.exceptions.HTTPError) as exc:
+                    if attempt == len(_RETRY_DELAYS_S):
+                        raise RegistryError(
+                            f"lost the connection to {self.host} while reading the manifest: {_reason(exc)}"
+                        ) from exc
+            time.sleep(_RETRY_DELAYS_S[attempt])
         if len(data) > limit:
             raise ArchiveError(f"{self.reference}: its manifest is larger than any ccache writes")
         if self.ref.digest and "sha256:" + hashlib.sha256(data).hexdigest() != self.ref.digest:
@@ -143,7 +157,10 @@ class Remote:
             # identity: the offsets of a resumed download count the blob's own bytes
             headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
             try:
-                with self._request("GET", f"{self._base}/blobs/{digest}", headers=headers, stream=True) as response:
+                with (
+                    self._request("GET", f"{self._base}/blobs/{digest}", headers=headers, stream=True) as response,
+                    _deadline(response, size - offset, self.host),
+                ):
                     if response.status_code == 404:
                         raise ArchiveError(
                             f"{self.reference} is incomplete: the registry lacks its blob {digest[7:19]}"
@@ -161,7 +178,7 @@ class Remote:
                         if hasher is not None:
                             hasher.update(chunk)
                         yield chunk
-            except requests.RequestException as exc:
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
                 failures += 1
                 if failures > len(_RETRY_DELAYS_S):
                     raise RegistryError(
@@ -204,7 +221,7 @@ class Remote:
         """One request, with the credentials held; a 401 answered once (credentials.py)."""
         credentials = self._credentials
         sent = {**headers, **(credentials.authorization() if credentials else {})}
-        response = self._session.request(method, url, headers=sent, timeout=_TIMEOUTS_S, **kwargs)
+        response = self._session.request(method, url, headers=sent, timeout=_timeout_s(), **kwargs)
         if response.status_code != 401:
             return response
         try:
@@ -217,7 +234,7 @@ class Remote:
         response.close()
         if hasattr(kwargs.get("data"), "seek"):
             kwargs["data"].seek(0)
-        return self._session.request(method, url, headers=again, timeout=_TIMEOUTS_S, **kwargs)
+        return self._session.request(method, url, headers=again, timeout=_timeout_s(), **kwargs)
 
     def _load_credentials(self) -> Credentials:
         with self._credentials_lock:
@@ -258,8 +275,61 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _timeout_s() -> float:
+    """Seconds to connect, to get a response's headers, and between two reads of it."""
+    return _setting(TIMEOUT_ENV, 15.0)
+
+
+def _setting(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise BadInputError(f"{name}={text!r}: give a positive number")
+    return value
+
+
+@contextlib.contextmanager
+def _deadline(response: requests.Response, size: int, host: str) -> Iterator[None]:
+    """Give up a response whose body of `size` bytes arrives slower than the minimum
+    rate (a registry that sends a byte every few seconds never trips the timeout
+    between reads): past `timeout + size / rate` its connection is shut, which ends
+    the read where it blocks."""
+    seconds = _timeout_s() + size / _setting(MIN_RATE_ENV, 64 * 1024)
+    expired = threading.Event()
+
+    def shut() -> None:
+        expired.set()
+        sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(seconds, shut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except Exception as exc:
+        if expired.is_set():
+            raise requests.exceptions.ReadTimeout(
+                f"{host} sent it slower than {MIN_RATE_ENV} allows (gave up after {seconds:.0f} s)"
+            ) from exc
+        raise
+    finally:
+        timer.cancel()
+    if expired.is_set():
+        raise requests.exceptions.ReadTimeout(f"{host} sent it slower than {MIN_RATE_ENV} allows")
+
+
 def _reason(exc: Exception) -> str:
     text = str(exc)
+    if "slower than" in text:
+        return text
     for marker in ("Connection refused", "Name or service not known", "timed out", "Connection reset"):
         if marker in text:
             return marker.lower()
