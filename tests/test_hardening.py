@@ -219,3 +219,15 @@ def test_a_registry_that_resets_stalls_or_trickles_fails_in_one_line(
         server.stop.set()
         server.shutdown()
         server.server_close()
+
+
+def test_unpack_replaces_a_blob_the_store_holds_cut_short(store: Path, archive: Path, tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    assert ccache("unpack", str(archive), store=target).returncode == 0
+    [blob] = [path for path in (target / "objects").rglob("*") if path.is_file() and path.read_bytes() == b"graph"]
+    blob.chmod(0o644)
+    blob.write_bytes(b"gra")  # as a crash or a full disk leaves a file
+    assert ccache("verify", store=target).returncode == 1
+    assert ccache("unpack", str(archive), store=target).returncode == 0
+    assert blob.read_bytes() == b"graph"
+    assert ccache("verify", store=target).returncode == 0

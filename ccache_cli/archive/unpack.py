@@ -20,7 +20,7 @@ import os
 import queue
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -69,7 +69,7 @@ def _unpack(
     objects = staging / "objects"
     # Blobs the store has are linked into staging, so that publishing needs nothing
     # another process could remove meanwhile (gc, rm); the rest are written.
-    present = link_present(store, objects, names)
+    present = link_present(store, objects, sizes)
     for folder in sorted({sha256[:2] for sha256 in names if sha256 not in present}):
         (objects / folder).mkdir(parents=True, exist_ok=True)
     # Every blob is staged: which ones the chosen entries need is only known from
@@ -98,19 +98,24 @@ def _unpack(
 
 
 def link_present(
-    store: Store, objects: Path, names: list[str], listings: dict[str, set[str]] | None = None
+    store: Store, objects: Path, sizes: Mapping[str, int], listings: dict[str, set[str]] | None = None
 ) -> set[str]:
-    """Hard-link into `objects` the blobs of `names` the store holds (`listings` as
-    `Store.blobs_present` takes it); the ones linked. One that cannot be linked (gone
-    meanwhile, another user's file) is written instead."""
+    """Hard-link into `objects` the blobs of `sizes` (sha256 -> size) the store holds
+    (`listings` as `Store.blobs_present` takes it); the ones linked. One that cannot be
+    linked (gone meanwhile, another user's file), or whose size is not its blob's (cut
+    short by a crash or a full disk), is written instead, and publishing replaces it."""
     linked: set[str] = set()
     folders: set[str] = set()
-    for sha256 in store.blobs_present(names, listings):
+    for sha256 in store.blobs_present(sizes, listings):
+        staged = objects / sha256[:2] / sha256
         try:
             if sha256[:2] not in folders:
                 (objects / sha256[:2]).mkdir(parents=True, exist_ok=True)
                 folders.add(sha256[:2])
-            os.link(store.blob_file(sha256), objects / sha256[:2] / sha256)
+            os.link(store.blob_file(sha256), staged)
+            if os.stat(staged).st_size != sizes[sha256]:
+                os.unlink(staged)
+                continue
         except OSError:
             continue
         linked.add(sha256)

@@ -232,7 +232,7 @@ def pull(
                     catalogs[catalog.entry.id] = catalog
                     new = {sha256: size for sha256, size in blob_sizes([catalog.entry]).items() if sha256 not in sizes}
                     sizes.update(new)
-                    linked = link_present(store, objects, list(new), listings)
+                    linked = link_present(store, objects, new, listings)
                     present |= linked
                     wanted_now = set(new) - linked
                     needed |= wanted_now
