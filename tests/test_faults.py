@@ -293,3 +293,25 @@ def test_disk_full_is_one_line_and_leaves_nothing(source: dict, tmp_path: Path) 
         assert sorted(p.name for p in small.iterdir()) == ["store"]
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_inodes_running_out_is_the_same_one_line(source: dict, tmp_path: Path) -> None:
+    """A file system out of inodes, with room left: unpack says what a full disk says."""
+    small = tmp_path / "few-inodes"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=200", "tmpfs", str(small)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        store = small / "store"
+        make_entry(Store(store), "tiny", {"inductor/fxgraph/t": b"tiny"})
+        before = sorted(p.relative_to(store) for p in store.rglob("*"))
+        result = ccache("unpack", str(source["archives"]["all"]), store=store)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert "no space left on the device of store" in lines[0] and "nothing was changed" in lines[0], lines[0]
+        assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

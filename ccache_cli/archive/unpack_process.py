@@ -23,13 +23,14 @@ import json
 import os
 import struct
 import sys
+from pathlib import Path
 from typing import IO, Any
 
 from ccache_cli.archive.bloblist import BlobList
 from ccache_cli.archive.frames import FrameReader
 from ccache_cli.archive.tarstream import BLOB_PREFIX, TarReader, blob_members, copy_member
 from ccache_cli.errors import ArchiveError, CcacheError
-from ccache_cli.store import owners
+from ccache_cli.store import durable, owners
 
 _JOB_LENGTH = struct.Struct("<Q")
 _WHOLE = 1 << 20  # blobs up to this size are read whole, larger ones in chunks
@@ -56,7 +57,7 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
         report["error"] = {"message": str(exc), "bad_input": exc.exit_code == 2}
     except OSError as exc:
         report["error"] = {
-            "message": f"cannot write blobs to {job['objects']}: {exc.strerror or exc}",
+            "message": _write_failure(job["objects"], exc),
             "bad_input": False,
         }
     except Exception as exc:  # a bug: said in the report, which the caller turns into one line
@@ -119,6 +120,13 @@ def _create(sha256: str, folder: int) -> int:
         return os.open(sha256, _CREATE, 0o444, dir_fd=folder)
     except FileExistsError:  # the staging folder is this unpack's own: another process wrote it
         raise ArchiveError(f"archive member '{BLOB_PREFIX}{sha256}' appears twice") from None
+
+
+def _write_failure(objects: str, exc: OSError) -> str:
+    """Why the blobs could not be written to the staging folder `objects`, in one line."""
+    if durable.is_disk_full(exc):
+        return durable.disk_full_message(f"store {Path(objects).parents[2]}")
+    return f"cannot write blobs to {objects}: {exc.strerror or exc}"
 
 
 if __name__ == "__main__":

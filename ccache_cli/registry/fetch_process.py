@@ -43,7 +43,7 @@ import zstandard
 from ccache_cli.archive.bloblist import BlobList
 from ccache_cli.archive.tarstream import TarReader, blob_members, copy_member
 from ccache_cli.errors import ArchiveError, CcacheError, RegistryError
-from ccache_cli.store import owners
+from ccache_cli.store import durable, owners
 
 from . import layout
 from .client import Remote
@@ -95,7 +95,7 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     except requests.RequestException as exc:  # an OSError too, but the network's, not the disk's
         error = {"message": f"lost the connection to the registry: {exc}", "kind": "transfer"}
     except OSError as exc:
-        error = {"message": f"cannot write blobs to {job['objects']}: {exc.strerror or exc}", "kind": "failed"}
+        error = {"message": _write_failure(job["objects"], exc), "kind": "failed"}
     except Exception as exc:  # a bug: said in the report, which the caller turns into one line
         error = {"message": f"a downloading process failed: {exc!r}", "kind": "failed"}
     report({"verified": sorted(verified), "error": error})
@@ -268,6 +268,13 @@ def _copy_checked(tar: TarReader, sha256: str, size: int, fd: int | None) -> Non
     """Read a pack's member (into `fd`, if given), checking it hashes to its name."""
     if copy_member(tar, sha256, size, fd).hexdigest() != sha256:
         raise ArchiveError(_CORRUPT_BLOB.format(sha256[:12]))
+
+
+def _write_failure(objects: str, exc: OSError) -> str:
+    """Why the blobs could not be written to the staging folder `objects`, in one line."""
+    if durable.is_disk_full(exc):
+        return durable.disk_full_message(f"store {Path(objects).parents[2]}")
+    return f"cannot write blobs to {objects}: {exc.strerror or exc}"
 
 
 if __name__ == "__main__":

@@ -96,3 +96,11 @@ def _umask() -> int:
 
 def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(where: str) -> str:
+    """What a write that ran out of space or inodes says, whichever command it was."""
+    return (
+        f"no space left on the device of {where}; nothing was changed: "
+        "free some space (`ccache gc --max-size`) and run it again"
+    )

@@ -226,10 +226,7 @@ class Store:
             yield path
         except OSError as exc:
             if durable.is_disk_full(exc):
-                raise StoreError(
-                    f"no space left on the device of store {self.root}; nothing was changed: "
-                    "free some space (`ccache gc --max-size`) and run it again"
-                ) from exc
+                raise StoreError(durable.disk_full_message(f"store {self.root}")) from exc
             raise
         finally:
             self._discard(path)
