@@ -8,13 +8,14 @@ import os
 import socket
 import socketserver
 import struct
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ccache, make_entry
+from conftest import ccache, framed_archive, make_entry, regular
 
 from ccache_cli.store.store import Store
 
@@ -231,3 +232,34 @@ def test_unpack_replaces_a_blob_the_store_holds_cut_short(store: Path, archive: 
     assert ccache("unpack", str(archive), store=target).returncode == 0
     assert blob.read_bytes() == b"graph"
     assert ccache("verify", store=target).returncode == 0
+
+
+# -- documents that expand ----------------------------------------------------
+
+
+@pytest.mark.parametrize("filler", [b"[],", b"1.5,", b"{},"])
+def test_an_index_that_expands_is_refused_in_bounded_memory(tmp_path: Path, filler: bytes) -> None:
+    """A few kilobytes of archive whose index.json is 32 MiB of tiny values: refused
+    before it is parsed, by inspect and unpack alike, well under 200 MB."""
+    index = b'{"format": 4, "entries": [' + filler * ((32 << 20) // len(filler)) + b"[]]}"
+    archive = tmp_path / "hostile.tar.zst"
+    members = [regular("index.json", index), regular("blobs.txt", b""), regular("files.json", b"{}")]
+    archive.write_bytes(framed_archive(members))
+    assert archive.stat().st_size < 64 << 10
+    for command in ("inspect", "unpack"):
+        result = ccache(command, str(archive), store=tmp_path / "store", python_flags=())
+        assert result.returncode == 2 and "more than any ccache writes" in result.stderr, result.stderr
+        peak = _peak_rss_mb(command, archive, tmp_path)
+        assert peak < 200, f"{command} peaked at {peak:.0f} MB"
+
+
+def _peak_rss_mb(command: str, archive: Path, tmp_path: Path) -> float:
+    """The largest resident set of `ccache COMMAND ARCHIVE` and its children, in MB."""
+    probe = (
+        "import resource, subprocess, sys\n"
+        f"subprocess.run([sys.executable, '-m', 'ccache_cli', '--store', {str(tmp_path / 'store')!r}, "
+        f"{command!r}, {str(archive)!r}], capture_output=True)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return int(result.stdout.strip()) / 1024

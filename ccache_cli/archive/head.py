@@ -23,7 +23,7 @@ from ccache_cli.archive.frames import FRAME_SIZE, Frame, FrameReader, FrameWrite
 from ccache_cli.archive.signing import SIGNATURE_LIMIT, SIGNATURE_NAME, PublicKey, Signer
 from ccache_cli.archive.tarstream import REGULAR, Member, TarReader, TarWriter
 from ccache_cli.errors import ArchiveError
-from ccache_cli.store import artifacts, manifest, schema
+from ccache_cli.store import artifacts, documents, manifest, schema
 from ccache_cli.store.artifacts import KindSummary
 from ccache_cli.store.hashing import hash_json
 from ccache_cli.store.manifest import Manifest
@@ -192,7 +192,7 @@ def read_member(tar: TarReader, name: str) -> bytes:
 
 def read_json_member(tar: TarReader, name: str) -> Any:
     try:
-        return json.loads(read_member(tar, name))
+        return documents.parse(read_member(tar, name), name)
     except ValueError as exc:
         raise ArchiveError(f"{name} is malformed ({exc})") from exc
 
@@ -200,7 +200,7 @@ def read_json_member(tar: TarReader, name: str) -> Any:
 def _format_of(index: bytes) -> Any:
     """The format an index.json declares, read before anything else in it."""
     try:
-        return json.loads(index).get("format")
+        return documents.parse(index, INDEX_NAME).get("format")
     except (ValueError, AttributeError):
         return None
 
@@ -209,7 +209,7 @@ def parse_index(data: bytes) -> Index:
     """index.json, checked: format, manifests without file lists, artifact counts, each
     whole manifest's digest."""
     try:
-        index = json.loads(data)
+        index = documents.parse(data, INDEX_NAME)
     except ValueError as exc:
         raise ArchiveError(f"{INDEX_NAME} is malformed ({exc})") from exc
     version = index.get("format") if isinstance(index, dict) else None

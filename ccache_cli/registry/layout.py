@@ -31,7 +31,7 @@ import zstandard
 from ccache_cli.archive.head import Index, complete_manifest
 from ccache_cli.archive.tarstream import BLOB_PREFIX, end_marker, member_length, ustar_header
 from ccache_cli.errors import ArchiveError, StoreError
-from ccache_cli.store import schema
+from ccache_cli.store import documents, schema
 from ccache_cli.store.manifest import Manifest
 
 ARTIFACT_TYPE = "application/vnd.ccache-cli.cache.v1"
@@ -187,7 +187,7 @@ class Artifact:
 def parse_manifest(data: bytes, reference: str) -> Artifact:
     """A manifest, checked: one of ccache's artifacts, every descriptor well formed."""
     try:
-        document = json.loads(data)
+        document = documents.parse(data, "its manifest")
     except ValueError as exc:
         raise ArchiveError(f"{reference}: its manifest is not JSON ({exc})") from exc
     if not isinstance(document, dict) or document.get("schemaVersion") != 2:
@@ -247,7 +247,7 @@ def parse_catalog(data: bytes, listed: Manifest, index: Index, artifact: Artifac
         text = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read(DOCUMENT_LIMIT + 1)
         if len(text) > DOCUMENT_LIMIT:
             raise ValueError("it is larger than any ccache writes")
-        document = json.loads(text)
+        document = documents.parse(text, "its catalog")
         packs = tuple((str(digest), tuple(map(str, blobs))) for digest, blobs in document["packs"])
         big = tuple(map(str, document["blobs"]))
         entry = complete_manifest(index, listed, document["files"], "artifact")
