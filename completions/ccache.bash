@@ -19,8 +19,8 @@ _ccache() {
         key) COMPREPLY=($(compgen -W "generate --help -h" -- "$cur"));;
         pack) COMPREPLY=($(compgen -W "--help -h --compatible-only --level --json --sign" -- "$cur"));;
         precompile) COMPREPLY=($(compgen -W "--help -h --sizes --device --devices --dynamic --mode --name --inputs --force --aot --no-aot --python --json" -- "$cur"));;
-        pull) COMPREPLY=($(compgen -W "--help -h --compatible-only --insecure --json" -- "$cur"));;
-        push) COMPREPLY=($(compgen -W "--help -h --compatible-only --insecure --json" -- "$cur"));;
+        pull) COMPREPLY=($(compgen -W "--help -h --compatible-only --insecure --trust --json" -- "$cur"));;
+        push) COMPREPLY=($(compgen -W "--help -h --compatible-only --insecure --sign --json" -- "$cur"));;
         rm) COMPREPLY=($(compgen -W "--help -h --dry-run --json" -- "$cur"));;
         run) COMPREPLY=($(compgen -W "--help -h --capture --json --route --no-route --guards" -- "$cur"));;
         unpack) COMPREPLY=($(compgen -W "--help -h --compatible-only --export-dir --entry --json --trust" -- "$cur"));;

@@ -421,3 +421,35 @@ def test_a_pull_by_digest_gets_exactly_that_manifest(registry: Registry, tmp_pat
     assert pulled["added"] == pushed["entries"]
     again = ccache_json("push", f"{registry.host}/team/cache:v1", store=source)
     assert again["digest"] == pushed["digest"] and again["uploaded"] == 0  # the same entries, the same manifest
+
+
+def test_trust_covers_registry_references(registry: Registry, tmp_path: Path) -> None:
+    """push --sign puts a signature of the config in the manifest; pull, inspect REF and
+    verify REF with --trust (or CCACHE_CLI_TRUST) refuse an artifact no trusted key
+    signed before downloading anything past the manifest, and leave the store as it was."""
+    keys = {}
+    for name in ("ours", "theirs"):
+        assert ccache("key", "generate", str(tmp_path / name)).returncode == 0
+        keys[name] = str(tmp_path / f"{name}.pub")
+    source = tmp_path / "source"
+    make_entry(Store(source), "model", entry_files(1, {}))
+    signed, unsigned = f"{registry.host}/team/cache:signed", f"{registry.host}/team/cache:unsigned"
+    assert ccache("push", signed, "--sign", str(tmp_path / "ours"), store=source).returncode == 0
+    assert ccache("push", unsigned, store=source).returncode == 0
+
+    target = tmp_path / "target"
+    pulled = ccache("pull", signed, "--trust", keys["ours"], store=target)
+    assert pulled.returncode == 0, pulled.stderr
+    with_env = {"CCACHE_CLI_TRUST": keys["ours"]}
+    assert ccache("verify", signed, store=tmp_path / "t2", env=with_env).returncode == 0
+    for ref, key, said in ((unsigned, keys["ours"], "is not signed"), (signed, keys["theirs"], "which is not trusted")):
+        before = registry.blob_downloads()
+        for command in ("pull", "inspect", "verify"):
+            refused = ccache(command, ref, store=tmp_path / "refused", env={"CCACHE_CLI_TRUST": key})
+            assert refused.returncode == 1 and said in refused.stderr, (command, refused.stderr)
+        assert registry.blob_downloads() == before  # refused on the manifest alone
+        assert ccache("pull", ref, "--trust", key, store=tmp_path / "refused").returncode == 1
+        assert not list((tmp_path / "refused").glob("entries/*"))
+    for setting in ("", ":"):
+        empty = ccache("pull", signed, store=tmp_path / "empty", env={"CCACHE_CLI_TRUST": setting})
+        assert empty.returncode == 2 and "names no public key file" in empty.stderr, empty.stderr

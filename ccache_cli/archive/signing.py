@@ -42,7 +42,7 @@ SIGNATURE_LIMIT = 4096  # bytes: a signature.json is about 250
 
 
 class TrustError(CcacheError):
-    """An archive that is not signed by a key the user trusts (exit 1)."""
+    """An archive or registry artifact that is not signed by a key the user trusts (exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,11 @@ class Signer:
 
     def signature(self, archive_format: int, index: bytes, blobs: bytes) -> bytes:
         """signature.json for an archive with this index.json and blobs.txt."""
-        signature = self._key.sign(_message(archive_format, index, blobs))
+        return self.sign(_message(archive_format, index, blobs))
+
+    def sign(self, message: bytes) -> bytes:
+        """The signature document of `message` (what signature.json holds)."""
+        signature = self._key.sign(message)
         return canonical_json(
             {
                 "format": _FORMAT,
@@ -133,8 +137,15 @@ def load_public(path: Path) -> PublicKey:
 
 
 def trusted_keys(paths: Iterable[str | Path] = ()) -> tuple[PublicKey, ...]:
-    """The keys given with --trust, and those $CCACHE_CLI_TRUST names."""
-    named = [*paths, *filter(None, os.environ.get(TRUST_ENV, "").split(os.pathsep))]
+    """The keys given with --trust, and those $CCACHE_CLI_TRUST names. A setting that
+    names no file (empty, or separators only) is refused: it would turn trust off."""
+    setting = os.environ.get(TRUST_ENV)
+    from_env = [name for name in (setting or "").split(os.pathsep) if name]
+    if setting is not None and not from_env:
+        raise BadInputError(f"{TRUST_ENV}={setting!r} names no public key file; unset it to trust any cache")
+    named = [*paths, *from_env]
+    if any(not str(path).strip() for path in named):
+        raise BadInputError("--trust '' names no public key file")
     return tuple(load_public(Path(path)) for path in named)
 
 
@@ -143,11 +154,26 @@ def check(
 ) -> str | None:
     """The id of the trusted key that signed an archive with this head; TrustError if
     none did. Without trusted keys, nothing is required (None)."""
+    return check_message(signature, _message(archive_format, index, blobs), trusted, "archive", SIGNATURE_NAME)
+
+
+def artifact_message(config_digest: str) -> bytes:
+    """What a registry artifact's signature covers: its config's digest. The config is
+    the archive's index.json, which pins each manifest's digest, and each catalog is
+    checked against it, so every byte a pull keeps is covered."""
+    return canonical_json({"artifact": "ccache-cli", "config": config_digest})
+
+
+def check_message(
+    signature: bytes | None, message: bytes, trusted: Sequence[PublicKey], what: str, where_kept: str
+) -> str | None:
+    """The id of the trusted key whose signature of `message` `signature` is;
+    TrustError if none. Without trusted keys, nothing is required (None)."""
     if not trusted:
         return None
     where = " or ".join(key.source for key in trusted)
     if signature is None:
-        raise TrustError(f"archive is not signed, and only archives signed by {where} are trusted")
+        raise TrustError(f"{what} is not signed, and only caches signed by {where} are trusted")
     try:
         fields = json.loads(signature)
         key_id, algorithm = fields["key"], fields["algorithm"]
@@ -155,20 +181,18 @@ def check(
         if fields["format"] != _FORMAT or algorithm != "ed25519" or not isinstance(key_id, str):
             raise ValueError("unknown signature format")
     except (ValueError, KeyError, TypeError) as exc:
-        raise TrustError(f"archive's {SIGNATURE_NAME} is malformed ({exc}); it is not trusted") from None
+        raise TrustError(f"{what}'s {where_kept} is malformed ({exc}); it is not trusted") from None
     key = next((key for key in trusted if key.id == key_id), None)
     if key is None:
-        raise TrustError(f"archive is signed by key {key_id[:16]}, which is not trusted (trusted: {where})")
+        raise TrustError(f"{what} is signed by key {key_id[:16]}, which is not trusted (trusted: {where})")
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     try:
-        ed25519.Ed25519PublicKey.from_public_bytes(key.raw).verify(
-            raw_signature, _message(archive_format, index, blobs)
-        )
+        ed25519.Ed25519PublicKey.from_public_bytes(key.raw).verify(raw_signature, message)
     except InvalidSignature:
         raise TrustError(
-            f"archive's signature by {key.source} does not match its content: it was changed after it was signed"
+            f"{what}'s signature by {key.source} does not match its content: it was changed after it was signed"
         ) from None
     return key.id
 

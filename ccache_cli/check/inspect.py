@@ -108,12 +108,15 @@ def inspect_archive(store: Store, path: str, trusted: Sequence[PublicKey] = ()) 
     return InspectReport(reports, (), machine, exact)
 
 
-def inspect_remote(store: Store, reference: str, insecure: bool = False) -> InspectReport:
-    """The entries of a pushed artifact, from its manifest and index alone."""
+def inspect_remote(
+    store: Store, reference: str, insecure: bool = False, trusted: Sequence[PublicKey] = ()
+) -> InspectReport:
+    """The entries of a pushed artifact, from its manifest and index alone (which one of
+    the `trusted` keys must have signed, where some are)."""
     from ccache_cli.registry import client, transfer
 
     machine, exact = this_machine(store)
-    _, index = transfer.read_listing(client.Remote(reference, insecure))
+    _, index = transfer.read_listing(client.Remote(reference, insecure), trusted)
     reports = tuple(report_entry(entry, machine, exact, index.kinds[entry.id], None) for entry in index.entries)
     return InspectReport(reports, (), machine, exact)
 

@@ -76,7 +76,9 @@ def verify(
     if ref is not None and not is_archive_path(ref) and is_reference(ref):
         if run:
             raise BadInputError("--run needs stored entries: `ccache pull` the artifact, then verify the entries")
-        return _verify_remote(store, ref, target_fingerprint, str(target) if target is not None else None, insecure)
+        return _verify_remote(
+            store, ref, target_fingerprint, str(target) if target is not None else None, insecure, trusted
+        )
     if ref is not None and is_archive_path(ref):
         if run:
             raise BadInputError("--run needs stored entries: `ccache unpack` the archive, then verify the entries")
@@ -103,13 +105,18 @@ def verify(
 
 
 def _verify_remote(
-    store: Store, reference: str, target: dict[str, Any] | None, target_name: str | None, insecure: bool
+    store: Store,
+    reference: str,
+    target: dict[str, Any] | None,
+    target_name: str | None,
+    insecure: bool,
+    trusted: Sequence[PublicKey],
 ) -> VerifyReport:
     """Compatibility and freshness of a pushed artifact's entries, from its manifest and
-    index alone (no blob is downloaded)."""
+    index alone (no blob is downloaded); with `trusted` keys, its signature first."""
     from ccache_cli.registry import client, transfer
 
-    artifact, index = transfer.read_listing(client.Remote(reference, insecure))
+    artifact, index = transfer.read_listing(client.Remote(reference, insecure), trusted)
     machine = target or this_machine_exact(store)
     checks = []
     for entry in index.entries:

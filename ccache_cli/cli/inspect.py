@@ -36,7 +36,7 @@ def command(
     if archive:
         report = inspect_archive(ctx.obj, entry, trusted_keys(trust or []))
     elif remote:
-        report = inspect_remote(ctx.obj, entry, insecure)
+        report = inspect_remote(ctx.obj, entry, insecure, trusted_keys(trust or []))
     else:
         report = inspect_store(ctx.obj, entry)
     if entry is None or archive or remote:

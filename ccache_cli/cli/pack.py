@@ -14,8 +14,10 @@ TRUST_OPTION = typer.Option(
     None,
     "--trust",
     metavar="KEY.pub",
-    help="Refuse an archive not signed by this public key (repeatable; also $CCACHE_CLI_TRUST, separated by ':')",
+    help="Refuse a cache (archive or registry artifact) not signed by this public key "
+    "(repeatable; also $CCACHE_CLI_TRUST, separated by ':')",
 )
+SIGN_OPTION = typer.Option(None, "--sign", metavar="KEY", help="Sign with this private key (`ccache key generate`)")
 
 
 def key_generate_command(
@@ -39,9 +41,7 @@ def pack_command(
     compatible_only: bool = typer.Option(False, "--compatible-only", help="Only entries that fit this machine"),
     level: int = typer.Option(3, "--level", min=1, max=22, help="zstd level"),
     json_output: bool = typer.Option(False, "--json", help="Write a JSON summary to stdout (not with -)"),
-    sign: Path | None = typer.Option(
-        None, "--sign", metavar="KEY", help="Sign the archive with this private key (`ccache key generate`)"
-    ),
+    sign: Path | None = SIGN_OPTION,
 ) -> None:
     """Write entries and their blobs to a deterministic .tar.zst archive. Does not import torch."""
     transfer.pack(ctx.obj, output, entries or [], compatible_only, level, json_output, sign)

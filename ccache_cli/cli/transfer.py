@@ -148,14 +148,16 @@ def push(
     compatible_only: bool = False,
     insecure: bool = False,
     json_output: bool = False,
+    sign: Path | None = None,
 ) -> None:
     from ccache_cli.registry import client, transfer
 
+    signer = signing.Signer(sign) if sign is not None else None
     remote = client.Remote(reference, insecure)
     chosen = _chosen(store, refs, compatible_only, "push")
     total = sum(packing.blob_sizes(chosen).values())
     with progress("pushing", total, not json_output) as on_progress:
-        result = transfer.push(store, chosen, remote, on_progress)
+        result = transfer.push(store, chosen, remote, on_progress, signer)
     show(Pushed(result), json_output, _print_pushed)
 
 
@@ -186,15 +188,21 @@ def _print_pushed(pushed: Pushed) -> None:
 
 
 def pull(
-    store: Store, reference: str, compatible_only: bool = False, insecure: bool = False, json_output: bool = False
+    store: Store,
+    reference: str,
+    compatible_only: bool = False,
+    insecure: bool = False,
+    json_output: bool = False,
+    trust: Sequence[Path] = (),
 ) -> None:
     from ccache_cli.registry import client, transfer
 
+    trusted = signing.trusted_keys(trust)  # before anything is fetched: a bad key file is bad input
     remote = client.Remote(reference, insecure)
     select = _selection(compatible_only, *(this_machine(store) if compatible_only else ({}, False)))
 
     with progress("pulling", None, not json_output) as on_progress:
-        result = transfer.pull(store, remote, select, on_progress)
+        result = transfer.pull(store, remote, select, on_progress, trusted)
     show(Pulled(result), json_output, _print_pulled)
 
 

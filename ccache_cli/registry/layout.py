@@ -29,6 +29,7 @@ from typing import Any
 import zstandard
 
 from ccache_cli.archive.head import Index, complete_manifest
+from ccache_cli.archive.signing import SIGNATURE_LIMIT
 from ccache_cli.archive.tarstream import BLOB_PREFIX, end_marker, member_length, ustar_header
 from ccache_cli.errors import ArchiveError, StoreError
 from ccache_cli.store import documents, schema
@@ -42,6 +43,7 @@ BLOB_TYPE = "application/vnd.ccache-cli.blob.v1"
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 ENTRY_ANNOTATION = "dev.ccache-cli.entry"
 CREATED_ANNOTATION = "org.opencontainers.image.created"
+SIGNATURE_ANNOTATION = "dev.ccache-cli.signature"  # `push --sign`: the signature of the config's digest
 
 BIG_BLOB = 1 << 20
 PACK_BYTES = 16 << 20
@@ -151,7 +153,10 @@ def catalog_bytes(entry: Manifest, packs: Sequence[tuple[str, Sequence[str]]], b
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(_canonical(document))
 
 
-def manifest_bytes(index: Layer, layers: Sequence[Layer], created: str) -> bytes:
+def manifest_bytes(index: Layer, layers: Sequence[Layer], created: str, signature: bytes | None = None) -> bytes:
+    """The manifest; `signature`, the signature document of the config's digest
+    (archive/signing.py), goes in its annotations."""
+    annotations = {CREATED_ANNOTATION: created, **({SIGNATURE_ANNOTATION: signature.decode()} if signature else {})}
     return _canonical(
         {
             "schemaVersion": 2,
@@ -159,7 +164,7 @@ def manifest_bytes(index: Layer, layers: Sequence[Layer], created: str) -> bytes
             "artifactType": ARTIFACT_TYPE,
             "config": index.descriptor(),
             "layers": [layer.descriptor() for layer in layers],
-            "annotations": {CREATED_ANNOTATION: created},
+            "annotations": annotations,
         }
     )
 
@@ -178,6 +183,7 @@ class Artifact:
     index: Layer  # the config: index.json
     catalogs: Mapping[str, Layer]  # per entry id
     layers: Mapping[str, Layer]  # packs and raw blobs, by digest
+    signature: bytes | None = None  # the signature document of the config's digest, if signed
 
     @property
     def layer_count(self) -> int:
@@ -212,9 +218,13 @@ def parse_manifest(data: bytes, reference: str) -> Artifact:
                 catalogs[entry_id] = layer
             else:
                 layers[layer.digest] = layer
+        annotations = document.get("annotations") or {}
+        signature = annotations.get(SIGNATURE_ANNOTATION) if isinstance(annotations, dict) else None
+        if signature is not None and (not isinstance(signature, str) or len(signature) > SIGNATURE_LIMIT):
+            raise ValueError("its signature annotation is not a signature")
     except (KeyError, TypeError, ValueError) as exc:
         raise ArchiveError(f"{reference}: its manifest is malformed ({exc})") from exc
-    return Artifact(index, catalogs, layers)
+    return Artifact(index, catalogs, layers, signature.encode() if signature is not None else None)
 
 
 def _layer(described: Any, media_types: set[str]) -> Layer:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ccache_cli.archive import processes
+from ccache_cli.archive import processes, signing
 from ccache_cli.archive.head import Index, index_document, parse_index
 from ccache_cli.archive.pack import blob_sizes
 from ccache_cli.archive.unpack import link_present
@@ -70,10 +70,15 @@ class PushResult:
 
 
 def push(
-    store: Store, entries: Sequence[Manifest], remote: Remote, on_progress: Progress = lambda _: None
+    store: Store,
+    entries: Sequence[Manifest],
+    remote: Remote,
+    on_progress: Progress = lambda _: None,
+    signer: signing.Signer | None = None,
 ) -> PushResult:
     """Upload `entries` as one artifact under `remote`'s tag, each layer only if the
-    registry lacks it; the tag moves only once every layer is there."""
+    registry lacks it; the tag moves only once every layer is there. With `signer`,
+    the manifest carries its signature of the config's digest."""
     entries = list({entry.id: entry for entry in entries}.values())
     sizes = blob_sizes(entries)
     cuts = {entry.id: layout.cut(entry) for entry in entries}
@@ -117,7 +122,8 @@ def push(
     uploads.add(index, _ensure(remote, index, index_bytes))
     others = sorted({layer.digest: layer for layer in [*pack_layers.values(), *big_layers]}.values(), key=_digest)
     created = max(entry.created for entry in entries)  # the same entries give the same manifest
-    digest = remote.put_manifest(layout.manifest_bytes(index, [*catalogs, *others], created))
+    signature = signer.sign(signing.artifact_message(index.digest)) if signer is not None else None
+    digest = remote.put_manifest(layout.manifest_bytes(index, [*catalogs, *others], created, signature))
     return PushResult(
         remote.reference,
         digest,
@@ -176,9 +182,18 @@ class PullResult:
     downloaded_bytes: int
 
 
-def read_listing(remote: Remote) -> tuple[layout.Artifact, Index]:
-    """The artifact's manifest and index (its config): all `inspect REF` and `verify REF` read."""
+def read_listing(remote: Remote, trusted: Sequence[signing.PublicKey] = ()) -> tuple[layout.Artifact, Index]:
+    """The artifact's manifest and index (its config): all `inspect REF` and `verify REF`
+    read. With `trusted` keys, one of them must have signed it (TrustError), checked
+    before anything else is downloaded."""
     artifact = layout.parse_manifest(remote.manifest(layout.MANIFEST_LIMIT), remote.reference)
+    signing.check_message(
+        artifact.signature,
+        signing.artifact_message(artifact.index.digest),
+        trusted,
+        remote.reference,
+        "signature annotation",
+    )
     index = parse_index(remote.blob(artifact.index.digest, artifact.index.size, layout.DOCUMENT_LIMIT))
     if set(artifact.catalogs) != {entry.id for entry in index.entries}:
         raise ArchiveError(
@@ -192,6 +207,7 @@ def pull(
     remote: Remote,
     select: Callable[[Manifest], bool] = lambda _: True,
     on_progress: Progress = lambda _: None,
+    trusted: Sequence[signing.PublicKey] = (),
 ) -> PullResult:
     """Merge the artifact's entries into `store`, downloading only the layers holding
     blobs the store lacks; all or nothing (but see the module's note on resuming).
@@ -199,7 +215,7 @@ def pull(
     Each catalog's layers start downloading as soon as it has been read and checked,
     while the others are still on their way (as unpack writes blobs while it reads
     the manifests)."""
-    artifact, index = read_listing(remote)
+    artifact, index = read_listing(remote, trusted)
     chosen: list[Manifest] = []
     skipped: list[str] = []
     for entry in index.entries:
