@@ -13,7 +13,7 @@ checked against. Each guard kind maps to one check:
 | ID_MATCH, MODULE_MATCH, BUILTIN_MATCH, CLASS_MATCH, CLOSURE_MATCH, FUNCTION_MATCH | identity |
 | DICT_KEYS_MATCH, DICT_KEYS | keys |
 | SEQUENCE_LENGTH, LENGTH_CHECK, TUPLE_ITERATOR_LEN, EMPTY_NN_MODULE_HOOKS_DICT | length |
-| HASATTR | attribute |
+| HASATTR (torch 2.13: the object and the name; 2.11: the attribute's own path) | attribute |
 | NOT_PRESENT_IN_GENERIC_DICT | own_attribute_absent |
 | DICT_CONTAINS, DICT_NOT_CONTAINS | dict_key |
 | TENSOR_MATCH on an input; on a parameter or buffer | the call's signature; the package's bound weights |
@@ -163,7 +163,16 @@ def _assumption(frame: _TracedFrame, self_name: str | None, entry: Any) -> Assum
     elif path.startswith("G[") and not is_top:  # another module's globals: reach them from the forward's
         module = frame.module.replace(".", "_dot_")
         path = path.replace("G[", f"G['__import_{module}'].__dict__[", 1)
-    expected = _expected(kind, entry, _keyword(guard, "attr"), _keyword(guard, "key"))
+    attr = _keyword(guard, "attr")
+    if kind == "HASATTR" and attr is None:  # torch 2.11: the guard's path is the attribute itself
+        path, _, attr = path.rpartition(".")
+        if not path or not attr.isidentifier():
+            return _unchecked(kind, guard.name, "an attribute ccache cannot name")
+        found = _evaluated(frame, path)
+        if found is _MISSING or (entry.has_value and getattr(found, attr, _MISSING) is not entry.value):
+            return _unchecked(kind, guard.name, "not readable")
+        return Assumption("attribute", path, [attr, entry.has_value], kind)
+    expected = _expected(kind, entry, attr, _keyword(guard, "key"))
     if expected is None:
         return _unchecked(kind, path, "a value ccache cannot compare across processes")
     check = _CHECK_OF.get(kind) or ("tensor" if kind == "TENSOR_MATCH" else "")
@@ -213,13 +222,22 @@ def _expected(kind: str, entry: Any, attr: str | None, key: Any) -> Any:
     return None
 
 
+_MISSING = object()
+
+
+def _evaluated(frame: _TracedFrame, path: str) -> Any:
+    """What ccache's evaluation of `path` finds in the traced frame (_MISSING: nothing)."""
+    try:
+        return paths.evaluate_one(path, frame.local_scope, _RecordGlobals(frame))
+    except paths.PathError:
+        return _MISSING
+
+
 def _reads_back(frame: _TracedFrame, assumption: Assumption, value: Any) -> bool:
     """Whether ccache's evaluation of the path finds the object Dynamo guarded, here
     where both can look: a path ccache would read otherwise is not checked by it."""
-    try:
-        local = frame.local_scope
-        found = paths.evaluate_one(assumption.path, local, _RecordGlobals(frame))
-    except paths.PathError:
+    found = _evaluated(frame, assumption.path)
+    if found is _MISSING:
         return False
     if found is value or (assumption.check == "value" and a.describe_value(found) == assumption.expected):
         return True
