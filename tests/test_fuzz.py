@@ -267,3 +267,86 @@ def test_accepted_file_paths_never_leave_their_folder(parts: list[str]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         joined = schema.inside(folder, path)
         assert str(joined).startswith(folder + os.sep)
+
+
+# -- the registry client's parsers ------------------------------------------------
+
+
+def _registry_documents() -> tuple[dict, dict, object, object]:
+    """A valid artifact manifest and catalog for VALID, as push writes them, and the
+    index and listed manifest a catalog is checked against."""
+    from ccache_cli.archive.head import index_document, parse_index
+    from ccache_cli.registry import layout
+
+    entry = manifest.parse(copy.deepcopy(VALID))
+    index_bytes = index_document([entry])
+    index = layout.Layer.of(layout.INDEX_TYPE, index_bytes)
+    catalog = json.loads(zstandard_decompress(layout.catalog_bytes(entry, [], sorted(entry.blobs()))))
+    layer = layout.Layer.of(layout.CATALOG_TYPE, b"", {layout.ENTRY_ANNOTATION: entry.id})
+    sizes = {ref["sha256"]: ref["size"] for ref in entry.files.values()}
+    blobs = [layout.Layer(layout.BLOB_TYPE, "sha256:" + sha, sizes[sha]) for sha in sorted(entry.blobs())]
+    document = json.loads(layout.manifest_bytes(index, [layer, *blobs], entry.created))
+    parsed_index = parse_index(index_bytes)
+    return document, catalog, parsed_index, parsed_index.entries[0]
+
+
+def zstandard_decompress(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+
+
+REGISTRY_MANIFEST, REGISTRY_CATALOG, REGISTRY_INDEX, REGISTRY_LISTED = _registry_documents()
+
+
+def _changed(document: dict, field: tuple, value: object, delete: bool) -> dict:
+    changed = copy.deepcopy(document)
+    holder = changed
+    for key in field[:-1]:
+        holder = holder[key]
+    if delete and isinstance(holder, dict):
+        del holder[field[-1]]
+    else:
+        holder[field[-1]] = value
+    return changed
+
+
+@given(st.sampled_from([p for p in _paths(REGISTRY_MANIFEST) if p]), json_values, st.booleans(), st.binary(max_size=64))
+def test_registry_manifests_are_parsed_or_refused_in_one_line(
+    field: tuple, value: object, delete: bool, noise: bytes
+) -> None:
+    from ccache_cli.registry import layout
+
+    for data in (json.dumps(_changed(REGISTRY_MANIFEST, field, value, delete)).encode(), noise):
+        try:
+            artifact = layout.parse_manifest(data, "registry.example/cache:v1")
+        except CcacheError as exc:
+            assert str(exc) and "\n" not in str(exc)
+            continue
+        assert all(layer.digest.startswith("sha256:") for layer in artifact.layers.values())
+
+
+@given(st.sampled_from([p for p in _paths(REGISTRY_CATALOG) if p]), json_values, st.booleans())
+def test_registry_catalogs_are_parsed_or_refused_in_one_line(field: tuple, value: object, delete: bool) -> None:
+    import zstandard
+
+    from ccache_cli.registry import layout
+
+    artifact = layout.parse_manifest(json.dumps(REGISTRY_MANIFEST).encode(), "registry.example/cache:v1")
+    data = zstandard.ZstdCompressor().compress(json.dumps(_changed(REGISTRY_CATALOG, field, value, delete)).encode())
+    try:
+        catalog = layout.parse_catalog(data, REGISTRY_LISTED, REGISTRY_INDEX, artifact)
+    except CcacheError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert catalog.entry.id == REGISTRY_LISTED.id  # what is accepted still hashes to the index's digest
+
+
+def test_the_registry_fuzz_starts_from_documents_that_parse() -> None:
+    import zstandard
+
+    from ccache_cli.registry import layout
+
+    artifact = layout.parse_manifest(json.dumps(REGISTRY_MANIFEST).encode(), "registry.example/cache:v1")
+    data = zstandard.ZstdCompressor().compress(json.dumps(REGISTRY_CATALOG).encode())
+    assert layout.parse_catalog(data, REGISTRY_LISTED, REGISTRY_INDEX, artifact).entry.id == REGISTRY_LISTED.id
