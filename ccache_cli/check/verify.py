@@ -249,7 +249,8 @@ def broken_store_blobs(store: Store, entries: Iterable[Manifest]) -> dict[str, s
         if actual_size != size:
             broken[sha256] = f"{actual_size} bytes, manifest says {size}"
         elif sha256_file(path) != sha256:
-            broken[sha256] = "content does not match its hash"
+            # unpack and pull reuse a stored blob of the right size as it is: remove it first
+            broken[sha256] = f"content does not match its hash (remove {path}, then unpack or pull the entry again)"
     return broken
 
 

@@ -43,7 +43,10 @@ BLOB_TYPE = "application/vnd.ccache-cli.blob.v1"
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 ENTRY_ANNOTATION = "dev.ccache-cli.entry"
 CREATED_ANNOTATION = "org.opencontainers.image.created"
-SIGNATURE_ANNOTATION = "dev.ccache-cli.signature"  # `push --sign`: the signature of the config's digest
+SIGNATURE_ANNOTATION = "dev.ccache-cli.signature"
+CATALOGS_AT_ONCE = (
+    8  # catalogs a pull reads at the same time (its transfers)  # `push --sign`: the signature of the config's digest
+)
 
 BIG_BLOB = 1 << 20
 PACK_BYTES = 16 << 20
@@ -257,7 +260,8 @@ def parse_catalog(data: bytes, listed: Manifest, index: Index, artifact: Artifac
         text = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read(DOCUMENT_LIMIT + 1)
         if len(text) > DOCUMENT_LIMIT:
             raise ValueError("it is larger than any ccache writes")
-        document = documents.parse(text, "its catalog")
+        # A pull reads up to CATALOGS_AT_ONCE catalogs at a time: each gets its share.
+        document = documents.parse(text, "its catalog", documents.PEAK_BYTES // CATALOGS_AT_ONCE)
         packs = tuple((str(digest), tuple(map(str, blobs))) for digest, blobs in document["packs"])
         big = tuple(map(str, document["blobs"]))
         entry = complete_manifest(index, listed, document["files"], "artifact")

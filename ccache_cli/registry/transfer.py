@@ -35,7 +35,7 @@ from .downloads import Downloads
 from .layout import Layer
 
 Progress = Callable[[int], None]  # called with a count of bytes just moved
-TRANSFERS = 8  # requests in flight, over all processes
+TRANSFERS = layout.CATALOGS_AT_ONCE  # requests in flight, over all processes
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 

@@ -21,14 +21,14 @@ _CONTAINER_BYTES = 64  # an empty list or dict, and its place in its parent
 _ELEMENT_BYTES = 40  # a float or a short string, and its place in its container
 
 
-def parse(data: bytes | str, what: str) -> Any:
-    """`data` parsed; ValueError naming `what` where it could take more than PEAK_BYTES
-    or is not JSON."""
+def parse(data: bytes | str, what: str, peak: int = PEAK_BYTES) -> Any:
+    """`data` parsed; ValueError naming `what` where it could take more than `peak`
+    bytes (a share of PEAK_BYTES where several are parsed at once) or is not JSON."""
     raw = data.encode() if isinstance(data, str) else data
     containers = raw.count(b"[") + raw.count(b"{")
     elements = raw.count(b",") + raw.count(b":")
     estimate = len(raw) * 2 + containers * _CONTAINER_BYTES + elements * _ELEMENT_BYTES
-    if estimate > PEAK_BYTES:
+    if estimate > peak:
         raise ValueError(f"{what} would take {estimate >> 20} MiB to read, more than any ccache writes")
     try:
         return json.loads(raw)
