@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import compileall
+import contextlib
 import functools
 import io
 import json
@@ -13,7 +14,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -453,3 +454,17 @@ def head_members(manifests: list[dict], version: int = 4) -> list[tuple[tarfile.
         regular("blobs.txt", listed.encode()),
         regular("files.json", json.dumps(files).encode()),
     ]
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at `folder` with `options` (its size, its inodes) for as long as the
+    block runs; the test is skipped where none can be mounted (not root, no tmpfs)."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import MODELS, SMALL_PRECOMPILE, ccache, ccache_json, make_entry
+from conftest import MODELS, SMALL_PRECOMPILE, ccache, ccache_json, make_entry, small_tmpfs
 
 from ccache_cli.store.store import Store
 
@@ -273,12 +273,7 @@ def test_a_writer_waiting_for_the_lock_says_who_holds_it(source: dict, tmp_path:
 
 def test_disk_full_is_one_line_and_leaves_nothing(source: dict, tmp_path: Path) -> None:
     """On a file system that fills up: one line saying so, the store as it was, no temp files."""
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "size=4m") as small:
         store = small / "store"
         make_entry(Store(store), "tiny", {"inductor/fxgraph/t": b"tiny"})
         before = sorted(p.relative_to(store) for p in store.rglob("*"))
@@ -291,20 +286,11 @@ def test_disk_full_is_one_line_and_leaves_nothing(source: dict, tmp_path: Path) 
         assert packed.returncode == 1 and len(packed.stderr.strip().splitlines()) == 1, packed.stderr
         assert "No space left on device" in packed.stderr or "no space left" in packed.stderr, packed.stderr
         assert sorted(p.name for p in small.iterdir()) == ["store"]
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_inodes_running_out_is_the_same_one_line(source: dict, tmp_path: Path) -> None:
     """A file system out of inodes, with room left: unpack says what a full disk says."""
-    small = tmp_path / "few-inodes"
-    small.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=200", "tmpfs", str(small)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "few-inodes", "size=64m,nr_inodes=200") as small:
         store = small / "store"
         make_entry(Store(store), "tiny", {"inductor/fxgraph/t": b"tiny"})
         before = sorted(p.relative_to(store) for p in store.rglob("*"))
@@ -313,5 +299,3 @@ def test_inodes_running_out_is_the_same_one_line(source: dict, tmp_path: Path) -
         assert result.returncode == 1 and len(lines) == 1, result.stderr
         assert "no space left on the device of store" in lines[0] and "nothing was changed" in lines[0], lines[0]
         assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
-    finally:
-        subprocess.run(["umount", str(small)], check=True)

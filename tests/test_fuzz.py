@@ -220,6 +220,18 @@ def _paths(value: object, prefix: tuple = ()) -> Iterator[tuple]:
             yield from _paths(inner, (*prefix, at))
 
 
+def _changed(document: dict, field: tuple, value: object, delete: bool) -> dict:
+    changed = copy.deepcopy(document)
+    holder = changed
+    for key in field[:-1]:
+        holder = holder[key]
+    if delete and isinstance(holder, dict):
+        del holder[field[-1]]
+    else:
+        holder[field[-1]] = value
+    return changed
+
+
 VALID = synthetic_manifest(
     "valid",
     {
@@ -233,14 +245,7 @@ FIELDS = [path for path in _paths(VALID) if path]
 
 @given(st.sampled_from(FIELDS), json_values, st.booleans())
 def test_the_manifest_schema_refuses_or_accepts_only_safe_manifests(field: tuple, value: object, delete: bool) -> None:
-    changed = copy.deepcopy(VALID)
-    holder = changed
-    for key in field[:-1]:
-        holder = holder[key]
-    if delete and isinstance(holder, dict):
-        del holder[field[-1]]
-    else:
-        holder[field[-1]] = value
+    changed = _changed(VALID, field, value, delete)
     try:
         checked = schema.check(changed)
     except schema.ManifestError as exc:
@@ -297,18 +302,6 @@ def zstandard_decompress(data: bytes) -> bytes:
 
 
 REGISTRY_MANIFEST, REGISTRY_CATALOG, REGISTRY_INDEX, REGISTRY_LISTED = _registry_documents()
-
-
-def _changed(document: dict, field: tuple, value: object, delete: bool) -> dict:
-    changed = copy.deepcopy(document)
-    holder = changed
-    for key in field[:-1]:
-        holder = holder[key]
-    if delete and isinstance(holder, dict):
-        del holder[field[-1]]
-    else:
-        holder[field[-1]] = value
-    return changed
 
 
 @given(st.sampled_from([p for p in _paths(REGISTRY_MANIFEST) if p]), json_values, st.booleans(), st.binary(max_size=64))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 import zstandard
-from conftest import ccache, ccache_json, imported_modules, make_entry, snapshot, store_leftovers
+from conftest import ccache, ccache_json, imported_modules, make_entry, small_tmpfs, snapshot, store_leftovers
 from registry_server import NO_REGISTRY, REGISTRY, Registry, free_port
 
 from ccache_cli.registry import layout
@@ -460,16 +460,9 @@ def test_a_pull_onto_a_full_disk_says_so_in_one_line(registry: Registry, tmp_pat
     make_entry(Store(source), "big", {f"inductor/blob{i}": random.Random(i).randbytes(300_000) for i in range(20)})
     ref = f"{registry.host}/team/cache:full"
     assert ccache("push", ref, store=source).returncode == 0
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "size=2m") as small:
         result = ccache("pull", ref, store=small / "store")
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 1 and len(lines) == 1, result.stderr
         assert "no space left on the device of store" in lines[0] and "nothing was changed" in lines[0], lines[0]
         assert not list((small / "store").glob("entries/*")) and not list((small / "store").glob("tmp/*"))
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
