@@ -4,6 +4,7 @@ something else than asked."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import socketserver
@@ -247,19 +248,21 @@ def test_an_index_that_expands_is_refused_in_bounded_memory(tmp_path: Path, fill
     archive.write_bytes(framed_archive(members))
     assert archive.stat().st_size < 64 << 10
     for command in ("inspect", "unpack"):
-        result = ccache(command, str(archive), store=tmp_path / "store", python_flags=())
-        assert result.returncode == 2 and "more than any ccache writes" in result.stderr, result.stderr
-        peak = _peak_rss_mb(command, archive, tmp_path)
+        code, stderr, peak = _run_measured(command, archive, tmp_path)
+        assert code == 2 and "more than any ccache writes" in stderr, stderr
         assert peak < 200, f"{command} peaked at {peak:.0f} MB"
 
 
-def _peak_rss_mb(command: str, archive: Path, tmp_path: Path) -> float:
-    """The largest resident set of `ccache COMMAND ARCHIVE` and its children, in MB."""
+def _run_measured(command: str, archive: Path, tmp_path: Path) -> tuple[int, str, float]:
+    """`ccache COMMAND ARCHIVE`: its exit code, its stderr, and the largest resident set
+    of it and its children, in MB."""
     probe = (
-        "import resource, subprocess, sys\n"
-        f"subprocess.run([sys.executable, '-m', 'ccache_cli', '--store', {str(tmp_path / 'store')!r}, "
-        f"{command!r}, {str(archive)!r}], capture_output=True)\n"
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        "import json, resource, subprocess, sys\n"
+        f"done = subprocess.run([sys.executable, '-m', 'ccache_cli', '--store', {str(tmp_path / 'store')!r}, "
+        f"{command!r}, {str(archive)!r}], capture_output=True, text=True)\n"
+        "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+        "print(json.dumps([done.returncode, done.stderr, peak]))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    return int(result.stdout.strip()) / 1024
+    code, stderr, peak_kb = json.loads(result.stdout.strip().splitlines()[-1])
+    return code, stderr, peak_kb / 1024
