@@ -174,14 +174,9 @@ def static_checks(
             if status.state != "fresh"
         ]
         checks.append(_check(entry, "freshness", stale, f"{len(entry.sources)} traced sources unchanged"))
-        if stores_aot_code(entry):
+        if entry.stores_aot_code:
             checks.append(assumptions_check(entry))
     return checks
-
-
-def stores_aot_code(entry: Manifest) -> bool:
-    packages = entry.aot.packages
-    return entry.aot.status == "stored" or (packages is not None and packages.status == "stored")
 
 
 def assumptions_check(entry: Manifest) -> Check:

@@ -131,8 +131,7 @@ def _print_detail(report: InspectReport) -> None:
 
 def _print_assumptions(e: Manifest) -> None:
     """What each size's stored code assumes of the program, by kind of check."""
-    stored = e.aot.status == "stored" or (e.aot.packages is not None and e.aot.packages.status == "stored")
-    if stored and not e.assumptions:
+    if e.stores_aot_code and not e.assumptions:
         out.print("Assumptions: none recorded (precompiled by an older ccache-cli): its stored code is never served")
     if not e.assumptions:
         return

@@ -184,14 +184,13 @@ class _CompiledModel:
         function = self._chosen[signature]
         if function is None:
             return None, "no stored code for these inputs"
-        if not self._every_call and self._assumed.get(signature) is not None:  # refused once: for good, at no cost
-            routing.refuse(function.entry, f"entry {function.name}: {self._assumed[signature]}")
-            return None, "an assumption of the stored code does not hold"
-        if not function.serves(self._model, args, kwargs):
-            return None, (
-                "model or inputs not as the stored code was built (training mode, hooks, new tensors, strides, guards)"
-            )
-        why = self._assumption_mismatch(signature, function, args, kwargs)
+        why = None if self._every_call else self._assumed.get(signature)  # refused once: for good, at no cost
+        if why is None:
+            if not function.serves(self._model, args, kwargs):
+                return None, (
+                    "model or inputs not as the stored code was built (training mode, hooks, new tensors, strides, guards)"
+                )
+            why = self._assumption_mismatch(signature, function, args, kwargs)
         if why is not None:
             routing.refuse(function.entry, f"entry {function.name}: {why}")
             return None, "an assumption of the stored code does not hold"

@@ -186,6 +186,12 @@ class Manifest:
         return self.compile.dynamic
 
     @property
+    def stores_aot_code(self) -> bool:
+        """Whether it holds stored code (aot_compile functions or AOTInductor packages)."""
+        packages = self.aot.packages
+        return self.aot.status == "stored" or (packages is not None and packages.status == "stored")
+
+    @property
     def bytes(self) -> int:
         return sum(ref["size"] for ref in self.files.values())
 
