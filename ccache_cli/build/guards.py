@@ -172,12 +172,12 @@ def _assumption(frame: _TracedFrame, self_name: str | None, entry: Any) -> Assum
         if found is _MISSING or (entry.has_value and getattr(found, attr, _MISSING) is not entry.value):
             return _unchecked(kind, guard.name, "not readable")
         return Assumption("attribute", path, [attr, entry.has_value], kind)
+    check = _CHECK_OF.get(kind)
+    if check is None:
+        return _unchecked(kind, path, "a guard kind ccache does not know")
     expected = _expected(kind, entry, attr, _keyword(guard, "key"))
     if expected is None:
         return _unchecked(kind, path, "a value ccache cannot compare across processes")
-    check = _CHECK_OF.get(kind) or ("tensor" if kind == "TENSOR_MATCH" else "")
-    if not check:
-        return _unchecked(kind, path, "a guard kind ccache does not know")
     assumption = Assumption(check, path, expected, kind)
     return assumption if _reads_back(frame, assumption, entry.value) else _unchecked(kind, path, "not readable")
 
@@ -192,6 +192,7 @@ _CHECK_OF = {
     "NOT_PRESENT_IN_GENERIC_DICT": "own_attribute_absent",
     "DICT_CONTAINS": "dict_key",
     "DICT_NOT_CONTAINS": "dict_key",
+    "TENSOR_MATCH": "tensor",
 }
 
 
