@@ -223,3 +223,48 @@ def test_a_max_autotune_warm_start_makes_no_benchmark_calls(tmp_path: Path) -> N
     report, stderr = probe(store, tmp_path, "cuda:0", "torch", mode)
     print("torch's own warm cache", own, "ccache run", report)
     assert report["same"] and report["misses"] == 0 and report["graphs"] == own["graphs"], (report, own, stderr)
+
+
+@pytest.fixture(scope="module")
+def cuda_configurable(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/models/configurable.py precompiled on the GPU for size 2, with its models folder."""
+    folder = tmp_path_factory.mktemp("cuda-configurable")
+    shutil.copytree(MODELS, folder / "models")
+    result = ccache(
+        "precompile",
+        "configurable.py",
+        "--sizes",
+        "2",
+        "--device",
+        "cuda",
+        store=folder / "store",
+        cwd=folder / "models",
+    )
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+@pytest.mark.parametrize("case", ["unchanged", "float attribute", "method on the class", "backends flag"])
+def test_cuda_stored_code_is_not_used_where_python_state_changed(
+    cuda_configurable: Path, tmp_path: Path, case: str
+) -> None:
+    """The soundness checks on a CUDA entry: an unchanged program is served with
+    nothing traced; a changed one gets eager's numbers and the reason."""
+    program = Path(__file__).parent / "programs" / "configure_and_serve.py"
+    command = [sys.executable, str(program), str(cuda_configurable / "models"), "route", case, "cuda"]
+    result = ccache(
+        "run",
+        "--",
+        *command,
+        store=cuda_configurable / "store",
+        cwd=tmp_path,
+        env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")},
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["mismatch"] is None, report
+    if case == "unchanged":
+        assert report["frames"] == 0 and "ccache:" not in result.stderr, result.stderr
+    else:
+        [line] = [line for line in result.stderr.splitlines() if line.startswith("ccache: stored code not used")]
+        print(case, "->", line)

@@ -3,7 +3,7 @@ state its forward reads (CASE), compiles it as a user would, with `torch.compile
 `route`: ccache routes it) or `ccache_cli.compile` (WAY `api`), and prints as JSON
 whether its output equals eager and whether Dynamo traced anything.
 
-    python configure_and_serve.py MODELS_FOLDER WAY CASE
+    python configure_and_serve.py MODELS_FOLDER WAY CASE [DEVICE]
 """
 
 import json
@@ -18,7 +18,8 @@ import ccache_cli  # noqa: E402
 from ccache_cli.build.outputs import compare_eager  # noqa: E402
 
 way, case = sys.argv[2], sys.argv[3]
-model = configurable.build()
+device = sys.argv[4] if len(sys.argv) > 4 else "cpu"
+model = configurable.build().to(device)
 
 
 def doubled(self, x):  # noqa: ANN001, ANN201
@@ -42,7 +43,7 @@ CASES = {
 }
 CASES[case]()
 compiled = torch.compile(model) if way == "route" else ccache_cli.compile(model)
-(x,) = configurable.example_inputs(2)
+(x,) = (t.to(device) for t in configurable.example_inputs(2))
 with torch.no_grad():
     mismatch = compare_eager(torch, compiled(x), model(x))
 utils = sys.modules.get("torch._dynamo.utils")
