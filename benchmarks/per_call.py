@@ -131,10 +131,15 @@ def main() -> None:
             if run.returncode != 0:
                 raise SystemExit(f"{way}: {run.stderr}")
             results[way] = json.loads(run.stdout.strip().splitlines()[-1])
+            said = [line for line in run.stderr.splitlines() if line.startswith("ccache:")]
+            if said:
+                results[way]["ccache_said"] = said
     print(f"{args.model} on {args.device}, size {args.size}, {args.calls} calls each")
     print(f"{'way':28} {'median ms':>10} {'mean ms':>9}  served")
     for way, result in results.items():
         print(f"{way:28} {result['median_ms']:10.3f} {result['mean_ms']:9.3f}  {result.get('served', '-')}")
+        for line in result.get("ccache_said", []):
+            print(f"  {line}")
     costs = results["ccache, guards once"]
     if "check_ms" in costs:
         print(

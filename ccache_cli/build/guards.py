@@ -15,7 +15,7 @@ checked against. Each guard kind maps to one check:
 | SEQUENCE_LENGTH, LENGTH_CHECK, TUPLE_ITERATOR_LEN, EMPTY_NN_MODULE_HOOKS_DICT | length |
 | HASATTR (torch 2.13: the object and the name; 2.11: the attribute's own path) | attribute |
 | NOT_PRESENT_IN_GENERIC_DICT | own_attribute_absent |
-| DICT_CONTAINS, DICT_NOT_CONTAINS | dict_key |
+| DICT_CONTAINS (torch 2.11: `invert` for an absent key), DICT_NOT_CONTAINS | dict_key |
 | TENSOR_MATCH on an input; on a parameter or buffer | the call's signature; the package's bound weights |
 | TENSOR_MATCH elsewhere | tensor |
 | GLOBAL_STATE, GRAD_MODE, DETERMINISTIC_ALGORITHMS, DEFAULT_DEVICE, TORCH_FUNCTION_STATE | torch_state |
@@ -34,6 +34,7 @@ import functools
 import inspect
 import os
 import sys
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,13 +170,13 @@ def _assumption(frame: _TracedFrame, self_name: str | None, entry: Any) -> Assum
         if not path or not attr.isidentifier():
             return _unchecked(kind, guard.name, "an attribute ccache cannot name")
         found = _evaluated(frame, path)
-        if found is _MISSING or (entry.has_value and getattr(found, attr, _MISSING) is not entry.value):
+        if found is _MISSING or (entry.has_value and not _same_object(getattr(found, attr, _MISSING), entry.value)):
             return _unchecked(kind, guard.name, "not readable")
         return Assumption("attribute", path, [attr, entry.has_value], kind)
     check = _CHECK_OF.get(kind)
     if check is None:
         return _unchecked(kind, path, "a guard kind ccache does not know")
-    expected = _expected(kind, entry, attr, _keyword(guard, "key"))
+    expected = _expected(kind, entry, attr, _keyword(guard, "key"), _keyword(guard, "invert"))
     if expected is None:
         return _unchecked(kind, path, "a value ccache cannot compare across processes")
     assumption = Assumption(check, path, expected, kind)
@@ -196,8 +197,9 @@ _CHECK_OF = {
 }
 
 
-def _expected(kind: str, entry: Any, attr: str | None, key: Any) -> Any:
-    """What the check of `kind` must find, as recorded; None where it cannot be said."""
+def _expected(kind: str, entry: Any, attr: str | None, key: Any, invert: bool | None) -> Any:
+    """What the check of `kind` must find, as recorded; None where it cannot be said.
+    `invert`: torch 2.11's DICT_CONTAINS for a key that must be absent."""
     if not entry.has_value:
         return None
     value = entry.value
@@ -217,7 +219,7 @@ def _expected(kind: str, entry: Any, attr: str | None, key: Any) -> Any:
     if kind == "NOT_PRESENT_IN_GENERIC_DICT" and attr is not None:
         return attr
     if kind in ("DICT_CONTAINS", "DICT_NOT_CONTAINS") and isinstance(key, str):
-        return [key, kind == "DICT_CONTAINS"]
+        return [key, kind == "DICT_CONTAINS" and not invert]
     if kind == "TENSOR_MATCH":
         return a.describe_tensor(value)
     return None
@@ -240,12 +242,19 @@ def _reads_back(frame: _TracedFrame, assumption: Assumption, value: Any) -> bool
     found = _evaluated(frame, assumption.path)
     if found is _MISSING:
         return False
-    if found is value or (assumption.check == "value" and a.describe_value(found) == assumption.expected):
+    if _same_object(found, value) or (assumption.check == "value" and a.describe_value(found) == assumption.expected):
         return True
     try:  # a path through dict(...) reads a copy
         return type(found) is dict and type(value) is dict and bool(found == value)
     except Exception:
         return False
+
+
+def _same_object(found: Any, value: Any) -> bool:
+    """`found is value`, where each read of a method makes a new bound method."""
+    if isinstance(found, types.MethodType) and isinstance(value, types.MethodType):
+        return found.__self__ is value.__self__ and found.__func__ is value.__func__
+    return found is value
 
 
 class _RecordGlobals(paths.Globals):

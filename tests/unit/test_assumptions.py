@@ -7,9 +7,12 @@ import enum
 import os
 import subprocess
 import sys
+import types
 
 import pytest
+import torch
 
+from ccache_cli.build import guards
 from ccache_cli.key import assumptions as a
 from ccache_cli.key import paths
 from ccache_cli.store.manifest import Frame
@@ -111,3 +114,15 @@ def test_paths_are_shown_as_a_program_writes_them() -> None:
     assert paths.display_path("L['self'].config.mult", frame, "self") == "config.mult"
     assert paths.display_path("G['SCALE']", frame, "self") == "mymodel.SCALE"
     assert paths.display_path("G['__import_a_dot_b'].x", frame, "self") == "a.b.x"
+
+
+def test_torch_2_11_guard_forms_are_read_as_their_checks() -> None:
+    """Forms that torch 2.13 no longer makes and this machine's Dynamo cannot produce:
+    DICT_CONTAINS with `invert` (a key that must be absent), and HASATTR whose
+    attribute is a method (each read of it makes a new bound method)."""
+    entry = types.SimpleNamespace(has_value=True, value={"use_cache": False})
+    assert guards._expected("DICT_CONTAINS", entry, None, "return_dict", True) == ["return_dict", False]
+    assert guards._expected("DICT_CONTAINS", entry, None, "use_cache", None) == ["use_cache", True]
+    blocks = torch.nn.ModuleList()
+    assert guards._same_object(blocks.__iter__, blocks.__iter__)
+    assert not guards._same_object(blocks.__iter__, torch.nn.ModuleList().__iter__)
