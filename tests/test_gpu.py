@@ -268,3 +268,23 @@ def test_cuda_stored_code_is_not_used_where_python_state_changed(
     else:
         [line] = [line for line in result.stderr.splitlines() if line.startswith("ccache: stored code not used")]
         print(case, "->", line)
+
+
+def test_cache_env_carries_triton_s_own_cache(tmp_path: Path) -> None:
+    """A Triton kernel launched outside torch.compile keeps its compiled kernel in
+    TRITON_CACHE_DIR: captured with --cache-env, a fresh process under `ccache run`
+    compiles nothing (writes nothing new to the cache) and says nothing."""
+    store, views = tmp_path / "store", {"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
+    program = [sys.executable, str(Path(__file__).parent / "programs" / "triton_kernel.py")]
+    result = ccache(
+        "run", "--capture", "kernel", "--cache-env", "TRITON_CACHE_DIR", "--json", "--", *program, store=store
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["engines"]["TRITON_CACHE_DIR"] > 0, result.stdout
+    [entry] = ccache_json("inspect", store=store)["entries"]
+    assert entry["device"].startswith("cuda") and entry["engines"][0]["var"] == "TRITON_CACHE_DIR"
+    result = ccache("run", "--", *program, store=store, cwd=tmp_path, env=views)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["right"]
+    assert "engine cache" not in result.stderr, result.stderr
+    print(result.stdout.strip().splitlines()[-1])

@@ -29,7 +29,7 @@ from ccache_cli.hooked.fingerprint import DYNAMIC_THREADS_ENV
 from ccache_cli.hooked.usage import VIEW_ENV
 from ccache_cli.key import interpreter, sources
 from ccache_cli.store import manifest
-from ccache_cli.store.artifacts import IGNORED_INDUCTOR_DIRS, INDUCTOR_PREFIX
+from ccache_cli.store.artifacts import INDUCTOR_PREFIX, carried
 from ccache_cli.store.hashing import hash_json
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
@@ -246,8 +246,7 @@ def stage_artifacts(store: Store, staging: Path, artifacts: Path) -> tuple[dict[
         relative = path.relative_to(artifacts).as_posix()
         if not path.is_file() or path.is_symlink():
             continue
-        top = relative[len(INDUCTOR_PREFIX) :].partition("/")[0] if relative.startswith(INDUCTOR_PREFIX) else ""
-        if top in IGNORED_INDUCTOR_DIRS:
+        if not carried(relative):
             continue
         ref = store.stage_blob(staging, path)
         files[relative] = {"sha256": ref.sha256, "size": ref.size}

@@ -57,6 +57,7 @@ class EntryReport:
                 {"component": m.component, "entry": m.entry, "machine": m.target} for m in report.mismatches
             ],
             "aot": dataclasses.asdict(entry.aot),
+            "engines": [dataclasses.asdict(cache) for cache in entry.engine_caches()],
             "assumptions": {
                 size: {
                     "frame": f"{recorded.frame.module}:{recorded.frame.qualname}",

@@ -28,7 +28,7 @@ from ccache_cli.archive.pack import blob_sizes
 from ccache_cli.archive.signing import PublicKey
 from ccache_cli.archive.unpack import check_blobs, is_archive_path, open_source
 from ccache_cli.errors import BadInputError
-from ccache_cli.hooked import bytecode, fingerprint, usage
+from ccache_cli.hooked import bytecode, engines, fingerprint, usage
 from ccache_cli.key import sources
 from ccache_cli.registry.reference import is_reference
 from ccache_cli.serve import routing
@@ -176,7 +176,22 @@ def static_checks(
         checks.append(_check(entry, "freshness", stale, f"{len(entry.sources)} traced sources unchanged"))
         if entry.stores_aot_code:
             checks.append(assumptions_check(entry))
+        if entry.compile.engines:
+            checks.append(engines_check(entry))
     return checks
+
+
+def engines_check(entry: Manifest) -> Check:
+    """Whether each engine whose cache the entry captured is installed here at the
+    version it was captured with (an engine of another version compiles again)."""
+    problems, found = [], []
+    for cache in entry.engine_caches():
+        module = engines.KNOWN_ENGINES.get(cache.var)
+        here = engines.installed_version(module) if module else None
+        if module and cache.version and here != cache.version:
+            problems.append(f"{cache.var}: captured with {module} {cache.version}, this environment has {here}")
+        found.append(f"{cache.var} ({module} {here})" if module else f"{cache.var} (an engine ccache does not know)")
+    return _check(entry, "engines", problems, f"engine caches captured for this environment: {', '.join(found)}")
 
 
 def assumptions_check(entry: Manifest) -> Check:

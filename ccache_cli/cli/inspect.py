@@ -114,6 +114,11 @@ def _print_detail(report: InspectReport) -> None:
     for kind in item.kinds:
         kinds.add_row(kind.kind, str(kind.count), human_bytes(kind.bytes))
     out.print(kinds)
+    if e.compile.engines:
+        caches = Table("variable", "engine version", "files", "bytes", title="Engine caches", title_justify="left")
+        for cache in e.engine_caches():
+            caches.add_row(cache.var, cache.version or "-", str(cache.files), human_bytes(cache.bytes))
+        out.print(caches)
     timings = Table(*TIMING_COLUMNS, title="Recorded compile timings", title_justify="left")
     for timing in e.timings:
         timings.add_row(*timing_cells(timing))

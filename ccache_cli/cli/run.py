@@ -39,6 +39,13 @@ def run_command(
     json_output: bool = typer.Option(
         False, "--json", help="With --capture: write only a JSON summary to stdout (CMD's output goes to stderr)"
     ),
+    cache_envs: list[str] = typer.Option(
+        [],
+        "--cache-env",
+        metavar="VAR",
+        help="With --capture: also store the cache folder CMD keeps under $VAR, such as TRITON_CACHE_DIR or "
+        "TORCH_EXTENSIONS_DIR (vLLM's VLLM_CACHE_ROOT always is); `run` points VAR at a writable copy",
+    ),
     route: bool = typer.Option(
         True,
         "--route/--no-route",
@@ -63,9 +70,11 @@ def run_command(
         if refs:
             raise BadInputError("--capture runs on an empty cache; it takes no ENTRY")
         # With --json, stdout carries only the summary: the command's output goes to stderr.
-        result = capture.capture(store, capture_name, command, stdout=2 if json_output else None)
+        result = capture.capture(store, capture_name, command, 2 if json_output else None, cache_envs)
         show(result, json_output, _print_capture)
         return
+    if cache_envs:
+        raise BadInputError("--cache-env goes with --capture: `run` lays out the cache roots an entry stored")
     if guards is not None and guards not in routing.GUARD_POLICIES:
         raise BadInputError(f"--guards {guards!r}: use one of {', '.join(routing.GUARD_POLICIES)}")
     active = activation.start(store, refs, route, command, guards)
@@ -80,6 +89,9 @@ def _print_capture(result: capture.CaptureResult) -> None:
         f"{human_bytes(result.entry.bytes)}, {len(result.entry.sources)} traced sources, "
         f"command ran {result.seconds:.1f} s."
     )
+    for cache in result.entry.engine_caches():
+        version = f" (engine {cache.version})" if cache.version else ""
+        err.print(f"  engine cache {cache.var}{version}: {cache.files} files, {human_bytes(cache.bytes)}")
 
 
 def _warn_replaced(active: activation.Activation) -> None:

@@ -4,7 +4,8 @@ the register of the processes that use a view, which gc reads.
 
 Activation points TORCHINDUCTOR_CACHE_DIR at the entries' view, unsets
 TRITON_CACHE_DIR (Triton's kernels live inside the Inductor cache, as at precompile
-time), sets PYTHONPYCACHEPREFIX to the view's bytecode tree and the Inductor settings
+time), points each captured engine cache's variable (VLLM_CACHE_ROOT, a `--cache-env`)
+at its writable copy in the view, sets PYTHONPYCACHEPREFIX to the view's bytecode tree and the Inductor settings
 the entries were compiled with, and puts the start-up hook on PYTHONPATH, which
 records usage and says why a process missed (hooked/misses.py).
 """
@@ -30,11 +31,13 @@ from ccache_cli.key import interpreter
 from ccache_cli.key.compat import fits, this_machine
 from ccache_cli.serve import routing
 from ccache_cli.serve.views import ended_processes, ensure_view
+from ccache_cli.store.artifacts import ENGINES_PREFIX
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 
 COMPILED_AT_ENV = "CCACHE_CLI_COMPILED_AT"  # the folders the active entries were compiled in
 BYTECODE_ENV = "CCACHE_CLI_BYTECODE"  # 0: do not serve stored bytecode
+RUN_PID_ENV = "CCACHE_CLI_RUN_PID"  # the process `ccache run` became (startup_hook/)
 _STARTUP_HOOK_DIR = Path(__file__).resolve().parent.parent / "startup_hook"
 
 
@@ -85,6 +88,7 @@ def start(
         os.environ[routing.ROUTE_ENV] = "0"
     if guards is not None:
         os.environ[routing.GUARDS_ENV] = guards
+    os.environ[RUN_PID_ENV] = str(os.getpid())  # exec keeps it: the command's first process says what it did
     register_user(active, store, "run")  # exec keeps the pid: gc sees the command as the user
     active.apply(os.environ)
     # The start-up hook adds each Python process's cache hits and misses at exit, and
@@ -183,6 +187,11 @@ def activation(store: Store, entries: Sequence[Manifest], roots: Mapping[str, st
     view, bytecode_modules = ensure_view(store, entries, roots)
     # Triton then keeps its kernels inside the Inductor cache, as at precompile time.
     set_env = {"TORCHINDUCTOR_CACHE_DIR": str(view / "inductor"), VIEW_ENV: str(view)}
+    notes = []
+    for var in sorted({var for entry in entries for var in entry.compile.engines}):
+        set_env[var] = str(view / ENGINES_PREFIX / var)
+        if os.environ.get(var) not in (None, "", set_env[var]):
+            notes.append(f"{var}={os.environ[var]} is replaced by the captured engine cache in the view")
     compiled_at = sorted({entry.compiled_at for entry in entries if entry.compiled_at})
     if compiled_at:  # where autotuning results are looked up (relocate.py)
         set_env[COMPILED_AT_ENV] = os.pathsep.join(compiled_at)
@@ -196,7 +205,8 @@ def activation(store: Store, entries: Sequence[Manifest], roots: Mapping[str, st
         set_env["PYTHONPYCACHEPREFIX"] = str(view / "bytecode")
         if os.environ.get("PYTHONPYCACHEPREFIX") not in (None, "", set_env["PYTHONPYCACHEPREFIX"]):
             replaced["PYTHONPYCACHEPREFIX"] = os.environ["PYTHONPYCACHEPREFIX"]
-    return Activation(tuple(entries), view, set_env, ("TRITON_CACHE_DIR",), bytecode_modules, replaced)
+    unset = () if "TRITON_CACHE_DIR" in set_env else ("TRITON_CACHE_DIR",)
+    return Activation(tuple(entries), view, set_env, unset, bytecode_modules, replaced, tuple(notes))
 
 
 def _agreed_inductor_env(entries: Sequence[Manifest]) -> dict[str, str]:

@@ -1,10 +1,12 @@
 """`ccache run --capture NAME -- CMD`: store what any command compiles as an entry.
 
 CMD runs with an empty Inductor cache of its own (Triton's inside it) in the store's
-staging area, and with a start-up hook (`ccache_cli/startup_hook`) that records,
-in every Python process CMD starts, the files Dynamo traces and the machine's key
-components. When CMD succeeds, the cache files it wrote become the entry's blobs
-and the records its key; when it fails, nothing is stored.
+staging area, an empty cache root for each engine (vLLM's VLLM_CACHE_ROOT and every
+`--cache-env VAR`: hooked/engines.py), and a start-up hook (`ccache_cli/startup_hook`)
+that records, in every Python process CMD starts, the files Dynamo traces, the
+engines' versions and the machine's key components. When CMD succeeds, the files it
+wrote in those folders become the entry's blobs, and the records, the command line
+and the engines' versions its key; when it fails, nothing is stored.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from typing import Any
 
 from ccache_cli.build.precompile import PRIMARY_DEVICES, space_free, stage_artifacts, staged_blobs
 from ccache_cli.errors import BadInputError, CcacheError
-from ccache_cli.hooked import fingerprint
+from ccache_cli.hooked import engines, fingerprint
 from ccache_cli.hooked.usage import VIEW_ENV
-from ccache_cli.key import sources
+from ccache_cli.key import interpreter, sources
 from ccache_cli.serve.activation import with_startup_hook
 from ccache_cli.store import manifest
-from ccache_cli.store.artifacts import BYTECODE_PREFIX
+from ccache_cli.store.artifacts import BYTECODE_PREFIX, ENGINES_PREFIX
 from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.schema import engine_var_problem
 from ccache_cli.store.store import Store
 
 CAPTURE_DIR_ENV = "CCACHE_CLI_CAPTURE_DIR"
@@ -53,15 +56,33 @@ class CaptureResult:
             "files": self.files,
             "bytes": self.entry.bytes,
             "seconds": round(self.seconds, 3),
+            "engines": {cache.var: cache.files for cache in self.entry.engine_caches()},
         }
 
 
-def capture(store: Store, name: str, command: Sequence[str], stdout: int | None = None) -> CaptureResult:
+def check_cache_envs(cache_envs: Sequence[str]) -> list[str]:
+    """Every engine cache root a capture gives its command: vLLM's and `cache_envs`
+    (BadInputError for a name that cannot be one)."""
+    for var in cache_envs:
+        if (problem := engine_var_problem(var)) is not None:
+            raise BadInputError(f"--cache-env {var!r}: {problem}")
+    return list(dict.fromkeys([*engines.KNOWN_ENGINES, *cache_envs]))
+
+
+def capture(
+    store: Store, name: str, command: Sequence[str], stdout: int | None = None, cache_envs: Sequence[str] = ()
+) -> CaptureResult:
     """Run `command` to completion on an empty cache and store what it compiled;
-    its standard output goes to `stdout` (a file descriptor) if given."""
+    its standard output goes to `stdout` (a file descriptor) if given. Each of
+    `cache_envs` names an engine cache root it gets empty, and whose files are stored."""
+    roots = check_cache_envs(cache_envs)
     with store.staging() as staging, contextlib.ExitStack() as stack:
         (staging / "artifacts" / "inductor").mkdir(parents=True)
-        inductor = stack.enter_context(space_free(staging / "artifacts")) / "inductor"
+        artifacts = stack.enter_context(space_free(staging / "artifacts"))
+        inductor = artifacts / "inductor"
+        engine_roots = {var: artifacts / ENGINES_PREFIX / var for var in roots}
+        for folder in engine_roots.values():
+            folder.mkdir(parents=True)
         records = staging / "records"
         records.mkdir()
         env = {var: value for var, value in os.environ.items() if var not in ("TRITON_CACHE_DIR", VIEW_ENV)}
@@ -70,6 +91,7 @@ def capture(store: Store, name: str, command: Sequence[str], stdout: int | None 
                 "TORCHINDUCTOR_CACHE_DIR": str(inductor),
                 CAPTURE_DIR_ENV: str(records),
                 "PYTHONPATH": with_startup_hook(os.environ.get("PYTHONPATH")),
+                **{var: str(folder) for var, folder in engine_roots.items()},
             }
         )
         started = time.perf_counter()
@@ -77,12 +99,16 @@ def capture(store: Store, name: str, command: Sequence[str], stdout: int | None 
         seconds = time.perf_counter() - started
         if code != 0:
             raise CaptureError(f"{command[0]} exited with code {code}; nothing was stored")
-        if not any(path.is_file() for path in inductor.rglob("*")):
+        written = [var for var, folder in engine_roots.items() if engines.files_under(str(folder))]
+        if not written and not any(path.is_file() for path in inductor.rglob("*")):
             raise CaptureError(
-                f"{command[0]} wrote nothing to the Inductor cache: it compiled nothing with torch.compile"
+                f"{command[0]} wrote nothing to the Inductor cache or to an engine's cache root "
+                f"({', '.join(engine_roots)}): it compiled nothing with torch.compile"
             )
+        for var in set(engine_roots) - set(written):
+            os.rmdir(engine_roots[var])
         process_records = [json.loads(path.read_text()) for path in sorted(records.glob("*.json"))]
-        record = _merged_record(process_records)
+        record = _merged_record(process_records, bool(written))
         if record["device"] in PRIMARY_DEVICES:  # as precompile: inspect can then answer without torch
             store.save_machine_fingerprint(fingerprint.probe_digest(), record["machine"])
         key = {
@@ -94,6 +120,7 @@ def capture(store: Store, name: str, command: Sequence[str], stdout: int | None 
                 "dynamic": False,
                 "mode": None,
                 "captured": list(command),
+                "engines": {var: _engine_version(process_records, var) for var in written},
             },
             "model": None,
             "inputs": {},
@@ -147,22 +174,31 @@ def _gather_bytecode(
     return gathered
 
 
-def _merged_record(process_records: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the key needs, from the records of the processes that compiled."""
-    compiled = [record for record in process_records if record["traced"]]
+def _engine_version(process_records: list[dict[str, Any]], var: str) -> str | None:
+    """The version of the engine whose cache root `var` names, as its processes recorded it."""
+    found = sorted({record["engines"][var] for record in process_records if var in record.get("engines", {})})
+    return found[-1] if found else None
+
+
+def _merged_record(process_records: list[dict[str, Any]], engine_files: bool) -> dict[str, Any]:
+    """What the key needs, from the records of the processes that compiled (with
+    `engine_files`, of those that imported torch: an engine may compile in one)."""
+    compiled = [record for record in process_records if record["traced"] or (engine_files and "torch_dir" in record)]
     if not compiled:
         raise CaptureError(
             "no Python process of the command traced anything with torch.compile that ccache could see "
             "(a process that replaces PYTHONPATH, or exits without running exit handlers, is not seen)"
         )
-    with_machine = [record for record in compiled if record.get("machine")]
-    if not with_machine:
+    devices = sorted({record["device"] for record in compiled if "device" in record})
+    if not devices:
         raise CaptureError(f"could not read the machine's key components: {compiled[0].get('error')}")
-    devices = {record["device"] for record in with_machine}
-    device = sorted(devices)[-1]  # a GPU over the CPU when processes differ
+    device = devices[-1]  # a GPU over the CPU when processes differ
+    on_device = [record for record in compiled if record.get("device") == device]
+    machine = next((record["machine"] for record in on_device if record.get("machine")), None)
+    if machine is None:  # none could say (killed at exit, or traced nothing): ask its interpreter
+        machine = interpreter.machine_fingerprint(on_device[0]["executable"], device)
     traced_sources: dict[str, sources.Source] = {}
     for record in compiled:
         for source in sources.collect(record["traced"], record["sys_path"], record.get("torch_dir"), record["modules"]):
             traced_sources[source.path] = source
-    machine = next(record["machine"] for record in with_machine if record["device"] == device)
     return {"device": device, "machine": machine, "sources": [traced_sources[p] for p in sorted(traced_sources)]}

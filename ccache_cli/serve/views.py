@@ -7,7 +7,9 @@ TORCHINDUCTOR_CACHE_DIR), `aot/<entry>/size-N.pt` and `.pt2` (AOT functions and
 packages) and `bytecode/` (the stored .pyc files laid out as a PYTHONPYCACHEPREFIX tree
 for where their modules live in this environment; see hooked/bytecode.py), plus
 `activation.json`, which tells the running program what the view holds, so that it
-never needs the store.
+never needs the store. Captured engine cache roots (`engines/<VAR>/`) are copies, not
+links: an engine may write into its files, and `engines.json` lists what was laid out
+(hooked/engines.py).
 
 Why links are safe: torch writes every cache file at run time as a new file that it
 moves into place (`write_atomic`, Triton's `FileCacheManager.put`, Python's own .pyc
@@ -36,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from ccache_cli.errors import UnsafeFolderError
-from ccache_cli.hooked import bytecode
+from ccache_cli.hooked import bytecode, engines
 from ccache_cli.store import owners
-from ccache_cli.store.artifacts import AOT_PREFIX
+from ccache_cli.store.artifacts import AOT_PREFIX, engine_var_of
 from ccache_cli.store.hashing import hash_json
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.schema import inside
@@ -50,7 +52,7 @@ INDUCTOR_PREFIX = "inductor/"
 
 
 # Part of a view's name: a view laid out by another version of this code is not reused.
-_VIEW_LAYOUT = 3  # 2: activation.json lists each size's AOT function and package; 3: the model structure
+_VIEW_LAYOUT = 4  # 2: activation.json lists each size's AOT function and package; 3: the model structure; 4: engines
 
 
 def ensure_view(
@@ -168,9 +170,21 @@ def _link_files(store: Store, entries: Sequence[Manifest], view: Path, roots: di
     described = []
     made: set[str] = set()
     bytecode_modules = 0
+    laid_out: dict[str, dict[str, Any]] = {}  # engines.json
     for entry in entries:
         aot: dict[str, dict[str, str]] = {}  # size -> {"function": path, "package": path}
+        for var, version in entry.compile.engines.items():
+            laid_out.setdefault(var, {"version": version, "files": []})
         for path, ref in entry.files.items():
+            if (var := engine_var_of(path)) is not None:
+                if path not in made:
+                    copy = inside(view, path)
+                    copy.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(store.blob_file(ref["sha256"]), copy)
+                    os.utime(copy, (engines.COPIED_MTIME, engines.COPIED_MTIME))
+                    laid_out[var]["files"].append(path[len(f"{engines.ENGINES_DIR}/{var}/") :])
+                    made.add(path)
+                continue
             if path.startswith(INDUCTOR_PREFIX):
                 target = path
             elif path in entry.bytecode:
@@ -208,6 +222,8 @@ def _link_files(store: Store, entries: Sequence[Manifest], view: Path, roots: di
             )
         )
     (view / "inductor").mkdir(exist_ok=True)
+    if laid_out:
+        (view / engines.LAID_OUT_FILE).write_text(json.dumps(laid_out, sort_keys=True))
     return ViewDescription(str(store.root), tuple(described), bytecode_modules)
 
 

@@ -10,8 +10,10 @@ CCACHE_CLI_ROUTE=0); and it has torch look up autotuning results in the view
 
 Under `ccache run --capture`, the hook stays idle
 until the program imports torch's tracing module, then records the files Dynamo
-traces; at exit it writes them, with what the key needs and the bytecode of the
-modules it imported, to $CCACHE_CLI_CAPTURE_DIR. It never imports torch itself, and it then runs the
+traces; at exit it writes them, with what the key needs, the engines' versions and
+the bytecode of the modules it imported, to $CCACHE_CLI_CAPTURE_DIR. In the first
+process of `ccache run`, it says at exit where a captured engine cache was not used
+(engines.py). It never imports torch itself, and it then runs the
 sitecustomize it shadows, if there is one.
 """
 
@@ -44,29 +46,40 @@ def _load(name):
 
 
 def _write_record():
+    """Write what this process traced, then add the slow parts (the machine's key
+    components, the bytecode) and write it again: an engine that kills its workers a
+    few seconds after asking them to exit still leaves what they traced."""
     torch = sys.modules.get("torch")
     record = {
         "pid": os.getpid(),
         "argv": sys.argv,
+        "executable": sys.executable,
         "traced": sorted(_TRACED),
         "sys_path": sys.path,
         "error": None,
         "modules": _load("tracing").modules_by_file(_TRACED, sys.modules) if _TRACED else {},
+        "engines": _load("engines").versions(sys.modules),
         "bytecode": {},
     }
-    if torch is not None:
+    if torch is not None:  # also where nothing was traced: an engine's process may only load its cache
         record["torch_dir"] = os.path.dirname(torch.__file__)
-    if _TRACED and torch is not None:
-        try:
-            cuda = getattr(torch, "cuda", None)
-            device = f"cuda:{cuda.current_device()}" if cuda is not None and cuda.is_initialized() else "cpu"
-            record["device"] = device
-            record["machine"] = _load("fingerprint").machine_fingerprint(device)
-            # The bytecode of everything this process imported, for the entry's bytecode/.
-            folder = os.path.join(_RECORDS, f"bytecode-{os.getpid()}")
-            record["bytecode"] = _load("bytecode").record(dict(sys.modules), folder)
-        except Exception as exc:
-            record["error"] = f"{type(exc).__name__}: {exc}"
+        cuda = getattr(torch, "cuda", None)
+        record["device"] = f"cuda:{cuda.current_device()}" if cuda is not None and cuda.is_initialized() else "cpu"
+    _save_record(record)
+    if torch is None:
+        return
+    try:
+        if _TRACED:  # Inductor is loaded: its CPU probe works at exit (else capture asks a fresh process)
+            record["machine"] = _load("fingerprint").machine_fingerprint(record["device"])
+        # The bytecode of everything this process imported, for the entry's bytecode/.
+        folder = os.path.join(_RECORDS, f"bytecode-{os.getpid()}")
+        record["bytecode"] = _load("bytecode").record(dict(sys.modules), folder)
+    except Exception as exc:
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    _save_record(record)
+
+
+def _save_record(record):
     path = os.path.join(_RECORDS, f"{os.getpid()}.json")
     with open(path + ".tmp", "w") as handle:
         json.dump(record, handle)
@@ -105,8 +118,21 @@ def _report_usage():
     _load("misses").report_at_exit(_VIEW, logs, _load("fingerprint"), _load("usage"), "run", summary)
 
 
+def _report_engines():
+    """Say where a captured engine cache was not used, on stderr and in the usage logs."""
+    lines = _load("engines").not_used(_VIEW, os.environ, sys.modules)
+    for line in lines:
+        sys.stderr.write(f"ccache: {line}\n")
+    if lines and _USAGE_LOGS:
+        usage = _load("usage")
+        logs = [path for path in _USAGE_LOGS.split(os.pathsep) if path]
+        usage.append(logs, {"at": usage.now(), "by": "run", "result": True, "reason": "; ".join(lines)})
+
+
 if _VIEW and _USAGE_LOGS is not None:
     atexit.register(_report_usage)
+if _VIEW and os.environ.get("CCACHE_CLI_RUN_PID") == str(os.getpid()):  # the command `ccache run` started
+    atexit.register(_report_engines)
 if _VIEW and os.environ.get("CCACHE_CLI_ROUTE", "1") != "0":  # torch.compile of a module runs the stored code
     try:
         _routing().install_when_torch_is_imported()

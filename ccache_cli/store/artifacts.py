@@ -3,8 +3,10 @@
 An entry's files live under a few top-level folders: `inductor/` is the Inductor
 cache directory as torch wrote it (TORCHINDUCTOR_CACHE_DIR), `megacache/` holds
 torch's portable Mega-Cache bytes, `aot/` the AOT-compiled functions and packages,
-`bytecode/` the .pyc files of the modules the compiling process imported and
-`outputs/` a sample of each size's outputs (build/outputs.py).
+`bytecode/` the .pyc files of the modules the compiling process imported,
+`outputs/` a sample of each size's outputs (build/outputs.py) and `engines/<VAR>/` the
+cache root a captured engine kept under the environment variable VAR (vLLM's
+VLLM_CACHE_ROOT, or any `run --capture --cache-env VAR`).
 """
 
 from __future__ import annotations
@@ -13,16 +15,33 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ccache_cli.hooked import bytecode
+from ccache_cli.hooked import bytecode, engines
 
 INDUCTOR_PREFIX = "inductor/"
 MEGACACHE_FILE = "megacache/cache_artifacts.bin"
 AOT_PREFIX = "aot/"
 OUTPUTS_PREFIX = "outputs/"
+ENGINES_PREFIX = f"{engines.ENGINES_DIR}/"
 BYTECODE_PREFIX = bytecode.PREFIX  # checked hash-based .pyc of the compile stack
 
-# Folders of an Inductor cache directory that hold no artifact worth carrying.
-IGNORED_INDUCTOR_DIRS = frozenset({"locks"})
+# Folders of lock files, in the Inductor cache directory and anywhere in an engine's
+# cache root (which holds Inductor caches of its own): nothing worth carrying.
+IGNORED_DIRS = engines.IGNORED_DIRS
+
+
+def carried(path: str) -> bool:
+    """Whether an entry keeps the cache file at `path` (lock files it does not)."""
+    if path.startswith(INDUCTOR_PREFIX):
+        return path[len(INDUCTOR_PREFIX) :].partition("/")[0] not in IGNORED_DIRS
+    if path.startswith(ENGINES_PREFIX):
+        return not IGNORED_DIRS.intersection(path.split("/")[:-1])
+    return True
+
+
+def engine_var_of(path: str) -> str | None:
+    """The environment variable whose cache root an entry file belongs to, or None."""
+    return path[len(ENGINES_PREFIX) :].partition("/")[0] if path.startswith(ENGINES_PREFIX) else None
+
 
 _INDUCTOR_DIR_KINDS = {
     "fxgraph": "fxgraph",
@@ -51,6 +70,8 @@ def kind_of(path: str) -> str:
             return "bytecode"
         if path.startswith(OUTPUTS_PREFIX):
             return "outputs"
+        if path.startswith(ENGINES_PREFIX):
+            return "engine"
         return "other"
     top, _, rest = path[len(INDUCTOR_PREFIX) :].partition("/")
     if top in _INDUCTOR_DIR_KINDS:

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccache_cli.store import schema
+from ccache_cli.store import artifacts, schema
 from ccache_cli.store.hashing import hash_json
 
 FORMAT = schema.FORMAT
@@ -60,6 +60,7 @@ class CompileOptions:
     backend: str | None
     devices: tuple[int, ...]  # GPU indices compiled for (`precompile --devices`), or none
     inductor_env: Mapping[str, str]  # TORCHINDUCTOR_* settings compiled with
+    engines: Mapping[str, str | None]  # captured engine caches: VAR -> the engine's version, if known
     document: Mapping[str, Any] = field(repr=False)  # every option, as the key holds them
 
 
@@ -149,6 +150,16 @@ class SizeAssumptions:
 
 
 @dataclass(frozen=True)
+class EngineCache:
+    """An engine's cache root stored with a captured entry (hooked/engines.py)."""
+
+    var: str  # the environment variable that names it
+    version: str | None  # the engine's, where known
+    files: int  # none counted for an archive's index, which lists no files
+    bytes: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     id: str
     name: str
@@ -199,6 +210,14 @@ class Manifest:
     def refs(self) -> dict[str, FileRef]:
         return {path: FileRef(ref["sha256"], ref["size"]) for path, ref in self.files.items()}
 
+    def engine_caches(self) -> list[EngineCache]:
+        counts = {var: [0, 0] for var in self.compile.engines}
+        for path, ref in self.files.items():
+            if (var := artifacts.engine_var_of(path)) in counts:
+                counts[var][0] += 1
+                counts[var][1] += ref["size"]
+        return [EngineCache(var, self.compile.engines[var], *counts[var]) for var in sorted(counts)]
+
     def blobs(self) -> set[str]:
         """The sha256 of every file."""
         return {ref["sha256"] for ref in self.files.values()}
@@ -237,6 +256,7 @@ def parse(document: Any, folder: str | None = None, with_files: bool = True) -> 
             backend=options.get("backend"),
             devices=tuple(options.get("devices", ())),
             inductor_env=options.get("inductor_env") or {},
+            engines=options.get("engines") or {},
             document=options,
         ),
         model=None if model is None else ModelRef(model["module"], model["attr"], model.get("inputs")),

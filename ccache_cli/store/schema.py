@@ -31,7 +31,7 @@ from ccache_cli.store.hashing import hash_json
 FORMAT = 1
 HEX64 = re.compile(r"[0-9a-f]{64}")
 # An entry's files live under these folders (artifacts.py says what each holds).
-_KINDS = ("inductor", "aot", "bytecode", "outputs")
+_KINDS = ("inductor", "aot", "bytecode", "outputs", "engines")
 _MEGACACHE = "megacache/cache_artifacts.bin"
 # A normalised relative path: no empty, `.` or `..` part, no backslash or control
 # character. (One pattern for one path; `safe_paths` checks many at once.)
@@ -39,6 +39,10 @@ _PART = r"(?!\.\.?(?:/|\Z))[^/\\\x00-\x1f\x7f]+"
 _RELATIVE_PATH = re.compile(rf"{_PART}(?:/{_PART})*")
 _UNSAFE_IN_JOINED = ("/../", "/./", "//", "/..\n", "/.\n", "/\n", "\\")
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+_ENV_VAR = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+# Variables that name no engine's cache root: a folder of an entry's files there would
+# change how every program starts, or what ccache itself sets.
+_NOT_CACHE_ROOTS = re.compile(r"PATH|HOME|TMPDIR|PYTHON.*|LD_.*|CCACHE_CLI_.*|TORCHINDUCTOR_CACHE_DIR")
 _DEVICE = re.compile(r"cpu|cuda(?::[0-9]{1,4})?")
 _CREATED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _MAX_PATH = 4096
@@ -108,6 +112,14 @@ def _check_fields(m: Mapping[str, Any], with_files: bool) -> None:
         files = _field(m, "files", dict)
         check_files(files)
         _check_bytecode(_mapping(m.get("bytecode", {}), "bytecode"), files)
+        _check_engine_files(m["key"]["compile"].get("engines", {}), files)
+
+
+def _check_engine_files(engines: Mapping[str, Any], files: Mapping[str, Any]) -> None:
+    """Every file under engines/ in the cache root of an engine the key names."""
+    for path in files:
+        if path.startswith("engines/") and path.split("/", 2)[1] not in engines:
+            raise ManifestError(f"file {path!r} is in the cache root of no engine the key names")
 
 
 def check_files(files: Mapping[str, Any]) -> None:
@@ -204,6 +216,10 @@ def _check_key(key: Mapping[str, Any]) -> None:
     for name in ("mode", "backend"):
         if not isinstance(compile_options.get(name), (str, type(None))):
             raise ManifestError(f"key.compile.{name} must be a string or null")
+    engines = _mapping(compile_options.get("engines", {}), "key.compile.engines")
+    for var, version in engines.items():
+        if not isinstance(version, (str, type(None))) or engine_var_problem(var) is not None:
+            raise ManifestError(f"key.compile.engines[{var!r}] must map a cache root's variable to a version or null")
     fingerprint = _field(key, "fingerprint", dict, "key.")
     for component in components_for(device):
         if component not in fingerprint:
@@ -317,6 +333,15 @@ def _field(mapping: Mapping[str, Any], name: str, kind: type, where: str = "") -
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ManifestError(f"{where}{name} is missing or not a {kind.__name__}")
     return value
+
+
+def engine_var_problem(var: str) -> str | None:
+    """Why `var` cannot name an engine's cache root (`run --capture --cache-env`), or None."""
+    if not _ENV_VAR.fullmatch(var):
+        return "not an environment variable's name (capitals, digits and _)"
+    if _NOT_CACHE_ROOTS.fullmatch(var):
+        return "it is not a cache's folder, or ccache sets it itself"
+    return None
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:

@@ -1,0 +1,131 @@
+"""Serving engines' own compile caches: the cache root an engine keeps under an
+environment variable (vLLM's VLLM_CACHE_ROOT, or the VAR of `run --capture --cache-env
+VAR`). vLLM points TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR inside its root, so
+its root is what holds its compiled code.
+
+Under `ccache run --capture`, each engine gets an empty cache root of its own; under
+`ccache run`, VAR points at a writable copy of the captured root in the view, and the
+view's `engines.json` lists what was laid out there. At the exit of the program's
+first process, `not_used` says where a captured cache was not used: the program moved
+VAR elsewhere, another version of the engine ran, or the engine wrote files its cache
+lacked (it compiled again; a new folder beside a captured one is a changed key).
+
+Standard library only: the start-up hook loads it by path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+# VAR -> the module whose version keys the cache root VAR names.
+KNOWN_ENGINES = {"VLLM_CACHE_ROOT": "vllm"}
+# VAR -> the folders whose sub-folders are named by the engine's cache key (vLLM hashes
+# its configuration, environment variables and model into them): a new one is a new key.
+KEY_FOLDERS = {"VLLM_CACHE_ROOT": ("torch_compile_cache/torch_aot_compile/", "torch_compile_cache/")}
+LAID_OUT_FILE = "engines.json"  # in a view: VAR -> {"version": str | None, "files": [relative paths]}
+ENGINES_DIR = "engines"  # in a view and in a capture's staging folder: one folder per VAR
+IGNORED_DIRS = frozenset({"locks"})  # lock files: nothing to carry or compare
+# The time a copied engine file carries: older than anything built from it, so that a
+# build tool comparing times (ninja, make) finds its outputs up to date (1980-01-01,
+# the reproducible-builds epoch: not 0, which ninja reads as a missing file). A file
+# with another time, the engine wrote again.
+COPIED_MTIME = 315532800
+
+
+def versions(modules: Mapping[str, Any]) -> dict[str, str]:
+    """VAR -> the version of each known engine this process imported."""
+    found = {}
+    for var, name in KNOWN_ENGINES.items():
+        version = getattr(modules.get(name), "__version__", None)
+        if isinstance(version, str):
+            found[var] = version
+    return found
+
+
+def installed_version(module: str) -> str | None:
+    """The version of the distribution that installs `module` here, without importing it."""
+    import importlib.metadata
+
+    for distribution in importlib.metadata.packages_distributions().get(module, []):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def files_under(root: str) -> list[str]:
+    """The files under `root`, as sorted '/'-separated relative paths, lock folders left out."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in IGNORED_DIRS)
+        relative = os.path.relpath(folder, root)
+        for name in files:
+            found.append(name if relative == "." else f"{relative}/{name}".replace(os.sep, "/"))
+    return sorted(found)
+
+
+def not_used(view: str, environ: Mapping[str, str], modules: Mapping[str, Any]) -> list[str]:
+    """Why each of the view's engine caches was not (wholly) used by this program: one
+    line per cache root, none where it was used as captured."""
+    try:
+        with open(os.path.join(view, LAID_OUT_FILE)) as handle:
+            laid_out: dict[str, dict[str, Any]] = json.load(handle)
+    except OSError:
+        return []
+    lines = []
+    for var, captured in sorted(laid_out.items()):
+        root = os.path.join(view, ENGINES_DIR, var)
+        why = _why_not_used(var, root, captured, environ, modules)
+        if why is not None:
+            lines.append(f"engine cache {var} not used: {why}")
+    return lines
+
+
+def _why_not_used(
+    var: str, root: str, captured: Mapping[str, Any], environ: Mapping[str, str], modules: Mapping[str, Any]
+) -> str | None:
+    where = environ.get(var)
+    if where is None or os.path.realpath(where) != os.path.realpath(root):
+        return f"the program set {var}={where!r}, so the engine did not read the captured cache at {root}"
+    name = KNOWN_ENGINES.get(var)
+    version = getattr(modules.get(name or ""), "__version__", None)
+    if name and captured.get("version") and isinstance(version, str) and version != captured["version"]:
+        return f"{name} {version} runs here; the cache was captured with {name} {captured['version']}"
+    new = sorted(set(files_under(root)) - set(captured["files"]))
+    if not new:
+        rewritten = [path for path in captured["files"] if _mtime(os.path.join(root, path)) != COPIED_MTIME]
+        if rewritten:
+            return (
+                f"the engine wrote {len(rewritten)} of the captured files again (first: {rewritten[0]}): "
+                "it did not take them as they were (a path, version or setting it compares differs)"
+            )
+        return None
+    key, captured_key = _new_key(KEY_FOLDERS.get(var, ()), new, captured["files"])
+    if key is not None:
+        return (
+            f"{name or 'the engine'} computed the cache key {key}, not the captured {captured_key}: "
+            "its configuration, environment variables, model or sources differ from the capture's"
+        )
+    return f"the engine wrote {len(new)} files its cache lacked (first: {new[0]}): it compiled what was not captured"
+
+
+def _new_key(folders: tuple[str, ...], new: list[str], captured: list[str]) -> tuple[str | None, str | None]:
+    """The key folder a new file lies in that no captured file does, and a captured one."""
+    for folder in folders:
+        keys = {path[len(folder) :].partition("/")[0] for path in captured if path.startswith(folder)}
+        for path in new:
+            key, slash, _ = path[len(folder) :].partition("/")
+            if path.startswith(folder) and slash and key not in keys and keys:
+                return key, sorted(keys)[0]
+    return None, None
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return int(os.stat(path).st_mtime)
+    except OSError:
+        return None

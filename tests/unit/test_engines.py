@@ -1,0 +1,61 @@
+"""What the first process of `ccache run` says of a captured engine cache at exit
+(hooked/engines.py), on real files laid out as a view lays them out."""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+from pathlib import Path
+
+import pytest
+
+from ccache_cli.hooked import engines
+
+CAPTURED = ["torch_compile_cache/torch_aot_compile/aaaa/rank_0_0/model", "modelinfos/llama.json"]
+
+
+@pytest.fixture
+def view(tmp_path: Path) -> Path:
+    root = tmp_path / engines.ENGINES_DIR / "VLLM_CACHE_ROOT"
+    for path in CAPTURED:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text("x")
+        os.utime(root / path, (engines.COPIED_MTIME, engines.COPIED_MTIME))
+    laid_out = {"VLLM_CACHE_ROOT": {"version": "0.32.0", "files": sorted(CAPTURED)}}
+    (tmp_path / engines.LAID_OUT_FILE).write_text(json.dumps(laid_out))
+    return tmp_path
+
+
+def said(view: Path, version: str = "0.32.0", environ: dict[str, str] | None = None) -> list[str]:
+    environ = environ if environ is not None else {"VLLM_CACHE_ROOT": str(view / "engines" / "VLLM_CACHE_ROOT")}
+    return engines.not_used(str(view), environ, {"vllm": types.SimpleNamespace(__version__=version)})
+
+
+def test_a_cache_used_as_captured_says_nothing(view: Path) -> None:
+    root = view / "engines" / "VLLM_CACHE_ROOT"
+    (root / "torch_compile_cache" / "torch_aot_compile" / "aaaa" / "inductor_cache" / "locks").mkdir(parents=True)
+    (root / "torch_compile_cache" / "torch_aot_compile" / "aaaa" / "inductor_cache" / "locks" / "x.lock").touch()
+    assert said(view) == []
+
+
+def test_a_new_key_folder_is_named_with_the_captured_one(view: Path) -> None:
+    new = view / "engines" / "VLLM_CACHE_ROOT" / "torch_compile_cache" / "torch_aot_compile" / "bbbb" / "rank_0_0"
+    new.mkdir(parents=True)
+    (new / "model").write_text("y")
+    [line] = said(view)
+    assert "vllm computed the cache key bbbb, not the captured aaaa" in line, line
+
+
+def test_other_engine_version_moved_root_and_rewritten_files(view: Path) -> None:
+    [line] = said(view, version="0.33.0")
+    assert "vllm 0.33.0 runs here; the cache was captured with vllm 0.32.0" in line
+    [line] = said(view, environ={"VLLM_CACHE_ROOT": "/elsewhere"})
+    assert "the program set VLLM_CACHE_ROOT='/elsewhere'" in line
+    (view / "engines" / "VLLM_CACHE_ROOT" / "modelinfos" / "llama.json").write_text("again")
+    [line] = said(view)
+    assert "wrote 1 of the captured files again (first: modelinfos/llama.json)" in line
+    extra = view / "engines" / "VLLM_CACHE_ROOT" / "torch_compile_cache" / "torch_aot_compile" / "aaaa" / "more"
+    extra.write_text("z")
+    [line] = said(view)
+    assert "wrote 1 files its cache lacked (first: torch_compile_cache/torch_aot_compile/aaaa/more)" in line
