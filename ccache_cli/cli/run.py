@@ -44,7 +44,7 @@ def run_command(
         "--cache-env",
         metavar="VAR",
         help="With --capture: also store the cache folder CMD keeps under $VAR, such as TRITON_CACHE_DIR or "
-        "TORCH_EXTENSIONS_DIR (vLLM's VLLM_CACHE_ROOT always is); `run` points VAR at a writable copy",
+        "TORCH_EXTENSIONS_DIR (vLLM's VLLM_CACHE_ROOT and SGLang's SGLANG_JIT_CACHE_ROOT always are); `run` points VAR at a writable copy",
     ),
     route: bool = typer.Option(
         True,

@@ -20,11 +20,17 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-# VAR -> the module whose version keys the cache root VAR names.
-KNOWN_ENGINES = {"VLLM_CACHE_ROOT": "vllm"}
+# VAR -> the module whose version keys the cache root VAR names. SGLang keeps its
+# torch.compile cache (`torch_compile/<hash>/`) and DeepGEMM's kernels under one root
+# (its docs' "unified cache root"; TORCHINDUCTOR_CACHE_DIR, which ccache sets, wins for
+# Inductor's own cache).
+KNOWN_ENGINES = {"VLLM_CACHE_ROOT": "vllm", "SGLANG_JIT_CACHE_ROOT": "sglang"}
 # VAR -> the folders whose sub-folders are named by the engine's cache key (vLLM hashes
 # its configuration, environment variables and model into them): a new one is a new key.
-KEY_FOLDERS = {"VLLM_CACHE_ROOT": ("torch_compile_cache/torch_aot_compile/", "torch_compile_cache/")}
+KEY_FOLDERS = {
+    "VLLM_CACHE_ROOT": ("torch_compile_cache/torch_aot_compile/", "torch_compile_cache/"),
+    "SGLANG_JIT_CACHE_ROOT": ("torch_compile/",),
+}
 LAID_OUT_FILE = "engines.json"  # in a view: VAR -> {"version": str | None, "files": [relative paths]}
 ENGINES_DIR = "engines"  # in a view and in a capture's staging folder: one folder per VAR
 IGNORED_DIRS = frozenset({"locks"})  # lock files: nothing to carry or compare
@@ -81,7 +87,7 @@ def not_used(view: str, environ: Mapping[str, str], modules: Mapping[str, Any]) 
         root = os.path.join(view, ENGINES_DIR, var)
         why = _why_not_used(var, root, captured, environ, modules)
         if why is not None:
-            lines.append(f"engine cache {var} not used: {why}")
+            lines.append(f"engine cache {var}: {why}")
     return lines
 
 
@@ -90,11 +96,11 @@ def _why_not_used(
 ) -> str | None:
     where = environ.get(var)
     if where is None or os.path.realpath(where) != os.path.realpath(root):
-        return f"the program set {var}={where!r}, so the engine did not read the captured cache at {root}"
+        return f"not used: the program set {var}={where!r}, so the engine did not read the captured cache at {root}"
     name = KNOWN_ENGINES.get(var)
     version = getattr(modules.get(name or ""), "__version__", None)
     if name and captured.get("version") and isinstance(version, str) and version != captured["version"]:
-        return f"{name} {version} runs here; the cache was captured with {name} {captured['version']}"
+        return f"not used: {name} {version} runs here; the cache was captured with {name} {captured['version']}"
     new = sorted(set(files_under(root)) - set(captured["files"]))
     if not new:
         rewritten = [path for path in captured["files"] if _mtime(os.path.join(root, path)) != COPIED_MTIME]
@@ -107,7 +113,7 @@ def _why_not_used(
     key, captured_key = _new_key(KEY_FOLDERS.get(var, ()), new, captured["files"])
     if key is not None:
         return (
-            f"{name or 'the engine'} computed the cache key {key}, not the captured {captured_key}: "
+            f"not used: {name or 'the engine'} computed the cache key {key}, not the captured {captured_key}: "
             "its configuration, environment variables, model or sources differ from the capture's"
         )
     return f"the engine wrote {len(new)} files its cache lacked (first: {new[0]}): it compiled what was not captured"

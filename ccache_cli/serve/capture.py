@@ -1,7 +1,8 @@
 """`ccache run --capture NAME -- CMD`: store what any command compiles as an entry.
 
 CMD runs with an empty Inductor cache of its own (Triton's inside it) in the store's
-staging area, an empty cache root for each engine (vLLM's VLLM_CACHE_ROOT and every
+staging area, an empty cache root for each engine (vLLM's VLLM_CACHE_ROOT, SGLang's
+SGLANG_JIT_CACHE_ROOT and every
 `--cache-env VAR`: hooked/engines.py), and a start-up hook (`ccache_cli/startup_hook`)
 that records, in every Python process CMD starts, the files Dynamo traces, the
 engines' versions and the machine's key components. When CMD succeeds, the files it
