@@ -74,9 +74,10 @@ def files_under(root: str) -> list[str]:
     return sorted(found)
 
 
-def not_used(view: str, environ: Mapping[str, str], modules: Mapping[str, Any]) -> list[str]:
-    """Why each of the view's engine caches was not (wholly) used by this program: one
-    line per cache root, none where it was used as captured."""
+def not_used(view: str, environ: Mapping[str, str], modules: Mapping[str, Any], since: float = 0.0) -> list[str]:
+    """Why each of the view's engine caches was not (wholly) used by this program, which
+    started at `since` (what earlier programs wrote into the shared view is theirs):
+    one line per cache root, none where it was used as captured."""
     try:
         with open(os.path.join(view, LAID_OUT_FILE)) as handle:
             laid_out: dict[str, dict[str, Any]] = json.load(handle)
@@ -85,14 +86,19 @@ def not_used(view: str, environ: Mapping[str, str], modules: Mapping[str, Any]) 
     lines = []
     for var, captured in sorted(laid_out.items()):
         root = os.path.join(view, ENGINES_DIR, var)
-        why = _why_not_used(var, root, captured, environ, modules)
+        why = _why_not_used(var, root, captured, environ, modules, since)
         if why is not None:
             lines.append(f"engine cache {var}: {why}")
     return lines
 
 
 def _why_not_used(
-    var: str, root: str, captured: Mapping[str, Any], environ: Mapping[str, str], modules: Mapping[str, Any]
+    var: str,
+    root: str,
+    captured: Mapping[str, Any],
+    environ: Mapping[str, str],
+    modules: Mapping[str, Any],
+    since: float,
 ) -> str | None:
     where = environ.get(var)
     if where is None or os.path.realpath(where) != os.path.realpath(root):
@@ -101,9 +107,12 @@ def _why_not_used(
     version = getattr(modules.get(name or ""), "__version__", None)
     if name and captured.get("version") and isinstance(version, str) and version != captured["version"]:
         return f"not used: {name} {version} runs here; the cache was captured with {name} {captured['version']}"
-    new = sorted(set(files_under(root)) - set(captured["files"]))
+    written = [path for path in files_under(root) if _mtime(os.path.join(root, path)) >= since]
+    new = sorted(set(written) - set(captured["files"]))
     if not new:
-        rewritten = [path for path in captured["files"] if _mtime(os.path.join(root, path)) != COPIED_MTIME]
+        rewritten = [
+            path for path in captured["files"] if path in written and _mtime(os.path.join(root, path)) != COPIED_MTIME
+        ]
         if rewritten:
             return (
                 f"the engine wrote {len(rewritten)} of the captured files again (first: {rewritten[0]}): "
@@ -130,8 +139,8 @@ def _new_key(folders: tuple[str, ...], new: list[str], captured: list[str]) -> t
     return None, None
 
 
-def _mtime(path: str) -> int | None:
+def _mtime(path: str) -> float:
     try:
-        return int(os.stat(path).st_mtime)
+        return os.stat(path).st_mtime
     except OSError:
-        return None
+        return -1.0

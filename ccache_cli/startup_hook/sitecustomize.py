@@ -24,6 +24,9 @@ import importlib.util
 import json
 import os
 import sys
+import time
+
+_STARTED = time.time()  # what this process's engines write into the view is newer
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _RECORDS = os.environ.get("CCACHE_CLI_CAPTURE_DIR")
@@ -120,7 +123,7 @@ def _report_usage():
 
 def _report_engines():
     """Say where a captured engine cache was not used, on stderr and in the usage logs."""
-    lines = _load("engines").not_used(_VIEW, os.environ, sys.modules)
+    lines = _load("engines").not_used(_VIEW, os.environ, sys.modules, _STARTED)
     for line in lines:
         sys.stderr.write(f"ccache: {line}\n")
     if lines and _USAGE_LOGS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import types
 from pathlib import Path
 
@@ -27,9 +28,9 @@ def view(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def said(view: Path, version: str = "0.32.0", environ: dict[str, str] | None = None) -> list[str]:
+def said(view: Path, version: str = "0.32.0", environ: dict[str, str] | None = None, since: float = 0.0) -> list[str]:
     environ = environ if environ is not None else {"VLLM_CACHE_ROOT": str(view / "engines" / "VLLM_CACHE_ROOT")}
-    return engines.not_used(str(view), environ, {"vllm": types.SimpleNamespace(__version__=version)})
+    return engines.not_used(str(view), environ, {"vllm": types.SimpleNamespace(__version__=version)}, since)
 
 
 def test_a_cache_used_as_captured_says_nothing(view: Path) -> None:
@@ -59,3 +60,5 @@ def test_other_engine_version_moved_root_and_rewritten_files(view: Path) -> None
     extra.write_text("z")
     [line] = said(view)
     assert "wrote 1 files its cache lacked (first: torch_compile_cache/torch_aot_compile/aaaa/more)" in line
+    # What an earlier program wrote into the shared view is not this one's doing.
+    assert said(view, since=time.time() + 60) == []
