@@ -92,6 +92,9 @@ def _print_capture(result: capture.CaptureResult) -> None:
     for cache in result.entry.engine_caches():
         version = f" (engine {cache.version})" if cache.version else ""
         err.print(f"  engine cache {cache.var}{version}: {cache.files} files, {human_bytes(cache.bytes)}")
+        settings = sorted(result.entry.compile.document.get("engine_settings", {}).get(cache.var, {}))
+        if settings:  # the engine hashes them into its cache key: a server must set them alike
+            err.print(f"  its key depends on these settings, which the server must set alike: {', '.join(settings)}")
 
 
 def _warn_replaced(active: activation.Activation) -> None:

@@ -15,6 +15,7 @@ Standard library only: the start-up hook loads it by path.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -27,6 +28,9 @@ from typing import Any
 KNOWN_ENGINES = {"VLLM_CACHE_ROOT": "vllm", "SGLANG_JIT_CACHE_ROOT": "sglang"}
 # VAR -> the folders whose sub-folders are named by the engine's cache key (vLLM hashes
 # its configuration, environment variables and model into them): a new one is a new key.
+# VAR -> the prefix of the engine's own settings, which its cache key hashes (vLLM's
+# `compile_factors`): a digest of each is kept, never a value (some are credentials).
+SETTINGS_PREFIXES = {"VLLM_CACHE_ROOT": "VLLM_", "SGLANG_JIT_CACHE_ROOT": "SGLANG_"}
 KEY_FOLDERS = {
     "VLLM_CACHE_ROOT": ("torch_compile_cache/torch_aot_compile/", "torch_compile_cache/"),
     "SGLANG_JIT_CACHE_ROOT": ("torch_compile/",),
@@ -49,6 +53,18 @@ def versions(modules: Mapping[str, Any]) -> dict[str, str]:
         if isinstance(version, str):
             found[var] = version
     return found
+
+
+def settings(var: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """A digest of each of the engine's settings in `environ` (the cache root's own left out)."""
+    prefix = SETTINGS_PREFIXES.get(var)
+    if prefix is None:
+        return {}
+    return {
+        name: hashlib.sha256(value.encode()).hexdigest()[:16]
+        for name, value in sorted(environ.items())
+        if name.startswith(prefix) and name != var
+    }
 
 
 def installed_version(module: str) -> str | None:
@@ -121,10 +137,14 @@ def _why_not_used(
         return None
     key, captured_key = _new_key(KEY_FOLDERS.get(var, ()), new, captured["files"])
     if key is not None:
-        return (
-            f"not used: {name or 'the engine'} computed the cache key {key}, not the captured {captured_key}: "
-            "its configuration, environment variables, model or sources differ from the capture's"
+        recorded, here = captured.get("settings", {}), settings(var, environ)
+        differ = sorted(n for n in set(recorded) | set(here) if recorded.get(n) != here.get(n))
+        why = (
+            f"{', '.join(differ)} differ{'s' if len(differ) == 1 else ''} from the capture's environment"
+            if differ
+            else "its arguments, model or sources differ from the capture's (its settings are the same)"
         )
+        return f"not used: {name or 'the engine'} computed the cache key {key}, not the captured {captured_key}: {why}"
     return f"the engine wrote {len(new)} files its cache lacked (first: {new[0]}): it compiled what was not captured"
 
 

@@ -122,6 +122,7 @@ def capture(
                 "mode": None,
                 "captured": list(command),
                 "engines": {var: _engine_version(process_records, var) for var in written},
+                "engine_settings": {var: engines.settings(var, os.environ) for var in written},
             },
             "model": None,
             "inputs": {},

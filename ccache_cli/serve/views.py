@@ -174,7 +174,8 @@ def _link_files(store: Store, entries: Sequence[Manifest], view: Path, roots: di
     for entry in entries:
         aot: dict[str, dict[str, str]] = {}  # size -> {"function": path, "package": path}
         for var, version in entry.compile.engines.items():
-            laid_out.setdefault(var, {"version": version, "files": []})
+            settings = entry.compile.document.get("engine_settings", {}).get(var, {})
+            laid_out.setdefault(var, {"version": version, "settings": settings, "files": []})
         for path, ref in entry.files.items():
             if (var := engine_var_of(path)) is not None:
                 if path not in made:

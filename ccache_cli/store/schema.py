@@ -220,6 +220,9 @@ def _check_key(key: Mapping[str, Any]) -> None:
     for var, version in engines.items():
         if not isinstance(version, (str, type(None))) or engine_var_problem(var) is not None:
             raise ManifestError(f"key.compile.engines[{var!r}] must map a cache root's variable to a version or null")
+    for var, digests in _mapping(compile_options.get("engine_settings", {}), "key.compile.engine_settings").items():
+        if var not in engines or not all(isinstance(d, str) for d in _mapping(digests, "engine settings").values()):
+            raise ManifestError(f"key.compile.engine_settings[{var!r}] must map setting names to digests")
     fingerprint = _field(key, "fingerprint", dict, "key.")
     for component in components_for(device):
         if component not in fingerprint:

@@ -23,7 +23,8 @@ def view(tmp_path: Path) -> Path:
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text("x")
         os.utime(root / path, (engines.COPIED_MTIME, engines.COPIED_MTIME))
-    laid_out = {"VLLM_CACHE_ROOT": {"version": "0.32.0", "files": sorted(CAPTURED)}}
+    settings = engines.settings("VLLM_CACHE_ROOT", {"VLLM_CPU_KVCACHE_SPACE": "1", "HOME": "/root"})
+    laid_out = {"VLLM_CACHE_ROOT": {"version": "0.32.0", "settings": settings, "files": sorted(CAPTURED)}}
     (tmp_path / engines.LAID_OUT_FILE).write_text(json.dumps(laid_out))
     return tmp_path
 
@@ -44,8 +45,12 @@ def test_a_new_key_folder_is_named_with_the_captured_one(view: Path) -> None:
     new = view / "engines" / "VLLM_CACHE_ROOT" / "torch_compile_cache" / "torch_aot_compile" / "bbbb" / "rank_0_0"
     new.mkdir(parents=True)
     (new / "model").write_text("y")
-    [line] = said(view)
-    assert "vllm computed the cache key bbbb, not the captured aaaa" in line, line
+    root = str(view / "engines" / "VLLM_CACHE_ROOT")
+    [line] = said(view, environ={"VLLM_CACHE_ROOT": root, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    assert "vllm computed the cache key bbbb, not the captured aaaa: its arguments, model or sources" in line, line
+    # The engine's own settings are compared by digest, and named where they differ.
+    [line] = said(view, environ={"VLLM_CACHE_ROOT": root, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_X": "y"})
+    assert "VLLM_CPU_KVCACHE_SPACE, VLLM_X differ from the capture's environment" in line, line
 
 
 def test_other_engine_version_moved_root_and_rewritten_files(view: Path) -> None:
