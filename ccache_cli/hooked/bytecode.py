@@ -141,6 +141,28 @@ def source_file(stored: str, module: str, roots: dict[str, str | None]) -> str |
     return os.path.join(root, stem + ".py")
 
 
+def own_timestamp_pyc(source_path: str) -> str | None:
+    """The environment's own .pyc of `source_path` (in its `__pycache__`) where it is a
+    timestamp .pyc valid for the source as it is: Python checks one with a stat, where
+    a stored checked .pyc costs hashing the whole source at every import. None otherwise."""
+    folder, name = os.path.split(source_path)
+    cached = os.path.join(folder, "__pycache__", f"{name[:-3]}.{sys.implementation.cache_tag}.pyc")
+    try:
+        with open(cached, "rb") as handle:
+            header = handle.read(16)
+        stat = os.stat(source_path)
+    except OSError:
+        return None
+    valid = (
+        len(header) == 16
+        and header[:4] == importlib.util.MAGIC_NUMBER
+        and int.from_bytes(header[4:8], "little") == 0
+        and int.from_bytes(header[8:12], "little") == int(stat.st_mtime) & 0xFFFFFFFF
+        and int.from_bytes(header[12:16], "little") == stat.st_size & 0xFFFFFFFF
+    )
+    return cached if valid else None
+
+
 def changed_sources(stored: dict[str, dict[str, str]]) -> tuple[list[str], int]:
     """The modules whose source here differs from the one their stored bytecode was
     compiled from (Python would compile those afresh), and how many cannot be found

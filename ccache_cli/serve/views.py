@@ -5,7 +5,9 @@ A view is a folder of real directories whose files are symbolic links to the sto
 read-only blobs: `inductor/` (the Inductor, Triton and AOTAutograd caches, used as
 TORCHINDUCTOR_CACHE_DIR), `aot/<entry>/size-N.pt` and `.pt2` (AOT functions and
 packages) and `bytecode/` (the stored .pyc files laid out as a PYTHONPYCACHEPREFIX tree
-for where their modules live in this environment; see hooked/bytecode.py), plus
+for where their modules live in this environment; see hooked/bytecode.py; where the
+environment has a valid .pyc of its own for a module, the link is to that one, which
+Python checks with a stat rather than by hashing the source), plus
 `activation.json`, which tells the running program what the view holds, so that it
 never needs the store. Captured engine cache roots (`engines/<VAR>/`) are copies, not
 links: an engine may write into its files, and `engines.json` lists what was laid out
@@ -52,7 +54,7 @@ INDUCTOR_PREFIX = "inductor/"
 
 
 # Part of a view's name: a view laid out by another version of this code is not reused.
-_VIEW_LAYOUT = 4  # 2: activation.json lists each size's AOT function and package; 3: the model structure; 4: engines
+_VIEW_LAYOUT = 5  # 2: AOT functions and packages listed; 3: the model structure; 4: engines; 5: own .pyc linked
 
 
 def ensure_view(
@@ -186,6 +188,7 @@ def _link_files(store: Store, entries: Sequence[Manifest], view: Path, roots: di
                     laid_out[var]["files"].append(path[len(f"{engines.ENGINES_DIR}/{var}/") :])
                     made.add(path)
                 continue
+            own = None  # a file of the environment's own to link instead of the blob
             if path.startswith(INDUCTOR_PREFIX):
                 target = path
             elif path in entry.bytecode:
@@ -194,6 +197,8 @@ def _link_files(store: Store, entries: Sequence[Manifest], view: Path, roots: di
                     continue
                 target = f"bytecode/{placed}"
                 bytecode_modules += target not in made
+                source = bytecode.source_file(path, entry.bytecode[path]["module"], roots)
+                own = bytecode.own_timestamp_pyc(source) if source else None
             elif path.startswith(AOT_PREFIX):
                 target = f"aot/{entry.id}/{path[len(AOT_PREFIX) :]}"
                 size = Path(path).stem.removeprefix("size-")
@@ -207,7 +212,7 @@ def _link_files(store: Store, entries: Sequence[Manifest], view: Path, roots: di
             if parent not in made:
                 os.makedirs(parent, exist_ok=True)
                 made.add(parent)
-            os.symlink(store.blob_file(ref["sha256"]), link)
+            os.symlink(own or store.blob_file(ref["sha256"]), link)
             made.add(target)
         described.append(
             ActiveEntry(
