@@ -67,3 +67,20 @@ def test_other_engine_version_moved_root_and_rewritten_files(view: Path) -> None
     assert "wrote 1 files its cache lacked (first: torch_compile_cache/torch_aot_compile/aaaa/more)" in line
     # What an earlier program wrote into the shared view is not this one's doing.
     assert said(view, since=time.time() + 60) == []
+
+
+def test_a_module_s_own_pyc_is_linked_only_while_valid_for_its_source(tmp_path: Path) -> None:
+    """Views link the environment's own timestamp .pyc where it is valid (hooked/bytecode.py)."""
+    import py_compile
+
+    from ccache_cli.hooked import bytecode
+
+    source = tmp_path / "module.py"
+    source.write_text("x = 1\n")
+    assert bytecode.own_timestamp_pyc(str(source)) is None
+    compiled = py_compile.compile(str(source), cfile=None, invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+    assert bytecode.own_timestamp_pyc(str(source)) == compiled
+    source.write_text("x = 22\n")  # another size: the .pyc no longer describes it
+    assert bytecode.own_timestamp_pyc(str(source)) is None
+    py_compile.compile(str(source), invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+    assert bytecode.own_timestamp_pyc(str(source)) is None  # hash-based: Python would hash the source anyway
