@@ -6,7 +6,7 @@
 # or CCACHE_CLI_REGISTRY_TOKEN; a push uploads only the layers the registry lacks.
 set -eu
 model=$1 sizes=$2 device=$3 out=$4
-ccache precompile "$model" --sizes "$sizes" --device "$device"
-ccache fingerprint --device "$device" --json > "${out%.tar.zst}.fingerprint.json"
-ccache pack "$out" --compatible-only
-if [ $# -ge 5 ]; then ccache push "$5" --compatible-only; fi
+ccache-cli precompile "$model" --sizes "$sizes" --device "$device"
+ccache-cli fingerprint --device "$device" --json > "${out%.tar.zst}.fingerprint.json"
+ccache-cli pack "$out" --compatible-only
+if [ $# -ge 5 ]; then ccache-cli push "$5" --compatible-only; fi

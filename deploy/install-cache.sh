@@ -6,5 +6,5 @@
 # With TARGET (written by build-cache.sh), entries are checked against the machine
 # that will serve rather than this one (an image build often has no GPU).
 set -eu
-if [ -f "$1" ] || [ "$1" = - ]; then ccache unpack "$1"; else ccache pull "$1"; fi
-if [ $# -ge 2 ]; then ccache verify --target "$2"; else ccache verify; fi
+if [ -f "$1" ] || [ "$1" = - ]; then ccache-cli unpack "$1"; else ccache-cli pull "$1"; fi
+if [ $# -ge 2 ]; then ccache-cli verify --target "$2"; else ccache-cli verify; fi

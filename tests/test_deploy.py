@@ -36,7 +36,7 @@ def _shell(command: list[str], store: Path, cwd: Path) -> subprocess.CompletedPr
 
 def _server_command(recipe: str) -> list[str]:
     """The server's command line as a recipe writes it (a JSON array)."""
-    match = re.search(r'\["ccache", "run", "--", [^\]]*\]', recipe)
+    match = re.search(r'\["ccache(?:-cli)?", "run", "--", [^\]]*\]', recipe)
     assert match, "the recipe no longer starts the server under ccache run"
     return json.loads(match.group(0))
 

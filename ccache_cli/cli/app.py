@@ -22,6 +22,14 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"ccache-cli {version('ccache-cli')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
     ctx: typer.Context,
@@ -32,6 +40,9 @@ def _options(
         help="Artifact store [default: $CCACHE_CLI_STORE, else $XDG_CACHE_HOME/ccache-cli]",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors, warnings and requested data (--json)"),
+    version: bool = typer.Option(
+        False, "--version", "-V", is_eager=True, help="Print ccache-cli's version and exit", callback=_print_version
+    ),
 ) -> None:
     if quiet:
         set_quiet()

@@ -1,5 +1,6 @@
-"""The `ccache` entry point: error handling, and a fast start for the commands that
-run in start-up scripts and image builds.
+"""The `ccache` entry point: error handling, a compiler launcher's command line handed
+to the compiler cache (launcher.py), and a fast start for the commands that run in
+start-up scripts and image builds.
 
 Typer's import and argument handling (it builds pydantic validators for every
 parameter) cost 0.3 s or more at each start. So the plain forms
@@ -19,6 +20,8 @@ from typing import NamedTuple, NoReturn
 
 from ccache_cli.errors import CcacheError, ExitCode
 
+from . import launcher
+
 
 class Plain(NamedTuple):
     """A plain command line: what main.py runs without Typer."""
@@ -33,6 +36,7 @@ class Plain(NamedTuple):
 
 
 def main() -> None:
+    launcher.maybe_hand_over(sys.argv)  # `ccache gcc ...`, `ccache -s`: the compiler cache's
     try:
         plain = plain_command(sys.argv[1:])
         if plain is None:
