@@ -70,3 +70,22 @@ def test_store_that_cannot_be_written(tmp_path: Path) -> None:
 def test_unknown_entry_prefix(tmp_path: Path) -> None:
     result = ccache("inspect", "deadbeef", store=tmp_path / "store")
     assert_clean_failure(result, 2, "no entry matches 'deadbeef'", tmp_path / "store")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["precompile", EXAMPLE, "--sizes", "1", "8", "32"], "--sizes takes one comma-separated list: --sizes 1,8,32"),
+        (["inspect", "--store", "/elsewhere"], "--store goes before the command: ccache --store /elsewhere inspect"),
+        (["precompile", EXAMPLE, "--store=/x", "--sizes", "1"], "--store goes before the command: ccache --store /x"),
+    ],
+)
+def test_a_newcomer_s_slips_are_told_plainly(args: list[str], message: str, tmp_path: Path) -> None:
+    result = ccache(*args, store=tmp_path / "store")
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert store_leftovers(tmp_path / "store") == []
+
+
+def test_version() -> None:
+    result = ccache("--version")
+    assert result.returncode == 0 and result.stdout.startswith("ccache-cli "), result.stdout

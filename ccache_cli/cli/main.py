@@ -18,7 +18,7 @@ import os
 import sys
 from typing import NamedTuple, NoReturn
 
-from ccache_cli.errors import CcacheError, ExitCode
+from ccache_cli.errors import BadInputError, CcacheError, ExitCode
 
 from . import launcher
 
@@ -40,6 +40,7 @@ def main() -> None:
     try:
         plain = plain_command(sys.argv[1:])
         if plain is None:
+            _check_usage(sys.argv[1:])
             from .app import app
 
             app()
@@ -117,6 +118,39 @@ def plain_command(argv: list[str]) -> Plain | None:
         ):
             return Plain(command, store, quiet, args, json_output="--json" in rest)
     return None
+
+
+# The commands, for the hints below (app.py defines them).
+_COMMANDS = (
+    "precompile",
+    "inspect",
+    "pack",
+    "unpack",
+    "push",
+    "pull",
+    "verify",
+    "fingerprint",
+    "run",
+    "env",
+    "gc",
+    "rm",
+)
+
+
+def _check_usage(argv: list[str]) -> None:
+    """Two slips a newcomer makes, told plainly where Typer would say only that an
+    argument or option is unexpected (BadInputError)."""
+    command = next((at for at, arg in enumerate(argv) if arg in _COMMANDS), None)
+    if command is None or "--" in argv[:command]:
+        return
+    rest = argv[command + 1 : argv.index("--") if "--" in argv else len(argv)]
+    for at, arg in enumerate(rest):
+        if arg == "--store" or arg.startswith("--store="):
+            where = arg.partition("=")[2] or (rest[at + 1] if at + 1 < len(rest) else "PATH")
+            raise BadInputError(f"--store goes before the command: ccache --store {where} {argv[command]} ...")
+        if arg == "--sizes" and at + 2 < len(rest) and rest[at + 2].isdigit():
+            numbers = [rest[at + 1], *(n for n in rest[at + 2 :] if n.isdigit())]
+            raise BadInputError(f"--sizes takes one comma-separated list: --sizes {','.join(numbers)}")
 
 
 def _start(plain: Plain) -> None:

@@ -39,7 +39,11 @@ def command(
     mode: str = typer.Option("default", "--mode", help="torch.compile mode: " + ", ".join(core.MODES)),
     name: str | None = typer.Option(None, "--name", help="A name for the entry [default: module:attr]"),
     inputs: str | None = typer.Option(
-        None, "--inputs", metavar="MOD:FN", help="example_inputs(size) -> tuple, if not beside the model"
+        None,
+        "--inputs",
+        metavar="MOD:FN",
+        help="example_inputs(size) -> a tuple of positional inputs or a dict of keyword inputs, "
+        "if not beside the model",
     ),
     force: bool = typer.Option(False, "--force", help="Compile again even if the store has this entry"),
     aot: bool = typer.Option(True, "--aot/--no-aot", help="Also store AOT-compiled functions (needs fullgraph)"),
@@ -133,7 +137,7 @@ def _print_summary(precompiled: Precompiled) -> None:
     entry = result.entry
     if result.reused:
         out.print(
-            f"Manifest [bold]{entry.short_id}[/bold] ({entry.name}) already holds sizes "
+            f"Entry [bold]{entry.short_id}[/bold] ({entry.name}) already holds sizes "
             f"{', '.join(map(str, entry.sizes))} for this environment and these sources; "
             "nothing compiled (--force compiles again)."
         )

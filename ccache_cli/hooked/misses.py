@@ -3,7 +3,8 @@ or after `ccache_cli.activate()`) compiled graphs the stored cache did not hold,
 says why at exit, in one line on stderr, and the reason goes to the entries' usage
 logs, where `inspect` shows it.
 
-The reason names what differs between the closest active entry and this process: a
+The reason names what differs between this process and the active entry of the model
+it ran (one whose traced modules it loaded; else the closest): a
 key component (with both values), the device index, a TORCHINDUCTOR_* setting, a
 traced source that changed; else that the graphs were not among those precompiled
 (other input shapes, dtypes or options).
@@ -99,10 +100,12 @@ def explain(torch: Any, entries: list[dict[str, Any]], fingerprint: ModuleType, 
                     f"{name}: entry compiled with {recorded.get(name)!r}, this process has {current.get(name)!r}"
                 )
         reasons += [f"traced source {path} changed since precompile" for path in _changed_sources(entry["sources"])]
-        found.append((len(reasons), entry["name"], reasons))
+        # The entry of the model this process ran: one whose traced modules it loaded.
+        theirs = any(source["module"] in sys.modules for source in entry["sources"])
+        found.append((not theirs, len(reasons), entry["name"], reasons))
     if not found:
         return "no entry is active"
-    _, name, reasons = min(found)
+    _, _, name, reasons = min(found)
     if not reasons:
         return (
             f"entry {name} fits this process, so the graphs were not among those it stored "
