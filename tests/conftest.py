@@ -183,11 +183,14 @@ HIT_PROBE = textwrap.dedent(
 
 
 def run_on_cache_dir(inductor_dir: Path, device: str, sizes: list[int], cwd: Path) -> dict[str, int]:
-    """Compile the example in a fresh process on `inductor_dir`, with the Inductor
-    setting precompile compiles with (as `unpack --export-dir` says to set); torch's
-    cache counters."""
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir), "TORCHINDUCTOR_CPP_DYNAMIC_THREADS": "1"}
+    """Compile the example in a fresh process on `inductor_dir`, with what `unpack
+    --export-dir` says to set: on a GPU, that variable alone; on the CPU, the thread
+    setting precompile compiles C++ kernels with too. Torch's cache counters."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
     env.pop("TRITON_CACHE_DIR", None)
+    env.pop("TORCHINDUCTOR_CPP_DYNAMIC_THREADS", None)
+    if device == "cpu":
+        env["TORCHINDUCTOR_CPP_DYNAMIC_THREADS"] = "1"
     result = subprocess.run(
         [sys.executable, "-c", HIT_PROBE, device, json.dumps(sizes)],
         capture_output=True,

@@ -110,6 +110,12 @@ def test_export_dir_writes_a_pycache_prefix_tree(example_store: Path, tmp_path: 
     unpacked = ccache_json("unpack", str(archive), "--export-dir", str(exported), store=tmp_path / "image-store")
     prefix = Path(unpacked["exported"]["pycache_prefix"])
     assert prefix == exported / "pycache"
+    # A CPU entry's C++ kernels read the thread count at run time: the one setting a plain
+    # process needs besides the folder, said in the JSON and in the one human line.
+    env = unpacked["exported"]["env"]
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(exported) and env["TORCHINDUCTOR_CPP_DYNAMIC_THREADS"] == "1"
+    again = ccache("unpack", str(archive), "--export-dir", str(tmp_path / "again"), store=tmp_path / "image-store")
+    assert "TORCHINDUCTOR_CPP_DYNAMIC_THREADS=1" in again.stdout, again.stdout
     probe = "import torch._dynamo.utils as u, os; print(os.path.isfile(u.__cached__), u.__cached__)"
     result = _python(probe, {**NO_PYC, "PYTHONPYCACHEPREFIX": str(prefix)}, tmp_path)
     exists, cached = result.split(" ", 1)

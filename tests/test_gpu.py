@@ -65,6 +65,7 @@ def test_cuda_precompile_stores_triton_kernels(cuda_store: Path, tmp_path: Path)
     exported = tmp_path / "exported"
     unpacked = ccache_json("unpack", str(archive), "--export-dir", str(exported), store=tmp_path / "image-store")
     assert unpacked["exported"]["entry"] == entry["id"]
+    assert list(unpacked["exported"]["env"]) == ["TORCHINDUCTOR_CACHE_DIR"]  # a plain variable is all it takes
     counters = run_on_cache_dir(exported, "cuda", [1, 8, 32], cwd=tmp_path)
     assert counters.get("fxgraph_cache_hit") == 3 and counters.get("fxgraph_cache_miss", 0) == 0
 

@@ -157,7 +157,7 @@ def precompile(
         on_progress(Progress("loading"))
         (staging / "artifacts").mkdir()
         compile_dir = stack.enter_context(space_free(staging / "artifacts"))
-        worker = _Worker(request_file, staging, compile_dir, python)
+        worker = _Worker(request_file, staging, compile_dir, python, cpu=not fingerprint.is_gpu_device(device))
         try:
             planned = worker.expect("planned")
             if device in PRIMARY_DEVICES:
@@ -294,7 +294,9 @@ runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
 class _Worker:
     """The compile worker process and its event stream."""
 
-    def __init__(self, request_file: Path, staging: Path, artifacts: Path, python: str | None = None) -> None:
+    def __init__(
+        self, request_file: Path, staging: Path, artifacts: Path, python: str | None = None, cpu: bool = True
+    ) -> None:
         env = dict(os.environ)
         env["TORCHINDUCTOR_CACHE_DIR"] = str(artifacts / INDUCTOR_PREFIX.rstrip("/"))
         env["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
@@ -303,9 +305,12 @@ class _Worker:
         env.pop("TRITON_CACHE_DIR", None)
         env.pop("TORCHINDUCTOR_FORCE_DISABLE_CACHES", None)
         env.pop(VIEW_ENV, None)  # never under activated entries (a shell after `eval "$(ccache env)"`)
-        # C++ kernels that read the thread count when they run, not when compiled: an entry
-        # serves processes with any thread count (a Kubernetes CPU limit sets another).
-        env.setdefault(DYNAMIC_THREADS_ENV, "1")
+        # C++ kernels that read the thread count when they run, not when compiled: a CPU
+        # entry serves processes with any thread count (a Kubernetes CPU limit sets
+        # another). Not for GPU entries: the setting enters every graph's cache key, and
+        # a plain process given only TORCHINDUCTOR_CACHE_DIR would miss them all.
+        if cpu:
+            env.setdefault(DYNAMIC_THREADS_ENV, "1")
         self._log = open(staging / "worker.log", "wb")
         self._debug = bool(os.environ.get("CCACHE_CLI_DEBUG"))
         # In another interpreter, ccache-cli's package is loaded by path: it need not be
