@@ -18,11 +18,11 @@ _ccache() {
         inspect) COMPREPLY=($(compgen -W "--help -h --json --trust --insecure" -- "$cur"));;
         key) COMPREPLY=($(compgen -W "generate --help -h" -- "$cur"));;
         pack) COMPREPLY=($(compgen -W "--help -h --compatible-only --level --json --sign" -- "$cur"));;
-        precompile) COMPREPLY=($(compgen -W "--help -h --sizes --device --devices --dynamic --mode --name --inputs --force --aot --no-aot --python --json" -- "$cur"));;
+        precompile) COMPREPLY=($(compgen -W "--help -h --sizes --device --devices --dynamic --mode --name --inputs --force --aot --no-aot --bytecode --no-bytecode --python --json" -- "$cur"));;
         pull) COMPREPLY=($(compgen -W "--help -h --compatible-only --insecure --trust --json" -- "$cur"));;
         push) COMPREPLY=($(compgen -W "--help -h --compatible-only --insecure --sign --json" -- "$cur"));;
         rm) COMPREPLY=($(compgen -W "--help -h --dry-run --json" -- "$cur"));;
-        run) COMPREPLY=($(compgen -W "--help -h --capture --json --cache-env --route --no-route --guards" -- "$cur"));;
+        run) COMPREPLY=($(compgen -W "--help -h --capture --json --cache-env --bytecode --no-bytecode --route --no-route --guards" -- "$cur"));;
         unpack) COMPREPLY=($(compgen -W "--help -h --compatible-only --export-dir --entry --json --trust" -- "$cur"));;
         verify) COMPREPLY=($(compgen -W "--help -h --run --target --json --junit --trust --insecure" -- "$cur"));;
     esac

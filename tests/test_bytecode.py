@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from conftest import ccache, ccache_json
+from conftest import MODELS, ccache, ccache_json
 
 from ccache_cli.hooked import bytecode
 from ccache_cli.store.store import Store
@@ -130,3 +130,22 @@ def _python(code: str, env: dict[str, str], cwd: Path) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]
+
+
+def test_no_bytecode_stores_only_the_compiled_artifacts(tmp_path: Path) -> None:
+    """`--no-bytecode`, for images that have .pyc files: the entry holds no bytecode, a
+    fraction of the size, and a program still finds every graph warm."""
+    store = tmp_path / "store"
+    result = ccache("precompile", "small.py:build_served", "--sizes", "1", "--no-bytecode", store=store, cwd=MODELS)
+    assert result.returncode == 0, result.stderr
+    [entry] = ccache_json("inspect", store=store)["entries"]
+    assert "bytecode" not in entry["artifacts"] and entry["bytes"] < 5_000_000, entry["artifacts"]
+    captured = ccache(
+        "run", "--capture", "c", "--no-bytecode", "--json", "--", sys.executable, "-c", CAPTURED, store=tmp_path / "c"
+    )
+    assert captured.returncode == 0, captured.stderr
+    [entry] = ccache_json("inspect", store=tmp_path / "c")["entries"]
+    assert "bytecode" not in entry["artifacts"], entry["artifacts"]
+
+
+CAPTURED = "import torch; torch.compile(lambda x: x * 2 + 1)(torch.ones(4))"

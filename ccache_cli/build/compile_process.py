@@ -144,10 +144,12 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
     traced_sources = sources.collect(
         traced, sys.path, os.path.dirname(torch.__file__), modules_by_file(traced, sys.modules)
     )
-    emit("size_start", label="bytecode", phase="bytecode")
-    started = time.perf_counter()
-    recorded = bytecode.record(dict(sys.modules), str(out / bytecode.PREFIX))
-    emit("size_done", label="bytecode", phase="bytecode", wall_s=round(time.perf_counter() - started, 3))
+    recorded = {}
+    if request.get("bytecode", True):
+        emit("size_start", label="bytecode", phase="bytecode")
+        started = time.perf_counter()
+        recorded = bytecode.record(dict(sys.modules), str(out / bytecode.PREFIX))
+        emit("size_done", label="bytecode", phase="bytecode", wall_s=round(time.perf_counter() - started, 3))
     emit(
         "result",
         reports=reports,

@@ -51,6 +51,7 @@ class PrecompileRequest:
     inputs: str | None = None
     force: bool = False
     aot: bool = True
+    bytecode: bool = True  # store the compile stack's .pyc (for images without them)
     python: str | None = None  # the interpreter to compile in (`--python`), if not this one
 
 
@@ -150,6 +151,7 @@ def precompile(
                     "dynamic": request.dynamic,
                     "mode": request.mode,
                     "aot": request.aot,
+                    "bytecode": request.bytecode,
                     "machine": store.cached_machine_fingerprint(probe) if device in PRIMARY_DEVICES else None,
                 }
             )

@@ -47,6 +47,12 @@ def command(
     ),
     force: bool = typer.Option(False, "--force", help="Compile again even if the store has this entry"),
     aot: bool = typer.Option(True, "--aot/--no-aot", help="Also store AOT-compiled functions (needs fullgraph)"),
+    bytecode: bool = typer.Option(
+        True,
+        "--bytecode/--no-bytecode",
+        help="Also store the .pyc of the modules the compile imported, for images without .pyc files "
+        "(--no-bytecode where the image has them: the entry is then a fraction of the size)",
+    ),
     python: str | None = typer.Option(
         None,
         "--python",
@@ -71,6 +77,7 @@ def command(
         inputs=inputs,
         force=force,
         aot=aot,
+        bytecode=bytecode,
         python=python,
     )
     store = ctx.obj

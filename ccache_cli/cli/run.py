@@ -46,6 +46,11 @@ def run_command(
         help="With --capture: also store the cache folder CMD keeps under $VAR, such as TRITON_CACHE_DIR or "
         "TORCH_EXTENSIONS_DIR (vLLM's VLLM_CACHE_ROOT and SGLang's SGLANG_JIT_CACHE_ROOT always are); `run` points VAR at a writable copy",
     ),
+    bytecode: bool = typer.Option(
+        True,
+        "--bytecode/--no-bytecode",
+        help="With --capture: also store the .pyc of the modules CMD imported, for images without .pyc files",
+    ),
     route: bool = typer.Option(
         True,
         "--route/--no-route",
@@ -70,7 +75,7 @@ def run_command(
         if refs:
             raise BadInputError("--capture runs on an empty cache; it takes no ENTRY")
         # With --json, stdout carries only the summary: the command's output goes to stderr.
-        result = capture.capture(store, capture_name, command, 2 if json_output else None, cache_envs)
+        result = capture.capture(store, capture_name, command, 2 if json_output else None, cache_envs, bytecode)
         show(result, json_output, _print_capture)
         return
     if cache_envs:

@@ -36,6 +36,7 @@ from ccache_cli.store.schema import engine_var_problem
 from ccache_cli.store.store import Store
 
 CAPTURE_DIR_ENV = "CCACHE_CLI_CAPTURE_DIR"
+CAPTURE_BYTECODE_ENV = "CCACHE_CLI_CAPTURE_BYTECODE"  # 0: the start-up hook records no .pyc
 
 
 class CaptureError(CcacheError):
@@ -71,11 +72,17 @@ def check_cache_envs(cache_envs: Sequence[str]) -> list[str]:
 
 
 def capture(
-    store: Store, name: str, command: Sequence[str], stdout: int | None = None, cache_envs: Sequence[str] = ()
+    store: Store,
+    name: str,
+    command: Sequence[str],
+    stdout: int | None = None,
+    cache_envs: Sequence[str] = (),
+    bytecode: bool = True,
 ) -> CaptureResult:
     """Run `command` to completion on an empty cache and store what it compiled;
     its standard output goes to `stdout` (a file descriptor) if given. Each of
-    `cache_envs` names an engine cache root it gets empty, and whose files are stored."""
+    `cache_envs` names an engine cache root it gets empty, and whose files are stored;
+    without `bytecode`, the .pyc of the modules it imported are not."""
     roots = check_cache_envs(cache_envs)
     with store.staging() as staging, contextlib.ExitStack() as stack:
         (staging / "artifacts" / "inductor").mkdir(parents=True)
@@ -91,6 +98,7 @@ def capture(
             {
                 "TORCHINDUCTOR_CACHE_DIR": str(inductor),
                 CAPTURE_DIR_ENV: str(records),
+                CAPTURE_BYTECODE_ENV: "1" if bytecode else "0",
                 "PYTHONPATH": with_startup_hook(os.environ.get("PYTHONPATH")),
                 **{var: str(folder) for var, folder in engine_roots.items()},
             }

@@ -74,9 +74,10 @@ def _write_record():
     try:
         if _TRACED:  # Inductor is loaded: its CPU probe works at exit (else capture asks a fresh process)
             record["machine"] = _load("fingerprint").machine_fingerprint(record["device"])
-        # The bytecode of everything this process imported, for the entry's bytecode/.
-        folder = os.path.join(_RECORDS, f"bytecode-{os.getpid()}")
-        record["bytecode"] = _load("bytecode").record(dict(sys.modules), folder)
+        if os.environ.get("CCACHE_CLI_CAPTURE_BYTECODE") != "0":  # `run --capture --no-bytecode`
+            # The bytecode of everything this process imported, for the entry's bytecode/.
+            folder = os.path.join(_RECORDS, f"bytecode-{os.getpid()}")
+            record["bytecode"] = _load("bytecode").record(dict(sys.modules), folder)
     except Exception as exc:
         record["error"] = f"{type(exc).__name__}: {exc}"
     _save_record(record)
