@@ -38,7 +38,7 @@ def compile(model: Any, *, mode: str | None = None, dynamic: bool = False, **tor
     That is the size's AOTInductor package, bound to the model's own parameters and
     buffers, while the model holds those tensors in eval mode (no Dynamo or Inductor
     import at all); else its AOT-compiled function, when torch's guards pass. See the
-    README for what a package cannot check. Any other call goes to
+    docs/commands.md (Python API) for what a package cannot check. Any other call goes to
     `torch.compile(model, mode=mode, dynamic=dynamic, ...)`, which finds the stored
     Inductor caches warm. `dynamic` defaults to False, as precompile compiles one static
     graph per size; without an active entry this is plain torch.compile.

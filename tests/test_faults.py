@@ -3,7 +3,7 @@ racing on one store. After each, the store verifies, gc finds nothing wrong, and
 same command run again succeeds; no process is left behind.
 
 The number of kill trials per command is CCACHE_CLI_KILL_TRIALS (a handful by
-default; release checks run 25: see the README's "Release checks").
+default; release checks run 25: see docs/development.md, "Release checks").
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ they touch nothing that matters (padding), unpack to exactly the same store. Nev
 traceback, never a hang.
 
 CI runs the `ci` profile (about a minute); release checks run
-`HYPOTHESIS_PROFILE=release` (see the README).
+`HYPOTHESIS_PROFILE=release` (see docs/development.md).
 """
 
 from __future__ import annotations
