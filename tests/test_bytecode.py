@@ -140,6 +140,7 @@ def test_no_bytecode_stores_only_the_compiled_artifacts(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     [entry] = ccache_json("inspect", store=store)["entries"]
     assert "bytecode" not in entry["artifacts"] and entry["bytes"] < 5_000_000, entry["artifacts"]
+    assert entry["compile"]["bytecode"] is False  # another entry than the one with bytecode
     captured = ccache(
         "run", "--capture", "c", "--no-bytecode", "--json", "--", sys.executable, "-c", CAPTURED, store=tmp_path / "c"
     )

@@ -76,7 +76,9 @@ def test_cache_env_carries_numba_s_own_cache_to_a_fresh_process(tmp_path: Path) 
 @pytest.mark.parametrize(
     "options,message",
     [
-        (["--capture", "x", "--cache-env", "PYTHONPATH"], "--cache-env 'PYTHONPATH': it is not a cache's folder"),
+        (["--capture", "x", "--cache-env", "PYTHONPATH"], "--cache-env 'PYTHONPATH': not a name for an engine's"),
+        (["--capture", "x", "--cache-env", "XDG_CACHE_DIR"], "not a name for an engine's cache folder"),
+        (["--capture", "x", "--cache-env", "CCACHE_DIR"], "not a name for an engine's cache folder"),
         (["--capture", "x", "--cache-env", "my_cache"], "not an environment variable's name"),
         (["--cache-env", "TRITON_CACHE_DIR"], "--cache-env goes with --capture"),
     ],

@@ -108,3 +108,13 @@ def test_torch_load_inline_builds_with_ccache_cli_first_on_path(tmp_path: Path) 
     assert result.returncode == 0, result.stderr[-3000:]
     assert '"result": [3.0, 3.0]' in result.stdout
     assert "ccache " in (tmp_path / "ext" / "ccache_inline_probe" / "build.ninja").read_text()  # it went through ours
+
+
+def test_ccache_cli_s_own_command_lines_are_never_handed_over(tmp_path: Path) -> None:
+    """`--store=/path` holds a path separator, like a compiler's path; `run` takes the
+    program's own options after it."""
+    store = tmp_path / "store"
+    listed = run([str(OURS), f"--store={store}", "inspect", "--json"], tmp_path, COMPILER_CACHE is not None)
+    assert listed.returncode == 0 and '"entries": []' in listed.stdout, listed.stderr
+    ran = run([str(OURS), f"--store={store}", "run", "true", "--store", "x"], tmp_path, False)
+    assert "--store goes before the command" not in ran.stderr

@@ -93,6 +93,8 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
         "grad": False,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "inductor_env": fingerprint.inductor_env(os.environ),
+        # Stored without the compile stack's bytecode: another entry than one with it.
+        **({} if request.get("bytecode", True) else {"bytecode": False}),
     }
     emit(
         "planned",

@@ -188,9 +188,14 @@ def engines_check(entry: Manifest) -> Check:
     for cache in entry.engine_caches():
         module = engines.KNOWN_ENGINES.get(cache.var)
         here = engines.installed_version(module) if module else None
-        if module and cache.version and here != cache.version:
+        if module and cache.version and here is not None and here != cache.version:
             problems.append(f"{cache.var}: captured with {module} {cache.version}, this environment has {here}")
-        found.append(f"{cache.var} ({module} {here})" if module else f"{cache.var} (an engine ccache does not know)")
+        if module and here is None:
+            found.append(f"{cache.var} ({module} is not installed beside ccache-cli: its version is told at run time)")
+        else:
+            found.append(
+                f"{cache.var} ({module} {here})" if module else f"{cache.var} (an engine ccache does not know)"
+            )
     return _check(entry, "engines", problems, f"engine caches captured for this environment: {', '.join(found)}")
 
 

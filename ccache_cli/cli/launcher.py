@@ -7,7 +7,7 @@ Invoked as `ccache` (never as `ccache-cli`) with a compiler or an executable pat
 its first argument, or a compiler-cache option (`-s`, `-M 5G`, ...), this program hands
 the whole command line to the next `ccache` on PATH that is not ccache-cli, or, where
 there is none, runs the compiler itself: the output and the exit code are the
-compiler's. Decided from argv alone, before anything else is imported.
+compiler's. Decided from argv (and PATH), before anything else is imported.
 """
 
 from __future__ import annotations
@@ -40,10 +40,8 @@ def maybe_hand_over(argv: list[str]) -> None:
     if os.path.basename(argv[0]) != "ccache" or len(argv) < 2:
         return
     first = argv[1]
-    is_option = (
-        first in _CACHE_OPTIONS or (first[:2] in _WITH_VALUE and len(first) > 2) or first.startswith("--max-size=")
-    )
-    is_compiler = os.sep in first or _COMPILER.fullmatch(first) is not None
+    is_option = first.partition("=")[0] in _CACHE_OPTIONS or (first[:2] in _WITH_VALUE and len(first) > 2)
+    is_compiler = not first.startswith("-") and (os.sep in first or _COMPILER.fullmatch(first) is not None)
     if not (is_option or is_compiler):
         return
     other = None if os.environ.get(_HANDED_OVER_ENV) else compiler_cache(argv[0])

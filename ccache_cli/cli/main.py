@@ -141,14 +141,14 @@ def _check_usage(argv: list[str]) -> None:
     """Two slips a newcomer makes, told plainly where Typer would say only that an
     argument or option is unexpected (BadInputError)."""
     command = next((at for at, arg in enumerate(argv) if arg in _COMMANDS), None)
-    if command is None or "--" in argv[:command]:
-        return
+    if command is None or "--" in argv[:command] or (argv[command] == "run" and "--" not in argv):
+        return  # `run CMD...` without `--`: what follows is the program's own
     rest = argv[command + 1 : argv.index("--") if "--" in argv else len(argv)]
     for at, arg in enumerate(rest):
         if arg == "--store" or arg.startswith("--store="):
             where = arg.partition("=")[2] or (rest[at + 1] if at + 1 < len(rest) else "PATH")
             raise BadInputError(f"--store goes before the command: ccache --store {where} {argv[command]} ...")
-        if arg == "--sizes" and at + 2 < len(rest) and rest[at + 2].isdigit():
+        if argv[command] == "precompile" and arg == "--sizes" and at + 2 < len(rest) and rest[at + 2].isdigit():
             numbers = [rest[at + 1], *(n for n in rest[at + 2 :] if n.isdigit())]
             raise BadInputError(f"--sizes takes one comma-separated list: --sizes {','.join(numbers)}")
 

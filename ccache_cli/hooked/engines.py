@@ -26,11 +26,12 @@ from typing import Any
 # (its docs' "unified cache root"; TORCHINDUCTOR_CACHE_DIR, which ccache sets, wins for
 # Inductor's own cache).
 KNOWN_ENGINES = {"VLLM_CACHE_ROOT": "vllm", "SGLANG_JIT_CACHE_ROOT": "sglang"}
+# VAR -> the prefix of the engine's own settings, which its cache key hashes (vLLM's
+# `compile_factors`): a digest of each is kept, never a value, and none of a credential.
+SETTINGS_PREFIXES = {"VLLM_CACHE_ROOT": "VLLM_", "SGLANG_JIT_CACHE_ROOT": "SGLANG_"}
+_CREDENTIAL = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
 # VAR -> the folders whose sub-folders are named by the engine's cache key (vLLM hashes
 # its configuration, environment variables and model into them): a new one is a new key.
-# VAR -> the prefix of the engine's own settings, which its cache key hashes (vLLM's
-# `compile_factors`): a digest of each is kept, never a value (some are credentials).
-SETTINGS_PREFIXES = {"VLLM_CACHE_ROOT": "VLLM_", "SGLANG_JIT_CACHE_ROOT": "SGLANG_"}
 KEY_FOLDERS = {
     "VLLM_CACHE_ROOT": ("torch_compile_cache/torch_aot_compile/", "torch_compile_cache/"),
     "SGLANG_JIT_CACHE_ROOT": ("torch_compile/",),
@@ -63,7 +64,7 @@ def settings(var: str, environ: Mapping[str, str]) -> dict[str, str]:
     return {
         name: hashlib.sha256(value.encode()).hexdigest()[:16]
         for name, value in sorted(environ.items())
-        if name.startswith(prefix) and name != var
+        if name.startswith(prefix) and name != var and not any(word in name for word in _CREDENTIAL)
     }
 
 
@@ -118,7 +119,8 @@ def _why_not_used(
 ) -> str | None:
     where = environ.get(var)
     if where is None or os.path.realpath(where) != os.path.realpath(root):
-        return f"not used: the program set {var}={where!r}, so the engine did not read the captured cache at {root}"
+        what = f"set {var}={where!r}" if where is not None else f"unset {var}"
+        return f"not used: the program {what}, so the engine did not read the captured cache at {root}"
     name = KNOWN_ENGINES.get(var)
     version = getattr(modules.get(name or ""), "__version__", None)
     if name and captured.get("version") and isinstance(version, str) and version != captured["version"]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -114,8 +115,8 @@ def capture(
                 f"{command[0]} wrote nothing to the Inductor cache or to an engine's cache root "
                 f"({', '.join(engine_roots)}): it compiled nothing with torch.compile"
             )
-        for var in set(engine_roots) - set(written):
-            os.rmdir(engine_roots[var])
+        for var in set(engine_roots) - set(written):  # lock files or empty folders at most
+            shutil.rmtree(engine_roots[var])
         process_records = [json.loads(path.read_text()) for path in sorted(records.glob("*.json"))]
         record = _merged_record(process_records, bool(written))
         if record["device"] in PRIMARY_DEVICES:  # as precompile: inspect can then answer without torch
@@ -129,6 +130,7 @@ def capture(
                 "dynamic": False,
                 "mode": None,
                 "captured": list(command),
+                **({} if bytecode else {"bytecode": False}),
                 "engines": {var: _engine_version(process_records, var) for var in written},
                 "engine_settings": {var: engines.settings(var, os.environ) for var in written},
             },

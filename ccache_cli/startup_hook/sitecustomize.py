@@ -66,8 +66,12 @@ def _write_record():
     }
     if torch is not None:  # also where nothing was traced: an engine's process may only load its cache
         record["torch_dir"] = os.path.dirname(torch.__file__)
-        cuda = getattr(torch, "cuda", None)
-        record["device"] = f"cuda:{cuda.current_device()}" if cuda is not None and cuda.is_initialized() else "cpu"
+        try:
+            cuda = getattr(torch, "cuda", None)
+            initialized = cuda is not None and cuda.is_initialized()
+            record["device"] = f"cuda:{cuda.current_device()}" if initialized else "cpu"
+        except Exception as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
     _save_record(record)
     if torch is None:
         return
@@ -124,7 +128,10 @@ def _report_usage():
 
 def _report_engines():
     """Say where a captured engine cache was not used, on stderr and in the usage logs."""
-    lines = _load("engines").not_used(_VIEW, os.environ, sys.modules, _STARTED)
+    try:
+        lines = _load("engines").not_used(_VIEW, os.environ, sys.modules, _STARTED)
+    except Exception as exc:  # never let the report break a program's exit
+        lines = [f"engine caches: could not tell whether they were used ({type(exc).__name__}: {exc})"]
     for line in lines:
         sys.stderr.write(f"ccache: {line}\n")
     if lines and _USAGE_LOGS:

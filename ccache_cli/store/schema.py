@@ -40,9 +40,13 @@ _RELATIVE_PATH = re.compile(rf"{_PART}(?:/{_PART})*")
 _UNSAFE_IN_JOINED = ("/../", "/./", "//", "/..\n", "/.\n", "/\n", "\\")
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 _ENV_VAR = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
-# Variables that name no engine's cache root: a folder of an entry's files there would
-# change how every program starts, or what ccache itself sets.
-_NOT_CACHE_ROOTS = re.compile(r"PATH|HOME|TMPDIR|PYTHON.*|LD_.*|CCACHE_CLI_.*|TORCHINDUCTOR_CACHE_DIR")
+# An engine's cache root is named by a variable that says it is one (VLLM_CACHE_ROOT,
+# TRITON_CACHE_DIR, NUMBA_CACHE_DIR, TORCH_EXTENSIONS_DIR, DG_JIT_CACHE_DIR,
+# FLASHINFER_WORKSPACE_BASE): `run` points it at an entry's files, and an entry may come
+# from an archive, so a variable that changes how other programs start or are
+# configured (PATH, XDG_*, HOME, a compiler cache's CCACHE_DIR) is never one.
+_CACHE_ROOT = re.compile(r"[A-Z][A-Z0-9_]*_(?:CACHE_DIR|CACHE_ROOT|CACHE_PATH|EXTENSIONS_DIR|WORKSPACE_BASE)")
+_NOT_CACHE_ROOTS = re.compile(r"XDG_.*|CCACHE_.*|SCCACHE_.*|TORCHINDUCTOR_CACHE_DIR")
 _DEVICE = re.compile(r"cpu|cuda(?::[0-9]{1,4})?")
 _CREATED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _MAX_PATH = 4096
@@ -342,8 +346,11 @@ def engine_var_problem(var: str) -> str | None:
     """Why `var` cannot name an engine's cache root (`run --capture --cache-env`), or None."""
     if not _ENV_VAR.fullmatch(var):
         return "not an environment variable's name (capitals, digits and _)"
-    if _NOT_CACHE_ROOTS.fullmatch(var):
-        return "it is not a cache's folder, or ccache sets it itself"
+    if not _CACHE_ROOT.fullmatch(var) or _NOT_CACHE_ROOTS.fullmatch(var):
+        return (
+            "not a name for an engine's cache folder (one ending in _CACHE_DIR, _CACHE_ROOT, _CACHE_PATH, "
+            "_EXTENSIONS_DIR or _WORKSPACE_BASE, not a compiler cache's or ccache's own)"
+        )
     return None
 
 
