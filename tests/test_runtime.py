@@ -325,3 +325,26 @@ def test_under_ccache_run_torch_looks_up_autotuning_results_in_the_view(example_
     assert result.returncode == 0, result.stderr
     relocated, compiled_at = result.stdout.split()
     assert relocated == "True" and compiled_at.endswith("/artifacts/inductor")
+
+
+def test_the_miss_line_names_the_entry_of_the_model_that_missed(
+    example_store: Path, small_store: dict, tmp_path: Path
+) -> None:
+    """With two entries active, a process that runs tests/models/small.py at a size
+    neither holds is told about small's entry, not the other one (which sorts first)."""
+    store = tmp_path / "store"
+    shutil.copytree(example_store, store, symlinks=True)
+    for part in ("entries", "objects"):
+        shutil.copytree(small_store["store"] / part, store / part, symlinks=True, dirs_exist_ok=True)
+    program = (
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(small_store['models'])!r})\n"
+        "import small\n"
+        "with torch.no_grad():\n"
+        "    torch.compile(small.build())(*small.example_inputs(5))\n"
+    )
+    result = ccache("run", "--", sys.executable, "-c", program, store=store, cwd=tmp_path, env=_views(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert len(ccache_json("inspect", store=store)["entries"]) == 2
+    [line] = [line for line in result.stderr.splitlines() if "missed the stored cache" in line]
+    assert "small:build" in line and "tiny_transformer" not in line, line
