@@ -64,9 +64,9 @@ def child(args: argparse.Namespace) -> None:
         timed(10)
         per_call = timed(args.calls)
     result = {"median_ms": statistics.median(per_call) * 1e3, "mean_ms": statistics.fmean(per_call) * 1e3}
-    routing = sys.modules.get("ccache_cli.serve.routing")
-    if routing is not None and args.way.startswith("ccache"):
-        result["served"] = sum(routing._served.values())
+    decisions = sys.modules.get("ccache_cli.serve.decisions")
+    if decisions is not None and args.way.startswith("ccache"):
+        result["served"] = sum(decisions._served.values())
         result.update(_check_costs(torch, model, inputs))
     print(json.dumps(result))
 

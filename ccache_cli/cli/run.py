@@ -8,7 +8,7 @@ import typer
 
 from ccache_cli.errors import BadInputError
 from ccache_cli.hooked import usage
-from ccache_cli.serve import activation, capture, routing
+from ccache_cli.serve import activation, capture, decisions
 from ccache_cli.store.store import Store
 
 from .render import err, human_bytes, show, warn
@@ -80,8 +80,8 @@ def run_command(
         return
     if cache_envs:
         raise BadInputError("--cache-env goes with --capture: `run` lays out the cache roots an entry stored")
-    if guards is not None and guards not in routing.GUARD_POLICIES:
-        raise BadInputError(f"--guards {guards!r}: use one of {', '.join(routing.GUARD_POLICIES)}")
+    if guards is not None and guards not in decisions.GUARD_POLICIES:
+        raise BadInputError(f"--guards {guards!r}: use one of {', '.join(decisions.GUARD_POLICIES)}")
     active = activation.start(store, refs, route, command, guards)
     _warn_replaced(active)
     activation.exec_command(command)

@@ -30,13 +30,11 @@ from ccache_cli.errors import ArchiveError, BadInputError, RegistryError
 
 from . import reference as references
 from .layout import MANIFEST_TYPE
+from .login import has_environment_credentials, login_hint
 
 if TYPE_CHECKING:
     from .credentials import Credentials
 
-TOKEN_ENV = "CCACHE_CLI_REGISTRY_TOKEN"
-USERNAME_ENV = "CCACHE_CLI_REGISTRY_USERNAME"
-PASSWORD_ENV = "CCACHE_CLI_REGISTRY_PASSWORD"
 TIMEOUT_ENV = "CCACHE_CLI_REGISTRY_TIMEOUT"  # seconds to connect, to get a response's headers, between reads
 MIN_RATE_ENV = "CCACHE_CLI_REGISTRY_MIN_RATE"  # bytes/s below which a response's body is given up
 _RETRY_DELAYS_S = (0.2, 1.0, 3.0)
@@ -63,7 +61,7 @@ class Remote:
         self._session.mount(f"{self.scheme}://", adapter)
         self._credentials: Credentials | None = None
         self._credentials_lock = threading.Lock()
-        if _has_environment_credentials():
+        if has_environment_credentials():
             self._load_credentials()
         self._base = f"{self.scheme}://{self.host}/v2/{self.ref.repository}"
 
@@ -255,14 +253,6 @@ class Remote:
         raise RegistryError(
             f"cannot {action} {self.reference}: HTTP {response.status_code} {_registry_message(response)}".rstrip()
         )
-
-
-def _has_environment_credentials() -> bool:
-    return bool(os.environ.get(TOKEN_ENV) or os.environ.get(USERNAME_ENV))
-
-
-def login_hint(host: str) -> str:
-    return f"log in with `docker login {host}`, or set {TOKEN_ENV} or {USERNAME_ENV} and {PASSWORD_ENV}"
 
 
 def _is_loopback(host: str) -> bool:

@@ -25,7 +25,7 @@ import requests
 
 from ccache_cli.errors import BadInputError, RegistryError
 
-from .client import PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV, login_hint
+from .login import PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV, login_hint
 
 
 class Credentials(oras.provider.Registry):

@@ -29,7 +29,7 @@ from ccache_cli.hooked import fingerprint, imports, misses, relocate, usage
 from ccache_cli.hooked.usage import VIEW_ENV
 from ccache_cli.key import interpreter
 from ccache_cli.key.compat import fits, this_machine
-from ccache_cli.serve import routing
+from ccache_cli.serve import decisions, routing
 from ccache_cli.serve.views import ended_processes, ensure_view
 from ccache_cli.store.artifacts import ENGINES_PREFIX
 from ccache_cli.store.manifest import Manifest
@@ -87,7 +87,7 @@ def start(
     if not route:
         os.environ[routing.ROUTE_ENV] = "0"
     if guards is not None:
-        os.environ[routing.GUARDS_ENV] = guards
+        os.environ[decisions.GUARDS_ENV] = guards
     os.environ[RUN_PID_ENV] = str(os.getpid())  # exec keeps it: the command's first process says what it did
     register_user(active, store, "run")  # exec keeps the pid: gc sees the command as the user
     active.apply(os.environ)
@@ -252,6 +252,6 @@ def activate(
         fingerprint,
         usage,
         "activate",
-        routing.summary,
+        decisions.summary,
     )
     return active

@@ -25,7 +25,7 @@ from typing import Any
 from ccache_cli.build import plan
 from ccache_cli.key.assumptions import Checker
 from ccache_cli.key.sources import check, search_path
-from ccache_cli.serve import routing, stored_code
+from ccache_cli.serve import decisions, stored_code
 from ccache_cli.store.manifest import Source
 
 
@@ -39,10 +39,10 @@ def compile(model: Any, *, mode: str | None = None, dynamic: bool = False, **tor
 def router(torch: Any, model: Any, kwargs: dict[str, Any], fallback: Callable[[], Any]) -> Any:
     """A routed `torch.compile(model, **kwargs)` (serve/routing.py): the stored code where
     it serves a call, else `fallback()`, the program's own torch.compile call, made once."""
-    routing.count("routed")
+    decisions.count("routed")
     options = {name: value for name, value in kwargs.items() if name not in ("mode", "dynamic")}
     return _CompiledModel(
-        torch, model, kwargs.get("mode"), False, options, stored_code.active_aot_functions(), fallback, routing.count
+        torch, model, kwargs.get("mode"), False, options, stored_code.active_aot_functions(), fallback, decisions.count
     )
 
 
@@ -143,7 +143,7 @@ class _CompiledModel:
         # Per signature, whether the stored code's assumptions held (None) or why not,
         # checked at its first call; on every call under the every-call policy.
         self._assumed: dict[Any, str | None] = {}
-        self._every_call = routing.guard_policy() == "every-call"
+        self._every_call = decisions.guard_policy() == "every-call"
         self._fresh_sources: dict[tuple[Source, ...], bool] = {}
         self._compiled: Any = None
         self._model_structure: str | None = None
@@ -192,7 +192,7 @@ class _CompiledModel:
                 )
             why = self._assumption_mismatch(signature, function, args, kwargs)
         if why is not None:
-            routing.refuse(function.entry, f"entry {function.name}: {why}")
+            decisions.refuse(function.entry, f"entry {function.name}: {why}")
             return None, "an assumption of the stored code does not hold"
         return function, None
 

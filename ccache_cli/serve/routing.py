@@ -9,8 +9,8 @@ mode) goes to torch.compile untouched. A routed model still falls back to the
 program's own torch.compile call, made lazily with its own arguments, for calls the
 stored code cannot serve (other shapes, grad enabled, training mode, changed sources).
 
-Counts of routed and declined calls, with the reasons, go to the entries' usage logs
-at exit (hooked/misses.py), where `inspect` shows them. `ccache run --no-route` or
+Counts of routed and declined calls, with the reasons (decisions.py), go to the
+entries' usage logs at exit (hooked/misses.py), where `inspect` shows them. `ccache run --no-route` or
 CCACHE_CLI_ROUTE=0 turns routing off. Standard library only until torch is imported;
 this module never imports torch itself.
 """
@@ -21,63 +21,16 @@ import functools
 import inspect
 import os
 import sys
-import threading
-from collections import Counter
 from typing import Any
 
 from ccache_cli.hooked.imports import when_imported
+from ccache_cli.serve.decisions import count
 
 ROUTE_ENV = "CCACHE_CLI_ROUTE"  # "0": leave torch.compile alone
-GUARDS_ENV = "CCACHE_CLI_GUARDS"  # "every-call": check stored code's assumptions on every call
-GUARD_POLICIES = ("once", "every-call")
-
-_lock = threading.Lock()
-# "routed", and "declined: <why>" / "fallback: <why>", for the process; "served" per entry id.
-_counts: Counter[str] = Counter()
-_served: Counter[str] = Counter()
-# Per entry id: why its stored code was not used for a model (an assumption that does not hold).
-_refused: dict[str, Counter[str]] = {}
 
 
 def enabled() -> bool:
     return os.environ.get(ROUTE_ENV, "1") != "0"
-
-
-def count(what: str, entry: str | None = None) -> None:
-    """Count a routing decision; a call the stored code ran is counted for its entry."""
-    with _lock:
-        if entry is not None:
-            _served[entry] += 1
-        else:
-            _counts[what] += 1
-
-
-def refuse(entry: str, why: str) -> None:
-    """Count a call that `entry`'s stored code did not serve because `why` (an
-    assumption of it does not hold), which the process says at exit."""
-    with _lock:
-        _refused.setdefault(entry, Counter())[why] += 1
-
-
-def guard_policy() -> str:
-    """When stored code's assumptions are checked: "once" per size and model (the
-    default), or on "every-call" (CCACHE_CLI_GUARDS)."""
-    policy = os.environ.get(GUARDS_ENV) or "once"
-    return policy if policy in GUARD_POLICIES else "once"
-
-
-def summary(entry: str) -> dict[str, Any] | None:
-    """What routing did in this process, for `entry`'s usage log: the calls routed and
-    declined (with why) by the process, the calls `entry`'s code ran and those it did
-    not serve (with why); None where torch.compile was never called."""
-    with _lock:
-        if not _counts and not _served and not _refused:
-            return None
-        reasons = {key: number for key, number in _counts.items() if ":" in key}
-        found = {"routed": _counts["routed"], "served": _served[entry], "not_routed": reasons}
-        if _refused.get(entry):
-            found["refused"] = dict(_refused[entry])
-        return found
 
 
 def install_when_torch_is_imported() -> None:

@@ -121,8 +121,8 @@ def _report_usage():
     """Append this process's cache hits and misses, and what routing did, to the
     entries' usage logs, and say why where it missed (misses.py)."""
     logs = [path for path in _USAGE_LOGS.split(os.pathsep) if path]
-    routing = sys.modules.get("ccache_cli.serve.routing")
-    summary = routing.summary if routing is not None else None
+    decisions = sys.modules.get("ccache_cli.serve.decisions")  # loaded with routing, if it ran
+    summary = decisions.summary if decisions is not None else None
     _load("misses").report_at_exit(_VIEW, logs, _load("fingerprint"), _load("usage"), "run", summary)
 
 

@@ -8,19 +8,19 @@ from pathlib import Path
 import pytest
 
 from ccache_cli.hooked import fingerprint, misses, usage
-from ccache_cli.serve import routing
+from ccache_cli.serve import decisions
 
 
 def test_each_entry_log_gets_its_own_served_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(routing, "_counts", routing.Counter())
-    monkeypatch.setattr(routing, "_served", routing.Counter())
-    assert routing.summary("a" * 64) is None  # torch.compile never called: nothing to say
-    routing.count("routed")
-    routing.count("served", "a" * 64)
-    routing.count("served", "a" * 64)
-    routing.count("declined: not an nn.Module")
+    monkeypatch.setattr(decisions, "_counts", decisions.Counter())
+    monkeypatch.setattr(decisions, "_served", decisions.Counter())
+    assert decisions.summary("a" * 64) is None  # torch.compile never called: nothing to say
+    decisions.count("routed")
+    decisions.count("served", "a" * 64)
+    decisions.count("served", "a" * 64)
+    decisions.count("declined: not an nn.Module")
     logs = [str(tmp_path / f"{'a' * 64}.log"), str(tmp_path / f"{'b' * 64}.log")]
-    misses.report_at_exit(str(tmp_path), logs, fingerprint, usage, "run", routing.summary)
+    misses.report_at_exit(str(tmp_path), logs, fingerprint, usage, "run", decisions.summary)
     lines = [json.loads(Path(log).read_text()) for log in logs]
     assert [line["routing"]["served"] for line in lines] == [2, 0]
     assert all(line["routing"]["routed"] == 1 for line in lines)
