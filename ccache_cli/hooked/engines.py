@@ -125,12 +125,11 @@ def _why_not_used(
     version = getattr(modules.get(name or ""), "__version__", None)
     if name and captured.get("version") and isinstance(version, str) and version != captured["version"]:
         return f"not used: {name} {version} runs here; the cache was captured with {name} {captured['version']}"
-    written = [path for path in files_under(root) if _mtime(os.path.join(root, path)) >= since]
-    new = sorted(set(written) - set(captured["files"]))
+    written = _written_since(root, since)
+    captured_files = set(captured["files"])
+    new = sorted(written - captured_files)
     if not new:
-        rewritten = [
-            path for path in captured["files"] if path in written and _mtime(os.path.join(root, path)) != COPIED_MTIME
-        ]
+        rewritten = sorted(written & captured_files)
         if rewritten:
             return (
                 f"the engine wrote {len(rewritten)} of the captured files again (first: {rewritten[0]}): "
@@ -159,6 +158,16 @@ def _new_key(folders: tuple[str, ...], new: list[str], captured: list[str]) -> t
             if path.startswith(folder) and slash and key not in keys and keys:
                 return key, sorted(keys)[0]
     return None, None
+
+
+def _written_since(root: str, since: float) -> set[str]:
+    """The files under `root` written at `since` or later (a laid-out copy keeps COPIED_MTIME)."""
+    written = set()
+    for path in files_under(root):
+        mtime = _mtime(os.path.join(root, path))
+        if mtime != COPIED_MTIME and mtime >= since:
+            written.add(path)
+    return written
 
 
 def _mtime(path: str) -> float:
