@@ -2,12 +2,12 @@
 
 CMD runs with an empty Inductor cache of its own (Triton's inside it) in the store's
 staging area, an empty cache root for each engine (vLLM's VLLM_CACHE_ROOT, SGLang's
-SGLANG_JIT_CACHE_ROOT and every
-`--cache-env VAR`: hooked/engines.py), and a start-up hook (`ccache_cli/startup_hook`)
-that records, in every Python process CMD starts, the files Dynamo traces, the
-engines' versions and the machine's key components. When CMD succeeds, the files it
-wrote in those folders become the entry's blobs, and the records, the command line
-and the engines' versions its key; when it fails, nothing is stored.
+SGLANG_JIT_CACHE_ROOT and every `--cache-env VAR`: hooked/engines.py), and a start-up
+hook (`ccache_cli/startup_hook`) that records, in every Python process CMD starts, the
+files Dynamo traces, the engines' versions and the machine's key components. When CMD
+succeeds, the files it wrote in those folders become the entry's blobs, and the
+records, the command line and the engines' versions its key; when it fails, nothing
+is stored.
 """
 
 from __future__ import annotations
@@ -131,8 +131,14 @@ def capture(
                 "mode": None,
                 "captured": list(command),
                 **({} if bytecode else {"bytecode": False}),
-                "engines": {var: _engine_version(process_records, var) for var in written},
-                "engine_settings": {var: engines.settings(var, os.environ) for var in written},
+                **(
+                    {
+                        "engines": {var: _engine_version(process_records, var) for var in written},
+                        "engine_settings": {var: engines.settings(var, os.environ) for var in written},
+                    }
+                    if written
+                    else {}
+                ),
             },
             "model": None,
             "inputs": {},
