@@ -1,0 +1,88 @@
+"""How ccache's own time grows with the number of entries in a store.
+
+Precompiles a small model once (`--no-bytecode`, so each manifest is small; `--bytecode`
+keeps the compile stack's bytecode and a manifest of about 0.9 MB), then copies its
+manifest into N entries that differ only in their key (the sizes they name), all
+sharing the same blobs, and times, for N = 1, 100 and 1,000, each command as a user
+runs it: `inspect --json`, `env`, `run -- true` and `verify`. Prints a table and JSON.
+
+    python benchmarks/store_scale.py [--counts 1,100,1000] [--bytecode]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ccache_cli.store.hashing import hash_json
+
+MODEL = Path(__file__).resolve().parents[1] / "tests" / "models" / "small.py"
+COMMANDS = {
+    "inspect --json": ["inspect", "--json"],
+    "env": ["env"],
+    "run -- true": ["run", "--", "true"],
+    "verify": ["verify", "--json"],
+}
+
+
+def grow(store: Path, template: dict, count: int) -> None:
+    """Entries up to `count`, each the template with other sizes in its key."""
+    entries = store / "entries"
+    have = len(os.listdir(entries))
+    for number in range(have, count):
+        document = json.loads(json.dumps(template))
+        document["key"]["compile"]["sizes"] = [1000 + number]
+        document["id"] = hash_json(document["key"])
+        folder = entries / document["id"]
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps(document))
+
+
+def timed(store: Path, args: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "ccache_cli", "--store", str(store), *args], env=env, capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - start
+    if result.returncode not in (0, 1):  # verify exits 1 where it finds a problem
+        raise SystemExit(f"{args}: {result.stderr}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", default="1,100,1000")
+    parser.add_argument("--bytecode", action="store_true")
+    args = parser.parse_args()
+    counts = [int(c) for c in args.counts.split(",")]
+    with tempfile.TemporaryDirectory(prefix="ccache-scale-") as folder:
+        store = Path(folder) / "store"
+        env = {**os.environ, "CCACHE_CLI_VIEWS": str(Path(folder) / "views")}
+        precompile = ["precompile", str(MODEL), "--sizes", "2", "--no-aot"]
+        precompile += [] if args.bytecode else ["--no-bytecode"]
+        subprocess.run([sys.executable, "-m", "ccache_cli", "--store", str(store), *precompile], env=env, check=True)
+        [entry] = os.listdir(store / "entries")
+        template = json.loads((store / "entries" / entry / "manifest.json").read_text())
+        shutil.rmtree(store / "usage", ignore_errors=True)
+        manifest_kb = (store / "entries" / entry / "manifest.json").stat().st_size / 1024
+        results: dict[str, dict[str, float]] = {}
+        baseline = timed(store, ["--help"], env)  # the interpreter's and the CLI's own start
+        for count in counts:
+            grow(store, template, count)
+            results[str(count)] = {name: timed(store, command, env) for name, command in COMMANDS.items()}
+    print(f"manifest {manifest_kb:.0f} KB each; `ccache --help` {baseline * 1e3:.0f} ms (the start alone)")
+    print(f"{'entries':>8} " + " ".join(f"{name:>15}" for name in COMMANDS))
+    for count, row in results.items():
+        print(f"{count:>8} " + " ".join(f"{row[name] * 1e3:>12.0f} ms" for name in COMMANDS))
+    print(json.dumps({"manifest_kb": manifest_kb, "help_s": baseline, "seconds": results}))
+
+
+if __name__ == "__main__":
+    main()
