@@ -271,13 +271,19 @@ def test_a_writer_waiting_for_the_lock_says_who_holds_it(source: dict, tmp_path:
     assert f"waiting for the lock of store {target}, held by pid {holder.pid}" in result.stderr, result.stderr
 
 
+def _unpack_into_a_small_store(small: Path, source: dict) -> tuple[Path, list[Path], subprocess.CompletedProcess]:
+    """Unpack every entry into a store holding one tiny entry on the small file system
+    `small`: the store, what it held before, and unpack's result."""
+    store = small / "store"
+    make_entry(Store(store), "tiny", {"inductor/fxgraph/t": b"tiny"})
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    return store, before, ccache("unpack", str(source["archives"]["all"]), store=store)
+
+
 def test_disk_full_is_one_line_and_leaves_nothing(source: dict, tmp_path: Path) -> None:
     """On a file system that fills up: one line saying so, the store as it was, no temp files."""
     with small_tmpfs(tmp_path / "small", "size=4m") as small:
-        store = small / "store"
-        make_entry(Store(store), "tiny", {"inductor/fxgraph/t": b"tiny"})
-        before = sorted(p.relative_to(store) for p in store.rglob("*"))
-        result = ccache("unpack", str(source["archives"]["all"]), store=store)
+        store, before, result = _unpack_into_a_small_store(small, source)
         assert result.returncode == 1, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "no space left on the device of store" in lines[0], result.stderr
@@ -291,10 +297,7 @@ def test_disk_full_is_one_line_and_leaves_nothing(source: dict, tmp_path: Path) 
 def test_inodes_running_out_is_the_same_one_line(source: dict, tmp_path: Path) -> None:
     """A file system out of inodes, with room left: unpack says what a full disk says."""
     with small_tmpfs(tmp_path / "few-inodes", "size=64m,nr_inodes=200") as small:
-        store = small / "store"
-        make_entry(Store(store), "tiny", {"inductor/fxgraph/t": b"tiny"})
-        before = sorted(p.relative_to(store) for p in store.rglob("*"))
-        result = ccache("unpack", str(source["archives"]["all"]), store=store)
+        store, before, result = _unpack_into_a_small_store(small, source)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 1 and len(lines) == 1, result.stderr
         assert "no space left on the device of store" in lines[0] and "nothing was changed" in lines[0], lines[0]

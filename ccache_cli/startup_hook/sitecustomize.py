@@ -32,6 +32,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _RECORDS = os.environ.get("CCACHE_CLI_CAPTURE_DIR")
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(_HERE))  # the folder holding ccache_cli/
 _USAGE_LOGS = os.environ.get("CCACHE_CLI_USAGE_LOGS")
+_LOGS = [path for path in (_USAGE_LOGS or "").split(os.pathsep) if path]  # the active entries' usage logs
 _VIEW = os.environ.get("CCACHE_CLI_VIEW")
 _TRACED = set()
 
@@ -120,10 +121,9 @@ def _routing():
 def _report_usage():
     """Append this process's cache hits and misses, and what routing did, to the
     entries' usage logs, and say why where it missed (misses.py)."""
-    logs = [path for path in _USAGE_LOGS.split(os.pathsep) if path]
     decisions = sys.modules.get("ccache_cli.serve.decisions")  # loaded with routing, if it ran
     summary = decisions.summary if decisions is not None else None
-    _load("misses").report_at_exit(_VIEW, logs, _load("fingerprint"), _load("usage"), "run", summary)
+    _load("misses").report_at_exit(_VIEW, _LOGS, _load("fingerprint"), _load("usage"), "run", summary)
 
 
 def _report_engines():
@@ -134,10 +134,9 @@ def _report_engines():
         lines = [f"engine caches: could not tell whether they were used ({type(exc).__name__}: {exc})"]
     for line in lines:
         sys.stderr.write(f"ccache: {line}\n")
-    if lines and _USAGE_LOGS:
+    if lines and _LOGS:
         usage = _load("usage")
-        logs = [path for path in _USAGE_LOGS.split(os.pathsep) if path]
-        usage.append(logs, {"at": usage.now(), "by": "run", "result": True, "reason": "; ".join(lines)})
+        usage.append(_LOGS, {"at": usage.now(), "by": "run", "result": True, "reason": "; ".join(lines)})
 
 
 if _VIEW and _USAGE_LOGS is not None:
