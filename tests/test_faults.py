@@ -83,6 +83,10 @@ def _clean(store: Path, cwd: Path | None = None, *, target: Path) -> None:
     plan = ccache("gc", "--dry-run", "--json", store=store)
     assert plan.returncode == 0, plan.stderr
     assert json.loads(plan.stdout)["warnings"] == [] and "Traceback" not in plan.stderr
+    # The index (store/index.py) neither hides nor invents an entry, whatever was killed.
+    listed = {entry["id"] for entry in ccache_json("inspect", store=store)["entries"]}
+    folders = set(os.listdir(store / "entries")) if (store / "entries").is_dir() else set()
+    assert listed == folders
 
 
 def _processes_on(store: Path) -> list[str]:

@@ -43,7 +43,7 @@ from ccache_cli.hooked.tracing import modules_by_file
 from ccache_cli.key import assumptions as a
 from ccache_cli.key import paths
 from ccache_cli.key.sources import covered_by_versions
-from ccache_cli.store.manifest import Assumption, Frame, SizeAssumptions
+from ccache_cli.store.assumptions import Assumption, Frame, SizeAssumptions
 
 _VALUE = {"CONSTANT_MATCH", "EQUALS_MATCH", "BOOL_MATCH", "NONE_MATCH"}
 _TYPE = {"TYPE_MATCH", "NOT_NONE_MATCH"}

@@ -15,7 +15,6 @@ import contextlib
 import datetime as dt
 import os
 import re
-import shutil
 import stat
 from collections import Counter
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from ccache_cli.errors import BadInputError, CcacheError, UnsafeFolderError
 from ccache_cli.hooked import usage
 from ccache_cli.serve import views
 from ccache_cli.store import durable, owners
+from ccache_cli.store.leftovers import remove
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 
@@ -115,7 +115,7 @@ def last_used(store: Store, entry: Manifest) -> dt.datetime:
 
 def plan_gc(store: Store, max_size: int | None, older_than: dt.timedelta | None) -> Plan:
     """Least recently used entries first, until every limit holds."""
-    scan = store.scan()
+    scan = store.scan(whole=True)
     scanned = scan.entries
     used = {entry.id: last_used(store, entry) for entry in scanned}
     entries = sorted(scanned, key=lambda entry: used[entry.id])
@@ -156,7 +156,7 @@ def plan_rm(store: Store, refs: Sequence[str]) -> Plan:
             raise EntryInUseError(
                 f"entry {entry.short_id} ({entry.name}) is in use by running process {busy[entry.id]}"
             )
-    scan = store.scan()
+    scan = store.scan(whole=True)
     return _plan(store, list(scan.entries), chosen, [], _blob_sizes(store), (), scan.warnings)
 
 
@@ -187,7 +187,7 @@ def apply(store: Store, plan: Plan) -> None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(store.blob_file(sha256))
     for folder in [*trash, *plan.abandoned]:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove(folder)
 
 
 def in_use(store: Store) -> dict[str, int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,7 +45,7 @@ class EntryReport:
             "device": entry.device,
             "fingerprint": dict(entry.fingerprint),
             "compile": dict(entry.compile.document),
-            "model": None if entry.model is None else dataclasses.asdict(entry.model),
+            "model": None if entry.model is None else dict(vars(entry.model)),
             "sources": [{"path": s.path, "module": s.module, "sha256": s.sha256} for s in entry.sources],
             "artifacts": {kind.kind: kind.count for kind in report.kinds},
             "artifact_bytes": {kind.kind: kind.bytes for kind in report.kinds},
@@ -56,18 +55,14 @@ class EntryReport:
             "mismatches": [
                 {"component": m.component, "entry": m.entry, "machine": m.target} for m in report.mismatches
             ],
-            "aot": dataclasses.asdict(entry.aot),
-            "engines": [dataclasses.asdict(cache) for cache in entry.engine_caches()],
-            "assumptions": {
-                size: {
-                    "frame": f"{recorded.frame.module}:{recorded.frame.qualname}",
-                    "checks": recorded.counts(),
-                    "unserialized": recorded.unserialized,
-                }
-                for size, recorded in entry.assumptions.items()
+            "aot": {
+                **vars(entry.aot),
+                "packages": None if entry.aot.packages is None else dict(vars(entry.aot.packages)),
             },
+            "engines": [dict(vars(cache)) for cache in entry.engine_caches()],
+            "assumptions": dict(entry.totals.assumptions),
             "timings": {
-                "sizes": [dataclasses.asdict(timing) for timing in entry.timings],
+                "sizes": [dict(vars(timing)) for timing in entry.timings],
                 "aot": dict(entry.aot_seconds),
                 "packages": dict(entry.package_seconds),
             },
@@ -130,4 +125,4 @@ def report_entry(
     usage: Usage | None = None,
 ) -> EntryReport:
     compatible, found = compatibility(entry, machine, exact)
-    return EntryReport(entry, compatible, found, artifacts.kinds_of(entry.files) if kinds is None else kinds, usage)
+    return EntryReport(entry, compatible, found, entry.totals.kinds if kinds is None else kinds, usage)

@@ -100,7 +100,7 @@ def _assumptions_held(torch: Any, model: Any, recorded: dict[str, Any], inputs: 
     """Per size: the first assumption of its stored code that the freshly built model
     breaks (key/assumptions.py), or None; before anything is compiled here."""
     from ccache_cli.key.assumptions import Checker
-    from ccache_cli.store.manifest import SizeAssumptions
+    from ccache_cli.store.assumptions import SizeAssumptions
 
     held = {}
     for label, found in recorded.items():

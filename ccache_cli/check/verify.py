@@ -88,7 +88,7 @@ def verify(
         if ref is not None:
             entries = [store.find(ref)]
         else:
-            scan = store.scan()
+            scan = store.scan(whole=True)
             entries = list(scan.entries)
             checks += [Check("?", "integrity", False, warning) for warning in scan.warnings]
         broken = broken_store_blobs(store, entries)
@@ -159,10 +159,11 @@ def static_checks(
     `broken_blobs` maps a blob's sha256 to what is wrong with it.
     """
     checks = []
+    lookups = sources.Lookups()
     for entry in entries:
         problems = [
             f"blob {ref['sha256'][:12]} ({path}): {broken_blobs[ref['sha256']]}"
-            for path, ref in sorted(entry.files.items())
+            for path, ref in (sorted(entry.files.items()) if broken_blobs else ())
             if ref["sha256"] in broken_blobs
         ]
         checks.append(_check(entry, "integrity", problems, f"{len(entry.files)} files intact"))
@@ -170,7 +171,7 @@ def static_checks(
         checks.append(_check(entry, "compatibility", mismatches, "every key component matches"))
         stale = [
             f"{status.state}: {status.source.path}" + (f" (at {status.found_at})" if status.found_at else "")
-            for status in sources.check(entry.sources, search_path)
+            for status in sources.check(entry.sources, search_path, lookups)
             if status.state != "fresh"
         ]
         checks.append(_check(entry, "freshness", stale, f"{len(entry.sources)} traced sources unchanged"))

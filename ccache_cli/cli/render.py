@@ -58,7 +58,10 @@ def set_quiet() -> None:
 
 
 def _emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    # Indented for a person at a terminal; one line for a program, which json's C
+    # encoder writes (indenting falls back to the pure-Python one).
+    indent = 2 if sys.stdout.isatty() else None
+    sys.stdout.write(json.dumps(data, indent=indent, sort_keys=True) + "\n")
 
 
 def warn(message: str) -> None:

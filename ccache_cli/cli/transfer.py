@@ -263,7 +263,7 @@ def _export(
 def _chosen(store: Store, refs: Sequence[str], compatible_only: bool, verb: str) -> list[Manifest]:
     """The entries `refs` name (all, if none), only those fitting this machine with
     `compatible_only`; BadInputError if that leaves none to `verb`."""
-    chosen = [store.find(ref) for ref in refs] if refs else list(store.scan().entries)
+    chosen = [store.find(ref) for ref in refs] if refs else list(store.scan(whole=True).entries)
     if compatible_only:
         chosen = fits(chosen, *this_machine(store))
     if not chosen:

@@ -55,7 +55,7 @@ from ccache_cli.key.paths import (
     forward_locals,
     resolve_code_owner,
 )
-from ccache_cli.store.manifest import Assumption, SizeAssumptions
+from ccache_cli.store.assumptions import Assumption, SizeAssumptions
 
 # --- describing values, so that two processes can compare them ---------------------
 

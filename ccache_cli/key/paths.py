@@ -22,7 +22,7 @@ import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ccache_cli.store.manifest import Frame
+from ccache_cli.store.assumptions import Frame
 
 # Names Dynamo installs into the traced frame's globals; resolved here without it.
 _IMPORT_PREFIX = "__import_"

@@ -12,7 +12,7 @@ import os
 import sys
 import sysconfig
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccache_cli.hooked import bytecode
@@ -60,15 +60,25 @@ def covered_by_versions(real_path: str, torch_dir: str | None) -> bool:
     return real_path.startswith(stdlib) and not real_path.startswith(site)
 
 
-def check(sources: Iterable[Source], sys_path: Sequence[str]) -> list[SourceStatus]:
+@dataclass
+class Lookups:
+    """What checking sources found, kept for the next entries of one check (entries of
+    one store trace the same files): where each top-level package lives, and each
+    file's hash."""
+
+    package_roots: dict[str, str | None] = field(default_factory=dict)
+    hashes: dict[Path, str] = field(default_factory=dict)
+
+
+def check(sources: Iterable[Source], sys_path: Sequence[str], lookups: Lookups | None = None) -> list[SourceStatus]:
     """Look each source up as it resolves now and re-hash it: where the import system
     finds its top-level package (import hooks such as editable installs included),
     else on `sys_path`."""
     roots = [p or os.getcwd() for p in sys_path]
-    package_roots: dict[str, str | None] = {}
+    lookups = lookups or Lookups()
     statuses = []
     for source in sources:
-        found_by_import = bytecode.source_root(source.module, package_roots)
+        found_by_import = bytecode.source_root(source.module, lookups.package_roots)
         found = next(
             (
                 Path(root) / source.path
@@ -80,7 +90,9 @@ def check(sources: Iterable[Source], sys_path: Sequence[str]) -> list[SourceStat
         if found is None:
             statuses.append(SourceStatus(source, "missing", None))
         else:
-            state = "fresh" if sha256_file(found) == source.sha256 else "changed"
+            if found not in lookups.hashes:
+                lookups.hashes[found] = sha256_file(found)
+            state = "fresh" if lookups.hashes[found] == source.sha256 else "changed"
             statuses.append(SourceStatus(source, state, str(found)))
     return statuses
 

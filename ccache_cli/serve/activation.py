@@ -49,7 +49,7 @@ class Activation:
     view: Path
     set_env: dict[str, str]
     unset_env: tuple[str, ...]
-    bytecode_modules: int  # modules whose stored bytecode the view serves
+    serves_bytecode: bool  # whether the view serves stored bytecode
     replaced: dict[str, str]  # a user's own settings this activation replaces: say so
     notes: tuple[str, ...] = ()  # what the user should know, such as a fallback taken
 
@@ -107,9 +107,7 @@ def _target_of(store: Store, command: Sequence[str]) -> tuple[interpreter.Target
         executable = interpreter.find(command)
         if interpreter.is_this_interpreter(executable):
             return None, None
-        tops = {
-            stored["module"].partition(".")[0] for entry in store.scan().entries for stored in entry.bytecode.values()
-        }
+        tops = {top for entry in store.scan().entries for top in entry.totals.bytecode_tops}
         return interpreter.probe(executable, tops), None
     except Exception as exc:  # whatever the command or its interpreter does, CMD still runs
         return None, (
@@ -184,7 +182,7 @@ def activation(store: Store, entries: Sequence[Manifest], roots: Mapping[str, st
     reported in `replaced` so that the caller says so. `roots`: where another
     interpreter's top-level modules live, for its bytecode tree (key/interpreter.py).
     """
-    view, bytecode_modules = ensure_view(store, entries, roots)
+    view, serves_bytecode = ensure_view(store, entries, roots)
     # Triton then keeps its kernels inside the Inductor cache, as at precompile time.
     set_env = {"TORCHINDUCTOR_CACHE_DIR": str(view / "inductor"), VIEW_ENV: str(view)}
     notes = []
@@ -201,12 +199,12 @@ def activation(store: Store, entries: Sequence[Manifest], roots: Mapping[str, st
         if name not in os.environ:
             set_env[name] = value
     replaced = {}
-    if bytecode_modules and os.environ.get(BYTECODE_ENV, "1") != "0":
+    if serves_bytecode and os.environ.get(BYTECODE_ENV, "1") != "0":
         set_env["PYTHONPYCACHEPREFIX"] = str(view / "bytecode")
         if os.environ.get("PYTHONPYCACHEPREFIX") not in (None, "", set_env["PYTHONPYCACHEPREFIX"]):
             replaced["PYTHONPYCACHEPREFIX"] = os.environ["PYTHONPYCACHEPREFIX"]
     unset = () if "TRITON_CACHE_DIR" in set_env else ("TRITON_CACHE_DIR",)
-    return Activation(tuple(entries), view, set_env, unset, bytecode_modules, replaced, tuple(notes))
+    return Activation(tuple(entries), view, set_env, unset, serves_bytecode, replaced, tuple(notes))
 
 
 def _agreed_inductor_env(entries: Sequence[Manifest]) -> dict[str, str]:

@@ -21,7 +21,8 @@ from ccache_cli.build import plan
 from ccache_cli.hooked.usage import VIEW_ENV
 from ccache_cli.key.assumptions import Checker
 from ccache_cli.serve.views import ended_processes, read_description
-from ccache_cli.store.manifest import SizeAssumptions, Source
+from ccache_cli.store.assumptions import SizeAssumptions
+from ccache_cli.store.manifest import Source
 
 
 @dataclass(frozen=True)

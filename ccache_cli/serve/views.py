@@ -59,18 +59,18 @@ _VIEW_LAYOUT = 5  # 2: AOT functions and packages listed; 3: the model structure
 
 def ensure_view(
     store: Store, entries: Sequence[Manifest], roots: Mapping[str, str | None] | None = None
-) -> tuple[Path, int]:
-    """The shared writable view of `entries`, made if missing (atomically), and the
-    number of modules whose bytecode it serves. `roots`: where the interpreter that
-    will use it finds each top-level module, if not this one."""
+) -> tuple[Path, bool]:
+    """The shared writable view of `entries`, made if missing (atomically), and whether
+    it serves stored bytecode (its bytecode/ tree is made only where some module's is
+    laid out). `roots`: where the interpreter that will use it finds each top-level
+    module, if not this one."""
     root = views_root()
     # Where the environment's modules live decides the bytecode tree's layout.
     roots = dict(roots) if roots is not None else {}
-    for entry in entries:
-        for stored in entry.bytecode.values():
-            bytecode.source_root(stored["module"], roots, every_finder=False)  # on every start: fast
+    for top in sorted({top for entry in entries for top in entry.totals.bytecode_tops}):
+        bytecode.source_root(top, roots, every_finder=False)  # on every start: fast
     # Keyed on content too: an entry id names a key, not the exact files stored for it.
-    contents = sorted((e.id, hash_json(dict(e.files))) for e in entries)
+    contents = sorted((e.id, e.totals.files_digest) for e in entries)
     view = (
         root
         / hash_json({"layout": _VIEW_LAYOUT, "store": str(store.root.resolve()), "entries": contents, "roots": roots})[
@@ -78,7 +78,7 @@ def ensure_view(
         ]
     )
     if (view / ACTIVATION_FILE).is_file():
-        return view, read_description(view).bytecode_modules
+        return view, (view / "bytecode").is_dir()
     building = root / f".building-{uuid.uuid4().hex}"
     building.mkdir(parents=True)
     try:
@@ -92,7 +92,7 @@ def ensure_view(
     finally:
         if building.exists():
             shutil.rmtree(building, ignore_errors=True)
-    return view, description.bytecode_modules
+    return view, description.bytecode_modules > 0
 
 
 def views_root() -> Path:

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ccache_cli.store import artifacts, schema
+from ccache_cli.store.assumptions import SizeAssumptions
 from ccache_cli.store.hashing import hash_json
 
 FORMAT = schema.FORMAT
@@ -100,56 +101,6 @@ class AotStatus:
 
 
 @dataclass(frozen=True)
-class Assumption:
-    """One thing a size's stored code assumes of the program that runs it
-    (key/assumptions.py says what each check means)."""
-
-    check: str  # one of schema.ASSUMPTION_CHECKS
-    path: str  # where the value is read: Dynamo's source expression, a module:qualname (code), a torch state name
-    expected: Any  # JSON: what must hold there
-    guard: str  # the Dynamo guard it came from ("" for code and torch_state)
-
-
-@dataclass(frozen=True)
-class Frame:
-    """The traced forward whose locals (`L`) and globals (`G`) the paths start from."""
-
-    module: str  # its globals' module
-    qualname: str  # its code's qualified name
-
-
-@dataclass(frozen=True)
-class SizeAssumptions:
-    """What one size's stored code assumes."""
-
-    frame: Frame
-    assumptions: tuple[Assumption, ...]
-    unserialized: int  # how many of them aot_compile's own guards drop (global, or a kind it cannot save)
-
-    def counts(self) -> dict[str, int]:
-        counted: dict[str, int] = {}
-        for assumption in self.assumptions:
-            counted[assumption.check] = counted.get(assumption.check, 0) + 1
-        return counted
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "frame": {"module": self.frame.module, "qualname": self.frame.qualname},
-            "assumptions": [[a.check, a.path, a.expected, a.guard] for a in self.assumptions],
-            "unserialized": self.unserialized,
-        }
-
-    @classmethod
-    def from_json(cls, document: Mapping[str, Any]) -> SizeAssumptions:
-        frame = document["frame"]
-        return cls(
-            Frame(frame["module"], frame["qualname"]),
-            tuple(Assumption(*row) for row in document["assumptions"]),
-            document.get("unserialized", 0),
-        )
-
-
-@dataclass(frozen=True)
 class EngineCache:
     """An engine's cache root stored with a captured entry (hooked/engines.py)."""
 
@@ -159,8 +110,17 @@ class EngineCache:
     bytes: int
 
 
+# What an index holds of a manifest apart (index.py): the parts that grow with the
+# model and its environment, read only where an entry is used.
+HEAVY_FIELDS = ("files", "bytecode", "assumptions")
+
+
 @dataclass(frozen=True)
 class Manifest:
+    """An entry's manifest. Built from the whole document (`parse`), or from an index's
+    summary (`from_summary`), whose heavy fields are read from the entry's folder the
+    first time they are asked for."""
+
     id: str
     name: str
     created: str
@@ -174,11 +134,30 @@ class Manifest:
     aot_seconds: Mapping[str, float]  # per size, building the aot_compile functions
     package_seconds: Mapping[str, float]  # per size, building the packages
     aot: AotStatus
-    assumptions: Mapping[str, SizeAssumptions]  # per size; none recorded: its stored code is never served
-    bytecode: Mapping[str, Mapping[str, str]]  # stored .pyc -> {"module", "sha256"}
     compiled_at: str | None  # the Inductor cache folder the entry was compiled in
-    files: Mapping[str, Mapping[str, Any]] = field(repr=False)  # path -> {"sha256", "size"}; none from an index
-    document: Mapping[str, Any] = field(repr=False)
+    summary: Mapping[str, Any] = field(repr=False)  # the document less HEAVY_FIELDS
+    totals: Totals = field(repr=False)
+    load: Callable[[], Mapping[str, Any]] = field(repr=False, compare=False)  # the whole document, checked
+
+    @functools.cached_property
+    def document(self) -> Mapping[str, Any]:
+        return self.load()
+
+    @functools.cached_property
+    def files(self) -> Mapping[str, Mapping[str, Any]]:
+        """path -> {"sha256", "size"}; none from an archive's index."""
+        return self.document.get("files", {})
+
+    @functools.cached_property
+    def assumptions(self) -> Mapping[str, SizeAssumptions]:
+        """Per size; none recorded: its stored code is never served."""
+        found = self.document.get("assumptions", {})
+        return {size: SizeAssumptions.from_json(sizes) for size, sizes in found.items()}
+
+    @functools.cached_property
+    def bytecode(self) -> Mapping[str, Mapping[str, str]]:
+        """stored .pyc -> {"module", "sha256"}"""
+        return self.document.get("bytecode", {})
 
     @property
     def short_id(self) -> str:
@@ -204,19 +183,17 @@ class Manifest:
 
     @property
     def bytes(self) -> int:
-        return sum(ref["size"] for ref in self.files.values())
+        return self.totals.bytes
 
     @functools.cached_property  # built once, and only where asked for
     def refs(self) -> dict[str, FileRef]:
         return {path: FileRef(ref["sha256"], ref["size"]) for path, ref in self.files.items()}
 
     def engine_caches(self) -> list[EngineCache]:
-        counts = {var: [0, 0] for var in self.compile.engines}
-        for path, ref in self.files.items():
-            if (var := artifacts.engine_var_of(path)) in counts:
-                counts[var][0] += 1
-                counts[var][1] += ref["size"]
-        return [EngineCache(var, self.compile.engines[var], *counts[var]) for var in sorted(counts)]
+        return [
+            EngineCache(var, self.compile.engines[var], *self.totals.engine_files.get(var, (0, 0)))
+            for var in sorted(self.compile.engines)
+        ]
 
     def blobs(self) -> set[str]:
         """The sha256 of every file."""
@@ -234,11 +211,82 @@ class Manifest:
         return {**self.document, "files": files}
 
 
+@dataclass(frozen=True)
+class Totals:
+    """What an entry's heavy fields add up to, kept in an index beside its summary, so
+    that listing and choosing entries reads no file list."""
+
+    bytes: int  # of all its files
+    files_digest: str  # of its file list: a view is named by it
+    kinds: tuple[artifacts.KindSummary, ...]  # files and bytes per artifact kind
+    engine_files: Mapping[str, tuple[int, int]]  # per engine cache: files and bytes
+    assumptions: Mapping[str, Mapping[str, Any]]  # per size: {"frame", "checks" (counts), "unserialized"}
+    bytecode_tops: tuple[str, ...]  # the top-level packages of its stored bytecode's modules
+
+    @classmethod
+    def of(cls, document: Mapping[str, Any]) -> Totals:
+        files = document.get("files", {})
+        engine_files: dict[str, tuple[int, int]] = {}
+        for path, ref in files.items():
+            if (var := artifacts.engine_var_of(path)) is not None:
+                count, size = engine_files.get(var, (0, 0))
+                engine_files[var] = (count + 1, size + ref["size"])
+        assumptions = {}
+        for size, found in document.get("assumptions", {}).items():
+            recorded = SizeAssumptions.from_json(found)
+            assumptions[size] = {
+                "frame": f"{recorded.frame.module}:{recorded.frame.qualname}",
+                "checks": recorded.counts(),
+                "unserialized": recorded.unserialized,
+            }
+        return cls(
+            bytes=sum(ref["size"] for ref in files.values()),
+            files_digest=hash_json(dict(files)),
+            kinds=artifacts.kinds_of(files),
+            engine_files=engine_files,
+            assumptions=assumptions,
+            bytecode_tops=tuple(
+                sorted({stored["module"].partition(".")[0] for stored in document.get("bytecode", {}).values()})
+            ),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bytes": self.bytes,
+            "files_digest": self.files_digest,
+            "kinds": [[kind.kind, kind.count, kind.bytes] for kind in self.kinds],
+            "engine_files": {var: list(counts) for var, counts in self.engine_files.items()},
+            "assumptions": self.assumptions,
+            "bytecode_tops": list(self.bytecode_tops),
+        }
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> Totals:
+        return cls(
+            bytes=document["bytes"],
+            files_digest=document["files_digest"],
+            kinds=tuple(artifacts.KindSummary(*kind) for kind in document["kinds"]),
+            engine_files={var: (count, size) for var, (count, size) in document["engine_files"].items()},
+            assumptions=document["assumptions"],
+            bytecode_tops=tuple(document["bytecode_tops"]),
+        )
+
+
 def parse(document: Any, folder: str | None = None, with_files: bool = True) -> Manifest:
     """A manifest from its JSON document, checked against the schema (ManifestError);
     `folder`: its entry folder's name, which the id must equal; without `with_files`,
     an archive index's manifest, whose files come apart."""
     d = schema.check(document, folder, with_files)
+    return from_summary(summarize(d), Totals.of(d), lambda: d)
+
+
+def summarize(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The document less its heavy fields: what an index keeps of it."""
+    return {name: value for name, value in document.items() if name not in HEAVY_FIELDS}
+
+
+def from_summary(d: Mapping[str, Any], totals: Totals, load: Callable[[], Mapping[str, Any]]) -> Manifest:
+    """A manifest from a checked document's summary; `load` reads the whole document."""
     key, options, aot = d["key"], d["key"]["compile"], d["aot"]
     packages = aot.get("packages")
     model = key.get("model")
@@ -281,11 +329,10 @@ def parse(document: Any, folder: str | None = None, with_files: bool = True) -> 
             if packages is None
             else PackageStatus(packages["status"], packages.get("reason"), packages.get("model")),
         ),
-        assumptions={size: SizeAssumptions.from_json(found) for size, found in d.get("assumptions", {}).items()},
-        bytecode=d.get("bytecode", {}),
         compiled_at=d.get("compiled_at"),
-        files=d.get("files", {}),
-        document=d,
+        summary=d,
+        totals=totals,
+        load=load,
     )
 
 

@@ -5,6 +5,7 @@ Layout::
     <store>/store.json                  format version
     <store>/objects/ab/<sha256>         blobs, written once, never changed
     <store>/entries/<id>/manifest.json  one published entry
+    <store>/index.json                  what each manifest holds, to list entries fast (index.py)
     <store>/machines/<probe>.json       exact machine fingerprints, cached for `inspect`
     <store>/tmp/                        staging areas of writers in progress
     <store>/.lock                       held by writers while they publish
@@ -23,7 +24,6 @@ import os
 import shutil
 import stat
 import sys
-import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,15 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from ccache_cli.errors import BadInputError, EntryNotFoundError, StoreError
-from ccache_cli.store import durable, lock, manifest, owners, schema
+from ccache_cli.store import durable, index, leftovers, lock, manifest, owners, schema
 from ccache_cli.store.hashing import sha256_file
-from ccache_cli.store.manifest import FileRef, Manifest
+from ccache_cli.store.leftovers import REMOVED_PREFIX, STAGING_OWNER, remove
+from ccache_cli.store.manifest import FileRef, Manifest, Totals
 
 FORMAT_VERSION = 1
 STORE_ENV = "CCACHE_CLI_STORE"
-_UNNAMED_AFTER_S = 60  # a staging folder still without its owner file was left by a killed writer
-REMOVED_PREFIX = "removed-"  # tmp/ folders being deleted: entries rm and gc removed, staging done with
-STAGING_OWNER = ".owner"
 
 
 @dataclass(frozen=True)
@@ -127,27 +125,44 @@ class Store:
 
     # -- reading -----------------------------------------------------------
 
-    def scan(self) -> Scan:
-        """Every readable entry, newest first; unreadable ones become warnings."""
+    def scan(self, whole: bool = False) -> Scan:
+        """Every readable entry, newest first; unreadable ones become warnings. Entries
+        whose manifest the index recorded as it is come from the index (index.py), and
+        read the rest of their manifest when asked; `whole` reads every manifest now,
+        for commands that use every entry's files (an entry removed meanwhile is then
+        skipped, never found missing halfway)."""
         self._check_format()
+        try:
+            names = sorted(os.listdir(self.entries_dir))
+        except (FileNotFoundError, NotADirectoryError):
+            return Scan((), ())
+        recorded = index.load(self.root)
+        records: index.Records = {}
         entries: list[Manifest] = []
         warnings: list[str] = []
-        if not self.entries_dir.is_dir():
-            return Scan((), ())
-        for path in sorted(self.entries_dir.iterdir()):
+        folder = str(self.entries_dir)
+        for name in names:
             try:
-                entries.append(self._read_entry(path))
+                found = index.signature(os.stat(f"{folder}/{name}/manifest.json"))
+                record = recorded.get(name)
+                if record is not None and record[0] == found and not whole:
+                    load = index.loader(f"{folder}/{name}", found)
+                    entry = manifest.from_summary(record[1], Totals.from_json(record[2]), load)
+                else:
+                    entry = self._read_entry(self.entries_dir / name)
+                records[name] = [found, entry.summary, entry.totals.to_json()]
+                entries.append(entry)
             except schema.ManifestError as exc:
-                warnings.append(f"entry {path.name[: manifest.ID_DISPLAY_LENGTH]} is skipped: {exc}")
+                warnings.append(f"entry {name[: manifest.ID_DISPLAY_LENGTH]} is skipped: {exc}")
             except FileNotFoundError as exc:
-                if path.exists():  # else removed meanwhile (rm, gc): not there, nothing to say
+                if os.path.exists(f"{folder}/{name}"):  # else removed meanwhile (rm, gc): not there, nothing to say
                     warnings.append(
-                        f"entry {path.name[: manifest.ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})"
+                        f"entry {name[: manifest.ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})"
                     )
             except (OSError, ValueError) as exc:
-                warnings.append(
-                    f"entry {path.name[: manifest.ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})"
-                )
+                warnings.append(f"entry {name[: manifest.ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})")
+        if records.keys() != recorded.keys() or any(records[name][0] != recorded[name][0] for name in records):
+            index.save(self.root, records, self.tmp_dir)
         entries.sort(key=lambda entry: entry.created, reverse=True)
         return Scan(tuple(entries), tuple(warnings))
 
@@ -175,7 +190,10 @@ class Store:
         if len(matches) > 1:
             ids = ", ".join(entry.short_id for entry in matches)
             raise BadInputError(f"{ref!r} matches {len(matches)} entries ({ids}); give a longer id prefix")
-        return matches[0]
+        try:  # read whole now: the one entry a command works on
+            return self._read_entry(self.entries_dir / matches[0].id)
+        except FileNotFoundError:
+            raise EntryNotFoundError(f"no entry matches {ref!r} in store {self.root}: it was just removed") from None
 
     def with_lookup_key(self, lookup: str) -> list[Manifest]:
         """Entries compiled from the same model, options and environment."""
@@ -221,7 +239,7 @@ class Store:
             shutil.rmtree(path, ignore_errors=True)
             raise StoreError(f"cannot write to store {self.root}: {exc.strerror or exc}") from exc
         for leftover in self.leftovers():
-            shutil.rmtree(leftover, ignore_errors=True)
+            remove(leftover)
         try:
             yield path
         except OSError as exc:
@@ -233,7 +251,7 @@ class Store:
 
     def _discard(self, staging: Path) -> None:
         # Renamed first: rmtree may delete the owner file before it is killed, and a
-        # staging folder without one is only reclaimed after _UNNAMED_AFTER_S, while a
+        # staging folder without one is only reclaimed after a while (leftovers.py), while a
         # removed- folder always is.
         trash = self.trash_folder()
         try:
@@ -248,32 +266,8 @@ class Store:
         return self.tmp_dir / f"{REMOVED_PREFIX}{uuid.uuid4().hex}"
 
     def leftovers(self, other_hosts_after_s: float = 7 * 86400) -> tuple[Path, ...]:
-        """What killed writers left in tmp/: staging folders whose process has ended
-        (or, written on another host, untouched for `other_hosts_after_s`) and folders
-        of removed entries that `rm` or `gc` did not finish deleting."""
-        try:
-            names = sorted(os.listdir(self.tmp_dir))
-        except OSError:
-            return ()
-        now = time.time()
-        found = []
-        for name in names:
-            folder = self.tmp_dir / name
-            if name.startswith(REMOVED_PREFIX):
-                found.append(folder)
-                continue
-            if not name.startswith("stage-"):
-                continue
-            try:
-                alive = owners.owner_alive((folder / STAGING_OWNER).read_text())
-                abandoned = alive is False or (alive is None and now - folder.stat().st_mtime > other_hosts_after_s)
-            except FileNotFoundError:  # killed before it named its owner, or removed meanwhile
-                abandoned = now - _mtime(folder, now) > _UNNAMED_AFTER_S
-            except OSError:
-                continue
-            if abandoned:
-                found.append(folder)
-        return tuple(found)
+        """What killed writers left in tmp/ (leftovers.py)."""
+        return leftovers.find(self.tmp_dir, other_hosts_after_s)
 
     def stage_blob(self, staging: Path, path: Path) -> FileRef:
         """Move a file of `staging` to where `publish` adopts it into the store as a
@@ -328,10 +322,13 @@ class Store:
             if new:
                 durable.fsync_dir(self.entries_dir)
             new_ids = {entry.id for entry in new}
-            return [
+            published = [
                 (entry, True) if entry.id in new_ids else (self._read_entry(self.entries_dir / entry.id), False)
                 for entry in entries
             ]
+        if new:
+            self.scan()  # brings the index up to date: an image's store may be read-only where it runs
+        return published
 
     def _adopt_staged_blobs(self, staged_objects: Path) -> None:
         """Move staged blobs into the store. A two-letter folder the store lacks is moved
@@ -377,7 +374,7 @@ class Store:
     # -- internals ---------------------------------------------------------
 
     def _read_entry(self, path: Path) -> Manifest:
-        return manifest.parse(json.loads((path / "manifest.json").read_text()), folder=path.name)
+        return manifest.parse(json.loads((path / "manifest.json").read_bytes()), folder=path.name)
 
     def _check_format(self) -> None:
         try:
@@ -388,10 +385,3 @@ class Store:
             raise StoreError(f"{self.root / 'store.json'} is unreadable ({exc})") from exc
         if version != FORMAT_VERSION:
             raise StoreError(f"store {self.root} has format {version}; this ccache-cli reads format {FORMAT_VERSION}")
-
-
-def _mtime(path: Path, default: float) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return default

@@ -15,7 +15,7 @@ import torch
 from ccache_cli.build import guards
 from ccache_cli.key import assumptions as a
 from ccache_cli.key import paths
-from ccache_cli.store.manifest import Frame
+from ccache_cli.store.assumptions import Frame
 
 
 @pytest.mark.parametrize(

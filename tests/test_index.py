@@ -1,0 +1,133 @@
+"""The entries' index (store/index.py): a cache of each manifest's summary that
+listing and lookups read instead of every manifest. Whatever happens to the entries
+folder (an entry added by hand, replaced, removed, the index corrupted, a reader
+killed while writing it), commands list exactly the entries there are."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ccache, ccache_json, make_entry, small_tmpfs
+
+from ccache_cli.errors import StoreError
+from ccache_cli.store.store import Store
+
+
+def listed(store: Path) -> dict[str, str]:
+    """id -> name, as `inspect --json` lists the store."""
+    return {entry["id"]: entry["name"] for entry in ccache_json("inspect", store=store)["entries"]}
+
+
+def indexed(store: Path) -> set[str]:
+    return set(json.loads((store / "index.json").read_text())["entries"])
+
+
+def rewrite_manifest(folder: Path, change: dict) -> None:
+    """Replace an entry's manifest by another file (a new inode), as a copy tool would."""
+    document = json.loads((folder / "manifest.json").read_text())
+    document.update(change)
+    (folder / "manifest.new").write_text(json.dumps(document))
+    os.replace(folder / "manifest.new", folder / "manifest.json")
+
+
+def test_the_index_follows_every_change_to_the_entries(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = Store(root)
+    first = make_entry(store, "first", {"inductor/a": b"a"})
+    second = make_entry(store, "second", {"inductor/b": b"b"})
+    assert indexed(root) == {first, second}  # publishing brings it up to date
+    assert listed(root) == {first: "first", second: "second"}
+
+    # Changed in place: the index's record no longer matches the file, which is read again.
+    rewrite_manifest(root / "entries" / first, {"name": "renamed"})
+    assert listed(root) == {first: "renamed", second: "second"}
+
+    # Copied in by hand, and removed by hand: listed as the folder is.
+    third_folder = tmp_path / "third"
+    shutil.copytree(root / "entries" / second, third_folder)
+    shutil.rmtree(root / "entries" / second)
+    third = make_entry(Store(tmp_path / "other"), "third", {"inductor/c": b"c"})
+    shutil.copytree(tmp_path / "other" / "entries" / third, root / "entries" / third)
+    assert listed(root) == {first: "renamed", third: "third"}
+    assert indexed(root) == {first, third}
+
+    # A corrupt manifest is a warning, never an indexed entry.
+    (root / "entries" / third / "manifest.json").write_text("{not json")
+    report = ccache_json("inspect", store=root)
+    assert [entry["id"] for entry in report["entries"]] == [first]
+    assert any(third[:12] in warning for warning in report["warnings"])
+    assert indexed(root) == {first}
+
+
+@pytest.mark.parametrize("damage", [b"", b"{not json", b'{"format": 1, "entries": {"x": 1}}', b'{"format": 99}'])
+def test_a_damaged_index_is_rebuilt(tmp_path: Path, damage: bytes) -> None:
+    root = tmp_path / "store"
+    ids = {make_entry(Store(root), name, {f"inductor/{name}": name.encode()}) for name in ("one", "two")}
+    (root / "index.json").write_bytes(damage)
+    assert set(listed(root)) == ids
+    assert indexed(root) == ids
+
+
+def test_an_entry_replaced_after_listing_is_never_read_as_the_listed_one(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    entry_id = make_entry(Store(root), "kept", {"inductor/a": b"a"})
+    [entry] = Store(root).scan().entries  # from the index: its file list not read yet
+    rewrite_manifest(root / "entries" / entry_id, {"name": "replaced"})
+    with pytest.raises(StoreError, match="removed or replaced while ccache read it"):
+        entry.files  # noqa: B018
+    shutil.rmtree(root / "entries" / entry_id)
+    with pytest.raises(StoreError, match="removed or replaced"):
+        entry.bytecode  # noqa: B018
+
+
+def test_readers_killed_while_writing_the_index_leave_it_whole(tmp_path: Path) -> None:
+    """Readers that find the index stale write it; killed at random moments, they leave
+    the old index or a new one, whole, and temporary files that gc reclaims."""
+    root = tmp_path / "store"
+    store = Store(root)
+    ids = {make_entry(store, f"entry{n}", {f"inductor/{n}": str(n).encode()}) for n in range(40)}
+    rng = random.Random(5)
+    for _ in range(12):
+        (root / "index.json").unlink(missing_ok=True)
+        reader = subprocess.Popen(
+            [sys.executable, "-m", "ccache_cli", "--store", str(root), "inspect", "--json"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.05, 0.6))
+        reader.send_signal(signal.SIGKILL)
+        reader.wait()
+        if (root / "index.json").exists():
+            assert indexed(root) <= ids  # whole: it parses
+    assert set(listed(root)) == ids and indexed(root) == ids
+    # What a killed write left is reclaimed once it is older than any live write.
+    stray = root / "tmp" / ".index.json.killed"
+    stray.write_text("{")
+    assert stray.name not in " ".join(ccache_json("gc", "--dry-run", store=root)["abandoned_staging"])
+    os.utime(stray, (time.time() - 3600, time.time() - 3600))
+    assert str(stray) in ccache_json("gc", "--dry-run", store=root)["abandoned_staging"]
+    assert ccache("gc", store=root).returncode == 0
+    assert not stray.exists()
+
+
+def test_a_read_only_store_is_listed_without_an_index(tmp_path: Path) -> None:
+    """As in an image whose store was unpacked by an older ccache-cli: nothing to write."""
+    with small_tmpfs(tmp_path / "image", "size=16m") as image:
+        root = image / "store"
+        ids = {make_entry(Store(root), name, {f"inductor/{name}": name.encode()}) for name in ("one", "two")}
+        (root / "index.json").unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(image)], check=True)
+        result = ccache("inspect", "--json", store=root)
+        assert result.returncode == 0, result.stderr
+        assert {entry["id"] for entry in json.loads(result.stdout)["entries"]} == ids
+        assert not (root / "index.json").exists()
+        subprocess.run(["mount", "-o", "remount,rw", str(image)], check=True)
