@@ -47,9 +47,13 @@ def load(root: Path) -> Records:
 
 
 def save(root: Path, records: Records, tmp_dir: Path) -> None:
-    """Replace the index, where the store can be written to; else leave it."""
+    """Replace the index, where the store can be written to; else leave it. A store
+    made read-only by its modes is left too, even where they do not stop this user
+    (root), as the usage logs are."""
     document = {"format": _FORMAT, "entries": records}
     with contextlib.suppress(OSError):
+        if not os.stat(root).st_mode & 0o222:
+            return
         durable.atomic_write(root / INDEX_FILE, json.dumps(document, separators=(",", ":")).encode(), tmp_dir)
 
 
