@@ -30,8 +30,11 @@ PROGRAM = textwrap.dedent(
         if how == "method":
             model.compile()
             compiled = model
+        elif how == "forward":  # transformers' generation recipe compiles the bound forward
+            model.forward = torch.compile(model.forward)
+            compiled = model
         elif how == "function":
-            compiled = torch.compile(model.forward)
+            compiled = torch.compile(lambda *inputs: model(*inputs))
         elif how == "mode":
             compiled = torch.compile(model, mode="reduce-overhead")
         else:  # module, training
@@ -87,11 +90,13 @@ def test_unchanged_programs_run_the_stored_code_and_the_rest_is_torch_compile_un
     shutil.copytree(example_store, store, symlinks=True)
     shutil.rmtree(store / "usage", ignore_errors=True)
 
-    # torch.compile(module) and module.compile(): the stored code, nothing traced or imported.
-    served = _run(store, program, "module,method", tmp_path)
+    # torch.compile(module), module.compile() and the module's forward compiled in its
+    # place: the stored code, nothing traced or imported.
+    served = _run(store, program, "module,method,forward", tmp_path)
     assert served["graphs"] == 0 and served["compile_stack"] == [], served
     assert served["module"]["close"] and served["module"]["type"] == "RoutedModule" and served["module"]["is_module"]
     assert served["method"]["close"] and served["method"]["type"] == "TinyTransformer"
+    assert served["forward"]["close"] and served["forward"]["outputs"] == served["module"]["outputs"]
 
     # A function, a mode no entry was compiled with, training with grad: as without
     # ccache's routing (size 1 alone: each is a cold compile, twice).
@@ -107,16 +112,15 @@ def test_unchanged_programs_run_the_stored_code_and_the_rest_is_torch_compile_un
     # inspect counts what was routed and served, and says why the rest was not.
     [entry] = ccache_json("inspect", store=store)["entries"]
     usage = entry["usage"]
-    assert usage["routed"] == 3 and usage["served"] == 4, (
-        usage
-    )  # module, method, training; 2 sizes each of the first two served
+    # module, method, forward, training; 2 sizes each of the first three served
+    assert usage["routed"] == 4 and usage["served"] == 6, usage
     assert usage["not_routed"] == {
-        "declined: not an nn.Module": 1,
+        "declined: not an nn.Module or its forward": 1,
         "declined: mode 'reduce-overhead': the active entries were compiled with default": 1,
         "fallback: grad enabled": 1,
     }, usage
     detail = ccache("inspect", entry["id"][:8], store=store).stdout
-    assert "torch.compile calls routed to the stored code: 3" in detail and "grad enabled" in detail
+    assert "torch.compile calls routed to the stored code: 4" in detail and "grad enabled" in detail
 
 
 def test_the_environment_switch_leaves_torch_compile_alone(example_store: Path, program: Path, tmp_path: Path) -> None:

@@ -2,10 +2,11 @@
 `torch.compile(module, ...)` and `module.compile(...)` get what `ccache_cli.compile`
 returns, so unchanged programs run the stored AOT code.
 
-Only calls that the active entries can serve exactly are routed: an nn.Module with
-the inductor backend, no `options`, `dynamic` not True, and a mode some entry
-compiled. Anything else (a plain function, the decorator form, another backend or
-mode) goes to torch.compile untouched. A routed model still falls back to the
+Only calls that the active entries can serve exactly are routed: an nn.Module, or its
+bound `forward` (`model.forward = torch.compile(model.forward)`), with the inductor
+backend, no `options`, `dynamic` not True, and a mode some entry compiled. Anything
+else (another function, the decorator form, another backend or mode) goes to
+torch.compile untouched. A routed model still falls back to the
 program's own torch.compile call, made lazily with its own arguments, for calls the
 stored code cannot serve (other shapes, grad enabled, training mode, changed sources).
 
@@ -54,12 +55,15 @@ def install(torch: Any) -> None:
     def compile(model: Any = None, *args: Any, **kwargs: Any) -> Any:
         if model is None and not args:  # the decorator form: decided when it is applied
             return functools.partial(compile, **kwargs)
-        why = "positional arguments" if args else _declined(torch, model, kwargs, defaults)
+        module = _module_of_forward(torch, model)
+        why = "positional arguments" if args else _declined(torch, module or model, kwargs, defaults)
         if why is not None:
             count(f"declined: {why}")
             return original(model, *args, **kwargs)
         from ccache_cli.serve import api
 
+        if module is not None:  # a module's bound forward, as transformers' generation recipe compiles
+            return api.router(torch, module, kwargs, lambda: original(model, **kwargs))
         return api.routed_module(torch, model, kwargs, lambda: original(model, **kwargs))
 
     @functools.wraps(original_module_compile)
@@ -78,6 +82,15 @@ def install(torch: Any) -> None:
     torch.nn.Module.compile = module_compile
 
 
+def _module_of_forward(torch: Any, function: Any) -> Any:
+    """The module whose own `forward` `function` is, bound (`model.forward`); else None.
+    The stored code of a module is its forward's, called with the module as `self`."""
+    owner = getattr(function, "__self__", None)
+    if not isinstance(owner, torch.nn.Module):
+        return None
+    return owner if getattr(function, "__func__", None) is getattr(type(owner), "forward", None) else None
+
+
 # Arguments that change only how torch.compile compiles what the stored code does not serve.
 _FALLBACK_ONLY = {"fullgraph", "name", "recompile_limit", "isolate_recompiles"}
 
@@ -85,7 +98,7 @@ _FALLBACK_ONLY = {"fullgraph", "name", "recompile_limit", "isolate_recompiles"}
 def _declined(torch: Any, model: Any, kwargs: dict[str, Any], defaults: dict[str, Any]) -> str | None:
     """Why the active entries cannot serve this call exactly; None if they may."""
     if not isinstance(model, torch.nn.Module):
-        return "not an nn.Module"
+        return "not an nn.Module or its forward"
     if kwargs.get("disable"):
         return "disable=True"
     backend = kwargs.get("backend") or _default_backend()

@@ -136,12 +136,16 @@ class Manifest:
     aot: AotStatus
     compiled_at: str | None  # the Inductor cache folder the entry was compiled in
     summary: Mapping[str, Any] = field(repr=False)  # the document less HEAVY_FIELDS
-    totals: Totals = field(repr=False)
+    recorded_totals: Totals | None = field(repr=False)  # from an index; else added up when asked
     load: Callable[[], Mapping[str, Any]] = field(repr=False, compare=False)  # the whole document, checked
 
     @functools.cached_property
     def document(self) -> Mapping[str, Any]:
         return self.load()
+
+    @functools.cached_property
+    def totals(self) -> Totals:
+        return self.recorded_totals or Totals.of(self.document)
 
     @functools.cached_property
     def files(self) -> Mapping[str, Mapping[str, Any]]:
@@ -277,7 +281,7 @@ def parse(document: Any, folder: str | None = None, with_files: bool = True) -> 
     `folder`: its entry folder's name, which the id must equal; without `with_files`,
     an archive index's manifest, whose files come apart."""
     d = schema.check(document, folder, with_files)
-    return from_summary(summarize(d), Totals.of(d), lambda: d)
+    return from_summary(summarize(d), None, lambda: d)
 
 
 def summarize(document: Mapping[str, Any]) -> dict[str, Any]:
@@ -285,7 +289,7 @@ def summarize(document: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in document.items() if name not in HEAVY_FIELDS}
 
 
-def from_summary(d: Mapping[str, Any], totals: Totals, load: Callable[[], Mapping[str, Any]]) -> Manifest:
+def from_summary(d: Mapping[str, Any], totals: Totals | None, load: Callable[[], Mapping[str, Any]]) -> Manifest:
     """A manifest from a checked document's summary; `load` reads the whole document."""
     key, options, aot = d["key"], d["key"]["compile"], d["aot"]
     packages = aot.get("packages")
@@ -331,7 +335,7 @@ def from_summary(d: Mapping[str, Any], totals: Totals, load: Callable[[], Mappin
         ),
         compiled_at=d.get("compiled_at"),
         summary=d,
-        totals=totals,
+        recorded_totals=totals,
         load=load,
     )
 

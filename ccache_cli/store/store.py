@@ -145,12 +145,15 @@ class Store:
             try:
                 found = index.signature(os.stat(f"{folder}/{name}/manifest.json"))
                 record = recorded.get(name)
-                if record is not None and record[0] == found and not whole:
+                if record is None or record[0] != found:
+                    entry = self._read_entry(self.entries_dir / name)
+                    record = [found, entry.summary, entry.totals.to_json()]
+                elif whole:
+                    entry = self._read_entry(self.entries_dir / name)
+                else:
                     load = index.loader(f"{folder}/{name}", found)
                     entry = manifest.from_summary(record[1], Totals.from_json(record[2]), load)
-                else:
-                    entry = self._read_entry(self.entries_dir / name)
-                records[name] = [found, entry.summary, entry.totals.to_json()]
+                records[name] = record
                 entries.append(entry)
             except schema.ManifestError as exc:
                 warnings.append(f"entry {name[: manifest.ID_DISPLAY_LENGTH]} is skipped: {exc}")

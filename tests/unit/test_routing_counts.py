@@ -18,13 +18,13 @@ def test_each_entry_log_gets_its_own_served_calls(tmp_path: Path, monkeypatch: p
     decisions.count("routed")
     decisions.count("served", "a" * 64)
     decisions.count("served", "a" * 64)
-    decisions.count("declined: not an nn.Module")
+    decisions.count("declined: not an nn.Module or its forward")
     logs = [str(tmp_path / f"{'a' * 64}.log"), str(tmp_path / f"{'b' * 64}.log")]
     misses.report_at_exit(str(tmp_path), logs, fingerprint, usage, "run", decisions.summary)
     lines = [json.loads(Path(log).read_text()) for log in logs]
     assert [line["routing"]["served"] for line in lines] == [2, 0]
     assert all(line["routing"]["routed"] == 1 for line in lines)
-    assert all(line["routing"]["not_routed"] == {"declined: not an nn.Module": 1} for line in lines)
+    assert all(line["routing"]["not_routed"] == {"declined: not an nn.Module or its forward": 1} for line in lines)
 
 
 def test_unreadable_usage_lines_are_skipped(tmp_path: Path) -> None:
