@@ -85,9 +85,16 @@ def _naming_unserializable_guards(torch: Any) -> Iterator[None]:
 
 
 def packages(
-    torch: Any, model: Any, inputs: dict[int, plan.CallInputs], options: dict[str, Any], folder: Path, emit: Emit
+    torch: Any,
+    model: Any,
+    inputs: dict[int, plan.CallInputs],
+    range_inputs: dict[tuple[int, int], plan.CallInputs],
+    options: dict[str, Any],
+    folder: Path,
+    emit: Emit,
 ) -> dict[str, Any]:
-    """AOTInductor packages, `aot/size-N.pt2`, from `torch.export` of each size.
+    """AOTInductor packages, `aot/size-N.pt2`, from `torch.export` of each size, and
+    `aot/size-LOW-HIGH.pt2` of each range, its batch dimension dynamic.
 
     Loading one needs neither Dynamo nor Inductor imported (seconds of imports), so
     `ccache_cli.compile` prefers them. They are built with the Inductor options of the
@@ -98,25 +105,29 @@ def packages(
         return {"status": "skipped", "reason": unsupported}
     if any(module.training for module in model.modules()):
         return {"status": "skipped", "reason": "the model is in training mode"}
-    if not all(tensor.is_contiguous() for args in inputs.values() for tensor in args.tensors(torch)):
+    every = [*inputs.values(), *range_inputs.values()]
+    if not all(tensor.is_contiguous() for args in every for tensor in args.tensors(torch)):
         return {"status": "skipped", "reason": "an example input is not contiguous"}
     folder.mkdir(parents=True, exist_ok=True)
     configs = plan.package_configs(torch, options["mode"])
 
     weights: list[str] = []
 
-    def save_package(size: int, args: plan.CallInputs) -> None:
+    ranges = {plan.range_label(batch_range): batch_range for batch_range in range_inputs}
+
+    def save_package(label: str, args: plan.CallInputs) -> None:
         try:
-            program = plan.export(torch, model, args)
+            program = plan.export(torch, model, args, ranges.get(label))
         except Exception as exc:
             raise _ExportError(f"torch.export failed: {type(exc).__name__}: {one_line(str(exc))}") from exc
         weights[:] = plan.used_weights(program)
         with torch.no_grad():
             torch._inductor.aoti_compile_and_package(
-                program, package_path=str(folder / f"size-{size}.pt2"), inductor_configs=configs
+                program, package_path=str(folder / f"size-{label}.pt2"), inductor_configs=configs
             )
 
-    seconds, error = _each_size(inputs, "package", save_package, emit)
+    labelled = {**{str(size): args for size, args in inputs.items()}, **dict(zip(ranges, range_inputs.values()))}
+    seconds, error = _each_size(labelled, "package", save_package, emit)
     if error is not None:
         reason: str | None = error.removeprefix(f"{_ExportError.__name__}: ")
         reason = reason if reason.startswith("torch.export") else f"AOTInductor failed: {error}"
@@ -135,7 +146,7 @@ class _ExportError(Exception):
 
 
 def _each_size(
-    inputs: dict[int, plan.CallInputs], phase: str, build: Callable[[int, plan.CallInputs], None], emit: Emit
+    inputs: dict[Any, plan.CallInputs], phase: str, build: Callable[[Any, plan.CallInputs], None], emit: Emit
 ) -> tuple[dict[str, float], str | None]:
     """Run `build` for each size, timed and reported; the seconds per size, and what
     failed ("Type: message"), stopping there, or None."""

@@ -80,14 +80,20 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
     _check_same_gpus(torch, [device, *others])
     machine = request["machine"] or fingerprint.machine_fingerprint(device)
     sizes: list[int] = request["sizes"]
+    ranges = [(low, high) for low, high in request.get("ranges", [])]
     inputs = {size: plan.to_device(torch, plan.example_inputs(inputs_fn, size), device) for size in sizes}
-    dynamic_hint = max(sizes) + 1 if request["dynamic"] else None
+    range_inputs = {
+        batch_range: plan.to_device(torch, plan.example_inputs(inputs_fn, plan.range_hint(batch_range)), device)
+        for batch_range in ranges
+    }
+    dynamic_hint = max([*sizes, *(high for _, high in ranges)]) + 1 if request["dynamic"] else None
     compile_options = {
         "backend": "inductor",
         "mode": request["mode"],
         "dynamic": request["dynamic"],
         "dynamic_hint": dynamic_hint,
         "sizes": sizes,
+        **({"ranges": [list(batch_range) for batch_range in ranges]} if ranges else {}),
         "device": device,
         **({"devices": request["devices"]} if others else {}),
         "grad": False,
@@ -102,7 +108,10 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
         fingerprint=fingerprint.entry_fingerprint(machine, device),
         compile=compile_options,
         model=modelspec.module_identity(module, spec, inputs_fn),
-        inputs={str(size): plan.describe(inputs[size]) for size in sizes},
+        inputs={
+            **{str(size): plan.describe(inputs[size]) for size in sizes},
+            **{plan.range_label(r): plan.describe(args, r) for r, args in range_inputs.items()},
+        },
         sys_path=sys.path,
     )
     if replies.readline().strip() != "compile":
@@ -113,7 +122,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
     with _recording_traced_files() as traced:
         with recorder.recording(torch):
             reports, results, assumptions = _compile_sizes(
-                torch, model, inputs, compile_options, inputs_fn, emit, recorder=recorder
+                torch, model, inputs, compile_options, inputs_fn, emit, recorder=recorder, range_inputs=range_inputs
             )
         _record_outputs(torch, model, inputs, results, out)
         for other in others:  # the graphs' cache keys hold the device index: each index its own
@@ -135,7 +144,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
             # (its kernels, and autotuning results under the same names as torch.compile's
             # but for its own options) stays out of the entry's.
             with aot.inductor_cache_at(out.parent / "package-build"):
-                packages = aot.packages(torch, model, inputs, compile_options, out / AOT_PREFIX, emit)
+                packages = aot.packages(torch, model, inputs, range_inputs, compile_options, out / AOT_PREFIX, emit)
             if graph_break is not None:
                 functions = {
                     "status": "skipped",
@@ -172,11 +181,16 @@ def _compile_sizes(
     emit: Emit,
     suffix: str = "",
     recorder: guards.Recorder | None = None,
+    range_inputs: dict[tuple[int, int], plan.CallInputs] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """Each size's first call through torch.compile: the reports, the outputs (by size,
-    or "dynamic"), and with a `recorder` what each static size's graph assumes
-    (build/guards.py); labels end with `suffix` (the device index beyond the first)."""
+    """Each size's and range's first call through torch.compile: the reports, the
+    outputs (by size, range or "dynamic"), and with a `recorder` what each size's or
+    range's graph assumes (build/guards.py); labels end with `suffix` (the device
+    index beyond the first)."""
     runs: list[tuple[str, plan.CallInputs]] = [(str(size), args) for size, args in inputs.items()]
+    for batch_range, args in (range_inputs or {}).items():
+        plan.mark_batch_dynamic(torch, args, plan.range_hint(batch_range))
+        runs.append((plan.range_label(batch_range), args))
     if options["dynamic"]:  # a dynamic graph on top of the static ones, when asked for
         hint = options["dynamic_hint"]
         args = plan.to_device(torch, plan.example_inputs(inputs_fn, hint), options["device"])

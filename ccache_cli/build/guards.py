@@ -33,6 +33,7 @@ import contextlib
 import functools
 import inspect
 import os
+import re
 import sys
 import types
 from collections.abc import Iterator
@@ -161,9 +162,13 @@ def _assumption(frame: _TracedFrame, self_name: str | None, entry: Any) -> Assum
             return _unchecked(kind, path, f"a local of {frame.code.co_name}, after a graph break")
         if kind == "TENSOR_MATCH" and (_is_input(path, self_name) or "._parameters[" in path or "._buffers[" in path):
             return None
-    elif path.startswith("G[") and not is_top:  # another module's globals: reach them from the forward's
-        module = frame.module.replace(".", "_dot_")
-        path = path.replace("G[", f"G['__import_{module}'].__dict__[", 1)
+    elif path.startswith("G["):
+        path, why = _through_installed_global(frame, path)
+        if why is not None:
+            return _unchecked(kind, guard.name, why)
+        if not is_top and not path.startswith("G['__import_"):  # another module's globals: from the forward's
+            module = frame.module.replace(".", "_dot_")
+            path = path.replace("G[", f"G['__import_{module}'].__dict__[", 1)
     attr = _keyword(guard, "attr")
     if kind == "HASATTR" and attr is None:  # torch 2.11: the guard's path is the attribute itself
         path, _, attr = path.rpartition(".")
@@ -287,6 +292,23 @@ def _code_assumptions(traced_code: list[Any], torch_dir: str) -> list[Assumption
 def _is_input(path: str, self_name: str) -> bool:
     """An input of the forward (not the model): `L['x']` whole."""
     return path.startswith("L[") and path.endswith("]") and path.count("[") == 1 and path != f"L[{self_name!r}]"
+
+
+# A global Dynamo installed in the traced frame's module, named by its value's id
+# (`_140475869140272_c0`, torch 2.11): no other process has it.
+_INSTALLED_BY_ID = re.compile(r"G\['(_\d+_c\d+)'\]")
+
+
+def _through_installed_global(frame: _TracedFrame, path: str) -> tuple[str, str | None]:
+    """`path` with a global Dynamo installed by id replaced by where any process finds
+    its value (a module, by its import path); and why it cannot be, else None."""
+    match = _INSTALLED_BY_ID.match(path)
+    if match is None:
+        return path, None
+    value = frame.global_scope.get(match.group(1))
+    if not isinstance(value, types.ModuleType):
+        return path, "a global Dynamo installed by its id, which no other process has"
+    return paths.module_global(value.__name__) + path[match.end() :], None
 
 
 def _keyword(guard: Any, name: str) -> Any:

@@ -12,6 +12,9 @@ trace are the ones stored and hit the same cache entries.
   inputs, compiled with the Inductor options of the entry's mode (`package_configs`).
 - The key describes each input by shape and dtype (tensors) or value (scalars);
   keyword inputs carry their name.
+- A range of sizes (`1-64`): example inputs at its largest size, the first dimension
+  of the tensors that have it as the batch, dynamic over the range: one torch.compile
+  graph (whose guards give its assumptions) and one package that serves every size.
 """
 
 from __future__ import annotations
@@ -56,23 +59,44 @@ def to_device(torch: Any, inputs: CallInputs, device: str) -> CallInputs:
     return CallInputs(tuple(map(moved, inputs.args)), {name: moved(value) for name, value in inputs.kwargs.items()})
 
 
+def batched(torch: Any, inputs: CallInputs, size: int) -> list[Any]:
+    """The tensors whose first dimension is the batch: those `size` long in it."""
+    return [tensor for tensor in inputs.tensors(torch) if tensor.dim() > 0 and tensor.shape[0] == size]
+
+
 def mark_batch_dynamic(torch: Any, inputs: CallInputs, size: int) -> None:
     """Mark dimension 0 dynamic on every tensor whose first dimension is the batch."""
-    for tensor in inputs.tensors(torch):
-        if tensor.dim() > 0 and tensor.shape[0] == size:
-            torch._dynamo.mark_dynamic(tensor, 0)
+    for tensor in batched(torch, inputs, size):
+        torch._dynamo.mark_dynamic(tensor, 0)
 
 
-def describe(inputs: CallInputs) -> list[dict[str, Any]]:
-    """The key's description of one call's inputs: positional first, then keyword by name."""
-    described = [_describe(value) for value in inputs.args]
-    described += [{"name": name, **_describe(value)} for name, value in sorted(inputs.kwargs.items())]
+def range_label(batch_range: tuple[int, int]) -> str:
+    """How a range is named in an entry (its inputs, assumptions, package): `1-64`."""
+    return f"{batch_range[0]}-{batch_range[1]}"
+
+
+def range_hint(batch_range: tuple[int, int]) -> int:
+    """The size a range's example inputs are made for: its largest, which tells the
+    batch dimension from the others more surely than a small one."""
+    return batch_range[1]
+
+
+def describe(inputs: CallInputs, batch_range: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+    """The key's description of one call's inputs: positional first, then keyword by
+    name. For a range's inputs (made at `range_hint`), the batch dimension reads
+    `"low-high"`."""
+    batch = None if batch_range is None else (range_hint(batch_range), range_label(batch_range))
+    described = [_describe(value, batch) for value in inputs.args]
+    described += [{"name": name, **_describe(value, batch)} for name, value in sorted(inputs.kwargs.items())]
     return described
 
 
-def _describe(value: Any) -> dict[str, Any]:
+def _describe(value: Any, batch: tuple[int, str] | None) -> dict[str, Any]:
     if hasattr(value, "shape") and hasattr(value, "dtype"):
-        return {"shape": list(value.shape), "dtype": str(value.dtype)}
+        shape: list[Any] = list(value.shape)
+        if batch is not None and shape and shape[0] == batch[0]:
+            shape[0] = batch[1]
+        return {"shape": shape, "dtype": str(value.dtype)}
     if isinstance(value, (bool, int, float, str)) or value is None:
         return {"value": value}
     raise CompileError(f"example input of type {type(value).__name__} is not supported; pass tensors or scalars")
@@ -115,12 +139,18 @@ def packages_unsupported(mode: str | None) -> str | None:
     return None
 
 
-def export(torch: Any, model: Any, inputs: CallInputs) -> Any:
+def export(torch: Any, model: Any, inputs: CallInputs, batch_range: tuple[int, int] | None = None) -> Any:
     """The model's graph for these inputs: non-strict export, which runs the model's
     Python as it is, so it takes the transformers models that Dynamo's fullgraph
-    capture refuses."""
+    capture refuses. For a range's inputs, the batch dimension is dynamic over it."""
+    shapes = None
+    if batch_range is not None:
+        batch = torch.export.Dim("batch", min=batch_range[0], max=batch_range[1])
+        shapes = torch.export.ShapesCollection()
+        for tensor in batched(torch, inputs, range_hint(batch_range)):
+            shapes[tensor] = {0: batch}
     with torch.no_grad():
-        return torch.export.export(model, inputs.args, inputs.kwargs, strict=False)
+        return torch.export.export(model, inputs.args, inputs.kwargs, dynamic_shapes=shapes, strict=False)
 
 
 def used_weights(program: Any) -> list[str]:

@@ -43,6 +43,7 @@ _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 class PrecompileRequest:
     model: str
     sizes: tuple[int, ...]
+    ranges: tuple[tuple[int, int], ...] = ()  # each served whole by one package with a dynamic batch
     device: str = "cpu"
     devices: tuple[int, ...] = ()  # GPU indices to compile for (`--devices`); the first is the device
     dynamic: bool = False
@@ -86,23 +87,33 @@ class PrecompileResult:
     seconds: float
 
 
-def parse_sizes(text: str) -> tuple[int, ...]:
-    """`1,8,32` -> (1, 8, 32): positive integers, each once, in the order given."""
+def parse_sizes(text: str) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """`1,8,1-64` -> ((1, 8), ((1, 64),)): static sizes, and ranges that one package with a
+    dynamic batch dimension serves whole; each once, in the order given."""
     if not text.strip():
-        raise SizesError("--sizes is empty: give batch sizes like 1,8,32")
+        raise SizesError("--sizes is empty: give batch sizes like 1,8,32 or a range like 1-64")
     sizes: list[int] = []
+    ranges: list[tuple[int, int]] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             raise SizesError(f"--sizes {text!r} has an empty item: give batch sizes like 1,8,32")
-        if not (part.isascii() and part.lstrip("-").isdigit()):
-            raise SizesError(f"--sizes {text!r}: {part!r} is not an integer")
-        size = int(part)
-        if not 0 < size <= MAX_SIZE:
-            raise SizesError(f"--sizes {text!r}: {size} is not a batch size from 1 to {MAX_SIZE}")
-        if size not in sizes:
-            sizes.append(size)
-    return tuple(sizes)
+        low, dash, high = part.partition("-")
+        bounds = (low, high) if dash and low else (part,)
+        if not all(bound.isascii() and bound.isdigit() for bound in bounds):
+            raise SizesError(f"--sizes {text!r}: {part!r} is not a batch size or a range like 1-64")
+        numbers = tuple(int(bound) for bound in bounds)
+        if not all(0 < number <= MAX_SIZE for number in numbers):
+            raise SizesError(f"--sizes {text!r}: {part!r} is not within batch sizes 1 to {MAX_SIZE}")
+        if len(numbers) == 1:
+            if numbers[0] not in sizes:
+                sizes.append(numbers[0])
+            continue
+        if numbers[0] >= numbers[1]:
+            raise SizesError(f"--sizes {text!r}: the range {part!r} must go from a smaller size to a larger one")
+        if numbers not in ranges:
+            ranges.append((numbers[0], numbers[1]))
+    return tuple(sizes), tuple(ranges)
 
 
 def parse_devices(text: str) -> tuple[int, ...]:
@@ -146,6 +157,7 @@ def precompile(
                     "model": request.model,
                     "inputs": request.inputs,
                     "sizes": list(request.sizes),
+                    "ranges": [list(batch_range) for batch_range in request.ranges],
                     "device": device,
                     "devices": list(request.devices),
                     "dynamic": request.dynamic,

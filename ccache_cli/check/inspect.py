@@ -41,6 +41,7 @@ class EntryReport:
             "id": entry.id,
             "name": entry.name,
             "sizes": entry.sizes,
+            "ranges": [list(batch_range) for batch_range in entry.compile.ranges],
             "dynamic": entry.dynamic,
             "device": entry.device,
             "fingerprint": dict(entry.fingerprint),

@@ -1,6 +1,7 @@
 """`verify --run`, the child side: a fresh process on an entry's Inductor cache.
 
-It builds the model, compiles it as `precompile` did and runs every stored size once
+It builds the model, compiles it as `precompile` did and runs every stored size (and
+range, at the size its example inputs were made for) once
 (the warm start, timed from this process's start), counting FX-graph and AOTAutograd
 cache misses per size and comparing each output with eager. Then, under
 `torch.compiler.set_stance("fail_on_recompile")`, it runs every size again, and for
@@ -55,10 +56,12 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
 
     # The same calls, in the same order, as precompile made.
     runs = [(str(size), size, False) for size in options["sizes"]]
+    runs += [(plan.range_label(r), plan.range_hint(r), True) for r in map(tuple, options.get("ranges", []))]
     if options["dynamic"]:
         runs.append(("dynamic", options["dynamic_hint"], True))
     built_s = time.perf_counter() - _STARTED
-    held = _assumptions_held(torch, model, request.get("assumptions", {}), inputs)
+    sizes = {label: size for label, size, _ in runs}
+    held = _assumptions_held(torch, model, request.get("assumptions", {}), lambda label: inputs(sizes[label]))
     compiled = plan.torch_compile(torch, model, options["mode"], len(runs))
     per_run: dict[str, dict[str, Any]] = {}
     results, used = {}, {}
@@ -97,7 +100,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _assumptions_held(torch: Any, model: Any, recorded: dict[str, Any], inputs: Any) -> dict[str, str | None]:
-    """Per size: the first assumption of its stored code that the freshly built model
+    """Per size or range (`inputs(label)`: its example inputs): the first assumption of its stored code that the freshly built model
     breaks (key/assumptions.py), or None; before anything is compiled here."""
     from ccache_cli.key.assumptions import Checker
     from ccache_cli.store.assumptions import SizeAssumptions
@@ -105,7 +108,7 @@ def _assumptions_held(torch: Any, model: Any, recorded: dict[str, Any], inputs: 
     held = {}
     for label, found in recorded.items():
         checker = Checker(torch, SizeAssumptions.from_json(found))
-        args = inputs(int(label))
+        args = inputs(label)
         held[label] = checker.state_mismatch() or checker.program_mismatch(model, args.args, args.kwargs)
     return held
 
@@ -118,7 +121,7 @@ def _load_model(torch: Any, model: dict[str, str]) -> Any:
 def _unlisted_sizes(options: dict[str, Any]) -> list[int]:
     """Sizes a dynamic entry must serve without compiling: between and past the listed ones."""
     listed = set(options["sizes"]) | {options["dynamic_hint"]}
-    candidates = [max(2, min(options["sizes"]) + 1), options["dynamic_hint"] + 3]
+    candidates = [max(2, min(options["sizes"], default=1) + 1), options["dynamic_hint"] + 3]
     return sorted({size for size in candidates if size not in listed})
 
 

@@ -34,7 +34,7 @@ from ccache_cli.registry.reference import is_reference
 from ccache_cli.serve import routing
 from ccache_cli.store.artifacts import OUTPUTS_PREFIX
 from ccache_cli.store.hashing import sha256_file
-from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.manifest import Manifest, label_order
 from ccache_cli.store.store import Store
 
 _SHOWN = 3  # problems named in one check's detail; the rest are counted
@@ -213,7 +213,7 @@ def assumptions_check(entry: Manifest) -> Check:
             "",
         )
     problems, on_program = [], 0
-    for size, recorded in sorted(entry.assumptions.items(), key=lambda item: int(item[0])):
+    for size, recorded in sorted(entry.assumptions.items(), key=lambda item: label_order(item[0])):
         unchecked = [a for a in recorded.assumptions if a.check == "unchecked"]
         if unchecked:
             problems.append(

@@ -12,7 +12,7 @@ from ccache_cli.archive.unpack import is_archive_path
 from ccache_cli.check.inspect import InspectReport, inspect_archive, inspect_remote, inspect_store
 from ccache_cli.hooked import fingerprint
 from ccache_cli.registry.reference import is_reference
-from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.manifest import Manifest, label_order
 
 from .pack import TRUST_OPTION
 from .registry import INSECURE_OPTION
@@ -52,7 +52,7 @@ def _print_table(report: InspectReport, root: object) -> None:
     table = Table("id", "name", "sizes", "device", "torch", "size", "age", "used", "compatible")
     for item in report.entries:
         e = item.entry
-        sizes = ",".join(map(str, e.sizes)) + (",dyn" if e.dynamic else "")
+        sizes = ",".join(e.size_labels) + (",dyn" if e.dynamic else "")
         device = e.fingerprint.get("gpu") or e.device
         used = (
             "-"
@@ -148,7 +148,7 @@ def _print_assumptions(e: Manifest) -> None:
         title="Assumptions of the stored code",
         title_justify="left",
     )
-    for size, recorded in sorted(e.assumptions.items(), key=lambda item: int(item[0])):
+    for size, recorded in sorted(e.assumptions.items(), key=lambda item: label_order(item[0])):
         counts = recorded.counts()
         unchecked = counts.pop("unchecked", 0)
         cells = ", ".join(f"{kind} {number}" for kind, number in sorted(counts.items()))

@@ -25,7 +25,12 @@ def command(
     model: str = typer.Argument(
         ..., metavar="MODEL", help="pkg.module[:attr] or path/to/file.py[:attr]; attr defaults to build"
     ),
-    sizes: str = typer.Option(..., "--sizes", help="Batch sizes to compile, e.g. 1,8,32"),
+    sizes: str = typer.Option(
+        ...,
+        "--sizes",
+        help="Batch sizes to compile, e.g. 1,8,32; a range such as 1-64 gets one package with a dynamic batch "
+        "dimension that serves every size in it (1,8,1-64: sizes 1 and 8 static besides)",
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N"),
     devices: str | None = typer.Option(
         None,
@@ -66,9 +71,11 @@ def command(
     """Compile MODEL for each size in an isolated cache and store the artifacts as one entry."""
     if mode not in core.MODES:
         raise typer.BadParameter(f"expected one of {', '.join(core.MODES)}", param_hint="--mode")
+    static_sizes, ranges = core.parse_sizes(sizes)
     request = core.PrecompileRequest(
         model=model,
-        sizes=core.parse_sizes(sizes),
+        sizes=static_sizes,
+        ranges=ranges,
         device=device,
         devices=core.parse_devices(devices) if devices is not None else (),
         dynamic=dynamic,
@@ -145,7 +152,7 @@ def _print_summary(precompiled: Precompiled) -> None:
     if result.reused:
         out.print(
             f"Entry [bold]{entry.short_id}[/bold] ({entry.name}) already holds sizes "
-            f"{', '.join(map(str, entry.sizes))} for this environment and these sources; "
+            f"{', '.join(entry.size_labels)} for this environment and these sources; "
             "nothing compiled (--force compiles again)."
         )
         return

@@ -46,6 +46,30 @@ IGNORED_DIRS = frozenset({"locks"})  # lock files: nothing to carry or compare
 COPIED_MTIME = 315532800
 
 
+TRITON_GROUP_PREFIX = "__grp__"  # Triton's group files: {"child_paths": {file name: absolute path}}
+
+
+def relocate_triton_group(copy: str) -> None:
+    """Point a copied Triton group file at the files beside it. Triton names a kernel's
+    files by the absolute paths of the cache it compiled into, and takes a group whose
+    files are not there for missing: it would compile the kernel again."""
+    try:
+        with open(copy) as handle:
+            group = json.load(handle)
+        children = group["child_paths"]
+        folder = os.path.dirname(copy)
+        relocated = {
+            name: os.path.join(folder, os.path.basename(path))
+            if os.path.basename(os.path.dirname(path)) == os.path.basename(folder)
+            else path
+            for name, path in children.items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # not a group file as Triton writes them: left as it is
+    with open(copy, "w") as handle:
+        json.dump({**group, "child_paths": relocated}, handle)
+
+
 def versions(modules: Mapping[str, Any]) -> dict[str, str]:
     """VAR -> the version of each known engine this process imported."""
     found = {}

@@ -149,6 +149,12 @@ def evaluate_one(path: str, local: Mapping[str, Any], global_: Mapping[str, Any]
     return value
 
 
+def module_global(module: str) -> str:
+    """The path of a module as Dynamo names it among a frame's globals, which `Globals`
+    resolves in any frame: `G['__import_a_dot_b']`."""
+    return f"G[{_IMPORT_PREFIX + module.replace('.', '_dot_')!r}]"
+
+
 class Globals(dict):  # type: ignore[type-arg]
     """A traced frame's globals as Dynamo saw them: the module's own names, and the
     names Dynamo installs there (`__import_a_dot_b` for module a.b, `__builtins_dict__`

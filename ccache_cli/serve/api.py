@@ -140,6 +140,7 @@ class _CompiledModel:
         running = (platform.python_version(), torch.__version__)
         self._aot = [f for f in aot_functions if f.mode == self._mode and f.built_with == running] if plain else []
         self._chosen: dict[Any, stored_code.Package | stored_code.GuardedFunction | None] = {}
+        self._packages: dict[tuple[str, str], stored_code.Package | None] = {}  # loaded, by path and device
         # Per signature, whether the stored code's assumptions held (None) or why not,
         # checked at its first call; on every call under the every-call policy.
         self._assumed: dict[Any, str | None] = {}
@@ -237,8 +238,11 @@ class _CompiledModel:
         self, signature: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> stored_code.Package | stored_code.GuardedFunction | None:
         wanted, devices = signature
-        for candidate in self._aot:
-            if candidate.inputs != wanted or not stored_code.runs_on(candidate, devices):
+        # A size's own stored code first, then a range's package that serves it too.
+        for candidate in sorted(self._aot, key=lambda candidate: candidate.inputs != wanted):
+            if not stored_code.serves_signature(candidate.inputs, wanted) or not stored_code.runs_on(
+                candidate, devices
+            ):
                 continue
             if candidate.sources not in self._fresh_sources:
                 statuses = check(candidate.sources, search_path())
@@ -246,12 +250,15 @@ class _CompiledModel:
             if not self._fresh_sources[candidate.sources]:
                 continue  # compiled from other code: never serve it
             if candidate.package is not None and candidate.structure == self._structure():
-                with stored_code.unpacking_into(stored_code.package_scratch(candidate.view)):
-                    package = stored_code.Package.load(
-                        self._torch, candidate.package, devices[0] if devices else candidate.device, self._model
+                device = devices[0] if devices else candidate.device
+                if (candidate.package, device) not in self._packages:  # a range's serves many signatures
+                    with stored_code.unpacking_into(stored_code.package_scratch(candidate.view)):
+                        loaded = stored_code.Package.load(self._torch, candidate.package, device, self._model)
+                    self._packages[candidate.package, device] = loaded and loaded.for_entry(
+                        candidate, self._checker(candidate)
                     )
-                if package is not None:
-                    return package.for_entry(candidate, self._checker(candidate))
+                if (package := self._packages[candidate.package, device]) is not None:
+                    return package
             if candidate.function is not None and devices in ((), (candidate.device,)):
                 self._torch._dynamo.config.enable_aot_compile = True
                 with open(candidate.function, "rb") as handle:

@@ -92,6 +92,38 @@ def signature_of_description(described: list[dict[str, Any]]) -> tuple[Any, ...]
     return positional, named
 
 
+def serves_signature(stored: tuple[Any, ...], wanted: tuple[Any, ...]) -> bool:
+    """Whether calls of signature `wanted` are the ones stored code was built for: the
+    same, or for a range's package the same but for one batch size, within the range,
+    wherever the description reads `low-high`."""
+    if stored == wanted:
+        return True
+    batch: set[int] = set()
+
+    def fits(stored_part: Any, wanted_part: Any) -> bool:
+        (shape, dtype), (wanted_shape, wanted_dtype) = stored_part, wanted_part
+        if shape == "value" or dtype != wanted_dtype or len(shape) != len(wanted_shape):
+            return stored_part == wanted_part
+        for dim, wanted_dim in zip(shape, wanted_shape):
+            if isinstance(dim, str):
+                low, _, high = dim.partition("-")
+                if not int(low) <= wanted_dim <= int(high):
+                    return False
+                batch.add(wanted_dim)
+            elif dim != wanted_dim:
+                return False
+        return True
+
+    (positional, named), (wanted_positional, wanted_named) = stored, wanted
+    return (
+        len(positional) == len(wanted_positional)
+        and [name for name, _ in named] == [name for name, _ in wanted_named]
+        and all(map(fits, positional, wanted_positional))
+        and all(fits(part, wanted_part) for (_, part), (_, wanted_part) in zip(named, wanted_named))
+        and len(batch) <= 1  # one batch size throughout the call
+    )
+
+
 def runs_on(candidate: AotFunction, devices: tuple[str, ...]) -> bool:
     """Whether a stored function can serve a call on `devices`: its own device; for a
     package, any index of the same kind (the loader takes the index), so an entry

@@ -54,7 +54,7 @@ INDUCTOR_PREFIX = "inductor/"
 
 
 # Part of a view's name: a view laid out by another version of this code is not reused.
-_VIEW_LAYOUT = 5  # 2: AOT functions and packages listed; 3: the model structure; 4: engines; 5: own .pyc linked
+_VIEW_LAYOUT = 6  # 2: AOT functions and packages listed; 3: the model structure; 4: engines; 5: own .pyc linked; 6: Triton groups relocated
 
 
 def ensure_view(
@@ -184,6 +184,8 @@ def _link_files(store: Store, entries: Sequence[Manifest], view: Path, roots: di
                     copy = inside(view, path)
                     copy.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(store.blob_file(ref["sha256"]), copy)
+                    if copy.name.startswith(engines.TRITON_GROUP_PREFIX):
+                        engines.relocate_triton_group(str(copy))
                     os.utime(copy, (engines.COPIED_MTIME, engines.COPIED_MTIME))
                     laid_out[var]["files"].append(path[len(f"{engines.ENGINES_DIR}/{var}/") :])
                     made.add(path)

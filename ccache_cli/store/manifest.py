@@ -7,8 +7,9 @@ The document, format 1:
     {"format": 1, "id": sha256 of the key's canonical JSON, "name", "created" (UTC),
      "lookup": sha256 of the key parts known before compiling, or null,
      "key": {"fingerprint": {component: value}, "compile": {"device", "sizes",
-             "dynamic", "mode", "backend", ...}, "model": {"module", "attr",
-             "inputs"} or null, "inputs": {size: [input description]},
+             "ranges" (optional: [[low, high]]), "dynamic", "mode", "backend", ...},
+             "model": {"module", "attr", "inputs"} or null,
+             "inputs": {size or "low-high": [input description]},
              "sources": [{"module", "path", "sha256"}]},
      "timings": {"sizes": [per size report], "aot": {size: s}, "packages": {size: s}},
      "aot": {"status", "reason", "packages": {"status", "reason", "model"}},
@@ -56,6 +57,7 @@ class Source:
 class CompileOptions:
     device: str
     sizes: tuple[int, ...]
+    ranges: tuple[tuple[int, int], ...]  # each served whole by one package with a dynamic batch
     dynamic: bool
     mode: str | None
     backend: str | None
@@ -180,6 +182,11 @@ class Manifest:
         return self.compile.dynamic
 
     @property
+    def size_labels(self) -> list[str]:
+        """Its sizes, then its ranges (`1-64`), as a person reads them."""
+        return [*map(str, self.compile.sizes), *(f"{low}-{high}" for low, high in self.compile.ranges)]
+
+    @property
     def stores_aot_code(self) -> bool:
         """Whether it holds stored code (aot_compile functions or AOTInductor packages)."""
         packages = self.aot.packages
@@ -276,6 +283,11 @@ class Totals:
         )
 
 
+def label_order(label: str) -> tuple[int, ...]:
+    """Sort key of a size's or range's label (`8`, `1-64`): sizes first, each by number."""
+    return (0, int(label)) if label.isdigit() else (1, *map(int, label.split("-")))
+
+
 def parse(document: Any, folder: str | None = None, with_files: bool = True) -> Manifest:
     """A manifest from its JSON document, checked against the schema (ManifestError);
     `folder`: its entry folder's name, which the id must equal; without `with_files`,
@@ -303,6 +315,7 @@ def from_summary(d: Mapping[str, Any], totals: Totals | None, load: Callable[[],
         compile=CompileOptions(
             device=options["device"],
             sizes=tuple(options["sizes"]),
+            ranges=tuple((low, high) for low, high in options.get("ranges", ())),
             dynamic=options["dynamic"],
             mode=options.get("mode"),
             backend=options.get("backend"),

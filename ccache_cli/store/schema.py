@@ -213,6 +213,11 @@ def _check_key(key: Mapping[str, Any]) -> None:
     sizes = _field(compile_options, "sizes", list, "key.compile.")
     if not all(type(size) is int and size > 0 for size in sizes):
         raise ManifestError("key.compile.sizes must be positive integers")
+    ranges = compile_options.get("ranges", [])
+    if not isinstance(ranges, list) or not all(
+        isinstance(r, list) and len(r) == 2 and all(type(n) is int for n in r) and 0 < r[0] < r[1] for r in ranges
+    ):
+        raise ManifestError("key.compile.ranges must be [low, high] pairs of batch sizes, low below high")
     _field(compile_options, "dynamic", bool, "key.compile.")
     devices = compile_options.get("devices", [])
     if not isinstance(devices, list) or not all(type(index) is int and index >= 0 for index in devices):
@@ -274,12 +279,15 @@ def _check_timings(timings: Mapping[str, Any]) -> None:
             raise ManifestError(f"timings.{name} must map sizes to seconds")
 
 
+_SIZE_LABEL = re.compile(r"[0-9]+(-[0-9]+)?")  # a size, or a range (build/plan.range_label)
+
+
 def _check_assumptions(by_size: Mapping[str, Any]) -> None:
     """Per size: the traced forward's module and name, and rows of [check, path, expected, guard]."""
     for size, recorded in by_size.items():
         where = f"assumptions[{size!r}]"
-        if not (isinstance(size, str) and size.isascii() and size.isdigit()):
-            raise ManifestError(f"{where}: sizes are decimal numbers")
+        if not (isinstance(size, str) and _SIZE_LABEL.fullmatch(size)):
+            raise ManifestError(f"{where}: sizes are decimal numbers, ranges two joined by '-'")
         recorded = _mapping(recorded, where)
         frame = _mapping(recorded.get("frame"), f"{where}.frame")
         if not all(isinstance(frame.get(name), str) for name in ("module", "qualname")):

@@ -126,3 +126,17 @@ def test_torch_2_11_guard_forms_are_read_as_their_checks() -> None:
     blocks = torch.nn.ModuleList()
     assert guards._same_object(blocks.__iter__, blocks.__iter__)
     assert not guards._same_object(blocks.__iter__, torch.nn.ModuleList().__iter__)
+
+
+def test_a_global_dynamo_installed_by_id_is_read_where_any_process_finds_it() -> None:
+    """torch 2.11 installs a module it needs in the traced frame's globals under a name
+    made of the module's id (`_140475869140272_c0`): the path goes through the module's
+    import instead; any other value cannot be read in another process."""
+    scope = {"_140475869140272_c0": torch, "_7_c1": torch.Tensor}
+    frame = types.SimpleNamespace(global_scope=scope)
+    found = guards._through_installed_global(frame, "G['_140475869140272_c0'].Tensor")
+    assert found == ("G['__import_torch'].Tensor", None)
+    assert paths.evaluate_one(found[0], {}, paths.Globals("json")) is torch.Tensor
+    path, why = guards._through_installed_global(frame, "G['_7_c1'].__name__")
+    assert why is not None and "installed by its id" in why
+    assert guards._through_installed_global(frame, "G['SCALE']") == ("G['SCALE']", None)

@@ -84,3 +84,20 @@ def test_a_module_s_own_pyc_is_linked_only_while_valid_for_its_source(tmp_path: 
     assert bytecode.own_timestamp_pyc(str(source)) is None
     py_compile.compile(str(source), invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
     assert bytecode.own_timestamp_pyc(str(source)) is None  # hash-based: Python would hash the source anyway
+
+
+def test_a_copied_triton_group_names_the_files_beside_it(tmp_path: Path) -> None:
+    """Triton writes a group's files by absolute path; in a view's copy they lie beside
+    the group file, and a group that names others is left as it is."""
+    folder = tmp_path / "view" / "engines" / "TRITON_CACHE_DIR" / "KEY"
+    folder.mkdir(parents=True)
+    group = folder / "__grp__add_one.json"
+    captured = "/captured/root/KEY"
+    group.write_text(json.dumps({"child_paths": {"add_one.cubin": f"{captured}/add_one.cubin", "x": "/elsewhere/x"}}))
+    engines.relocate_triton_group(str(group))
+    assert json.loads(group.read_text()) == {
+        "child_paths": {"add_one.cubin": str(folder / "add_one.cubin"), "x": "/elsewhere/x"}
+    }
+    group.write_text("not json")
+    engines.relocate_triton_group(str(group))
+    assert group.read_text() == "not json"

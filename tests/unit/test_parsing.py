@@ -15,14 +15,23 @@ from ccache_cli.errors import BadInputError, DeviceError, ExitCode, SizesError
 
 @pytest.mark.parametrize(
     ("text", "sizes"),
-    [("1,8,32", (1, 8, 32)), (" 4 , 2 ", (4, 2)), ("8,8,1", (8, 1)), (str(MAX_SIZE), (MAX_SIZE,))],
+    [
+        ("1,8,32", ((1, 8, 32), ())),
+        (" 4 , 2 ", ((4, 2), ())),
+        ("8,8,1", ((8, 1), ())),
+        (str(MAX_SIZE), ((MAX_SIZE,), ())),
+        ("1-64", ((), ((1, 64),))),
+        ("1,8, 2-256 ,1-64,2-256", ((1, 8), ((2, 256), (1, 64)))),
+    ],
 )
-def test_parse_sizes_keeps_order_and_drops_repeats(text: str, sizes: tuple[int, ...]) -> None:
+def test_parse_sizes_keeps_order_and_drops_repeats(text: str, sizes: tuple) -> None:
     assert parse_sizes(text) == sizes
 
 
 @pytest.mark.parametrize(
-    "text", ["", " ", "1,,8", "0", "-1", "1.5", "eight", "1;8", str(MAX_SIZE + 1), "\u0661,\u0668", "2\u00b2", "\uff18"]
+    "text",
+    ["", " ", "1,,8", "0", "-1", "1.5", "eight", "1;8", str(MAX_SIZE + 1), "\u0661,\u0668", "2\u00b2", "\uff18"]
+    + ["1-", "-8", "8-1", "4-4", "0-8", "1-2-3", "1 - 8x", f"1-{MAX_SIZE + 1}"],
 )
 def test_parse_sizes_refuses_what_is_not_a_list_of_batch_sizes(text: str) -> None:
     with pytest.raises(SizesError) as caught:
