@@ -84,9 +84,12 @@ def read(store: Store, entry_id: str) -> Usage:
         lines = (store.root / "usage" / f"{entry_id}.log").read_text().splitlines()
     except OSError:
         lines = []
-    for text in lines:
+    try:  # one parse for the whole log; line by line where one was cut short
+        parsed: list[Any] = json.loads(f"[{','.join(lines)}]")
+    except ValueError:
+        parsed = [_parsed(text) for text in lines]
+    for line in parsed:
         try:
-            line = json.loads(text)
             if not line.get("result"):  # a result line reports a use's cache counters, not another use
                 at = line["at"]
                 last = at if last is None or moment(at) > moment(last) else last
@@ -104,6 +107,13 @@ def read(store: Store, entry_id: str) -> Usage:
         except (ValueError, TypeError, KeyError, AttributeError):
             continue  # a line cut short by a crash, or not one this tool wrote
     return Usage(times, last, hits, misses, reason, routed, served, dict(not_routed))
+
+
+def _parsed(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None  # a line cut short by a crash
 
 
 def forget(store: Store, entry_id: str) -> None:
