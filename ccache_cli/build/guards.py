@@ -225,8 +225,8 @@ def _expected(kind: str, entry: Any, attr: str | None, key: Any, invert: bool | 
         return attr
     if kind in ("DICT_CONTAINS", "DICT_NOT_CONTAINS") and isinstance(key, str):
         return [key, kind == "DICT_CONTAINS" and not invert]
-    if kind == "TENSOR_MATCH":
-        return a.describe_tensor(value)
+    if kind == "TENSOR_MATCH":  # a range's batch dimension (marked dynamic) takes any size
+        return a.describe_tensor(value, getattr(value, "_dynamo_dynamic_indices", ()))
     return None
 
 

@@ -286,9 +286,12 @@ def _observe(check: str, value: Any, expected: Any) -> Any:
     if check == "dict_key":
         return [expected[0], expected[0] in value]
     if check == "tensor":
-        return describe_tensor(value)
+        return describe_tensor(value, {at for at, size in enumerate(expected[1]) if size is None})
     return f"an unknown check {check!r}"
 
 
-def describe_tensor(value: Any) -> list[Any]:
-    return [str(getattr(value, "dtype", None)), list(getattr(value, "shape", ())), str(getattr(value, "device", None))]
+def describe_tensor(value: Any, dynamic: Any = ()) -> list[Any]:
+    """dtype, shape and device; `dynamic`: the dimensions any size may take (None),
+    those of a range's batch."""
+    shape = [None if at in dynamic else size for at, size in enumerate(getattr(value, "shape", ()))]
+    return [str(getattr(value, "dtype", None)), shape, str(getattr(value, "device", None))]

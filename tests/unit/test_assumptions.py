@@ -140,3 +140,16 @@ def test_a_global_dynamo_installed_by_id_is_read_where_any_process_finds_it() ->
     path, why = guards._through_installed_global(frame, "G['_7_c1'].__name__")
     assert why is not None and "installed by its id" in why
     assert guards._through_installed_global(frame, "G['SCALE']") == ("G['SCALE']", None)
+
+
+def test_a_range_s_batch_dimension_takes_any_size_in_a_tensor_check() -> None:
+    """A range's graph marks the batch dimension dynamic: a tensor the forward reads
+    (transformers' `L['kwargs']['input_ids']`) is checked but for that dimension."""
+    recorded = torch.zeros(16, 32, dtype=torch.int64)
+    torch._dynamo.mark_dynamic(recorded, 0)
+    expected = guards._expected("TENSOR_MATCH", types.SimpleNamespace(has_value=True, value=recorded), None, None, None)
+    assert expected == ["torch.int64", [None, 32], "cpu"]
+    assert a._observe("tensor", torch.ones(3, 32, dtype=torch.int64), expected) == expected
+    assert a._observe("tensor", torch.ones(3, 31, dtype=torch.int64), expected) != expected
+    static = ["torch.int64", [16, 32], "cpu"]
+    assert a._observe("tensor", torch.ones(3, 32, dtype=torch.int64), static) != static
