@@ -23,7 +23,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from ccache_cli.hooked.imports import when_imported
+from ccache_cli.in_program.imports import when_imported
 
 MODULE = "torch._inductor.runtime.benchmarking"
 _ENTRY_POINTS = ("benchmark", "benchmark_gpu", "benchmark_cpu")

@@ -42,7 +42,7 @@ WAYS = {
 def child(args: argparse.Namespace) -> None:
     import torch
 
-    from ccache_cli.build import modelspec, plan
+    from ccache_cli.precompile import modelspec, plan
 
     spec = modelspec.parse(args.model)
     module = modelspec.import_target(spec)

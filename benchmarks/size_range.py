@@ -36,7 +36,7 @@ EXAMPLE = "ccache_cli.examples.tiny_transformer"
 def child(args: argparse.Namespace) -> None:
     import torch
 
-    from ccache_cli.build import modelspec, plan
+    from ccache_cli.precompile import modelspec, plan
 
     spec = modelspec.parse(args.model)
     module = modelspec.import_target(spec)

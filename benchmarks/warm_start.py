@@ -59,8 +59,8 @@ def child(way: str, args: argparse.Namespace, sizes: list[int], extra: str | Non
     benchmark_calls.install()
     import torch
 
-    from ccache_cli.build import modelspec
-    from ccache_cli.build import plan as plan
+    from ccache_cli.precompile import modelspec
+    from ccache_cli.precompile import plan as plan
 
     spec = modelspec.parse(args.model)
     module = modelspec.import_target(spec)

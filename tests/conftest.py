@@ -254,7 +254,7 @@ def store_leftovers(store: Path) -> list[str]:
 @functools.cache
 def cpu_fingerprint() -> dict:
     """This machine's CPU fingerprint, as an entry compiled here would carry it."""
-    from ccache_cli.hooked.fingerprint import entry_fingerprint
+    from ccache_cli.in_program.fingerprint import entry_fingerprint
 
     return entry_fingerprint(json.loads(machine_fingerprint_json()), "cpu")
 

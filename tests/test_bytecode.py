@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import MODELS, ccache, ccache_json
 
-from ccache_cli.hooked import bytecode
+from ccache_cli.in_program import bytecode
 from ccache_cli.store.store import Store
 
 NO_PYC = {"PYTHONDONTWRITEBYTECODE": "1"}  # with PYTHONPYCACHEPREFIX at an empty folder: as in many images

@@ -94,9 +94,9 @@ def test_readers_killed_while_writing_the_index_leave_it_whole(tmp_path: Path) -
     the old index or a new one, whole, and temporary files that gc reclaims."""
     root = tmp_path / "store"
     store = Store(root)
-    ids = {make_entry(store, f"entry{n}", {f"inductor/{n}": str(n).encode()}) for n in range(40)}
+    ids = {make_entry(store, f"entry{n}", {f"inductor/{n}": str(n).encode()}) for n in range(30)}
     rng = random.Random(5)
-    for _ in range(12):
+    for _ in range(6):
         (root / "index.json").unlink(missing_ok=True)
         reader = subprocess.Popen(
             [sys.executable, "-m", "ccache_cli", "--store", str(root), "inspect", "--json"],

@@ -24,7 +24,7 @@ SERVE = textwrap.dedent(
     """
     import json, sys, torch
     import ccache_cli
-    from ccache_cli.build.outputs import compare_eager
+    from ccache_cli.precompile.outputs import compare_eager
     sys.path.insert(0, sys.argv[1])
     from llama import build, example_inputs
     model = build(int(sys.argv[2]))

@@ -291,7 +291,7 @@ def test_autotuning_results_are_looked_up_in_the_process_own_cache() -> None:
     a path under the folder an entry was compiled in resolves in the process's cache."""
     import types
 
-    from ccache_cli.hooked import relocate
+    from ccache_cli.in_program import relocate
 
     class AutotuneCache:  # the two methods of torch's class that read and write the path
         def __init__(self, path: str) -> None:

@@ -105,7 +105,7 @@ def test_every_call_policy_sees_a_change_between_calls(configurable: dict, tmp_p
         "import json, sys, torch\n"
         f"sys.path.insert(0, {str(configurable['models'])!r})\n"
         "import configurable\n"
-        "from ccache_cli.build.outputs import compare_eager\n"
+        "from ccache_cli.precompile.outputs import compare_eager\n"
         "model = configurable.build()\n"
         "compiled = torch.compile(model)\n"
         "(x,) = configurable.example_inputs(2)\n"
@@ -154,7 +154,7 @@ def test_the_bundled_example_with_a_norm_configured_after_building(example_store
     program = tmp_path / "configured.py"
     program.write_text(
         "import json, torch, ccache_cli\n"
-        "from ccache_cli.build.outputs import compare_eager\n"
+        "from ccache_cli.precompile.outputs import compare_eager\n"
         "from ccache_cli.examples.tiny_transformer import build, example_inputs\n"
         "model = build()\n"
         "model.blocks[0].norm.eps = 0.5  # nn.LayerNorm reads it in its forward\n"

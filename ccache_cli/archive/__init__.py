@@ -6,6 +6,6 @@ Run in other processes: `pack_process.py` and `unpack_process.py` (forked, or
 `python -m ccache_cli.archive.pack_process`); they import only frames, tarstream, the
 store and errors, to start fast.
 
-May import: ccache_cli.store, ccache_cli.hooked, ccache_cli.errors, zstandard,
+May import: ccache_cli.store, ccache_cli.in_program, ccache_cli.errors, zstandard,
 cryptography (where a key is used). Never torch, Typer or rich.
 """

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ccache_cli.hooked import usage
-from ccache_cli.hooked.fingerprint import Mismatch
-from ccache_cli.hooked.usage import Usage
+from ccache_cli.in_program import usage
+from ccache_cli.in_program.fingerprint import Mismatch
+from ccache_cli.in_program.usage import Usage
 from ccache_cli.key.compat import compatibility, this_machine
 from ccache_cli.store import artifacts
 from ccache_cli.store.manifest import Manifest

@@ -39,8 +39,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     import torch
     from torch._dynamo.utils import counters
 
-    from ccache_cli.build import outputs, plan
-    from ccache_cli.build.compile_process import cache_counters
+    from ccache_cli.precompile import outputs, plan
+    from ccache_cli.precompile.compile_process import cache_counters
 
     options = request["compile"]
     device = options["device"]

@@ -28,7 +28,7 @@ from ccache_cli.archive.pack import blob_sizes
 from ccache_cli.archive.signing import PublicKey
 from ccache_cli.archive.unpack import check_blobs, is_archive_path, open_source
 from ccache_cli.errors import BadInputError
-from ccache_cli.hooked import bytecode, engines, fingerprint, usage
+from ccache_cli.in_program import bytecode, engines, fingerprint, usage
 from ccache_cli.key import sources
 from ccache_cli.registry.reference import is_reference
 from ccache_cli.serve import routing

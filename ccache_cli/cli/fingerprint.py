@@ -8,9 +8,9 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ccache_cli.build.precompile import check_device
-from ccache_cli.hooked import fingerprint
+from ccache_cli.in_program import fingerprint
 from ccache_cli.key import interpreter
+from ccache_cli.precompile.precompile import check_device
 
 from .render import out, show
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from ccache_cli.check import housekeeping
 from ccache_cli.errors import BadInputError
+from ccache_cli.housekeeping import removal
 from ccache_cli.store.store import Store
 
 from .render import human_bytes, out, show, warn
@@ -27,10 +27,10 @@ def gc_command(
 ) -> None:
     """Remove least recently used entries, blobs no entry names and the leftovers of killed writers. Never an entry in use by a running program."""
     store: Store = ctx.obj
-    plan = housekeeping.plan_gc(
+    plan = removal.plan_gc(
         store,
-        housekeeping.parse_size(max_size) if max_size is not None else None,
-        housekeeping.parse_age(older_than) if older_than is not None else None,
+        removal.parse_size(max_size) if max_size is not None else None,
+        removal.parse_age(older_than) if older_than is not None else None,
     )
     _finish(store, plan, dry_run, json_output)
 
@@ -45,14 +45,14 @@ def rm_command(
     if not entries:
         raise BadInputError("name the entries to remove")
     store: Store = ctx.obj
-    _finish(store, housekeeping.plan_rm(store, entries), dry_run, json_output)
+    _finish(store, removal.plan_rm(store, entries), dry_run, json_output)
 
 
-def _finish(store: Store, plan: housekeeping.Plan, dry_run: bool, json_output: bool) -> None:
-    show(housekeeping.carry_out(store, plan, dry_run), json_output, _print_cleanup)
+def _finish(store: Store, plan: removal.Plan, dry_run: bool, json_output: bool) -> None:
+    show(removal.carry_out(store, plan, dry_run), json_output, _print_cleanup)
 
 
-def _print_cleanup(cleanup: housekeeping.Cleanup) -> None:
+def _print_cleanup(cleanup: removal.Cleanup) -> None:
     plan, dry_run = cleanup.plan, cleanup.dry_run
     for entry in plan.in_use:
         warn(f"kept entry {entry.short_id} ({entry.name}): a running program uses it")

@@ -10,7 +10,7 @@ from rich.table import Table
 from ccache_cli.archive.signing import trusted_keys
 from ccache_cli.archive.unpack import is_archive_path
 from ccache_cli.check.inspect import InspectReport, inspect_archive, inspect_remote, inspect_store
-from ccache_cli.hooked import fingerprint
+from ccache_cli.in_program import fingerprint
 from ccache_cli.registry.reference import is_reference
 from ccache_cli.store.manifest import Manifest, label_order
 

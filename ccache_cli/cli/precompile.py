@@ -11,10 +11,10 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ccache_cli.build import precompile as core
 from ccache_cli.check.inspect import EntryReport, report_entry
 from ccache_cli.key.compat import this_machine
 from ccache_cli.key.interpreter import PYTHON_ENV
+from ccache_cli.precompile import precompile as core
 from ccache_cli.store.manifest import PackageStatus
 
 from .render import TIMING_COLUMNS, human_bytes, out, show, timing_cells

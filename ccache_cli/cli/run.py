@@ -7,7 +7,7 @@ import sys
 import typer
 
 from ccache_cli.errors import BadInputError
-from ccache_cli.hooked import usage
+from ccache_cli.in_program import usage
 from ccache_cli.serve import activation, capture, decisions
 from ccache_cli.store.store import Store
 

@@ -4,7 +4,7 @@ Stored AOT code (an AOTInductor package, an aot_compile function) is a forward w
 every Python value its trace read baked in. torch.compile re-checks those values with
 Dynamo's guards on every call; stored code checks nothing of them (aot_compile keeps
 some of its guards and drops every global one). So precompile turns each guard Dynamo
-built for a size's graph into an `Assumption` (build/guards.py): a path, Dynamo's own
+built for a size's graph into an `Assumption` (precompile/guards.py): a path, Dynamo's own
 expression for where the value was read (rooted at the traced forward's locals `L` and
 its module's globals `G`), and what must hold there. Before stored code serves a
 model, `Checker` evaluates every path on that model and names the first that differs
@@ -12,7 +12,7 @@ model, `Checker` evaluates every path on that model and names the first that dif
 torch.compile. An assumption that ccache cannot check is a mismatch too: stored code
 runs only where torch.compile would compute the same thing.
 
-Checks (the guard kinds of torch 2.11 to 2.13 that map to each are in build/guards.py):
+Checks (the guard kinds of torch 2.11 to 2.13 that map to each are in precompile/guards.py):
 - value: a plain constant (bool, int, float, str, None, an enum member, a torch dtype
   or device, tuples of them), equal in type and value;
 - type: the class of the value, by module and qualified name;

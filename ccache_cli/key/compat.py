@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccache_cli.hooked import fingerprint
-from ccache_cli.hooked.fingerprint import Mismatch
+from ccache_cli.in_program import fingerprint
+from ccache_cli.in_program.fingerprint import Mismatch
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 

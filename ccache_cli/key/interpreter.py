@@ -10,7 +10,7 @@ Python executable, a script's `#!` line (a console script such as `vllm`), `env`
 `sh -c` where they are plain. `probe` asks the interpreter, once and cheaply (no
 torch import), for its version, the key components readable without torch, the
 digest that names its cached machine fingerprint, and where its top-level packages
-live, by running hooked/fingerprint.py and hooked/bytecode.py there, by path.
+live, by running in_program/fingerprint.py and in_program/bytecode.py there, by path.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ PYTHON_ENV = "CCACHE_CLI_PYTHON"  # precompile's default interpreter
 _PYTHON_NAME = re.compile(r"(python|pypy)[0-9.]*[a-z]?")
 _SHELLS = ("sh", "bash", "dash", "zsh", "ash")
 _SHELL_SYNTAX = re.compile(r"[;&|<>`$(){}\n*?]")
-_HOOKED = Path(__file__).resolve().parent.parent / "hooked"
+_HOOKED = Path(__file__).resolve().parent.parent / "in_program"
 _HOOK = Path(__file__).resolve().parent.parent / "startup_hook"
 
 # Run in the target interpreter: the fingerprint and bytecode modules, loaded by path.

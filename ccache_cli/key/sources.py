@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ccache_cli.hooked import bytecode
+from ccache_cli.in_program import bytecode
 from ccache_cli.store.hashing import sha256_file
 from ccache_cli.store.manifest import Source
 

@@ -2,6 +2,6 @@
 entries' blobs), activation (`ccache run`, `env`, `ccache_cli.activate()`), the
 `ccache_cli.compile` API that serves stored AOT code, and `run --capture`.
 
-May import: ccache_cli.build, ccache_cli.key, ccache_cli.store, ccache_cli.hooked,
+May import: ccache_cli.precompile, ccache_cli.key, ccache_cli.store, ccache_cli.in_program,
 ccache_cli.errors; torch only inside the API's calls. No Typer or rich.
 """

@@ -7,7 +7,7 @@ TRITON_CACHE_DIR (Triton's kernels live inside the Inductor cache, as at precomp
 time), points each captured engine cache's variable (VLLM_CACHE_ROOT, a `--cache-env`)
 at its writable copy in the view, sets PYTHONPYCACHEPREFIX to the view's bytecode tree and the Inductor settings
 the entries were compiled with, and puts the start-up hook on PYTHONPATH, which
-records usage and says why a process missed (hooked/misses.py).
+records usage and says why a process missed (in_program/misses.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ccache_cli.errors import BadInputError, EntryNotFoundError
-from ccache_cli.hooked import fingerprint, imports, misses, relocate, usage
-from ccache_cli.hooked.usage import VIEW_ENV
+from ccache_cli.in_program import fingerprint, imports, misses, relocate, usage
+from ccache_cli.in_program.usage import VIEW_ENV
 from ccache_cli.key import interpreter
 from ccache_cli.key.compat import fits, this_machine
 from ccache_cli.serve import decisions, routing

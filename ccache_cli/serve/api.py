@@ -5,7 +5,7 @@ A size's AOTInductor package is preferred: it loads without importing Dynamo or
 Inductor and runs on the model's own parameters and buffers, bound by pointer. As a
 package checks nothing of the model itself, it serves a call only where the traced
 sources are unchanged, the model has the structure it was built for
-(build/plan.model_structure), still holds the very tensors bound at load, in the same
+(precompile/plan.model_structure), still holds the very tensors bound at load, in the same
 module tree, no submodule is in training mode, and the inputs are those exported
 (shapes, dtypes, keyword names; contiguous). Else the size's aot_compile function,
 when torch's guards pass.
@@ -22,9 +22,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ccache_cli.build import plan
 from ccache_cli.key.assumptions import Checker
 from ccache_cli.key.sources import check, search_path
+from ccache_cli.precompile import plan
 from ccache_cli.serve import decisions, stored_code
 from ccache_cli.store.manifest import Source
 
@@ -270,7 +270,7 @@ class _CompiledModel:
         return None if candidate.assumptions is None else Checker(self._torch, candidate.assumptions)
 
     def _structure(self) -> str:
-        """The model's structure (build/plan.model_structure), once: a package serves
+        """The model's structure (precompile/plan.model_structure), once: a package serves
         only the model it was built for, not another layer count or dtype."""
         if self._model_structure is None:
             self._model_structure = plan.model_structure(self._model)

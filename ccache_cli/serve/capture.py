@@ -2,7 +2,7 @@
 
 CMD runs with an empty Inductor cache of its own (Triton's inside it) in the store's
 staging area, an empty cache root for each engine (vLLM's VLLM_CACHE_ROOT, SGLang's
-SGLANG_JIT_CACHE_ROOT and every `--cache-env VAR`: hooked/engines.py), and a start-up
+SGLANG_JIT_CACHE_ROOT and every `--cache-env VAR`: in_program/engines.py), and a start-up
 hook (`ccache_cli/startup_hook`) that records, in every Python process CMD starts, the
 files Dynamo traces, the engines' versions and the machine's key components. When CMD
 succeeds, the files it wrote in those folders become the entry's blobs, and the
@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccache_cli.build.precompile import PRIMARY_DEVICES, space_free, stage_artifacts, staged_blobs
 from ccache_cli.errors import BadInputError, CcacheError
-from ccache_cli.hooked import engines, fingerprint
-from ccache_cli.hooked.usage import VIEW_ENV
+from ccache_cli.in_program import engines, fingerprint
+from ccache_cli.in_program.usage import VIEW_ENV
 from ccache_cli.key import interpreter, sources
+from ccache_cli.precompile.precompile import PRIMARY_DEVICES, space_free, stage_artifacts, staged_blobs
 from ccache_cli.serve.activation import with_startup_hook
 from ccache_cli.store import manifest
 from ccache_cli.store.artifacts import BYTECODE_PREFIX, ENGINES_PREFIX

@@ -11,7 +11,7 @@ program's own torch.compile call, made lazily with its own arguments, for calls 
 stored code cannot serve (other shapes, grad enabled, training mode, changed sources).
 
 Counts of routed and declined calls, with the reasons (decisions.py), go to the
-entries' usage logs at exit (hooked/misses.py), where `inspect` shows them. `ccache run --no-route` or
+entries' usage logs at exit (in_program/misses.py), where `inspect` shows them. `ccache run --no-route` or
 CCACHE_CLI_ROUTE=0 turns routing off. Standard library only until torch is imported;
 this module never imports torch itself.
 """
@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any
 
-from ccache_cli.hooked.imports import when_imported
+from ccache_cli.in_program.imports import when_imported
 from ccache_cli.serve.decisions import count
 
 ROUTE_ENV = "CCACHE_CLI_ROUTE"  # "0": leave torch.compile alone

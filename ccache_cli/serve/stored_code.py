@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccache_cli.build import plan
-from ccache_cli.hooked.usage import VIEW_ENV
+from ccache_cli.in_program.usage import VIEW_ENV
 from ccache_cli.key.assumptions import Checker
+from ccache_cli.precompile import plan
 from ccache_cli.serve.views import ended_processes, read_description
 from ccache_cli.store.assumptions import SizeAssumptions
 from ccache_cli.store.manifest import Source
@@ -33,7 +33,7 @@ class AotFunction:
     mode: str
     inputs: tuple[Any, ...]  # the signature of the calls it was compiled for (`_signature`)
     sources: tuple[Source, ...]
-    structure: str | None  # the package's model (build/plan.model_structure)
+    structure: str | None  # the package's model (precompile/plan.model_structure)
     view: str
     built_with: tuple[Any, Any]  # the Python and torch versions of its key
     entry: str  # the id of the entry that holds it

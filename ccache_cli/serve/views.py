@@ -5,13 +5,13 @@ A view is a folder of real directories whose files are symbolic links to the sto
 read-only blobs: `inductor/` (the Inductor, Triton and AOTAutograd caches, used as
 TORCHINDUCTOR_CACHE_DIR), `aot/<entry>/size-N.pt` and `.pt2` (AOT functions and
 packages) and `bytecode/` (the stored .pyc files laid out as a PYTHONPYCACHEPREFIX tree
-for where their modules live in this environment; see hooked/bytecode.py; where the
+for where their modules live in this environment; see in_program/bytecode.py; where the
 environment has a valid .pyc of its own for a module, the link is to that one, which
 Python checks with a stat rather than by hashing the source), plus
 `activation.json`, which tells the running program what the view holds, so that it
 never needs the store. Captured engine cache roots (`engines/<VAR>/`) are copies, not
 links: an engine may write into its files, and `engines.json` lists what was laid out
-(hooked/engines.py).
+(in_program/engines.py).
 
 Why links are safe: torch writes every cache file at run time as a new file that it
 moves into place (`write_atomic`, Triton's `FileCacheManager.put`, Python's own .pyc
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ccache_cli.errors import UnsafeFolderError
-from ccache_cli.hooked import bytecode, engines
+from ccache_cli.in_program import bytecode, engines
 from ccache_cli.store import owners
 from ccache_cli.store.artifacts import AOT_PREFIX, engine_var_of
 from ccache_cli.store.hashing import hash_json
@@ -136,7 +136,7 @@ def _own_folder(path: Path, what: str, fix: str) -> Path:
 @dataclass(frozen=True)
 class ActiveEntry:
     """An entry as a view's activation.json describes it to the programs that use the
-    view (`ccache_cli.compile`, and hooked/misses.py, which reads the same JSON)."""
+    view (`ccache_cli.compile`, and in_program/misses.py, which reads the same JSON)."""
 
     id: str
     name: str

@@ -41,7 +41,7 @@ _TRACED = set()
 def _load(name):
     """A module of ccache-cli that needs only the standard library, by path: the
     program may not have ccache-cli installed."""
-    path = os.path.join(_PACKAGE_ROOT, "ccache_cli", "hooked", f"{name}.py")
+    path = os.path.join(_PACKAGE_ROOT, "ccache_cli", "in_program", f"{name}.py")
     spec = importlib.util.spec_from_file_location(f"_ccache_cli_capture_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # as import does: dataclasses look their module up there

@@ -2,6 +2,6 @@
 every manifest is checked against), the write lock, durable writes, and which process
 owns a staging folder.
 
-May import: ccache_cli.hooked, ccache_cli.errors and the standard library (filelock,
+May import: ccache_cli.in_program, ccache_cli.errors and the standard library (filelock,
 imported only by writers). No torch, Typer or rich.
 """

@@ -4,7 +4,7 @@ An entry's files live under a few top-level folders: `inductor/` is the Inductor
 cache directory as torch wrote it (TORCHINDUCTOR_CACHE_DIR), `megacache/` holds
 torch's portable Mega-Cache bytes, `aot/` the AOT-compiled functions and packages,
 `bytecode/` the .pyc files of the modules the compiling process imported,
-`outputs/` a sample of each size's outputs (build/outputs.py) and `engines/<VAR>/` the
+`outputs/` a sample of each size's outputs (precompile/outputs.py) and `engines/<VAR>/` the
 cache root a captured engine kept under the environment variable VAR (vLLM's
 VLLM_CACHE_ROOT, or any `run --capture --cache-env VAR`).
 """
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ccache_cli.hooked import bytecode, engines
+from ccache_cli.in_program import bytecode, engines
 
 INDUCTOR_PREFIX = "inductor/"
 MEGACACHE_FILE = "megacache/cache_artifacts.bin"

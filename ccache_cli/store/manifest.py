@@ -90,7 +90,7 @@ class SizeTiming:
 class PackageStatus:
     status: str  # stored, skipped or disabled
     reason: str | None
-    structure: str | None  # the model the packages were built for (build/plan.model_structure)
+    structure: str | None  # the model the packages were built for (precompile/plan.model_structure)
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class AotStatus:
 
 @dataclass(frozen=True)
 class EngineCache:
-    """An engine's cache root stored with a captured entry (hooked/engines.py)."""
+    """An engine's cache root stored with a captured entry (in_program/engines.py)."""
 
     var: str  # the environment variable that names it
     version: str | None  # the engine's, where known

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ccache_cli.errors import BadInputError
-from ccache_cli.hooked.fingerprint import components_for
+from ccache_cli.in_program.fingerprint import components_for
 from ccache_cli.store.hashing import hash_json
 
 FORMAT = 1
@@ -279,7 +279,7 @@ def _check_timings(timings: Mapping[str, Any]) -> None:
             raise ManifestError(f"timings.{name} must map sizes to seconds")
 
 
-_SIZE_LABEL = re.compile(r"[0-9]+(-[0-9]+)?")  # a size, or a range (build/plan.range_label)
+_SIZE_LABEL = re.compile(r"[0-9]+(-[0-9]+)?")  # a size, or a range (precompile/plan.range_label)
 
 
 def _check_assumptions(by_size: Mapping[str, Any]) -> None:

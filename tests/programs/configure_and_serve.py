@@ -15,7 +15,7 @@ sys.path.insert(0, sys.argv[1])
 import configurable  # noqa: E402
 
 import ccache_cli  # noqa: E402
-from ccache_cli.build.outputs import compare_eager  # noqa: E402
+from ccache_cli.precompile.outputs import compare_eager  # noqa: E402
 
 way, case = sys.argv[2], sys.argv[3]
 device = sys.argv[4] if len(sys.argv) > 4 else "cpu"

@@ -16,7 +16,7 @@ sys.path.insert(0, sys.argv[1])
 from llama import build, example_inputs  # noqa: E402
 
 import ccache_cli  # noqa: E402
-from ccache_cli.build.outputs import compare_eager  # noqa: E402
+from ccache_cli.precompile.outputs import compare_eager  # noqa: E402
 
 way, case = sys.argv[2], sys.argv[3]
 model = build()

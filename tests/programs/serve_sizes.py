@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, sys.argv[1])
 import configurable  # noqa: E402
 
-from ccache_cli.build.outputs import compare_eager  # noqa: E402
+from ccache_cli.precompile.outputs import compare_eager  # noqa: E402
 
 model = configurable.build()
 if sys.argv[2] == "float attribute":

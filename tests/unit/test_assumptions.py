@@ -12,9 +12,9 @@ import types
 import pytest
 import torch
 
-from ccache_cli.build import guards
 from ccache_cli.key import assumptions as a
 from ccache_cli.key import paths
+from ccache_cli.precompile import guards
 from ccache_cli.store.assumptions import Frame
 
 

@@ -1,5 +1,5 @@
 """What the first process of `ccache run` says of a captured engine cache at exit
-(hooked/engines.py), on real files laid out as a view lays them out."""
+(in_program/engines.py), on real files laid out as a view lays them out."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ccache_cli.hooked import engines
+from ccache_cli.in_program import engines
 
 CAPTURED = ["torch_compile_cache/torch_aot_compile/aaaa/rank_0_0/model", "modelinfos/llama.json"]
 
@@ -70,10 +70,10 @@ def test_other_engine_version_moved_root_and_rewritten_files(view: Path) -> None
 
 
 def test_a_module_s_own_pyc_is_linked_only_while_valid_for_its_source(tmp_path: Path) -> None:
-    """Views link the environment's own timestamp .pyc where it is valid (hooked/bytecode.py)."""
+    """Views link the environment's own timestamp .pyc where it is valid (in_program/bytecode.py)."""
     import py_compile
 
-    from ccache_cli.hooked import bytecode
+    from ccache_cli.in_program import bytecode
 
     source = tmp_path / "module.py"
     source.write_text("x = 1\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ccache_cli.hooked.fingerprint import DYNAMIC, components_for, inductor_env, mismatches
+from ccache_cli.in_program.fingerprint import DYNAMIC, components_for, inductor_env, mismatches
 from ccache_cli.key import sources
 from ccache_cli.store.hashing import sha256_file
 

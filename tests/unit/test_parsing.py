@@ -6,11 +6,11 @@ import datetime as dt
 
 import pytest
 
-from ccache_cli.build.precompile import MAX_SIZE, check_device, parse_devices, parse_sizes
-from ccache_cli.check.housekeeping import parse_age, parse_size
 from ccache_cli.cli.main import plain_command
 from ccache_cli.cli.render import human_bytes
 from ccache_cli.errors import BadInputError, DeviceError, ExitCode, SizesError
+from ccache_cli.housekeeping.removal import parse_age, parse_size
+from ccache_cli.precompile.precompile import MAX_SIZE, check_device, parse_devices, parse_sizes
 
 
 @pytest.mark.parametrize(

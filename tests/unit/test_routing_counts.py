@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ccache_cli.hooked import fingerprint, misses, usage
+from ccache_cli.in_program import fingerprint, misses, usage
 from ccache_cli.serve import decisions
 
 

@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from ccache_cli.build import aot, guards, modelspec, outputs, plan
 from ccache_cli.errors import CcacheError, DeviceError
-from ccache_cli.hooked import bytecode, fingerprint
-from ccache_cli.hooked.tracing import modules_by_file, record_traced_files
+from ccache_cli.in_program import bytecode, fingerprint
+from ccache_cli.in_program.tracing import modules_by_file, record_traced_files
 from ccache_cli.key import sources
+from ccache_cli.precompile import aot, guards, modelspec, outputs, plan
 from ccache_cli.store import owners
 from ccache_cli.store.artifacts import AOT_PREFIX, MEGACACHE_FILE, OUTPUTS_PREFIX
 
@@ -185,7 +185,7 @@ def _compile_sizes(
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Each size's and range's first call through torch.compile: the reports, the
     outputs (by size, range or "dynamic"), and with a `recorder` what each size's or
-    range's graph assumes (build/guards.py); labels end with `suffix` (the device
+    range's graph assumes (precompile/guards.py); labels end with `suffix` (the device
     index beyond the first)."""
     runs: list[tuple[str, plan.CallInputs]] = [(str(size), args) for size, args in inputs.items()]
     for batch_range, args in (range_inputs or {}).items():

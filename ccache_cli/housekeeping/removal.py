@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ccache_cli.errors import BadInputError, CcacheError, UnsafeFolderError
-from ccache_cli.hooked import usage
+from ccache_cli.in_program import usage
 from ccache_cli.serve import views
 from ccache_cli.store import durable, owners
 from ccache_cli.store.leftovers import remove

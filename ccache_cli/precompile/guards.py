@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccache_cli.hooked.tracing import modules_by_file
+from ccache_cli.in_program.tracing import modules_by_file
 from ccache_cli.key import assumptions as a
 from ccache_cli.key import paths
 from ccache_cli.key.sources import covered_by_versions

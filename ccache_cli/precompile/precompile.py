@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from ccache_cli import errors
-from ccache_cli.build import modelspec
 from ccache_cli.errors import CcacheError, CompileError, DeviceError, SizesError, StoreError
-from ccache_cli.hooked import fingerprint
-from ccache_cli.hooked.fingerprint import DYNAMIC_THREADS_ENV
-from ccache_cli.hooked.usage import VIEW_ENV
+from ccache_cli.in_program import fingerprint
+from ccache_cli.in_program.fingerprint import DYNAMIC_THREADS_ENV
+from ccache_cli.in_program.usage import VIEW_ENV
 from ccache_cli.key import interpreter, sources
+from ccache_cli.precompile import modelspec
 from ccache_cli.store import manifest
 from ccache_cli.store.artifacts import INDUCTOR_PREFIX, carried
 from ccache_cli.store.hashing import hash_json
@@ -331,7 +331,13 @@ class _Worker:
         # installed there, and nothing of this environment is put on its path.
         start = ["-m"] if python is None else ["-c", _FOREIGN_START, str(Path(__file__).resolve().parent.parent)]
         self._process = subprocess.Popen(
-            [python or sys.executable, *start, "ccache_cli.build.compile_process", str(request_file), str(artifacts)],
+            [
+                python or sys.executable,
+                *start,
+                "ccache_cli.precompile.compile_process",
+                str(request_file),
+                str(artifacts),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None if self._debug else self._log,

@@ -29,7 +29,7 @@ MODULE = "torch._inductor.runtime.autotune_cache"
 
 def install(compiled_at: list[str], cache_dir: str, when_imported: Callable[..., None]) -> None:
     """Relocate result paths under `compiled_at` to `cache_dir`, now if torch's module
-    is imported, else when it is (`when_imported` of hooked/imports.py, passed in)."""
+    is imported, else when it is (`when_imported` of in_program/imports.py, passed in)."""
     prefixes = [prefix.rstrip(os.sep) for prefix in compiled_at if prefix and prefix.rstrip(os.sep) != cache_dir]
     if prefixes:
         when_imported(MODULE, lambda module: patch(module, prefixes, cache_dir))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ccache_cli.build import plan
+from ccache_cli.precompile import plan
 
 Emit = Callable[..., None]
 
