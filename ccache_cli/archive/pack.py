@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -27,7 +27,7 @@ from ccache_cli.archive.head import Progress, head_frames
 from ccache_cli.archive.signing import Signer
 from ccache_cli.archive.tarstream import end_marker, group_bounds, member_length
 from ccache_cli.errors import BadInputError, CcacheError
-from ccache_cli.store import durable, owners
+from ccache_cli.store import durable, manifest, owners
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 
@@ -51,7 +51,7 @@ def pack(
     zstd-compressed tar stream, signed by `signer` if given. This process writes the
     head, one process per core (pack_process.py) each compresses some groups of blobs
     and writes them in turn."""
-    blobs = blob_sizes(entries)
+    blobs = manifest.blob_sizes(entries)
     names = sorted(blobs)
     sizes = [blobs[name] for name in names]
     total = sum(sizes)
@@ -68,11 +68,6 @@ def pack(
             on_progress(sum(sizes[start:end]))
     FrameWriter(output, level).write(end_marker(head_length + sum(map(member_length, sizes))), starts_group=True)
     return PackResult(tuple(entries), len(blobs), total)
-
-
-def blob_sizes(entries: Iterable[Manifest]) -> dict[str, int]:
-    """Each blob of `entries` once, with its size: what pack writes."""
-    return {ref["sha256"]: ref["size"] for entry in entries for ref in entry.files.values()}
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import os
 import queue
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -33,6 +33,7 @@ from ccache_cli.archive.signing import PublicKey
 from ccache_cli.archive.tarstream import BLOB_PREFIX
 from ccache_cli.errors import ArchiveError, BadInputError, CcacheError
 from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.staging import link_present
 from ccache_cli.store.store import Store
 
 
@@ -95,31 +96,6 @@ def _unpack(
     return UnpackResult(
         tuple(added_entries), tuple(kept), tuple(e.id for e in skipped), len(wanted_blobs - present), new_bytes
     )
-
-
-def link_present(
-    store: Store, objects: Path, sizes: Mapping[str, int], listings: dict[str, set[str]] | None = None
-) -> set[str]:
-    """Hard-link into `objects` the blobs of `sizes` (sha256 -> size) the store holds
-    (`listings` as `Store.blobs_present` takes it); the ones linked. One that cannot be
-    linked (gone meanwhile, another user's file), or whose size is not its blob's (cut
-    short by a crash or a full disk), is written instead, and publishing replaces it."""
-    linked: set[str] = set()
-    folders: set[str] = set()
-    for sha256 in store.blobs_present(sizes, listings):
-        staged = objects / sha256[:2] / sha256
-        try:
-            if sha256[:2] not in folders:
-                (objects / sha256[:2]).mkdir(parents=True, exist_ok=True)
-                folders.add(sha256[:2])
-            os.link(store.blob_file(sha256), staged)
-            if os.stat(staged).st_size != sizes[sha256]:
-                os.unlink(staged)
-                continue
-        except OSError:
-            continue
-        linked.add(sha256)
-    return linked
 
 
 def check_blobs(source: BinaryIO, trusted: Sequence[PublicKey] = ()) -> tuple[list[Manifest], dict[str, str]]:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from ccache_cli.archive.pack import blob_sizes
 from ccache_cli.archive.signing import PublicKey
 from ccache_cli.archive.unpack import check_blobs, is_archive_path, open_source
 from ccache_cli.errors import BadInputError
@@ -32,6 +31,7 @@ from ccache_cli.in_program import bytecode, engines, fingerprint, usage
 from ccache_cli.key import sources
 from ccache_cli.registry.reference import is_reference
 from ccache_cli.serve import routing
+from ccache_cli.store import manifest
 from ccache_cli.store.artifacts import OUTPUTS_PREFIX
 from ccache_cli.store.hashing import sha256_file
 from ccache_cli.store.manifest import Manifest, label_order
@@ -254,7 +254,7 @@ def _first(names: Sequence[str], shown: int = 5) -> str:
 def broken_store_blobs(store: Store, entries: Iterable[Manifest]) -> dict[str, str]:
     """Re-hash every blob the entries name; what is wrong with each bad one."""
     broken: dict[str, str] = {}
-    sizes = blob_sizes(entries)
+    sizes = manifest.blob_sizes(entries)
     for sha256, size in sizes.items():
         path = store.blob_path(sha256)
         try:

@@ -14,6 +14,7 @@ from ccache_cli.archive import signing
 from ccache_cli.archive import unpack as unpacking
 from ccache_cli.errors import BadInputError
 from ccache_cli.key.compat import fits, this_machine
+from ccache_cli.store import manifest
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 
@@ -36,7 +37,7 @@ def pack(
         raise BadInputError("--json writes to stdout, so it cannot be used with OUTPUT -")
     signer = signing.Signer(sign) if sign is not None else None
     chosen = _chosen(store, refs, compatible_only, "pack")
-    total = sum(packing.blob_sizes(chosen).values())
+    total = sum(manifest.blob_sizes(chosen).values())
     with packing.open_output(output) as handle, progress("packing", total, output != "-") as on_progress:
         result = packing.pack(store, chosen, handle, level, on_progress, signer)
     archive_bytes = Path(output).stat().st_size if output != "-" else None
@@ -155,7 +156,7 @@ def push(
     signer = signing.Signer(sign) if sign is not None else None
     remote = client.Remote(reference, insecure)
     chosen = _chosen(store, refs, compatible_only, "push")
-    total = sum(packing.blob_sizes(chosen).values())
+    total = sum(manifest.blob_sizes(chosen).values())
     with progress("pushing", total, not json_output) as on_progress:
         result = transfer.push(store, chosen, remote, on_progress, signer)
     show(Pushed(result), json_output, _print_pushed)

@@ -155,6 +155,12 @@ def static_fingerprint() -> dict[str, Any]:
     return fingerprint
 
 
+# Cached machine fingerprints (a store's machines/) describe GPU 0; other GPUs are probed
+# every time. A cached one spares a compile seconds of probing (Inductor's ISA check
+# compiles test programs).
+PRIMARY_DEVICES = ("cpu", "cuda:0")
+
+
 def probe_digest() -> str:
     """A cheap digest of everything `machine_fingerprint()` depends on.
 

@@ -11,27 +11,26 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ccache_cli import errors
-from ccache_cli.errors import CcacheError, CompileError, DeviceError, SizesError, StoreError
+from ccache_cli.errors import CcacheError, CompileError, DeviceError, SizesError
 from ccache_cli.in_program import fingerprint
 from ccache_cli.in_program.fingerprint import DYNAMIC_THREADS_ENV
 from ccache_cli.in_program.usage import VIEW_ENV
 from ccache_cli.key import interpreter, sources
 from ccache_cli.precompile import modelspec
 from ccache_cli.store import manifest
-from ccache_cli.store.artifacts import INDUCTOR_PREFIX, carried
+from ccache_cli.store.artifacts import INDUCTOR_PREFIX
 from ccache_cli.store.hashing import hash_json
 from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.staging import space_free, stage_artifacts, staged_blobs
 from ccache_cli.store.store import Store
 
 MAX_SIZE = 2**31 - 1  # larger is a typo, not a batch
@@ -164,7 +163,9 @@ def precompile(
                     "mode": request.mode,
                     "aot": request.aot,
                     "bytecode": request.bytecode,
-                    "machine": store.cached_machine_fingerprint(probe) if device in PRIMARY_DEVICES else None,
+                    "machine": store.cached_machine_fingerprint(probe)
+                    if device in fingerprint.PRIMARY_DEVICES
+                    else None,
                 }
             )
         )
@@ -174,7 +175,7 @@ def precompile(
         worker = _Worker(request_file, staging, compile_dir, python, cpu=not fingerprint.is_gpu_device(device))
         try:
             planned = worker.expect("planned")
-            if device in PRIMARY_DEVICES:
+            if device in fingerprint.PRIMARY_DEVICES:
                 store.save_machine_fingerprint(probe, planned["machine"])
             lookup = lookup_key(planned)
             if not request.force:
@@ -197,11 +198,6 @@ def precompile(
         entry, new_bytes = _store_entry(store, staging, request, planned, lookup, event, compile_dir / "inductor")
     reports = tuple(SizeReport(**{k: v for k, v in r.items() if k != "graphs"}) for r in event["reports"])
     return PrecompileResult(entry, False, reports, new_bytes, time.perf_counter() - start)
-
-
-# Cached machine fingerprints describe GPU 0; other GPUs are probed every time. A cached
-# one spares the worker seconds of probing (Inductor's ISA check compiles test programs).
-PRIMARY_DEVICES = ("cpu", "cuda:0")
 
 
 def _fresh_entry(store: Store, lookup: str, sys_path: list[str]) -> Manifest | None:
@@ -250,48 +246,6 @@ def _store_entry(
     )
     [(entry, _)] = store.publish([entry], staging, staged_blobs(files))
     return entry, new_bytes
-
-
-def stage_artifacts(store: Store, staging: Path, artifacts: Path) -> tuple[dict[str, dict[str, Any]], int]:
-    """Stage the cache files a compile wrote under `artifacts` as blobs for `publish`;
-    returns the entry's file list and the bytes the store lacks."""
-    files: dict[str, dict[str, Any]] = {}
-    for path in sorted(artifacts.rglob("*")):
-        relative = path.relative_to(artifacts).as_posix()
-        if not path.is_file() or path.is_symlink():
-            continue
-        if not carried(relative):
-            continue
-        ref = store.stage_blob(staging, path)
-        files[relative] = {"sha256": ref.sha256, "size": ref.size}
-    sizes = {ref["sha256"]: ref["size"] for ref in files.values()}
-    present = store.blobs_present(sizes)
-    return files, sum(size for sha256, size in sizes.items() if sha256 not in present)
-
-
-def staged_blobs(files: dict[str, dict[str, Any]]) -> set[str]:
-    return {ref["sha256"] for ref in files.values()}
-
-
-@contextlib.contextmanager
-def space_free(folder: Path) -> Iterator[Path]:
-    """`folder`, or where its path holds a space (which torch's C++ compiler command
-    line cannot take), a link to it from a temporary folder whose path holds none:
-    the compile writes through the link, into the store."""
-    if " " not in str(folder):
-        yield folder
-        return
-    alias_root = Path(tempfile.mkdtemp(prefix="ccache-cli-"))
-    try:
-        if " " in str(alias_root):
-            raise StoreError(
-                f"the store path {folder} and the temp folder {alias_root} both hold a space, which torch's "
-                "C++ compiler command line cannot take; set TMPDIR or --store to a path without one"
-            )
-        (alias_root / "artifacts").symlink_to(folder, target_is_directory=True)
-        yield alias_root / "artifacts"
-    finally:
-        shutil.rmtree(alias_root, ignore_errors=True)
 
 
 _FOREIGN_START = """

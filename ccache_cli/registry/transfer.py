@@ -23,10 +23,10 @@ from typing import TypeVar
 
 from ccache_cli.archive import processes, signing
 from ccache_cli.archive.head import Index, index_document, parse_index
-from ccache_cli.archive.pack import blob_sizes
-from ccache_cli.archive.unpack import link_present
 from ccache_cli.errors import ArchiveError, CcacheError, RegistryError
+from ccache_cli.store import manifest
 from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.staging import link_present
 from ccache_cli.store.store import Store
 
 from . import layout
@@ -80,7 +80,7 @@ def push(
     registry lacks it; the tag moves only once every layer is there. With `signer`,
     the manifest carries its signature of the config's digest."""
     entries = list({entry.id: entry for entry in entries}.values())
-    sizes = blob_sizes(entries)
+    sizes = manifest.blob_sizes(entries)
     cuts = {entry.id: layout.cut(entry) for entry in entries}
     packs = sorted({pack for entry_packs, _ in cuts.values() for pack in entry_packs})
     big = sorted({sha256 for _, entry_big in cuts.values() for sha256 in entry_big})
@@ -246,7 +246,11 @@ def pull(
             try:
                 for catalog in in_threads(read_catalog, chosen):
                     catalogs[catalog.entry.id] = catalog
-                    new = {sha256: size for sha256, size in blob_sizes([catalog.entry]).items() if sha256 not in sizes}
+                    new = {
+                        sha256: size
+                        for sha256, size in manifest.blob_sizes([catalog.entry]).items()
+                        if sha256 not in sizes
+                    }
                     sizes.update(new)
                     linked = link_present(store, objects, new, listings)
                     present |= linked

@@ -28,12 +28,12 @@ from ccache_cli.errors import BadInputError, CcacheError
 from ccache_cli.in_program import engines, fingerprint
 from ccache_cli.in_program.usage import VIEW_ENV
 from ccache_cli.key import interpreter, sources
-from ccache_cli.precompile.precompile import PRIMARY_DEVICES, space_free, stage_artifacts, staged_blobs
 from ccache_cli.serve.activation import with_startup_hook
 from ccache_cli.store import manifest
 from ccache_cli.store.artifacts import BYTECODE_PREFIX, ENGINES_PREFIX
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.schema import engine_var_problem
+from ccache_cli.store.staging import space_free, stage_artifacts, staged_blobs
 from ccache_cli.store.store import Store
 
 CAPTURE_DIR_ENV = "CCACHE_CLI_CAPTURE_DIR"
@@ -119,7 +119,7 @@ def capture(
             shutil.rmtree(engine_roots[var])
         process_records = [json.loads(path.read_text()) for path in sorted(records.glob("*.json"))]
         record = _merged_record(process_records, bool(written))
-        if record["device"] in PRIMARY_DEVICES:  # as precompile: inspect can then answer without torch
+        if record["device"] in fingerprint.PRIMARY_DEVICES:  # as precompile: inspect can then answer without torch
             store.save_machine_fingerprint(fingerprint.probe_digest(), record["machine"])
         key = {
             "fingerprint": fingerprint.entry_fingerprint(record["machine"], record["device"]),

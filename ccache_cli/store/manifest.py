@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -281,6 +281,11 @@ class Totals:
             assumptions=document["assumptions"],
             bytecode_tops=tuple(document["bytecode_tops"]),
         )
+
+
+def blob_sizes(entries: Iterable[Manifest]) -> dict[str, int]:
+    """Each blob of `entries` once, with its size (what pack writes, verify re-hashes)."""
+    return {ref["sha256"]: ref["size"] for entry in entries for ref in entry.files.values()}
 
 
 def label_order(label: str) -> tuple[int, ...]:
