@@ -92,12 +92,15 @@ def unpack(
         result = unpacking.unpack(store, handle, select, on_progress, trusted)
     exported, pycache_prefix, env = None, None, {}
     if export_dir is not None:
-        exported, pycache_prefix = _export(store, [*result.added, *result.kept], entry, export_dir, machine, exact)
-        # What a process must set to hit the exported cache: where it is, and the
-        # Inductor settings its graphs were compiled with (part of their keys).
-        env = {"TORCHINDUCTOR_CACHE_DIR": str(export_dir), **exported.compile.inductor_env}
-        if pycache_prefix is not None:
-            env["PYTHONPYCACHEPREFIX"] = str(pycache_prefix)
+        from ccache_cli.serve import export  # imported here: pack and unpack start faster without it
+
+        if not exact:
+            warn(
+                "this machine's full fingerprint is unknown (run `ccache fingerprint`); "
+                "exporting on the components read without torch"
+            )
+        done = export.export_fitting(store, [*result.added, *result.kept], entry, export_dir, machine, exact)
+        exported, pycache_prefix, env = done.entry, done.pycache, done.env
     show(Unpacked(result, exported, export_dir, pycache_prefix, env), json_output, _print_unpacked)
 
 
@@ -236,29 +239,6 @@ def _print_pulled(pulled: Pulled) -> None:
     )
     if r.skipped and not r.added and not r.kept:
         err.print("No entry of the artifact fits this machine.")
-
-
-def _export(
-    store: Store, entries: list[Manifest], ref: str | None, target: Path, machine: dict, exact: bool
-) -> tuple[Manifest, Path | None]:
-    """The exported entry, and its bytecode tree if it has one."""
-    from ccache_cli.serve import export  # imported here: pack and unpack start faster without it
-
-    if ref is not None:
-        chosen = store.find(ref)
-    else:
-        fitting = fits(entries, machine, exact)
-        if len(fitting) != 1:
-            ids = ", ".join(e.short_id for e in fitting) or "none"
-            raise BadInputError(
-                f"--export-dir needs one entry that fits this machine; found {len(fitting)} ({ids}): pass --entry"
-            )
-        chosen = fitting[0]
-    if not exact:
-        warn(
-            "this machine's full fingerprint is unknown (run `ccache fingerprint`); exporting on the components read without torch"
-        )
-    return chosen, export.export(store, chosen, target)
 
 
 def _chosen(store: Store, refs: Sequence[str], compatible_only: bool, verb: str) -> list[Manifest]:

@@ -14,14 +14,47 @@ import os
 import shutil
 import stat
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ccache_cli.errors import BadInputError, StoreError
+from ccache_cli.key.compat import fits
 from ccache_cli.serve.views import export_bytecode
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 
 PYCACHE_DIR = "pycache"  # the exported bytecode tree, inside the exported Inductor cache
+
+
+@dataclass(frozen=True)
+class Exported:
+    entry: Manifest
+    pycache: Path | None  # its bytecode tree, if it has one
+    env: dict[str, str]  # what a process sets to hit the exported cache
+
+
+def export_fitting(
+    store: Store, entries: Sequence[Manifest], ref: str | None, target: Path, machine: dict[str, Any], exact: bool
+) -> Exported:
+    """Export the entry `ref` names, else the one of `entries` that fits `machine`."""
+    if ref is not None:
+        chosen = store.find(ref)
+    else:
+        fitting = fits(entries, machine, exact)
+        if len(fitting) != 1:
+            ids = ", ".join(e.short_id for e in fitting) or "none"
+            raise BadInputError(
+                f"--export-dir needs one entry that fits this machine; found {len(fitting)} ({ids}): pass --entry"
+            )
+        chosen = fitting[0]
+    pycache = export(store, chosen, target)
+    # Where it is, and the Inductor settings its graphs were compiled with (part of their keys).
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(target), **chosen.compile.inductor_env}
+    if pycache is not None:
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    return Exported(chosen, pycache, env)
 
 
 def export(store: Store, entry: Manifest, target: Path) -> Path | None:
