@@ -8,6 +8,7 @@ from ccache_cli.errors import BadInputError
 from ccache_cli.housekeeping import removal
 from ccache_cli.store.store import Store
 
+from . import parsing
 from .render import human_bytes, out, show, warn
 
 
@@ -29,8 +30,8 @@ def gc_command(
     store: Store = ctx.obj
     plan = removal.plan_gc(
         store,
-        removal.parse_size(max_size) if max_size is not None else None,
-        removal.parse_age(older_than) if older_than is not None else None,
+        parsing.parse_size(max_size) if max_size is not None else None,
+        parsing.parse_age(older_than) if older_than is not None else None,
     )
     _finish(store, plan, dry_run, json_output)
 

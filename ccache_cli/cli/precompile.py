@@ -17,6 +17,7 @@ from ccache_cli.key.interpreter import PYTHON_ENV
 from ccache_cli.precompile import precompile as core
 from ccache_cli.store.manifest import PackageStatus
 
+from . import parsing
 from .render import TIMING_COLUMNS, human_bytes, out, show, timing_cells
 
 
@@ -71,13 +72,13 @@ def command(
     """Compile MODEL for each size in an isolated cache and store the artifacts as one entry."""
     if mode not in core.MODES:
         raise typer.BadParameter(f"expected one of {', '.join(core.MODES)}", param_hint="--mode")
-    static_sizes, ranges = core.parse_sizes(sizes)
+    static_sizes, ranges = parsing.parse_sizes(sizes)
     request = core.PrecompileRequest(
         model=model,
         sizes=static_sizes,
         ranges=ranges,
         device=device,
-        devices=core.parse_devices(devices) if devices is not None else (),
+        devices=parsing.parse_devices(devices) if devices is not None else (),
         dynamic=dynamic,
         mode=mode,
         name=name,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import re
 import stat
 from collections import Counter
 from collections.abc import Sequence
@@ -22,18 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccache_cli.errors import BadInputError, CcacheError, UnsafeFolderError
+from ccache_cli.errors import CcacheError, UnsafeFolderError
 from ccache_cli.in_program import usage
 from ccache_cli.serve import views
 from ccache_cli.store import durable, owners
 from ccache_cli.store.leftovers import remove
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
-
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-_AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class EntryInUseError(CcacheError):
@@ -90,22 +84,6 @@ def carry_out(store: Store, plan: Plan, dry_run: bool) -> Cleanup:
     if not dry_run:
         apply(store, plan)
     return Cleanup(plan, dry_run)
-
-
-def parse_size(text: str) -> int:
-    """`500M`, `2G`, `1.5GiB`, `1000` (bytes); binary units."""
-    match = _SIZE.match(text)
-    if match is None:
-        raise BadInputError(f"--max-size {text!r}: give a size such as 500M or 2G")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-
-
-def parse_age(text: str) -> dt.timedelta:
-    """`30d`, `12h`, `2w`, `90m`, `45s`."""
-    match = _AGE.match(text)
-    if match is None:
-        raise BadInputError(f"--older-than {text!r}: give an age such as 30d, 12h or 2w")
-    return dt.timedelta(seconds=float(match.group(1)) * _AGE_UNITS[match.group(2).lower()])
 
 
 def last_used(store: Store, entry: Manifest) -> dt.datetime:

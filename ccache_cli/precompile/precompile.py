@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ccache_cli import errors
-from ccache_cli.errors import CcacheError, CompileError, DeviceError, SizesError
+from ccache_cli.errors import CcacheError, CompileError, DeviceError
 from ccache_cli.in_program import fingerprint
 from ccache_cli.in_program.fingerprint import DYNAMIC_THREADS_ENV
 from ccache_cli.in_program.usage import VIEW_ENV
@@ -33,7 +33,6 @@ from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.staging import space_free, stage_artifacts, staged_blobs
 from ccache_cli.store.store import Store
 
-MAX_SIZE = 2**31 - 1  # larger is a typo, not a batch
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -84,43 +83,6 @@ class PrecompileResult:
     reports: tuple[SizeReport, ...]
     new_bytes: int  # bytes this precompile added to the store
     seconds: float
-
-
-def parse_sizes(text: str) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
-    """`1,8,1-64` -> ((1, 8), ((1, 64),)): static sizes, and ranges that one package with a
-    dynamic batch dimension serves whole; each once, in the order given."""
-    if not text.strip():
-        raise SizesError("--sizes is empty: give batch sizes like 1,8,32 or a range like 1-64")
-    sizes: list[int] = []
-    ranges: list[tuple[int, int]] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            raise SizesError(f"--sizes {text!r} has an empty item: give batch sizes like 1,8,32")
-        low, dash, high = part.partition("-")
-        bounds = (low, high) if dash and low else (part,)
-        if not all(bound.isascii() and bound.isdigit() for bound in bounds):
-            raise SizesError(f"--sizes {text!r}: {part!r} is not a batch size or a range like 1-64")
-        numbers = tuple(int(bound) for bound in bounds)
-        if not all(0 < number <= MAX_SIZE for number in numbers):
-            raise SizesError(f"--sizes {text!r}: {part!r} is not within batch sizes 1 to {MAX_SIZE}")
-        if len(numbers) == 1:
-            if numbers[0] not in sizes:
-                sizes.append(numbers[0])
-            continue
-        if numbers[0] >= numbers[1]:
-            raise SizesError(f"--sizes {text!r}: the range {part!r} must go from a smaller size to a larger one")
-        if numbers not in ranges:
-            ranges.append((numbers[0], numbers[1]))
-    return tuple(sizes), tuple(ranges)
-
-
-def parse_devices(text: str) -> tuple[int, ...]:
-    """`0,1,3` -> (0, 1, 3): GPU indices, each once."""
-    parts = [part.strip() for part in text.split(",")]
-    if not all(part.isascii() and part.isdigit() for part in parts):
-        raise DeviceError(f"--devices {text!r}: give GPU indices like 0,1,2,3")
-    return tuple(dict.fromkeys(int(part) for part in parts))
 
 
 def check_device(device: str) -> str:

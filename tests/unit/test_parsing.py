@@ -7,10 +7,10 @@ import datetime as dt
 import pytest
 
 from ccache_cli.cli.main import plain_command
+from ccache_cli.cli.parsing import MAX_SIZE, parse_age, parse_devices, parse_size, parse_sizes
 from ccache_cli.cli.render import human_bytes
 from ccache_cli.errors import BadInputError, DeviceError, ExitCode, SizesError
-from ccache_cli.housekeeping.removal import parse_age, parse_size
-from ccache_cli.precompile.precompile import MAX_SIZE, check_device, parse_devices, parse_sizes
+from ccache_cli.precompile.precompile import check_device
 
 
 @pytest.mark.parametrize(
