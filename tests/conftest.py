@@ -64,19 +64,9 @@ if (
     and min(shutil.disk_usage(_RAM_FS).free, _memory_available()) > 8 << 30
 ):
     os.environ["PYTEST_DEBUG_TEMPROOT"] = str(_RAM_FS)
-# The tiers: tests/unit (pure functions), then the integration tests below, of which
-# these compile for real or kill processes in loops: marked `slow`.
-SLOW_MODULES = {
-    "test_precompile",
-    "test_runtime",
-    "test_models",
-    "test_verify",
-    "test_bytecode",
-    "test_deploy",
-    "test_faults",
-    "test_routing",
-    "test_foreign_env",
-}
+# The tiers: tests/unit (pure functions), then the integration tests, of which those
+# that compile for real or kill processes in loops say `pytestmark = pytest.mark.slow`;
+# and any test of a fixture that compiles is slow too.
 COMPILED_FIXTURES = {"example_store", "example_entry", "llama", "small_store", "two_files_stores"}
 FINGERPRINT_ENV = "CCACHE_CLI_TEST_FINGERPRINT"  # `ccache fingerprint --json`, learned once per run
 FINGERPRINT_FILE_ENV = "CCACHE_CLI_TEST_FINGERPRINT_FILE"  # where the controller writes it
@@ -128,7 +118,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.module.__name__ in SLOW_MODULES or COMPILED_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if COMPILED_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 

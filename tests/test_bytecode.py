@@ -10,10 +10,13 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import MODELS, ccache, ccache_json
 
 from ccache_cli.in_program import bytecode
 from ccache_cli.store.store import Store
+
+pytestmark = pytest.mark.slow  # real compiles or kill -9 loops
 
 NO_PYC = {"PYTHONDONTWRITEBYTECODE": "1"}  # with PYTHONPYCACHEPREFIX at an empty folder: as in many images
 

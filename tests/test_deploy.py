@@ -20,6 +20,8 @@ from registry_server import NO_REGISTRY, REGISTRY, Registry
 
 from ccache_cli.registry.reference import is_reference
 
+pytestmark = pytest.mark.slow  # real compiles or kill -9 loops
+
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 

@@ -25,6 +25,8 @@ from conftest import MODELS, SMALL_PRECOMPILE, ccache, ccache_json, make_entry, 
 
 from ccache_cli.store.store import Store
 
+pytestmark = pytest.mark.slow  # real compiles or kill -9 loops
+
 TRIALS = int(os.environ.get("CCACHE_CLI_KILL_TRIALS", "2"))
 SEED = int(os.environ.get("CCACHE_CLI_KILL_SEED", "1130"))
 NAMES = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta")
@@ -193,6 +195,7 @@ import os, shutil, signal, sys
 from collections.abc import Callable
 from pathlib import Path
 from ccache_cli.store.store import STAGING_OWNER, Store
+
 
 def killed_midway(path, *args, **kwargs):  # rmtree may take the owner file first
     for found in Path(path).rglob(STAGING_OWNER):

@@ -9,8 +9,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import MODELS, ccache, ccache_json
 from environments import foreign_venv
+
+pytestmark = pytest.mark.slow  # real compiles or kill -9 loops
 
 PROGRAM = textwrap.dedent(
     """

@@ -15,7 +15,10 @@ import pytest
 from conftest import MODELS, built_once, ccache, ccache_json
 
 # Decided without importing transformers: each test worker collects this module.
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers"),
+]
 
 # Builds the Llama (with `layers` layers), calls it through ccache_cli.compile for the
 # sizes given with keyword inputs, and prints whether every output matches eager and

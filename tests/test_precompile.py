@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import EXAMPLE, ccache, ccache_json, run_on_cache_dir, store_leftovers
 
 import ccache_cli.examples.tiny_transformer as example_module
 from ccache_cli.store.store import Store
+
+pytestmark = pytest.mark.slow  # real compiles or kill -9 loops
 
 
 def test_manifest_lists_sources_fingerprint_and_artifacts(example_store: Path, example_entry: dict) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import ccache, ccache_json
 
+pytestmark = pytest.mark.slow  # real compiles or kill -9 loops
+
 # The program of a user who never heard of ccache, in the ways it may compile (argv[1]).
 PROGRAM = textwrap.dedent(
     """

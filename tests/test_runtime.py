@@ -14,6 +14,8 @@ import pytest
 from conftest import ccache, ccache_json, store_leftovers, write_serve_script
 from conftest import serve_counters as _counters
 
+pytestmark = pytest.mark.slow  # real compiles or kill -9 loops
+
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Path:
@@ -68,6 +70,7 @@ WEIGHTS_SCRIPT = """
 import json, sys, torch
 import ccache_cli
 from ccache_cli.examples.tiny_transformer import build, example_inputs
+
 model = build()
 compiled = ccache_cli.compile(model)
 tokens = example_inputs(8)

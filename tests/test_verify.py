@@ -15,6 +15,8 @@ from conftest import ccache, framed_archive, make_entry
 
 from ccache_cli.store.store import Store
 
+pytestmark = pytest.mark.slow  # real compiles or kill -9 loops
+
 
 @pytest.fixture
 def world(two_files_stores: Path, tmp_path: Path) -> Path:
