@@ -16,17 +16,9 @@ from typing import Any
 
 import pytest
 import zstandard
-from conftest import (
-    ccache,
-    ccache_json,
-    framed_archive,
-    head_members,
-    imported_modules,
-    make_entry,
-    regular,
-    snapshot,
-    synthetic_manifest,
-)
+from helpers.archives import framed_archive, head_members, regular
+from helpers.cli import ccache, ccache_json, imported_modules
+from helpers.stores import make_entry, snapshot, synthetic_manifest
 
 from ccache_cli.store.store import Store
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, ccache, store_leftovers
+from helpers.cli import EXAMPLE, ccache
+from helpers.stores import store_leftovers
 
 
 def assert_clean_failure(result, code: int, needle: str, store: Path) -> None:

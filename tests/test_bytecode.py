@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MODELS, ccache, ccache_json
+from helpers.cli import MODELS, ccache, ccache_json
 
 from ccache_cli.in_program import bytecode
 from ccache_cli.store.store import Store

@@ -7,7 +7,7 @@ import platform
 import shutil
 from pathlib import Path
 
-from conftest import ccache, ccache_json, imported_modules
+from helpers.cli import ccache, ccache_json, imported_modules
 
 
 def test_help_does_not_import_torch() -> None:

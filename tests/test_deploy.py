@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, serve_counters, write_serve_script
 from environments import foreign_venv
+from helpers.cli import EXAMPLE
+from helpers.serving import serve_counters, write_serve_script
 from registry_server import NO_REGISTRY, REGISTRY, Registry
 
 from ccache_cli.registry.reference import is_reference

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ccache, ccache_json
+from helpers.cli import ccache, ccache_json
 
 pytestmark = pytest.mark.slow
 

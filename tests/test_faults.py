@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import MODELS, SMALL_PRECOMPILE, ccache, ccache_json, make_entry, small_tmpfs
+from helpers.cli import MODELS, ccache, ccache_json
+from helpers.stores import SMALL_PRECOMPILE, make_entry, small_tmpfs
 
 from ccache_cli.store.store import Store
 

@@ -10,8 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import MODELS, ccache, ccache_json
 from environments import foreign_venv
+from helpers.cli import MODELS, ccache, ccache_json
 
 pytestmark = pytest.mark.slow  # real compiles or kill -9 loops
 

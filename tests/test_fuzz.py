@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import snapshot, synthetic_manifest
+from helpers.stores import snapshot, synthetic_manifest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

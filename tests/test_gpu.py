@@ -11,7 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, MODELS, ccache, ccache_json, run_on_cache_dir, serve_counters, write_serve_script
+from helpers.cli import EXAMPLE, MODELS, ccache, ccache_json
+from helpers.serving import run_on_cache_dir, serve_counters, write_serve_script
 
 from ccache_cli.store.store import Store
 

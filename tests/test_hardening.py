@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ccache, framed_archive, make_entry, regular
+from helpers.archives import framed_archive, regular
+from helpers.cli import ccache
+from helpers.stores import make_entry
 
 from ccache_cli.store.store import Store
 

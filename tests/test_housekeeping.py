@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ccache, ccache_json, make_entry
+from helpers.cli import ccache, ccache_json
+from helpers.stores import make_entry
 
 from ccache_cli.store.store import Store
 

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ccache, ccache_json, make_entry, small_tmpfs
+from helpers.cli import ccache, ccache_json
+from helpers.stores import make_entry, small_tmpfs
 
 from ccache_cli.errors import StoreError
 from ccache_cli.store.store import Store

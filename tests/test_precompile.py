@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, ccache, ccache_json, run_on_cache_dir, store_leftovers
+from helpers.cli import EXAMPLE, ccache, ccache_json
+from helpers.serving import run_on_cache_dir
+from helpers.stores import store_leftovers
 
 import ccache_cli.examples.tiny_transformer as example_module
 from ccache_cli.store.store import Store

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 import zstandard
-from conftest import ccache, ccache_json, imported_modules, make_entry, small_tmpfs, snapshot, store_leftovers
+from helpers.cli import ccache, ccache_json, imported_modules
+from helpers.stores import make_entry, small_tmpfs, snapshot, store_leftovers
 from registry_server import NO_REGISTRY, REGISTRY, Registry, free_port
 
 from ccache_cli.registry import layout

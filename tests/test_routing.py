@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ccache, ccache_json
+from helpers.cli import ccache, ccache_json
 
 pytestmark = pytest.mark.slow  # real compiles or kill -9 loops
 

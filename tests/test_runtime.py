@@ -8,11 +8,15 @@ import os
 import shutil
 import stat
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
-from conftest import ccache, ccache_json, store_leftovers, write_serve_script
-from conftest import serve_counters as _counters
+from helpers.cli import ccache, ccache_json
+from helpers.serving import serve_counters as _counters
+from helpers.serving import write_serve_script
+from helpers.stores import store_leftovers
 
 pytestmark = pytest.mark.slow  # real compiles or kill -9 loops
 
@@ -26,38 +30,26 @@ def _views(tmp_path: Path) -> dict[str, str]:
     return {"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
 
 
+def run_python(store: Path, tmp_path: Path, *args: str, options: Sequence[str] = ()) -> CompletedProcess[str]:
+    """`ccache run [OPTIONS] -- python ARGS...` from `tmp_path`, its views there."""
+    return ccache("run", *options, "--", sys.executable, *args, store=store, cwd=tmp_path, env=_views(tmp_path))
+
+
+def served(store: Path, tmp_path: Path, serve: Path, way: str, sizes: str, *options: str) -> dict:
+    """What the serve script reports, run under `ccache run` (its exit code checked)."""
+    return _counters(run_python(store, tmp_path, str(serve), way, sizes, options=options))
+
+
 def test_run_hits_every_size_with_torch_compile(example_store: Path, serve: Path, tmp_path: Path) -> None:
-    result = ccache(
-        "run",
-        "--no-route",  # the warm caches themselves: routing would serve the stored packages
-        "--",
-        sys.executable,
-        str(serve),
-        "torch",
-        "[1, 8]",
-        store=example_store,
-        cwd=tmp_path,
-        env=_views(tmp_path),
-    )
-    counters = _counters(result)
+    # The warm caches themselves: routing would serve the stored packages.
+    counters = served(example_store, tmp_path, serve, "torch", "[1, 8]", "--no-route")
     assert counters["same"] is True
     assert counters.get("fxgraph_cache_miss", 0) == 0 and counters.get("autograd_cache_miss", 0) == 0
     assert counters["fxgraph_cache_hit"] == 2
 
 
 def test_api_serves_stored_aot_functions_without_compiling(example_store: Path, serve: Path, tmp_path: Path) -> None:
-    result = ccache(
-        "run",
-        "--",
-        sys.executable,
-        str(serve),
-        "api",
-        "[1, 8]",
-        store=example_store,
-        cwd=tmp_path,
-        env=_views(tmp_path),
-    )
-    counters = _counters(result)
+    counters = served(example_store, tmp_path, serve, "api", "[1, 8]")
     assert counters["same"] is True
     # No frame was traced at all: every size ran its stored AOTInductor package, which
     # loads without importing Dynamo or Inductor.
@@ -92,9 +84,7 @@ def test_api_package_follows_weights_and_falls_back_when_they_are_replaced(examp
     script = tmp_path / "weights.py"
     script.write_text(WEIGHTS_SCRIPT)
     for _ in range(2):
-        result = ccache(
-            "run", "--", sys.executable, str(script), store=example_store, cwd=tmp_path, env=_views(tmp_path)
-        )
+        result = run_python(example_store, tmp_path, str(script))
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout.strip().splitlines()[-1])
         # [output equals eager, Dynamo imported]: in-place weight updates are served by the
@@ -107,18 +97,7 @@ def test_api_package_follows_weights_and_falls_back_when_they_are_replaced(examp
 
 
 def test_api_falls_back_to_warm_torch_compile_for_other_sizes(example_store: Path, serve: Path, tmp_path: Path) -> None:
-    result = ccache(
-        "run",
-        "--",
-        sys.executable,
-        str(serve),
-        "api",
-        "[8, 5]",
-        store=example_store,
-        cwd=tmp_path,
-        env=_views(tmp_path),
-    )
-    counters = _counters(result)
+    counters = served(example_store, tmp_path, serve, "api", "[8, 5]")
     assert counters["same"] is True
     assert counters["frames"] == 1  # size 5 was compiled; size 8 came from its AOT function
     assert counters["fxgraph_cache_miss"] == 1
@@ -130,25 +109,10 @@ def test_run_from_read_only_store_changes_nothing(example_store: Path, serve: Pa
     before = _tree_digest(store)
     _make_read_only(store)
     try:
-        result = ccache(
-            "run",
-            "--no-route",
-            "--",
-            sys.executable,
-            str(serve),
-            "torch",
-            "[1, 8]",
-            store=store,
-            cwd=tmp_path,
-            env=_views(tmp_path),
-        )
-        counters = _counters(result)
+        counters = served(store, tmp_path, serve, "torch", "[1, 8]", "--no-route")
         assert counters.get("fxgraph_cache_miss", 0) == 0 and counters["fxgraph_cache_hit"] == 2
         # A fresh size compiles into the view, never into the store.
-        result = ccache(
-            "run", "--", sys.executable, str(serve), "api", "[3]", store=store, cwd=tmp_path, env=_views(tmp_path)
-        )
-        assert _counters(result)["fxgraph_cache_miss"] == 1
+        assert served(store, tmp_path, serve, "api", "[3]")["fxgraph_cache_miss"] == 1
     finally:
         _make_writable(store)
     assert _tree_digest(store) == before
@@ -267,23 +231,8 @@ def test_run_records_each_use_with_its_cache_hits_and_misses(example_store: Path
     store = tmp_path / "store"
     shutil.copytree(example_store, store, symlinks=True)
     shutil.rmtree(store / "usage", ignore_errors=True)
-    _counters(
-        ccache(
-            "run",
-            "--no-route",
-            "--",
-            sys.executable,
-            str(serve),
-            "torch",
-            "[1, 8]",
-            store=store,
-            cwd=tmp_path,
-            env=_views(tmp_path),
-        )
-    )
-    _counters(
-        ccache("run", "--", sys.executable, str(serve), "torch", "[5]", store=store, cwd=tmp_path, env=_views(tmp_path))
-    )
+    served(store, tmp_path, serve, "torch", "[1, 8]", "--no-route")
+    served(store, tmp_path, serve, "torch", "[5]")
     [entry] = ccache_json("inspect", store=store)["entries"]
     assert entry["usage"]["times_used"] == 2
     assert entry["usage"]["hits"] == 2 and entry["usage"]["misses"] == 1

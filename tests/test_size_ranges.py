@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MODELS, built_once, ccache, ccache_json
+from helpers.cli import MODELS, ccache, ccache_json
+from helpers.stores import built_once
 
 pytestmark = pytest.mark.slow
 

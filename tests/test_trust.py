@@ -14,16 +14,9 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import (
-    ccache,
-    ccache_json,
-    framed_archive,
-    head_members,
-    make_entry,
-    regular,
-    snapshot,
-    synthetic_manifest,
-)
+from helpers.archives import framed_archive, head_members, regular
+from helpers.cli import ccache, ccache_json
+from helpers.stores import make_entry, snapshot, synthetic_manifest
 
 from ccache_cli.store.hashing import hash_json
 from ccache_cli.store.schema import ManifestError, inside

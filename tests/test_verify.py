@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import ccache, framed_archive, make_entry
+from helpers.archives import framed_archive
+from helpers.cli import ccache
+from helpers.stores import make_entry
 
 from ccache_cli.store.store import Store
 
