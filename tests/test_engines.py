@@ -50,6 +50,20 @@ def test_cache_env_stores_a_jit_extension_cache_and_says_when_it_is_built_again(
     assert ccache("verify", store=store).returncode == 0  # the store's blobs unchanged by the engine's writes
 
 
+def test_a_captured_triton_cache_names_its_files_where_the_view_holds_them(tmp_path: Path) -> None:
+    """Triton's group files name a kernel's files by absolute path: in the view's copy
+    they name the copies, so a fresh process finds the kernel and nothing is said."""
+    store, views = tmp_path / "store", {"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
+    program = [sys.executable, str(PROGRAMS / "triton_group_cache.py")]
+    result = ccache("run", "--capture", "k", "--cache-env", "TRITON_CACHE_DIR", "--json", "--", *program, store=store)
+    assert result.returncode == 0, result.stderr
+    assert last_json(result.stderr)["found"] is False
+    result = ccache("run", "--", *program, store=store, cwd=tmp_path, env=views)
+    assert result.returncode == 0, result.stderr
+    assert last_json(result.stdout)["found"] is True
+    assert "engine cache" not in result.stderr, result.stderr
+
+
 def test_cache_env_carries_numba_s_own_cache_to_a_fresh_process(tmp_path: Path) -> None:
     """Numba keeps the machine code of `@njit(cache=True)` functions in NUMBA_CACHE_DIR:
     captured with --cache-env, packed and unpacked into another store, a fresh process

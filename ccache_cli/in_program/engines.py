@@ -49,15 +49,15 @@ COPIED_MTIME = 315532800
 TRITON_GROUP_PREFIX = "__grp__"  # Triton's group files: {"child_paths": {file name: absolute path}}
 
 
-def relocate_triton_group(copy: str) -> None:
-    """Point a copied Triton group file at the files beside it. Triton names a kernel's
-    files by the absolute paths of the cache it compiled into, and takes a group whose
-    files are not there for missing: it would compile the kernel again."""
+def relocate_triton_group(copy: str, folder: str) -> None:
+    """Point a copied Triton group file at the files beside it, in `folder`: where the
+    copy's folder is found once in place (a view is built under a temporary name).
+    Triton names a kernel's files by the absolute paths of the cache it compiled into,
+    and takes a group whose files are not there for missing: it would compile again."""
     try:
         with open(copy) as handle:
             group = json.load(handle)
         children = group["child_paths"]
-        folder = os.path.dirname(copy)
         relocated = {
             name: os.path.join(folder, os.path.basename(path))
             if os.path.basename(os.path.dirname(path)) == os.path.basename(folder)

@@ -82,7 +82,7 @@ def ensure_view(
     building = root / f".building-{uuid.uuid4().hex}"
     building.mkdir(parents=True)
     try:
-        description = _link_files(store, entries, building, roots)
+        description = _link_files(store, entries, building, view, roots)
         (building / ACTIVATION_FILE).write_text(json.dumps(dataclasses.asdict(description), indent=1, sort_keys=True))
         try:
             os.rename(building, view)
@@ -168,7 +168,10 @@ def read_description(view: Path | str) -> ViewDescription:
     )
 
 
-def _link_files(store: Store, entries: Sequence[Manifest], view: Path, roots: dict[str, str | None]) -> ViewDescription:
+def _link_files(
+    store: Store, entries: Sequence[Manifest], view: Path, final: Path, roots: dict[str, str | None]
+) -> ViewDescription:
+    """Lay the entries out in `view`, which is renamed to `final` once whole."""
     described = []
     made: set[str] = set()
     bytecode_modules = 0
@@ -185,7 +188,7 @@ def _link_files(store: Store, entries: Sequence[Manifest], view: Path, roots: di
                     copy.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(store.blob_file(ref["sha256"]), copy)
                     if copy.name.startswith(engines.TRITON_GROUP_PREFIX):
-                        engines.relocate_triton_group(str(copy))
+                        engines.relocate_triton_group(str(copy), str(inside(final, path).parent))
                     os.utime(copy, (engines.COPIED_MTIME, engines.COPIED_MTIME))
                     laid_out[var]["files"].append(path[len(f"{engines.ENGINES_DIR}/{var}/") :])
                     made.add(path)

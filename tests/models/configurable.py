@@ -59,7 +59,7 @@ class Configurable(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.attn(self.n1(x)) + x * self.config.residual
-        bias = torch.full((DIM,), 0.25)  # in the default dtype
+        bias = torch.full((DIM,), 0.25, device=x.device)  # in the default dtype
         return self.out(activation(h) * SCALE) + bias
 
 

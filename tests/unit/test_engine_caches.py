@@ -89,15 +89,16 @@ def test_a_module_s_own_pyc_is_linked_only_while_valid_for_its_source(tmp_path: 
 def test_a_copied_triton_group_names_the_files_beside_it(tmp_path: Path) -> None:
     """Triton writes a group's files by absolute path; in a view's copy they lie beside
     the group file, and a group that names others is left as it is."""
-    folder = tmp_path / "view" / "engines" / "TRITON_CACHE_DIR" / "KEY"
+    folder = tmp_path / ".building" / "engines" / "TRITON_CACHE_DIR" / "KEY"
     folder.mkdir(parents=True)
+    final = tmp_path / "view" / "engines" / "TRITON_CACHE_DIR" / "KEY"  # once the view is renamed into place
     group = folder / "__grp__add_one.json"
     captured = "/captured/root/KEY"
     group.write_text(json.dumps({"child_paths": {"add_one.cubin": f"{captured}/add_one.cubin", "x": "/elsewhere/x"}}))
-    engines.relocate_triton_group(str(group))
+    engines.relocate_triton_group(str(group), str(final))
     assert json.loads(group.read_text()) == {
-        "child_paths": {"add_one.cubin": str(folder / "add_one.cubin"), "x": "/elsewhere/x"}
+        "child_paths": {"add_one.cubin": str(final / "add_one.cubin"), "x": "/elsewhere/x"}
     }
     group.write_text("not json")
-    engines.relocate_triton_group(str(group))
+    engines.relocate_triton_group(str(group), str(final))
     assert group.read_text() == "not json"
