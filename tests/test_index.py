@@ -78,6 +78,18 @@ def test_a_damaged_index_is_rebuilt(tmp_path: Path, damage: bytes) -> None:
     assert indexed(root) == ids
 
 
+def test_damaged_records_of_listed_entries_are_read_from_their_manifests(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    one, two = (make_entry(Store(root), name, {f"inductor/{name}": name.encode()}) for name in ("one", "two"))
+    document = json.loads((root / "index.json").read_text())
+    document["entries"][one] = 1  # not a record
+    document["entries"][two][1] = {}  # its signature still matches: a summary that lacks everything
+    (root / "index.json").write_text(json.dumps(document))
+    assert listed(root) == {one: "one", two: "two"}
+    assert indexed(root) == {one, two}
+    assert json.loads((root / "index.json").read_text())["entries"][two][1]["name"] == "two"
+
+
 def test_an_entry_replaced_after_listing_is_never_read_as_the_listed_one(tmp_path: Path) -> None:
     root = tmp_path / "store"
     entry_id = make_entry(Store(root), "kept", {"inductor/a": b"a"})

@@ -36,14 +36,25 @@ def signature(stat: os.stat_result) -> list[int]:
 
 
 def load(root: Path) -> Records:
-    """The recorded entries; none where the index is missing, unreadable or of another format."""
+    """The recorded entries, each [signature, summary, totals]; none where the index is
+    missing, unreadable or of another format, and no record that is not of that shape."""
     try:
         document = json.loads((root / INDEX_FILE).read_bytes())
         if isinstance(document, dict) and document.get("format") == _FORMAT and isinstance(document["entries"], dict):
-            return document["entries"]
+            return {name: record for name, record in document["entries"].items() if _well_formed(record)}
     except (OSError, ValueError, KeyError):
         pass
     return {}
+
+
+def _well_formed(record: Any) -> bool:
+    return (
+        isinstance(record, list)
+        and len(record) == 3
+        and isinstance(record[0], list)
+        and isinstance(record[1], dict)
+        and isinstance(record[2], dict)
+    )
 
 
 def save(root: Path, records: Records, tmp_dir: Path) -> None:

@@ -151,8 +151,10 @@ class Store:
                 elif whole:
                     entry = self._read_entry(self.entries_dir / name)
                 else:
-                    load = index.loader(f"{folder}/{name}", found)
-                    entry = manifest.from_summary(record[1], Totals.from_json(record[2]), load)
+                    entry = self._from_record(record, found, f"{folder}/{name}")
+                    if entry is None:  # a record the index holds damaged: read the manifest
+                        entry = self._read_entry(self.entries_dir / name)
+                        record = [found, entry.summary, entry.totals.to_json()]
                 records[name] = record
                 entries.append(entry)
             except schema.ManifestError as exc:
@@ -378,6 +380,12 @@ class Store:
 
     def _read_entry(self, path: Path) -> Manifest:
         return manifest.parse(json.loads((path / "manifest.json").read_bytes()), folder=path.name)
+
+    def _from_record(self, record: list[Any], found: list[int], folder: str) -> Manifest | None:
+        try:
+            return manifest.from_summary(record[1], Totals.from_json(record[2]), index.loader(folder, found))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
 
     def _check_format(self) -> None:
         try:
