@@ -7,8 +7,8 @@ package checks nothing of the model itself, it serves a call only where the trac
 sources are unchanged, the model has the structure it was built for
 (precompile/plan.model_structure), still holds the very tensors bound at load, in the same
 module tree, no submodule is in training mode, and the inputs are those exported
-(shapes, dtypes, keyword names; contiguous). Else the size's aot_compile function,
-when torch's guards pass.
+(shapes, dtypes, keyword names; contiguous; for a range's package, one batch size
+within its range). Else the size's aot_compile function, when torch's guards pass.
 
 This module imports torch only inside `compile`.
 """
