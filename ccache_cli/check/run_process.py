@@ -41,6 +41,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
 
     from ccache_cli.precompile import outputs, plan
     from ccache_cli.precompile.compile_process import cache_counters
+    from ccache_cli.store.manifest import range_label
 
     options = request["compile"]
     device = options["device"]
@@ -56,7 +57,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
 
     # The same calls, in the same order, as precompile made.
     runs = [(str(size), size, False) for size in options["sizes"]]
-    runs += [(plan.range_label(r), plan.range_hint(r), True) for r in map(tuple, options.get("ranges", []))]
+    runs += [(range_label(r), plan.range_hint(r), True) for r in map(tuple, options.get("ranges", []))]
     if options["dynamic"]:
         runs.append(("dynamic", options["dynamic_hint"], True))
     built_s = time.perf_counter() - _STARTED

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ccache_cli.precompile import plan
+from ccache_cli.store.manifest import range_label
 
 Emit = Callable[..., None]
 
@@ -113,7 +114,7 @@ def packages(
 
     weights: list[str] = []
 
-    ranges = {plan.range_label(batch_range): batch_range for batch_range in range_inputs}
+    ranges = {range_label(batch_range): batch_range for batch_range in range_inputs}
 
     def save_package(label: str, args: plan.CallInputs) -> None:
         try:

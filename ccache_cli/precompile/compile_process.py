@@ -30,6 +30,7 @@ from ccache_cli.key import sources
 from ccache_cli.precompile import aot, guards, modelspec, outputs, plan
 from ccache_cli.store import owners
 from ccache_cli.store.artifacts import AOT_PREFIX, MEGACACHE_FILE, OUTPUTS_PREFIX
+from ccache_cli.store.manifest import range_label
 
 Emit = Callable[..., None]
 
@@ -110,7 +111,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
         model=modelspec.module_identity(module, spec, inputs_fn),
         inputs={
             **{str(size): plan.describe(inputs[size]) for size in sizes},
-            **{plan.range_label(r): plan.describe(args, r) for r, args in range_inputs.items()},
+            **{range_label(r): plan.describe(args, r) for r, args in range_inputs.items()},
         },
         sys_path=sys.path,
     )
@@ -190,7 +191,7 @@ def _compile_sizes(
     runs: list[tuple[str, plan.CallInputs]] = [(str(size), args) for size, args in inputs.items()]
     for batch_range, args in (range_inputs or {}).items():
         plan.mark_batch_dynamic(torch, args, plan.range_hint(batch_range))
-        runs.append((plan.range_label(batch_range), args))
+        runs.append((range_label(batch_range), args))
     if options["dynamic"]:  # a dynamic graph on top of the static ones, when asked for
         hint = options["dynamic_hint"]
         args = plan.to_device(torch, plan.example_inputs(inputs_fn, hint), options["device"])

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ccache_cli.errors import CompileError
+from ccache_cli.store.manifest import range_label
 
 # An AOTInductor package holds no CUDA graphs (reduce-overhead records them in each
 # process, on its own memory); every other Inductor option of a mode applies.
@@ -68,11 +69,6 @@ def mark_batch_dynamic(torch: Any, inputs: CallInputs, size: int) -> None:
     """Mark dimension 0 dynamic on every tensor whose first dimension is the batch."""
     for tensor in batched(torch, inputs, size):
         torch._dynamo.mark_dynamic(tensor, 0)
-
-
-def range_label(batch_range: tuple[int, int]) -> str:
-    """How a range is named in an entry (its inputs, assumptions, package): `1-64`."""
-    return f"{batch_range[0]}-{batch_range[1]}"
 
 
 def range_hint(batch_range: tuple[int, int]) -> int:

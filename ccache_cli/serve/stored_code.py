@@ -22,7 +22,7 @@ from ccache_cli.key.assumptions import Checker
 from ccache_cli.precompile import plan
 from ccache_cli.serve.views import ended_processes, read_description
 from ccache_cli.store.assumptions import SizeAssumptions
-from ccache_cli.store.manifest import Source
+from ccache_cli.store.manifest import Source, range_bounds
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,8 @@ def serves_signature(stored: tuple[Any, ...], wanted: tuple[Any, ...]) -> bool:
             return stored_part == wanted_part
         for dim, wanted_dim in zip(shape, wanted_shape):
             if isinstance(dim, str):
-                low, _, high = dim.partition("-")
-                if not int(low) <= wanted_dim <= int(high):
+                low, high = range_bounds(dim)
+                if not low <= wanted_dim <= high:
                     return False
                 batch.add(wanted_dim)
             elif dim != wanted_dim:

@@ -184,7 +184,7 @@ class Manifest:
     @property
     def size_labels(self) -> list[str]:
         """Its sizes, then its ranges (`1-64`), as a person reads them."""
-        return [*map(str, self.compile.sizes), *(f"{low}-{high}" for low, high in self.compile.ranges)]
+        return [*map(str, self.compile.sizes), *map(range_label, self.compile.ranges)]
 
     @property
     def stores_aot_code(self) -> bool:
@@ -288,9 +288,20 @@ def blob_sizes(entries: Iterable[Manifest]) -> dict[str, int]:
     return {ref["sha256"]: ref["size"] for entry in entries for ref in entry.files.values()}
 
 
+def range_label(batch_range: tuple[int, int]) -> str:
+    """How a range is named in an entry (its inputs, assumptions, package): `1-64`."""
+    return f"{batch_range[0]}-{batch_range[1]}"
+
+
+def range_bounds(label: str) -> tuple[int, int]:
+    """The range a `range_label` names."""
+    low, _, high = label.partition("-")
+    return int(low), int(high)
+
+
 def label_order(label: str) -> tuple[int, ...]:
     """Sort key of a size's or range's label (`8`, `1-64`): sizes first, each by number."""
-    return (0, int(label)) if label.isdigit() else (1, *map(int, label.split("-")))
+    return (0, int(label)) if label.isdigit() else (1, *range_bounds(label))
 
 
 def parse(document: Any, folder: str | None = None, with_files: bool = True) -> Manifest:

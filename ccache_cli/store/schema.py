@@ -279,7 +279,7 @@ def _check_timings(timings: Mapping[str, Any]) -> None:
             raise ManifestError(f"timings.{name} must map sizes to seconds")
 
 
-_SIZE_LABEL = re.compile(r"[0-9]+(-[0-9]+)?")  # a size, or a range (precompile/plan.range_label)
+_SIZE_LABEL = re.compile(r"[0-9]+(-[0-9]+)?")  # a size, or a range (manifest.range_label)
 
 
 def _check_assumptions(by_size: Mapping[str, Any]) -> None:
