@@ -62,6 +62,7 @@ class EntryReport:
             },
             "engines": [dict(vars(cache)) for cache in entry.engine_caches()],
             "assumptions": dict(entry.totals.assumptions),
+            "functions": dict(entry.totals.functions),
             "timings": {
                 "sizes": [dict(vars(timing)) for timing in entry.timings],
                 "aot": dict(entry.aot_seconds),

@@ -12,6 +12,7 @@ from ccache_cli.archive.unpack import is_archive_path
 from ccache_cli.check.inspect import InspectReport, inspect_archive, inspect_remote, inspect_store
 from ccache_cli.in_program import fingerprint
 from ccache_cli.registry.reference import is_reference
+from ccache_cli.store.assumptions import SizeAssumptions
 from ccache_cli.store.manifest import Manifest, label_order
 
 from .pack import TRUST_OPTION
@@ -132,6 +133,21 @@ def _print_detail(report: InspectReport) -> None:
             soft_wrap=True,
         )
     _print_assumptions(e)
+    _print_functions(e)
+
+
+def _print_functions(e: Manifest) -> None:
+    """The functions a capture compiled, and what each assumes, by kind of check."""
+    if not e.functions:
+        return
+    table = Table(
+        "function", "stored code", "checked before it serves", title="Captured function compiles", title_justify="left"
+    )
+    for path, described in sorted(e.functions.items(), key=lambda item: item[1]["function"]):
+        recorded = SizeAssumptions.from_json(described["assumptions"])
+        cells = ", ".join(f"{kind} {number}" for kind, number in sorted(recorded.counts().items()))
+        table.add_row(described["function"], path.rpartition("/")[2], cells)
+    out.print(table)
 
 
 def _print_assumptions(e: Manifest) -> None:

@@ -100,6 +100,10 @@ def _print_capture(result: capture.CaptureResult) -> None:
         settings = sorted(result.entry.compile.document.get("engine_settings", {}).get(cache.var, {}))
         if settings:  # the engine hashes them into its cache key: a server must set them alike
             err.print(f"  its key depends on these settings, which the server must set alike: {', '.join(settings)}")
+    for function, count in sorted(result.entry.totals.functions.items()):
+        err.print(f"  function {function}: {count} compiled function{'s' if count != 1 else ''} stored")
+    for line in result.functions_not_stored:
+        err.print(f"  no stored code for function {line}")
 
 
 def _warn_replaced(active: activation.Activation) -> None:

@@ -51,6 +51,7 @@ from ccache_cli.key.paths import (
     Globals,
     PathError,
     PathSet,
+    call_locals,
     display_path,
     forward_locals,
     resolve_code_owner,
@@ -215,15 +216,20 @@ class Checker:
                 )
         return None
 
-    def program_mismatch(self, model: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
+    def program_mismatch(
+        self, model: Any, args: Sequence[Any], kwargs: Mapping[str, Any], function: Any = None
+    ) -> str | None:
         """The first assumption about the model, its code and its module's globals that
-        does not hold for this call, in words; None where all hold."""
+        does not hold for this call, in words; None where all hold. `function`: the
+        traced function where it is not the model's forward (a function compile's, called
+        with `args`, `self` first for a method; `model` is then not used)."""
         try:
-            local = forward_locals(model, args, kwargs)
+            local = forward_locals(model, args, kwargs) if function is None else call_locals(function, args, kwargs)
             global_ = Globals(self._frame.module)
         except Exception as exc:
             return f"the forward's locals or globals could not be read ({type(exc).__name__}: {exc})"
-        self._self_name = next(iter(local), None)
+        first = next(iter(local), None)
+        self._self_name = first if function is None or first == "self" else None
         values = self._paths.evaluate(local, global_)
         for assumption, node in zip(self._program, self._nodes):
             why = self._mismatch(assumption, FAILED if node is None or node < 0 else values[node])

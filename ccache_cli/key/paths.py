@@ -186,14 +186,18 @@ def _module(name: str) -> types.ModuleType:
 
 
 def forward_locals(model: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The traced forward's locals at its start, as a call of `model` binds them: its
-    arguments, and its closure's cells (`__class__`, for `super()`)."""
-    forward = type(model).forward
-    bound = inspect.signature(forward, follow_wrapped=False).bind(model, *args, **kwargs)
+    """The traced forward's locals at its start, as a call of `model` binds them."""
+    return call_locals(type(model).forward, (model, *args), kwargs)
+
+
+def call_locals(function: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A traced function's locals at its start, as a call binds them: its arguments,
+    and its closure's cells (`__class__`, for `super()`)."""
+    bound = inspect.signature(function, follow_wrapped=False).bind(*args, **kwargs)
     bound.apply_defaults()
     found = dict(bound.arguments)
-    code = getattr(forward, "__code__", None)
-    for name, cell in zip(getattr(code, "co_freevars", ()), getattr(forward, "__closure__", None) or ()):
+    code = getattr(function, "__code__", None)
+    for name, cell in zip(getattr(code, "co_freevars", ()), getattr(function, "__closure__", None) or ()):
         found.setdefault(name, cell.cell_contents)
     return found
 

@@ -118,21 +118,29 @@ def size_assumptions(torch: Any, model: Any, frames: list[_TracedFrame]) -> Size
     """What the stored code of the size whose compile recorded `frames` assumes (where no
     frame of the model's forward was compiled, nothing ccache can check: never served);
     None where Dynamo compiled nothing."""
+    return traced_assumptions(torch, getattr(type(model).forward, "__code__", None), frames, bound_self=True)
+
+
+def traced_assumptions(
+    torch: Any, top_code: Any, frames: list[_TracedFrame], bound_self: bool
+) -> SizeAssumptions | None:
+    """What stored code assumes, from the `frames` its compile recorded, where
+    `top_code` is the traced function's code (a model's forward, or a function's),
+    whose first argument is an object it is bound to where `bound_self`."""
     if not frames:
         return None
-    forward_code = getattr(type(model).forward, "__code__", None)
-    top = next((frame for frame in frames if frame.code is forward_code), None)
+    top = next((frame for frame in frames if frame.code is top_code), None)
     if top is None:
         names = ", ".join(sorted({frame.code.co_name for frame in frames}))
-        why = f"Dynamo compiled {names}, not the model's forward, so its locals cannot be bound"
+        why = f"Dynamo compiled {names}, not the compiled function itself, so its locals cannot be bound"
         return SizeAssumptions(Frame("", ""), (_unchecked("-", "-", why),), 0)
     recorded: dict[tuple[str, str], Assumption] = {}
     unserialized = 0
     unsupported = set(getattr(torch._dynamo.guards.CheckFunctionManager, "UNSUPPORTED_SERIALIZATION_GUARD_TYPES", ()))
-    self_name = top.code.co_varnames[0] if top.code.co_argcount else None
+    self_name = top.code.co_varnames[0] if bound_self and top.code.co_argcount else None
     for frame in frames:
         for entry in frame.guards:
-            assumption = _assumption(frame, self_name if frame is top else None, entry)
+            assumption = _assumption(frame, frame is top, self_name, entry)
             if assumption is None:
                 continue
             recorded.setdefault((assumption.check, assumption.path), assumption)
@@ -146,11 +154,10 @@ def size_assumptions(torch: Any, model: Any, frames: list[_TracedFrame]) -> Size
     return SizeAssumptions(frame_of, tuple(recorded.values()), unserialized)
 
 
-def _assumption(frame: _TracedFrame, self_name: str | None, entry: Any) -> Assumption | None:
+def _assumption(frame: _TracedFrame, is_top: bool, self_name: str | None, entry: Any) -> Assumption | None:
     """The assumption one guard stands for; None for those checked otherwise.
-    `self_name`: the forward's first argument, the model, where `frame` is the
-    forward's (None for frames after a graph break)."""
-    is_top = self_name is not None
+    `is_top`: `frame` is the compiled function's own (not a frame after a graph break);
+    `self_name`: its first argument where that is the object it is bound to (the model)."""
     kind, guard = entry.guard_type, entry.orig_guard
     if kind in _COVERED or kind in _STATE:
         return None
@@ -289,7 +296,7 @@ def _code_assumptions(traced_code: list[Any], torch_dir: str) -> list[Assumption
     return found
 
 
-def _is_input(path: str, self_name: str) -> bool:
+def _is_input(path: str, self_name: str | None) -> bool:
     """An input of the forward (not the model): `L['x']` whole."""
     return path.startswith("L[") and path.endswith("]") and path.count("[") == 1 and path != f"L[{self_name!r}]"
 

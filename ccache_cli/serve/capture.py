@@ -4,10 +4,11 @@ CMD runs with an empty Inductor cache of its own (Triton's inside it) in the sto
 staging area, an empty cache root for each engine (vLLM's VLLM_CACHE_ROOT, SGLang's
 SGLANG_JIT_CACHE_ROOT and every `--cache-env VAR`: in_program/engines.py), and a start-up
 hook (`ccache_cli/startup_hook`) that records, in every Python process CMD starts, the
-files Dynamo traces, the engines' versions and the machine's key components. When CMD
-succeeds, the files it wrote in those folders become the entry's blobs, and the
-records, the command line and the engines' versions its key; when it fails, nothing
-is stored.
+files Dynamo traces, the engines' versions and the machine's key components, and
+compiles the calls of its function compiles into functions that later runs load
+(serve/functions.py). When CMD succeeds, the files it wrote in those folders become the
+entry's blobs, and the records, the command line and the engines' versions its key;
+when it fails, nothing is stored.
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ from ccache_cli.in_program import engines, fingerprint
 from ccache_cli.in_program.usage import VIEW_ENV
 from ccache_cli.key import interpreter, sources
 from ccache_cli.serve.activation import with_startup_hook
+from ccache_cli.serve.functions import CAPTURE_FUNCTIONS_ENV, CAPTURE_RECORDS_ENV, FUNCTION_RECORDS
 from ccache_cli.store import manifest
-from ccache_cli.store.artifacts import BYTECODE_PREFIX, ENGINES_PREFIX
+from ccache_cli.store.artifacts import BYTECODE_PREFIX, ENGINES_PREFIX, FUNCTIONS_PREFIX
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.schema import engine_var_problem
 from ccache_cli.store.staging import space_free, stage_artifacts, staged_blobs
 from ccache_cli.store.store import Store
 
-CAPTURE_DIR_ENV = "CCACHE_CLI_CAPTURE_DIR"
 CAPTURE_BYTECODE_ENV = "CCACHE_CLI_CAPTURE_BYTECODE"  # 0: the start-up hook records no .pyc
 
 
@@ -50,6 +51,11 @@ class CaptureResult:
     new: bool  # False: an identical entry was already stored
     files: int
     seconds: float
+    functions_not_stored: tuple[str, ...] = ()  # function compiles that got no stored code, with why
+
+    @property
+    def functions(self) -> int:
+        return sum(self.entry.totals.functions.values())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +66,8 @@ class CaptureResult:
             "bytes": self.entry.bytes,
             "seconds": round(self.seconds, 3),
             "engines": {cache.var: cache.files for cache in self.entry.engine_caches()},
+            "functions": self.functions,
+            "functions_not_stored": list(self.functions_not_stored),
         }
 
 
@@ -98,7 +106,8 @@ def capture(
         env.update(
             {
                 "TORCHINDUCTOR_CACHE_DIR": str(inductor),
-                CAPTURE_DIR_ENV: str(records),
+                CAPTURE_RECORDS_ENV: str(records),
+                CAPTURE_FUNCTIONS_ENV: str(artifacts / "functions"),
                 CAPTURE_BYTECODE_ENV: "1" if bytecode else "0",
                 "PYTHONPATH": with_startup_hook(os.environ.get("PYTHONPATH")),
                 **{var: str(folder) for var, folder in engine_roots.items()},
@@ -145,6 +154,7 @@ def capture(
             "sources": [source.__dict__ for source in record["sources"]],
         }
         stored_bytecode = _gather_bytecode(records, process_records, staging / "artifacts")
+        functions, not_stored = _captured_functions(records / FUNCTION_RECORDS, artifacts)
         files, _ = stage_artifacts(store, staging, staging / "artifacts")
         entry = manifest.build(
             name=name,
@@ -152,12 +162,13 @@ def capture(
             lookup=None,
             timings={"sizes": [], "aot": None, "captured_s": round(seconds, 3)},
             aot={"status": "disabled", "reason": "captured from a command"},
+            functions=functions,
             bytecode=stored_bytecode,
             compiled_at=str(inductor),
             files=files,
         )
         [(entry, new)] = store.publish([entry], staging, staged_blobs(files))
-    return CaptureResult(entry, new, len(files), seconds)
+    return CaptureResult(entry, new, len(files), seconds, not_stored)
 
 
 def _run(command: Sequence[str], env: dict[str, str], stdout: int | None) -> int:
@@ -190,6 +201,22 @@ def _gather_bytecode(
             os.replace(folder / stored[len(BYTECODE_PREFIX) :], target)
             gathered[stored] = info
     return gathered
+
+
+def _captured_functions(records: Path, artifacts: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """What the command's processes recorded of their function compiles: those stored
+    (entry path -> description, as the manifest holds it), and why the others were not."""
+    stored: dict[str, Any] = {}
+    not_stored = []
+    for path in sorted(records.glob("*.json")) if records.is_dir() else ():
+        record = json.loads(path.read_text())
+        if "error" in record:
+            not_stored.append(f"{record['function']}: {record['error']}")
+            continue
+        entry_path = f"{FUNCTIONS_PREFIX}{record['file']}"
+        if (artifacts / entry_path).is_file():
+            stored[entry_path] = {name: record[name] for name in ("function", "code", "mode", "globals", "assumptions")}
+    return stored, tuple(dict.fromkeys(not_stored))
 
 
 def _engine_version(process_records: list[dict[str, Any]], var: str) -> str | None:

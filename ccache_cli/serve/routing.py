@@ -4,9 +4,11 @@ returns, so unchanged programs run the stored AOT code.
 
 Only calls that the active entries can serve exactly are routed: an nn.Module, or its
 bound `forward` (`model.forward = torch.compile(model.forward)`), with the inductor
-backend, no `options`, `dynamic` not True, and a mode some entry compiled. Anything
-else (another function, the decorator form, another backend or mode) goes to
-torch.compile untouched. A routed model still falls back to the
+backend, no `options`, `dynamic` not True, and a mode some entry compiled; and a
+function, method or decorated function whose compiled calls an active entry captured
+(serve/functions.py). Anything else (another backend or mode, a function no entry
+captured) goes to torch.compile untouched. Under `ccache run --capture`, function
+compiles are captured (serve/functions.py) and modules left to torch.compile. A routed model still falls back to the
 program's own torch.compile call, made lazily with its own arguments, for calls the
 stored code cannot serve (other shapes, grad enabled, training mode, changed sources).
 
@@ -55,8 +57,20 @@ def install(torch: Any) -> None:
     def compile(model: Any = None, *args: Any, **kwargs: Any) -> Any:
         if model is None and not args:  # the decorator form: decided when it is applied
             return functools.partial(compile, **kwargs)
+        from ccache_cli.serve import functions
+
+        if functions.capture_active():  # under `run --capture`: function compiles get stored code
+            if args or isinstance(model, torch.nn.Module):
+                return original(model, *args, **kwargs)
+            return functions.capturing(torch, model, kwargs, original)
         module = _module_of_forward(torch, model)
         why = "positional arguments" if args else _declined(torch, module or model, kwargs, defaults)
+        if why is not None and not args and not isinstance(model, torch.nn.Module):
+            served, function_why = functions.serving(torch, model, kwargs, original, functions.active_functions())
+            if served is not None:
+                count("routed")
+                return served
+            why = function_why if module is None else f"{why}; {function_why}"
         if why is not None:
             count(f"declined: {why}")
             return original(model, *args, **kwargs)

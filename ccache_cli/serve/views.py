@@ -42,7 +42,7 @@ from typing import Any
 from ccache_cli.errors import UnsafeFolderError
 from ccache_cli.in_program import bytecode, engines
 from ccache_cli.store import owners
-from ccache_cli.store.artifacts import AOT_PREFIX, engine_var_of
+from ccache_cli.store.artifacts import AOT_PREFIX, FUNCTIONS_PREFIX, engine_var_of
 from ccache_cli.store.hashing import hash_json
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.schema import inside
@@ -54,7 +54,7 @@ INDUCTOR_PREFIX = "inductor/"
 
 
 # Part of a view's name: a view laid out by another version of this code is not reused.
-_VIEW_LAYOUT = 6  # 2: AOT functions and packages listed; 3: the model structure; 4: engines; 5: own .pyc linked; 6: Triton groups relocated
+_VIEW_LAYOUT = 7  # 2: AOT functions and packages listed; 3: the model structure; 4: engines; 5: own .pyc linked; 6: Triton groups relocated; 7: captured functions
 
 
 def ensure_view(
@@ -149,6 +149,9 @@ class ActiveEntry:
     assumptions: Mapping[str, Any] = field(
         default_factory=dict
     )  # per size, what its stored code assumes (as the manifest)
+    functions: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # captured functions, by path in the view (as the manifest)
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,8 @@ def _link_files(
                 bytecode_modules += target not in made
                 source = bytecode.source_file(path, entry.bytecode[path]["module"], roots)
                 own = bytecode.own_timestamp_pyc(source) if source else None
+            elif path.startswith(FUNCTIONS_PREFIX):
+                target = f"{FUNCTIONS_PREFIX}{entry.id}/{path[len(FUNCTIONS_PREFIX) :]}"
             elif path.startswith(AOT_PREFIX):
                 target = f"aot/{entry.id}/{path[len(AOT_PREFIX) :]}"
                 size = Path(path).stem.removeprefix("size-")
@@ -230,6 +235,10 @@ def _link_files(
                 aot=aot,
                 structure=None if entry.aot.packages is None else entry.aot.packages.structure,
                 assumptions={size: recorded.to_json() for size, recorded in entry.assumptions.items()},
+                functions={
+                    f"{FUNCTIONS_PREFIX}{entry.id}/{path[len(FUNCTIONS_PREFIX) :]}": described
+                    for path, described in entry.functions.items()
+                },
             )
         )
     (view / "inductor").mkdir(exist_ok=True)

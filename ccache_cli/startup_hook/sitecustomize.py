@@ -11,7 +11,8 @@ CCACHE_CLI_ROUTE=0); and it has torch look up autotuning results in the view
 Under `ccache run --capture`, the hook stays idle
 until the program imports torch's tracing module, then records the files Dynamo
 traces; at exit it writes them, with what the key needs, the engines' versions and
-the bytecode of the modules it imported, to $CCACHE_CLI_CAPTURE_DIR. In the first
+the bytecode of the modules it imported, to $CCACHE_CLI_CAPTURE_DIR, and the program's
+function compiles are captured (serve/functions.py). In the first
 process of `ccache run`, it says at exit where a captured engine cache was not used
 (engines.py). It never imports torch itself, and it then runs the
 sitecustomize it shadows, if there is one.
@@ -143,7 +144,8 @@ if _VIEW and _USAGE_LOGS is not None:
     atexit.register(_report_usage)
 if _VIEW and os.environ.get("CCACHE_CLI_RUN_PID") == str(os.getpid()):  # the command `ccache run` started
     atexit.register(_report_engines)
-if _VIEW and os.environ.get("CCACHE_CLI_ROUTE", "1") != "0":  # torch.compile of a module runs the stored code
+# torch.compile of a module runs the stored code; under a capture, function compiles are captured
+if (_VIEW or _RECORDS) and os.environ.get("CCACHE_CLI_ROUTE", "1") != "0":
     try:
         _routing().install_when_torch_is_imported()
     except Exception as exc:  # never stop the program, or the sitecustomize it shadows

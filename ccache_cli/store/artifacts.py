@@ -4,7 +4,8 @@ An entry's files live under a few top-level folders: `inductor/` is the Inductor
 cache directory as torch wrote it (TORCHINDUCTOR_CACHE_DIR), `megacache/` holds
 torch's portable Mega-Cache bytes, `aot/` the AOT-compiled functions and packages,
 `bytecode/` the .pyc files of the modules the compiling process imported,
-`outputs/` a sample of each size's outputs (precompile/outputs.py) and `engines/<VAR>/` the
+`outputs/` a sample of each size's outputs (precompile/outputs.py), `functions/` the
+functions a capture compiled (serve/functions.py) and `engines/<VAR>/` the
 cache root a captured engine kept under the environment variable VAR (vLLM's
 VLLM_CACHE_ROOT, or any `run --capture --cache-env VAR`).
 """
@@ -20,6 +21,7 @@ from ccache_cli.in_program import bytecode, engines
 INDUCTOR_PREFIX = "inductor/"
 MEGACACHE_FILE = "megacache/cache_artifacts.bin"
 AOT_PREFIX = "aot/"
+FUNCTIONS_PREFIX = "functions/"
 OUTPUTS_PREFIX = "outputs/"
 ENGINES_PREFIX = f"{engines.ENGINES_DIR}/"
 BYTECODE_PREFIX = bytecode.PREFIX  # checked hash-based .pyc of the compile stack
@@ -66,6 +68,8 @@ def kind_of(path: str) -> str:
             return "megacache"
         if path.startswith(AOT_PREFIX):
             return "aot"
+        if path.startswith(FUNCTIONS_PREFIX):
+            return "functions"
         if path.startswith(BYTECODE_PREFIX):
             return "bytecode"
         if path.startswith(OUTPUTS_PREFIX):

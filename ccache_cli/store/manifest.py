@@ -15,6 +15,8 @@ The document, format 1:
      "aot": {"status", "reason", "packages": {"status", "reason", "model"}},
      "assumptions": {size: {"frame": {"module", "qualname"}, "unserialized": count,
                             "assumptions": [[check, path, expected, guard]]}} (optional),
+     "functions": {"functions/...pt": {"function": module:qualname, "code": digest, "mode",
+                   "globals": {name: module}, "assumptions": as a size's}} (optional: captures),
      "bytecode": {stored .pyc: {"module", "sha256"}}, "compiled_at": folder,
      "files": {path: {"sha256", "size"}}}
 
@@ -30,9 +32,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccache_cli.store import artifacts, schema
+from ccache_cli.store import schema
 from ccache_cli.store.assumptions import SizeAssumptions
 from ccache_cli.store.hashing import hash_json
+from ccache_cli.store.totals import Totals
 
 FORMAT = schema.FORMAT
 ID_DISPLAY_LENGTH = 12
@@ -114,7 +117,7 @@ class EngineCache:
 
 # What an index holds of a manifest apart (index.py): the parts that grow with the
 # model and its environment, read only where an entry is used.
-HEAVY_FIELDS = ("files", "bytecode", "assumptions")
+HEAVY_FIELDS = ("files", "bytecode", "assumptions", "functions")
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,12 @@ class Manifest:
         """Per size; none recorded: its stored code is never served."""
         found = self.document.get("assumptions", {})
         return {size: SizeAssumptions.from_json(sizes) for size, sizes in found.items()}
+
+    @functools.cached_property
+    def functions(self) -> Mapping[str, Mapping[str, Any]]:
+        """The functions a capture compiled: file -> {"function", "code", "mode",
+        "globals", "assumptions"} (serve/functions.py)."""
+        return self.document.get("functions", {})
 
     @functools.cached_property
     def bytecode(self) -> Mapping[str, Mapping[str, str]]:
@@ -220,67 +229,6 @@ class Manifest:
 
     def with_files(self, files: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         return {**self.document, "files": files}
-
-
-@dataclass(frozen=True)
-class Totals:
-    """What an entry's heavy fields add up to, kept in an index beside its summary, so
-    that listing and choosing entries reads no file list."""
-
-    bytes: int  # of all its files
-    files_digest: str  # of its file list: a view is named by it
-    kinds: tuple[artifacts.KindSummary, ...]  # files and bytes per artifact kind
-    engine_files: Mapping[str, tuple[int, int]]  # per engine cache: files and bytes
-    assumptions: Mapping[str, Mapping[str, Any]]  # per size: {"frame", "checks" (counts), "unserialized"}
-    bytecode_tops: tuple[str, ...]  # the top-level packages of its stored bytecode's modules
-
-    @classmethod
-    def of(cls, document: Mapping[str, Any]) -> Totals:
-        files = document.get("files", {})
-        engine_files: dict[str, tuple[int, int]] = {}
-        for path, ref in files.items():
-            if (var := artifacts.engine_var_of(path)) is not None:
-                count, size = engine_files.get(var, (0, 0))
-                engine_files[var] = (count + 1, size + ref["size"])
-        assumptions = {}
-        for size, found in document.get("assumptions", {}).items():
-            recorded = SizeAssumptions.from_json(found)
-            assumptions[size] = {
-                "frame": f"{recorded.frame.module}:{recorded.frame.qualname}",
-                "checks": recorded.counts(),
-                "unserialized": recorded.unserialized,
-            }
-        return cls(
-            bytes=sum(ref["size"] for ref in files.values()),
-            files_digest=hash_json(dict(files)),
-            kinds=artifacts.kinds_of(files),
-            engine_files=engine_files,
-            assumptions=assumptions,
-            bytecode_tops=tuple(
-                sorted({stored["module"].partition(".")[0] for stored in document.get("bytecode", {}).values()})
-            ),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "bytes": self.bytes,
-            "files_digest": self.files_digest,
-            "kinds": [[kind.kind, kind.count, kind.bytes] for kind in self.kinds],
-            "engine_files": {var: list(counts) for var, counts in self.engine_files.items()},
-            "assumptions": self.assumptions,
-            "bytecode_tops": list(self.bytecode_tops),
-        }
-
-    @classmethod
-    def from_json(cls, document: Mapping[str, Any]) -> Totals:
-        return cls(
-            bytes=document["bytes"],
-            files_digest=document["files_digest"],
-            kinds=tuple(artifacts.KindSummary(*kind) for kind in document["kinds"]),
-            engine_files={var: (count, size) for var, (count, size) in document["engine_files"].items()},
-            assumptions=document["assumptions"],
-            bytecode_tops=tuple(document["bytecode_tops"]),
-        )
 
 
 def blob_sizes(entries: Iterable[Manifest]) -> dict[str, int]:
@@ -377,6 +325,7 @@ def build(
     timings: Mapping[str, Any],
     aot: Mapping[str, Any],
     assumptions: Mapping[str, Any] | None = None,
+    functions: Mapping[str, Any] | None = None,
     bytecode: Mapping[str, Any],
     compiled_at: str,
     files: Mapping[str, Mapping[str, Any]],
@@ -393,6 +342,7 @@ def build(
             "timings": timings,
             "aot": aot,
             **({"assumptions": assumptions} if assumptions else {}),
+            **({"functions": functions} if functions else {}),
             "bytecode": bytecode,
             "compiled_at": compiled_at,
             "files": files,

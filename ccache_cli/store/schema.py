@@ -31,7 +31,7 @@ from ccache_cli.store.hashing import hash_json
 FORMAT = 1
 HEX64 = re.compile(r"[0-9a-f]{64}")
 # An entry's files live under these folders (artifacts.py says what each holds).
-_KINDS = ("inductor", "aot", "bytecode", "outputs", "engines")
+_KINDS = ("inductor", "aot", "functions", "bytecode", "outputs", "engines")
 _MEGACACHE = "megacache/cache_artifacts.bin"
 # A normalised relative path: no empty, `.` or `..` part, no backslash or control
 # character. (One pattern for one path; `safe_paths` checks many at once.)
@@ -116,6 +116,7 @@ def _check_fields(m: Mapping[str, Any], with_files: bool) -> None:
         files = _field(m, "files", dict)
         check_files(files)
         _check_bytecode(_mapping(m.get("bytecode", {}), "bytecode"), files)
+        _check_functions(_mapping(m.get("functions", {}), "functions"), files)
         _check_engine_files(m["key"]["compile"].get("engines", {}), files)
 
 
@@ -283,29 +284,49 @@ _SIZE_LABEL = re.compile(r"[0-9]+(-[0-9]+)?")  # a size, or a range (manifest.ra
 
 
 def _check_assumptions(by_size: Mapping[str, Any]) -> None:
-    """Per size: the traced forward's module and name, and rows of [check, path, expected, guard]."""
+    """Per size: what its stored code assumes (`_check_recorded`)."""
     for size, recorded in by_size.items():
         where = f"assumptions[{size!r}]"
         if not (isinstance(size, str) and _SIZE_LABEL.fullmatch(size)):
             raise ManifestError(f"{where}: sizes are decimal numbers, ranges two joined by '-'")
-        recorded = _mapping(recorded, where)
-        frame = _mapping(recorded.get("frame"), f"{where}.frame")
-        if not all(isinstance(frame.get(name), str) for name in ("module", "qualname")):
-            raise ManifestError(f"{where}.frame must name a module and a qualname")
-        rows = recorded.get("assumptions")
-        if not isinstance(rows, list) or len(rows) > _MAX_ASSUMPTIONS:
-            raise ManifestError(f"{where}.assumptions must be a list of at most {_MAX_ASSUMPTIONS}")
-        for row in rows:
-            if not (
-                isinstance(row, list)
-                and len(row) == 4
-                and row[0] in ASSUMPTION_CHECKS
-                and isinstance(row[1], str)
-                and isinstance(row[3], str)
-            ):
-                raise ManifestError(f"{where}: an assumption is not [check, path, expected, guard]")
-        if not isinstance(recorded.get("unserialized", 0), int):
-            raise ManifestError(f"{where}.unserialized must be a count")
+        _check_recorded(recorded, where)
+
+
+def _check_recorded(recorded: Any, where: str) -> None:
+    """The traced function's module and name, and rows of [check, path, expected, guard]."""
+    recorded = _mapping(recorded, where)
+    frame = _mapping(recorded.get("frame"), f"{where}.frame")
+    if not all(isinstance(frame.get(name), str) for name in ("module", "qualname")):
+        raise ManifestError(f"{where}.frame must name a module and a qualname")
+    rows = recorded.get("assumptions")
+    if not isinstance(rows, list) or len(rows) > _MAX_ASSUMPTIONS:
+        raise ManifestError(f"{where}.assumptions must be a list of at most {_MAX_ASSUMPTIONS}")
+    for row in rows:
+        if not (
+            isinstance(row, list)
+            and len(row) == 4
+            and row[0] in ASSUMPTION_CHECKS
+            and isinstance(row[1], str)
+            and isinstance(row[3], str)
+        ):
+            raise ManifestError(f"{where}: an assumption is not [check, path, expected, guard]")
+    if not isinstance(recorded.get("unserialized", 0), int):
+        raise ManifestError(f"{where}.unserialized must be a count")
+
+
+def _check_functions(functions: Mapping[str, Any], files: Mapping[str, Any]) -> None:
+    """Each captured function: a file under functions/, its code, mode, globals and assumptions."""
+    for path, described in functions.items():
+        where = f"functions[{path!r}]"
+        if not (path.startswith("functions/") and path in files):
+            raise ManifestError(f"{where}: not a file of the entry under functions/")
+        described = _mapping(described, where)
+        if not all(isinstance(described.get(name), str) for name in ("function", "code", "mode")):
+            raise ManifestError(f"{where} must name its function, code digest and mode")
+        installed = _mapping(described.get("globals"), f"{where}.globals")
+        if not all(isinstance(name, str) and isinstance(module, str) for name, module in installed.items()):
+            raise ManifestError(f"{where}.globals must map names to modules")
+        _check_recorded(described.get("assumptions"), f"{where}.assumptions")
 
 
 def _check_aot(aot: Mapping[str, Any]) -> None:

@@ -34,7 +34,8 @@ from ccache_cli.errors import BadInputError, EntryNotFoundError, StoreError
 from ccache_cli.store import durable, index, leftovers, lock, manifest, owners, schema
 from ccache_cli.store.hashing import sha256_file
 from ccache_cli.store.leftovers import REMOVED_PREFIX, STAGING_OWNER, remove
-from ccache_cli.store.manifest import FileRef, Manifest, Totals
+from ccache_cli.store.manifest import FileRef, Manifest
+from ccache_cli.store.totals import Totals
 
 FORMAT_VERSION = 1
 STORE_ENV = "CCACHE_CLI_STORE"

@@ -1,0 +1,73 @@
+"""Function compiles as programs write them: a function (`torch.compile(fn)`), a
+module's bound forward through a functools.wraps decorator (`model.forward =
+torch.compile(model.forward)`, as transformers writes forwards and its generation
+recipe compiles them) and the `@torch.compile` decorator, called at SIZES (a JSON
+list) after CHANGE: "none", "global" (a module global the code reads) or "attribute"
+(a model attribute set after building).
+
+Prints JSON: whether every output equals eager's, and the graphs Dynamo traced.
+
+    python function_compiles.py CHANGE SIZES
+"""
+
+import functools
+import json
+import sys
+
+import torch
+
+SCALE = 2.0
+
+
+def plain(x, y):
+    return torch.relu(x @ y) * SCALE
+
+
+def returns_dict(forward):
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        return {"out": forward(self, *args, **kwargs)}
+
+    return wrapper
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(16, 16)
+        self.scale = 0.5
+
+    @returns_dict
+    def forward(self, x):
+        return torch.tanh(self.linear(x)) * self.scale
+
+
+@torch.compile
+def decorated(x):
+    return torch.sigmoid(x) + SCALE
+
+
+def eager_decorated(x):
+    return torch.sigmoid(x) + SCALE
+
+
+change, sizes = sys.argv[1], json.loads(sys.argv[2])
+torch.manual_seed(0)
+model = Block().eval()
+if change == "attribute":
+    model.scale = 3.0
+if change == "global":
+    SCALE = 3.0
+compiled_plain = torch.compile(plain)
+model.forward = torch.compile(model.forward)
+same = True
+with torch.no_grad():
+    for size in sizes:
+        x, y = torch.randn(size, 16), torch.randn(16, 16)
+        same &= torch.allclose(compiled_plain(x, y), plain(x, y))
+        same &= torch.allclose(model(x)["out"], type(model).forward(model, x)["out"])
+        same &= torch.allclose(decorated(x), eager_decorated(x))
+graphs = 0
+if "torch._dynamo.utils" in sys.modules:
+    graphs = sys.modules["torch._dynamo.utils"].counters["stats"]["unique_graphs"]
+print(json.dumps({"same": bool(same), "graphs": graphs}))
