@@ -34,7 +34,9 @@ config = LlamaConfig(
 model = LlamaForCausalLM(config).to(device=device, dtype=torch.bfloat16).eval()
 model.generation_config.cache_implementation = "static"
 model.generation_config.pad_token_id = 0
-prompts = {batch: torch.randint(1, 1024, (batch, 12), generator=torch.Generator().manual_seed(batch)) for batch in (1, 4)}
+prompts = {
+    batch: torch.randint(1, 1024, (batch, 12), generator=torch.Generator().manual_seed(batch)) for batch in (1, 4)
+}
 built = time.perf_counter()
 
 model.forward = torch.compile(model.forward, mode=mode, fullgraph=True)

@@ -1,0 +1,70 @@
+"""transformers' fast-generation recipe (benchmarks/programs/generate_recipe.py: a
+random bf16 Llama, a static KV cache, `model.forward = torch.compile(model.forward)`,
+`generate` at batch 1 and 4, 8 new tokens) started cold, warm on torch's own cache,
+and warm under `ccache run` on what `ccache run --capture` stored.
+
+Prints, per way, the seconds from the compile call to both generates done ("ready"),
+the measured process's whole run ("total"), the graphs torch traced, and whether the
+tokens equal the cold run's; then cold/warm ratios.
+
+    python benchmarks/generate.py [--device cpu|cuda] [--layers N] [--hidden N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PROGRAM = Path(__file__).resolve().parent / "programs" / "generate_recipe.py"
+SHAPE = {"cpu": (1, 256), "cuda": (8, 1024)}
+
+
+def measure(command: list[str], env: dict[str, str]) -> dict:
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:4])} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--hidden", type=int)
+    args = parser.parse_args()
+    layers, hidden = args.layers or SHAPE[args.device][0], args.hidden or SHAPE[args.device][1]
+    recipe = [sys.executable, str(PROGRAM), args.device, str(layers), str(hidden)]
+    ccache = [sys.executable, "-m", "ccache_cli"]
+    with tempfile.TemporaryDirectory() as scratch:
+        base = {
+            **os.environ,
+            "TORCHINDUCTOR_CACHE_DIR": f"{scratch}/torch-cache",
+            "TRITON_CACHE_DIR": f"{scratch}/torch-cache/triton",
+            "CCACHE_CLI_VIEWS": f"{scratch}/views",
+        }
+        store = ["--store", f"{scratch}/store"]
+        results = {
+            "cold": measure(recipe, base),
+            "torch warm": measure(recipe, base),
+            "ccache capture": measure([*ccache, *store, "run", "--capture", "gen", "--", *recipe], base),
+        }
+        for attempt in (1, 2):
+            results[f"ccache run #{attempt}"] = measure([*ccache, *store, "run", "gen", "--", *recipe], base)
+    cold = results["cold"]
+    print(f"generate recipe: {args.device}, Llama {layers} layers, hidden {hidden}, bf16")
+    print(f"{'way':<18}{'ready s':>9}{'total s':>9}{'graphs':>8}{'same tokens':>13}{'cold/ready':>12}")
+    for way, found in results.items():
+        ratio = cold["ready_s"] / found["ready_s"]
+        same = found["tokens"] == cold["tokens"]
+        print(
+            f"{way:<18}{found['ready_s']:>9.2f}{found['total_s']:>9.2f}{found.get('graphs', 0):>8}{str(same):>13}{ratio:>11.1f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
