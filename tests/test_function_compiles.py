@@ -2,7 +2,8 @@
 functools.wraps decorator, `@torch.compile`): `run --capture` stores each call's
 compiled function, and `ccache run` serves an unchanged program from them with
 nothing traced; a changed global or attribute, or a call no captured function was
-compiled for, goes to torch.compile, with eager's numbers and the reason."""
+compiled for, goes to torch.compile, with eager's numbers and the reason. Inside
+another compile, the function is traced as the program's own."""
 
 from __future__ import annotations
 
@@ -20,17 +21,21 @@ pytestmark = pytest.mark.slow
 PROGRAM = Path(__file__).parent / "programs" / "function_compiles.py"
 
 
-@pytest.fixture(scope="module")
-def captured(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def capture(tmp_path_factory: pytest.TempPathFactory, change: str) -> dict:
     def build(folder: Path) -> None:
         shutil.copyfile(PROGRAM, folder / "program.py")
-        command = ["--", sys.executable, "program.py", "none", "[2, 4]"]
+        command = ["--", sys.executable, "program.py", change, "[2, 4]"]
         result = ccache("run", "--capture", "fns", "--json", *command, store=folder / "store", cwd=folder)
         assert result.returncode == 0, result.stderr
         (folder / "capture.json").write_text(result.stdout)
 
-    folder = built_once(tmp_path_factory, "functions", build)
+    folder = built_once(tmp_path_factory, f"functions-{change}", build)
     return {"store": folder / "store", "folder": folder, "capture": json.loads((folder / "capture.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return capture(tmp_path_factory, "none")
 
 
 def run(captured: dict, tmp_path: Path, change: str, sizes: list[int]) -> tuple[dict, str]:
@@ -59,11 +64,11 @@ def test_a_capture_stores_each_function_s_compiled_calls(captured: dict) -> None
 
 def test_an_unchanged_program_runs_the_captured_functions(captured: dict, tmp_path: Path) -> None:
     report, _ = run(captured, tmp_path, "none", [2, 4])
-    assert report == {"same": True, "graphs": 0}
+    assert report == {"same": True, "graphs": 0, "misses": 0}
     # Size 3 was not called at capture: Dynamo's guards of the function compiled at size 4
     # (dynamic, as torch.compile makes a function called at a second size) let it serve.
     report, _ = run(captured, tmp_path, "none", [3])
-    assert report == {"same": True, "graphs": 0}
+    assert report == {"same": True, "graphs": 0, "misses": 0}
 
 
 @pytest.mark.parametrize(
@@ -74,3 +79,13 @@ def test_changed_python_state_goes_to_torch_compile(captured: dict, tmp_path: Pa
     report, stderr = run(captured, tmp_path, change, [2, 4])
     assert report["same"] and report["graphs"] > 0
     assert "stored code not used" in stderr and reason in stderr, stderr
+
+
+def test_a_function_inside_another_compile_is_traced_as_the_program_s_own(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """The enclosing compile (not captured: it has options) traces the same graphs under
+    the capture and under `ccache run`, so the second finds them all in the cache."""
+    nested = capture(tmp_path_factory, "nested")
+    report, stderr = run(nested, tmp_path, "nested", [2, 4])
+    assert report["same"] and report["graphs"] > 0 and report["misses"] == 0, stderr

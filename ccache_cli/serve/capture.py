@@ -30,7 +30,7 @@ from ccache_cli.in_program import engines, fingerprint
 from ccache_cli.in_program.usage import VIEW_ENV
 from ccache_cli.key import interpreter, sources
 from ccache_cli.serve.activation import with_startup_hook
-from ccache_cli.serve.functions import CAPTURE_FUNCTIONS_ENV, CAPTURE_RECORDS_ENV, FUNCTION_RECORDS
+from ccache_cli.serve.function_capture import CAPTURE_FUNCTIONS_ENV, CAPTURE_RECORDS_ENV, FUNCTION_RECORDS
 from ccache_cli.store import manifest
 from ccache_cli.store.artifacts import BYTECODE_PREFIX, ENGINES_PREFIX, FUNCTIONS_PREFIX
 from ccache_cli.store.manifest import Manifest

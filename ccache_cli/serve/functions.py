@@ -3,12 +3,8 @@
 writes it, where no precompiled entry serves the model) and the `@torch.compile`
 decorator, captured by `ccache run --capture` and served by `ccache run`.
 
-Capture: at each call that no function captured so far in the process serves (their
-Dynamo guards decide), Dynamo's aot_compile traces the function on that call's inputs
-before the call runs (so a static KV cache is traced as the call finds it, not as it
-leaves it) and the compiled function goes to the capture's folder, with what it
-assumes (precompile/guards.py) and the modules Dynamo installed among its globals; the
-program's own compile then runs the call, as it would have.
+Capture (function_capture.py): each call that no function captured so far serves is
+compiled with aot_compile before it runs, and stored with what it assumes.
 
 Serve: a compile of a function that an active entry captured returns the function with
 its innermost code replaced: each call runs the first captured function whose Dynamo
@@ -19,6 +15,8 @@ counted with the reason for the usage log.
 Decorators written with functools.wraps (transformers wraps every forward) stay plain
 Python around the compiled code: aot_compile cannot save code that reaches the wrapped
 function through a wrapper's closure, and a wrapper computes nothing a graph holds.
+Inside another compile (transformers compiles `__call__` with reduce-overhead on a GPU),
+the function is traced as the program's own: Dynamo inlines what torch.compile was given.
 
 Imports torch only through the `torch` its callers hand it.
 """
@@ -26,13 +24,10 @@ Imports torch only through the `torch` its callers hand it.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import io
-import json
 import os
 import platform
-import re
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,23 +37,13 @@ from typing import Any
 from ccache_cli.in_program.usage import VIEW_ENV
 from ccache_cli.key import assumptions as a
 from ccache_cli.key.sources import check, search_path
-from ccache_cli.precompile import guards
 from ccache_cli.serve import decisions
 from ccache_cli.serve.views import read_description
 from ccache_cli.store.assumptions import SizeAssumptions
 from ccache_cli.store.manifest import Source
 
-CAPTURE_FUNCTIONS_ENV = "CCACHE_CLI_CAPTURE_FUNCTIONS"  # where a capture's processes write compiled functions
-CAPTURE_RECORDS_ENV = "CCACHE_CLI_CAPTURE_DIR"  # where they write what each assumes (serve/capture.py)
-FUNCTION_RECORDS = "functions"  # the folder of those records, in the capture's records
-MAX_PER_FUNCTION = 8  # Dynamo's own recompile limit
 # Modes whose compiled code a saved function holds whole (CUDA graphs it does not).
 CAPTURED_MODES = ("default", "max-autotune-no-cudagraphs")
-
-# A global Dynamo installs in the traced function's module for a module it imports,
-# named by the module's id: `___module_collections_140047088158176_c0`.
-_INSTALLED_MODULE = re.compile(r"___module_\w+_\d+_c\d+")
-_INSTALLED_BY_ID = re.compile(r"\w*_\d+_c\d+")
 
 
 @dataclass(frozen=True)
@@ -133,112 +118,18 @@ def compile_options(torch: Any, kwargs: Mapping[str, Any]) -> tuple[str | None, 
     return None, mode
 
 
-# --- capture --------------------------------------------------------------------------
+def routed(compiled: Any, call: Callable[..., Any]) -> Callable[..., Any]:
+    """What a routed `torch.compile(compiled)` returns: a function that calls `call`,
+    which an enclosing torch.compile traces as `compiled` itself, as it does
+    torch.compile's own result (Dynamo inlines `_torchdynamo_inline`)."""
 
+    @functools.wraps(compiled)
+    def compiled_function(*args: Any, **kwargs: Any) -> Any:
+        return call(*args, **kwargs)
 
-def capturing(torch: Any, compiled: Any, kwargs: dict[str, Any], original: Callable[..., Any]) -> Any:
-    """`torch.compile(compiled, **kwargs)` under a capture: the program's own compile,
-    with each call its captured functions do not serve captured first."""
-    why, mode = compile_options(torch, kwargs)
-    unwrapped = unwrap(compiled)
-    if why is not None or unwrapped is None:
-        return original(compiled, **kwargs)
-    capture = _Capture(torch, unwrapped, mode, lambda: original(unwrapped.inner, **kwargs))
-    return unwrapped.rebuilt(capture)
-
-
-class _Capture:
-    def __init__(self, torch: Any, unwrapped: Unwrapped, mode: str, compile_inner: Callable[[], Any]) -> None:
-        self._torch = torch
-        self._unwrapped = unwrapped
-        self._mode = mode
-        self._compile_inner = compile_inner
-        self._compiled: Any = None
-        self._captured: list[Any] = []
-        self._stopped = False  # a capture failed: the function is left to the program's compile
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if not self._stopped and not any(function.guard_check(*args, **kwargs) for function in self._captured):
-            try:
-                self._captured.append(self._capture(args, kwargs))
-            except Exception as exc:
-                self._stopped = True
-                _write_record(self._unwrapped, {"error": f"{type(exc).__name__}: {_one_line(str(exc))}"})
-            self._stopped = self._stopped or len(self._captured) >= MAX_PER_FUNCTION
-        if self._compiled is None:
-            self._compiled = self._compile_inner()
-        return self._compiled(*args, **kwargs)
-
-    def _capture(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        torch, inner = self._torch, self._unwrapped.inner
-        recorder = guards.Recorder()
-        options = {**torch._inductor.list_mode_options(self._mode), "guard_filter_fn": _serializable(torch)}
-        torch._dynamo.config.enable_aot_compile = True
-        with recorder.recording(torch):
-            function = torch.compile(inner, fullgraph=True, options=options).aot_compile((args, kwargs))
-        recorded = guards.traced_assumptions(
-            torch, inner.__code__, recorder.take(), bound_self=self._unwrapped.owner is not None
-        )
-        if recorded is None:
-            raise RuntimeError("Dynamo recorded no guards")
-        folder = os.environ[CAPTURE_FUNCTIONS_ENV]
-        file = f"{_owner_key(self._unwrapped.name)}/{os.getpid()}-{len(self._captured)}.pt"
-        os.makedirs(os.path.join(folder, os.path.dirname(file)), exist_ok=True)
-        function.save_compiled_function(os.path.join(folder, file))
-        _write_record(
-            self._unwrapped,
-            {
-                "file": file,
-                "mode": self._mode,
-                "globals": _installed_modules(function, inner.__globals__),
-                "assumptions": recorded.to_json(),
-            },
-        )
-        return function
-
-
-def _serializable(torch: Any) -> Callable[[Any], list[bool]]:
-    """aot_compile's guard filter: the guards it can save (the others, global ones and
-    identities, are ccache's assumptions, recorded from the same guards)."""
-    unsupported = set(getattr(torch._dynamo.guards.CheckFunctionManager, "UNSUPPORTED_SERIALIZATION_GUARD_TYPES", ()))
-    unsupported |= {"ID_MATCH", "CLOSURE_MATCH", "WEAKREF_ALIVE", "DICT_VERSION"}
-
-    def keep(entries: Any) -> list[bool]:
-        return [
-            not (
-                entry.is_global
-                or entry.guard_type in unsupported
-                or unsupported.intersection(getattr(entry, "derived_guard_types", ()))
-            )
-            for entry in entries
-        ]
-
-    return keep
-
-
-def _installed_modules(function: Any, module_globals: Mapping[str, Any]) -> dict[str, str]:
-    """The globals Dynamo installed for the compiled code that name a module by its id,
-    with that module's name (a loading process imports it under the same global)."""
-    environment = function._artifacts.runtime_env
-    provided = {*environment.import_sources, *environment.used_globals}
-    found = {}
-    for ref in sorted(environment.external_refs - provided):
-        value = module_globals.get(ref)
-        if isinstance(value, types.ModuleType) and _INSTALLED_MODULE.fullmatch(ref):
-            found[ref] = value.__name__
-        elif _INSTALLED_BY_ID.fullmatch(ref):
-            raise RuntimeError(f"its code reads {ref}, a global Dynamo installed by id, which no other process has")
-    return found
-
-
-def _write_record(unwrapped: Unwrapped, record: dict[str, Any]) -> None:
-    folder = os.path.join(os.environ[CAPTURE_RECORDS_ENV], FUNCTION_RECORDS)
-    os.makedirs(folder, exist_ok=True)
-    document = {"function": unwrapped.name, "code": a.code_digest(unwrapped.inner.__code__), **record}
-    path = os.path.join(folder, f"{os.getpid()}-{len(os.listdir(folder))}.json")
-    with open(path + ".tmp", "w") as handle:
-        json.dump(document, handle)
-    os.replace(path + ".tmp", path)
+    compiled_function._torchdynamo_inline = compiled  # type: ignore[attr-defined]
+    compiled_function._torchdynamo_orig_callable = compiled  # type: ignore[attr-defined]
+    return compiled_function
 
 
 def _failed_guard(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -247,24 +138,13 @@ def _failed_guard(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     try:
         failed = function._artifacts.guard_manager.check_verbose(function.prepare_f_locals(*args, **kwargs))
         guard = str(failed.verbose_code_parts[0]).partition(" #")[0]
-        return f"its guard {_one_line(guard)} fails for a call that no captured function serves"
+        return f"its guard {one_line(guard)} fails for a call that no captured function serves"
     except Exception:  # torch's private API moved: the reason only
         return "its Dynamo guards fail"
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return " ".join(text.split())[:500]
-
-
-def _owner_key(name: str) -> str:
-    return hashlib.sha256(name.encode()).hexdigest()[:16]
-
-
-def capture_active() -> bool:
-    return bool(os.environ.get(CAPTURE_FUNCTIONS_ENV)) and bool(os.environ.get(CAPTURE_RECORDS_ENV))
-
-
-# --- serve ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -332,7 +212,7 @@ def serving(
     served = _Served(
         torch, unwrapped, [s for s in mine if s.code == digest], lambda: original(unwrapped.inner, **kwargs)
     )
-    return unwrapped.rebuilt(served), None
+    return routed(compiled, unwrapped.rebuilt(served)), None
 
 
 class _Served:
@@ -410,4 +290,9 @@ class _Served:
         module_globals.update({name: importlib.import_module(module) for name, module in stored.globals.items()})
         with open(stored.path, "rb") as handle:
             data = handle.read()
-        return self._torch.compiler.load_compiled_function(io.BytesIO(data), f_globals=module_globals)
+        # Loading a function's C++ kernels picks this CPU's vector ISA once per process,
+        # by compiling and loading a probe program per ISA. The entry's key held the ISA
+        # this machine picks (activation matched it), so the ISAs the CPU's flags name are
+        # trusted instead, for the pick only: the setting enters no cache key from here.
+        with self._torch._inductor.config.patch({"cpp.vec_isa_ok": True}):
+            return self._torch.compiler.load_compiled_function(io.BytesIO(data), f_globals=module_globals)

@@ -57,12 +57,12 @@ def install(torch: Any) -> None:
     def compile(model: Any = None, *args: Any, **kwargs: Any) -> Any:
         if model is None and not args:  # the decorator form: decided when it is applied
             return functools.partial(compile, **kwargs)
-        from ccache_cli.serve import functions
+        from ccache_cli.serve import function_capture, functions
 
-        if functions.capture_active():  # under `run --capture`: function compiles get stored code
+        if function_capture.capture_active():  # under `run --capture`: function compiles get stored code
             if args or isinstance(model, torch.nn.Module):
                 return original(model, *args, **kwargs)
-            return functions.capturing(torch, model, kwargs, original)
+            return function_capture.capturing(torch, model, kwargs, original)
         module = _module_of_forward(torch, model)
         why = "positional arguments" if args else _declined(torch, module or model, kwargs, defaults)
         if why is not None and not args and not isinstance(model, torch.nn.Module):

@@ -3,9 +3,12 @@ module's bound forward through a functools.wraps decorator (`model.forward =
 torch.compile(model.forward)`, as transformers writes forwards and its generation
 recipe compiles them) and the `@torch.compile` decorator, called at SIZES (a JSON
 list) after CHANGE: "none", "global" (a module global the code reads) or "attribute"
-(a model attribute set after building).
+(a model attribute set after building); with "nested", the model is called through
+another compile too (as transformers' generate compiles `__call__` on a GPU), one that
+ccache leaves to torch.compile.
 
-Prints JSON: whether every output equals eager's, and the graphs Dynamo traced.
+Prints JSON: whether every output equals eager's, the graphs Dynamo traced and the
+FX graphs Inductor missed in its cache.
 
     python function_compiles.py CHANGE SIZES
 """
@@ -60,6 +63,7 @@ if change == "global":
     SCALE = 3.0
 compiled_plain = torch.compile(plain)
 model.forward = torch.compile(model.forward)
+nested = torch.compile(lambda x: model(x)["out"] + 1, options={"epilogue_fusion": True})
 same = True
 with torch.no_grad():
     for size in sizes:
@@ -67,7 +71,10 @@ with torch.no_grad():
         same &= torch.allclose(compiled_plain(x, y), plain(x, y))
         same &= torch.allclose(model(x)["out"], type(model).forward(model, x)["out"])
         same &= torch.allclose(decorated(x), eager_decorated(x))
-graphs = 0
+        if change == "nested":
+            same &= torch.allclose(nested(x), type(model).forward(model, x)["out"] + 1)
+graphs = misses = 0
 if "torch._dynamo.utils" in sys.modules:
-    graphs = sys.modules["torch._dynamo.utils"].counters["stats"]["unique_graphs"]
-print(json.dumps({"same": bool(same), "graphs": graphs}))
+    counters = sys.modules["torch._dynamo.utils"].counters
+    graphs, misses = counters["stats"]["unique_graphs"], counters["inductor"]["fxgraph_cache_miss"]
+print(json.dumps({"same": bool(same), "graphs": graphs, "misses": misses}))

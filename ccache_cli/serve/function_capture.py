@@ -1,0 +1,149 @@
+"""Under `ccache run --capture`: each function compile of the program (serve/functions.py
+says which) gets stored code. At each call that no function captured so far in the
+process serves (their Dynamo guards decide), Dynamo's aot_compile traces the function
+on that call's inputs before the call runs (so a static KV cache is traced as the call
+finds it, not as it leaves it), and the compiled function goes to the capture's folder
+($CCACHE_CLI_CAPTURE_FUNCTIONS), with what it assumes (precompile/guards.py) and the
+modules Dynamo installed among its globals ($CCACHE_CLI_CAPTURE_DIR/functions/, which
+serve/capture.py reads into the entry's manifest); the program's own compile then runs
+the call, as it would have.
+
+Imports torch only through the `torch` its callers hand it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ccache_cli.key import assumptions as a
+from ccache_cli.precompile import guards
+from ccache_cli.serve.functions import Unwrapped, compile_options, one_line, routed, unwrap
+
+CAPTURE_FUNCTIONS_ENV = "CCACHE_CLI_CAPTURE_FUNCTIONS"  # where a capture's processes write compiled functions
+CAPTURE_RECORDS_ENV = "CCACHE_CLI_CAPTURE_DIR"  # where they write what each assumes (serve/capture.py)
+FUNCTION_RECORDS = "functions"  # the folder of those records, in the capture's records
+MAX_PER_FUNCTION = 8  # Dynamo's own recompile limit
+
+# A global Dynamo installs in the traced function's module for a module it imports,
+# named by the module's id: `___module_collections_140047088158176_c0`.
+_INSTALLED_MODULE = re.compile(r"___module_\w+_\d+_c\d+")
+_INSTALLED_BY_ID = re.compile(r"\w*_\d+_c\d+")
+
+
+def capturing(torch: Any, compiled: Any, kwargs: dict[str, Any], original: Callable[..., Any]) -> Any:
+    """`torch.compile(compiled, **kwargs)` under a capture: the program's own compile,
+    with each call its captured functions do not serve captured first."""
+    why, mode = compile_options(torch, kwargs)
+    unwrapped = unwrap(compiled)
+    if why is not None or unwrapped is None:
+        return original(compiled, **kwargs)
+    capture = _Capture(torch, unwrapped, mode, lambda: original(unwrapped.inner, **kwargs))
+    return routed(compiled, unwrapped.rebuilt(capture))
+
+
+class _Capture:
+    def __init__(self, torch: Any, unwrapped: Unwrapped, mode: str, compile_inner: Callable[[], Any]) -> None:
+        self._torch = torch
+        self._unwrapped = unwrapped
+        self._mode = mode
+        self._compile_inner = compile_inner
+        self._compiled: Any = None
+        self._captured: list[Any] = []
+        self._stopped = False  # a capture failed: the function is left to the program's compile
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._stopped and not any(function.guard_check(*args, **kwargs) for function in self._captured):
+            try:
+                self._captured.append(self._capture(args, kwargs))
+            except Exception as exc:
+                self._stopped = True
+                _write_record(self._unwrapped, {"error": f"{type(exc).__name__}: {one_line(str(exc))}"})
+            self._stopped = self._stopped or len(self._captured) >= MAX_PER_FUNCTION
+        if self._compiled is None:
+            self._compiled = self._compile_inner()
+        return self._compiled(*args, **kwargs)
+
+    def _capture(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        torch, inner = self._torch, self._unwrapped.inner
+        recorder = guards.Recorder()
+        options = {**torch._inductor.list_mode_options(self._mode), "guard_filter_fn": _serializable(torch)}
+        torch._dynamo.config.enable_aot_compile = True
+        with recorder.recording(torch):
+            function = torch.compile(inner, fullgraph=True, options=options).aot_compile((args, kwargs))
+        recorded = guards.traced_assumptions(
+            torch, inner.__code__, recorder.take(), bound_self=self._unwrapped.owner is not None
+        )
+        if recorded is None:
+            raise RuntimeError("Dynamo recorded no guards")
+        folder = os.environ[CAPTURE_FUNCTIONS_ENV]
+        file = f"{_owner_key(self._unwrapped.name)}/{os.getpid()}-{len(self._captured)}.pt"
+        os.makedirs(os.path.join(folder, os.path.dirname(file)), exist_ok=True)
+        function.save_compiled_function(os.path.join(folder, file))
+        _write_record(
+            self._unwrapped,
+            {
+                "file": file,
+                "mode": self._mode,
+                "globals": _installed_modules(function, inner.__globals__),
+                "assumptions": recorded.to_json(),
+            },
+        )
+        return function
+
+
+def _serializable(torch: Any) -> Callable[[Any], list[bool]]:
+    """aot_compile's guard filter: the guards it can save (the others, global ones and
+    identities, are ccache's assumptions, recorded from the same guards)."""
+    unsupported = set(getattr(torch._dynamo.guards.CheckFunctionManager, "UNSUPPORTED_SERIALIZATION_GUARD_TYPES", ()))
+    unsupported |= {"ID_MATCH", "CLOSURE_MATCH", "WEAKREF_ALIVE", "DICT_VERSION"}
+
+    def keep(entries: Any) -> list[bool]:
+        return [
+            not (
+                entry.is_global
+                or entry.guard_type in unsupported
+                or unsupported.intersection(getattr(entry, "derived_guard_types", ()))
+            )
+            for entry in entries
+        ]
+
+    return keep
+
+
+def _installed_modules(function: Any, module_globals: Mapping[str, Any]) -> dict[str, str]:
+    """The globals Dynamo installed for the compiled code that name a module by its id,
+    with that module's name (a loading process imports it under the same global)."""
+    environment = function._artifacts.runtime_env
+    provided = {*environment.import_sources, *environment.used_globals}
+    found = {}
+    for ref in sorted(environment.external_refs - provided):
+        value = module_globals.get(ref)
+        if isinstance(value, types.ModuleType) and _INSTALLED_MODULE.fullmatch(ref):
+            found[ref] = value.__name__
+        elif _INSTALLED_BY_ID.fullmatch(ref):
+            raise RuntimeError(f"its code reads {ref}, a global Dynamo installed by id, which no other process has")
+    return found
+
+
+def _write_record(unwrapped: Unwrapped, record: dict[str, Any]) -> None:
+    folder = os.path.join(os.environ[CAPTURE_RECORDS_ENV], FUNCTION_RECORDS)
+    os.makedirs(folder, exist_ok=True)
+    document = {"function": unwrapped.name, "code": a.code_digest(unwrapped.inner.__code__), **record}
+    path = os.path.join(folder, f"{os.getpid()}-{len(os.listdir(folder))}.json")
+    with open(path + ".tmp", "w") as handle:
+        json.dump(document, handle)
+    os.replace(path + ".tmp", path)
+
+
+def _owner_key(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def capture_active() -> bool:
+    return bool(os.environ.get(CAPTURE_FUNCTIONS_ENV)) and bool(os.environ.get(CAPTURE_RECORDS_ENV))
