@@ -117,7 +117,7 @@ def test_unchanged_programs_run_the_stored_code_and_the_rest_is_torch_compile_un
     # module, method, forward, training; 2 sizes each of the first three served
     assert usage["routed"] == 4 and usage["served"] == 6, usage
     assert usage["not_routed"] == {
-        "declined: not an nn.Module or its forward": 1,
+        "declined: no active entry captured this function": 1,
         "declined: mode 'reduce-overhead': the active entries were compiled with default": 1,
         "fallback: grad enabled": 1,
     }, usage

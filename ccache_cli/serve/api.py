@@ -33,7 +33,9 @@ def compile(model: Any, *, mode: str | None = None, dynamic: bool = False, **tor
     """A drop-in for `torch.compile(model)` (see `ccache_cli.compile`)."""
     import torch
 
-    return _CompiledModel(torch, model, mode, dynamic, torch_compile_kwargs, stored_code.active_aot_functions())
+    return _CompiledModel(
+        torch, model, mode, dynamic, torch_compile_kwargs, stored_code.active_aot_functions(), count=decisions.count
+    )
 
 
 def router(torch: Any, model: Any, kwargs: dict[str, Any], fallback: Callable[[], Any]) -> Any:
@@ -252,11 +254,15 @@ class _CompiledModel:
             if candidate.package is not None and candidate.structure == self._structure():
                 device = devices[0] if devices else candidate.device
                 if (candidate.package, device) not in self._packages:  # a range's serves many signatures
-                    with stored_code.unpacking_into(stored_code.package_scratch(candidate.view)):
-                        loaded = stored_code.Package.load(self._torch, candidate.package, device, self._model)
-                    self._packages[candidate.package, device] = loaded and loaded.for_entry(
-                        candidate, self._checker(candidate)
-                    )
+                    try:
+                        with stored_code.unpacking_into(stored_code.package_scratch(candidate.view)):
+                            loaded = stored_code.Package.load(self._torch, candidate.package, device, self._model)
+                        self._packages[candidate.package, device] = loaded.for_entry(
+                            candidate, self._checker(candidate)
+                        )
+                    except stored_code.PackageUnbound as exc:  # said: else a function serves, or torch.compile
+                        self._packages[candidate.package, device] = None
+                        self._count(f"package not used: {exc}")
                 if (package := self._packages[candidate.package, device]) is not None:
                     return package
             if candidate.function is not None and devices in ((), (candidate.device,)):

@@ -197,6 +197,10 @@ class GuardedFunction(_ForEntry):
         return self._function(model, *args, **kwargs)
 
 
+class PackageUnbound(Exception):
+    """A package needs a tensor the model does not hold: it cannot serve that model."""
+
+
 class Package(_ForEntry):
     """An AOTInductor package run on the model's own parameters and buffers.
 
@@ -230,8 +234,9 @@ class Package(_ForEntry):
         self._bound = [(slot, name, tensor, tensor.data_ptr()) for slot, name, tensor in tensors.values()]
 
     @classmethod
-    def load(cls, torch: Any, path: str, device: str, model: Any) -> Package | None:
-        """The package bound to `model`, on `device`; None where it needs a tensor the model lacks."""
+    def load(cls, torch: Any, path: str, device: str, model: Any) -> Package:
+        """The package bound to `model`, on `device` (PackageUnbound where it needs a
+        tensor the model lacks)."""
         loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, plan.package_device_index(device))
         owned: dict[str, tuple[dict[str, Any], str, Any]] = {}
         for prefix, module in model.named_modules(remove_duplicate=False):
@@ -240,8 +245,11 @@ class Package(_ForEntry):
                     if tensor is not None:
                         owned[f"{prefix}.{name}" if prefix else name] = (slot, name, tensor)
         names = loader.get_constant_fqns()
-        if any(name not in owned for name in names):
-            return None
+        missing = [name for name in names if name not in owned]
+        if missing:
+            raise PackageUnbound(
+                f"its package binds {len(missing)} tensor(s) the model does not hold ({', '.join(missing[:3])})"
+            )
         tensors = {name: owned[name] for name in names}
         # use_inactive=False, check_full_update=True, user_managed=True: shared, never copied
         loader.load_constants({name: tensor for name, (_, _, tensor) in tensors.items()}, False, True, True)
