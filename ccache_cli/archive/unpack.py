@@ -31,7 +31,7 @@ from ccache_cli.archive.frames import Frame, cpu_count
 from ccache_cli.archive.head import Head, Progress
 from ccache_cli.archive.signing import PublicKey
 from ccache_cli.archive.tarstream import BLOB_PREFIX
-from ccache_cli.errors import ArchiveError, BadInputError, CcacheError
+from ccache_cli.errors import ArchiveError, BadInputError, CcacheError, ReportedError
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.staging import link_present
 from ccache_cli.store.store import Store
@@ -238,8 +238,7 @@ def _merge(reports: list[dict[str, Any]], names: list[str]) -> tuple[set[int], s
     for what no single process could see."""
     for report in reports:
         if report["error"] is not None:
-            kind = ArchiveError if report["error"]["bad_input"] else CcacheError
-            raise kind(report["error"]["message"])
+            raise ReportedError.from_json(report["error"]).raised()
     received: set[int] = set()
     for report in reports:
         received.update(report["received"])

@@ -29,7 +29,7 @@ from typing import IO, Any
 from ccache_cli.archive.bloblist import BlobList
 from ccache_cli.archive.frames import FrameReader
 from ccache_cli.archive.tarstream import BLOB_PREFIX, TarReader, blob_members, copy_member
-from ccache_cli.errors import ArchiveError, CcacheError
+from ccache_cli.errors import ArchiveError, CcacheError, ReportedError
 from ccache_cli.store import durable, owners
 
 _JOB_LENGTH = struct.Struct("<Q")
@@ -54,14 +54,11 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     try:
         _unpack(stdin, job, blobs, write, report)
     except CcacheError as exc:
-        report["error"] = {"message": str(exc), "bad_input": exc.exit_code == 2}
+        report["error"] = ReportedError.of(exc).to_json()
     except OSError as exc:
-        report["error"] = {
-            "message": _write_failure(job["objects"], exc),
-            "bad_input": False,
-        }
+        report["error"] = ReportedError(CcacheError.__name__, _write_failure(job["objects"], exc)).to_json()
     except Exception as exc:  # a bug: said in the report, which the caller turns into one line
-        report["error"] = {"message": f"an unpacking process failed: {exc!r}", "bad_input": False}
+        report["error"] = ReportedError(CcacheError.__name__, f"an unpacking process failed: {exc!r}").to_json()
     stdin.close()  # before reporting: a caller still writing learns at once that this one stopped
     stdout.write(json.dumps(report).encode())
     stdout.flush()

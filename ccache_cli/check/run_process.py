@@ -24,13 +24,16 @@ import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+from ccache_cli.errors import CompileError, ReportedError  # noqa: E402
+
 
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[1]).read_text())
     try:
         result = run(request)
     except Exception as exc:  # reported by the parent as a failed check
-        result = {"error": f"{type(exc).__name__}: {exc}".strip().splitlines()[0], "traceback": traceback.format_exc()}
+        message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+        result = {"error": ReportedError(CompileError.__name__, message, traceback.format_exc()).to_json()}
     Path(argv[2]).write_text(json.dumps(result))
     return 0
 

@@ -26,7 +26,7 @@ from xml.etree import ElementTree
 
 from ccache_cli.archive.signing import PublicKey
 from ccache_cli.archive.unpack import check_blobs, is_archive_path, open_source
-from ccache_cli.errors import BadInputError
+from ccache_cli.errors import BadInputError, ReportedError
 from ccache_cli.in_program import bytecode, engines, fingerprint, usage
 from ccache_cli.key import sources
 from ccache_cli.registry.reference import is_reference
@@ -311,7 +311,9 @@ def run_check(store: Store, entry: Manifest, search: Sequence[str]) -> Check:
             return Check(entry.id, "run", False, f"the check process exited with code {process.returncode}")
         result = json.loads(result_file.read_text())
     if "error" in result:
-        return Check(entry.id, "run", False, f"running the model failed: {result['error']}")
+        return Check(
+            entry.id, "run", False, f"running the model failed: {ReportedError.from_json(result['error']).message}"
+        )
     misses = sum(outcome["fxgraph_miss"] for outcome in result["runs"].values())
     hits = sum(1 for outcome in result["runs"].values() if not outcome["fxgraph_miss"])
     usage.record(store, [entry.id], "verify --run", hits=hits, misses=misses)

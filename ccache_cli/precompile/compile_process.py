@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from ccache_cli.errors import CcacheError, DeviceError
+from ccache_cli.errors import CcacheError, CompileError, DeviceError, ReportedError
 from ccache_cli.in_program import bytecode, fingerprint
 from ccache_cli.in_program.tracing import modules_by_file, record_traced_files
 from ccache_cli.key import sources
@@ -46,23 +46,12 @@ def main(argv: list[str]) -> int:
     try:
         run(request, Path(argv[2]), emit, sys.stdin)
     except CcacheError as exc:
-        emit(
-            "error",
-            kind=type(exc).__name__,
-            exit_code=exc.exit_code,
-            message=str(exc),
-            traceback=traceback.format_exc(),
-        )
+        emit("error", **ReportedError.of(exc, with_traceback=True).to_json())
         return exc.exit_code
     except Exception as exc:  # a failure inside torch: report it, the parent cleans up
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        emit(
-            "error",
-            kind="CompileError",
-            exit_code=1,
-            message=f"compilation failed: {type(exc).__name__}: {first_line}",
-            traceback=traceback.format_exc(),
-        )
+        message = f"compilation failed: {type(exc).__name__}: {first_line}"
+        emit("error", **ReportedError(CompileError.__name__, message, traceback.format_exc()).to_json())
         return 1
     return 0
 

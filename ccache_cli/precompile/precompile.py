@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ccache_cli import errors
-from ccache_cli.errors import CcacheError, CompileError, DeviceError
+from ccache_cli.errors import CompileError, DeviceError, ReportedError
 from ccache_cli.in_program import fingerprint
 from ccache_cli.in_program.fingerprint import DYNAMIC_THREADS_ENV
 from ccache_cli.in_program.usage import VIEW_ENV
@@ -270,9 +269,10 @@ class _Worker:
             raise CompileError(f"the compile worker exited with code {code} before it finished{self._log_tail()}")
         event = json.loads(line)
         if event["event"] == "error":
+            reported = ReportedError.from_json(event)
             if self._debug:
-                sys.stderr.write(event["traceback"])
-            raise _error_class(event["kind"], event["exit_code"])(event["message"])
+                sys.stderr.write(reported.traceback)
+            raise reported.raised()
         return event
 
     def expect(self, name: str) -> dict[str, Any]:
@@ -303,11 +303,3 @@ class _Worker:
         except OSError:
             return ""
         return f": {lines[-1]}" if lines else ""
-
-
-def _error_class(kind: str, exit_code: int) -> type[CcacheError]:
-    """The exception class the worker raised, by name, so its exit code carries over."""
-    error = getattr(errors, kind, None)
-    if isinstance(error, type) and issubclass(error, CcacheError):
-        return error
-    return errors.BadInputError if exit_code == 2 else errors.CompileError

@@ -10,15 +10,15 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from ccache_cli.archive import processes
+from ccache_cli.errors import CcacheError, ReportedError
 
 from . import fetch_process
 from .client import Remote
 from .layout import Layer
 
-_NO_REPORT = {"message": "a downloading process ended without a report", "kind": "failed"}
+_NO_REPORT = ReportedError(CcacheError.__name__, "a downloading process ended without a report")
 
 
 class Downloads:
@@ -34,7 +34,7 @@ class Downloads:
         self._progress_lock = threading.Lock()
         self._lock = threading.Condition()  # guards what follows, and the pipes' writes
         self.verified: set[str] = set()
-        self.errors: list[dict[str, Any]] = []
+        self.errors: list[ReportedError] = []
         self._workers = processes.start(fetch_process, max(1, count))
         self._held = [0] * len(self._workers)  # layers sent to each process and not yet written
         self._live = [True] * len(self._workers)
@@ -57,7 +57,7 @@ class Downloads:
     def failed(self) -> bool:
         """Whether a process failed other than by the network (the others stop)."""
         with self._lock:
-            return any(error["kind"] != "transfer" for error in self.errors)
+            return any(not error.transfer for error in self.errors)
 
     def send(self, layer: Layer, blobs: Sequence[str], wanted: frozenset[str], sizes: dict[str, int]) -> None:
         flags = "".join("1" if sha256 in wanted else "0" for sha256 in blobs)
@@ -66,7 +66,7 @@ class Downloads:
             self._waiting.append(json.dumps(job).encode())
             self._dispatch()
 
-    def finish(self) -> tuple[set[str], dict[str, Any] | None]:
+    def finish(self) -> tuple[set[str], ReportedError | None]:
         """Wait for every layer sent to be written and every process's report: the
         blobs verified, and the first error (one that is not the network's stops the
         others at once; after any, no more layers are sent)."""
@@ -79,7 +79,7 @@ class Downloads:
                 worker.stdin.close()
         for follower in self._followers:
             follower.join()
-        worst = sorted(self.errors, key=lambda error: error["kind"] == "transfer")  # a transfer error only if alone
+        worst = sorted(self.errors, key=lambda error: error.transfer)  # a transfer error only if alone
         return self.verified, (worst or [None])[0]
 
     def __enter__(self) -> Downloads:
@@ -134,8 +134,8 @@ class Downloads:
                         self._reported[number] = True
                         self.verified.update(report["verified"])
                         if report["error"] is not None:
-                            self.errors.append(report["error"])
-                            if report["error"]["kind"] != "transfer":  # the others need not go on
+                            self.errors.append(ReportedError.from_json(report["error"]))
+                            if not self.errors[-1].transfer:  # the others need not go on
                                 for other in self._workers:
                                     if other is not worker:
                                         other.kill()
@@ -143,7 +143,9 @@ class Downloads:
             pass
         except Exception as exc:  # a bug: said as the pull's error
             with self._lock:
-                self.errors.append({"message": f"following a downloading process failed: {exc!r}", "kind": "failed"})
+                self.errors.append(
+                    ReportedError(CcacheError.__name__, f"following a downloading process failed: {exc!r}")
+                )
             worker.kill()
         finally:
             with self._lock:

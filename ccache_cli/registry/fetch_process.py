@@ -42,7 +42,7 @@ import zstandard
 
 from ccache_cli.archive.bloblist import BlobList
 from ccache_cli.archive.tarstream import TarReader, blob_members, copy_member
-from ccache_cli.errors import ArchiveError, CcacheError, RegistryError
+from ccache_cli.errors import ArchiveError, CcacheError, RegistryError, ReportedError
 from ccache_cli.store import durable, owners
 
 from . import layout
@@ -91,14 +91,14 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
         finally:
             fetcher.close()
     except CcacheError as exc:
-        error = {"message": str(exc), "kind": _kind(exc)}
+        error = ReportedError.of(exc)
     except requests.RequestException as exc:  # an OSError too, but the network's, not the disk's
-        error = {"message": f"lost the connection to the registry: {exc}", "kind": "transfer"}
+        error = ReportedError(RegistryError.__name__, f"lost the connection to the registry: {exc}")
     except OSError as exc:
-        error = {"message": _write_failure(job["objects"], exc), "kind": "failed"}
+        error = ReportedError(CcacheError.__name__, _write_failure(job["objects"], exc))
     except Exception as exc:  # a bug: said in the report, which the caller turns into one line
-        error = {"message": f"a downloading process failed: {exc!r}", "kind": "failed"}
-    report({"verified": sorted(verified), "error": error})
+        error = ReportedError(CcacheError.__name__, f"a downloading process failed: {exc!r}")
+    report({"verified": sorted(verified), "error": None if error is None else error.to_json()})
 
 
 class Fetcher:
@@ -251,13 +251,6 @@ def _downloaded(
     events: queue.SimpleQueue[tuple[str, Any]], job: Job, future: concurrent.futures.Future[bytes | None]
 ) -> None:
     events.put(("downloaded", (job, future)))
-
-
-def _kind(exc: CcacheError) -> str:
-    """transfer: the network's (what was verified is kept); artifact: bad input; failed: the rest."""
-    if isinstance(exc, RegistryError):
-        return "transfer"
-    return "artifact" if isinstance(exc, ArchiveError) else "failed"
 
 
 def _write_bytes(data: bytes, fd: int) -> None:

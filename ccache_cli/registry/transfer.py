@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from ccache_cli.archive import processes, signing
 from ccache_cli.archive.head import Index, index_document, parse_index
-from ccache_cli.errors import ArchiveError, CcacheError, RegistryError
+from ccache_cli.errors import ArchiveError, RegistryError, ReportedError
 from ccache_cli.store import manifest
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.staging import link_present
@@ -265,13 +265,12 @@ def pull(
                 cut_off = exc
             verified, error = downloads.finish()
         if error is None and cut_off is not None:
-            error = {"message": str(cut_off), "kind": "transfer"}
+            error = ReportedError.of(cut_off)
         if error is not None:
-            if error["kind"] == "transfer":  # cut off by the network: keep what was verified, for the next pull
+            if error.transfer:  # cut off by the network: keep what was verified, for the next pull
                 _keep_only(objects, verified | present)
                 store.publish([], staging, verified)
-                raise RegistryError(error["message"])
-            raise (ArchiveError if error["kind"] == "artifact" else CcacheError)(error["message"])
+            raise error.raised()
         if verified != needed:
             raise ArchiveError(
                 f"{remote.reference}: its layers lack {len(needed - verified)} blob(s) its catalogs name"
