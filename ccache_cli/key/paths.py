@@ -235,6 +235,7 @@ def display_path(path: str, frame: Frame, frame_self: str | None) -> str:
             (f"L[{frame_self!r}]", "model"),
         ):
             text = text.replace(root, shown)
+    text = re.sub(r"L\[(['\"])(\w+)\1\]", r"\2", text)  # any other local: an argument, by its name
     text = re.sub(r"G\['__import_(\w+?)'\]", lambda m: m.group(1).replace("_dot_", "."), text)
     text = re.sub(r"G\['(\w+)'\]", lambda m: f"{frame.module}.{m.group(1)}", text)
     text = text.replace("._modules", "")

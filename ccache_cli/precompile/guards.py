@@ -35,6 +35,7 @@ import inspect
 import os
 import re
 import sys
+import threading
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -79,14 +80,18 @@ class Recorder:
     @contextlib.contextmanager
     def recording(self, torch: Any) -> Iterator[None]:
         """Record each frame's guards (through a guard filter that keeps them all, and
-        any filter torch.compile was given) while in this block."""
+        any filter torch.compile was given) that this thread compiles while in this block."""
         manager = torch._dynamo.guards.CheckFunctionManager
         original = manager.__init__
         signature = inspect.signature(original)
         frames = self._frames
+        thread = threading.get_ident()
 
         @functools.wraps(original)
         def init(*args: Any, **kwargs: Any) -> None:
+            if threading.get_ident() != thread:  # another thread's compile: not this record's
+                original(*args, **kwargs)
+                return
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             output_graph = bound.arguments["output_graph"]

@@ -13,10 +13,13 @@ Imports torch only through the `torch` its callers hand it.
 
 from __future__ import annotations
 
+import dis
 import hashlib
+import itertools
 import json
 import os
 import re
+import threading
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -58,16 +61,19 @@ class _Capture:
         self._stopped = False  # a capture failed: the function is left to the program's compile
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if not self._stopped and not any(function.guard_check(*args, **kwargs) for function in self._captured):
-            try:
-                self._captured.append(self._capture(args, kwargs))
-            except Exception as exc:
-                self._stopped = True
-                _write_record(self._unwrapped, {"error": f"{type(exc).__name__}: {one_line(str(exc))}"})
-            self._stopped = self._stopped or len(self._captured) >= MAX_PER_FUNCTION
-        if self._compiled is None:
-            self._compiled = self._compile_inner()
-        return self._compiled(*args, **kwargs)
+        with _CAPTURING:  # one capture at a time in the process: Dynamo's recording is process-wide
+            if not self._stopped and not any(function.guard_check(*args, **kwargs) for function in self._captured):
+                try:
+                    self._captured.append(self._capture(args, kwargs))
+                except Exception as exc:
+                    self._stopped = True
+                    _write_record(self._unwrapped, {"error": f"{type(exc).__name__}: {one_line(str(exc))}"})
+                self._stopped = self._stopped or len(self._captured) >= MAX_PER_FUNCTION
+            if self._compiled is None:
+                self._compiled = self._compile_inner()
+            # Calls too: torch.compile's own compile of one thread's call must not run
+            # beside a capture's in another (a capture runs calls one at a time).
+            return self._compiled(*args, **kwargs)
 
     def _capture(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         torch, inner = self._torch, self._unwrapped.inner
@@ -81,8 +87,9 @@ class _Capture:
         )
         if recorded is None:
             raise RuntimeError("Dynamo recorded no guards")
+        _check_no_snapshot(function, inner)
         folder = os.environ[CAPTURE_FUNCTIONS_ENV]
-        file = f"{_owner_key(self._unwrapped.name)}/{os.getpid()}-{len(self._captured)}.pt"
+        file = f"{_owner_key(self._unwrapped.name)}/{_next_name()}.pt"
         os.makedirs(os.path.join(folder, os.path.dirname(file)), exist_ok=True)
         function.save_compiled_function(os.path.join(folder, file))
         _write_record(
@@ -95,6 +102,51 @@ class _Capture:
             },
         )
         return function
+
+
+def _check_no_snapshot(function: Any, inner: types.FunctionType) -> None:
+    """Refuse what a loaded function would read or write in a copy: torch's loader runs
+    the compiled code on a copy of its module's globals and on its closure as pickled, so
+    a global it writes, a global tensor it reads or a closure cell other than a class,
+    function or module would not be the program's own."""
+    environment = function._artifacts.runtime_env
+    writes = sorted(
+        {i.argval for i in dis.get_instructions(environment.bytecode) if i.opname in ("STORE_GLOBAL", "DELETE_GLOBAL")}
+    )
+    if writes:
+        raise RuntimeError(f"its code writes the global(s) {', '.join(writes)}, which a loaded copy would not")
+    snapshot = sorted(
+        name
+        for name, value in environment.used_globals.items()
+        if not (_by_reference(value) or name.startswith("__builtins_dict__"))  # builtins do not change
+    )
+    if snapshot:
+        raise RuntimeError(
+            f"its graph reads the global(s) {', '.join(snapshot)}, which a loaded copy would hold as captured"
+        )
+    cells = [
+        name
+        for name, cell in zip(inner.__code__.co_freevars, inner.__closure__ or ())
+        if not _by_reference(cell.cell_contents)
+    ]
+    if cells:
+        raise RuntimeError(f"it reads {', '.join(cells)} from its closure, which a loaded copy would hold as captured")
+
+
+def _by_reference(value: Any) -> bool:
+    """A value the loader finds again by name (not a copy of the capture's)."""
+    return isinstance(value, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType))
+
+
+def _next_name() -> str:
+    """A name for the process's next captured function or record, unique in the capture."""
+    with _NAMING:
+        return f"{os.getpid()}-{next(_NUMBERS):04d}"
+
+
+_CAPTURING = threading.RLock()
+_NAMING = threading.Lock()
+_NUMBERS = itertools.count()
 
 
 def _serializable(torch: Any) -> Callable[[Any], list[bool]]:
@@ -135,7 +187,7 @@ def _write_record(unwrapped: Unwrapped, record: dict[str, Any]) -> None:
     folder = os.path.join(os.environ[CAPTURE_RECORDS_ENV], FUNCTION_RECORDS)
     os.makedirs(folder, exist_ok=True)
     document = {"function": unwrapped.name, "code": a.code_digest(unwrapped.inner.__code__), **record}
-    path = os.path.join(folder, f"{os.getpid()}-{len(os.listdir(folder))}.json")
+    path = os.path.join(folder, f"{_next_name()}.json")
     with open(path + ".tmp", "w") as handle:
         json.dump(document, handle)
     os.replace(path + ".tmp", path)

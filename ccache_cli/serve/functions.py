@@ -79,6 +79,8 @@ class Unwrapped:
 
 def unwrap(compiled: Any) -> Unwrapped | None:
     """`compiled` taken apart; None where it is not a Python function or method."""
+    while hasattr(compiled, "_torchdynamo_orig_callable"):  # compiled again: what was compiled first
+        compiled = compiled._torchdynamo_orig_callable
     owner = compiled.__self__ if isinstance(compiled, types.MethodType) else None
     function = compiled.__func__ if owner is not None else compiled
     if not isinstance(function, types.FunctionType):
@@ -215,6 +217,12 @@ def serving(
     return routed(compiled, unwrapped.rebuilt(served)), None
 
 
+@dataclass(frozen=True)
+class _Checks:
+    once: a.Checker  # torch's state (every call), and `self`, the code and the globals
+    arguments: a.Checker | None  # the call's other arguments: every call
+
+
 class _Served:
     def __init__(
         self, torch: Any, unwrapped: Unwrapped, stored: list[StoredFunction], compile_inner: Callable[[], Any]
@@ -224,7 +232,7 @@ class _Served:
         self._stored = stored
         self._compile_inner = compile_inner
         self._compiled: Any = None
-        self._loaded: list[tuple[StoredFunction, Any, a.Checker]] | None = None
+        self._loaded: list[tuple[StoredFunction, Any, _Checks]] | None = None
         self._held: dict[str, tuple[int, str | None]] = {}  # per path: the `self` checked, and why it failed
         self._every_call = decisions.guard_policy() == "every-call"
         self._told = False  # whether a call no guard let through was counted, with the guard
@@ -242,10 +250,14 @@ class _Served:
         if self._loaded is None:
             self._loaded = self._load()
         why = "no captured function's guards hold for these inputs"
-        for stored, function, checker in self._loaded:
+        for stored, function, checks in self._loaded:
             if not function.guard_check(*args, **kwargs):
                 continue
-            refused = checker.state_mismatch() or self._program_mismatch(stored, checker, args, kwargs)
+            refused = (
+                checks.once.state_mismatch()
+                or self._program_mismatch(stored, checks.once, args, kwargs)
+                or self._arguments_mismatch(checks.arguments, args, kwargs)
+            )
             if refused is None:
                 decisions.count("served", stored.entry)
                 return function, ""
@@ -257,11 +269,18 @@ class _Served:
             decisions.refuse(stored.entry, f"function {stored.function}: {_failed_guard(function, args, kwargs)}")
         return None, why
 
+    def _arguments_mismatch(
+        self, checker: a.Checker | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> str | None:
+        """What the stored code assumes of the call's arguments (other than `self`), which
+        the guards torch saved do not check (identities): checked on every call."""
+        return None if checker is None else checker.program_mismatch(None, args, kwargs, function=self._unwrapped.inner)
+
     def _program_mismatch(
         self, stored: StoredFunction, checker: a.Checker, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> str | None:
-        """Checked at a function's first call and when `self` changes (every call under
-        the every-call policy)."""
+        """What it assumes of `self`, the code and the globals: checked at a function's
+        first call and when `self` changes (every call under the every-call policy)."""
         owner = id(args[0]) if args and self._unwrapped.owner is not None else 0
         held = self._held.get(stored.path)
         if self._every_call or held is None or held[0] != owner:
@@ -269,7 +288,7 @@ class _Served:
             self._held[stored.path] = held
         return held[1]
 
-    def _load(self) -> list[tuple[StoredFunction, Any, a.Checker]]:
+    def _load(self) -> list[tuple[StoredFunction, Any, _Checks]]:
         loaded = []
         fresh: dict[tuple[Source, ...], bool] = {}
         self._torch._dynamo.config.enable_aot_compile = True
@@ -280,10 +299,23 @@ class _Served:
                 decisions.count("fallback: compiled from other code")
                 continue
             try:
-                loaded.append((stored, self._load_one(stored), a.Checker(self._torch, stored.assumptions)))
+                loaded.append((stored, self._load_one(stored), self._checks(stored.assumptions)))
             except Exception as exc:  # a function this torch cannot load: torch.compile serves
                 decisions.count(f"fallback: stored code failed to load ({type(exc).__name__})")
         return loaded
+
+    def _checks(self, recorded: SizeAssumptions) -> _Checks:
+        """The assumptions about the call's arguments apart from the others."""
+        code = self._unwrapped.inner.__code__
+        own = f"L[{code.co_varnames[0]!r}]" if self._unwrapped.owner is not None and code.co_argcount else None
+        arguments = tuple(
+            x for x in recorded.assumptions if x.path.startswith("L[") and not (own and x.path.startswith(own))
+        )
+        rest = tuple(x for x in recorded.assumptions if x not in arguments)
+        return _Checks(
+            a.Checker(self._torch, SizeAssumptions(recorded.frame, rest, recorded.unserialized)),
+            a.Checker(self._torch, SizeAssumptions(recorded.frame, arguments, 0)) if arguments else None,
+        )
 
     def _load_one(self, stored: StoredFunction) -> Any:
         module_globals = dict(self._unwrapped.inner.__globals__)

@@ -1,0 +1,64 @@
+"""Function compiles that a loaded copy of their compiled code would get wrong (one
+writes a global, one reads a global tensor that is rebound, one reads a tensor from its
+closure), and one whose argument is a function, called with another the second time.
+PHASE: "capture", or "run" (the closure holds another tensor).
+
+Prints JSON: whether every result equals eager's, and the global the first one counts in.
+
+    python function_state.py PHASE
+"""
+
+import json
+import sys
+
+import torch
+
+STEP = 0
+B = torch.zeros(2)
+
+
+def counts(x):
+    global STEP
+    STEP += 1
+    return x + 1
+
+
+def adds_global(x):
+    return x + B
+
+
+def make(w):
+    def scaled(x):
+        return x * w
+
+    return scaled
+
+
+def double(x):
+    return x * 2
+
+
+def triple(x):
+    return x * 3
+
+
+def applies(x, act):
+    return act(x)
+
+
+x = torch.ones(2)
+scaled = make(torch.full((2,), 1.0 if sys.argv[1] == "capture" else 5.0))
+compiled_counts, compiled_adds, compiled_scaled, compiled_applies = map(
+    torch.compile, (counts, adds_global, scaled, applies)
+)
+same = True
+with torch.no_grad():
+    compiled_counts(x)
+    compiled_counts(x)
+    same &= torch.equal(compiled_adds(x), x + B)
+    B = torch.full((2,), 10.0)
+    same &= torch.equal(compiled_adds(x), x + B)
+    same &= torch.equal(compiled_scaled(x), scaled(x))
+    same &= torch.equal(compiled_applies(x, double), x * 2)
+    same &= torch.equal(compiled_applies(x, triple), x * 3)
+print(json.dumps({"same": bool(same), "step": STEP}))
