@@ -26,7 +26,7 @@ from typing import Any
 
 from ccache_cli.key import assumptions as a
 from ccache_cli.precompile import guards
-from ccache_cli.serve.functions import Unwrapped, compile_options, one_line, routed, unwrap
+from ccache_cli.serve.functions import Unwrapped, compile_options, one_line, routed, unsaved_guard_kinds, unwrap
 
 CAPTURE_FUNCTIONS_ENV = "CCACHE_CLI_CAPTURE_FUNCTIONS"  # where a capture's processes write compiled functions
 CAPTURE_RECORDS_ENV = "CCACHE_CLI_CAPTURE_DIR"  # where they write what each assumes (serve/capture.py)
@@ -152,8 +152,7 @@ _NUMBERS = itertools.count()
 def _serializable(torch: Any) -> Callable[[Any], list[bool]]:
     """aot_compile's guard filter: the guards it can save (the others, global ones and
     identities, are ccache's assumptions, recorded from the same guards)."""
-    unsupported = set(getattr(torch._dynamo.guards.CheckFunctionManager, "UNSUPPORTED_SERIALIZATION_GUARD_TYPES", ()))
-    unsupported |= {"ID_MATCH", "CLOSURE_MATCH", "WEAKREF_ALIVE", "DICT_VERSION"}
+    unsupported = unsaved_guard_kinds(torch)
 
     def keep(entries: Any) -> list[bool]:
         return [

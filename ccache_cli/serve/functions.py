@@ -120,6 +120,13 @@ def compile_options(torch: Any, kwargs: Mapping[str, Any]) -> tuple[str | None, 
     return None, mode
 
 
+def unsaved_guard_kinds(torch: Any) -> set[str]:
+    """The kinds of Dynamo guard a captured function does not save (its guard filter
+    drops them: global ones too), which ccache's assumptions check in their place."""
+    unsupported = set(getattr(torch._dynamo.guards.CheckFunctionManager, "UNSUPPORTED_SERIALIZATION_GUARD_TYPES", ()))
+    return unsupported | {"ID_MATCH", "CLOSURE_MATCH", "WEAKREF_ALIVE", "DICT_VERSION"}
+
+
 def routed(compiled: Any, call: Callable[..., Any]) -> Callable[..., Any]:
     """What a routed `torch.compile(compiled)` returns: a function that calls `call`,
     which an enclosing torch.compile traces as `compiled` itself, as it does
@@ -305,11 +312,17 @@ class _Served:
         return loaded
 
     def _checks(self, recorded: SizeAssumptions) -> _Checks:
-        """The assumptions about the call's arguments apart from the others."""
+        """The assumptions about the call's arguments that torch's saved guards do not
+        check (identities), apart from the others."""
         code = self._unwrapped.inner.__code__
         own = f"L[{code.co_varnames[0]!r}]" if self._unwrapped.owner is not None and code.co_argcount else None
+        unsaved = unsaved_guard_kinds(self._torch)
         arguments = tuple(
-            x for x in recorded.assumptions if x.path.startswith("L[") and not (own and x.path.startswith(own))
+            x
+            for x in recorded.assumptions
+            if (x.guard in unsaved or x.check == "identity")
+            and x.path.startswith("L[")
+            and not (own and x.path.startswith(own))
         )
         rest = tuple(x for x in recorded.assumptions if x not in arguments)
         return _Checks(
