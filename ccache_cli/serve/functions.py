@@ -28,6 +28,7 @@ import importlib
 import io
 import os
 import platform
+import threading
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -243,6 +244,7 @@ class _Served:
         self._held: dict[str, tuple[int, str | None]] = {}  # per path: the `self` checked, and why it failed
         self._every_call = decisions.guard_policy() == "every-call"
         self._told = False  # whether a call no guard let through was counted, with the guard
+        self._loading = threading.Lock()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         function, why = self._serving(args, kwargs)
@@ -255,7 +257,9 @@ class _Served:
 
     def _serving(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str]:
         if self._loaded is None:
-            self._loaded = self._load()
+            with self._loading:  # threads calling at once load the functions once
+                if self._loaded is None:
+                    self._loaded = self._load()
         why = "no captured function's guards hold for these inputs"
         for stored, function, checks in self._loaded:
             if not function.guard_check(*args, **kwargs):

@@ -8,9 +8,10 @@ backend, no `options`, `dynamic` not True, and a mode some entry compiled; and a
 function, method or decorated function whose compiled calls an active entry captured
 (serve/functions.py). Anything else (another backend or mode, a function no entry
 captured) goes to torch.compile untouched. Under `ccache run --capture`, function
-compiles are captured (serve/functions.py) and modules left to torch.compile. A routed model still falls back to the
-program's own torch.compile call, made lazily with its own arguments, for calls the
-stored code cannot serve (other shapes, grad enabled, training mode, changed sources).
+compiles are captured (serve/function_capture.py) and modules left to torch.compile.
+A routed model still falls back to the program's own torch.compile call, made lazily
+with its own arguments, for calls the stored code cannot serve (other shapes, grad
+enabled, training mode, changed sources).
 
 Counts of routed and declined calls, with the reasons (decisions.py), go to the
 entries' usage logs at exit (in_program/misses.py), where `inspect` shows them. `ccache run --no-route` or
