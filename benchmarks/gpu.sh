@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU checks and figures in one run, each step bounded in time and logged as it goes:
+# the GPU tests, then per-call time and warm starts of a 16-layer bf16 Llama decoder,
+# the generation recipe, and a range of batch sizes. Steps whose logs already end in
+# "done" are skipped, so a run cut short goes on where it stopped (a step that ran out
+# of time runs again).
+#
+#     bash benchmarks/gpu.sh LOG_FOLDER [STEP...]
+#
+# STEP: tests, per_call, warm_start, generate, size_range (default: all, in that order).
+set -u
+logs=${1:?usage: bash benchmarks/gpu.sh LOG_FOLDER [STEP...]}
+shift
+mkdir -p "$logs"
+cd "$(dirname "$0")/.." || exit 1
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(tests per_call warm_start generate size_range)
+decoder=benchmarks/models/llama_decoder.py:build
+
+run_step() {  # NAME SECONDS COMMAND...
+  local name=$1 seconds=$2
+  shift 2
+  local log="$logs/$name.log"
+  if [ -f "$log" ] && tail -n 1 "$log" | grep -q "^done"; then
+    echo "$name: done before, skipped"
+    return
+  fi
+  echo "$name: running (at most ${seconds} s), log in $log"
+  timeout "$seconds" "$@" > "$log" 2>&1
+  local code=$?
+  if [ $code -eq 124 ]; then
+    echo "timed out after ${seconds} s: $name" >> "$log"
+  else
+    echo "done $name: exit $code" >> "$log"
+  fi
+  tail -n 25 "$log"
+}
+
+for step in "${steps[@]}"; do
+  case $step in
+    tests) run_step tests 400 python3 -m pytest tests/test_gpu.py -q -n 0 -p no:cacheprovider --tb=short -rfEs ;;
+    per_call) run_step per_call 200 python3 benchmarks/per_call.py --model "$decoder" --device cuda --size 1 --calls 100 ;;
+    warm_start) run_step warm_start 400 python3 benchmarks/warm_start.py --model "$decoder" --device cuda --sizes 1,8 \
+      --ways eager,cold,ccache_route,ccache_api ;;
+    generate) run_step generate 400 python3 benchmarks/generate.py --device cuda ;;
+    size_range) run_step size_range 500 python3 benchmarks/size_range.py --device cuda --range 1-256 --static 1,8,64,256 ;;
+    *) echo "unknown step $step" >&2; exit 2 ;;
+  esac
+done
