@@ -109,3 +109,13 @@ def test_state_a_loaded_copy_would_get_wrong_is_never_stored_and_arguments_are_c
     assert served.returncode == 0, served.stderr
     assert json.loads(served.stdout.strip().splitlines()[-1]) == {"same": True, "step": 2}
     assert "act is function __main__.triple; the stored code was built with function __main__.double" in served.stderr
+
+
+def test_no_route_captures_no_function(tmp_path: Path) -> None:
+    shutil.copyfile(PROGRAM, tmp_path / "program.py")
+    command = ["--", sys.executable, "program.py", "none", "[2]"]
+    result = ccache(
+        "run", "--capture", "plain", "--no-route", "--json", *command, store=tmp_path / "store", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["functions"] == 0

@@ -54,8 +54,8 @@ def run_command(
     route: bool = typer.Option(
         True,
         "--route/--no-route",
-        help="Serve CMD's own torch.compile(module) calls with the stored AOT code where they fit "
-        "[also $CCACHE_CLI_ROUTE=0]",
+        help="Serve CMD's own torch.compile calls with the stored AOT code where they fit; with --capture, "
+        "store code for its function compiles [also $CCACHE_CLI_ROUTE=0]",
     ),
     guards: str = typer.Option(
         None,
@@ -75,7 +75,9 @@ def run_command(
         if refs:
             raise BadInputError("--capture runs on an empty cache; it takes no ENTRY")
         # With --json, stdout carries only the summary: the command's output goes to stderr.
-        result = capture.capture(store, capture_name, command, 2 if json_output else None, cache_envs, bytecode)
+        result = capture.capture(
+            store, capture_name, command, 2 if json_output else None, cache_envs, bytecode, functions=route
+        )
         show(result, json_output, _print_capture)
         return
     if cache_envs:

@@ -87,10 +87,12 @@ def capture(
     stdout: int | None = None,
     cache_envs: Sequence[str] = (),
     bytecode: bool = True,
+    functions: bool = True,
 ) -> CaptureResult:
     """Run `command` to completion on an empty cache and store what it compiled;
     its standard output goes to `stdout` (a file descriptor) if given. Each of
     `cache_envs` names an engine cache root it gets empty, and whose files are stored;
+    without `functions`, its function compiles are not captured (serve/function_capture.py);
     without `bytecode`, the .pyc of the modules it imported are not."""
     roots = check_cache_envs(cache_envs)
     with store.staging() as staging, contextlib.ExitStack() as stack:
@@ -107,7 +109,7 @@ def capture(
             {
                 "TORCHINDUCTOR_CACHE_DIR": str(inductor),
                 CAPTURE_RECORDS_ENV: str(records),
-                CAPTURE_FUNCTIONS_ENV: str(artifacts / "functions"),
+                **({CAPTURE_FUNCTIONS_ENV: str(artifacts / "functions")} if functions else {}),
                 CAPTURE_BYTECODE_ENV: "1" if bytecode else "0",
                 "PYTHONPATH": with_startup_hook(os.environ.get("PYTHONPATH")),
                 **{var: str(folder) for var, folder in engine_roots.items()},
