@@ -251,7 +251,9 @@ class _CompiledModel:
                 self._fresh_sources[candidate.sources] = all(status.state == "fresh" for status in statuses)
             if not self._fresh_sources[candidate.sources]:
                 continue  # compiled from other code: never serve it
-            if candidate.package is not None and candidate.structure == self._structure():
+            if candidate.package is not None and candidate.structure != self._structure():
+                self._count("package not used: it was built for a model of another structure")
+            elif candidate.package is not None:
                 device = devices[0] if devices else candidate.device
                 if (candidate.package, device) not in self._packages:  # a range's serves many signatures
                     try:
