@@ -94,8 +94,9 @@ def test_a_function_inside_another_compile_is_traced_as_the_program_s_own(
 def test_state_a_loaded_copy_would_get_wrong_is_never_stored_and_arguments_are_checked_per_call(
     tmp_path: Path,
 ) -> None:
-    """A global written, a global tensor rebound, a closure's tensor: no stored code (the
-    capture says why); a function argument's identity: checked on every call."""
+    """A global written, a global tensor rebound, a tensor in a closure, a nested
+    function's closure or a default argument: no stored code (the capture says why); a
+    function argument's identity: checked on every call."""
     program = Path(__file__).parent / "programs" / "function_state.py"
     command = ["--", sys.executable, str(program)]
     result = ccache("run", "--capture", "state", "--json", *command, "capture", store=tmp_path / "store", cwd=tmp_path)
@@ -103,7 +104,13 @@ def test_state_a_loaded_copy_would_get_wrong_is_never_stored_and_arguments_are_c
     captured = json.loads(result.stdout)
     assert captured["functions"] == 1, captured  # `applies`, for double
     not_stored = " ".join(captured["functions_not_stored"])
-    for why in ("writes the global(s) STEP", "reads the global(s) B", "reads w from its closure"):
+    for why in (
+        "writes the global(s) STEP",
+        "reads the global(s) B",
+        "reads w from its closure",
+        "reads inner from its closure",
+        "a default argument of it",
+    ):
         assert why in not_stored, not_stored
     served = ccache("run", "state", *command, "run", store=tmp_path / "store", cwd=tmp_path)
     assert served.returncode == 0, served.stderr

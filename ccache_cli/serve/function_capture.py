@@ -71,9 +71,8 @@ class _Capture:
                 self._stopped = self._stopped or len(self._captured) >= MAX_PER_FUNCTION
             if self._compiled is None:
                 self._compiled = self._compile_inner()
-            # Calls too: torch.compile's own compile of one thread's call must not run
-            # beside a capture's in another (a capture runs calls one at a time).
-            return self._compiled(*args, **kwargs)
+        # Not the call: it may wait on a thread that calls another captured function.
+        return self._compiled(*args, **kwargs)
 
     def _capture(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         torch, inner = self._torch, self._unwrapped.inner
@@ -106,9 +105,10 @@ class _Capture:
 
 def _check_no_snapshot(function: Any, inner: types.FunctionType) -> None:
     """Refuse what a loaded function would read or write in a copy: torch's loader runs
-    the compiled code on a copy of its module's globals and on its closure as pickled, so
-    a global it writes, a global tensor it reads or a closure cell other than a class,
-    function or module would not be the program's own."""
+    the compiled code on a copy of its module's globals, and on its closure and default
+    arguments as pickled (a nested function with its own closure too), so a global it
+    writes, a global its graph reads, a closure cell or a default argument other than a
+    plain constant or what the loader finds again by name would not be the program's own."""
     environment = function._artifacts.runtime_env
     writes = sorted(
         {i.argval for i in dis.get_instructions(environment.bytecode) if i.opname in ("STORE_GLOBAL", "DELETE_GLOBAL")}
@@ -131,11 +131,24 @@ def _check_no_snapshot(function: Any, inner: types.FunctionType) -> None:
     ]
     if cells:
         raise RuntimeError(f"it reads {', '.join(cells)} from its closure, which a loaded copy would hold as captured")
+    defaults = [*(inner.__defaults__ or ()), *(inner.__kwdefaults__ or {}).values()]
+    if not all(_constant(value) or _by_reference(value) for value in defaults):
+        raise RuntimeError("a default argument of it is an object a loaded copy would hold as captured")
 
 
 def _by_reference(value: Any) -> bool:
-    """A value the loader finds again by name (not a copy of the capture's)."""
-    return isinstance(value, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType))
+    """A value the loader finds again by name (not a copy of the capture's): a class, a
+    module, a builtin, a function defined at a module's top level."""
+    if isinstance(value, types.FunctionType):
+        return "<locals>" not in value.__qualname__  # else pickled with its closure
+    return isinstance(value, (type, types.ModuleType, types.BuiltinFunctionType))
+
+
+def _constant(value: Any) -> bool:
+    """A value no program can change in place."""
+    if isinstance(value, tuple):
+        return all(map(_constant, value))
+    return value is None or isinstance(value, (bool, int, float, complex, str, bytes))
 
 
 def _next_name() -> str:

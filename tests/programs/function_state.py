@@ -1,6 +1,7 @@
 """Function compiles that a loaded copy of their compiled code would get wrong (one
 writes a global, one reads a global tensor that is rebound, one reads a tensor from its
-closure), and one whose argument is a function, called with another the second time.
+closure, one through a nested function's closure, one from a default argument), and
+one whose argument is a function, called with another the second time.
 PHASE: "capture", or "run" (the closure holds another tensor).
 
 Prints JSON: whether every result equals eager's, and the global the first one counts in.
@@ -34,6 +35,16 @@ def make(w):
     return scaled
 
 
+def make_nested(w):
+    def inner(x):
+        return x * w
+
+    def outer(x):
+        return inner(x)
+
+    return outer
+
+
 def double(x):
     return x * 2
 
@@ -47,9 +58,16 @@ def applies(x, act):
 
 
 x = torch.ones(2)
-scaled = make(torch.full((2,), 1.0 if sys.argv[1] == "capture" else 5.0))
-compiled_counts, compiled_adds, compiled_scaled, compiled_applies = map(
-    torch.compile, (counts, adds_global, scaled, applies)
+weights = torch.full((2,), 1.0 if sys.argv[1] == "capture" else 5.0)  # as loaded at start-up
+scaled, nested = make(weights), make_nested(weights)
+
+
+def with_default(x, w=weights):
+    return x * w
+
+
+compiled_counts, compiled_adds, compiled_scaled, compiled_applies, compiled_nested, compiled_default = map(
+    torch.compile, (counts, adds_global, scaled, applies, nested, with_default)
 )
 same = True
 with torch.no_grad():
@@ -59,6 +77,8 @@ with torch.no_grad():
     B = torch.full((2,), 10.0)
     same &= torch.equal(compiled_adds(x), x + B)
     same &= torch.equal(compiled_scaled(x), scaled(x))
+    same &= torch.equal(compiled_nested(x), nested(x))
+    same &= torch.equal(compiled_default(x), with_default(x))
     same &= torch.equal(compiled_applies(x, double), x * 2)
     same &= torch.equal(compiled_applies(x, triple), x * 3)
 print(json.dumps({"same": bool(same), "step": STEP}))
