@@ -96,13 +96,14 @@ def test_state_a_loaded_copy_would_get_wrong_is_never_stored_and_arguments_are_c
 ) -> None:
     """A global written, a global tensor rebound, a tensor in a closure, a nested
     function's closure or a default argument: no stored code (the capture says why); a
-    function argument's identity: checked on every call."""
+    function argument's identity: checked on every call; a function captured under
+    no_grad and under inference_mode: served in both."""
     program = Path(__file__).parent / "programs" / "function_state.py"
     command = ["--", sys.executable, str(program)]
     result = ccache("run", "--capture", "state", "--json", *command, "capture", store=tmp_path / "store", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     captured = json.loads(result.stdout)
-    assert captured["functions"] == 1, captured  # `applies`, for double
+    assert captured["functions"] == 3, captured  # `applies`, for double; `doubled` in each mode
     not_stored = " ".join(captured["functions_not_stored"])
     for why in (
         "writes the global(s) STEP",
@@ -116,6 +117,7 @@ def test_state_a_loaded_copy_would_get_wrong_is_never_stored_and_arguments_are_c
     assert served.returncode == 0, served.stderr
     assert json.loads(served.stdout.strip().splitlines()[-1]) == {"same": True, "step": 2}
     assert "act is function __main__.triple; the stored code was built with function __main__.double" in served.stderr
+    assert "doubled" not in served.stderr, served.stderr  # each mode's function loaded in its mode
 
 
 def test_no_route_captures_no_function(tmp_path: Path) -> None:

@@ -217,7 +217,9 @@ def _captured_functions(records: Path, artifacts: Path) -> tuple[dict[str, Any],
             continue
         entry_path = f"{FUNCTIONS_PREFIX}{record['file']}"
         if (artifacts / entry_path).is_file():
-            stored[entry_path] = {name: record[name] for name in ("function", "code", "mode", "globals", "assumptions")}
+            stored[entry_path] = {
+                name: record[name] for name in ("function", "code", "mode", "inference_mode", "globals", "assumptions")
+            }
     return stored, tuple(dict.fromkeys(not_stored))
 
 

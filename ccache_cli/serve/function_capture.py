@@ -96,6 +96,9 @@ class _Capture:
             {
                 "file": file,
                 "mode": self._mode,
+                # A loaded function's tensor guards take the dispatch keys of the thread
+                # that loads it: it is loaded in the mode it was captured in.
+                "inference_mode": torch.is_inference_mode_enabled(),
                 "globals": _installed_modules(function, inner.__globals__),
                 "assumptions": recorded.to_json(),
             },

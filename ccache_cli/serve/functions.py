@@ -165,6 +165,7 @@ class StoredFunction:
     function: str  # `module:qualname` of the code it compiled
     code: str  # that code's digest
     mode: str
+    inference_mode: bool  # captured under torch.inference_mode: loaded under it
     globals: Mapping[str, str]  # installed global -> module it names
     assumptions: SizeAssumptions
     built_with: tuple[Any, Any]  # the Python and torch versions of its entry's key
@@ -190,6 +191,7 @@ def functions_in(view: str) -> list[StoredFunction]:
             function=described["function"],
             code=described["code"],
             mode=described["mode"],
+            inference_mode=described.get("inference_mode", False),
             globals=described["globals"],
             assumptions=SizeAssumptions.from_json(described["assumptions"]),
             built_with=(entry.fingerprint.get("python"), entry.fingerprint.get("torch")),
@@ -343,5 +345,8 @@ class _Served:
         # by compiling and loading a probe program per ISA. The entry's key held the ISA
         # this machine picks (activation matched it), so the ISAs the CPU's flags name are
         # trusted instead, for the pick only: the setting enters no cache key from here.
-        with self._torch._inductor.config.patch({"cpp.vec_isa_ok": True}):
+        with (
+            self._torch._inductor.config.patch({"cpp.vec_isa_ok": True}),
+            self._torch.inference_mode(stored.inference_mode),  # its tensor guards take this thread's dispatch keys
+        ):
             return self._torch.compiler.load_compiled_function(io.BytesIO(data), f_globals=module_globals)

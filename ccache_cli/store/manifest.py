@@ -15,7 +15,7 @@ The document, format 1:
      "aot": {"status", "reason", "packages": {"status", "reason", "model"}},
      "assumptions": {size: {"frame": {"module", "qualname"}, "unserialized": count,
                             "assumptions": [[check, path, expected, guard]]}} (optional),
-     "functions": {"functions/...pt": {"function": module:qualname, "code": digest, "mode",
+     "functions": {"functions/...pt": {"function": module:qualname, "code": digest, "mode", "inference_mode",
                    "globals": {name: module}, "assumptions": as a size's}} (optional: captures),
      "bytecode": {stored .pyc: {"module", "sha256"}}, "compiled_at": folder,
      "files": {path: {"sha256", "size"}}}

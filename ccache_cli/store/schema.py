@@ -286,10 +286,9 @@ _SIZE_LABEL = re.compile(r"[0-9]+(-[0-9]+)?")  # a size, or a range (manifest.ra
 def _check_assumptions(by_size: Mapping[str, Any]) -> None:
     """Per size: what its stored code assumes (`_check_recorded`)."""
     for size, recorded in by_size.items():
-        where = f"assumptions[{size!r}]"
         if not (isinstance(size, str) and _SIZE_LABEL.fullmatch(size)):
-            raise ManifestError(f"{where}: sizes are decimal numbers, ranges two joined by '-'")
-        _check_recorded(recorded, where)
+            raise ManifestError(f"assumptions[{size!r}]: sizes are decimal numbers, ranges two joined by '-'")
+        _check_recorded(recorded, f"assumptions[{size!r}]")
 
 
 def _check_recorded(recorded: Any, where: str) -> None:
@@ -321,8 +320,9 @@ def _check_functions(functions: Mapping[str, Any], files: Mapping[str, Any]) -> 
         if not (path.startswith("functions/") and path in files):
             raise ManifestError(f"{where}: not a file of the entry under functions/")
         described = _mapping(described, where)
-        if not all(isinstance(described.get(name), str) for name in ("function", "code", "mode")):
-            raise ManifestError(f"{where} must name its function, code digest and mode")
+        named = all(isinstance(described.get(name), str) for name in ("function", "code", "mode"))
+        if not (named and isinstance(described.get("inference_mode", False), bool)):
+            raise ManifestError(f"{where} must name its function, code digest, mode and inference mode")
         installed = _mapping(described.get("globals"), f"{where}.globals")
         if not all(isinstance(name, str) and isinstance(module, str) for name, module in installed.items()):
             raise ManifestError(f"{where}.globals must map names to modules")

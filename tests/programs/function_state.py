@@ -1,7 +1,8 @@
 """Function compiles that a loaded copy of their compiled code would get wrong (one
 writes a global, one reads a global tensor that is rebound, one reads a tensor from its
 closure, one through a nested function's closure, one from a default argument), and
-one whose argument is a function, called with another the second time.
+one whose argument is a function, called with another the second time, and one called
+under no_grad and then under inference_mode.
 PHASE: "capture", or "run" (the closure holds another tensor).
 
 Prints JSON: whether every result equals eager's, and the global the first one counts in.
@@ -57,6 +58,10 @@ def applies(x, act):
     return act(x)
 
 
+def doubled(x):
+    return x * 2
+
+
 x = torch.ones(2)
 weights = torch.full((2,), 1.0 if sys.argv[1] == "capture" else 5.0)  # as loaded at start-up
 scaled, nested = make(weights), make_nested(weights)
@@ -69,6 +74,7 @@ def with_default(x, w=weights):
 compiled_counts, compiled_adds, compiled_scaled, compiled_applies, compiled_nested, compiled_default = map(
     torch.compile, (counts, adds_global, scaled, applies, nested, with_default)
 )
+compiled_doubled = torch.compile(doubled)
 same = True
 with torch.no_grad():
     compiled_counts(x)
@@ -81,4 +87,7 @@ with torch.no_grad():
     same &= torch.equal(compiled_default(x), with_default(x))
     same &= torch.equal(compiled_applies(x, double), x * 2)
     same &= torch.equal(compiled_applies(x, triple), x * 3)
+    same &= torch.equal(compiled_doubled(x), x * 2)
+with torch.inference_mode():
+    same &= torch.equal(compiled_doubled(x), x * 2)
 print(json.dumps({"same": bool(same), "step": STEP}))
