@@ -97,6 +97,11 @@ def check(sources: Iterable[Source], sys_path: Sequence[str], lookups: Lookups |
     return statuses
 
 
+def all_fresh(sources: Iterable[Source], sys_path: Sequence[str]) -> bool:
+    """Whether every source resolves now to the very file it was traced from."""
+    return all(status.state == "fresh" for status in check(sources, sys_path))
+
+
 def search_path() -> list[str]:
     """Where traced sources are looked up: this process's sys.path and the working dir."""
     return [*sys.path, os.getcwd()]

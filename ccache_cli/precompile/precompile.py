@@ -164,7 +164,7 @@ def precompile(
 def _fresh_entry(store: Store, lookup: str, sys_path: list[str]) -> Manifest | None:
     """A stored entry with this lookup key whose traced sources are unchanged."""
     for entry in store.with_lookup_key(lookup):
-        if all(status.state == "fresh" for status in sources.check(entry.sources, sys_path)):
+        if sources.all_fresh(entry.sources, sys_path):
             return entry
     return None
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ccache_cli.key.assumptions import Checker
-from ccache_cli.key.sources import check, search_path
+from ccache_cli.key.sources import all_fresh, search_path
 from ccache_cli.precompile import plan
 from ccache_cli.serve import decisions, stored_code
 from ccache_cli.store.manifest import Source
@@ -247,8 +247,7 @@ class _CompiledModel:
             ):
                 continue
             if candidate.sources not in self._fresh_sources:
-                statuses = check(candidate.sources, search_path())
-                self._fresh_sources[candidate.sources] = all(status.state == "fresh" for status in statuses)
+                self._fresh_sources[candidate.sources] = all_fresh(candidate.sources, search_path())
             if not self._fresh_sources[candidate.sources]:
                 continue  # compiled from other code: never serve it
             if candidate.package is not None and candidate.structure != self._structure():

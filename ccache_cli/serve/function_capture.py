@@ -26,7 +26,8 @@ from typing import Any
 
 from ccache_cli.key import assumptions as a
 from ccache_cli.precompile import guards
-from ccache_cli.serve.functions import Unwrapped, compile_options, one_line, routed, unsaved_guard_kinds, unwrap
+from ccache_cli.precompile.aot import one_line
+from ccache_cli.serve.functions import Unwrapped, compile_options, routed, unsaved_guard_kinds, unwrap
 
 CAPTURE_FUNCTIONS_ENV = "CCACHE_CLI_CAPTURE_FUNCTIONS"  # where a capture's processes write compiled functions
 CAPTURE_RECORDS_ENV = "CCACHE_CLI_CAPTURE_DIR"  # where they write what each assumes (serve/capture.py)

@@ -37,7 +37,8 @@ from typing import Any
 
 from ccache_cli.in_program.usage import VIEW_ENV
 from ccache_cli.key import assumptions as a
-from ccache_cli.key.sources import check, search_path
+from ccache_cli.key.sources import all_fresh, search_path
+from ccache_cli.precompile.aot import one_line
 from ccache_cli.serve import decisions
 from ccache_cli.serve.views import read_description
 from ccache_cli.store.assumptions import SizeAssumptions
@@ -151,10 +152,6 @@ def _failed_guard(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
         return f"its guard {one_line(guard)} fails for a call that no captured function serves"
     except Exception:  # torch's private API moved: the reason only
         return "its Dynamo guards fail"
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split())[:500]
 
 
 @dataclass(frozen=True)
@@ -307,7 +304,7 @@ class _Served:
         self._torch._dynamo.config.enable_aot_compile = True
         for stored in self._stored:
             if stored.sources not in fresh:
-                fresh[stored.sources] = all(s.state == "fresh" for s in check(stored.sources, search_path()))
+                fresh[stored.sources] = all_fresh(stored.sources, search_path())
             if not fresh[stored.sources]:
                 decisions.count("fallback: compiled from other code")
                 continue
@@ -323,17 +320,13 @@ class _Served:
         code = self._unwrapped.inner.__code__
         own = f"L[{code.co_varnames[0]!r}]" if self._unwrapped.owner is not None and code.co_argcount else None
         unsaved = unsaved_guard_kinds(self._torch)
-        arguments = tuple(
-            x
-            for x in recorded.assumptions
-            if (x.guard in unsaved or x.check == "identity")
-            and x.path.startswith("L[")
-            and not (own and x.path.startswith(own))
-        )
-        rest = tuple(x for x in recorded.assumptions if x not in arguments)
+        arguments, rest = [], []
+        for x in recorded.assumptions:
+            unsaved_on_argument = (x.guard in unsaved or x.check == "identity") and x.path.startswith("L[")
+            (arguments if unsaved_on_argument and not (own and x.path.startswith(own)) else rest).append(x)
         return _Checks(
-            a.Checker(self._torch, SizeAssumptions(recorded.frame, rest, recorded.unserialized)),
-            a.Checker(self._torch, SizeAssumptions(recorded.frame, arguments, 0)) if arguments else None,
+            a.Checker(self._torch, SizeAssumptions(recorded.frame, tuple(rest), recorded.unserialized)),
+            a.Checker(self._torch, SizeAssumptions(recorded.frame, tuple(arguments), 0)) if arguments else None,
         )
 
     def _load_one(self, stored: StoredFunction) -> Any:
