@@ -16,6 +16,9 @@ cd "$(dirname "$0")/.." || exit 1
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(tests per_call warm_start generate size_range)
 decoder=benchmarks/models/llama_decoder.py:build
+# The GPU tests in three processes where pytest-xdist is there (one GPU serves them all).
+workers=(-n 0)
+python3 -c "import xdist" 2>/dev/null && workers=(-n 3)
 
 run_step() {  # NAME SECONDS COMMAND...
   local name=$1 seconds=$2
@@ -38,7 +41,7 @@ run_step() {  # NAME SECONDS COMMAND...
 
 for step in "${steps[@]}"; do
   case $step in
-    tests) run_step tests 400 python3 -m pytest tests/test_gpu.py -q -n 0 -p no:cacheprovider --tb=short -rfEs ;;
+    tests) run_step tests 400 python3 -m pytest tests/test_gpu.py -q "${workers[@]}" -p no:cacheprovider --tb=short -rfEs ;;
     per_call) run_step per_call 200 python3 benchmarks/per_call.py --model "$decoder" --device cuda --size 1 --calls 100 ;;
     warm_start) run_step warm_start 400 python3 benchmarks/warm_start.py --model "$decoder" --device cuda --sizes 1,8 \
       --ways eager,cold,ccache_route,ccache_api ;;
