@@ -236,6 +236,13 @@ def main() -> None:
         aot_dir = work / "aot"
         aot_dir.mkdir()
         manifest = json.loads((store / "entries" / entry / "manifest.json").read_text())
+        timings = manifest["timings"]
+        print(
+            "precompile phases: first calls "
+            + ", ".join(f"{report['label']} {report['wall_s']:.1f} s" for report in timings["sizes"])
+            + f"; aot_compile functions {sum(timings.get('aot', {}).values()):.1f} s"
+            + f"; packages {sum(timings.get('packages', {}).values()):.1f} s"
+        )
         for path, ref in manifest["files"].items():  # torch's own AOT files, as precompile saved them
             if path.startswith("aot/"):
                 (aot_dir / Path(path).name).write_bytes(

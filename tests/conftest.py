@@ -122,10 +122,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def example_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store holding the bundled example compiled for 1 and 8, AOT included."""
+    """A store holding the bundled example compiled for 1 and 8, AOT included, its two
+    packages built at once in package workers (`--jobs 2`; by default one per 8 cores)."""
 
     def build(folder: Path) -> None:
-        result = ccache("precompile", EXAMPLE, "--sizes", "1,8", store=folder / "store")
+        result = ccache("precompile", EXAMPLE, "--sizes", "1,8", "--jobs", "2", store=folder / "store")
         assert result.returncode == 0, result.stderr
 
     return built_once(tmp_path_factory, "example", build) / "store"

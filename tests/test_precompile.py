@@ -131,7 +131,7 @@ def test_loader_crash_hint_names_a_compiler_that_links_the_cxx_runtime_staticall
     # A compiler driver that finds no libstdc++.so, as `g++ -print-file-name` answers then.
     static_only.write_text('#!/bin/sh\ncase "$1" in -print-file-name=*) echo "${1#*=}";; *) exec g++ "$@";; esac\n')
     static_only.chmod(0o755)
-    code = "from ccache_cli.precompile.aot import static_cxx_runtime_hint as h; print(h())"
+    code = "from ccache_cli.precompile.packages import static_cxx_runtime_hint as h; print(h())"
     hints = {}
     for name, compiler in (("static", str(static_only)), ("system", "g++")):
         result = subprocess.run(

@@ -67,6 +67,14 @@ def command(
         help="Compile in this Python's environment (its torch and packages; ccache-cli need not be installed there) "
         "[default: this one]",
     ),
+    jobs: int | None = typer.Option(
+        None,
+        "--jobs",
+        "-j",
+        min=1,
+        help="Build this many sizes' AOTInductor packages at once, each in a process with its own copy of the "
+        "model [default: one per 8 cores, at most 4]",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
 ) -> None:
     """Compile MODEL for each size in an isolated cache and store the artifacts as one entry."""
@@ -87,6 +95,7 @@ def command(
         aot=aot,
         bytecode=bytecode,
         python=python,
+        jobs=jobs,
     )
     store = ctx.obj
     with _progress(enabled=out.is_terminal and not json_output) as on_progress:
@@ -124,8 +133,9 @@ def _progress(enabled: bool) -> Iterator[Callable[[core.Progress], None]]:
         def on_progress(event: core.Progress) -> None:
             key = (event.phase, event.label)
             if key not in tasks:
-                for other in tasks.values():  # one step runs at a time
-                    progress.update(other, total=1, completed=1)
+                for (phase, _), other in tasks.items():  # one step at a time, but packages beside others
+                    if phase != "package":
+                        progress.update(other, total=1, completed=1)
                 what = {
                     "loading": "loading model and torch",
                     "compile": "compile",

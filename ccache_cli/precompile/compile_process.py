@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from ccache_cli.errors import CcacheError, CompileError, DeviceError, ReportedEr
 from ccache_cli.in_program import bytecode, fingerprint
 from ccache_cli.in_program.tracing import modules_by_file, record_traced_files
 from ccache_cli.key import sources
-from ccache_cli.precompile import aot, guards, modelspec, outputs, plan
+from ccache_cli.precompile import aot, guards, modelspec, outputs, packages, plan
 from ccache_cli.store import owners
 from ccache_cli.store.artifacts import AOT_PREFIX, MEGACACHE_FILE, OUTPUTS_PREFIX
 from ccache_cli.store.manifest import range_label
@@ -40,8 +41,11 @@ def main(argv: list[str]) -> int:
     events = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # the model's own prints must not corrupt the event stream
 
+    lock = threading.Lock()  # package workers' events are relayed from threads
+
     def emit(event: str, **fields: Any) -> None:
-        events.write(json.dumps({"event": event, **fields}) + "\n")
+        with lock:
+            events.write(json.dumps({"event": event, **fields}) + "\n")
 
     try:
         run(request, Path(argv[2]), emit, sys.stdin)
@@ -128,13 +132,11 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
             (out / MEGACACHE_FILE).write_bytes(artifacts[0])
         graph_break = next(iter(torch._dynamo.utils.counters["graph_break"]), None)
         if not request["aot"]:
-            functions = packages = {"status": "disabled", "reason": "--no-aot"}
+            functions = package_status = {"status": "disabled", "reason": "--no-aot"}
         else:
-            # A package holds all it needs; what building it writes to an Inductor cache
-            # (its kernels, and autotuning results under the same names as torch.compile's
-            # but for its own options) stays out of the entry's.
-            with aot.inductor_cache_at(out.parent / "package-build"):
-                packages = aot.packages(torch, model, inputs, range_inputs, compile_options, out / AOT_PREFIX, emit)
+            built_packages = packages.start(
+                torch, model, inputs, range_inputs, compile_options, request, out / AOT_PREFIX, emit
+            )
             if graph_break is not None:
                 functions = {
                     "status": "skipped",
@@ -142,6 +144,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
                 }
             else:
                 functions = aot.aot_functions(torch, model, inputs, compile_options, out / AOT_PREFIX, emit)
+            package_status = built_packages()
     traced_sources = sources.collect(
         traced, sys.path, os.path.dirname(torch.__file__), modules_by_file(traced, sys.modules)
     )
@@ -155,7 +158,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
         "result",
         reports=reports,
         functions=functions,
-        packages=packages,
+        packages=package_status,
         sources=[source.__dict__ for source in traced_sources],
         assumptions={size: taken.to_json() for size, taken in assumptions.items()},
         bytecode=recorded,

@@ -24,7 +24,7 @@ from ccache_cli.in_program import fingerprint
 from ccache_cli.in_program.fingerprint import DYNAMIC_THREADS_ENV
 from ccache_cli.in_program.usage import VIEW_ENV
 from ccache_cli.key import interpreter, sources
-from ccache_cli.precompile import modelspec
+from ccache_cli.precompile import launch, modelspec
 from ccache_cli.store import manifest
 from ccache_cli.store.artifacts import INDUCTOR_PREFIX
 from ccache_cli.store.hashing import hash_json
@@ -51,6 +51,16 @@ class PrecompileRequest:
     aot: bool = True
     bytecode: bool = True  # store the compile stack's .pyc (for images without them)
     python: str | None = None  # the interpreter to compile in (`--python`), if not this one
+    jobs: int | None = None  # AOTInductor packages built at once (`--jobs`); None: by the cores (package_jobs)
+
+
+def package_jobs(requested: int | None) -> int:
+    """How many packages precompile builds at once: as asked, else one per 8 cores
+    (a package build compiles its kernels with every core), at most 4; each build
+    holds a copy of the model, on the device too."""
+    if requested is not None:
+        return requested
+    return max(1, min(4, (os.cpu_count() or 1) // 8))
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,7 @@ def precompile(
                     "mode": request.mode,
                     "aot": request.aot,
                     "bytecode": request.bytecode,
+                    "jobs": package_jobs(request.jobs),
                     "machine": store.cached_machine_fingerprint(probe)
                     if device in fingerprint.PRIMARY_DEVICES
                     else None,
@@ -209,17 +220,6 @@ def _store_entry(
     return entry, new_bytes
 
 
-_FOREIGN_START = """
-import importlib.util, runpy, sys
-folder = sys.argv.pop(1)
-spec = importlib.util.spec_from_file_location("ccache_cli", folder + "/__init__.py", submodule_search_locations=[folder])
-package = importlib.util.module_from_spec(spec)
-sys.modules["ccache_cli"] = package
-spec.loader.exec_module(package)
-runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
-"""
-
-
 class _Worker:
     """The compile worker process and its event stream."""
 
@@ -242,14 +242,9 @@ class _Worker:
             env.setdefault(DYNAMIC_THREADS_ENV, "1")
         self._log = open(staging / "worker.log", "wb")
         self._debug = bool(os.environ.get("CCACHE_CLI_DEBUG"))
-        # In another interpreter, ccache-cli's package is loaded by path: it need not be
-        # installed there, and nothing of this environment is put on its path.
-        start = ["-m"] if python is None else ["-c", _FOREIGN_START, str(Path(__file__).resolve().parent.parent)]
         self._process = subprocess.Popen(
             [
-                python or sys.executable,
-                *start,
-                "ccache_cli.precompile.compile_process",
+                *launch.module_command("ccache_cli.precompile.compile_process", python),
                 str(request_file),
                 str(artifacts),
             ],

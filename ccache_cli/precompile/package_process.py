@@ -1,0 +1,84 @@
+"""A package worker: builds some of an entry's AOTInductor packages in a process of its
+own, so that precompile builds several at once (`precompile --jobs`; packages.py starts
+it).
+
+Its one argument is the job, in JSON: the model's and the inputs' specs, the device,
+the mode, the labels to build (a size, or a range's `[low, high]`) and the folder. It
+builds the model again from its spec, as the compile worker did, and writes events,
+one JSON object per line, to its original stdout: `size_start` and `size_done` (phase
+`package`) as the compile worker's, then `result` (the weights each package binds, the
+seconds each took, the model's structure, and the first build error or null), or
+`error` where it could not start building.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ccache_cli.errors import CcacheError, CompileError, ReportedError
+from ccache_cli.precompile import aot, modelspec, packages, plan
+from ccache_cli.store import owners
+
+
+def main(argv: list[str]) -> int:
+    job = json.loads(argv[1])
+    events = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # the model's own prints must not corrupt the event stream
+
+    def emit(event: str, **fields: Any) -> None:
+        events.write(json.dumps({"event": event, **fields}) + "\n")
+
+    try:
+        emit("result", **build(job, emit))
+    except CcacheError as exc:
+        emit("error", **ReportedError.of(exc, with_traceback=True).to_json())
+        return exc.exit_code
+    except Exception as exc:  # inside torch or the model's code (out of memory, say)
+        message = f"{type(exc).__name__}: {aot.one_line(str(exc))}"
+        emit("error", **ReportedError(CompileError.__name__, message, traceback.format_exc()).to_json())
+        return 1
+    return 0
+
+
+def build(job: dict[str, Any], emit: aot.Emit) -> dict[str, Any]:
+    spec = modelspec.parse(job["model"])
+    module = modelspec.import_target(spec)
+    inputs_spec = modelspec.parse(job["inputs"], default_attr=None) if job["inputs"] else None
+    inputs_fn = modelspec.load_inputs(module, inputs_spec)
+
+    import torch
+
+    device = job["device"]
+    if device != "cpu":
+        torch.cuda.set_device(device)
+    model = modelspec.load_model(module, spec).to(device)
+    ranges = {label: tuple(batch_range) if batch_range else None for label, batch_range in job["labels"].items()}
+    inputs = {
+        label: plan.to_device(
+            torch,
+            plan.example_inputs(inputs_fn, int(label) if batch_range is None else plan.range_hint(batch_range)),
+            device,
+        )
+        for label, batch_range in ranges.items()
+    }
+    weights: dict[str, list[str]] = {}
+    folder = Path(job["folder"])
+    seconds, error = aot.each_size(
+        inputs,
+        "package",
+        lambda label, args: weights.update(
+            packages.build(torch, model, label, args, ranges[label], job["mode"], folder)
+        ),
+        emit,
+    )
+    return {"weights": weights, "seconds": seconds, "structure": plan.model_structure(model), "error": error}
+
+
+if __name__ == "__main__":
+    owners.die_with_parent(os.getppid())  # a killed precompile leaves no build running
+    sys.exit(main(sys.argv))

@@ -1,0 +1,267 @@
+"""AOTInductor packages, `aot/size-N.pt2`, from `torch.export` of each size, and
+`aot/size-LOW-HIGH.pt2` of each range, its batch dimension dynamic. Runs in the compile
+process.
+
+Loading one needs neither Dynamo nor Inductor imported (seconds of imports), so
+`ccache_cli.compile` prefers them. They are built with the Inductor options of the
+entry's mode (max-autotune's autotuning happens here, once) and hold no weights: the
+runtime binds the model's own parameters and buffers to them.
+
+With `jobs` above one, package workers (package_process.py) build them, that many at
+once, each on the model built again from its spec, while the compile process goes on
+with the aot_compile functions; else the compile process builds them one after another.
+Either way `build` builds each, in an Inductor cache of their own (what a build writes
+there, kernels and autotuning results under torch.compile's names but for the
+package's options, stays out of the entry's), seeded with the Triton kernels the cold
+compile made, and the packages are stored only where a fresh process loads them all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ccache_cli.errors import ReportedError
+from ccache_cli.precompile import aot, launch, plan
+from ccache_cli.precompile.aot import Emit, one_line
+from ccache_cli.store.manifest import range_label
+
+Status = dict[str, Any]
+
+
+def start(
+    torch: Any,
+    model: Any,
+    inputs: dict[int, plan.CallInputs],
+    range_inputs: dict[tuple[int, int], plan.CallInputs],
+    options: dict[str, Any],
+    request: dict[str, Any],
+    folder: Path,
+    emit: Emit,
+) -> Callable[[], Status]:
+    """Begin building the packages into `folder` (the entry's `aot/`); the function it
+    returns waits for them and gives their status for the manifest.
+
+    `options`: the compile options (device, mode); `request`: the compile worker's
+    (the model's and inputs' specs, and `jobs`)."""
+    mode, device = options["mode"], options["device"]
+    if (unsupported := plan.packages_unsupported(mode)) is not None:
+        return _done({"status": "skipped", "reason": unsupported})
+    if any(module.training for module in model.modules()):
+        return _done({"status": "skipped", "reason": "the model is in training mode"})
+    every = [*inputs.values(), *range_inputs.values()]
+    if not all(tensor.is_contiguous() for args in every for tensor in args.tensors(torch)):
+        return _done({"status": "skipped", "reason": "an example input is not contiguous"})
+    folder.mkdir(parents=True, exist_ok=True)
+    build_dir = folder.parent.parent / "package-build"
+    _seed_triton_kernels(Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]), build_dir)
+    labels: dict[str, tuple[int, int] | None] = {str(size): None for size in inputs}
+    labels.update({range_label(batch_range): batch_range for batch_range in range_inputs})
+    structure = plan.model_structure(model)
+    jobs = min(request.get("jobs", 1), len(labels))
+    if jobs <= 1:
+        labelled = {**{str(size): args for size, args in inputs.items()}, **dict(zip(labels, range_inputs.values()))}
+        with aot.inductor_cache_at(build_dir):
+            weights: dict[str, list[str]] = {}
+            seconds, error = aot.each_size(
+                labelled,
+                "package",
+                lambda label, args: weights.update(build(torch, model, label, args, labels[label], mode, folder)),
+                emit,
+            )
+        return _done(_finish(folder, device, weights, seconds, error, structure))
+    job = {"model": request["model"], "inputs": request["inputs"], "device": device, "mode": mode}
+    workers = [
+        _Worker(job, {label: labels[label] for label in list(labels)[index::jobs]}, folder, build_dir, emit)
+        for index in range(jobs)
+    ]
+
+    def wait() -> Status:
+        results = [worker.result() for worker in workers]
+        error = next((result["error"] for result in results if result["error"]), None)
+        if error is None and any(result["structure"] != structure for result in results):
+            error = (
+                "the model built again in a package worker differs from the one compiled (its module tree or "
+                "weights' shapes): precompile it with --jobs 1"
+            )
+        weights = {label: used for result in results for label, used in result["weights"].items()}
+        built = {label: wall for result in results for label, wall in result["seconds"].items()}
+        seconds = {label: built[label] for label in labels if label in built}
+        return _finish(folder, device, weights, seconds, error, structure)
+
+    return wait
+
+
+def build(
+    torch: Any,
+    model: Any,
+    label: str,
+    args: plan.CallInputs,
+    batch_range: tuple[int, int] | None,
+    mode: str | None,
+    folder: Path,
+) -> dict[str, list[str]]:
+    """Build one package, `folder/size-LABEL.pt2`; the weights it binds, by label."""
+    try:
+        program = plan.export(torch, model, args, batch_range)
+    except Exception as exc:
+        raise ExportError(f"torch.export failed: {type(exc).__name__}: {one_line(str(exc))}") from exc
+    with torch.no_grad():
+        torch._inductor.aoti_compile_and_package(
+            program,
+            package_path=str(folder / f"size-{label}.pt2"),
+            inductor_configs=plan.package_configs(torch, mode),
+        )
+    return {label: plan.used_weights(program)}
+
+
+class ExportError(Exception):
+    """torch.export could not take the model: the entry says why."""
+
+
+def _done(status: Status) -> Callable[[], Status]:
+    return lambda: status
+
+
+def _finish(
+    folder: Path,
+    device: str,
+    weights: dict[str, list[str]],
+    seconds: dict[str, float],
+    error: str | None,
+    structure: str,
+) -> Status:
+    """The packages' status; where they failed to build or to load, none is kept."""
+    if error is not None:
+        reason = error.removeprefix(f"{ExportError.__name__}: ")
+        if not reason.startswith(("torch.export", "the model built again")):
+            reason = f"AOTInductor failed: {error}"
+    else:
+        failure = _load_in_fresh_process(folder, device, weights)
+        reason = None if failure is None else f"a fresh process could not load the packages: {failure}"
+    if reason is not None:
+        for package in folder.glob("*.pt2"):
+            package.unlink()
+        return {"status": "skipped", "reason": reason}
+    return {"status": "stored", "reason": None, "seconds": seconds, "model": structure}
+
+
+def _seed_triton_kernels(inductor_dir: Path, build_dir: Path) -> None:
+    """Give the packages' build the Triton kernels the cold compile built (links, not
+    copies): a kernel the same in both is then compiled once."""
+    kernels = inductor_dir / "triton"
+    if kernels.is_dir() and not (build_dir / "triton").exists():
+        shutil.copytree(kernels, build_dir / "triton", copy_function=os.link)
+
+
+class _Worker:
+    """A package worker building some of the packages, its events relayed as they come."""
+
+    def __init__(
+        self,
+        job: dict[str, Any],
+        labels: dict[str, tuple[int, int] | None],
+        folder: Path,
+        build_dir: Path,
+        emit: Emit,
+    ) -> None:
+        job = {
+            **job,
+            "labels": {label: list(batch_range) if batch_range else None for label, batch_range in labels.items()},
+            "folder": str(folder),
+        }
+        self._process = subprocess.Popen(
+            [*launch.worker_command("ccache_cli.precompile.package_process"), json.dumps(job)],
+            stdout=subprocess.PIPE,
+            stderr=None,  # the compile worker's log
+            env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(build_dir)},
+            text=True,
+        )
+        self._result: Status = {"error": "the package worker exited before it finished"}
+        self._thread = threading.Thread(target=self._relay, args=(emit,), daemon=True)
+        self._thread.start()
+
+    def _relay(self, emit: Emit) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            event = json.loads(line)
+            kind = event.pop("event")
+            if kind == "result":
+                self._result = event
+            elif kind == "error":
+                reported = ReportedError.from_json(event)
+                sys.stderr.write(reported.traceback)
+                self._result = {"error": f"{reported.kind}: {reported.message}"}
+            else:
+                emit(kind, **event)
+
+    def result(self) -> Status:
+        self._thread.join()
+        code = self._process.wait()
+        if code != 0 and self._result.get("error") is None:
+            self._result = {"error": f"the package worker exited with code {code}"}
+        return {"weights": {}, "seconds": {}, "structure": None, **self._result}
+
+
+# Loads packages as the runtime does, and checks that each takes every weight its
+# program used as a constant bound by name (none compiled into it); run by path, in a
+# process of its own.
+_LOAD_PACKAGES = """
+import json, sys, torch
+for path, weights in json.loads(sys.argv[2]).items():
+    loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, int(sys.argv[1]))
+    if missing := set(weights) - set(loader.get_constant_fqns()):
+        sys.exit(f"{sorted(missing)[0]} is compiled into the package, so new weights would not be seen")
+"""
+
+
+def _load_in_fresh_process(folder: Path, device: str, weights: dict[str, list[str]]) -> str | None:
+    """Why loading the packages fails in a new process, or None when it works.
+
+    A package is stored only if it loads and binds every weight its program used:
+    some torch builds crash in AOTInductor's loader (a segmentation fault, which no
+    `except` catches), and the runtime must never be handed one of those.
+    """
+    packages = {str(folder / f"size-{label}.pt2"): used for label, used in sorted(weights.items())}
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_PACKAGES, str(plan.package_device_index(device)), json.dumps(packages)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode == 0:
+        return None
+    if result.returncode < 0:
+        return f"it died of signal {-result.returncode} in torch's AOTInductor loader{static_cxx_runtime_hint()}"
+    return one_line(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}")
+
+
+def static_cxx_runtime_hint() -> str:
+    """Why the loader may have crashed, where the C++ compiler explains it, else "".
+
+    A compiler with no libstdc++.so beside it (some images install such a toolchain
+    and point CXX at it) links a static copy of the C++ runtime into each package;
+    that copy and the one torch loaded clash, and the loader crashes in std::regex.
+    """
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    compiler = get_cpp_compiler()
+    try:
+        found = subprocess.run(
+            [compiler, "-print-file-name=libstdc++.so"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    if os.path.isabs(found):
+        return ""
+    return (
+        f": the C++ compiler {compiler} has no libstdc++.so, so it linked a static copy of the C++ runtime"
+        " into the packages, and that copy clashes with torch's; set CXX to a compiler that links it"
+        " dynamically (such as /usr/bin/g++) and precompile again"
+    )
