@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # The GPU checks and figures in one run, each step bounded in time and logged as it goes:
-# the GPU tests, then per-call time and warm starts of a 16-layer bf16 Llama decoder,
+# the GPU tests, then per-call time (default mode, and reduce-overhead with CUDA graphs)
+# and warm starts of a 16-layer bf16 Llama decoder,
 # the generation recipe, and a range of batch sizes. Steps whose logs already end in
 # "done" are skipped, so a run cut short goes on where it stopped (a step that ran out
 # of time runs again).
 #
 #     bash benchmarks/gpu.sh LOG_FOLDER [STEP...]
 #
-# STEP: tests, per_call, warm_start, generate, size_range (default: all, in that order).
+# STEP: tests, per_call, graphs, warm_start, generate, size_range (default: all, in that order).
 set -u
 logs=${1:?usage: bash benchmarks/gpu.sh LOG_FOLDER [STEP...]}
 shift
 mkdir -p "$logs"
 cd "$(dirname "$0")/.." || exit 1
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(tests per_call warm_start generate size_range)
+[ ${#steps[@]} -eq 0 ] && steps=(tests per_call graphs warm_start generate size_range)
 decoder=benchmarks/models/llama_decoder.py:build
 # The GPU tests in three processes where pytest-xdist is there (one GPU serves them all).
 workers=(-n 0)
@@ -43,6 +44,8 @@ for step in "${steps[@]}"; do
   case $step in
     tests) run_step tests 400 python3 -m pytest tests/test_gpu.py -q "${workers[@]}" -p no:cacheprovider --tb=short -rfEs ;;
     per_call) run_step per_call 200 python3 benchmarks/per_call.py --model "$decoder" --device cuda --size 1 --calls 100 ;;
+    graphs) run_step graphs 200 python3 benchmarks/per_call.py --model "$decoder" --device cuda --size 1 --calls 100 \
+      --mode reduce-overhead ;;
     warm_start) run_step warm_start 400 python3 benchmarks/warm_start.py --model "$decoder" --device cuda --sizes 1,8 \
       --ways eager,cold,ccache_route,ccache_api ;;
     generate) run_step generate 400 python3 benchmarks/generate.py --device cuda ;;

@@ -15,7 +15,7 @@ fresh process, `--calls` calls of that size after a warm-up:
 and, in the ccache processes, what one full check of the size's assumptions costs and
 what the per-call check of torch's state costs. Prints a table and JSON.
 
-    python benchmarks/per_call.py [--model SPEC] [--device cpu|cuda] [--size 1] [--calls 200]
+    python benchmarks/per_call.py [--model SPEC] [--device cpu|cuda] [--mode MODE] [--size 1] [--calls 200]
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def child(args: argparse.Namespace) -> None:
     module = modelspec.import_target(spec)
     model = modelspec.load_model(module, spec).to(args.device)
     inputs = plan.to_device(torch, plan.example_inputs(modelspec.load_inputs(module, None), args.size), args.device)
-    call = model if args.way == "eager" else torch.compile(model, dynamic=False)
+    mode = None if args.mode == "default" else args.mode
+    call = model if args.way == "eager" else torch.compile(model, dynamic=False, mode=mode)
 
     def timed(count: int) -> list[float]:
         times = []
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=1)
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--mode", default="default", help="torch.compile mode, as `precompile --mode`")
     parser.add_argument("--child", dest="way")
     args = parser.parse_args()
     if args.way:
@@ -115,7 +117,8 @@ def main() -> None:
         store = ["--store", str(Path(scratch) / "store")]
         env = {**os.environ, "CCACHE_CLI_VIEWS": str(Path(scratch) / "views")}
         compiled = subprocess.run(
-            [*ccache, *store, "precompile", args.model, "--sizes", str(args.size), "--device", args.device],
+            [*ccache, *store, "precompile", args.model, "--sizes", str(args.size), "--device", args.device]
+            + ["--mode", args.mode],
             env=env,
             capture_output=True,
             text=True,
@@ -126,7 +129,7 @@ def main() -> None:
         for way, options in WAYS.items():
             command = [*ccache, *store, "run", *options, "--", sys.executable, __file__, "--child", way]
             command += ["--model", args.model, "--device", args.device, "--size", str(args.size)]
-            command += ["--calls", str(args.calls)]
+            command += ["--calls", str(args.calls), "--mode", args.mode]
             run = subprocess.run(command, env=env, capture_output=True, text=True)
             if run.returncode != 0:
                 raise SystemExit(f"{way}: {run.stderr}")
@@ -134,7 +137,7 @@ def main() -> None:
             said = [line for line in run.stderr.splitlines() if line.startswith("ccache:")]
             if said:
                 results[way]["ccache_said"] = said
-    print(f"{args.model} on {args.device}, size {args.size}, {args.calls} calls each")
+    print(f"{args.model} on {args.device}, mode {args.mode}, size {args.size}, {args.calls} calls each")
     print(f"{'way':28} {'median ms':>10} {'mean ms':>9}  served")
     for way, result in results.items():
         print(f"{way:28} {result['median_ms']:10.3f} {result['mean_ms']:9.3f}  {result.get('served', '-')}")

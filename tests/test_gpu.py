@@ -294,3 +294,49 @@ def test_cache_env_carries_triton_s_own_cache(tmp_path: Path) -> None:
     assert json.loads(result.stdout.strip().splitlines()[-1])["right"]
     assert "engine cache" not in result.stderr, result.stderr
     print(result.stdout.strip().splitlines()[-1])
+
+
+# Calls models/small.py's served model through ccache_cli.compile in `mode` (argv[1]),
+# four times at each of sizes 1 and 8 with new inputs, keeping every output; then
+# compares each with eager's (an output overwritten by a later replay would differ).
+GRAPHED = textwrap.dedent(
+    f"""
+    import json, sys
+    sys.path[:0] = [{str(MODELS)!r}]
+    import torch
+    import ccache_cli
+    from small import build_served
+    torch.manual_seed(0)
+    model = build_served().to("cuda")
+    compiled = ccache_cli.compile(model, mode=sys.argv[1])
+    calls = [torch.randn(size, 8, device="cuda") for size in (1, 8) for _ in range(4)]
+    with torch.no_grad():
+        outputs = [compiled(x) for x in calls]
+        same = all(torch.allclose(out, model(x), atol=1e-4) for out, x in zip(outputs, calls))
+    print(json.dumps({{"same": same, "dynamo": "torch._dynamo" in sys.modules}}))
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "default"])
+def test_packages_of_cuda_graph_modes_replay_graphs(tmp_path: Path, mode: str) -> None:
+    """A reduce-overhead entry gets packages, and the process that loads them records
+    one CUDA graph per size and replays it: every output equals eager's, none
+    overwritten by a later call, with neither Dynamo imported nor a graph recorded for
+    a mode that records none."""
+    store = tmp_path / "store"
+    result = ccache(
+        "precompile", "small.py:build_served", "--sizes", "1,8", "--device", "cuda", "--mode", mode,
+        store=store, cwd=MODELS,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert ccache_json("inspect", store=store)["entries"][0]["aot"]["packages"]["status"] == "stored"
+    script = tmp_path / "graphed.py"
+    script.write_text(GRAPHED)
+    result = ccache("run", "--", sys.executable, str(script), mode, store=store, cwd=tmp_path,
+                    env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"same": True, "dynamo": False}, result.stderr
+    usage = ccache_json("inspect", store=store)["entries"][0]["usage"]
+    graphs = {reason: n for reason, n in usage["not_routed"].items() if reason.startswith("CUDA graphs")}
+    assert usage["served"] == 8 and graphs == ({"CUDA graphs: recorded": 2} if mode != "default" else {}), usage

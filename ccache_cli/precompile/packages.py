@@ -52,8 +52,6 @@ def start(
     `options`: the compile options (device, mode); `request`: the compile worker's
     (the model's and inputs' specs, and `jobs`)."""
     mode, device = options["mode"], options["device"]
-    if (unsupported := plan.packages_unsupported(mode)) is not None:
-        return _done({"status": "skipped", "reason": unsupported})
     if any(module.training for module in model.modules()):
         return _done({"status": "skipped", "reason": "the model is in training mode"})
     every = [*inputs.values(), *range_inputs.values()]

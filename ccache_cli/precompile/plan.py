@@ -25,9 +25,11 @@ from typing import Any, NamedTuple
 from ccache_cli.errors import CompileError
 from ccache_cli.store.manifest import range_label
 
-# An AOTInductor package holds no CUDA graphs (reduce-overhead records them in each
-# process, on its own memory); every other Inductor option of a mode applies.
+# An AOTInductor package holds no CUDA graphs (each process records its own, on its own
+# memory: serve/cuda_graphs.py); every other Inductor option of a mode applies.
 _NOT_FOR_PACKAGES = {"triton.cudagraphs"}
+# The modes whose Inductor options record CUDA graphs (`triton.cudagraphs`).
+CUDA_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
 
 
 class CallInputs(NamedTuple):
@@ -123,16 +125,6 @@ def package_configs(torch: Any, mode: str | None) -> dict[str, Any]:
     # Every weight a constant bound by name, small ones too (Inductor would write those
     # into the code), so that weights loaded in place are the ones used.
     return {**options, "aot_inductor.package_constants_in_so": False, "always_keep_tensor_constants": True}
-
-
-def packages_unsupported(mode: str | None) -> str | None:
-    """Why no package is built for `mode`, or None."""
-    if mode == "reduce-overhead":
-        return (
-            "mode 'reduce-overhead' runs graphs as CUDA graphs, which a package cannot hold (each process records "
-            "them at its first calls); the Inductor cache serves it"
-        )
-    return None
 
 
 def export(torch: Any, model: Any, inputs: CallInputs, batch_range: tuple[int, int] | None = None) -> Any:

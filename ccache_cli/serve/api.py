@@ -257,7 +257,13 @@ class _CompiledModel:
                 if (candidate.package, device) not in self._packages:  # a range's serves many signatures
                     try:
                         with stored_code.unpacking_into(stored_code.package_scratch(candidate.view)):
-                            loaded = stored_code.Package.load(self._torch, candidate.package, device, self._model)
+                            loaded = stored_code.Package.load(
+                                self._torch,
+                                candidate.package,
+                                device,
+                                self._model,
+                                self._cuda_graphs(candidate, device),
+                            )
                         self._packages[candidate.package, device] = loaded.for_entry(
                             candidate, self._checker(candidate)
                         )
@@ -272,6 +278,11 @@ class _CompiledModel:
                     function = self._torch.compiler.load_compiled_function(handle)
                 return stored_code.GuardedFunction(function).for_entry(candidate, self._checker(candidate))
         return None
+
+    def _cuda_graphs(self, candidate: stored_code.AotFunction, device: str) -> Callable[[str], None] | None:
+        """Where a package of a mode that records CUDA graphs runs on a GPU, what records
+        them is told of them through this (the usage log's counts); else None."""
+        return self._count if candidate.mode in plan.CUDA_GRAPH_MODES and device.startswith("cuda") else None
 
     def _checker(self, candidate: stored_code.AotFunction) -> Checker | None:
         return None if candidate.assumptions is None else Checker(self._torch, candidate.assumptions)

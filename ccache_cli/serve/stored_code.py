@@ -20,6 +20,7 @@ from typing import Any
 from ccache_cli.in_program.usage import VIEW_ENV
 from ccache_cli.key.assumptions import Checker
 from ccache_cli.precompile import plan
+from ccache_cli.serve.cuda_graphs import CudaGraphs
 from ccache_cli.serve.views import ended_processes, read_description
 from ccache_cli.store.assumptions import SizeAssumptions
 from ccache_cli.store.manifest import Source, range_bounds
@@ -215,6 +216,7 @@ class Package(_ForEntry):
         self, torch: Any, loader: Any, model: Any, tensors: dict[str, tuple[dict[str, Any], str, Any]]
     ) -> None:
         self._loader = loader
+        self._run: Callable[[list[Any]], list[Any]] = loader.boxed_run
         self._tensor_type = torch.Tensor
         self._global_hooks = torch.nn.modules.module
         pytree = torch.utils._pytree
@@ -234,10 +236,17 @@ class Package(_ForEntry):
         self._bound = [(slot, name, tensor, tensor.data_ptr()) for slot, name, tensor in tensors.values()]
 
     @classmethod
-    def load(cls, torch: Any, path: str, device: str, model: Any) -> Package:
+    def load(
+        cls, torch: Any, path: str, device: str, model: Any, cuda_graphs: Callable[[str], None] | None = None
+    ) -> Package:
         """The package bound to `model`, on `device` (PackageUnbound where it needs a
-        tensor the model lacks)."""
-        loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, plan.package_device_index(device))
+        tensor the model lacks). With `cuda_graphs`, its runs are replayed from CUDA
+        graphs (serve/cuda_graphs.py), and `cuda_graphs` is told what became of them."""
+        # Single-threaded: no synchronisation between runs, which a recording cannot hold
+        # (the graphs' lock orders the calls).
+        single_threaded = cuda_graphs is not None
+        index = plan.package_device_index(device)
+        loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", single_threaded, 1, index)
         owned: dict[str, tuple[dict[str, Any], str, Any]] = {}
         for prefix, module in model.named_modules(remove_duplicate=False):
             for slot in (module._parameters, module._buffers):
@@ -253,7 +262,10 @@ class Package(_ForEntry):
         tensors = {name: owned[name] for name in names}
         # use_inactive=False, check_full_update=True, user_managed=True: shared, never copied
         loader.load_constants({name: tensor for name, (_, _, tensor) in tensors.items()}, False, True, True)
-        return cls(torch, loader, model, tensors)
+        package = cls(torch, loader, model, tensors)
+        if cuda_graphs is not None:
+            package._run = CudaGraphs(torch, loader.boxed_run, cuda_graphs)
+        return package
 
     def serves(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         return (
@@ -274,5 +286,5 @@ class Package(_ForEntry):
     def __call__(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         ordered = {name: kwargs[name] for name in self._keywords}
         leaves = self._flatten((args, ordered))[0]
-        outputs = self._loader.boxed_run([leaf for leaf in leaves if isinstance(leaf, self._tensor_type)])
+        outputs = self._run([leaf for leaf in leaves if isinstance(leaf, self._tensor_type)])
         return self._unflatten(outputs, self._out_spec)
