@@ -240,8 +240,8 @@ def main() -> None:
         print(
             "precompile phases: first calls "
             + ", ".join(f"{report['label']} {report['wall_s']:.1f} s" for report in timings["sizes"])
-            + f"; aot_compile functions {sum(timings.get('aot', {}).values()):.1f} s"
-            + f"; packages {sum(timings.get('packages', {}).values()):.1f} s"
+            + f"; aot_compile functions {sum((timings.get('aot') or {}).values()):.1f} s"
+            + f"; packages {sum((timings.get('packages') or {}).values()):.1f} s"
         )
         for path, ref in manifest["files"].items():  # torch's own AOT files, as precompile saved them
             if path.startswith("aot/"):

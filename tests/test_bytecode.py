@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.cli import MODELS, ccache, ccache_json
+from helpers.cli import ccache, ccache_json
 
 from ccache_cli.in_program import bytecode
 from ccache_cli.store.store import Store
@@ -135,15 +135,9 @@ def _python(code: str, env: dict[str, str], cwd: Path) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def test_no_bytecode_stores_only_the_compiled_artifacts(tmp_path: Path) -> None:
-    """`--no-bytecode`, for images that have .pyc files: the entry holds no bytecode, a
-    fraction of the size, and a program still finds every graph warm."""
-    store = tmp_path / "store"
-    result = ccache("precompile", "small.py:build_served", "--sizes", "1", "--no-bytecode", store=store, cwd=MODELS)
-    assert result.returncode == 0, result.stderr
-    [entry] = ccache_json("inspect", store=store)["entries"]
-    assert "bytecode" not in entry["artifacts"] and entry["bytes"] < 5_000_000, entry["artifacts"]
-    assert entry["compile"]["bytecode"] is False  # another entry than the one with bytecode
+def test_a_capture_with_no_bytecode_stores_none(tmp_path: Path) -> None:
+    """`run --capture --no-bytecode`, for images that have .pyc files (precompile's
+    `--no-bytecode` is checked where test_size_ranges.py precompiles with it)."""
     captured = ccache(
         "run", "--capture", "c", "--no-bytecode", "--json", "--", sys.executable, "-c", CAPTURED, store=tmp_path / "c"
     )

@@ -45,6 +45,7 @@ def _server_command(recipe: str) -> list[str]:
 
 
 @pytest.mark.skipif(REGISTRY is None, reason=NO_REGISTRY)
+@pytest.mark.extended
 def test_dockerfile_kubernetes_and_ci_recipes(tmp_path: Path, example_store: Path) -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     kubernetes = (DEPLOY / "kubernetes.yaml").read_text()

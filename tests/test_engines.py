@@ -26,6 +26,7 @@ def last_json(output: str) -> dict:
     return json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
 
 
+@pytest.mark.extended
 def test_cache_env_stores_a_jit_extension_cache_and_says_when_it_is_built_again(tmp_path: Path) -> None:
     store, views = tmp_path / "store", {"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
     program = [sys.executable, str(PROGRAMS / "inline_extension.py")]

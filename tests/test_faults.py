@@ -176,6 +176,7 @@ def test_kill_9_at_random_moments(command: str, source: dict, tmp_path: Path, cl
         shutil.rmtree(target)
 
 
+@pytest.mark.extended
 def test_kill_9_of_precompile(small_store: dict, tmp_path: Path, clean: Clean) -> None:
     rng = random.Random(f"{SEED}-precompile")
     args = list(SMALL_PRECOMPILE)

@@ -30,6 +30,7 @@ PROGRAM = textwrap.dedent(
 )
 
 
+@pytest.mark.extended
 def test_a_program_in_another_venv_gets_its_entry_and_bytecode(tmp_path: Path) -> None:
     python = foreign_venv(tmp_path / "venv")
     [site] = (tmp_path / "venv" / "lib").glob("python3*/site-packages")

@@ -105,7 +105,8 @@ def test_cuda_run_capture_and_api(cuda_store: Path, tmp_path: Path) -> None:
     # neither Dynamo nor Inductor imported, else its aot_compile function.
     assert counters["same"] and counters.get("frames", 0) == 0
     usage = ccache_json("inspect", store=store)["entries"][0]["usage"]
-    assert counters["compile_stack"] == [] or packages["status"] != "stored", (served.stderr, usage)
+    said = f"{served.stderr} not routed: {usage['not_routed']} refused: {usage.get('refused')}"
+    assert counters["compile_stack"] == [] or packages["status"] != "stored", said
 
     captured_store = tmp_path / "captured"
     command = ["--", sys.executable, str(serve), "torch", "[2, 4]", "cuda"]

@@ -193,6 +193,7 @@ class _HostileHandler(socketserver.BaseRequestHandler):
                 return
 
 
+@pytest.mark.extended
 @pytest.mark.parametrize(
     ("mode", "env", "said", "commands"),
     [

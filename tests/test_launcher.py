@@ -93,6 +93,7 @@ def test_a_cmake_project_with_ccache_as_its_compiler_launcher(tmp_path: Path, wi
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_torch_load_inline_builds_with_ccache_cli_first_on_path(tmp_path: Path) -> None:
     """torch.utils.cpp_extension puts `shutil.which("ccache")` in front of the compiler."""
     program = Path(__file__).parent / "programs" / "inline_extension.py"

@@ -92,6 +92,7 @@ def test_graph_break_skips_aot_functions_but_not_packages(models: Path, tmp_path
     assert entry["artifacts"]["fxgraph"] >= 2  # one graph each side of the break
 
 
+@pytest.mark.extended
 def test_concurrent_precompiles_of_two_models_both_complete_and_force_compiles_again(
     models: Path, tmp_path: Path
 ) -> None:

@@ -287,6 +287,7 @@ class CuttingProxy:
         self.listener.close()
 
 
+@pytest.mark.extended
 def test_a_pull_cut_off_resumes_where_it_stopped(registry: Registry, tmp_path: Path) -> None:
     """The registry killed mid-pull: exit 1, no entry published; restarted, the next
     pull completes and downloads only the layers it did not finish."""

@@ -58,6 +58,8 @@ def serve(ranged: dict, tmp_path: Path, case: str, sizes: list[int]) -> tuple[di
 def test_the_entry_names_its_range(ranged: dict) -> None:
     [entry] = ccache_json("inspect", store=ranged["store"])["entries"]
     assert entry["sizes"] == [] and entry["ranges"] == [[1, 8]]
+    # `--no-bytecode`, for images that have .pyc files: no bytecode, and another key.
+    assert "bytecode" not in entry["artifacts"] and entry["compile"]["bytecode"] is False, entry
     assert entry["artifacts"]["aot"] == 1  # the range's package
     assert list(entry["assumptions"]) == ["1-8"]
     listing = ccache("inspect", store=ranged["store"]).stdout

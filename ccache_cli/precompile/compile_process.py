@@ -225,7 +225,8 @@ def _measure(torch: Any, device: str, call: Callable[[], Any]) -> tuple[dict[str
     clear_compilation_metrics()
     start = time.perf_counter()
     with torch.no_grad():
-        output = call()
+        # A copy: under a mode that records CUDA graphs, the next call overwrites the output.
+        output = torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.clone, call())
     if fingerprint.is_gpu_device(device):
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
