@@ -14,6 +14,7 @@ import pytest
 from helpers.cli import ccache, ccache_json
 
 from ccache_cli.in_program import bytecode
+from ccache_cli.store import bytecode_list
 from ccache_cli.store.store import Store
 
 pytestmark = pytest.mark.slow  # real compiles or kill -9 loops
@@ -27,13 +28,17 @@ def _manifest(store: Path, entry_id: str) -> dict:
 
 def test_precompile_stores_checked_hash_based_bytecode(example_store: Path, example_entry: dict) -> None:
     assert example_entry["artifacts"]["bytecode"] > 500
-    manifest = _manifest(example_store, example_entry["id"])
-    modules = {info["module"] for info in manifest["bytecode"].values()}
-    assert {"torch._dynamo.utils", "torch._inductor.codecache", "ccache_cli.examples.tiny_transformer"} <= modules
     store = Store(example_store)
+    entry = store.find(example_entry["id"])
+    modules = {info["module"] for info in entry.bytecode.values()}
+    assert {"torch._dynamo.utils", "torch._inductor.codecache", "ccache_cli.examples.tiny_transformer"} <= modules
+    # Listed once, in a blob the manifest names: the manifest repeats none of it.
+    manifest = _manifest(example_store, example_entry["id"])
+    assert "bytecode" not in manifest and not any(path.endswith(".pyc") for path in manifest["files"])
+    assert manifest["bytecode_list"]["modules"] == len(modules) and "torch" in manifest["bytecode_list"]["tops"]
     tag = sys.implementation.cache_tag
     path = f"bytecode/torch/_dynamo/utils.{tag}.pyc"
-    data = Path(store.blob_file(manifest["files"][path]["sha256"])).read_bytes()
+    data = Path(store.blob_file(entry.all_files[path]["sha256"])).read_bytes()
     assert data[:4] == importlib.util.MAGIC_NUMBER
     assert int.from_bytes(data[4:8], "little") == 0b11  # hash-based and checked against the source (PEP 552)
 
@@ -88,7 +93,7 @@ def test_a_changed_source_is_compiled_afresh_never_served_stale(small_store: dic
     shutil.copytree(small_store["store"], store)
     shutil.copytree(small_store["models"], models)
     entry = ccache_json("inspect", store=store)["entries"][0]
-    assert "small" in {info["module"] for info in _manifest(store, entry["id"])["bytecode"].values()}
+    assert "small" in {info["module"] for info in Store(store).find(entry["id"]).bytecode.values()}
     env = {"PYTHONPATH": str(models), "CCACHE_CLI_VIEWS": str(tmp_path / "views")}
     probe = "import small; print(getattr(small, 'MARK', 'original'))"
     before = {p: p.read_bytes() for p in (store / "objects").rglob("*") if p.is_file()}
@@ -147,3 +152,32 @@ def test_a_capture_with_no_bytecode_stores_none(tmp_path: Path) -> None:
 
 
 CAPTURED = "import torch; torch.compile(lambda x: x * 2 + 1)(torch.ones(4))"
+
+
+def test_entries_of_one_environment_share_one_bytecode_list(small_store: dict, tmp_path: Path) -> None:
+    """The compile stack's bytecode is listed once, in a blob each entry's manifest
+    names: two sizes of one model share it, no manifest repeats it, an archive carries
+    it once, and the unpacked entries read it back; a damaged list is named by verify."""
+    store, models = tmp_path / "store", small_store["models"]
+    shutil.copytree(small_store["store"], store)
+    result = ccache("precompile", "small.py", "--sizes", "3", "--no-aot", store=store, cwd=models)
+    assert result.returncode == 0, result.stderr
+    entries = [Store(store).find(entry["id"]) for entry in ccache_json("inspect", store=store)["entries"]]
+    assert len(entries) == 2 and len({entry.files[bytecode_list.LIST_PATH]["sha256"] for entry in entries}) == 1
+    for entry in entries:
+        manifest = store / "entries" / entry.id / "manifest.json"
+        assert manifest.stat().st_size < 100_000 and len(entry.bytecode) > 500, manifest.stat().st_size
+    archive = tmp_path / "both.tar.zst"
+    assert ccache("pack", str(archive), store=store).returncode == 0
+    target = tmp_path / "target"
+    assert ccache("unpack", str(archive), store=target).returncode == 0
+    report = ccache_json("verify", store=target, cwd=models)
+    checks = {(check["entry"], check["check"]): check for check in report["checks"]}
+    for entry in entries:
+        assert checks[entry.id, "integrity"]["ok"] and checks[entry.id, "bytecode"]["ok"], report
+        assert Store(target).find(entry.id).all_files == entry.all_files
+    listed = Path(Store(target).blob_file(entries[0].files[bytecode_list.LIST_PATH]["sha256"]))
+    listed.chmod(0o644)
+    listed.write_bytes(listed.read_bytes().replace(b'"modules"', b'"moduleZ"'))
+    report = ccache("verify", "--json", store=target, cwd=models)
+    assert report.returncode == 1 and "bytecode/list.json" in report.stdout, report.stdout

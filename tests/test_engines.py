@@ -65,6 +65,7 @@ def test_a_captured_triton_cache_names_its_files_where_the_view_holds_them(tmp_p
     assert "engine cache" not in result.stderr, result.stderr
 
 
+@pytest.mark.extended
 def test_cache_env_carries_numba_s_own_cache_to_a_fresh_process(tmp_path: Path) -> None:
     """Numba keeps the machine code of `@njit(cache=True)` functions in NUMBA_CACHE_DIR:
     captured with --cache-env, packed and unpacked into another store, a fresh process

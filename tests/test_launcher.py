@@ -75,6 +75,7 @@ def test_without_a_compiler_cache_its_options_say_what_this_ccache_is(tmp_path: 
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake (apt-get install cmake)")
+@pytest.mark.extended
 @pytest.mark.parametrize("with_compiler_cache", [False, True])
 def test_a_cmake_project_with_ccache_as_its_compiler_launcher(tmp_path: Path, with_compiler_cache: bool) -> None:
     if with_compiler_cache and COMPILER_CACHE is None:

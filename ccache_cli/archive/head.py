@@ -23,14 +23,17 @@ from ccache_cli.archive.frames import FRAME_SIZE, Frame, FrameReader, FrameWrite
 from ccache_cli.archive.signing import SIGNATURE_LIMIT, SIGNATURE_NAME, PublicKey, Signer
 from ccache_cli.archive.tarstream import REGULAR, Member, TarReader, TarWriter
 from ccache_cli.errors import ArchiveError
-from ccache_cli.store import artifacts, documents, manifest, schema
+from ccache_cli.store import documents, manifest, schema
 from ccache_cli.store.artifacts import KindSummary
 from ccache_cli.store.hashing import hash_json
 from ccache_cli.store.manifest import Manifest
 
 Progress = Callable[[int], None]  # called with a count of bytes just handled
 
-ARCHIVE_FORMAT = 4
+ARCHIVE_FORMAT = 5
+# Format 4 manifests list their .pyc files inline; 5's may name a bytecode list
+# (store/bytecode_list.py), which an older reader would not lay out: it refuses format 5.
+_READABLE_FORMATS = (4, ARCHIVE_FORMAT)
 INDEX_NAME = "index.json"
 FILES_NAME = "files.json"
 _INDEX_LIMIT = 256 << 20  # an index, blob list or files.json past this is not one this tool wrote
@@ -65,9 +68,7 @@ def index_document(entries: Sequence[Manifest]) -> bytes:
         {
             "format": ARCHIVE_FORMAT,
             "entries": [entry.without_files() for entry in ordered],
-            "artifacts": {
-                entry.id: [[k.kind, k.count, k.bytes] for k in artifacts.kinds_of(entry.files)] for entry in ordered
-            },
+            "artifacts": {entry.id: [[k.kind, k.count, k.bytes] for k in entry.totals.kinds] for entry in ordered},
             "digests": {entry.id: entry.digest() for entry in ordered},
         }
     )
@@ -218,7 +219,7 @@ def parse_index(data: bytes) -> Index:
             f"archive format {version} was written by an older ccache-cli, which did not cover "
             "manifests by a hash; pack it again with this version"
         )
-    if version != ARCHIVE_FORMAT:
+    if version not in _READABLE_FORMATS:
         raise ArchiveError(
             f"archive format {version!r} is not supported (this ccache-cli reads format {ARCHIVE_FORMAT}); upgrade ccache-cli"
         )

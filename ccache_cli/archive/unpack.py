@@ -32,6 +32,7 @@ from ccache_cli.archive.head import Head, Progress
 from ccache_cli.archive.signing import PublicKey
 from ccache_cli.archive.tarstream import BLOB_PREFIX
 from ccache_cli.errors import ArchiveError, BadInputError, CcacheError, ReportedError
+from ccache_cli.store.bytecode_list import carried_blobs
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.staging import link_present
 from ccache_cli.store.store import Store
@@ -81,12 +82,16 @@ def _unpack(
     wanted_entries, skipped = [], []
     for entry in head.read_files(sizes):
         (wanted_entries if select(entry) else skipped).append(entry)
-    wanted_blobs = {sha256 for entry in wanted_entries for sha256 in entry.blobs()}
-    new_bytes = sum(sizes[sha256] for sha256 in wanted_blobs if sha256 not in present)
     store.stage_entries(wanted_entries, staging)
     received, _ = _merge(workers.finish(), names)
     if missing := len(names) - len(received):
         raise ArchiveError(f"archive is truncated or incomplete: {missing} blob(s) listed in {BLOBS_NAME} are absent")
+    # Every blob is staged now, the entries' bytecode lists too, which name their .pyc files.
+    wanted_entries = [
+        entry.reading(lambda sha256: (objects / sha256[:2] / sha256).read_bytes()) for entry in wanted_entries
+    ]
+    wanted_blobs = carried_blobs(wanted_entries, sizes, "archive")
+    new_bytes = sum(sizes[sha256] for sha256 in wanted_blobs if sha256 not in present)
     if len(wanted_blobs) < len(names):  # some blobs were staged for no chosen entry
         for sha256 in set(names).difference(wanted_blobs):
             os.unlink(objects / sha256[:2] / sha256)

@@ -18,11 +18,10 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree
 
 from ccache_cli.archive.signing import PublicKey
 from ccache_cli.archive.unpack import check_blobs, is_archive_path, open_source
@@ -31,10 +30,10 @@ from ccache_cli.in_program import bytecode, engines, fingerprint, usage
 from ccache_cli.key import sources
 from ccache_cli.registry.reference import is_reference
 from ccache_cli.serve import routing
-from ccache_cli.store import manifest
 from ccache_cli.store.artifacts import OUTPUTS_PREFIX
 from ccache_cli.store.hashing import sha256_file
 from ccache_cli.store.manifest import Manifest, label_order
+from ccache_cli.store.schema import ManifestError
 from ccache_cli.store.store import Store
 
 _SHOWN = 3  # problems named in one check's detail; the rest are counted
@@ -98,7 +97,8 @@ def verify(
     search = sources.search_path()
     checks += static_checks(entries, broken, machine, search)
     if target is None:  # bytecode matches the sources of the machine that runs it, not a target's
-        checks += [bytecode_check(entry) for entry in entries if entry.bytecode]
+        checks += [bytecode_check(entry) for entry in entries if entry.bytecode_listed]
+    checks += _unnamed_broken_blobs(entries, broken)
     if run:
         checks += [run_check(store, entry, search) for entry in entries]
     return VerifyReport(tuple(checks), str(target) if target is not None else "this machine")
@@ -161,12 +161,13 @@ def static_checks(
     checks = []
     lookups = sources.Lookups()
     for entry in entries:
+        files = _readable_files(entry)
         problems = [
             f"blob {ref['sha256'][:12]} ({path}): {broken_blobs[ref['sha256']]}"
-            for path, ref in (sorted(entry.files.items()) if broken_blobs else ())
+            for path, ref in (sorted(files.items()) if broken_blobs else ())
             if ref["sha256"] in broken_blobs
         ]
-        checks.append(_check(entry, "integrity", problems, f"{len(entry.files)} files intact"))
+        checks.append(_check(entry, "integrity", problems, f"{len(files)} files intact"))
         mismatches = [str(m) for m in fingerprint.mismatches(entry.fingerprint, entry.device, target)]
         checks.append(_check(entry, "compatibility", mismatches, "every key component matches"))
         stale = [
@@ -180,6 +181,26 @@ def static_checks(
         if entry.compile.engines:
             checks.append(engines_check(entry))
     return checks
+
+
+def _readable_files(entry: Manifest) -> Mapping[str, Mapping[str, Any]]:
+    """Every file of the entry where its bytecode list can be read; else its manifest's
+    own (an archive's entry, whose list is a blob in it; a damaged list, named then)."""
+    try:
+        return entry.all_files
+    except ManifestError:
+        return entry.files
+
+
+def _unnamed_broken_blobs(entries: Sequence[Manifest], broken: Mapping[str, str]) -> list[Check]:
+    """Broken blobs no entry's files name as read here: an archive's .pyc files, which
+    its entries' bytecode lists name (each of them a blob the archive checks too)."""
+    named = {ref["sha256"] for entry in entries for ref in _readable_files(entry).values()}
+    return [
+        Check("?", "integrity", False, f"blob {sha256[:12]} (a file of a bytecode list): {why}")
+        for sha256, why in sorted(broken.items())
+        if sha256 not in named
+    ]
 
 
 def engines_check(entry: Manifest) -> Check:
@@ -233,7 +254,12 @@ def bytecode_check(entry: Manifest) -> Check:
     this costs start-up time, not correctness; it fails only for torch's and Triton's
     own files, which then are not the build the entry was compiled with (a patched
     torch of the same version), whatever the version says."""
-    stored = entry.bytecode
+    try:
+        stored = entry.bytecode
+    except ManifestError as exc:  # an archive's entry, whose bytecode list is a blob in it; or a damaged list
+        if entry.read_blob is None:
+            return Check(entry.id, "bytecode", True, "checked once unpacked (its bytecode list is a blob of it)")
+        return Check(entry.id, "bytecode", False, str(exc))
     changed, absent = bytecode.changed_sources(stored)
     compile_stack = [module for module in changed if module.partition(".")[0] in ("torch", "triton")]
     served = f"{len(stored) - absent - len(changed)} of {len(stored)} modules' bytecode matches their sources here"
@@ -254,7 +280,7 @@ def _first(names: Sequence[str], shown: int = 5) -> str:
 def broken_store_blobs(store: Store, entries: Iterable[Manifest]) -> dict[str, str]:
     """Re-hash every blob the entries name; what is wrong with each bad one."""
     broken: dict[str, str] = {}
-    sizes = manifest.blob_sizes(entries)
+    sizes = {ref["sha256"]: ref["size"] for entry in entries for ref in _readable_files(entry).values()}
     for sha256, size in sizes.items():
         path = store.blob_path(sha256)
         try:
@@ -364,24 +390,6 @@ def _import_roots(entry: Manifest, search: Sequence[str]) -> list[str]:
             if root not in roots:
                 roots.append(root)
     return roots
-
-
-def junit_xml(report: VerifyReport) -> bytes:
-    suite = ElementTree.Element(
-        "testsuite",
-        name="ccache verify",
-        tests=str(len(report.checks)),
-        failures=str(sum(not check.ok for check in report.checks)),
-    )
-    for check in report.checks:
-        case = ElementTree.SubElement(suite, "testcase", classname=f"entry {check.entry[:12]}", name=check.check)
-        if check.ok:
-            ElementTree.SubElement(case, "system-out").text = check.detail
-        else:
-            ElementTree.SubElement(case, "failure", message=check.detail).text = check.detail
-    root = ElementTree.Element("testsuites")
-    root.append(suite)
-    return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
 def _check(entry: Manifest, name: str, problems: list[str], ok_detail: str) -> Check:

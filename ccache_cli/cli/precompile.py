@@ -189,6 +189,6 @@ def _print_summary(precompiled: Precompiled) -> None:
         else:
             out.print(f"{what} {status}: {reason}", soft_wrap=True)
     out.print(
-        f"Stored entry [bold]{entry.short_id}[/bold] ({entry.name}): {len(entry.files)} files, "
+        f"Stored entry [bold]{entry.short_id}[/bold] ({entry.name}): {len(entry.all_files)} files, "
         f"{human_bytes(entry.bytes)} ({human_bytes(result.new_bytes)} new) in {result.seconds:.1f} s."
     )

@@ -3,9 +3,9 @@
 Where each output contract lives: a command's `--json` document is its result's
 `to_json()`, defined beside the result (the frozen dataclass the core returns, in
 check/, serve/ and store/, or a CLI wrapper of one in cli/): `show` here prints that or
-the human view. Two outputs are formats of their own, defined where their data is and
-printed here: `verify --junit`'s XML (check/verify.py `junit_xml`) and `ccache env`'s
-shell exports (serve/activation.py `Activation.shell_exports`). Everything human is
+the human view. Two outputs are formats of their own: `verify --junit`'s XML
+(cli/verify.py `junit_xml`) and `ccache env`'s shell exports (serve/activation.py
+`Activation.shell_exports`, which `activate()` uses too). Everything human is
 formatted in cli/.
 """
 

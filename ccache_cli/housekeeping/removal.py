@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import stat
 from collections import Counter
@@ -24,9 +25,10 @@ from typing import Any
 from ccache_cli.errors import CcacheError, UnsafeFolderError
 from ccache_cli.in_program import usage
 from ccache_cli.serve import views
-from ccache_cli.store import durable, owners
+from ccache_cli.store import bytecode_list, durable, owners
 from ccache_cli.store.leftovers import remove
 from ccache_cli.store.manifest import Manifest
+from ccache_cli.store.schema import ManifestError
 from ccache_cli.store.store import Store
 
 
@@ -159,7 +161,7 @@ def apply(store: Store, plan: Plan) -> None:
             usage.forget(store, entry.id)
         if trash:
             durable.fsync_dir(store.entries_dir)
-        named = store.named_blobs()
+        named = _named_blobs(store)
         for sha256 in plan.blobs:
             if sha256 not in named:
                 with contextlib.suppress(FileNotFoundError):
@@ -214,9 +216,9 @@ def _plan(
     warnings: tuple[str, ...],
 ) -> Plan:
     gone = {entry.id for entry in chosen}
-    kept = {sha256 for entry in entries if entry.id not in gone for sha256 in entry.blobs()}
+    kept = {sha256 for entry in entries if entry.id not in gone for sha256 in _blobs_kept(entry)}
     if warnings:  # an entry that could not be read keeps the blobs it names: it may be mended
-        kept |= store.named_blobs() - {sha256 for entry in chosen for sha256 in entry.blobs()}
+        kept |= _named_blobs(store) - {sha256 for entry in chosen for sha256 in _blobs_kept(entry)}
     blobs = tuple(sorted(sha256 for sha256 in sizes if sha256 not in kept))
     return Plan(
         tuple(chosen),
@@ -240,3 +242,28 @@ def _tree_bytes(folder: Path) -> int:
                 status = os.lstat(os.path.join(parent, name))
                 total += status.st_size if stat.S_ISREG(status.st_mode) else 0
     return total
+
+
+def _blobs_kept(entry: Manifest) -> set[str]:
+    """An entry's blobs; where its bytecode list cannot be read, those its manifest names."""
+    try:
+        return entry.blobs()
+    except ManifestError:
+        return {ref["sha256"] for ref in entry.files.values()}
+
+
+def _named_blobs(store: Store) -> set[str]:
+    """Every blob any entry folder's manifest names (its bytecode list's too), whether
+    or not the manifest passes its checks: what `gc` must keep."""
+    named: set[str] = set()
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(store.entries_dir):
+            try:
+                files = json.loads((store.entries_dir / name / "manifest.json").read_bytes())["files"]
+                named.update(ref["sha256"] for ref in files.values() if isinstance(ref.get("sha256"), str))
+                listed = files.get(bytecode_list.LIST_PATH)
+                if listed is not None:  # its .pyc files, named in the list
+                    named.update(ref["sha256"] for ref in bytecode_list.read(listed, store.read_blob).files.values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, ManifestError):
+                continue
+    return named

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +37,14 @@ KEY_FOLDERS = {
     "VLLM_CACHE_ROOT": ("torch_compile_cache/torch_aot_compile/", "torch_compile_cache/"),
     "SGLANG_JIT_CACHE_ROOT": ("torch_compile/",),
 }
+# An engine's cache root is named by a variable that says it is one (VLLM_CACHE_ROOT,
+# TRITON_CACHE_DIR, NUMBA_CACHE_DIR, TORCH_EXTENSIONS_DIR, DG_JIT_CACHE_DIR,
+# FLASHINFER_WORKSPACE_BASE): `run` points it at an entry's files, and an entry may come
+# from an archive, so a variable that changes how other programs start or are
+# configured (PATH, XDG_*, HOME, a compiler cache's CCACHE_DIR) is never one.
+_ENV_VAR = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+_CACHE_ROOT = re.compile(r"[A-Z][A-Z0-9_]*_(?:CACHE_DIR|CACHE_ROOT|CACHE_PATH|EXTENSIONS_DIR|WORKSPACE_BASE)")
+_NOT_CACHE_ROOTS = re.compile(r"XDG_.*|CCACHE_.*|SCCACHE_.*|TORCHINDUCTOR_CACHE_DIR")
 LAID_OUT_FILE = "engines.json"  # in a view: VAR -> {"version": str | None, "files": [relative paths]}
 ENGINES_DIR = "engines"  # in a view and in a capture's staging folder: one folder per VAR
 IGNORED_DIRS = frozenset({"locks"})  # lock files: nothing to carry or compare
@@ -199,3 +208,15 @@ def _mtime(path: str) -> float:
         return os.stat(path).st_mtime
     except OSError:
         return -1.0
+
+
+def var_problem(var: str) -> str | None:
+    """Why `var` cannot name an engine's cache root (`run --capture --cache-env`), or None."""
+    if not _ENV_VAR.fullmatch(var):
+        return "not an environment variable's name (capitals, digits and _)"
+    if not _CACHE_ROOT.fullmatch(var) or _NOT_CACHE_ROOTS.fullmatch(var):
+        return (
+            "not a name for an engine's cache folder (one ending in _CACHE_DIR, _CACHE_ROOT, _CACHE_PATH, "
+            "_EXTENSIONS_DIR or _WORKSPACE_BASE, not a compiler cache's or ccache's own)"
+        )
+    return None

@@ -29,7 +29,7 @@ from ccache_cli.store import manifest
 from ccache_cli.store.artifacts import INDUCTOR_PREFIX
 from ccache_cli.store.hashing import hash_json
 from ccache_cli.store.manifest import Manifest
-from ccache_cli.store.staging import space_free, stage_artifacts, staged_blobs
+from ccache_cli.store.staging import space_free, stage_artifacts, stage_bytecode_list, staged_blobs
 from ccache_cli.store.store import Store
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -190,6 +190,7 @@ def _store_entry(
     compiled_at: Path,
 ) -> tuple[Manifest, int]:
     files, new_bytes = stage_artifacts(store, staging, staging / "artifacts")
+    own, bytecode_summary = stage_bytecode_list(store, staging, files, result.get("bytecode", {}))
     key = {
         "fingerprint": planned["fingerprint"],
         "compile": planned["compile"],
@@ -212,11 +213,11 @@ def _store_entry(
             "packages": {k: v for k, v in result["packages"].items() if k != "seconds"},
         },
         assumptions=result.get("assumptions"),
-        bytecode=result.get("bytecode", {}),
+        bytecode_summary=bytecode_summary,
         compiled_at=str(compiled_at),
-        files=files,
+        files=own,
     )
-    [(entry, _)] = store.publish([entry], staging, staged_blobs(files))
+    [(entry, _)] = store.publish([entry], staging, staged_blobs(files) | staged_blobs(own))
     return entry, new_bytes
 
 

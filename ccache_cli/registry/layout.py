@@ -91,8 +91,9 @@ def cut(entry: Manifest) -> tuple[list[tuple[str, ...]], list[str]]:
     filled = 0
     big: set[str] = set()
     seen: set[str] = set()
-    for path in sorted(entry.files):
-        ref = entry.files[path]
+    files = entry.all_files
+    for path in sorted(files):
+        ref = files[path]
         sha256, size = ref["sha256"], ref["size"]
         if sha256 in seen:
             continue
@@ -151,8 +152,17 @@ def _zstd_bound(size: int) -> int:
 
 def catalog_bytes(entry: Manifest, packs: Sequence[tuple[str, Sequence[str]]], big: Sequence[str]) -> bytes:
     """An entry's catalog: its file list (which, with the index's manifest, hashes to
-    the digest in the index), each pack's layer digest and blobs, its raw blobs."""
-    document = {"files": dict(entry.files), "packs": [[digest, list(blobs)] for digest, blobs in packs], "blobs": big}
+    the digest in the index), the blobs its bytecode list names besides (sha256 ->
+    size: what a pull downloads before it can read the list), each pack's layer digest
+    and blobs, its raw blobs."""
+    own = {ref["sha256"] for ref in entry.files.values()}
+    listed = {ref["sha256"]: ref["size"] for ref in entry.all_files.values() if ref["sha256"] not in own}
+    document = {
+        "files": dict(entry.files),
+        "listed": dict(sorted(listed.items())),
+        "packs": [[digest, list(blobs)] for digest, blobs in packs],
+        "blobs": big,
+    }
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(_canonical(document))
 
 
@@ -253,6 +263,7 @@ class Catalog:
     entry: Manifest  # complete: its files put back, hashing to its digest in the index
     packs: tuple[tuple[str, tuple[str, ...]], ...]  # each pack's layer digest and blobs
     big: tuple[str, ...]  # blobs that are layers of their own
+    sizes: Mapping[str, int]  # every blob of the entry, its bytecode list's too, with its size
 
 
 def parse_catalog(data: bytes, listed: Manifest, index: Index, artifact: Artifact) -> Catalog:
@@ -265,6 +276,13 @@ def parse_catalog(data: bytes, listed: Manifest, index: Index, artifact: Artifac
         packs = tuple((str(digest), tuple(map(str, blobs))) for digest, blobs in document["packs"])
         big = tuple(map(str, document["blobs"]))
         entry = complete_manifest(index, listed, document["files"], "artifact")
+        bytecode_blobs = document.get("listed", {})
+        if not isinstance(bytecode_blobs, dict) or not all(
+            isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in bytecode_blobs.values()
+        ):
+            raise ValueError("its listed blobs are not sizes by sha256")
+        if not schema.all_hex64(list(bytecode_blobs)):
+            raise ValueError("its listed blobs are not named by sha256")
     except (zstandard.ZstdError, ValueError, KeyError, TypeError) as exc:
         raise ArchiveError(f"the catalog of entry {listed.short_id} is malformed ({exc})") from exc
     held: set[str] = set(big)
@@ -277,11 +295,11 @@ def parse_catalog(data: bytes, listed: Manifest, index: Index, artifact: Artifac
         layer = artifact.layers.get("sha256:" + sha256)
         if layer is None or layer.media_type != BLOB_TYPE:
             raise ArchiveError(f"the catalog of entry {listed.short_id} names a blob layer the manifest lacks")
-    sizes = {ref["sha256"]: ref["size"] for ref in entry.files.values()}
+    sizes = {**bytecode_blobs, **{ref["sha256"]: ref["size"] for ref in entry.files.values()}}
     if held != set(sizes) or any(artifact.layers["sha256:" + sha256].size != sizes.get(sha256) for sha256 in big):
         raise ArchiveError(f"the catalog of entry {listed.short_id} does not account for every blob of the entry")
     for digest, blobs in packs:  # a pull holds a pack whole: bounded, as push makes them
         length = pack_length([sizes[sha256] for sha256 in blobs])
         if length > PACK_LIMIT or artifact.layers[digest].size > _zstd_bound(length):
             raise ArchiveError(f"the catalog of entry {listed.short_id} names a pack larger than any ccache writes")
-    return Catalog(entry, packs, big)
+    return Catalog(entry, packs, big, sizes)

@@ -24,7 +24,7 @@ from typing import TypeVar
 from ccache_cli.archive import processes, signing
 from ccache_cli.archive.head import Index, index_document, parse_index
 from ccache_cli.errors import ArchiveError, RegistryError, ReportedError
-from ccache_cli.store import manifest
+from ccache_cli.store import bytecode_list, manifest
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.staging import link_present
 from ccache_cli.store.store import Store
@@ -246,11 +246,7 @@ def pull(
             try:
                 for catalog in in_threads(read_catalog, chosen):
                     catalogs[catalog.entry.id] = catalog
-                    new = {
-                        sha256: size
-                        for sha256, size in manifest.blob_sizes([catalog.entry]).items()
-                        if sha256 not in sizes
-                    }
+                    new = {sha256: size for sha256, size in catalog.sizes.items() if sha256 not in sizes}
                     sizes.update(new)
                     linked = link_present(store, objects, new, listings)
                     present |= linked
@@ -275,7 +271,8 @@ def pull(
             raise ArchiveError(
                 f"{remote.reference}: its layers lack {len(needed - verified)} blob(s) its catalogs name"
             )
-        entries = [catalogs[listed.id].entry for listed in chosen]
+        entries = [catalogs[listed.id].entry.reading(_staged(objects)) for listed in chosen]
+        bytecode_list.carried_blobs(entries, sizes, remote.reference)  # each bytecode list as its catalog said
         published = store.publish(entries, staging, needed | present)  # linked ones too: rm and gc may run
     downloads_made = [artifact.index, *(artifact.catalogs[entry.id] for entry in chosen), *fetched.values()]
     return PullResult(
@@ -306,6 +303,11 @@ def _jobs(
             needed = needed - wanted
             jobs.append((digest, blobs, frozenset(wanted)))
     return sorted(jobs, key=lambda job: -artifact.layers[job[0]].size)
+
+
+def _staged(objects: Path) -> Callable[[str], bytes]:
+    """What reads a blob staged (downloaded or linked) under `objects`."""
+    return lambda sha256: (objects / sha256[:2] / sha256).read_bytes()
 
 
 def _keep_only(objects: Path, kept: set[str]) -> None:

@@ -34,8 +34,7 @@ from ccache_cli.serve.function_capture import CAPTURE_FUNCTIONS_ENV, CAPTURE_REC
 from ccache_cli.store import manifest
 from ccache_cli.store.artifacts import BYTECODE_PREFIX, ENGINES_PREFIX, FUNCTIONS_PREFIX
 from ccache_cli.store.manifest import Manifest
-from ccache_cli.store.schema import engine_var_problem
-from ccache_cli.store.staging import space_free, stage_artifacts, staged_blobs
+from ccache_cli.store.staging import space_free, stage_artifacts, stage_bytecode_list, staged_blobs
 from ccache_cli.store.store import Store
 
 CAPTURE_BYTECODE_ENV = "CCACHE_CLI_CAPTURE_BYTECODE"  # 0: the start-up hook records no .pyc
@@ -75,7 +74,7 @@ def check_cache_envs(cache_envs: Sequence[str]) -> list[str]:
     """Every engine cache root a capture gives its command: vLLM's and `cache_envs`
     (BadInputError for a name that cannot be one)."""
     for var in cache_envs:
-        if (problem := engine_var_problem(var)) is not None:
+        if (problem := engines.var_problem(var)) is not None:
             raise BadInputError(f"--cache-env {var!r}: {problem}")
     return list(dict.fromkeys([*engines.KNOWN_ENGINES, *cache_envs]))
 
@@ -158,6 +157,7 @@ def capture(
         stored_bytecode = _gather_bytecode(records, process_records, staging / "artifacts")
         functions, not_stored = _captured_functions(records / FUNCTION_RECORDS, artifacts)
         files, _ = stage_artifacts(store, staging, staging / "artifacts")
+        own, bytecode_summary = stage_bytecode_list(store, staging, files, stored_bytecode)
         entry = manifest.build(
             name=name,
             key=key,
@@ -165,11 +165,11 @@ def capture(
             timings={"sizes": [], "aot": None, "captured_s": round(seconds, 3)},
             aot={"status": "disabled", "reason": "captured from a command"},
             functions=functions,
-            bytecode=stored_bytecode,
+            bytecode_summary=bytecode_summary,
             compiled_at=str(inductor),
-            files=files,
+            files=own,
         )
-        [(entry, new)] = store.publish([entry], staging, staged_blobs(files))
+        [(entry, new)] = store.publish([entry], staging, staged_blobs(files) | staged_blobs(own))
     return CaptureResult(entry, new, len(files), seconds, not_stored)
 
 

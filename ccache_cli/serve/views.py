@@ -45,7 +45,7 @@ from ccache_cli.store import owners
 from ccache_cli.store.artifacts import AOT_PREFIX, FUNCTIONS_PREFIX, engine_var_of
 from ccache_cli.store.hashing import hash_json
 from ccache_cli.store.manifest import Manifest
-from ccache_cli.store.schema import inside
+from ccache_cli.store.schema import ManifestError, inside
 from ccache_cli.store.store import Store
 
 VIEWS_ENV = "CCACHE_CLI_VIEWS"  # where views are made
@@ -184,7 +184,11 @@ def _link_files(
         for var, version in entry.compile.engines.items():
             settings = entry.compile.document.get("engine_settings", {}).get(var, {})
             laid_out.setdefault(var, {"version": version, "settings": settings, "files": []})
-        for path, ref in entry.files.items():
+        try:
+            files, stored_bytecode = entry.all_files, entry.bytecode
+        except ManifestError:  # a damaged bytecode list (`verify` names it): served without its bytecode
+            files, stored_bytecode = entry.files, {}
+        for path, ref in files.items():
             if (var := engine_var_of(path)) is not None:
                 if path not in made:
                     copy = inside(view, path)
@@ -199,13 +203,13 @@ def _link_files(
             own = None  # a file of the environment's own to link instead of the blob
             if path.startswith(INDUCTOR_PREFIX):
                 target = path
-            elif path in entry.bytecode:
-                placed = bytecode.prefix_path(path, entry.bytecode[path]["module"], roots)
+            elif path in stored_bytecode:
+                placed = bytecode.prefix_path(path, stored_bytecode[path]["module"], roots)
                 if placed is None:  # not importable here: nothing would read it
                     continue
                 target = f"bytecode/{placed}"
                 bytecode_modules += target not in made
-                source = bytecode.source_file(path, entry.bytecode[path]["module"], roots)
+                source = bytecode.source_file(path, stored_bytecode[path]["module"], roots)
                 own = bytecode.own_timestamp_pyc(source) if source else None
             elif path.startswith(FUNCTIONS_PREFIX):
                 target = f"{FUNCTIONS_PREFIX}{entry.id}/{path[len(FUNCTIONS_PREFIX) :]}"
@@ -252,13 +256,14 @@ def export_bytecode(store: Store, entry: Manifest, dest: Path) -> int:
     environment (as a view lays it out); returns the number of modules."""
     roots: dict[str, str | None] = {}
     count = 0
+    files = entry.all_files
     for path, info in entry.bytecode.items():
         placed = bytecode.prefix_path(path, info["module"], roots)
-        if placed is None or path not in entry.files:
+        if placed is None or path not in files:
             continue
         target = inside(dest, placed)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(store.blob_file(entry.files[path]["sha256"]), target)
+        shutil.copyfile(store.blob_file(files[path]["sha256"]), target)
         count += 1
     return count
 

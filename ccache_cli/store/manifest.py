@@ -17,22 +17,28 @@ The document, format 1:
                             "assumptions": [[check, path, expected, guard]]}} (optional),
      "functions": {"functions/...pt": {"function": module:qualname, "code": digest, "mode", "inference_mode",
                    "globals": {name: module}, "assumptions": as a size's}} (optional: captures),
-     "bytecode": {stored .pyc: {"module", "sha256"}}, "compiled_at": folder,
-     "files": {path: {"sha256", "size"}}}
+     "bytecode_list": {"modules", "bytes", "tops"} (optional: its .pyc files and their
+                      modules are listed in the blob bytecode/list.json, bytecode_list.py),
+     "compiled_at": folder, "files": {path: {"sha256", "size"}}}
+
+(Written before the bytecode list, a manifest names its .pyc files in "files" and
+their modules in "bytecode": {stored .pyc: {"module", "sha256"}}; both are read.)
 
 Files stay the stored dicts (an entry may name tens of thousands: `refs` builds an
-object per file only where one is asked for).
+object per file only where one is asked for). `files` is the manifest's own list;
+`all_files` adds the bytecode list's, read from the store (`read_blob`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccache_cli.store import schema
+from ccache_cli.store import bytecode_list, schema
 from ccache_cli.store.assumptions import SizeAssumptions
 from ccache_cli.store.hashing import hash_json
 from ccache_cli.store.totals import Totals
@@ -143,6 +149,9 @@ class Manifest:
     summary: Mapping[str, Any] = field(repr=False)  # the document less HEAVY_FIELDS
     recorded_totals: Totals | None = field(repr=False)  # from an index; else added up when asked
     load: Callable[[], Mapping[str, Any]] = field(repr=False, compare=False)  # the whole document, checked
+    # A blob's bytes by sha256, where the entry's blobs are at hand (a store, a staging
+    # folder): what reads its bytecode list. None for an archive's or artifact's index.
+    read_blob: bytecode_list.ReadBlob | None = field(default=None, repr=False, compare=False)
 
     @functools.cached_property
     def document(self) -> Mapping[str, Any]:
@@ -154,8 +163,15 @@ class Manifest:
 
     @functools.cached_property
     def files(self) -> Mapping[str, Mapping[str, Any]]:
-        """path -> {"sha256", "size"}; none from an archive's index."""
+        """The manifest's own file list, path -> {"sha256", "size"}; none from an
+        archive's index."""
         return self.document.get("files", {})
+
+    @functools.cached_property
+    def all_files(self) -> Mapping[str, Mapping[str, Any]]:
+        """Its files and its bytecode list's: every file of the entry."""
+        listed = self._bytecode_list()
+        return self.files if listed is None else {**self.files, **listed.files}
 
     @functools.cached_property
     def assumptions(self) -> Mapping[str, SizeAssumptions]:
@@ -172,7 +188,27 @@ class Manifest:
     @functools.cached_property
     def bytecode(self) -> Mapping[str, Mapping[str, str]]:
         """stored .pyc -> {"module", "sha256"}"""
-        return self.document.get("bytecode", {})
+        listed = self._bytecode_list()
+        return self.document.get("bytecode", {}) if listed is None else listed.modules
+
+    @property
+    def bytecode_listed(self) -> bool:
+        """Whether it stores bytecode (inline or in a list), read without the list."""
+        return bool(self.summary.get("bytecode_list")) or bool(self.document.get("bytecode"))
+
+    def _bytecode_list(self) -> bytecode_list.BytecodeList | None:
+        """Its bytecode list (None where its manifest lists .pyc files inline, or none);
+        schema.ManifestError where the list is not at hand or damaged."""
+        ref = self.files.get(bytecode_list.LIST_PATH)
+        if ref is None:
+            return None
+        if self.read_blob is None:
+            raise schema.ManifestError(f"entry {self.short_id}: its bytecode list is not at hand here")
+        return bytecode_list.read(ref, self.read_blob)
+
+    def reading(self, read_blob: bytecode_list.ReadBlob) -> Manifest:
+        """The same manifest, its blobs read with `read_blob`."""
+        return dataclasses.replace(self, read_blob=read_blob)
 
     @property
     def short_id(self) -> str:
@@ -207,7 +243,7 @@ class Manifest:
 
     @functools.cached_property  # built once, and only where asked for
     def refs(self) -> dict[str, FileRef]:
-        return {path: FileRef(ref["sha256"], ref["size"]) for path, ref in self.files.items()}
+        return {path: FileRef(ref["sha256"], ref["size"]) for path, ref in self.all_files.items()}
 
     def engine_caches(self) -> list[EngineCache]:
         return [
@@ -216,8 +252,8 @@ class Manifest:
         ]
 
     def blobs(self) -> set[str]:
-        """The sha256 of every file."""
-        return {ref["sha256"] for ref in self.files.values()}
+        """The sha256 of every file, its bytecode list's too."""
+        return {ref["sha256"] for ref in self.all_files.values()}
 
     def digest(self) -> str:
         """The SHA-256 of the whole document's canonical JSON (what an archive's index records)."""
@@ -233,7 +269,7 @@ class Manifest:
 
 def blob_sizes(entries: Iterable[Manifest]) -> dict[str, int]:
     """Each blob of `entries` once, with its size (what pack writes, verify re-hashes)."""
-    return {ref["sha256"]: ref["size"] for entry in entries for ref in entry.files.values()}
+    return {ref["sha256"]: ref["size"] for entry in entries for ref in entry.all_files.values()}
 
 
 def range_label(batch_range: tuple[int, int]) -> str:
@@ -252,12 +288,18 @@ def label_order(label: str) -> tuple[int, ...]:
     return (0, int(label)) if label.isdigit() else (1, *range_bounds(label))
 
 
-def parse(document: Any, folder: str | None = None, with_files: bool = True) -> Manifest:
+def parse(
+    document: Any,
+    folder: str | None = None,
+    with_files: bool = True,
+    read_blob: bytecode_list.ReadBlob | None = None,
+) -> Manifest:
     """A manifest from its JSON document, checked against the schema (ManifestError);
     `folder`: its entry folder's name, which the id must equal; without `with_files`,
-    an archive index's manifest, whose files come apart."""
+    an archive index's manifest, whose files come apart; `read_blob`: where its blobs
+    are read (Manifest.read_blob)."""
     d = schema.check(document, folder, with_files)
-    return from_summary(summarize(d), None, lambda: d)
+    return from_summary(summarize(d), None, lambda: d, read_blob)
 
 
 def summarize(document: Mapping[str, Any]) -> dict[str, Any]:
@@ -265,7 +307,12 @@ def summarize(document: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in document.items() if name not in HEAVY_FIELDS}
 
 
-def from_summary(d: Mapping[str, Any], totals: Totals | None, load: Callable[[], Mapping[str, Any]]) -> Manifest:
+def from_summary(
+    d: Mapping[str, Any],
+    totals: Totals | None,
+    load: Callable[[], Mapping[str, Any]],
+    read_blob: bytecode_list.ReadBlob | None = None,
+) -> Manifest:
     """A manifest from a checked document's summary; `load` reads the whole document."""
     key, options, aot = d["key"], d["key"]["compile"], d["aot"]
     packages = aot.get("packages")
@@ -314,6 +361,7 @@ def from_summary(d: Mapping[str, Any], totals: Totals | None, load: Callable[[],
         summary=d,
         recorded_totals=totals,
         load=load,
+        read_blob=read_blob,
     )
 
 
@@ -326,11 +374,13 @@ def build(
     aot: Mapping[str, Any],
     assumptions: Mapping[str, Any] | None = None,
     functions: Mapping[str, Any] | None = None,
-    bytecode: Mapping[str, Any],
+    bytecode_summary: Mapping[str, Any] | None,
     compiled_at: str,
     files: Mapping[str, Mapping[str, Any]],
 ) -> Manifest:
-    """A new entry's manifest, checked: its id is the digest of `key`, created now."""
+    """A new entry's manifest, checked: its id is the digest of `key`, created now.
+    `files`: its own file list and `bytecode_summary` its bytecode list's summary, as
+    staging.stage_bytecode_list makes them."""
     return parse(
         {
             "format": FORMAT,
@@ -343,7 +393,7 @@ def build(
             "aot": aot,
             **({"assumptions": assumptions} if assumptions else {}),
             **({"functions": functions} if functions else {}),
-            "bytecode": bytecode,
+            **({"bytecode_list": bytecode_summary} if bytecode_summary else {}),
             "compiled_at": compiled_at,
             "files": files,
         }

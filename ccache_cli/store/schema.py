@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ccache_cli.errors import BadInputError
+from ccache_cli.in_program.engines import var_problem as engine_var_problem
 from ccache_cli.in_program.fingerprint import components_for
 from ccache_cli.store.hashing import hash_json
 
@@ -32,6 +33,8 @@ FORMAT = 1
 HEX64 = re.compile(r"[0-9a-f]{64}")
 # An entry's files live under these folders (artifacts.py says what each holds).
 _KINDS = ("inductor", "aot", "functions", "bytecode", "outputs", "engines")
+BYTECODE_FOLDER = "bytecode/"
+BYTECODE_LIST = "bytecode/list.json"  # the blob listing an entry's .pyc files (bytecode_list.py)
 _MEGACACHE = "megacache/cache_artifacts.bin"
 # A normalised relative path: no empty, `.` or `..` part, no backslash or control
 # character. (One pattern for one path; `safe_paths` checks many at once.)
@@ -39,14 +42,6 @@ _PART = r"(?!\.\.?(?:/|\Z))[^/\\\x00-\x1f\x7f]+"
 _RELATIVE_PATH = re.compile(rf"{_PART}(?:/{_PART})*")
 _UNSAFE_IN_JOINED = ("/../", "/./", "//", "/..\n", "/.\n", "/\n", "\\")
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
-_ENV_VAR = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
-# An engine's cache root is named by a variable that says it is one (VLLM_CACHE_ROOT,
-# TRITON_CACHE_DIR, NUMBA_CACHE_DIR, TORCH_EXTENSIONS_DIR, DG_JIT_CACHE_DIR,
-# FLASHINFER_WORKSPACE_BASE): `run` points it at an entry's files, and an entry may come
-# from an archive, so a variable that changes how other programs start or are
-# configured (PATH, XDG_*, HOME, a compiler cache's CCACHE_DIR) is never one.
-_CACHE_ROOT = re.compile(r"[A-Z][A-Z0-9_]*_(?:CACHE_DIR|CACHE_ROOT|CACHE_PATH|EXTENSIONS_DIR|WORKSPACE_BASE)")
-_NOT_CACHE_ROOTS = re.compile(r"XDG_.*|CCACHE_.*|SCCACHE_.*|TORCHINDUCTOR_CACHE_DIR")
 _DEVICE = re.compile(r"cpu|cuda(?::[0-9]{1,4})?")
 _CREATED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _MAX_PATH = 4096
@@ -112,10 +107,14 @@ def _check_fields(m: Mapping[str, Any], with_files: bool) -> None:
     _check_timings(_field(m, "timings", dict))
     _check_aot(_field(m, "aot", dict))
     _check_assumptions(_mapping(m.get("assumptions", {}), "assumptions"))
+    if "bytecode_list" in m:
+        _check_bytecode_list(_mapping(m["bytecode_list"], "bytecode_list"))
     if with_files:
         files = _field(m, "files", dict)
         check_files(files)
-        _check_bytecode(_mapping(m.get("bytecode", {}), "bytecode"), files)
+        check_bytecode(_mapping(m.get("bytecode", {}), "bytecode"), files)
+        if "bytecode_list" in m and BYTECODE_LIST not in files:
+            raise ManifestError(f"bytecode_list is given but the files lack {BYTECODE_LIST}")
         _check_functions(_mapping(m.get("functions", {}), "functions"), files)
         _check_engine_files(m["key"]["compile"].get("engines", {}), files)
 
@@ -343,7 +342,17 @@ def _check_aot(aot: Mapping[str, Any]) -> None:
             raise ManifestError("aot.packages.model must be a sha256")
 
 
-def _check_bytecode(stored: Mapping[str, Any], files: Mapping[str, Any]) -> None:
+def _check_bytecode_list(summary: Mapping[str, Any]) -> None:
+    """What a manifest keeps of its bytecode list (bytecode_list.py): counts and names."""
+    counts = [summary.get("modules"), summary.get("bytes")]
+    tops = summary.get("tops")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts) or not (
+        isinstance(tops, list) and all(isinstance(top, str) and _MODULE.fullmatch(top) for top in tops)
+    ):
+        raise ManifestError("bytecode_list must hold modules and bytes (counts) and tops (module names)")
+
+
+def check_bytecode(stored: Mapping[str, Any], files: Mapping[str, Any]) -> None:
     """Each stored .pyc is a file of the entry, with its module's name and its source's hash."""
     try:
         good = (
@@ -369,18 +378,6 @@ def _field(mapping: Mapping[str, Any], name: str, kind: type, where: str = "") -
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ManifestError(f"{where}{name} is missing or not a {kind.__name__}")
     return value
-
-
-def engine_var_problem(var: str) -> str | None:
-    """Why `var` cannot name an engine's cache root (`run --capture --cache-env`), or None."""
-    if not _ENV_VAR.fullmatch(var):
-        return "not an environment variable's name (capitals, digits and _)"
-    if not _CACHE_ROOT.fullmatch(var) or _NOT_CACHE_ROOTS.fullmatch(var):
-        return (
-            "not a name for an engine's cache folder (one ending in _CACHE_DIR, _CACHE_ROOT, _CACHE_PATH, "
-            "_EXTENSIONS_DIR or _WORKSPACE_BASE, not a compiler cache's or ccache's own)"
-        )
-    return None
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ccache_cli.errors import StoreError
+from ccache_cli.store import bytecode_list
 from ccache_cli.store.artifacts import carried
 from ccache_cli.store.store import Store
 
@@ -35,8 +36,23 @@ def stage_artifacts(store: Store, staging: Path, artifacts: Path) -> tuple[dict[
     return files, sum(size for sha256, size in sizes.items() if sha256 not in present)
 
 
-def staged_blobs(files: dict[str, dict[str, Any]]) -> set[str]:
+def staged_blobs(files: Mapping[str, Mapping[str, Any]]) -> set[str]:
     return {ref["sha256"] for ref in files.values()}
+
+
+def stage_bytecode_list(
+    store: Store, staging: Path, files: Mapping[str, Mapping[str, Any]], modules: Mapping[str, Mapping[str, str]]
+) -> tuple[dict[str, Mapping[str, Any]], dict[str, Any] | None]:
+    """An entry's own file list, its .pyc files listed apart in a bytecode list staged
+    as a blob (bytecode_list.py), and the manifest's summary of the list (None where
+    the entry holds no bytecode)."""
+    own, data, summary = bytecode_list.split(files, modules)
+    if data is not None:
+        path = staging / "bytecode-list.json"
+        path.write_bytes(data)
+        ref = store.stage_blob(staging, path)
+        own[bytecode_list.LIST_PATH] = {"sha256": ref.sha256, "size": ref.size}
+    return own, summary
 
 
 def link_present(

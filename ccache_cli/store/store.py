@@ -87,6 +87,11 @@ class Store:
         """`blob_path` as a str: cheaper where tens of thousands of blobs are visited."""
         return f"{self.root}/objects/{sha256[:2]}/{sha256}"
 
+    def read_blob(self, sha256: str) -> bytes:
+        """A blob's bytes (an entry's bytecode list: Manifest.read_blob)."""
+        with open(self.blob_file(sha256), "rb") as blob:
+            return blob.read()
+
     @contextlib.contextmanager
     def blob_opener(self) -> Iterator[Callable[[str], int]]:
         """A function that opens a blob for reading by its sha256 and returns the
@@ -171,19 +176,6 @@ class Store:
             index.save(self.root, records, self.tmp_dir)
         entries.sort(key=lambda entry: entry.created, reverse=True)
         return Scan(tuple(entries), tuple(warnings))
-
-    def named_blobs(self) -> set[str]:
-        """Every blob any entry folder's manifest names, whether or not the manifest
-        passes its checks: what `gc` must keep."""
-        named: set[str] = set()
-        with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(self.entries_dir):
-                try:
-                    files = json.loads((self.entries_dir / name / "manifest.json").read_bytes())["files"]
-                    named.update(ref["sha256"] for ref in files.values() if isinstance(ref.get("sha256"), str))
-                except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                    continue
-        return named
 
     def find(self, ref: str) -> Manifest:
         """The one entry whose id starts with `ref`, or whose name is `ref`."""
@@ -309,6 +301,7 @@ class Store:
         it was new; one already there is kept, and read before the lock is released.
         """
         self.stage_entries([entry for entry in entries if not (staging / "entries" / entry.id).is_dir()], staging)
+        entries = [entry.reading(self.read_blob) for entry in entries]  # its bytecode list, once adopted
         durable.sync_filesystem(staging)  # the staged blobs' and manifests' bytes
         with self.lock():
             if staged_blobs:
@@ -318,7 +311,7 @@ class Store:
             missing = others - self.blobs_present(others)
             if missing:
                 entry, path = next(
-                    (entry, path) for entry in new for path, ref in entry.files.items() if ref["sha256"] in missing
+                    (entry, path) for entry in new for path, ref in entry.all_files.items() if ref["sha256"] in missing
                 )
                 raise StoreError(f"cannot publish entry {entry.short_id}: blob of {path} is missing")
             if staged_blobs:
@@ -364,7 +357,7 @@ class Store:
     def materialize(self, entry: Manifest, dest: Path, prefix: str) -> int:
         """Copy the entry's files under `prefix` into `dest`; returns the file count."""
         count = 0
-        for path, ref in entry.files.items():
+        for path, ref in entry.all_files.items():
             if not path.startswith(prefix):
                 continue
             out = schema.inside(dest, path[len(prefix) :])
@@ -380,11 +373,14 @@ class Store:
     # -- internals ---------------------------------------------------------
 
     def _read_entry(self, path: Path) -> Manifest:
-        return manifest.parse(json.loads((path / "manifest.json").read_bytes()), folder=path.name)
+        document = json.loads((path / "manifest.json").read_bytes())
+        return manifest.parse(document, folder=path.name, read_blob=self.read_blob)
 
     def _from_record(self, record: list[Any], found: list[int], folder: str) -> Manifest | None:
         try:
-            return manifest.from_summary(record[1], Totals.from_json(record[2]), index.loader(folder, found))
+            return manifest.from_summary(
+                record[1], Totals.from_json(record[2]), index.loader(folder, found), self.read_blob
+            )
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
 

@@ -41,14 +41,20 @@ class Totals:
                 "checks": recorded.counts(),
                 "unserialized": recorded.unserialized,
             }
+        listed = document.get("bytecode_list")  # .pyc files listed apart (bytecode_list.py)
+        kinds = artifacts.kinds_of(files)
+        if listed is not None:
+            kinds = _with_listed_bytecode(kinds, listed["modules"], listed["bytes"])
         return cls(
-            bytes=sum(ref["size"] for ref in files.values()),
+            bytes=sum(kind.bytes for kind in kinds),
             files_digest=hash_json(dict(files)),
-            kinds=artifacts.kinds_of(files),
+            kinds=kinds,
             engine_files=engine_files,
             assumptions=assumptions,
             bytecode_tops=tuple(
-                sorted({stored["module"].partition(".")[0] for stored in document.get("bytecode", {}).values()})
+                listed["tops"]
+                if listed is not None
+                else sorted({stored["module"].partition(".")[0] for stored in document.get("bytecode", {}).values()})
             ),
             functions=_counted(described["function"] for described in document.get("functions", {}).values()),
         )
@@ -75,6 +81,16 @@ class Totals:
             bytecode_tops=tuple(document["bytecode_tops"]),
             functions=document.get("functions", {}),
         )
+
+
+def _with_listed_bytecode(
+    kinds: tuple[artifacts.KindSummary, ...], files: int, size: int
+) -> tuple[artifacts.KindSummary, ...]:
+    """`kinds` with the .pyc files of the entry's bytecode list counted as bytecode too."""
+    found = {kind.kind: kind for kind in kinds}
+    own = found.get("bytecode", artifacts.KindSummary("bytecode", 0, 0))
+    found["bytecode"] = artifacts.KindSummary("bytecode", own.count + files, own.bytes + size)
+    return tuple(sorted(found.values(), key=lambda kind: (-kind.bytes, kind.kind)))
 
 
 def _counted(names: Iterable[str]) -> dict[str, int]:
