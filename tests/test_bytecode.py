@@ -176,8 +176,20 @@ def test_entries_of_one_environment_share_one_bytecode_list(small_store: dict, t
     for entry in entries:
         assert checks[entry.id, "integrity"]["ok"] and checks[entry.id, "bytecode"]["ok"], report
         assert Store(target).find(entry.id).all_files == entry.all_files
+    # A damaged list: verify names it; gc and rm delete nothing (which blobs it names is
+    # not known, and another entry shares it); a program still starts, without it.
     listed = Path(Store(target).blob_file(entries[0].files[bytecode_list.LIST_PATH]["sha256"]))
     listed.chmod(0o644)
     listed.write_bytes(listed.read_bytes().replace(b'"modules"', b'"moduleZ"'))
     report = ccache("verify", "--json", store=target, cwd=models)
     assert report.returncode == 1 and "bytecode/list.json" in report.stdout, report.stdout
+    blobs = sorted((target / "objects").rglob("*"))
+    for command in (["rm", entries[0].id], ["gc"]):
+        result = ccache(*command, store=target)
+        assert result.returncode == 1 and "nothing is deleted" in result.stderr, result.stderr
+    assert sorted((target / "objects").rglob("*")) == blobs
+    started = ccache("run", "--", sys.executable, "-c", "print('up')", store=target, cwd=tmp_path)
+    assert started.returncode == 0 and "up" in started.stdout, started.stderr
+    listed.unlink()  # a missing list: each entry's checks say so, in one report
+    report = ccache("verify", "--json", store=target, cwd=models)
+    assert report.returncode == 1 and "unreadable" in report.stdout, (report.stdout, report.stderr)

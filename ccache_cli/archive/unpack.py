@@ -34,7 +34,7 @@ from ccache_cli.archive.tarstream import BLOB_PREFIX
 from ccache_cli.errors import ArchiveError, BadInputError, CcacheError, ReportedError
 from ccache_cli.store.bytecode_list import carried_blobs
 from ccache_cli.store.manifest import Manifest
-from ccache_cli.store.staging import link_present
+from ccache_cli.store.staging import link_present, staged_reader
 from ccache_cli.store.store import Store
 
 
@@ -87,9 +87,8 @@ def _unpack(
     if missing := len(names) - len(received):
         raise ArchiveError(f"archive is truncated or incomplete: {missing} blob(s) listed in {BLOBS_NAME} are absent")
     # Every blob is staged now, the entries' bytecode lists too, which name their .pyc files.
-    wanted_entries = [
-        entry.reading(lambda sha256: (objects / sha256[:2] / sha256).read_bytes()) for entry in wanted_entries
-    ]
+    staged = staged_reader(objects)
+    wanted_entries = [entry.reading(staged) for entry in wanted_entries]
     wanted_blobs = carried_blobs(wanted_entries, sizes, "archive")
     new_bytes = sum(sizes[sha256] for sha256 in wanted_blobs if sha256 not in present)
     if len(wanted_blobs) < len(names):  # some blobs were staged for no chosen entry

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccache_cli.errors import CcacheError, UnsafeFolderError
+from ccache_cli.errors import CcacheError, StoreError, UnsafeFolderError
 from ccache_cli.in_program import usage
 from ccache_cli.serve import views
 from ccache_cli.store import bytecode_list, durable, owners
@@ -125,7 +125,13 @@ def plan_gc(store: Store, max_size: int | None, older_than: dt.timedelta | None)
 
 
 def _blobs_of(entry: Manifest) -> set[str]:
-    return entry.blobs()
+    """An entry's blobs; where its bytecode list cannot be read, those its manifest names
+    (what it would free: its .pyc files stay, named by no list gc can read, until a gc
+    after the list is mended or every entry naming it is gone)."""
+    try:
+        return entry.blobs()
+    except ManifestError:
+        return {ref["sha256"] for ref in entry.files.values()}
 
 
 def plan_rm(store: Store, refs: Sequence[str]) -> Plan:
@@ -216,9 +222,10 @@ def _plan(
     warnings: tuple[str, ...],
 ) -> Plan:
     gone = {entry.id for entry in chosen}
-    kept = {sha256 for entry in entries if entry.id not in gone for sha256 in _blobs_kept(entry)}
+    _refuse_unreadable_lists([entry for entry in entries if entry.id not in gone])
+    kept = {sha256 for entry in entries if entry.id not in gone for sha256 in _blobs_of(entry)}
     if warnings:  # an entry that could not be read keeps the blobs it names: it may be mended
-        kept |= _named_blobs(store) - {sha256 for entry in chosen for sha256 in _blobs_kept(entry)}
+        kept |= _named_blobs(store) - {sha256 for entry in chosen for sha256 in _blobs_of(entry)}
     blobs = tuple(sorted(sha256 for sha256 in sizes if sha256 not in kept))
     return Plan(
         tuple(chosen),
@@ -244,12 +251,17 @@ def _tree_bytes(folder: Path) -> int:
     return total
 
 
-def _blobs_kept(entry: Manifest) -> set[str]:
-    """An entry's blobs; where its bytecode list cannot be read, those its manifest names."""
-    try:
-        return entry.blobs()
-    except ManifestError:
-        return {ref["sha256"] for ref in entry.files.values()}
+def _refuse_unreadable_lists(kept: Sequence[Manifest]) -> None:
+    """Delete nothing while an entry that stays has a bytecode list that cannot be read:
+    which blobs its .pyc files are is not known, and they may be any the plan frees."""
+    for entry in kept:
+        try:
+            entry.blobs()
+        except ManifestError as exc:
+            raise StoreError(
+                f"{exc}; nothing is deleted while it names blobs that cannot be known: unpack or pull the "
+                f"entry again, or remove it (with every entry naming the same list) with `ccache rm`"
+            ) from None
 
 
 def _named_blobs(store: Store) -> set[str]:

@@ -26,7 +26,7 @@ from ccache_cli.archive.head import Index, index_document, parse_index
 from ccache_cli.errors import ArchiveError, RegistryError, ReportedError
 from ccache_cli.store import bytecode_list, manifest
 from ccache_cli.store.manifest import Manifest
-from ccache_cli.store.staging import link_present
+from ccache_cli.store.staging import link_present, staged_reader
 from ccache_cli.store.store import Store
 
 from . import layout
@@ -271,8 +271,10 @@ def pull(
             raise ArchiveError(
                 f"{remote.reference}: its layers lack {len(needed - verified)} blob(s) its catalogs name"
             )
-        entries = [catalogs[listed.id].entry.reading(_staged(objects)) for listed in chosen]
-        bytecode_list.carried_blobs(entries, sizes, remote.reference)  # each bytecode list as its catalog said
+        staged = staged_reader(objects)
+        entries = [catalogs[listed.id].entry.reading(staged) for listed in chosen]
+        for entry in entries:  # each bytecode list names only blobs its catalog carries
+            bytecode_list.carried_blobs([entry], catalogs[entry.id].sizes, remote.reference)
         published = store.publish(entries, staging, needed | present)  # linked ones too: rm and gc may run
     downloads_made = [artifact.index, *(artifact.catalogs[entry.id] for entry in chosen), *fetched.values()]
     return PullResult(
@@ -303,11 +305,6 @@ def _jobs(
             needed = needed - wanted
             jobs.append((digest, blobs, frozenset(wanted)))
     return sorted(jobs, key=lambda job: -artifact.layers[job[0]].size)
-
-
-def _staged(objects: Path) -> Callable[[str], bytes]:
-    """What reads a blob staged (downloaded or linked) under `objects`."""
-    return lambda sha256: (objects / sha256[:2] / sha256).read_bytes()
 
 
 def _keep_only(objects: Path, kept: set[str]) -> None:

@@ -52,27 +52,37 @@ def split(
     listed = {path: files[path] for path in sorted(modules)}
     own = {path: ref for path, ref in files.items() if path not in modules}
     data = json.dumps({"files": listed, "modules": dict(modules)}, sort_keys=True, separators=(",", ":")).encode()
-    summary = {
-        "modules": len(modules),
-        "bytes": sum(ref["size"] for ref in listed.values()),
-        "tops": sorted({stored["module"].partition(".")[0] for stored in modules.values()}),
-    }
-    return own, data, summary
+    return own, data, _summary(listed, modules)
 
 
 def ref_of(data: bytes) -> dict[str, Any]:
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
-def read(ref: Mapping[str, Any], read_blob: ReadBlob) -> BytecodeList:
-    """The list a manifest names, checked (schema.ManifestError where it is not one);
-    parsed once per process however many entries name it."""
-    return _parsed(ref["sha256"], ref["size"], read_blob)
+def read(ref: Mapping[str, Any], read_blob: ReadBlob, summary: Mapping[str, Any] | None = None) -> BytecodeList:
+    """The list a manifest names, checked (schema.ManifestError where it is not one, is
+    unreadable, or differs from the manifest's `summary` of it); parsed once per process
+    however many entries name it."""
+    listed = _parsed(ref["sha256"], ref["size"], read_blob)
+    if summary is not None and summary != _summary(listed.files, listed.modules):
+        raise schema.ManifestError(f"bytecode list {ref['sha256'][:12]} is not the one the manifest summarises")
+    return listed
+
+
+def _summary(files: Mapping[str, Mapping[str, Any]], modules: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    return {
+        "modules": len(modules),
+        "bytes": sum(ref["size"] for ref in files.values()),
+        "tops": sorted({stored["module"].partition(".")[0] for stored in modules.values()}),
+    }
 
 
 @functools.lru_cache(maxsize=16)
 def _parsed(sha256: str, size: int, read_blob: ReadBlob) -> BytecodeList:
-    data = read_blob(sha256)
+    try:
+        data = read_blob(sha256)
+    except OSError as exc:
+        raise schema.ManifestError(f"bytecode list {sha256[:12]} is unreadable ({exc.strerror or exc})") from None
     if len(data) != size or size > _LIMIT or hashlib.sha256(data).hexdigest() != sha256:
         raise schema.ManifestError(f"bytecode list {sha256[:12]} is damaged: `ccache verify` names its entry")
     try:

@@ -194,7 +194,7 @@ class Manifest:
     @property
     def bytecode_listed(self) -> bool:
         """Whether it stores bytecode (inline or in a list), read without the list."""
-        return bool(self.summary.get("bytecode_list")) or bool(self.document.get("bytecode"))
+        return bytecode_list.LIST_PATH in self.files or bool(self.document.get("bytecode"))
 
     def _bytecode_list(self) -> bytecode_list.BytecodeList | None:
         """Its bytecode list (None where its manifest lists .pyc files inline, or none);
@@ -204,7 +204,7 @@ class Manifest:
             return None
         if self.read_blob is None:
             raise schema.ManifestError(f"entry {self.short_id}: its bytecode list is not at hand here")
-        return bytecode_list.read(ref, self.read_blob)
+        return bytecode_list.read(ref, self.read_blob, self.summary.get("bytecode_list"))
 
     def reading(self, read_blob: bytecode_list.ReadBlob) -> Manifest:
         """The same manifest, its blobs read with `read_blob`."""

@@ -113,8 +113,10 @@ def _check_fields(m: Mapping[str, Any], with_files: bool) -> None:
         files = _field(m, "files", dict)
         check_files(files)
         check_bytecode(_mapping(m.get("bytecode", {}), "bytecode"), files)
-        if "bytecode_list" in m and BYTECODE_LIST not in files:
-            raise ManifestError(f"bytecode_list is given but the files lack {BYTECODE_LIST}")
+        if ("bytecode_list" in m) != (BYTECODE_LIST in files) or (
+            BYTECODE_LIST in files and (m.get("bytecode") or sum(p.startswith(BYTECODE_FOLDER) for p in files) > 1)
+        ):
+            raise ManifestError(f"bytecode_list and {BYTECODE_LIST} go together, and name every .pyc file")
         _check_functions(_mapping(m.get("functions", {}), "functions"), files)
         _check_engine_files(m["key"]["compile"].get("engines", {}), files)
 

@@ -55,6 +55,16 @@ def stage_bytecode_list(
     return own, summary
 
 
+def staged_reader(objects: Path) -> bytecode_list.ReadBlob:
+    """What reads a blob staged (written, downloaded or linked) under `objects`: one
+    reader for all the entries of an unpack or a pull, so each list is parsed once."""
+
+    def read(sha256: str) -> bytes:
+        return (objects / sha256[:2] / sha256).read_bytes()
+
+    return read
+
+
 def link_present(
     store: Store, objects: Path, sizes: Mapping[str, int], listings: dict[str, set[str]] | None = None
 ) -> set[str]:
