@@ -97,7 +97,8 @@ def verify(
     search = sources.search_path()
     checks += static_checks(entries, broken, machine, search)
     if target is None:  # bytecode matches the sources of the machine that runs it, not a target's
-        checks += [bytecode_check(entry) for entry in entries if entry.bytecode_listed]
+        looked: dict[int, tuple[list[str], int]] = {}  # entries sharing a bytecode list share its check
+        checks += [bytecode_check(entry, looked) for entry in entries if entry.bytecode_listed]
     checks += _unnamed_broken_blobs(entries, broken)
     if run:
         checks += [run_check(store, entry, search) for entry in entries]
@@ -193,8 +194,7 @@ def _readable_files(entry: Manifest) -> Mapping[str, Mapping[str, Any]]:
 
 
 def _unnamed_broken_blobs(entries: Sequence[Manifest], broken: Mapping[str, str]) -> list[Check]:
-    """Broken blobs no entry's files name as read here: an archive's .pyc files, which
-    its entries' bytecode lists name (each of them a blob the archive checks too)."""
+    """Broken blobs no entry's files name as read here: an archive's bytecode lists'."""
     named = {ref["sha256"] for entry in entries for ref in _readable_files(entry).values()}
     return [
         Check("?", "integrity", False, f"blob {sha256[:12]} (a file of a bytecode list): {why}")
@@ -249,7 +249,7 @@ def assumptions_check(entry: Manifest) -> Check:
     return _check(entry, "assumptions", problems, detail)
 
 
-def bytecode_check(entry: Manifest) -> Check:
+def bytecode_check(entry: Manifest, looked: dict[int, tuple[list[str], int]]) -> Check:
     """Which stored modules have other sources here. Python compiles those afresh, so
     this costs start-up time, not correctness; it fails only for torch's and Triton's
     own files, which then are not the build the entry was compiled with (a patched
@@ -260,17 +260,15 @@ def bytecode_check(entry: Manifest) -> Check:
         if entry.read_blob is None:
             return Check(entry.id, "bytecode", True, "checked once unpacked (its bytecode list is a blob of it)")
         return Check(entry.id, "bytecode", False, str(exc))
-    changed, absent = bytecode.changed_sources(stored)
+    if id(stored) not in looked:  # a list is read once per process: one object for every entry naming it
+        looked[id(stored)] = bytecode.changed_sources(stored)
+    changed, absent = looked[id(stored)]
     compile_stack = [module for module in changed if module.partition(".")[0] in ("torch", "triton")]
     served = f"{len(stored) - absent - len(changed)} of {len(stored)} modules' bytecode matches their sources here"
     if changed:
         served += f"; {len(changed)} have other sources and would be compiled afresh: {_first(changed)}"
-    problems = (
-        [f"torch or Triton differs from the build the entry was compiled with: {_first(compile_stack)}"]
-        if compile_stack
-        else []
-    )
-    return _check(entry, "bytecode", problems, served)
+    differs = f"torch or Triton differs from the build the entry was compiled with: {_first(compile_stack)}"
+    return _check(entry, "bytecode", [differs] if compile_stack else [], served)
 
 
 def _first(names: Sequence[str], shown: int = 5) -> str:
