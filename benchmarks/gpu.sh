@@ -8,14 +8,15 @@
 #
 #     bash benchmarks/gpu.sh LOG_FOLDER [STEP...]
 #
-# STEP: tests, per_call, graphs, warm_start, generate, size_range (default: all, in that order).
+# STEP: tests, guards, per_call, graphs, warm_start, generate, size_range (default: all,
+# in that order). `guards` lists the decoder's guards whose paths ccache cannot read.
 set -u
 logs=${1:?usage: bash benchmarks/gpu.sh LOG_FOLDER [STEP...]}
 shift
 mkdir -p "$logs"
 cd "$(dirname "$0")/.." || exit 1
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(tests per_call graphs warm_start generate size_range)
+[ ${#steps[@]} -eq 0 ] && steps=(tests guards per_call graphs warm_start generate size_range)
 decoder=benchmarks/models/llama_decoder.py:build
 # The GPU tests in three processes where pytest-xdist is there (one GPU serves them all).
 workers=(-n 0)
@@ -43,6 +44,7 @@ run_step() {  # NAME SECONDS COMMAND...
 for step in "${steps[@]}"; do
   case $step in
     tests) run_step tests 400 python3 -m pytest tests/test_gpu.py -q "${workers[@]}" -p no:cacheprovider --tb=short -rfEs ;;
+    guards) LLAMA_LAYERS=2 run_step guards 150 python3 scripts/guard_sources.py "$decoder" 1 cuda ;;
     per_call) run_step per_call 200 python3 benchmarks/per_call.py --model "$decoder" --device cuda --size 1 --calls 100 ;;
     graphs) run_step graphs 200 python3 benchmarks/per_call.py --model "$decoder" --device cuda --size 1 --calls 100 \
       --mode reduce-overhead ;;
