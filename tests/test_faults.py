@@ -129,7 +129,15 @@ def duration(args: list[str], store: Path, cwd: Path | None = None) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.parametrize("command", ["unpack", "unpack into a partial store", "pack", "gc", "rm"])
+# unpack's in every run; the other writers' in the extended tier (and at length before a release).
+@pytest.mark.parametrize(
+    "command",
+    [
+        "unpack",
+        "unpack into a partial store",
+        *(pytest.param(c, marks=pytest.mark.extended) for c in ("pack", "gc", "rm")),
+    ],
+)
 def test_kill_9_at_random_moments(command: str, source: dict, tmp_path: Path, clean: Clean) -> None:
     rng = random.Random(f"{SEED}-{command}")
     archives = source["archives"]
