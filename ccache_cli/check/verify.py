@@ -18,20 +18,20 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ccache_cli.archive.signing import PublicKey
 from ccache_cli.archive.unpack import check_blobs, is_archive_path, open_source
+from ccache_cli.check import integrity
 from ccache_cli.errors import BadInputError, ReportedError
 from ccache_cli.in_program import bytecode, engines, fingerprint, usage
 from ccache_cli.key import sources
 from ccache_cli.registry.reference import is_reference
 from ccache_cli.serve import routing
 from ccache_cli.store.artifacts import OUTPUTS_PREFIX
-from ccache_cli.store.hashing import sha256_file
 from ccache_cli.store.manifest import Manifest, label_order
 from ccache_cli.store.schema import ManifestError
 from ccache_cli.store.store import Store
@@ -90,7 +90,7 @@ def verify(
             scan = store.scan(whole=True)
             entries = list(scan.entries)
             checks += [Check("?", "integrity", False, warning) for warning in scan.warnings]
-        broken = broken_store_blobs(store, entries)
+        broken = integrity.broken_store_blobs(store, entries)
     if not entries and not checks:
         raise BadInputError(f"nothing to verify: no entries in {ref or store.root}")
     machine = target_fingerprint or this_machine_exact(store)
@@ -99,7 +99,10 @@ def verify(
     if target is None:  # bytecode matches the sources of the machine that runs it, not a target's
         looked: dict[int, tuple[list[str], int]] = {}  # entries sharing a bytecode list share its check
         checks += [bytecode_check(entry, looked) for entry in entries if entry.bytecode_listed]
-    checks += _unnamed_broken_blobs(entries, broken)
+    unnamed = integrity.unnamed_broken_blobs(entries, broken)
+    checks += [
+        Check("?", "integrity", False, f"blob {sha[:12]} (a file of a bytecode list): {why}") for sha, why in unnamed
+    ]
     if run:
         checks += [run_check(store, entry, search) for entry in entries]
     return VerifyReport(tuple(checks), str(target) if target is not None else "this machine")
@@ -162,13 +165,8 @@ def static_checks(
     checks = []
     lookups = sources.Lookups()
     for entry in entries:
-        files = _readable_files(entry)
-        problems = [
-            f"blob {ref['sha256'][:12]} ({path}): {broken_blobs[ref['sha256']]}"
-            for path, ref in (sorted(files.items()) if broken_blobs else ())
-            if ref["sha256"] in broken_blobs
-        ]
-        checks.append(_check(entry, "integrity", problems, f"{len(files)} files intact"))
+        problems = integrity.problems(entry, broken_blobs)
+        checks.append(_check(entry, "integrity", problems, f"{integrity.file_count(entry)} files intact"))
         mismatches = [str(m) for m in fingerprint.mismatches(entry.fingerprint, entry.device, target)]
         checks.append(_check(entry, "compatibility", mismatches, "every key component matches"))
         stale = [
@@ -182,25 +180,6 @@ def static_checks(
         if entry.compile.engines:
             checks.append(engines_check(entry))
     return checks
-
-
-def _readable_files(entry: Manifest) -> Mapping[str, Mapping[str, Any]]:
-    """Every file of the entry where its bytecode list can be read; else its manifest's
-    own (an archive's entry, whose list is a blob in it; a damaged list, named then)."""
-    try:
-        return entry.all_files
-    except ManifestError:
-        return entry.files
-
-
-def _unnamed_broken_blobs(entries: Sequence[Manifest], broken: Mapping[str, str]) -> list[Check]:
-    """Broken blobs no entry's files name as read here: an archive's bytecode lists'."""
-    named = {ref["sha256"] for entry in entries for ref in _readable_files(entry).values()}
-    return [
-        Check("?", "integrity", False, f"blob {sha256[:12]} (a file of a bytecode list): {why}")
-        for sha256, why in sorted(broken.items())
-        if sha256 not in named
-    ]
 
 
 def engines_check(entry: Manifest) -> Check:
@@ -273,25 +252,6 @@ def bytecode_check(entry: Manifest, looked: dict[int, tuple[list[str], int]]) ->
 
 def _first(names: Sequence[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
-
-
-def broken_store_blobs(store: Store, entries: Iterable[Manifest]) -> dict[str, str]:
-    """Re-hash every blob the entries name; what is wrong with each bad one."""
-    broken: dict[str, str] = {}
-    sizes = {ref["sha256"]: ref["size"] for entry in entries for ref in _readable_files(entry).values()}
-    for sha256, size in sizes.items():
-        path = store.blob_path(sha256)
-        try:
-            actual_size = path.stat().st_size
-        except FileNotFoundError:
-            broken[sha256] = "missing from the store"
-            continue
-        if actual_size != size:
-            broken[sha256] = f"{actual_size} bytes, manifest says {size}"
-        elif sha256_file(path) != sha256:
-            # unpack and pull reuse a stored blob of the right size as it is: remove it first
-            broken[sha256] = f"content does not match its hash (remove {path}, then unpack or pull the entry again)"
-    return broken
 
 
 def run_check(store: Store, entry: Manifest, search: Sequence[str]) -> Check:

@@ -40,6 +40,7 @@ ReadBlob = Callable[[str], bytes]
 class BytecodeList:
     files: Mapping[str, Mapping[str, Any]]  # stored .pyc -> {"sha256", "size"}
     modules: Mapping[str, Mapping[str, str]]  # stored .pyc -> {"module", "sha256"}
+    summary: Mapping[str, Any]  # what a manifest keeps of it
 
 
 def split(
@@ -64,7 +65,7 @@ def read(ref: Mapping[str, Any], read_blob: ReadBlob, summary: Mapping[str, Any]
     unreadable, or differs from the manifest's `summary` of it); parsed once per process
     however many entries name it."""
     listed = _parsed(ref["sha256"], ref["size"], read_blob)
-    if summary is not None and summary != _summary(listed.files, listed.modules):
+    if summary is not None and summary != listed.summary:
         raise schema.ManifestError(f"bytecode list {ref['sha256'][:12]} is not the one the manifest summarises")
     return listed
 
@@ -96,7 +97,7 @@ def _parsed(sha256: str, size: int, read_blob: ReadBlob) -> BytecodeList:
         schema.check_bytecode(modules, files)
     except (ValueError, KeyError, TypeError, schema.ManifestError) as exc:
         raise schema.ManifestError(f"bytecode list {sha256[:12]} is malformed ({exc})") from None
-    return BytecodeList(files, modules)
+    return BytecodeList(files, modules, _summary(files, modules))
 
 
 def carried_blobs(entries: Iterable[Manifest], sizes: Mapping[str, int], carrier: str) -> set[str]:

@@ -17,16 +17,14 @@ The document, format 1:
                             "assumptions": [[check, path, expected, guard]]}} (optional),
      "functions": {"functions/...pt": {"function": module:qualname, "code": digest, "mode", "inference_mode",
                    "globals": {name: module}, "assumptions": as a size's}} (optional: captures),
-     "bytecode_list": {"modules", "bytes", "tops"} (optional: its .pyc files and their
-                      modules are listed in the blob bytecode/list.json, bytecode_list.py),
+     "bytecode_list": {"modules", "bytes", "tops"} (optional: its .pyc files, listed in
+                      the blob bytecode/list.json, bytecode_list.py; older manifests name
+                      them in "files" and "bytecode": {.pyc: {"module", "sha256"}}),
      "compiled_at": folder, "files": {path: {"sha256", "size"}}}
 
-(Written before the bytecode list, a manifest names its .pyc files in "files" and
-their modules in "bytecode": {stored .pyc: {"module", "sha256"}}; both are read.)
-
 Files stay the stored dicts (an entry may name tens of thousands: `refs` builds an
-object per file only where one is asked for). `files` is the manifest's own list;
-`all_files` adds the bytecode list's, read from the store (`read_blob`).
+object per file only where asked). `files` is the manifest's own list; `all_files`
+adds the bytecode list's, read where the blobs are (`read_blob`).
 """
 
 from __future__ import annotations
@@ -149,8 +147,7 @@ class Manifest:
     summary: Mapping[str, Any] = field(repr=False)  # the document less HEAVY_FIELDS
     recorded_totals: Totals | None = field(repr=False)  # from an index; else added up when asked
     load: Callable[[], Mapping[str, Any]] = field(repr=False, compare=False)  # the whole document, checked
-    # A blob's bytes by sha256, where the entry's blobs are at hand (a store, a staging
-    # folder): what reads its bytecode list. None for an archive's or artifact's index.
+    # Reads a blob by sha256 where the entry's blobs are at hand (its bytecode list).
     read_blob: bytecode_list.ReadBlob | None = field(default=None, repr=False, compare=False)
 
     @functools.cached_property
@@ -163,15 +160,19 @@ class Manifest:
 
     @functools.cached_property
     def files(self) -> Mapping[str, Mapping[str, Any]]:
-        """The manifest's own file list, path -> {"sha256", "size"}; none from an
-        archive's index."""
+        """Its own file list, path -> {"sha256", "size"}; none from an archive's index."""
         return self.document.get("files", {})
 
     @functools.cached_property
     def all_files(self) -> Mapping[str, Mapping[str, Any]]:
         """Its files and its bytecode list's: every file of the entry."""
+        return {**self.files, **self.bytecode_files} if self.bytecode_files else self.files
+
+    @functools.cached_property
+    def bytecode_files(self) -> Mapping[str, Mapping[str, Any]]:
+        """The files its bytecode list names (one object for every entry naming the list)."""
         listed = self._bytecode_list()
-        return self.files if listed is None else {**self.files, **listed.files}
+        return {} if listed is None else listed.files
 
     @functools.cached_property
     def assumptions(self) -> Mapping[str, SizeAssumptions]:
@@ -197,8 +198,7 @@ class Manifest:
         return bytecode_list.LIST_PATH in self.files or bool(self.document.get("bytecode"))
 
     def _bytecode_list(self) -> bytecode_list.BytecodeList | None:
-        """Its bytecode list (None where its manifest lists .pyc files inline, or none);
-        schema.ManifestError where the list is not at hand or damaged."""
+        """Its bytecode list, or None (inline, or no bytecode); ManifestError if unreadable."""
         ref = self.files.get(bytecode_list.LIST_PATH)
         if ref is None:
             return None
