@@ -65,11 +65,10 @@ def start(
     structure = plan.model_structure(model)
     jobs = min(request.get("jobs", 1), len(labels))
     if jobs <= 1:
-        labelled = {**{str(size): args for size, args in inputs.items()}, **dict(zip(labels, range_inputs.values()))}
         with aot.inductor_cache_at(build_dir):
             weights: dict[str, list[str]] = {}
             seconds, error = aot.each_size(
-                labelled,
+                labelled(inputs, range_inputs),
                 "package",
                 lambda label, args: weights.update(build(torch, model, label, args, labels[label], mode, folder)),
                 emit,
@@ -95,6 +94,16 @@ def start(
         return _finish(folder, device, weights, seconds, error, structure)
 
     return wait
+
+
+def labelled(
+    inputs: dict[int, plan.CallInputs], range_inputs: dict[tuple[int, int], plan.CallInputs]
+) -> dict[str, plan.CallInputs]:
+    """Each package's inputs by its label: a size (`8`), or a range (`1-64`)."""
+    return {
+        **{str(size): args for size, args in inputs.items()},
+        **{range_label(batch_range): args for batch_range, args in range_inputs.items()},
+    }
 
 
 def build(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ccache_cli.precompile import plan
+from ccache_cli.precompile import packages, plan
 from ccache_cli.precompile.precompile import MODES
 
 
@@ -16,3 +16,9 @@ def test_the_modes_that_record_cuda_graphs_are_torch_s() -> None:
 def test_packages_are_built_without_cuda_graphs_in_every_mode() -> None:
     for mode in MODES:
         assert "triton.cudagraphs" not in plan.package_configs(torch, mode)
+
+
+def test_static_sizes_and_ranges_keep_their_own_inputs() -> None:
+    """`--sizes 2,1-64`: the size's package from its inputs, the range's from its own."""
+    static, ranged = plan.CallInputs(("two",), {}), plan.CallInputs(("sixty-four",), {})
+    assert packages.labelled({2: static}, {(1, 64): ranged}) == {"2": static, "1-64": ranged}
