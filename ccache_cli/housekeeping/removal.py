@@ -222,8 +222,7 @@ def _plan(
     warnings: tuple[str, ...],
 ) -> Plan:
     gone = {entry.id for entry in chosen}
-    _refuse_unreadable_lists([entry for entry in entries if entry.id not in gone])
-    kept = {sha256 for entry in entries if entry.id not in gone for sha256 in _blobs_of(entry)}
+    kept = _kept_blobs([entry for entry in entries if entry.id not in gone])
     if warnings:  # an entry that could not be read keeps the blobs it names: it may be mended
         kept |= _named_blobs(store) - {sha256 for entry in chosen for sha256 in _blobs_of(entry)}
     blobs = tuple(sorted(sha256 for sha256 in sizes if sha256 not in kept))
@@ -251,17 +250,20 @@ def _tree_bytes(folder: Path) -> int:
     return total
 
 
-def _refuse_unreadable_lists(kept: Sequence[Manifest]) -> None:
-    """Delete nothing while an entry that stays has a bytecode list that cannot be read:
-    which blobs its .pyc files are is not known, and they may be any the plan frees."""
+def _kept_blobs(kept: Sequence[Manifest]) -> set[str]:
+    """The blobs of the entries that stay. Delete nothing while one of them has a
+    bytecode list that cannot be read: which blobs its .pyc files are is not known, and
+    they may be any the plan frees."""
+    blobs: set[str] = set()
     for entry in kept:
         try:
-            entry.blobs()
+            blobs |= entry.blobs()
         except ManifestError as exc:
             raise StoreError(
                 f"{exc}; nothing is deleted while it names blobs that cannot be known: unpack or pull the "
                 f"entry again, or remove it (with every entry naming the same list) with `ccache rm`"
             ) from None
+    return blobs
 
 
 def _named_blobs(store: Store) -> set[str]:

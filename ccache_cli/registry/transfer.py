@@ -86,12 +86,8 @@ def push(
     big = sorted({sha256 for _, entry_big in cuts.values() for sha256 in entry_big})
     uploads = _Tally()
 
-    def read_blob(sha256: str) -> bytes:
-        with open(store.blob_file(sha256), "rb") as handle:
-            return handle.read()
-
     def send_pack(blobs: tuple[str, ...]) -> tuple[tuple[str, ...], Layer]:
-        data = layout.pack_bytes(blobs, sizes, read_blob)
+        data = layout.pack_bytes(blobs, sizes, store.read_blob)
         layer = Layer.of(layout.PACK_TYPE, data)
         uploads.add(layer, _ensure(remote, layer, data))
         on_progress(sum(sizes[sha256] for sha256 in blobs))

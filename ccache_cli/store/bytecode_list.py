@@ -56,10 +56,6 @@ def split(
     return own, data, _summary(listed, modules)
 
 
-def ref_of(data: bytes) -> dict[str, Any]:
-    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-
-
 def read(ref: Mapping[str, Any], read_blob: ReadBlob, summary: Mapping[str, Any] | None = None) -> BytecodeList:
     """The list a manifest names, checked (schema.ManifestError where it is not one, is
     unreadable, or differs from the manifest's `summary` of it); parsed once per process
@@ -71,11 +67,12 @@ def read(ref: Mapping[str, Any], read_blob: ReadBlob, summary: Mapping[str, Any]
 
 
 def _summary(files: Mapping[str, Mapping[str, Any]], modules: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
-    return {
-        "modules": len(modules),
-        "bytes": sum(ref["size"] for ref in files.values()),
-        "tops": sorted({stored["module"].partition(".")[0] for stored in modules.values()}),
-    }
+    return {"modules": len(modules), "bytes": sum(ref["size"] for ref in files.values()), "tops": tops(modules)}
+
+
+def tops(modules: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """The top-level packages of stored bytecode's modules, sorted."""
+    return sorted({stored["module"].partition(".")[0] for stored in modules.values()})
 
 
 @functools.lru_cache(maxsize=16)

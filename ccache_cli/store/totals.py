@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccache_cli.store import artifacts
+from ccache_cli.store import artifacts, bytecode_list
 from ccache_cli.store.assumptions import SizeAssumptions
 from ccache_cli.store.hashing import hash_json
 
@@ -52,9 +52,7 @@ class Totals:
             engine_files=engine_files,
             assumptions=assumptions,
             bytecode_tops=tuple(
-                listed["tops"]
-                if listed is not None
-                else sorted({stored["module"].partition(".")[0] for stored in document.get("bytecode", {}).values()})
+                listed["tops"] if listed is not None else bytecode_list.tops(document.get("bytecode", {}))
             ),
             functions=_counted(described["function"] for described in document.get("functions", {}).values()),
         )

@@ -15,10 +15,14 @@ FILES = {"inductor/fxgraph/a": {"sha256": "a" * 64, "size": 3}, PYC: {"sha256": 
 MODULES = {PYC: {"module": "os", "sha256": "c" * 64}}
 
 
+def _ref_of(data: bytes) -> dict:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
 def _listed(files: dict = FILES, modules: dict = MODULES) -> tuple[dict, bytes, dict]:
     own, data, summary = bytecode_list.split(files, modules)
     assert data is not None and summary is not None
-    own[bytecode_list.LIST_PATH] = bytecode_list.ref_of(data)
+    own[bytecode_list.LIST_PATH] = _ref_of(data)
     return own, data, summary
 
 
@@ -69,4 +73,4 @@ def test_a_damaged_missing_or_lying_list_is_refused_in_one_line() -> None:
     outside = {"files": {"inductor/x.pyc": FILES[PYC]}, "modules": {"inductor/x.pyc": MODULES[PYC]}}
     bad = repr(outside).replace("'", '"').encode()
     with pytest.raises(schema.ManifestError, match="outside bytecode"):
-        bytecode_list.read(bytecode_list.ref_of(bad), lambda _: bad)
+        bytecode_list.read(_ref_of(bad), lambda _: bad)
