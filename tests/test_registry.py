@@ -149,6 +149,7 @@ def test_entries_sharing_most_files_share_most_layers(registry: Registry, tmp_pa
     assert len(shared) >= 0.6 * max(len(packs[0]), len(packs[1])), (len(shared), [len(p) for p in packs])
 
 
+@pytest.mark.extended
 def test_registry_faults_leave_the_store_unchanged(registry: Registry, tmp_path: Path) -> None:
     source = tmp_path / "source"
     make_entry(Store(source), "model", entry_files(5))
@@ -322,6 +323,7 @@ def test_a_pull_cut_off_resumes_where_it_stopped(registry: Registry, tmp_path: P
     assert blobs_of(target) == blobs_of(source)
 
 
+@pytest.mark.extended
 def test_a_pull_cut_off_while_catalogs_arrive_keeps_what_the_layers_brought(registry: Registry, tmp_path: Path) -> None:
     """Layers start downloading as their catalogs arrive: one entry's catalog cut off
     by the network (every try) while the others' layers download. Exit 1; the other
