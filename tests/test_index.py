@@ -20,6 +20,7 @@ from helpers.cli import ccache, ccache_json
 from helpers.stores import make_entry, small_tmpfs
 
 from ccache_cli.errors import StoreError
+from ccache_cli.store import index
 from ccache_cli.store.store import Store
 
 
@@ -69,7 +70,16 @@ def test_the_index_follows_every_change_to_the_entries(tmp_path: Path) -> None:
     assert indexed(root) == {first}
 
 
-@pytest.mark.parametrize("damage", [b"", b"{not json", b'{"format": 1, "entries": {"x": 1}}', b'{"format": 99}'])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"",
+        b"{not json",
+        b'{"format": 2, "shared": [], "entries": {"x": 1}}',
+        b'{"format": 2, "shared": [], "entries": {"x": [[1], [{}, {"key": 0}], [{}, {}]]}}',  # names no shared value
+        b'{"format": 99}',
+    ],
+)
 def test_a_damaged_index_is_rebuilt(tmp_path: Path, damage: bytes) -> None:
     root = tmp_path / "store"
     ids = {make_entry(Store(root), name, {f"inductor/{name}": name.encode()}) for name in ("one", "two")}
@@ -78,16 +88,29 @@ def test_a_damaged_index_is_rebuilt(tmp_path: Path, damage: bytes) -> None:
     assert indexed(root) == ids
 
 
+def test_values_entries_hold_alike_are_written_once(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    (root / "tmp").mkdir(parents=True)
+    tops = [f"package_{number}" for number in range(100)]
+    records = {
+        name: [[1, 2, 3], {"name": name, "bytecode_list": {"tops": tops}}, {"bytes": 1, "bytecode_tops": tops}]
+        for name in ("one", "two", "three")
+    }
+    index.save(root, records, root / "tmp")
+    assert (root / "index.json").read_text().count("package_99") == 2  # the summary's list and the totals'
+    assert index.load(root) == records
+
+
 def test_damaged_records_of_listed_entries_are_read_from_their_manifests(tmp_path: Path) -> None:
     root = tmp_path / "store"
     one, two = (make_entry(Store(root), name, {f"inductor/{name}": name.encode()}) for name in ("one", "two"))
     document = json.loads((root / "index.json").read_text())
     document["entries"][one] = 1  # not a record
-    document["entries"][two][1] = {}  # its signature still matches: a summary that lacks everything
+    document["entries"][two][1] = [{}, {}]  # its signature still matches: a summary that lacks everything
     (root / "index.json").write_text(json.dumps(document))
     assert listed(root) == {one: "one", two: "two"}
     assert indexed(root) == {one, two}
-    assert json.loads((root / "index.json").read_text())["entries"][two][1]["name"] == "two"
+    assert json.loads((root / "index.json").read_text())["entries"][two][1][0]["name"] == "two"
 
 
 def test_an_entry_replaced_after_listing_is_never_read_as_the_listed_one(tmp_path: Path) -> None:

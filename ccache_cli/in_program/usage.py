@@ -81,7 +81,8 @@ def read(store: Store, entry_id: str) -> Usage:
     times, last, hits, misses, reason = 0, None, 0, 0, None
     routed, served, not_routed = 0, 0, Counter()
     try:
-        lines = (store.root / "usage" / f"{entry_id}.log").read_text().splitlines()
+        with open(f"{store.root}/usage/{entry_id}.log", encoding="utf-8") as log:
+            lines = log.read().splitlines()
     except OSError:
         lines = []
     try:  # one parse for the whole log; line by line where one was cut short

@@ -41,7 +41,7 @@ from typing import Any
 
 from ccache_cli.errors import UnsafeFolderError
 from ccache_cli.in_program import bytecode, engines
-from ccache_cli.store import owners
+from ccache_cli.store import bytecode_list, owners
 from ccache_cli.store.artifacts import AOT_PREFIX, FUNCTIONS_PREFIX, engine_var_of
 from ccache_cli.store.hashing import hash_json
 from ccache_cli.store.manifest import Manifest
@@ -179,15 +179,21 @@ def _link_files(
     made: set[str] = set()
     bytecode_modules = 0
     laid_out: dict[str, dict[str, Any]] = {}  # engines.json
+    listed: set[str] = set()  # bytecode lists laid out: entries of one environment share theirs
     for entry in entries:
         aot: dict[str, dict[str, str]] = {}  # size -> {"function": path, "package": path}
         for var, version in entry.compile.engines.items():
             settings = entry.compile.document.get("engine_settings", {}).get(var, {})
             laid_out.setdefault(var, {"version": version, "settings": settings, "files": []})
-        try:
-            files, stored_bytecode = entry.all_files, entry.bytecode
-        except ManifestError:  # a damaged bytecode list (`verify` names it): served without its bytecode
-            files, stored_bytecode = entry.files, {}
+        files, stored_bytecode = entry.files, {}
+        list_ref = files.get(bytecode_list.LIST_PATH)
+        if list_ref is None or list_ref["sha256"] not in listed:
+            try:
+                files, stored_bytecode = entry.all_files, entry.bytecode
+            except ManifestError:  # a damaged bytecode list (`verify` names it): served without its bytecode
+                pass
+            if list_ref is not None:
+                listed.add(list_ref["sha256"])
         for path, ref in files.items():
             if (var := engine_var_of(path)) is not None:
                 if path not in made:

@@ -5,7 +5,9 @@ that listing and choosing entries reads one file instead of every manifest.
 compares each manifest's inode, size and modification time with what the index
 recorded; a manifest that differs, or that the index lacks, is read and checked in
 full. So an index that a concurrent writer or a kill -9 left behind is at worst
-incomplete, never wrong. A reader that found it stale and can write to the store
+incomplete, never wrong. Values that many entries hold alike (the top-level packages
+of a shared bytecode list, a fingerprint) are written once, in `shared`, and each
+record names them by position: the file is read on every command. A reader that found it stale and can write to the store
 writes a new one, atomically, without the store's lock: concurrent writers race only
 to replace one valid snapshot by another.
 """
@@ -24,7 +26,8 @@ from ccache_cli.store import durable, schema
 
 INDEX_FILE = "index.json"
 TEMP_PREFIX = f".{INDEX_FILE}."  # durable.atomic_write's temporary files, in the store's tmp/
-_FORMAT = 1
+_FORMAT = 2  # 2: repeated values shared
+_SHARED_FROM = 200  # characters of JSON from which a record's value is shared
 
 # entry id -> [signature, summary, totals]
 Records = dict[str, list[Any]]
@@ -41,31 +44,64 @@ def load(root: Path) -> Records:
     try:
         document = json.loads((root / INDEX_FILE).read_bytes())
         if isinstance(document, dict) and document.get("format") == _FORMAT and isinstance(document["entries"], dict):
-            return {name: record for name, record in document["entries"].items() if _well_formed(record)}
-    except (OSError, ValueError, KeyError):
+            shared = document["shared"]
+            return {
+                name: [record[0], _joined(record[1], shared), _joined(record[2], shared)]
+                for name, record in document["entries"].items()
+                if _well_formed(record, len(shared))
+            }
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     return {}
 
 
-def _well_formed(record: Any) -> bool:
+def _well_formed(record: Any, shared: int) -> bool:
     return (
         isinstance(record, list)
         and len(record) == 3
         and isinstance(record[0], list)
-        and isinstance(record[1], dict)
-        and isinstance(record[2], dict)
+        and all(isinstance(part, list) and len(part) == 2 and isinstance(part[0], dict) for part in record[1:])
+        and all(isinstance(at, int) and 0 <= at < shared for part in record[1:] for at in part[1].values())
     )
+
+
+def _joined(part: list[Any], shared: list[Any]) -> dict[str, Any]:
+    """A summary or totals from its own fields and those it names in `shared`."""
+    fields, named = part
+    return {**fields, **{field: shared[at] for field, at in named.items()}} if named else fields
+
+
+def _split(document: Mapping[str, Any], shared: dict[str, int]) -> list[Any]:
+    """[its small fields, {field: position in shared}]; `shared` maps each shared value's
+    JSON to its position, and grows with the values first seen here."""
+    fields: dict[str, Any] = {}
+    named: dict[str, int] = {}
+    for field, value in document.items():
+        text = json.dumps(value, separators=(",", ":"))
+        if len(text) < _SHARED_FROM:
+            fields[field] = value
+        else:
+            named[field] = shared.setdefault(text, len(shared))
+    return [fields, named]
 
 
 def save(root: Path, records: Records, tmp_dir: Path) -> None:
     """Replace the index, where the store can be written to; else leave it. A store
     made read-only by its modes is left too, even where they do not stop this user
     (root), as the usage logs are."""
-    document = {"format": _FORMAT, "entries": records}
     with contextlib.suppress(OSError):
         if not os.stat(root).st_mode & 0o222:
             return
-        durable.atomic_write(root / INDEX_FILE, json.dumps(document, separators=(",", ":")).encode(), tmp_dir)
+        shared: dict[str, int] = {}
+        entries = {
+            name: [found, _split(summary, shared), _split(totals, shared)]
+            for name, (found, summary, totals) in records.items()
+        }
+        listed = json.dumps(entries, separators=(",", ":"))
+        text = (
+            f'{{"format":{_FORMAT},"shared":[{",".join(shared)}],"entries":{listed}}}'  # shared: JSON texts, in order
+        )
+        durable.atomic_write(root / INDEX_FILE, text.encode(), tmp_dir)
 
 
 def loader(folder: str, recorded: list[int]) -> Callable[[], Mapping[str, Any]]:
