@@ -73,8 +73,17 @@ def test_an_unchanged_program_is_served_with_nothing_traced(configurable: dict, 
 
 
 # Each case through one of the two ways (both are the same check; the matrix stays cheap).
+# Every run checks one case of each kind of state; the others of a kind are extended.
+EXTENDED = {"int attribute", "bool attribute", "string attribute", "backends flag", "deterministic algorithms"}
+
+
 @pytest.mark.parametrize(
-    "case,way", [(case, ("route", "api")[number % 2]) for number, case in enumerate(CASES)], ids=list(CASES)
+    "case,way",
+    [
+        pytest.param(case, ("route", "api")[number % 2], marks=[pytest.mark.extended] if case in EXTENDED else [])
+        for number, case in enumerate(CASES)
+    ],
+    ids=list(CASES),
 )
 def test_changed_python_state_gets_eager_numbers_and_the_reason(
     configurable: dict, tmp_path: Path, case: str, way: str
