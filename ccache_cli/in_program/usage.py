@@ -78,7 +78,7 @@ def log_paths(store: Store, entry_ids: Iterable[str]) -> list[str]:
 
 
 def read(store: Store, entry_id: str) -> Usage:
-    times, last, hits, misses, reason = 0, None, 0, 0, None
+    times, last, last_moment, hits, misses, reason = 0, None, None, 0, 0, None
     routed, served, not_routed = 0, 0, Counter()
     try:
         with open(f"{store.root}/usage/{entry_id}.log", encoding="utf-8") as log:
@@ -93,7 +93,9 @@ def read(store: Store, entry_id: str) -> Usage:
         try:
             if not line.get("result"):  # a result line reports a use's cache counters, not another use
                 at = line["at"]
-                last = at if last is None or moment(at) > moment(last) else last
+                when = moment(at)
+                if last_moment is None or when > last_moment:
+                    last, last_moment = at, when
                 times += 1
             hits += int(line.get("hits", 0))
             misses += int(line.get("misses", 0))
