@@ -57,7 +57,8 @@ class VerifyReport:
         return all(check.ok for check in self.checks)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "target": self.target, "checks": [dataclasses.asdict(check) for check in self.checks]}
+        checks = [{"entry": c.entry, "check": c.check, "ok": c.ok, "detail": c.detail} for c in self.checks]
+        return {"ok": self.ok, "target": self.target, "checks": checks}
 
 
 def verify(

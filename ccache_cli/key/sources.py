@@ -68,6 +68,7 @@ class Lookups:
 
     package_roots: dict[str, str | None] = field(default_factory=dict)
     hashes: dict[Path, str] = field(default_factory=dict)
+    found: dict[tuple[str, str], Path | None] = field(default_factory=dict)  # (module, path) -> its file
 
 
 def check(sources: Iterable[Source], sys_path: Sequence[str], lookups: Lookups | None = None) -> list[SourceStatus]:
@@ -78,15 +79,17 @@ def check(sources: Iterable[Source], sys_path: Sequence[str], lookups: Lookups |
     lookups = lookups or Lookups()
     statuses = []
     for source in sources:
-        found_by_import = bytecode.source_root(source.module, lookups.package_roots)
-        found = next(
-            (
-                Path(root) / source.path
-                for root in [*filter(None, [found_by_import]), *roots]
-                if (Path(root) / source.path).is_file()
-            ),
-            None,
-        )
+        if (source.module, source.path) not in lookups.found:
+            found_by_import = bytecode.source_root(source.module, lookups.package_roots)
+            lookups.found[source.module, source.path] = next(
+                (
+                    Path(root) / source.path
+                    for root in [*filter(None, [found_by_import]), *roots]
+                    if (Path(root) / source.path).is_file()
+                ),
+                None,
+            )
+        found = lookups.found[source.module, source.path]
         if found is None:
             statuses.append(SourceStatus(source, "missing", None))
         else:

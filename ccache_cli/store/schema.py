@@ -346,11 +346,10 @@ def _check_aot(aot: Mapping[str, Any]) -> None:
 
 def _check_bytecode_list(summary: Mapping[str, Any]) -> None:
     """What a manifest keeps of its bytecode list (bytecode_list.py): counts and names."""
-    counts = [summary.get("modules"), summary.get("bytes")]
     tops = summary.get("tops")
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts) or not (
-        isinstance(tops, list) and all(isinstance(top, str) and _MODULE.fullmatch(top) for top in tops)
-    ):
+    counts = all(type(n) is int and n >= 0 for n in (summary.get("modules"), summary.get("bytes")))
+    names = isinstance(tops, list) and all(isinstance(top, str) and "\n" not in top for top in tops)
+    if not (counts and names and all_match(_MODULE, tops)):
         raise ManifestError("bytecode_list must hold modules and bytes (counts) and tops (module names)")
 
 
