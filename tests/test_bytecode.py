@@ -14,6 +14,7 @@ import pytest
 from helpers.cli import ccache, ccache_json
 
 from ccache_cli.in_program import bytecode
+from ccache_cli.serve import views
 from ccache_cli.store import bytecode_list
 from ccache_cli.store.store import Store
 
@@ -154,7 +155,9 @@ def test_a_capture_with_no_bytecode_stores_none(tmp_path: Path) -> None:
 CAPTURED = "import torch; torch.compile(lambda x: x * 2 + 1)(torch.ones(4))"
 
 
-def test_entries_of_one_environment_share_one_bytecode_list(small_store: dict, tmp_path: Path) -> None:
+def test_entries_of_one_environment_share_one_bytecode_list(
+    small_store: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The compile stack's bytecode is listed once, in a blob each entry's manifest
     names: two sizes of one model share it, no manifest repeats it, an archive carries
     it once, and the unpacked entries read it back; a damaged list is named by verify."""
@@ -176,6 +179,19 @@ def test_entries_of_one_environment_share_one_bytecode_list(small_store: dict, t
     for entry in entries:
         assert checks[entry.id, "integrity"]["ok"] and checks[entry.id, "bytecode"]["ok"], report
         assert Store(target).find(entry.id).all_files == entry.all_files
+    # One entry's manifest disagreeing with the list they share: a view serves that entry
+    # without bytecode and the other with it, whichever comes first.
+    manifest = target / "entries" / entries[0].id / "manifest.json"
+    original = manifest.read_text()
+    document = json.loads(original)
+    document["bytecode_list"]["bytes"] += 1
+    manifest.chmod(0o644)
+    manifest.write_text(json.dumps(document))
+    damaged, good = (Store(target).find(entry.id) for entry in entries)
+    for number, order in enumerate(([damaged, good], [good, damaged])):
+        monkeypatch.setenv(views.VIEWS_ENV, str(tmp_path / f"views-{number}"))
+        assert views.ensure_view(Store(target), order)[1], number
+    manifest.write_text(original)
     # A damaged list: verify names it; gc and rm delete nothing (which blobs it names is
     # not known, and another entry shares it); a program still starts, without it.
     listed = Path(Store(target).blob_file(entries[0].files[bytecode_list.LIST_PATH]["sha256"]))

@@ -77,6 +77,8 @@ def test_the_index_follows_every_change_to_the_entries(tmp_path: Path) -> None:
         b"{not json",
         b'{"format": 2, "shared": [], "entries": {"x": 1}}',
         b'{"format": 2, "shared": [], "entries": {"x": [[1], [{}, {"key": 0}], [{}, {}]]}}',  # names no shared value
+        b'{"format": 2, "shared": [], "entries": {"x": [[1], [{}, []], [{}, {}]]}}',
+        b'{"format": 2, "shared": "a", "entries": {"x": [[1], [{}, {"key": 0}], [{}, {}]]}}',
         b'{"format": 99}',
     ],
 )

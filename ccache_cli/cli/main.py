@@ -2,8 +2,7 @@
 to the compiler cache (launcher.py), and a fast start for the commands that run in
 start-up scripts and image builds.
 
-Typer's import and argument handling (it builds pydantic validators for every
-parameter) cost 0.3 s or more at each start. So the plain forms
+Typer's import and argument handling cost 0.3 s or more at each start. So the plain forms
 `ccache [--store PATH] [-q] run [--no-route] [ENTRY...] -- CMD...`,
 `... pack OUTPUT [ENTRY...] [--json]`, `... unpack ARCHIVE [--json]`,
 `... push REF [ENTRY...] [--json]` and `... pull REF [--json]` are parsed here

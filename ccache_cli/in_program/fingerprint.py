@@ -170,7 +170,7 @@ def probe_digest() -> str:
     parts: list[str] = [sys.executable, platform.python_version(), platform.machine()]
     version_file = _torch_version_file()
     parts.append(version_file.read_text() if version_file else "no torch")
-    parts.append(_installed_at("triton"))
+    parts.append(_package_init("triton"))
     parts.append(str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()))
     parts.extend(f"{name}={os.environ.get(name)}" for name in _PROBE_ENV)
     parts.append(_cpu_flags())
@@ -188,14 +188,13 @@ def _torch_version_file() -> Path | None:
     return path if path.is_file() else None
 
 
-def _installed_at(name: str) -> str:
-    """Where a top-level package is and when its __init__.py was written, found without
-    importing it (or reading every installed distribution's metadata): this changes
-    whenever it is installed, upgraded or removed."""
-    spec = importlib.util.find_spec(name)
+def _package_init(name: str) -> str:
+    """The text of a top-level package's __init__.py (where triton's version is), found
+    without importing the package or reading every distribution's metadata."""
     try:
-        return f"{spec.origin} {os.stat(spec.origin).st_mtime_ns}" if spec and spec.origin else f"no {name}"
-    except OSError:
+        spec = importlib.util.find_spec(name)
+        return Path(spec.origin).read_text(errors="replace") if spec and spec.origin else f"no {name}"
+    except (ValueError, OSError):  # ValueError: a module whose __spec__ is None
         return f"no {name}"
 
 

@@ -190,10 +190,10 @@ def _link_files(
         if list_ref is None or list_ref["sha256"] not in listed:
             try:
                 files, stored_bytecode = entry.all_files, entry.bytecode
+                if list_ref is not None:
+                    listed.add(list_ref["sha256"])
             except ManifestError:  # a damaged bytecode list (`verify` names it): served without its bytecode
                 pass
-            if list_ref is not None:
-                listed.add(list_ref["sha256"])
         for path, ref in files.items():
             if (var := engine_var_of(path)) is not None:
                 if path not in made:

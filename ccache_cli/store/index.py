@@ -45,6 +45,8 @@ def load(root: Path) -> Records:
         document = json.loads((root / INDEX_FILE).read_bytes())
         if isinstance(document, dict) and document.get("format") == _FORMAT and isinstance(document["entries"], dict):
             shared = document["shared"]
+            if not isinstance(shared, list):
+                return {}
             return {
                 name: [record[0], _joined(record[1], shared), _joined(record[2], shared)]
                 for name, record in document["entries"].items()
@@ -60,8 +62,11 @@ def _well_formed(record: Any, shared: int) -> bool:
         isinstance(record, list)
         and len(record) == 3
         and isinstance(record[0], list)
-        and all(isinstance(part, list) and len(part) == 2 and isinstance(part[0], dict) for part in record[1:])
-        and all(isinstance(at, int) and 0 <= at < shared for part in record[1:] for at in part[1].values())
+        and all(
+            isinstance(part, list) and len(part) == 2 and isinstance(part[0], dict) and isinstance(part[1], dict)
+            for part in record[1:]
+        )
+        and all(type(at) is int and 0 <= at < shared for part in record[1:] for at in part[1].values())
     )
 
 

@@ -184,9 +184,10 @@ _SIZE = operator.itemgetter("size")
 
 def all_match(pattern: re.Pattern[str], texts: Iterable[str]) -> bool:
     """Whether every text matches `pattern` whole: one match over them all, joined by
-    newlines (which none may hold)."""
-    joined = "\n".join(texts)
-    return not joined or re.fullmatch(f"(?:{pattern.pattern})(?:\n(?:{pattern.pattern}))*", joined) is not None
+    newlines (so a text holding one fails)."""
+    texts = list(texts)
+    joined, one = "\n".join(texts), f"(?:{pattern.pattern})"
+    return not texts or joined.count("\n") == len(texts) - 1 and re.fullmatch(f"{one}(?:\n{one})*", joined) is not None
 
 
 def all_hex64(texts: list[str]) -> bool:
@@ -348,7 +349,7 @@ def _check_bytecode_list(summary: Mapping[str, Any]) -> None:
     """What a manifest keeps of its bytecode list (bytecode_list.py): counts and names."""
     tops = summary.get("tops")
     counts = all(type(n) is int and n >= 0 for n in (summary.get("modules"), summary.get("bytes")))
-    names = isinstance(tops, list) and all(isinstance(top, str) and "\n" not in top for top in tops)
+    names = isinstance(tops, list) and all(isinstance(top, str) for top in tops)
     if not (counts and names and all_match(_MODULE, tops)):
         raise ManifestError("bytecode_list must hold modules and bytes (counts) and tops (module names)")
 
