@@ -48,6 +48,7 @@ from typing import Any
 
 from ccache_cli.key.paths import (
     FAILED,
+    UNIMPORTED,
     Globals,
     PathError,
     PathSet,
@@ -252,6 +253,8 @@ class Checker:
             if any(code_digest(c.__code__) == expected for c in candidates if hasattr(c, "__code__")):
                 return None
             return f"{module}.{qualname} was replaced: it is not the code the stored code was traced through"
+        if value is UNIMPORTED:
+            return None
         if value is FAILED:
             if check == "attribute" and not expected[1]:
                 return None  # absent as traced

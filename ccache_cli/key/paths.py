@@ -92,6 +92,12 @@ def _subscript(text: str, at: int) -> tuple[Any, int]:
 
 
 FAILED = object()  # a step that raised: what follows it fails too
+# A module of torch's compile stack that this process has not imported, and what
+# follows it: nothing here can have changed it, and torch's own files are the entry's
+# (its key names torch's version; `verify` checks the files). Importing it to look would
+# cost the Dynamo import that serving stored code exists to spare.
+UNIMPORTED = object()
+_COMPILE_STACK = ("torch._dynamo", "torch._inductor")
 
 
 class PathSet:
@@ -122,8 +128,8 @@ class PathSet:
         append = values.append
         for parent, op, argument in self._nodes:
             base = values[parent] if parent >= 0 else None
-            if base is FAILED:
-                append(FAILED)
+            if base is FAILED or base is UNIMPORTED:
+                append(base)
                 continue
             try:
                 if op == "attr":
@@ -168,7 +174,12 @@ class Globals(dict):  # type: ignore[type-arg]
         if name in self._names:
             return self._names[name]
         if name.startswith(_IMPORT_PREFIX):
-            return _module(name[len(_IMPORT_PREFIX) :].replace("_dot_", "."))
+            module = name[len(_IMPORT_PREFIX) :].replace("_dot_", ".")
+            if module not in sys.modules and any(
+                module == top or module.startswith(f"{top}.") for top in _COMPILE_STACK
+            ):
+                return UNIMPORTED
+            return _module(module)
         if name.startswith(_BUILTINS_PREFIX):
             return vars(builtins)
         raise KeyError(name)

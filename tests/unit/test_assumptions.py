@@ -93,6 +93,24 @@ def test_a_function_is_described_by_name_and_code() -> None:
     assert a.describe_identity(object()) is None
 
 
+def test_a_compile_stack_module_the_program_has_not_imported_is_not_imported_to_check() -> None:
+    """An assumption on a module of torch's compile stack that a serving process has not
+    imported holds (nothing there changed it) and costs no import; any other module's is
+    read, importing it where its package is imported."""
+    program = (
+        "import sys, torch\n"
+        "from ccache_cli.key import assumptions as a\n"
+        "from ccache_cli.store.assumptions import Assumption, Frame, SizeAssumptions\n"
+        "held = Assumption('identity', \"G['__import_torch_dot__dynamo_dot_utils'].counters\", 'anything', 'ID_MATCH')\n"
+        "read = Assumption('value', \"G['__import_json_dot_decoder'].NaN\", 'anything', 'CONSTANT_MATCH')\n"
+        "checks = [SizeAssumptions(Frame('os', 'f'), (x,), 0) for x in (held, read)]\n"
+        "why = [a.Checker(torch, c).program_mismatch(None, (), {}, function=lambda: None) for c in checks]\n"
+        "print(why[0], 'torch._dynamo' in sys.modules, 'json.decoder' in sys.modules, why[1] is not None)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert result.stdout.split() == ["None", "False", "True", "True"], result.stderr
+
+
 def test_code_digests_agree_across_processes_with_other_string_hashing() -> None:
     program = (
         "from ccache_cli.key.assumptions import code_digest\n"
