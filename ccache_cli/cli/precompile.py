@@ -134,13 +134,15 @@ def _progress(enabled: bool) -> Iterator[Callable[[core.Progress], None]]:
             key = (event.phase, event.label)
             if key not in tasks:
                 for (phase, _), other in tasks.items():  # one step at a time, but packages beside others
-                    if phase != "package":
+                    if phase not in ("package", "export"):
                         progress.update(other, total=1, completed=1)
                 what = {
                     "loading": "loading model and torch",
                     "compile": "compile",
                     "aot": "aot_compile",
                     "package": "AOTInductor package",
+                    "export": "torch.export for the package of",
+                    "check": "loading the packages in a fresh process",
                     "bytecode": "bytecode of the imported modules",
                 }[event.phase]
                 label = (

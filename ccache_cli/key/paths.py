@@ -29,9 +29,13 @@ _IMPORT_PREFIX = "__import_"
 _BUILTINS_PREFIX = "__builtins_dict__"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SUBSCRIPT = re.compile(r"""\[(-?[0-9]+|'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\]""")
+_GENERIC = "object.__getattribute__("
+_NAME_ARGUMENT = re.compile(r"""\s*,\s*('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\)""")  # `, 'name')`
 
 # A step of a path: ("local" | "global", name) first, then ("attr", name),
-# ("item", key) or ("call", "type" | "dict") applied to what came before.
+# ("item", key), ("call", "type" | "dict") or ("generic", name) applied to what came
+# before; "generic" is `object.__getattribute__(..., name)`, which Dynamo reads past a
+# class's own `__getattribute__` (transformers' configs have one).
 Step = tuple[str, Any]
 
 
@@ -40,9 +44,9 @@ class PathError(Exception):
 
 
 def parse_path(path: str) -> tuple[Step, ...]:
-    """`path` as steps, where it is only attribute, constant subscript, `type(...)` and
-    `dict(...)` steps from `L[...]` or `G[...]` (PathError otherwise). Nothing in it is
-    ever evaluated as Python."""
+    """`path` as steps, where it is only attribute, constant subscript, `type(...)`,
+    `dict(...)` and `object.__getattribute__(..., 'name')` steps from `L[...]` or `G[...]`
+    (PathError otherwise). Nothing in it is ever evaluated as Python."""
     steps, at = _chain(path, 0)
     if at != len(path):
         raise PathError(f"not a path ccache evaluates: {path}")
@@ -50,7 +54,14 @@ def parse_path(path: str) -> tuple[Step, ...]:
 
 
 def _chain(text: str, at: int) -> tuple[list[Step], int]:
-    if text.startswith(("type(", "dict("), at):
+    if text.startswith(_GENERIC, at):
+        steps, at = _chain(text, at + len(_GENERIC))
+        found = _NAME_ARGUMENT.match(text, at)
+        if found is None:
+            raise PathError(f"not a path ccache evaluates: {text}")
+        steps.append(("generic", _string(found.group(1))))
+        at = found.end()
+    elif text.startswith(("type(", "dict("), at):
         call = text[at : at + 4]
         steps, at = _chain(text, at + 5)
         if not text.startswith(")", at):
@@ -86,9 +97,11 @@ def _subscript(text: str, at: int) -> tuple[Any, int]:
     if found is None:
         raise PathError(f"not a path ccache evaluates: {text}")
     token = found.group(1)
-    if token[0] not in "'\"":
-        return int(token), found.end()
-    return (token[1:-1] if "\\" not in token else ast.literal_eval(token)), found.end()
+    return (int(token) if token[0] not in "'\"" else _string(token)), found.end()
+
+
+def _string(token: str) -> str:
+    return token[1:-1] if "\\" not in token else ast.literal_eval(token)
 
 
 FAILED = object()  # a step that raised: what follows it fails too
@@ -138,11 +151,29 @@ class PathSet:
                     append(base[argument])
                 elif op == "call":
                     append(type(base) if argument == "type" else dict(base))
+                elif op == "generic":
+                    append(generic_attribute(base, argument))
                 else:
                     append((local if op == "local" else global_)[argument])
             except Exception:
                 append(FAILED)
         return values
+
+
+def generic_attribute(value: Any, name: str) -> Any:
+    """`object.__getattribute__(value, name)` where that runs no code of the program's: the
+    instance's `__dict__` (the one its type's C slot gives), or an entry of it that no
+    data descriptor of the type overrides. Anything else raises (its path is not read)."""
+    slot = next((vars(cls)["__dict__"] for cls in type(value).__mro__ if "__dict__" in vars(cls)), None)
+    if not isinstance(slot, types.GetSetDescriptorType):
+        raise AttributeError(f"{type(value).__name__} has no plain __dict__")
+    own = slot.__get__(value, type(value))
+    if name == "__dict__":
+        return own
+    declared = next((vars(cls)[name] for cls in type(value).__mro__ if name in vars(cls)), None)
+    if hasattr(type(declared), "__set__") or name not in own:
+        raise AttributeError(f"{name} is not a plain attribute of the {type(value).__name__}")
+    return own[name]
 
 
 def evaluate_one(path: str, local: Mapping[str, Any], global_: Mapping[str, Any]) -> Any:

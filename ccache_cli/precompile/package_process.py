@@ -5,8 +5,8 @@ it).
 Its one argument is the job, in JSON: the model's and the inputs' specs, the device,
 the mode, the labels to build (a size, or a range's `[low, high]`) and the folder. It
 builds the model again from its spec, as the compile worker did, and writes events,
-one JSON object per line, to its original stdout: `size_start` and `size_done` (phase
-`package`) as the compile worker's, then `result` (the weights each package binds, the
+one JSON object per line, to its original stdout: `size_start` and `size_done` (phases
+`package` and `export`) as the compile worker's, then `result` (the weights each package binds, the
 seconds each took, the model's structure, and the first build error or null), or
 `error` where it could not start building.
 """
@@ -72,7 +72,7 @@ def build(job: dict[str, Any], emit: aot.Emit) -> dict[str, Any]:
         inputs,
         "package",
         lambda label, args: weights.update(
-            packages.build(torch, model, label, args, ranges[label], job["mode"], folder)
+            packages.build(torch, model, label, args, ranges[label], job["mode"], folder, emit)
         ),
         emit,
     )

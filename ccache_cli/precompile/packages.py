@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,10 +71,10 @@ def start(
             seconds, error = aot.each_size(
                 labelled(inputs, range_inputs),
                 "package",
-                lambda label, args: weights.update(build(torch, model, label, args, labels[label], mode, folder)),
+                lambda label, args: weights.update(build(torch, model, label, args, labels[label], mode, folder, emit)),
                 emit,
             )
-        return _done(_finish(folder, device, weights, seconds, error, structure))
+        return _done(_finish(folder, device, weights, seconds, error, structure, emit))
     job = {"model": request["model"], "inputs": request["inputs"], "device": device, "mode": mode}
     workers = [
         _Worker(job, {label: labels[label] for label in list(labels)[index::jobs]}, folder, build_dir, emit)
@@ -91,7 +92,7 @@ def start(
         weights = {label: used for result in results for label, used in result["weights"].items()}
         built = {label: wall for result in results for label, wall in result["seconds"].items()}
         seconds = {label: built[label] for label in labels if label in built}
-        return _finish(folder, device, weights, seconds, error, structure)
+        return _finish(folder, device, weights, seconds, error, structure, emit)
 
     return wait
 
@@ -114,12 +115,18 @@ def build(
     batch_range: tuple[int, int] | None,
     mode: str | None,
     folder: Path,
+    emit: Emit,
 ) -> dict[str, list[str]]:
-    """Build one package, `folder/size-LABEL.pt2`; the weights it binds, by label."""
+    """Build one package, `folder/size-LABEL.pt2`; the weights it binds, by label. Its
+    torch.export is reported as a phase of its own: what of a package's time is not
+    AOTInductor's."""
+    emit("size_start", label=label, phase="export")
+    started = time.perf_counter()
     try:
         program = plan.export(torch, model, args, batch_range)
     except Exception as exc:
         raise ExportError(f"torch.export failed: {type(exc).__name__}: {one_line(str(exc))}") from exc
+    emit("size_done", label=label, phase="export", wall_s=round(time.perf_counter() - started, 3))
     with torch.no_grad():
         torch._inductor.aoti_compile_and_package(
             program,
@@ -144,6 +151,7 @@ def _finish(
     seconds: dict[str, float],
     error: str | None,
     structure: str,
+    emit: Emit,
 ) -> Status:
     """The packages' status; where they failed to build or to load, none is kept."""
     if error is not None:
@@ -151,7 +159,10 @@ def _finish(
         if not reason.startswith(("torch.export", "the model built again")):
             reason = f"AOTInductor failed: {error}"
     else:
+        emit("size_start", label=None, phase="check")
+        started = time.perf_counter()
         failure = _load_in_fresh_process(folder, device, weights)
+        emit("size_done", label=None, phase="check", wall_s=round(time.perf_counter() - started, 3))
         reason = None if failure is None else f"a fresh process could not load the packages: {failure}"
     if reason is not None:
         for package in folder.glob("*.pt2"):

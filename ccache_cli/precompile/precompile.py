@@ -67,7 +67,7 @@ def package_jobs(requested: int | None) -> int:
 class Progress:
     """What the worker is doing now, for a progress display."""
 
-    phase: str  # "loading", "compile", "aot", "package" or "bytecode"
+    phase: str  # "loading", "compile", "aot", "package" (its "export" within it), "check" or "bytecode"
     label: str | None = None  # a size, or "dynamic"
     done: bool = False
     wall_s: float | None = None

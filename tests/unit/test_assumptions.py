@@ -24,6 +24,7 @@ from ccache_cli.store.assumptions import Frame
         "L['self']._modules['n1'].eps",
         "G['__import_torch_dot_nn_dot_modules_dot_module']._global_forward_hooks",
         "dict(type(L['self']).__mro__[1].__dict__)['forward'].__closure__[0].cell_contents",
+        "object.__getattribute__(L['self']._modules['model'].config, '__dict__')",  # torch 2.11
     ],
 )
 def test_dynamo_source_paths_parse(path: str) -> None:
@@ -43,6 +44,9 @@ def test_dynamo_source_paths_parse(path: str) -> None:
         "L['a'].b[c]",
         "type(L['a'], 1)",
         "L['a'].b + 1",
+        "object.__getattribute__(L['a'], L['b'])",
+        "object.__getattribute__(L['a'], '__dict__', 1)",
+        "object.__setattr__(L['a'], 'x')",
     ],
 )
 def test_a_path_that_would_run_code_is_refused(path: str) -> None:
@@ -91,6 +95,34 @@ def test_a_function_is_described_by_name_and_code() -> None:
     assert a.describe_identity(helper) != a.describe_identity(other)
     assert a.describe_identity(len) == a.describe_identity(len)
     assert a.describe_identity(object()) is None
+
+
+class _Config:
+    """As transformers' configs: a `__getattribute__` of its own, through which Dynamo
+    reads past (torch 2.11 names such reads `object.__getattribute__(..., name)`)."""
+
+    aliases = {"alias": "eps"}
+
+    def __init__(self) -> None:
+        self.eps = 1e-6
+
+    def __getattribute__(self, name: str) -> object:
+        return super().__getattribute__(type(self).aliases.get(name, name))
+
+
+class _OwnDict:
+    @property
+    def __dict__(self) -> dict:  # type: ignore[override]
+        raise AssertionError("a path ran the program's code")
+
+
+def test_a_generic_attribute_read_runs_none_of_the_program_s_code() -> None:
+    config = _Config()
+    assert paths.evaluate_one("object.__getattribute__(L['c'], '__dict__')", {"c": config}, {}) == {"eps": 1e-6}
+    assert paths.evaluate_one("object.__getattribute__(L['c'], 'eps')", {"c": config}, {}) == 1e-6
+    for value, name in ((_OwnDict(), "__dict__"), (config, "alias"), (1, "__dict__")):
+        with pytest.raises(paths.PathError):
+            paths.evaluate_one(f"object.__getattribute__(L['x'], {name!r})", {"x": value}, {})
 
 
 def test_a_compile_stack_module_the_program_has_not_imported_is_not_imported_to_check() -> None:
