@@ -9,7 +9,7 @@
 #     bash benchmarks/gpu.sh LOG_FOLDER [STEP...]
 #
 # STEP: tests, guards, per_call, graphs, warm_start, generate, size_range (default: all,
-# in that order). `guards` lists the decoder's guards whose paths ccache cannot read.
+# in that order). `guards` lists the decoder's guards whose paths ccache cannot parse.
 set -u
 logs=${1:?usage: bash benchmarks/gpu.sh LOG_FOLDER [STEP...]}
 shift

@@ -1,4 +1,4 @@
-"""Which of a compile's Dynamo guards name a value by a path ccache cannot read, and
+"""Which of a compile's Dynamo guards name a value by a path ccache cannot parse, and
 the chain of torch sources behind each name: what to look at when a process says a
 size's stored code "assumes ... which ccache cannot check (not readable)" (torch
 versions name some sources differently).
@@ -8,7 +8,7 @@ versions name some sources differently).
 MODEL as `ccache precompile` takes it (`path/to/file.py[:attr]` or `pkg.module[:attr]`),
 compiled once at SIZE with torch.compile as precompile does, its guards recorded as
 precompile records them (precompile/guards.py). Prints one line per guard whose path
-reads neither a local (`L[...]`) nor a global (`G[...]`).
+is not of a form key/paths.py reads.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+from ccache_cli.key import paths
 from ccache_cli.precompile import guards, modelspec, plan
 
 
@@ -27,6 +28,14 @@ def source_chain(source: object) -> str:
         links.append(f"{type(source).__name__}({name})")
         source = getattr(source, "base", None)
     return " <- ".join(links)
+
+
+def _parses(path: str) -> bool:
+    try:
+        paths.parse_path(path)
+    except paths.PathError:
+        return False
+    return True
 
 
 def main() -> None:
@@ -44,12 +53,12 @@ def main() -> None:
     for frame in frames:
         for entry in frame.guards:
             name = entry.orig_guard.name
-            if name and "L[" not in name and "G[" not in name and name not in seen:
+            if name and not _parses(name) and name not in seen:
                 seen.add(name)
                 print(
                     f"{entry.guard_type} {name!r} in {frame.code.co_name}: {source_chain(entry.orig_guard.originating_source)}"
                 )
-    print(f"{len(seen)} guard path(s) that read neither a local nor a global")
+    print(f"{len(seen)} guard path(s) that ccache cannot parse")
 
 
 if __name__ == "__main__":
