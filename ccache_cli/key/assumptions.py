@@ -55,6 +55,8 @@ from ccache_cli.key.paths import (
     call_locals,
     display_path,
     forward_locals,
+    imported_module,
+    parse_path,
     resolve_code_owner,
 )
 from ccache_cli.store.assumptions import Assumption, SizeAssumptions
@@ -226,14 +228,20 @@ class Checker:
         with `args`, `self` first for a method; `model` is then not used)."""
         try:
             local = forward_locals(model, args, kwargs) if function is None else call_locals(function, args, kwargs)
-            global_ = Globals(self._frame.module)
+            global_ = Globals(self._frame.module, lazy=True)
         except Exception as exc:
             return f"the forward's locals or globals could not be read ({type(exc).__name__}: {exc})"
         first = next(iter(local), None)
         self._self_name = first if function is None or first == "self" else None
         values = self._paths.evaluate(local, global_)
+        read_again: list[Any] | None = None  # importing the compile stack, where needed
         for assumption, node in zip(self._program, self._nodes):
-            why = self._mismatch(assumption, FAILED if node is None or node < 0 else values[node])
+            value = FAILED if node is None or node < 0 else values[node]
+            if value is UNIMPORTED and not _as_torch_ships_it(assumption):
+                if read_again is None:
+                    read_again = self._paths.evaluate(local, Globals(self._frame.module))
+                value = read_again[node]
+            why = self._mismatch(assumption, value)
             if why is not None:
                 return why
         return None
@@ -274,6 +282,25 @@ class Checker:
         if check == "dict_key":
             return f"{shown} {'holds' if found[1] else 'lacks'} the key {expected[0]!r}; the stored code was built {'with' if expected[1] else 'without'} it"
         return f"{shown} is {_render(found)}; the stored code was built with {_render(expected)}"
+
+
+def _as_torch_ships_it(assumption: Assumption) -> bool:
+    """Whether an assumption on a module of torch's compile stack that the program has
+    not imported holds unread: the module's identity, or that of a function or class
+    defined in it, read straight from it. Nothing in the process can have changed those
+    (that takes importing it), and torch's files are the entry's (its key names torch's
+    version; `verify` checks them). Values, types and anything read further on (a
+    standard-library module it imported, a config an environment variable sets) are
+    read, importing it."""
+    module = imported_module(assumption.path)
+    if assumption.check != "identity" or module is None or not isinstance(assumption.expected, str):
+        return False
+    steps = parse_path(assumption.path)
+    if len(steps) == 1:
+        return assumption.expected == f"module:{module}"
+    name = steps[1][1]
+    own = (f"function:{module}.{name}:", f"class:{module}.{name}")
+    return len(steps) == 2 and steps[1][0] == "attr" and assumption.expected.startswith(own)
 
 
 def _observe(check: str, value: Any, expected: Any) -> Any:

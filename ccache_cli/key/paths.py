@@ -101,14 +101,17 @@ def _subscript(text: str, at: int) -> tuple[Any, int]:
 
 
 def _string(token: str) -> str:
-    return token[1:-1] if "\\" not in token else ast.literal_eval(token)
+    try:
+        return token[1:-1] if "\\" not in token else ast.literal_eval(token)
+    except (SyntaxError, ValueError) as exc:
+        raise PathError(f"not a string ccache reads: {token}") from exc
 
 
 FAILED = object()  # a step that raised: what follows it fails too
 # A module of torch's compile stack that this process has not imported, and what
-# follows it: nothing here can have changed it, and torch's own files are the entry's
-# (its key names torch's version; `verify` checks the files). Importing it to look would
-# cost the Dynamo import that serving stored code exists to spare.
+# follows it (Globals with `lazy`): importing it to look costs the Dynamo import that
+# serving stored code exists to spare. What such a value satisfies unread is the
+# checker's to say (assumptions.py); else it reads again, importing.
 UNIMPORTED = object()
 _COMPILE_STACK = ("torch._dynamo", "torch._inductor")
 
@@ -164,16 +167,32 @@ def generic_attribute(value: Any, name: str) -> Any:
     """`object.__getattribute__(value, name)` where that runs no code of the program's: the
     instance's `__dict__` (the one its type's C slot gives), or an entry of it that no
     data descriptor of the type overrides. Anything else raises (its path is not read)."""
-    slot = next((vars(cls)["__dict__"] for cls in type(value).__mro__ if "__dict__" in vars(cls)), None)
-    if not isinstance(slot, types.GetSetDescriptorType):
-        raise AttributeError(f"{type(value).__name__} has no plain __dict__")
-    own = slot.__get__(value, type(value))
+    kind = type(value)
+    slot = _declared(kind, "__dict__")
+    if type(slot) is not types.GetSetDescriptorType:
+        raise AttributeError(f"{kind.__name__} has no plain __dict__")
+    own = slot.__get__(value, kind)
     if name == "__dict__":
         return own
-    declared = next((vars(cls)[name] for cls in type(value).__mro__ if name in vars(cls)), None)
-    if hasattr(type(declared), "__set__") or name not in own:
-        raise AttributeError(f"{name} is not a plain attribute of the {type(value).__name__}")
-    return own[name]
+    declared = type(_declared(kind, name))
+    data_descriptor = _declared(declared, "__set__") is not None or _declared(declared, "__delete__") is not None
+    found = dict.get(own, name, FAILED) if type(own) is dict else FAILED
+    if data_descriptor or found is FAILED:
+        raise AttributeError(f"{name} is not a plain attribute of the {kind.__name__}")
+    return found
+
+
+def _declared(kind: type, name: str) -> Any:
+    """`name` in the namespace of `kind` or the first of its bases that has it, or None;
+    read through type's own slots, past any metaclass of the program's."""
+    for cls in _TYPE_MRO.__get__(kind):
+        namespace = _TYPE_DICT.__get__(cls)
+        if name in namespace:
+            return namespace[name]
+    return None
+
+
+_TYPE_MRO, _TYPE_DICT = vars(type)["__mro__"], vars(type)["__dict__"]
 
 
 def evaluate_one(path: str, local: Mapping[str, Any], global_: Mapping[str, Any]) -> Any:
@@ -181,7 +200,7 @@ def evaluate_one(path: str, local: Mapping[str, Any], global_: Mapping[str, Any]
     paths = PathSet()
     node = paths.add(path)
     value = paths.evaluate(local, global_)[node]
-    if value is FAILED:
+    if value is FAILED or value is UNIMPORTED:
         raise PathError(f"{path} cannot be read")
     return value
 
@@ -197,23 +216,37 @@ class Globals(dict):  # type: ignore[type-arg]
     names Dynamo installs there (`__import_a_dot_b` for module a.b, `__builtins_dict__`
     for the builtins), which a process without Dynamo has not."""
 
-    def __init__(self, module: str) -> None:
+    def __init__(self, module: str, lazy: bool = False) -> None:
         super().__init__()
         self._names = vars(_module(module))
+        self._lazy = lazy  # a compile-stack module the program has not imported: UNIMPORTED
 
     def __missing__(self, name: str) -> Any:
         if name in self._names:
             return self._names[name]
         if name.startswith(_IMPORT_PREFIX):
             module = name[len(_IMPORT_PREFIX) :].replace("_dot_", ".")
-            if module not in sys.modules and any(
-                module == top or module.startswith(f"{top}.") for top in _COMPILE_STACK
-            ):
+            if self._lazy and module not in sys.modules and in_compile_stack(module):
                 return UNIMPORTED
             return _module(module)
         if name.startswith(_BUILTINS_PREFIX):
             return vars(builtins)
         raise KeyError(name)
+
+
+def in_compile_stack(module: str) -> bool:
+    return any(module == top or module.startswith(f"{top}.") for top in _COMPILE_STACK)
+
+
+def imported_module(path: str) -> str | None:
+    """The module a path starts from where it is one Dynamo installed (`G['__import_a_dot_b']`)."""
+    steps = parse_path(path)
+    root, name = steps[0]
+    return (
+        name[len(_IMPORT_PREFIX) :].replace("_dot_", ".")
+        if root == "global" and name.startswith(_IMPORT_PREFIX)
+        else None
+    )
 
 
 def _module(name: str) -> types.ModuleType:

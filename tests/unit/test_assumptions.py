@@ -116,31 +116,50 @@ class _OwnDict:
         raise AssertionError("a path ran the program's code")
 
 
+class _DeleteOnly:  # a data descriptor though it has no __set__
+    def __get__(self, owner: object, kind: object = None) -> str:
+        return "descriptor"
+
+    def __delete__(self, owner: object) -> None:
+        pass
+
+
+class _Shadowed:
+    eps = _DeleteOnly()
+
+    def __init__(self) -> None:
+        vars(self)["eps"] = 1e-6
+
+
 def test_a_generic_attribute_read_runs_none_of_the_program_s_code() -> None:
     config = _Config()
     assert paths.evaluate_one("object.__getattribute__(L['c'], '__dict__')", {"c": config}, {}) == {"eps": 1e-6}
     assert paths.evaluate_one("object.__getattribute__(L['c'], 'eps')", {"c": config}, {}) == 1e-6
-    for value, name in ((_OwnDict(), "__dict__"), (config, "alias"), (1, "__dict__")):
+    for value, name in ((_OwnDict(), "__dict__"), (config, "alias"), (1, "__dict__"), (_Shadowed(), "eps")):
         with pytest.raises(paths.PathError):
             paths.evaluate_one(f"object.__getattribute__(L['x'], {name!r})", {"x": value}, {})
 
 
-def test_a_compile_stack_module_the_program_has_not_imported_is_not_imported_to_check() -> None:
-    """An assumption on a module of torch's compile stack that a serving process has not
-    imported holds (nothing there changed it) and costs no import; any other module's is
-    read, importing it where its package is imported."""
+def test_a_compile_stack_module_the_program_has_not_imported_is_read_only_where_it_must() -> None:
+    """The identity of a function a module of torch's compile stack defines holds unread
+    where the program has not imported that module (no Dynamo import to check it); what
+    is read further on (a standard-library module it imported, which the program can
+    patch) or any other module's value is read, importing it."""
     program = (
         "import sys, torch\n"
         "from ccache_cli.key import assumptions as a\n"
         "from ccache_cli.store.assumptions import Assumption, Frame, SizeAssumptions\n"
-        "held = Assumption('identity', \"G['__import_torch_dot__dynamo_dot_utils'].counters\", 'anything', 'ID_MATCH')\n"
-        "read = Assumption('value', \"G['__import_json_dot_decoder'].NaN\", 'anything', 'CONSTANT_MATCH')\n"
-        "checks = [SizeAssumptions(Frame('os', 'f'), (x,), 0) for x in (held, read)]\n"
-        "why = [a.Checker(torch, c).program_mismatch(None, (), {}, function=lambda: None) for c in checks]\n"
-        "print(why[0], 'torch._dynamo' in sys.modules, 'json.decoder' in sys.modules, why[1] is not None)\n"
+        "def why(check, path, expected):\n"
+        "    assumed = SizeAssumptions(Frame('os', 'f'), (Assumption(check, path, expected, 'ID_MATCH'),), 0)\n"
+        "    return a.Checker(torch, assumed).program_mismatch(None, (), {}, function=lambda: None)\n"
+        "dynamo = \"G['__import_torch_dot__dynamo_dot_utils']\"\n"
+        "print(why('identity', dynamo + '.helper', 'function:torch._dynamo.utils.helper:0'), 'torch._dynamo' in sys.modules)\n"
+        "further = \"G['__import_torch_dot__dynamo_dot_polyfills_dot_builtins'].functools.reduce\"\n"
+        "print(why('identity', further, 'builtin:patched') is not None, 'torch._dynamo' in sys.modules)\n"
+        "print(why('value', \"G['__import_json_dot_decoder'].NaN\", 'anything') is not None, 'json.decoder' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
-    assert result.stdout.split() == ["None", "False", "True", "True"], result.stderr
+    assert result.stdout.split() == ["None", "False", "True", "True", "True", "True"], result.stderr
 
 
 def test_code_digests_agree_across_processes_with_other_string_hashing() -> None:
