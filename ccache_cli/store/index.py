@@ -5,11 +5,13 @@ that listing and choosing entries reads one file instead of every manifest.
 compares each manifest's inode, size and modification time with what the index
 recorded; a manifest that differs, or that the index lacks, is read and checked in
 full. So an index that a concurrent writer or a kill -9 left behind is at worst
-incomplete, never wrong. Values that many entries hold alike (the top-level packages
-of a shared bytecode list, a fingerprint) are written once, in `shared`, and each
-record names them by position: the file is read on every command. A reader that found it stale and can write to the store
+incomplete, never wrong. A reader that found it stale and can write to the store
 writes a new one, atomically, without the store's lock: concurrent writers race only
 to replace one valid snapshot by another.
+
+Every command reads it, so it is kept small: a field's value that many entries hold
+alike (the top-level packages of a shared bytecode list) is written once, in `shared`,
+and each record names it by position.
 """
 
 from __future__ import annotations
