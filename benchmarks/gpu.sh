@@ -8,15 +8,18 @@
 #
 #     bash benchmarks/gpu.sh LOG_FOLDER [STEP...]
 #
-# STEP: tests, guards, per_call, graphs, warm_start, generate, size_range (default: all,
-# in that order). `guards` lists the decoder's guards whose paths ccache cannot parse.
+# STEP: tests, origins, guards, per_call, graphs, warm_start, generate, size_range
+# (default: all, in that order). `origins` serves the bundled example through
+# ccache_cli.compile and prints the stack that first imports Dynamo or Inductor (the
+# serving script's own import, after its report says `"compile_stack": []`, is its
+# counters'); `guards` lists the decoder's guards whose paths ccache cannot parse.
 set -u
 logs=${1:?usage: bash benchmarks/gpu.sh LOG_FOLDER [STEP...]}
 shift
 mkdir -p "$logs"
 cd "$(dirname "$0")/.." || exit 1
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(tests guards per_call graphs warm_start generate size_range)
+[ ${#steps[@]} -eq 0 ] && steps=(tests origins guards per_call graphs warm_start generate size_range)
 decoder=benchmarks/models/llama_decoder.py:build
 # The GPU tests in three processes where pytest-xdist is there (one GPU serves them all).
 workers=(-n 0)
@@ -44,6 +47,10 @@ run_step() {  # NAME SECONDS COMMAND...
 for step in "${steps[@]}"; do
   case $step in
     tests) run_step tests 400 python3 -m pytest tests/test_gpu.py -q "${workers[@]}" -p no:cacheprovider --tb=short -rfEs ;;
+    origins) run_step origins 300 bash -c "python3 -m ccache_cli --store '$logs/example-store' precompile \
+      ccache_cli.examples.tiny_transformer --sizes 1,8 --device cuda >/dev/null && CCACHE_CLI_VIEWS='$logs/views' \
+      python3 -m ccache_cli --store '$logs/example-store' run -- python3 scripts/import_origin.py \
+      torch._dynamo,torch._inductor tests/programs/serve_example.py api '[1, 8]' cuda" ;;
     guards) LLAMA_LAYERS=2 run_step guards 150 python3 scripts/guard_sources.py "$decoder" 1 cuda ;;
     per_call) run_step per_call 200 python3 benchmarks/per_call.py --model "$decoder" --device cuda --size 1 --calls 100 ;;
     graphs) run_step graphs 200 python3 benchmarks/per_call.py --model "$decoder" --device cuda --size 1 --calls 100 \
