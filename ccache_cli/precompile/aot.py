@@ -88,15 +88,25 @@ def each_size(
     failed ("Type: message"), stopping there, or None."""
     seconds: dict[str, float] = {}
     for size, args in inputs.items():
-        emit("size_start", label=str(size), phase=phase)
-        start = time.perf_counter()
         try:
-            build(size, args)
+            with reported(emit, phase, str(size)) as took:
+                build(size, args)
         except Exception as exc:
             return seconds, f"{type(exc).__name__}: {one_line(str(exc))}"
-        seconds[str(size)] = round(time.perf_counter() - start, 3)
-        emit("size_done", label=str(size), phase=phase, wall_s=seconds[str(size)])
+        seconds[str(size)] = took["wall_s"]
     return seconds, None
+
+
+@contextlib.contextmanager
+def reported(emit: Emit, phase: str, label: str | None) -> Iterator[dict[str, float]]:
+    """Report a step's start, and its end with its seconds (`wall_s`, also left in what
+    it yields) where it ends without raising."""
+    emit("size_start", label=label, phase=phase)
+    started = time.perf_counter()
+    took: dict[str, float] = {}
+    yield took
+    took["wall_s"] = round(time.perf_counter() - started, 3)
+    emit("size_done", label=label, phase=phase, **took)
 
 
 def one_line(text: str) -> str:

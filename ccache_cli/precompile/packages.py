@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -120,13 +119,11 @@ def build(
     """Build one package, `folder/size-LABEL.pt2`; the weights it binds, by label. Its
     torch.export is reported as a phase of its own: what of a package's time is not
     AOTInductor's."""
-    emit("size_start", label=label, phase="export")
-    started = time.perf_counter()
     try:
-        program = plan.export(torch, model, args, batch_range)
+        with aot.reported(emit, "export", label):
+            program = plan.export(torch, model, args, batch_range)
     except Exception as exc:
         raise ExportError(f"torch.export failed: {type(exc).__name__}: {one_line(str(exc))}") from exc
-    emit("size_done", label=label, phase="export", wall_s=round(time.perf_counter() - started, 3))
     with torch.no_grad():
         torch._inductor.aoti_compile_and_package(
             program,
@@ -159,10 +156,8 @@ def _finish(
         if not reason.startswith(("torch.export", "the model built again")):
             reason = f"AOTInductor failed: {error}"
     else:
-        emit("size_start", label=None, phase="check")
-        started = time.perf_counter()
-        failure = _load_in_fresh_process(folder, device, weights)
-        emit("size_done", label=None, phase="check", wall_s=round(time.perf_counter() - started, 3))
+        with aot.reported(emit, "check", None):
+            failure = _load_in_fresh_process(folder, device, weights)
         reason = None if failure is None else f"a fresh process could not load the packages: {failure}"
     if reason is not None:
         for package in folder.glob("*.pt2"):
