@@ -191,6 +191,16 @@ def test_entries_of_one_environment_share_one_bytecode_list(
     for number, order in enumerate(([damaged, good], [good, damaged])):
         monkeypatch.setenv(views.VIEWS_ENV, str(tmp_path / f"views-{number}"))
         assert views.ensure_view(Store(target), order)[1], number
+    # ... and verify still hashes the list's files for the other entry, and names one damaged.
+    pyc_path, pyc_ref = sorted(good.bytecode_files.items())[0]
+    pyc = Path(Store(target).blob_file(pyc_ref["sha256"]))
+    kept = pyc.read_bytes()
+    pyc.chmod(0o644)
+    pyc.write_bytes(bytes([kept[0] ^ 1]) + kept[1:])
+    result = ccache("verify", "--json", store=target, cwd=models)
+    checks = {(check["entry"], check["check"]): check for check in json.loads(result.stdout)["checks"]}
+    assert result.returncode == 1 and pyc_path in checks[good.id, "integrity"]["detail"], result.stdout
+    pyc.write_bytes(kept)
     manifest.write_text(original)
     # A damaged list: verify names it; gc and rm delete nothing (which blobs it names is
     # not known, and another entry shares it); a program still starts, without it.

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ccache_cli.store import bytecode_list
 from ccache_cli.store.hashing import sha256_file
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.schema import ManifestError
@@ -53,12 +54,14 @@ def broken_store_blobs(store: Store, entries: Iterable[Manifest]) -> dict[str, s
     """Re-hash every blob the entries name; what is wrong with each bad one."""
     broken: dict[str, str] = {}
     sizes: dict[str, int] = {}
-    lists: set[int] = set()  # each bytecode list once, however many entries name it
+    lists: set[str] = set()  # each bytecode list once (by its sha256), however many entries name it
     for entry in entries:
         sizes.update((ref["sha256"], ref["size"]) for ref in entry.files.values())
-        listed = readable_files(entry, own=False)
-        if id(listed) not in lists:
-            lists.add(id(listed))
+        list_ref = entry.files.get(bytecode_list.LIST_PATH)
+        if list_ref is not None and list_ref["sha256"] not in lists:
+            listed = readable_files(entry, own=False)
+            if listed:  # read: another entry naming it need not read it again
+                lists.add(list_ref["sha256"])
             sizes.update((ref["sha256"], ref["size"]) for ref in listed.values())
     for sha256, size in sizes.items():
         path = store.blob_path(sha256)
