@@ -208,6 +208,16 @@ def test_run_passes_the_exit_code_through(example_store: Path, tmp_path: Path) -
     assert result.stdout.strip().startswith(str(tmp_path / "views"))
 
 
+def test_a_process_that_never_imports_torch_loads_no_routing(example_store: Path, tmp_path: Path) -> None:
+    """The processes a program starts (torch's compiler probes, tools) pay only for the
+    start-up hook; routing loads with torch."""
+    loaded = "import sys; print(sorted(m for m in sys.modules if m.startswith('ccache_cli')))"
+    assert run_python(example_store, tmp_path, "-c", loaded).stdout.strip() == "[]"
+    routed = run_python(example_store, tmp_path, "-c", "import torch; print(torch.compile._ccache_cli_routed)")
+    assert routed.returncode == 0, routed.stderr
+    assert routed.stdout.strip() == "True"
+
+
 def _tree_digest(root: Path) -> dict[str, str]:
     digest = {}
     for path in sorted(root.rglob("*")):

@@ -3,10 +3,10 @@ folder first on PYTHONPATH.
 
 Under `ccache run` ($CCACHE_CLI_VIEW and $CCACHE_CLI_USAGE_LOGS set), it appends the
 process's FX-graph cache hits and misses to the active entries' usage logs at exit,
-and where graphs missed the stored cache, says why on stderr; it routes the program's
-torch.compile calls to the stored AOT code where they fit (serve/routing.py, unless
-CCACHE_CLI_ROUTE=0); and it has torch look up autotuning results in the view
-(relocate.py).
+and where graphs missed the stored cache, says why on stderr; once the program imports
+torch, it routes its torch.compile calls to the stored AOT code where they fit
+(serve/routing.py, unless CCACHE_CLI_ROUTE=0); and it has torch look up autotuning
+results in the view (relocate.py).
 
 Under `ccache run --capture`, the hook stays idle
 until the program imports torch's tracing module, then records the files Dynamo
@@ -119,9 +119,21 @@ def _routing():
     return importlib.import_module("ccache_cli.serve.routing")
 
 
+def _route(torch):
+    """Route the program's torch.compile calls, right after its torch is imported: a
+    process that never imports torch (a compiler probe, a tool the program starts) does
+    not load ccache-cli's routing."""
+    try:
+        _routing().install(torch)
+    except Exception as exc:  # never stop the program's import of torch
+        sys.stderr.write(f"ccache: torch.compile is not routed in this process ({type(exc).__name__}: {exc})\n")
+
+
 def _report_usage():
     """Append this process's cache hits and misses, and what routing did, to the
     entries' usage logs, and say why where it missed (misses.py)."""
+    if "torch" not in sys.modules:  # it compiled nothing and ran no stored code
+        return
     decisions = sys.modules.get("ccache_cli.serve.decisions")  # loaded with routing, if it ran
     summary = decisions.summary if decisions is not None else None
     _load("misses").report_at_exit(_VIEW, _LOGS, _load("fingerprint"), _load("usage"), "run", summary)
@@ -146,10 +158,7 @@ if _VIEW and os.environ.get("CCACHE_CLI_RUN_PID") == str(os.getpid()):  # the co
     atexit.register(_report_engines)
 # torch.compile of a module runs the stored code; under a capture, function compiles are captured
 if (_VIEW or _RECORDS) and os.environ.get("CCACHE_CLI_ROUTE", "1") != "0":
-    try:
-        _routing().install_when_torch_is_imported()
-    except Exception as exc:  # never stop the program, or the sitecustomize it shadows
-        sys.stderr.write(f"ccache: torch.compile is not routed in this process ({type(exc).__name__}: {exc})\n")
+    _load("imports").when_imported("torch", _route)
 if _VIEW and os.environ.get("CCACHE_CLI_COMPILED_AT"):  # autotuning results where this process keeps its cache
     _load("relocate").install(
         os.environ["CCACHE_CLI_COMPILED_AT"].split(os.pathsep),
