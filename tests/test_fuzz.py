@@ -257,6 +257,26 @@ def test_the_manifest_schema_refuses_or_accepts_only_safe_manifests(field: tuple
     json.dumps(checked)
 
 
+@pytest.mark.parametrize(
+    ("created", "accepted"),
+    [
+        ("2026-12-07T09:04:59Z", True),
+        ("2026-13-01T00:00:00Z", False),
+        ("2026-02-30T00:00:00Z", False),
+        ("2026-12-07T24:00:00Z", False),
+        ("2026-12-07T09:04:60Z", False),
+        ("2026-12-07 09:04:00Z", False),
+    ],
+)
+def test_the_manifest_schema_takes_only_real_utc_times(created: str, accepted: bool) -> None:
+    changed = {**VALID, "created": created}
+    if accepted:
+        schema.check(changed)
+    else:
+        with pytest.raises(schema.ManifestError, match="created"):
+            schema.check(changed)
+
+
 @given(
     st.lists(
         st.text(st.characters(min_codepoint=1, max_codepoint=0x10FFFF), min_size=1, max_size=20), min_size=1, max_size=6
