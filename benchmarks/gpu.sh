@@ -8,11 +8,12 @@
 #
 #     bash benchmarks/gpu.sh LOG_FOLDER [STEP...]
 #
-# STEP: tests, origins, guards, per_call, graphs, warm_start, generate, size_range
-# (default: all, in that order). `origins` serves the bundled example through
+# STEP: tests, origins, guards, per_call, graphs, warm_start, generate, size_range,
+# package (default: all but package, in that order). `origins` serves the bundled example through
 # ccache_cli.compile and prints the stack that first imports Dynamo or Inductor (the
 # serving script's own import, after its report says `"compile_stack": []`, is its
-# counters'); `guards` lists the decoder's guards whose paths ccache cannot parse.
+# counters'); `guards` lists the decoder's guards whose paths ccache cannot parse;
+# `package` profiles one AOTInductor package build of the decoder (size 1).
 set -u
 logs=${1:?usage: bash benchmarks/gpu.sh LOG_FOLDER [STEP...]}
 shift
@@ -58,6 +59,7 @@ for step in "${steps[@]}"; do
     warm_start) run_step warm_start 400 python3 benchmarks/warm_start.py --model "$decoder" --device cuda --sizes 1,8 \
       --ways eager,cold,ccache_route,ccache_api ;;
     generate) run_step generate 400 python3 benchmarks/generate.py --device cuda ;;
+    package) run_step package 400 python3 scripts/package_profile.py "$decoder" 1 cuda ;;
     size_range) run_step size_range 500 python3 benchmarks/size_range.py --device cuda --range 1-256 --static 1,8,64,256 ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
