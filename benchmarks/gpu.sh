@@ -9,11 +9,12 @@
 #     bash benchmarks/gpu.sh LOG_FOLDER [STEP...]
 #
 # STEP: tests, origins, guards, per_call, graphs, warm_start, generate, size_range,
-# package (default: all but package, in that order). `origins` serves the bundled example through
-# ccache_cli.compile and prints the stack that first imports Dynamo or Inductor (the
-# serving script's own import, after its report says `"compile_stack": []`, is its
-# counters'); `guards` lists the decoder's guards whose paths ccache cannot parse;
-# `package` profiles one AOTInductor package build of the decoder (size 1).
+# package (default: all but package, in that order). `origins` serves the bundled
+# example through ccache_cli.compile and prints the stack that first imports Dynamo or
+# Inductor (the serving script's own import, after its report says
+# `"compile_stack": []`, is its counters'); `guards` lists the decoder's guards whose
+# paths ccache cannot parse; `package` profiles one AOTInductor package build of the
+# decoder (size 1).
 set -u
 logs=${1:?usage: bash benchmarks/gpu.sh LOG_FOLDER [STEP...]}
 shift
