@@ -135,7 +135,10 @@ def test_a_generic_attribute_read_runs_none_of_the_program_s_code() -> None:
     config = _Config()
     assert paths.evaluate_one("object.__getattribute__(L['c'], '__dict__')", {"c": config}, {}) == {"eps": 1e-6}
     assert paths.evaluate_one("object.__getattribute__(L['c'], 'eps')", {"c": config}, {}) == 1e-6
-    for value, name in ((_OwnDict(), "__dict__"), (config, "alias"), (1, "__dict__"), (_Shadowed(), "eps")):
+    # a class attribute that is no descriptor, as transformers' `attribute_map`
+    assert paths.evaluate_one("object.__getattribute__(L['c'], 'aliases')", {"c": config}, {}) is _Config.aliases
+    refused = ((_OwnDict(), "__dict__"), (config, "alias"), (1, "__dict__"), (_Shadowed(), "eps"), (config, "__init__"))
+    for value, name in refused:  # ... and a method: a descriptor, whose __get__ would run
         with pytest.raises(paths.PathError):
             paths.evaluate_one(f"object.__getattribute__(L['x'], {name!r})", {"x": value}, {})
 
