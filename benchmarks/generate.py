@@ -4,8 +4,9 @@ random bf16 Llama, a static KV cache, `model.forward = torch.compile(model.forwa
 and warm under `ccache run` on what `ccache run --capture` stored.
 
 Prints, per way, the seconds from the compile call to both generates done ("ready"),
-the measured process's whole run ("total"), the graphs torch traced, and whether the
-tokens equal the cold run's; then cold/warm ratios.
+the measured process's whole run ("total"), the graphs torch traced, whether the
+tokens equal the cold run's and the cold/warm ratio, and under it what ccache said
+(why stored code was not used, graphs that missed).
 
     python benchmarks/generate.py [--device cpu|cuda] [--layers N] [--hidden N]
 """
@@ -24,11 +25,13 @@ PROGRAM = Path(__file__).resolve().parent / "programs" / "generate_recipe.py"
 SHAPE = {"cpu": (1, 256), "cuda": (8, 1024)}
 
 
-def measure(command: list[str], env: dict[str, str]) -> dict:
+def measure(command: list[str], env: dict[str, str]) -> tuple[dict, list[str]]:
+    """What the recipe printed, and the lines ccache said on stderr."""
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command[:4])} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    said = [line for line in result.stderr.splitlines() if line.startswith("ccache:")]
+    return json.loads(result.stdout.strip().splitlines()[-1]), said
 
 
 def main() -> None:
@@ -59,7 +62,7 @@ def main() -> None:
         }
         cold: dict = {}
         for way, command in ways.items():
-            found = measure(command, base)
+            found, said = measure(command, base)
             cold = cold or found
             ratio = cold["ready_s"] / found["ready_s"]
             same = found["tokens"] == cold["tokens"]
@@ -68,6 +71,8 @@ def main() -> None:
                 f"{str(same):>13}{ratio:>11.1f}x",
                 flush=True,
             )
+            for line in said:
+                print(f"  {line}", flush=True)
 
 
 if __name__ == "__main__":
