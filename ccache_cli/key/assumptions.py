@@ -286,21 +286,27 @@ class Checker:
 
 def _as_torch_ships_it(assumption: Assumption) -> bool:
     """Whether an assumption on a module of torch's compile stack that the program has
-    not imported holds unread: the module's identity, or that of a function or class
-    defined in it, read straight from it. Nothing in the process can have changed those
-    (that takes importing it), and torch's files are the entry's (its key names torch's
-    version; `verify` checks them). Values, types and anything read further on (a
-    standard-library module it imported, a config an environment variable sets) are
-    read, importing it."""
+    not imported holds unread: the module's identity, that of a function or class
+    defined in it, or that a name of it is a bare `object()` (a sentinel, which Dynamo
+    checks the type of on torch 2.11), each read straight from it. Nothing in the
+    process can have changed those (that takes importing it), no setting or environment
+    variable makes a bare object, and torch's files are the entry's (its key names
+    torch's version; `verify` checks them). Values, other types and anything read
+    further on (a standard-library module it imported, a config an environment variable
+    sets) are read, importing it."""
     module = imported_module(assumption.path)
-    if assumption.check != "identity" or module is None or not isinstance(assumption.expected, str):
+    if module is None or not isinstance(assumption.expected, str):
         return False
     steps = parse_path(assumption.path)
     if len(steps) == 1:
-        return assumption.expected == f"module:{module}"
+        return assumption.check == "identity" and assumption.expected == f"module:{module}"
+    if len(steps) != 2 or steps[1][0] != "attr":
+        return False
+    if assumption.check == "type":
+        return assumption.expected == "builtins.object"
     name = steps[1][1]
     own = (f"function:{module}.{name}:", f"class:{module}.{name}")
-    return len(steps) == 2 and steps[1][0] == "attr" and assumption.expected.startswith(own)
+    return assumption.check == "identity" and assumption.expected.startswith(own)
 
 
 def _observe(check: str, value: Any, expected: Any) -> Any:

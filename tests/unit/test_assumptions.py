@@ -144,10 +144,11 @@ def test_a_generic_attribute_read_runs_none_of_the_program_s_code() -> None:
 
 
 def test_a_compile_stack_module_the_program_has_not_imported_is_read_only_where_it_must() -> None:
-    """The identity of a function a module of torch's compile stack defines holds unread
-    where the program has not imported that module (no Dynamo import to check it); what
-    is read further on (a standard-library module it imported, which the program can
-    patch) or any other module's value is read, importing it."""
+    """The identity of a function a module of torch's compile stack defines, and the type
+    of a sentinel of it, hold unread where the program has not imported that module (no
+    Dynamo import to check them); another type (a config's), what is read further on (a
+    standard-library module it imported, which the program can patch) or any other
+    module's value is read, importing it."""
     program = (
         "import sys, torch\n"
         "from ccache_cli.key import assumptions as a\n"
@@ -157,12 +158,17 @@ def test_a_compile_stack_module_the_program_has_not_imported_is_read_only_where_
         "    return a.Checker(torch, assumed).program_mismatch(None, (), {}, function=lambda: None)\n"
         "dynamo = \"G['__import_torch_dot__dynamo_dot_utils']\"\n"
         "print(why('identity', dynamo + '.helper', 'function:torch._dynamo.utils.helper:0'), 'torch._dynamo' in sys.modules)\n"
+        "sentinel = \"G['__import_torch_dot__dynamo_dot_polyfills_dot_builtins']._sentinel_missing\"\n"
+        "print(why('type', sentinel, 'builtins.object'), 'torch._dynamo' in sys.modules)\n"
+        "config = \"G['__import_torch_dot__inductor_dot_config'].max_autotune\"\n"
+        "print(why('type', config, 'builtins.NoneType') is not None, 'torch._inductor.config' in sys.modules)\n"
         "further = \"G['__import_torch_dot__dynamo_dot_polyfills_dot_builtins'].functools.reduce\"\n"
         "print(why('identity', further, 'builtin:patched') is not None, 'torch._dynamo' in sys.modules)\n"
         "print(why('value', \"G['__import_json_dot_decoder'].NaN\", 'anything') is not None, 'json.decoder' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
-    assert result.stdout.split() == ["None", "False", "True", "True", "True", "True"], result.stderr
+    expected = ["None", "False", "None", "False", "True", "True", "True", "True", "True", "True"]
+    assert result.stdout.split() == expected, result.stderr
 
 
 def test_code_digests_agree_across_processes_with_other_string_hashing() -> None:
