@@ -154,55 +154,13 @@ class PathSet:
                     append(base[argument])
                 elif op == "call":
                     append(type(base) if argument == "type" else dict(base))
-                elif op == "generic":
-                    append(generic_attribute(base, argument))
+                elif op == "generic":  # as Dynamo's guard reads it: through descriptors (a config's properties)
+                    append(object.__getattribute__(base, argument))
                 else:
                     append((local if op == "local" else global_)[argument])
             except Exception:
                 append(FAILED)
         return values
-
-
-def generic_attribute(value: Any, name: str) -> Any:
-    """`object.__getattribute__(value, name)` where that runs no code of the program's:
-    the instance's `__dict__` (the one its type's C slot gives), an entry of it that no
-    data descriptor of the type overrides, or else a class attribute that is no
-    descriptor (transformers' `attribute_map`). Anything else raises (its path is not
-    read)."""
-    kind = type(value)
-    slot = _declared(kind, "__dict__")
-    if type(slot) is not types.GetSetDescriptorType:
-        raise AttributeError(f"{kind.__name__} has no plain __dict__")
-    own = slot.__get__(value, kind)
-    if name == "__dict__":
-        return own
-    declared = _declared(kind, name)
-    if declared is not _ABSENT and (
-        _declared(type(declared), "__set__") is not _ABSENT or _declared(type(declared), "__delete__") is not _ABSENT
-    ):
-        raise AttributeError(f"{name} of the {kind.__name__} is a data descriptor")
-    found = dict.get(own, name, _ABSENT) if type(own) is dict else _ABSENT
-    if found is not _ABSENT:
-        return found
-    if declared is _ABSENT or _declared(type(declared), "__get__") is not _ABSENT:
-        raise AttributeError(f"{name} is not a plain attribute of the {kind.__name__}")
-    return declared
-
-
-_ABSENT = object()
-
-
-def _declared(kind: type, name: str) -> Any:
-    """`name` in the namespace of `kind` or the first of its bases that has it, or
-    _ABSENT; read through type's own slots, past any metaclass of the program's."""
-    for cls in _TYPE_MRO.__get__(kind):
-        namespace = _TYPE_DICT.__get__(cls)
-        if name in namespace:
-            return namespace[name]
-    return _ABSENT
-
-
-_TYPE_MRO, _TYPE_DICT = vars(type)["__mro__"], vars(type)["__dict__"]
 
 
 def evaluate_one(path: str, local: Mapping[str, Any], global_: Mapping[str, Any]) -> Any:
