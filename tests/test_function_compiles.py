@@ -120,19 +120,6 @@ def test_state_a_loaded_copy_would_get_wrong_is_never_stored_and_arguments_are_c
     assert "doubled" not in served.stderr, served.stderr  # each mode's function loaded in its mode
 
 
-def test_a_function_the_capture_could_not_store_is_compiled_as_it_was_and_hits_every_graph(tmp_path: Path) -> None:
-    """Compiled through its decorator, its graphs' arguments would have other names than
-    in the capture, which compiled its innermost code: every graph would miss."""
-    command = ["--", sys.executable, str(Path(__file__).parent / "programs" / "unstored_function.py")]
-    result = ccache("run", "--capture", "unstored", "--json", *command, store=tmp_path / "store", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "writes the global(s) CALLS" in " ".join(json.loads(result.stdout)["functions_not_stored"])
-    served = ccache("run", "unstored", *command, store=tmp_path / "store", cwd=tmp_path)
-    assert served.returncode == 0, served.stderr
-    report = json.loads(served.stdout.strip().splitlines()[-1])
-    assert report["same"] and report["graphs"] > 0 and report["hits"] > 0 and report["misses"] == 0, served.stderr
-
-
 def test_no_route_captures_no_function(tmp_path: Path) -> None:
     shutil.copyfile(PROGRAM, tmp_path / "program.py")
     command = ["--", sys.executable, "program.py", "none", "[2]"]

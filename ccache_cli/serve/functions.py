@@ -129,21 +129,6 @@ def unsaved_guard_kinds(torch: Any) -> set[str]:
     return unsupported | {"ID_MATCH", "CLOSURE_MATCH", "WEAKREF_ALIVE", "DICT_VERSION"}
 
 
-def compiled_as_captured(
-    torch: Any, compiled: Any, kwargs: dict[str, Any], original: Callable[..., Any]
-) -> Callable[..., Any]:
-    """The program's own `torch.compile(compiled, **kwargs)` made as a capture makes it
-    (function_capture.py): the innermost code compiled, its functools.wraps decorators
-    plain Python around it. Where no stored function serves, the graphs this process
-    compiles are then those the capture left in the entry's cache (compiled through
-    the decorators, their arguments would have other names)."""
-    why, _ = compile_options(torch, kwargs)
-    unwrapped = unwrap(compiled)
-    if why is not None or unwrapped is None:
-        return original(compiled, **kwargs)
-    return routed(compiled, unwrapped.rebuilt(original(unwrapped.inner, **kwargs)))
-
-
 def routed(compiled: Any, call: Callable[..., Any]) -> Callable[..., Any]:
     """What a routed `torch.compile(compiled)` returns: a function that calls `call`,
     which an enclosing torch.compile traces as `compiled` itself, as it does

@@ -72,8 +72,6 @@ def install(torch: Any) -> None:
                 count("routed")
                 return served
             why = function_why if module is None else f"{why}; {function_why}"
-            count(f"declined: {why}")
-            return functions.compiled_as_captured(torch, model, kwargs, original)
         if why is not None:
             count(f"declined: {why}")
             return original(model, *args, **kwargs)
