@@ -23,6 +23,7 @@ Imports torch only through the `torch` its callers hand it.
 
 from __future__ import annotations
 
+import dis
 import functools
 import importlib
 import io
@@ -81,7 +82,9 @@ class Unwrapped:
 
 def unwrap(compiled: Any) -> Unwrapped | None:
     """`compiled` taken apart; None where it is not a Python function or method."""
-    while hasattr(compiled, "_torchdynamo_orig_callable"):  # compiled again: what was compiled first
+    # compiled again: what was compiled first (not through torch.compiler.disable, which
+    # functools.wraps copies onto a wrapper too)
+    while hasattr(compiled, "_torchdynamo_orig_callable") and not getattr(compiled, "_torchdynamo_disable", False):
         compiled = compiled._torchdynamo_orig_callable
     owner = compiled.__self__ if isinstance(compiled, types.MethodType) else None
     function = compiled.__func__ if owner is not None else compiled
@@ -90,11 +93,30 @@ def unwrap(compiled: Any) -> Unwrapped | None:
     layers = []
     while isinstance(wrapped := getattr(function, "__wrapped__", None), types.FunctionType):
         cells = [n for n, cell in enumerate(function.__closure__ or ()) if _holds(cell, wrapped)]
-        if len(cells) != 1:
-            break
+        if len(cells) != 1 or not _calls_only(function, cells[0]) or getattr(function, "_torchdynamo_disable", False):
+            break  # compiled whole from here, as torch.compile would
         layers.append((function, cells[0]))
         function = wrapped
     return Unwrapped(owner, tuple(layers), function)
+
+
+def _calls_only(wrapper: types.FunctionType, cell: int) -> bool:
+    """Whether `wrapper` uses the function in its closure cell `cell` only by calling it,
+    outside any try or with block: only then can that function be replaced by compiled
+    code without the wrapper computing something else (one that reads the function's
+    attributes, passes it on, or catches what torch.compile raises would)."""
+    code = wrapper.__code__
+    name = code.co_freevars[cell]  # a closure holds the free variables, in this order
+    bytecode = dis.Bytecode(code)
+    protected = [(entry.start, entry.end) for entry in bytecode.exception_entries]
+    instructions = list(bytecode)
+    uses = [at for at, i in enumerate(instructions) if i.opname in ("LOAD_DEREF", "LOAD_CLOSURE") and i.argval == name]
+    return bool(uses) and all(
+        instructions[at].opname == "LOAD_DEREF"
+        and "PUSH_NULL" in (instructions[at - 1].opname, instructions[at + 1].opname)  # loaded to be called
+        and not any(start <= instructions[at].offset < end for start, end in protected)
+        for at in uses
+    )
 
 
 def _holds(cell: Any, value: Any) -> bool:

@@ -1,0 +1,75 @@
+"""Which functools.wraps layers of a compiled function stay plain Python around the
+stored code (serve/functions.py `unwrap`): only those that do nothing with the function
+they wrap but call it, outside any try or with block, and never past
+torch.compiler.disable. Any other layer is compiled whole, as torch.compile would."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ccache_cli.serve.functions import unwrap
+
+
+def passing(f: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return {"out": f(*args, **kwargs)}
+
+    return wrapper
+
+
+def catching(f: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(f)
+    def wrapper(x: Any) -> Any:
+        try:
+            return f(x)
+        except Exception:  # would catch what torch.compile raises
+            return torch.zeros_like(x)
+
+    return wrapper
+
+
+def reading(f: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(f)
+    def wrapper(*args: Any) -> Any:  # as transformers' merge_with_config_defaults
+        return f(**dict(zip(f.__code__.co_varnames, args)))
+
+    return wrapper
+
+
+def keyed(f: Callable[..., Any]) -> Callable[..., Any]:
+    seen: dict[Any, int] = {}
+
+    @functools.wraps(f)
+    def wrapper(x: Any) -> Any:
+        seen[f] = seen.get(f, 0) + 1
+        return f(x)
+
+    return wrapper
+
+
+def add_one(x: Any) -> Any:
+    return x + 1
+
+
+def test_a_layer_that_only_calls_its_function_stays_python() -> None:
+    unwrapped = unwrap(passing(passing(add_one)))
+    assert unwrapped is not None and len(unwrapped.layers) == 2 and unwrapped.inner is add_one
+
+
+def test_a_layer_that_catches_reads_or_keys_its_function_is_compiled_whole() -> None:
+    for decorator in (catching, reading, keyed):
+        compiled = passing(decorator(add_one))
+        unwrapped = unwrap(compiled)
+        assert unwrapped is not None and len(unwrapped.layers) == 1, decorator.__name__
+        assert unwrapped.inner is unwrapped.layers[0][0].__wrapped__ is not add_one
+
+
+def test_nothing_past_torch_compiler_disable_is_unwrapped() -> None:
+    compiled = passing(torch.compiler.disable(add_one))
+    unwrapped = unwrap(compiled)
+    assert unwrapped is not None and unwrapped.layers == () and unwrapped.inner is compiled
