@@ -283,4 +283,7 @@ def display_path(path: str, frame: Frame, frame_self: str | None) -> str:
     text = re.sub(r"G\['(\w+)'\]", lambda m: f"{frame.module}.{m.group(1)}", text)
     text = text.replace("._modules", "")
     text = re.sub(r"\[(['\"])(\w+)\1\]", r".\2", text)
+    generic = re.compile(r"object\.__getattribute__\(([^()]*),\s*(['\"])(\w+)\2\)")  # torch 2.11's reads
+    while generic.search(text):
+        text = generic.sub(r"\1.\3", text)
     return text.lstrip(".") or path

@@ -177,6 +177,8 @@ def test_paths_are_shown_as_a_program_writes_them() -> None:
     frame = Frame("mymodel", "Model.forward")
     assert paths.display_path("L['self']._modules['layers']._modules['0'].eps", frame, "self") == "layers.0.eps"
     assert paths.display_path("L['self'].config.mult", frame, "self") == "config.mult"
+    generic = "object.__getattribute__(L['self'].config, 'output_hidden_states')"  # torch 2.11
+    assert paths.display_path(generic, frame, "self") == "config.output_hidden_states"
     assert paths.display_path("G['SCALE']", frame, "self") == "mymodel.SCALE"
     assert paths.display_path("G['__import_a_dot_b'].x", frame, "self") == "a.b.x"
 
