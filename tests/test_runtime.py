@@ -210,12 +210,16 @@ def test_run_passes_the_exit_code_through(example_store: Path, tmp_path: Path) -
 
 def test_a_process_that_never_imports_torch_loads_no_routing(example_store: Path, tmp_path: Path) -> None:
     """The processes a program starts (torch's compiler probes, tools) pay only for the
-    start-up hook; routing loads with torch."""
+    start-up hook; routing loads with torch, also where the program looked torch up
+    before importing it."""
     loaded = "import sys; print(sorted(m for m in sys.modules if m.startswith('ccache_cli')))"
     assert run_python(example_store, tmp_path, "-c", loaded).stdout.strip() == "[]"
-    routed = run_python(example_store, tmp_path, "-c", "import torch; print(torch.compile._ccache_cli_routed)")
-    assert routed.returncode == 0, routed.stderr
-    assert routed.stdout.strip() == "True"
+    routed = "import torch; print(torch.compile._ccache_cli_routed)"
+    looked_up_first = "import importlib.util; importlib.util.find_spec('torch'); " + routed  # as transformers does
+    for program in (routed, looked_up_first):
+        result = run_python(example_store, tmp_path, "-c", program)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "True", program
 
 
 def _tree_digest(root: Path) -> dict[str, str]:

@@ -7,7 +7,6 @@ by path.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -25,7 +24,9 @@ def when_imported(name: str, patch: Callable[[ModuleType], None]) -> None:
 
 
 class _AfterImport:
-    """A meta path finder that has module `name` patched right after it is executed."""
+    """A meta path finder that has module `name` patched right after it is executed.
+    It stays first on the path until then: a program may look the module up first
+    without importing it (transformers calls `importlib.util.find_spec("torch")`)."""
 
     def __init__(self, name: str, patch: Callable[[ModuleType], None]) -> None:
         self.name = name
@@ -34,13 +35,20 @@ class _AfterImport:
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         if name != self.name:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
+        for finder in sys.meta_path:  # the spec the others give, as import would find it
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    break
+        else:
+            return None
+        if spec.loader is None:
             return spec
         exec_module = spec.loader.exec_module
 
         def exec_and_patch(module: ModuleType) -> None:
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
             exec_module(module)
             self.patch(module)
 
