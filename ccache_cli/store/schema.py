@@ -89,7 +89,7 @@ def _check_fields(m: Mapping[str, Any], with_files: bool) -> None:
     if not _CREATED.fullmatch(created):
         raise ManifestError(f"created {created!r} is not a UTC time like 2026-11-30T12:00:00Z")
     try:
-        dt.datetime.fromisoformat(created[:-1])  # the pattern held: the values' ranges are left
+        dt.datetime(*(int(created[a:b]) for a, b in ((0, 4), (5, 7), (8, 10), (11, 13), (14, 16), (17, 19))))
     except ValueError:
         raise ManifestError(f"created {created!r} is not a valid time") from None
     lookup = m.get("lookup")
