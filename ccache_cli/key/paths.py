@@ -199,6 +199,8 @@ class Globals(dict):  # type: ignore[type-arg]
             return _module(module)
         if name.startswith(_BUILTINS_PREFIX):
             return vars(builtins)
+        if name in vars(builtins):  # read as a global: the code ran over globals holding them (torch 2.11)
+            return vars(builtins)[name]
         raise KeyError(name)
 
 

@@ -186,8 +186,8 @@ def _assumption(frame: _TracedFrame, is_top: bool, self_name: str | None, entry:
         path, _, attr = path.rpartition(".")
         if not path or not attr.isidentifier():
             return _unchecked(kind, guard.name, "an attribute ccache cannot name")
-        found = _evaluated(frame, path)
-        if found is _MISSING or (entry.has_value and not _same_object(getattr(found, attr, _MISSING), entry.value)):
+        found = _evaluated(frame, path)  # the attribute's presence is what is checked (a property makes a new value)
+        if found is _MISSING or (getattr(found, attr, _MISSING) is not _MISSING) != bool(entry.has_value):
             return _unchecked(kind, guard.name, "not readable")
         return Assumption("attribute", path, [attr, entry.has_value], kind)
     check = _CHECK_OF.get(kind)

@@ -27,7 +27,14 @@ from typing import Any
 from ccache_cli.key import assumptions as a
 from ccache_cli.precompile import guards
 from ccache_cli.precompile.aot import one_line
-from ccache_cli.serve.functions import Unwrapped, compile_options, routed, unsaved_guard_kinds, unwrap
+from ccache_cli.serve.functions import (
+    Unwrapped,
+    builtins_as_globals,
+    compile_options,
+    routed,
+    unsaved_guard_kinds,
+    unwrap,
+)
 
 CAPTURE_FUNCTIONS_ENV = "CCACHE_CLI_CAPTURE_FUNCTIONS"  # where a capture's processes write compiled functions
 CAPTURE_RECORDS_ENV = "CCACHE_CLI_CAPTURE_DIR"  # where they write what each assumes (serve/capture.py)
@@ -78,10 +85,15 @@ class _Capture:
     def _capture(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         torch, inner = self._torch, self._unwrapped.inner
         recorder = guards.Recorder()
-        options = {**torch._inductor.list_mode_options(self._mode), "guard_filter_fn": _serializable(torch)}
         torch._dynamo.config.enable_aot_compile = True
         with recorder.recording(torch):
-            function = torch.compile(inner, fullgraph=True, options=options).aot_compile((args, kwargs))
+            try:
+                function = self._aot_compile(inner, args, kwargs)
+            except RuntimeError as exc:  # torch 2.11: the code's builtins are not among its module's globals
+                if "Missing required external references" not in str(exc):
+                    raise
+                recorder.take()
+                function = self._aot_compile(_reading_builtins_as_globals(inner), args, kwargs)
         recorded = guards.traced_assumptions(
             torch, inner.__code__, recorder.take(), bound_self=self._unwrapped.owner is not None
         )
@@ -105,6 +117,25 @@ class _Capture:
             },
         )
         return function
+
+    def _aot_compile(self, function: types.FunctionType, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        torch = self._torch
+        # torch.compile takes the guard filter out of the options: a dict of their own each time
+        options = {**torch._inductor.list_mode_options(self._mode), "guard_filter_fn": _serializable(torch)}
+        return torch.compile(function, fullgraph=True, options=options).aot_compile((args, kwargs))
+
+
+def _reading_builtins_as_globals(inner: types.FunctionType) -> types.FunctionType:
+    """`inner` over a copy of its module's globals with the builtins in it
+    (functions.builtins_as_globals): what it reads is what it would read now; stored code
+    runs on such a copy anyway (see _check_no_snapshot)."""
+    clone = types.FunctionType(
+        inner.__code__, builtins_as_globals(inner.__globals__), inner.__name__, inner.__defaults__, inner.__closure__
+    )
+    clone.__kwdefaults__ = inner.__kwdefaults__
+    clone.__qualname__ = inner.__qualname__
+    clone.__dict__.update(inner.__dict__)
+    return clone
 
 
 def _check_no_snapshot(function: Any, inner: types.FunctionType) -> None:

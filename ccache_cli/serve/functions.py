@@ -23,6 +23,7 @@ Imports torch only through the `torch` its callers hand it.
 
 from __future__ import annotations
 
+import builtins
 import dis
 import functools
 import importlib
@@ -149,6 +150,13 @@ def unsaved_guard_kinds(torch: Any) -> set[str]:
     drops them: global ones too), which ccache's assumptions check in their place."""
     unsupported = set(getattr(torch._dynamo.guards.CheckFunctionManager, "UNSUPPORTED_SERIALIZATION_GUARD_TYPES", ()))
     return unsupported | {"ID_MATCH", "CLOSURE_MATCH", "WEAKREF_ALIVE", "DICT_VERSION"}
+
+
+def builtins_as_globals(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """`namespace` with the builtins it does not shadow as names of its own: torch 2.11
+    builds a saved function from only the globals it is given, and the code's global
+    names include builtins (transformers' forward reads `type`); 2.13 saves those."""
+    return {**vars(builtins), **namespace}
 
 
 def routed(compiled: Any, call: Callable[..., Any]) -> Callable[..., Any]:
@@ -352,7 +360,7 @@ class _Served:
         )
 
     def _load_one(self, stored: StoredFunction) -> Any:
-        module_globals = dict(self._unwrapped.inner.__globals__)
+        module_globals = builtins_as_globals(self._unwrapped.inner.__globals__)
         module_globals.update({name: importlib.import_module(module) for name, module in stored.globals.items()})
         with open(stored.path, "rb") as handle:
             data = handle.read()
