@@ -101,12 +101,18 @@ def unwrap(compiled: Any) -> Unwrapped | None:
     return Unwrapped(owner, tuple(layers), function)
 
 
+_ASKS_IF_COMPILING = {"is_compiling", "is_dynamo_compiling", "is_exporting"}
+
+
 def _calls_only(wrapper: types.FunctionType, cell: int) -> bool:
     """Whether `wrapper` uses the function in its closure cell `cell` only by calling it,
     outside any try or with block: only then can that function be replaced by compiled
     code without the wrapper computing something else (one that reads the function's
-    attributes, passes it on, or catches what torch.compile raises would)."""
+    attributes, passes it on, catches what torch.compile raises, or asks whether it is
+    being compiled would)."""
     code = wrapper.__code__
+    if _ASKS_IF_COMPILING & set(code.co_names):  # torch.compile traces it with True, plain Python gets False
+        return False
     name = code.co_freevars[cell]  # a closure holds the free variables, in this order
     bytecode = dis.Bytecode(code)
     protected = [(entry.start, entry.end) for entry in bytecode.exception_entries]

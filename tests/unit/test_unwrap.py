@@ -1,6 +1,7 @@
 """Which functools.wraps layers of a compiled function stay plain Python around the
 stored code (serve/functions.py `unwrap`): only those that do nothing with the function
-they wrap but call it, outside any try or with block, and never past
+they wrap but call it, outside any try or with block, without asking whether they are
+compiled, and never past
 torch.compiler.disable. Any other layer is compiled whole, as torch.compile would."""
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ def keyed(f: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def asking(f: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(f)
+    def wrapper(x: Any) -> Any:
+        return f(x) + (0 if torch.compiler.is_compiling() else 100)
+
+    return wrapper
+
+
 def add_one(x: Any) -> Any:
     return x + 1
 
@@ -61,8 +70,8 @@ def test_a_layer_that_only_calls_its_function_stays_python() -> None:
     assert unwrapped is not None and len(unwrapped.layers) == 2 and unwrapped.inner is add_one
 
 
-def test_a_layer_that_catches_reads_or_keys_its_function_is_compiled_whole() -> None:
-    for decorator in (catching, reading, keyed):
+def test_a_layer_that_catches_reads_keys_or_asks_is_compiled_whole() -> None:
+    for decorator in (catching, reading, keyed, asking):
         compiled = passing(decorator(add_one))
         unwrapped = unwrap(compiled)
         assert unwrapped is not None and len(unwrapped.layers) == 1, decorator.__name__
