@@ -1,8 +1,8 @@
 """Which functools.wraps layers of a compiled function stay plain Python around the
 stored code (serve/functions.py `unwrap`): only those that do nothing with the function
 they wrap but call it, outside any try or with block, without asking whether they are
-compiled, and never past
-torch.compiler.disable. Any other layer is compiled whole, as torch.compile would."""
+compiled, and never past torch.compiler.disable. Any other layer is compiled whole, as
+torch.compile would."""
 
 from __future__ import annotations
 
