@@ -8,6 +8,7 @@ by path.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -31,16 +32,17 @@ class _AfterImport:
     def __init__(self, name: str, patch: Callable[[ModuleType], None]) -> None:
         self.name = name
         self.patch = patch
+        self._asking = threading.local()  # this finder is asking the others (another of its kind asks back)
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != self.name:
+        if name != self.name or getattr(self._asking, "now", False):
             return None
-        for finder in sys.meta_path:  # the spec the others give, as import would find it
-            if finder is not self and hasattr(finder, "find_spec"):
-                spec = finder.find_spec(name, path, target)
-                if spec is not None:
-                    break
-        else:
+        self._asking.now = True
+        try:
+            spec = self._others_spec(name, path, target)
+        finally:
+            self._asking.now = False
+        if spec is None:
             return None
         if spec.loader is None:
             return spec
@@ -54,3 +56,12 @@ class _AfterImport:
 
         spec.loader.exec_module = exec_and_patch  # type: ignore[method-assign]
         return spec
+
+    def _others_spec(self, name: str, path: Any, target: Any) -> Any:
+        """The spec the other finders give, as import would find it."""
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    return spec
+        return None
