@@ -30,6 +30,7 @@ import importlib
 import io
 import os
 import platform
+import sys
 import threading
 import types
 from collections.abc import Callable, Mapping
@@ -101,15 +102,24 @@ def unwrap(compiled: Any) -> Unwrapped | None:
     return Unwrapped(owner, tuple(layers), function)
 
 
-_ASKS_IF_COMPILING = {"is_compiling", "is_dynamo_compiling", "is_exporting"}
+_ASKS_IF_COMPILING = {
+    "is_compiling",
+    "is_dynamo_compiling",
+    "is_exporting",
+    "is_torchdynamo_compiling",  # transformers' helpers
+    "is_torchdynamo_exporting",
+}
 
 
 def _calls_only(wrapper: types.FunctionType, cell: int) -> bool:
     """Whether `wrapper` uses the function in its closure cell `cell` only by calling it,
     outside any try or with block: only then can that function be replaced by compiled
     code without the wrapper computing something else (one that reads the function's
-    attributes, passes it on, catches what torch.compile raises, or asks whether it is
-    being compiled would)."""
+    attributes, passes it on, rebinds it, catches what torch.compile raises, or asks
+    whether it is being compiled would). Read from the bytecode of Python 3.11 and 3.12,
+    which load a callee right after PUSH_NULL; on other versions no layer is kept."""
+    if sys.version_info[:2] not in ((3, 11), (3, 12)):
+        return False
     code = wrapper.__code__
     if _ASKS_IF_COMPILING & set(code.co_names):  # torch.compile traces it with True, plain Python gets False
         return False
@@ -117,13 +127,21 @@ def _calls_only(wrapper: types.FunctionType, cell: int) -> bool:
     bytecode = dis.Bytecode(code)
     protected = [(entry.start, entry.end) for entry in bytecode.exception_entries]
     instructions = list(bytecode)
-    uses = [at for at, i in enumerate(instructions) if i.opname in ("LOAD_DEREF", "LOAD_CLOSURE") and i.argval == name]
+    uses = [
+        at
+        for at, i in enumerate(instructions)
+        if i.argval == name and "DEREF" in i.opname or i.opname == "LOAD_CLOSURE" and i.argval == name
+    ]
     return bool(uses) and all(
         instructions[at].opname == "LOAD_DEREF"
-        and "PUSH_NULL" in (instructions[at - 1].opname, instructions[at + 1].opname)  # loaded to be called
+        and instructions[at - 1].opname == "PUSH_NULL"  # loaded to be called ...
+        and instructions[at + 1].opname not in _USES_THE_CALLEE  # ... itself, not something of it
         and not any(start <= instructions[at].offset < end for start, end in protected)
         for at in uses
     )
+
+
+_USES_THE_CALLEE = {"LOAD_ATTR", "LOAD_METHOD", "BINARY_SUBSCR", "STORE_ATTR", "DELETE_ATTR"}
 
 
 def _holds(cell: Any, value: Any) -> bool:

@@ -61,6 +61,25 @@ def asking(f: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def rebinding(f: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(f)
+    def wrapper(x: Any) -> Any:
+        nonlocal f
+        result = f(x)
+        f = torch.neg
+        return result
+
+    return wrapper
+
+
+def binding(f: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(f)
+    def wrapper(x: Any) -> Any:
+        return f.__get__(x)()  # a call, but of something of the function's
+
+    return wrapper
+
+
 def add_one(x: Any) -> Any:
     return x + 1
 
@@ -71,7 +90,7 @@ def test_a_layer_that_only_calls_its_function_stays_python() -> None:
 
 
 def test_a_layer_that_catches_reads_keys_or_asks_is_compiled_whole() -> None:
-    for decorator in (catching, reading, keyed, asking):
+    for decorator in (catching, reading, keyed, asking, rebinding, binding):
         compiled = passing(decorator(add_one))
         unwrapped = unwrap(compiled)
         assert unwrapped is not None and len(unwrapped.layers) == 1, decorator.__name__
