@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import importlib
 import json
-import re
 import sys
 import types
 from collections.abc import Mapping, Sequence
@@ -165,17 +163,6 @@ def torch_state(torch: Any) -> dict[str, Any]:
     return state
 
 
-def _no_cached_graphs_across_default_dtypes(torch: Any) -> None:
-    """torch before 2.13 keys its FX-graph and AOTAutograd caches without the default
-    dtype, so the torch.compile that runs in the stored code's place would load the
-    graphs the entry compiled under its own dtype, and compute with them: there, this
-    process compiles without those caches from here on."""
-    release = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
-    if release < (2, 13):
-        importlib.import_module("torch._inductor.config").fx_graph_cache = False
-        importlib.import_module("torch._functorch.config").enable_autograd_cache = False
-
-
 # --- the check -----------------------------------------------------------------------
 
 
@@ -226,8 +213,6 @@ class Checker:
         current = torch_state(self._torch)
         for assumption in self._state:
             if current.get(assumption.path) != assumption.expected:
-                if assumption.path == "default dtype":
-                    _no_cached_graphs_across_default_dtypes(self._torch)
                 return (
                     f"{assumption.path} is {_render(current.get(assumption.path))}; "
                     f"the stored code was built with {_render(assumption.expected)}"

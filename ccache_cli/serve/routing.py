@@ -22,8 +22,10 @@ this module never imports torch itself.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import os
+import re
 import sys
 from typing import Any
 
@@ -95,6 +97,27 @@ def install(torch: Any) -> None:
     compile._ccache_cli_routed = True  # type: ignore[attr-defined]
     torch.compile = compile
     torch.nn.Module.compile = module_compile
+    _no_cached_graphs_across_default_dtypes(torch)
+
+
+def _no_cached_graphs_across_default_dtypes(torch: Any) -> None:
+    """torch before 2.13 keys its FX-graph and AOTAutograd caches without the default
+    dtype, so a torch.compile under another default dtype than the entries' would load
+    their graphs and compute with them: there, a process that sets another default
+    dtype compiles without those caches from then on."""
+    if tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2]) >= (2, 13):
+        return
+    original = torch.set_default_dtype
+    compiled_under = torch.get_default_dtype()
+
+    @functools.wraps(original)
+    def set_default_dtype(dtype: Any) -> None:
+        original(dtype)
+        if dtype != compiled_under:
+            importlib.import_module("torch._inductor.config").fx_graph_cache = False
+            importlib.import_module("torch._functorch.config").enable_autograd_cache = False
+
+    torch.set_default_dtype = set_default_dtype
 
 
 def _module_of_forward(torch: Any, function: Any) -> Any:
