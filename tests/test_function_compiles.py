@@ -95,7 +95,8 @@ def test_state_a_loaded_copy_would_get_wrong_is_never_stored_and_arguments_are_c
     tmp_path: Path,
 ) -> None:
     """A global written, a global tensor rebound, a tensor in a closure, a nested
-    function's closure or a default argument: no stored code (the capture says why); a
+    function's closure, a default argument or a global's object changed after the graph:
+    no stored code (the capture says why); a
     function argument's identity: checked on every call; a function captured under
     no_grad and under inference_mode: served in both."""
     program = Path(__file__).parent / "programs" / "function_state.py"
@@ -111,11 +112,12 @@ def test_state_a_loaded_copy_would_get_wrong_is_never_stored_and_arguments_are_c
         "reads w from its closure",
         "reads inner from its closure",
         "a default argument of it",
+        "changes the global(s) TALLY after its graph",
     ):
         assert why in not_stored, not_stored
     served = ccache("run", "state", *command, "run", store=tmp_path / "store", cwd=tmp_path)
     assert served.returncode == 0, served.stderr
-    assert json.loads(served.stdout.strip().splitlines()[-1]) == {"same": True, "step": 2}
+    assert json.loads(served.stdout.strip().splitlines()[-1]) == {"same": True, "step": 2, "tally": 3}
     assert "act is function __main__.triple; the stored code was built with function __main__.double" in served.stderr
     assert "doubled" not in served.stderr, served.stderr  # each mode's function loaded in its mode
 

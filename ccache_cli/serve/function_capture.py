@@ -138,6 +138,40 @@ def _reading_builtins_as_globals(inner: types.FunctionType) -> types.FunctionTyp
     return clone
 
 
+def _globals_written(instructions: list[dis.Instruction]) -> list[str]:
+    """The program's globals whose objects the bytecode Dynamo runs after a graph
+    changes (an attribute or an item set, or Dynamo's own setattr of a side effect),
+    by the global each written object is read from: `G.a.b = ...`, `G[k] = ...`,
+    `object_setattr_ignore_descriptor(G.a, ...)`. Dynamo installs its own names with `__`."""
+
+    def root(at: int) -> str | None:  # the global an object loaded by the instructions up to `at` comes from
+        while at >= 0 and instructions[at].opname in ("LOAD_ATTR", "LOAD_METHOD"):
+            at -= 1
+        found = instructions[at] if at >= 0 else None
+        if found is not None and found.opname == "LOAD_GLOBAL" and not found.argval.startswith("__"):
+            return str(found.argval)
+        return None
+
+    written = set()
+    for at, instruction in enumerate(instructions):
+        if instruction.opname in ("STORE_ATTR", "DELETE_ATTR"):  # the object is on top
+            name = root(at - 1)
+        elif instruction.opname in ("STORE_SUBSCR", "DELETE_SUBSCR"):  # the container is under the key
+            name = root(at - 2)
+        elif instruction.argval == "object_setattr_ignore_descriptor":  # its first argument, after any copy
+            after = at + 1
+            while after < len(instructions) and instructions[after].opname in ("COPY", "STORE_FAST", "PUSH_NULL"):
+                after += 1
+            following = instructions[after:]
+            ends = next((n for n, i in enumerate(following) if i.opname not in ("LOAD_GLOBAL", "LOAD_ATTR")), 0)
+            name = root(after + ends - 1) if ends else None
+        else:
+            continue
+        if name is not None:
+            written.add(name)
+    return sorted(written)
+
+
 def _check_no_snapshot(function: Any, inner: types.FunctionType) -> None:
     """Refuse what a loaded function would read or write in a copy: torch's loader runs
     the compiled code on a copy of its module's globals, and on its closure and default
@@ -150,6 +184,12 @@ def _check_no_snapshot(function: Any, inner: types.FunctionType) -> None:
     )
     if writes:
         raise RuntimeError(f"its code writes the global(s) {', '.join(writes)}, which a loaded copy would not")
+    written = _globals_written(list(dis.get_instructions(environment.bytecode)))
+    if written:
+        raise RuntimeError(
+            f"its code changes the global(s) {', '.join(written)} after its graph, with the values it traced "
+            "(ccache checks them once, not at each call)"
+        )
     snapshot = sorted(
         name
         for name, value in environment.used_globals.items()

@@ -1,11 +1,12 @@
 """Function compiles that a loaded copy of their compiled code would get wrong (one
 writes a global, one reads a global tensor that is rebound, one reads a tensor from its
-closure, one through a nested function's closure, one from a default argument), and
+closure, one through a nested function's closure, one from a default argument, one
+counts its calls in a global's object), and
 one whose argument is a function, called with another the second time, and one called
 under no_grad and then under inference_mode.
 PHASE: "capture", or "run" (the closure holds another tensor).
 
-Prints JSON: whether every result equals eager's, and the global the first one counts in.
+Prints JSON: whether every result equals eager's, and the counts of the two that count.
 
     python function_state.py PHASE
 """
@@ -46,6 +47,19 @@ def make_nested(w):
     return outer
 
 
+class Tally:
+    def __init__(self):
+        self.calls = 0
+
+
+TALLY = Tally()
+
+
+def tallies(x):  # Dynamo replays the attribute's write after the graph, with the value it traced
+    TALLY.calls += 1
+    return x * 4
+
+
 def double(x):
     return x * 2
 
@@ -74,7 +88,7 @@ def with_default(x, w=weights):
 compiled_counts, compiled_adds, compiled_scaled, compiled_applies, compiled_nested, compiled_default = map(
     torch.compile, (counts, adds_global, scaled, applies, nested, with_default)
 )
-compiled_doubled = torch.compile(doubled)
+compiled_doubled, compiled_tallies = torch.compile(doubled), torch.compile(tallies)
 same = True
 with torch.no_grad():
     compiled_counts(x)
@@ -88,6 +102,8 @@ with torch.no_grad():
     same &= torch.equal(compiled_applies(x, double), x * 2)
     same &= torch.equal(compiled_applies(x, triple), x * 3)
     same &= torch.equal(compiled_doubled(x), x * 2)
+    for _ in range(3):
+        same &= torch.equal(compiled_tallies(x), x * 4)
 with torch.inference_mode():
     same &= torch.equal(compiled_doubled(x), x * 2)
-print(json.dumps({"same": bool(same), "step": STEP}))
+print(json.dumps({"same": bool(same), "step": STEP, "tally": TALLY.calls}))
