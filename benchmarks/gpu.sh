@@ -54,7 +54,7 @@ for step in "${steps[@]}"; do
       python3 -m ccache_cli --store '$logs/example-store' run -- python3 scripts/import_origin.py \
       torch._dynamo,torch._inductor tests/programs/serve_example.py api '[1, 8]' cuda" ;;
     guards) LLAMA_LAYERS=2 run_step guards 150 python3 scripts/guard_sources.py "$decoder" 1 cuda ;;
-    per_call) run_step per_call 200 python3 benchmarks/per_call.py --model "$decoder" --device cuda --size 1 --calls 100 ;;
+    per_call) run_step per_call 360 python3 benchmarks/per_call.py --model "$decoder" --device cuda --size 1 --calls 100 ;;
     graphs) run_step graphs 200 python3 benchmarks/per_call.py --model "$decoder" --device cuda --size 1 --calls 100 \
       --mode reduce-overhead ;;
     warm_start) run_step warm_start 400 python3 benchmarks/warm_start.py --model "$decoder" --device cuda --sizes 1,8 \
