@@ -27,14 +27,8 @@ from typing import Any
 from ccache_cli.key import assumptions as a
 from ccache_cli.precompile import guards
 from ccache_cli.precompile.aot import one_line
-from ccache_cli.serve.functions import (
-    Unwrapped,
-    builtins_as_globals,
-    compile_options,
-    routed,
-    unsaved_guard_kinds,
-    unwrap,
-)
+from ccache_cli.serve.functions import builtins_as_globals, compile_options, routed, unsaved_guard_kinds
+from ccache_cli.serve.unwrapping import Unwrapped, copied, unwrap
 
 CAPTURE_FUNCTIONS_ENV = "CCACHE_CLI_CAPTURE_FUNCTIONS"  # where a capture's processes write compiled functions
 CAPTURE_RECORDS_ENV = "CCACHE_CLI_CAPTURE_DIR"  # where they write what each assumes (serve/capture.py)
@@ -129,13 +123,7 @@ def _reading_builtins_as_globals(inner: types.FunctionType) -> types.FunctionTyp
     """`inner` over a copy of its module's globals with the builtins in it
     (functions.builtins_as_globals): what it reads is what it would read now; stored code
     runs on such a copy anyway (see _check_no_snapshot)."""
-    clone = types.FunctionType(
-        inner.__code__, builtins_as_globals(inner.__globals__), inner.__name__, inner.__defaults__, inner.__closure__
-    )
-    clone.__kwdefaults__ = inner.__kwdefaults__
-    clone.__qualname__ = inner.__qualname__
-    clone.__dict__.update(inner.__dict__)
-    return clone
+    return copied(inner, globals_=builtins_as_globals(inner.__globals__))
 
 
 def _globals_written(instructions: list[dis.Instruction]) -> list[str]:

@@ -24,15 +24,12 @@ Imports torch only through the `torch` its callers hand it.
 from __future__ import annotations
 
 import builtins
-import dis
 import functools
 import importlib
 import io
 import os
 import platform
-import sys
 import threading
-import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,112 +40,13 @@ from ccache_cli.key import assumptions as a
 from ccache_cli.key.sources import all_fresh, search_path
 from ccache_cli.precompile.aot import one_line
 from ccache_cli.serve import decisions
+from ccache_cli.serve.unwrapping import Unwrapped, unwrap
 from ccache_cli.serve.views import read_description
 from ccache_cli.store.assumptions import SizeAssumptions
 from ccache_cli.store.manifest import Source
 
 # Modes whose compiled code a saved function holds whole (CUDA graphs it does not).
 CAPTURED_MODES = ("default", "max-autotune-no-cudagraphs")
-
-
-@dataclass(frozen=True)
-class Unwrapped:
-    """A compiled function taken apart: the functools.wraps decorators around its
-    innermost code, each with the closure cell that holds the next."""
-
-    owner: Any  # the bound method's `self`, or None for a function
-    layers: tuple[tuple[types.FunctionType, int], ...]
-    inner: types.FunctionType
-
-    @property
-    def name(self) -> str:
-        """`module:qualname` of the innermost code: how a capture names it."""
-        return f"{self.inner.__module__}:{self.inner.__qualname__}"
-
-    def rebuilt(self, replacement: Callable[..., Any]) -> Callable[..., Any]:
-        """The compiled function with its innermost code replaced by `replacement`
-        (called as the innermost code is: `self` first for a method)."""
-        current: Any = replacement
-        for wrapper, cell in reversed(self.layers):
-            closure = list(wrapper.__closure__ or ())
-            closure[cell] = types.CellType(current)
-            rebuilt = types.FunctionType(
-                wrapper.__code__, wrapper.__globals__, wrapper.__name__, wrapper.__defaults__, tuple(closure)
-            )
-            rebuilt.__kwdefaults__ = wrapper.__kwdefaults__
-            rebuilt.__dict__.update(wrapper.__dict__)
-            rebuilt.__qualname__ = wrapper.__qualname__
-            current = rebuilt
-        return types.MethodType(current, self.owner) if self.owner is not None else current
-
-
-def unwrap(compiled: Any) -> Unwrapped | None:
-    """`compiled` taken apart; None where it is not a Python function or method."""
-    # compiled again: what was compiled first (not through torch.compiler.disable, which
-    # functools.wraps copies onto a wrapper too)
-    while hasattr(compiled, "_torchdynamo_orig_callable") and not getattr(compiled, "_torchdynamo_disable", False):
-        compiled = compiled._torchdynamo_orig_callable
-    owner = compiled.__self__ if isinstance(compiled, types.MethodType) else None
-    function = compiled.__func__ if owner is not None else compiled
-    if not isinstance(function, types.FunctionType):
-        return None
-    layers = []
-    while isinstance(wrapped := getattr(function, "__wrapped__", None), types.FunctionType):
-        cells = [n for n, cell in enumerate(function.__closure__ or ()) if _holds(cell, wrapped)]
-        if len(cells) != 1 or not _calls_only(function, cells[0]) or getattr(function, "_torchdynamo_disable", False):
-            break  # compiled whole from here, as torch.compile would
-        layers.append((function, cells[0]))
-        function = wrapped
-    return Unwrapped(owner, tuple(layers), function)
-
-
-_ASKS_IF_COMPILING = {
-    "is_compiling",
-    "is_dynamo_compiling",
-    "is_exporting",
-    "is_torchdynamo_compiling",  # transformers' helpers
-    "is_torchdynamo_exporting",
-}
-
-
-def _calls_only(wrapper: types.FunctionType, cell: int) -> bool:
-    """Whether `wrapper` uses the function in its closure cell `cell` only by calling it,
-    outside any try or with block: only then can that function be replaced by compiled
-    code without the wrapper computing something else (one that reads the function's
-    attributes, passes it on, rebinds it, catches what torch.compile raises, or asks
-    whether it is being compiled would). Read from the bytecode of Python 3.11 and 3.12,
-    which load a callee right after PUSH_NULL; on other versions no layer is kept."""
-    if sys.version_info[:2] not in ((3, 11), (3, 12)):
-        return False
-    code = wrapper.__code__
-    if _ASKS_IF_COMPILING & set(code.co_names):  # torch.compile traces it with True, plain Python gets False
-        return False
-    name = code.co_freevars[cell]  # a closure holds the free variables, in this order
-    bytecode = dis.Bytecode(code)
-    protected = [(entry.start, entry.end) for entry in bytecode.exception_entries]
-    instructions = list(bytecode)
-    uses = [
-        at
-        for at, i in enumerate(instructions)
-        if i.argval == name and "DEREF" in i.opname or i.opname == "LOAD_CLOSURE" and i.argval == name
-    ]
-    return bool(uses) and all(
-        instructions[at].opname == "LOAD_DEREF"
-        and instructions[at - 1].opname == "PUSH_NULL"  # loaded to be called ...
-        and instructions[at + 1].opname not in _USES_THE_CALLEE  # ... itself, not something of it
-        and not any(start <= instructions[at].offset < end for start, end in protected)
-        for at in uses
-    )
-
-
-_USES_THE_CALLEE = {"LOAD_ATTR", "LOAD_METHOD", "BINARY_SUBSCR", "STORE_ATTR", "DELETE_ATTR"}
-
-
-def _holds(cell: Any, value: Any) -> bool:
-    try:
-        return cell.cell_contents is value
-    except ValueError:  # an empty cell
-        return False
 
 
 def compile_options(torch: Any, kwargs: Mapping[str, Any]) -> tuple[str | None, str]:

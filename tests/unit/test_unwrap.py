@@ -1,5 +1,5 @@
 """Which functools.wraps layers of a compiled function stay plain Python around the
-stored code (serve/functions.py `unwrap`): only those that do nothing with the function
+stored code (serve/unwrapping.py `unwrap`): only those that do nothing with the function
 they wrap but call it, outside any try or with block, without asking whether they are
 compiled, and never past torch.compiler.disable. Any other layer is compiled whole, as
 torch.compile would."""
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ccache_cli.serve.functions import unwrap
+from ccache_cli.serve.unwrapping import unwrap
 
 
 def passing(f: Callable[..., Any]) -> Callable[..., Any]:
