@@ -106,7 +106,7 @@ def _calls_only(wrapper: types.FunctionType, cell: int) -> bool:
     uses = [
         at
         for at, i in enumerate(instructions)
-        if i.argval == name and "DEREF" in i.opname or i.opname == "LOAD_CLOSURE" and i.argval == name
+        if i.argval == name and ("DEREF" in i.opname or i.opname == "LOAD_CLOSURE")  # loaded, stored, deleted
     ]
     return bool(uses) and all(
         instructions[at].opname == "LOAD_DEREF"
