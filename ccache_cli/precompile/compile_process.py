@@ -14,6 +14,7 @@ else to stop (the parent found a matching entry).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import sys
@@ -38,6 +39,7 @@ Emit = Callable[..., None]
 
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[1]).read_text())
+    share_bytecode(request.get("pycache"))
     events = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # the model's own prints must not corrupt the event stream
 
@@ -58,6 +60,26 @@ def main(argv: list[str]) -> int:
         emit("error", **ReportedError(CompileError.__name__, message, traceback.format_exc()).to_json())
         return 1
     return 0
+
+
+def share_bytecode(folder: str | None, probe: str = "torch") -> None:
+    """Where the environment has no .pyc for `probe` (an image built with
+    PYTHONDONTWRITEBYTECODE=1), every process precompile starts would compile the
+    compile stack's source again, seconds each: this process then writes its bytecode
+    under `folder` (the store's pycache/), where the processes it starts (package
+    workers, the packages' load check, Inductor's compile workers) and later
+    precompiles read it. A PYTHONPYCACHEPREFIX of the user's is kept as it is."""
+    if folder is None or sys.pycache_prefix is not None:
+        return
+    spec = importlib.util.find_spec(probe)
+    try:
+        if spec is None or spec.origin is None or os.path.exists(importlib.util.cache_from_source(spec.origin)):
+            return
+    except (NotImplementedError, ValueError):
+        return
+    sys.pycache_prefix, sys.dont_write_bytecode = folder, False
+    os.environ["PYTHONPYCACHEPREFIX"] = folder
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None:

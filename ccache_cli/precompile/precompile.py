@@ -30,7 +30,7 @@ from ccache_cli.store.artifacts import INDUCTOR_PREFIX
 from ccache_cli.store.hashing import hash_json
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.staging import space_free, stage_artifacts, stage_bytecode_list, staged_blobs
-from ccache_cli.store.store import Store
+from ccache_cli.store.store import PYCACHE_FOLDER, Store
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -135,6 +135,7 @@ def precompile(
                     "aot": request.aot,
                     "bytecode": request.bytecode,
                     "jobs": package_jobs(request.jobs),
+                    "pycache": str(store.root / PYCACHE_FOLDER),
                     "machine": store.cached_machine_fingerprint(probe)
                     if device in fingerprint.PRIMARY_DEVICES
                     else None,

@@ -7,6 +7,7 @@ Layout::
     <store>/entries/<id>/manifest.json  one published entry
     <store>/index.json                  what each manifest holds, to list entries fast (index.py)
     <store>/machines/<probe>.json       exact machine fingerprints, cached for `inspect`
+    <store>/pycache/                    .pyc of precompile's processes where the environment has none
     <store>/tmp/                        staging areas of writers in progress
     <store>/.lock                       held by writers while they publish
 
@@ -39,6 +40,7 @@ from ccache_cli.store.totals import Totals
 
 FORMAT_VERSION = 1
 STORE_ENV = "CCACHE_CLI_STORE"
+PYCACHE_FOLDER = "pycache"  # precompile's bytecode where the environment has none (compile_process.py)
 
 
 @dataclass(frozen=True)
