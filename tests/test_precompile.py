@@ -92,6 +92,20 @@ def test_graph_break_skips_aot_functions_but_not_packages(models: Path, tmp_path
     assert entry["artifacts"]["fxgraph"] >= 2  # one graph each side of the break
 
 
+def test_package_workers_started_early_are_stopped_where_no_package_is_built(models: Path, tmp_path: Path) -> None:
+    """`--jobs 2` starts the package workers before the first calls; a model in training
+    mode gets no package, so they are stopped, and precompile still stores the entry.
+    Where the model fails to build, they end with the compile worker and nothing is left."""
+    store = tmp_path / "store"
+    result = ccache("precompile", str(models / "small.py:build"), "--sizes", "2,4", "--jobs", "2", store=store)
+    assert result.returncode == 0, result.stderr
+    packages = ccache_json("inspect", store=store)["entries"][0]["aot"]["packages"]
+    assert (packages["status"], packages["reason"]) == ("skipped", "the model is in training mode")
+    failed = ccache("precompile", str(models / "small.py:build_raises"), "--sizes", "2,4", "--jobs", "2", store=store)
+    assert failed.returncode == 1 and "weights not found" in failed.stderr, failed.stderr
+    assert store_leftovers(store) == [f"entries/{ccache_json('inspect', store=store)['entries'][0]['id']}"]
+
+
 @pytest.mark.extended
 def test_concurrent_precompiles_of_two_models_both_complete_and_force_compiles_again(
     models: Path, tmp_path: Path

@@ -133,6 +133,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
     if replies.readline().strip() != "compile":
         return
 
+    package_workers = packages.start_workers(request, compile_options, out / AOT_PREFIX, emit) if request["aot"] else []
     model = modelspec.load_model(module, spec).to(device)
     recorder = guards.Recorder()
     with _recording_traced_files() as traced:
@@ -157,7 +158,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
             functions = package_status = {"status": "disabled", "reason": "--no-aot"}
         else:
             built_packages = packages.start(
-                torch, model, inputs, range_inputs, compile_options, request, out / AOT_PREFIX, emit
+                torch, model, inputs, range_inputs, compile_options, out / AOT_PREFIX, emit, package_workers
             )
             if graph_break is not None:
                 functions = {

@@ -4,7 +4,9 @@ it).
 
 Its one argument is the job, in JSON: the model's and the inputs' specs, the device,
 the mode, the labels to build (a size, or a range's `[low, high]`) and the folder. It
-builds the model again from its spec, as the compile worker did, and writes events,
+builds the model again from its spec, as the compile worker does, and waits for one line
+on stdin: `build` to build (the compile worker's first calls are done), anything else
+to stop. It writes events,
 one JSON object per line, to its original stdout: `size_start` and `size_done` (phases
 `package` and `export`) as the compile worker's, then `result` (the weights each package binds, the
 seconds each took, the model's structure, and the first build error or null), or
@@ -66,6 +68,8 @@ def build(job: dict[str, Any], emit: aot.Emit) -> dict[str, Any]:
         )
         for label, batch_range in ranges.items()
     }
+    if sys.stdin.readline().strip() != "build":  # the compile process stopped it, or ended
+        return {"weights": {}, "seconds": {}, "structure": None, "error": "stopped before building"}
     weights: dict[str, list[str]] = {}
     folder = Path(job["folder"])
     seconds, error = aot.each_size(

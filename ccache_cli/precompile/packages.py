@@ -8,8 +8,10 @@ entry's mode (max-autotune's autotuning happens here, once) and hold no weights:
 runtime binds the model's own parameters and buffers to them.
 
 With `jobs` above one, package workers (package_process.py) build them, that many at
-once, each on the model built again from its spec, while the compile process goes on
-with the aot_compile functions; else the compile process builds them one after another.
+once, each on the model built again from its spec: they start before the first calls,
+importing torch and building the model while the compile process compiles, and build
+while it goes on with the aot_compile functions; else the compile process builds them
+one after another.
 Either way `build` builds each, in an Inductor cache of their own (what a build writes
 there, kernels and autotuning results under torch.compile's names but for the
 package's options, stays out of the entry's), seeded with the Triton kernels the cold
@@ -18,13 +20,14 @@ compile made, and the packages are stored only where a fresh process loads them 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,35 +39,55 @@ from ccache_cli.store.manifest import range_label
 Status = dict[str, Any]
 
 
+def start_workers(request: dict[str, Any], options: dict[str, Any], folder: Path, emit: Emit) -> list[_Worker]:
+    """Start the package workers, where `jobs` asks for more than one, before the first
+    calls: each imports torch and builds the model while the compile process compiles,
+    then waits for `start` to let it build, or stops it. `options`: the compile options
+    (device, mode, sizes, ranges); `request`: the compile worker's (the model's and
+    inputs' specs, and `jobs`); `folder`: the entry's `aot/`."""
+    labels = package_labels(options["sizes"], options.get("ranges", ()))
+    jobs = min(request.get("jobs", 1), len(labels))
+    if jobs <= 1:
+        return []
+    build_dir = _build_dir(folder)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    job = {"model": request["model"], "inputs": request["inputs"], "device": options["device"], "mode": options["mode"]}
+    return [
+        _Worker(job, {label: labels[label] for label in list(labels)[index::jobs]}, folder, build_dir, emit)
+        for index in range(jobs)
+    ]
+
+
 def start(
     torch: Any,
     model: Any,
     inputs: dict[int, plan.CallInputs],
     range_inputs: dict[tuple[int, int], plan.CallInputs],
     options: dict[str, Any],
-    request: dict[str, Any],
     folder: Path,
     emit: Emit,
+    workers: list[_Worker],
 ) -> Callable[[], Status]:
-    """Begin building the packages into `folder` (the entry's `aot/`); the function it
-    returns waits for them and gives their status for the manifest.
-
-    `options`: the compile options (device, mode); `request`: the compile worker's
-    (the model's and inputs' specs, and `jobs`)."""
+    """Begin building the packages into `folder` (the entry's `aot/`), in the `workers`
+    that `start_workers` started, else here; the function it returns waits for them and gives
+    their status for the manifest."""
     mode, device = options["mode"], options["device"]
+    skipped = None
     if any(module.training for module in model.modules()):
-        return _done({"status": "skipped", "reason": "the model is in training mode"})
+        skipped = "the model is in training mode"
     every = [*inputs.values(), *range_inputs.values()]
     if not all(tensor.is_contiguous() for args in every for tensor in args.tensors(torch)):
-        return _done({"status": "skipped", "reason": "an example input is not contiguous"})
+        skipped = skipped or "an example input is not contiguous"
+    if skipped is not None:
+        for worker in workers:
+            worker.stop()
+        return _done({"status": "skipped", "reason": skipped})
     folder.mkdir(parents=True, exist_ok=True)
-    build_dir = folder.parent.parent / "package-build"
+    build_dir = _build_dir(folder)
     _seed_triton_kernels(Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]), build_dir)
-    labels: dict[str, tuple[int, int] | None] = {str(size): None for size in inputs}
-    labels.update({range_label(batch_range): batch_range for batch_range in range_inputs})
+    labels = package_labels([*inputs], [*range_inputs])
     structure = plan.model_structure(model)
-    jobs = min(request.get("jobs", 1), len(labels))
-    if jobs <= 1:
+    if not workers:
         with aot.inductor_cache_at(build_dir):
             weights: dict[str, list[str]] = {}
             seconds, error = aot.each_size(
@@ -74,11 +97,8 @@ def start(
                 emit,
             )
         return _done(_finish(folder, device, weights, seconds, error, structure, emit))
-    job = {"model": request["model"], "inputs": request["inputs"], "device": device, "mode": mode}
-    workers = [
-        _Worker(job, {label: labels[label] for label in list(labels)[index::jobs]}, folder, build_dir, emit)
-        for index in range(jobs)
-    ]
+    for worker in workers:
+        worker.go()
 
     def wait() -> Status:
         results = [worker.result() for worker in workers]
@@ -94,6 +114,18 @@ def start(
         return _finish(folder, device, weights, seconds, error, structure, emit)
 
     return wait
+
+
+def package_labels(sizes: Iterable[int], ranges: Iterable[Sequence[int]]) -> dict[str, tuple[int, int] | None]:
+    """Each package's label (a size, `8`, or a range, `1-64`) and its range, if one."""
+    labels: dict[str, tuple[int, int] | None] = {str(size): None for size in sizes}
+    labels.update({range_label((low, high)): (low, high) for low, high in ranges})
+    return labels
+
+
+def _build_dir(folder: Path) -> Path:
+    """The packages' own Inductor cache, beside the entry's artifacts."""
+    return folder.parent.parent / "package-build"
 
 
 def labelled(
@@ -170,8 +202,8 @@ def _seed_triton_kernels(inductor_dir: Path, build_dir: Path) -> None:
     """Give the packages' build the Triton kernels the cold compile built (links, not
     copies): a kernel the same in both is then compiled once."""
     kernels = inductor_dir / "triton"
-    if kernels.is_dir() and not (build_dir / "triton").exists():
-        shutil.copytree(kernels, build_dir / "triton", copy_function=os.link)
+    if kernels.is_dir():
+        shutil.copytree(kernels, build_dir / "triton", copy_function=os.link, dirs_exist_ok=True)
 
 
 class _Worker:
@@ -192,6 +224,7 @@ class _Worker:
         }
         self._process = subprocess.Popen(
             [*launch.worker_command("ccache_cli.precompile.package_process"), json.dumps(job)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,  # the compile worker's log
             env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(build_dir)},
@@ -200,6 +233,21 @@ class _Worker:
         self._result: Status = {"error": "the package worker exited before it finished"}
         self._thread = threading.Thread(target=self._relay, args=(emit,), daemon=True)
         self._thread.start()
+
+    def go(self) -> None:
+        """Let it build (it has its model built by now, or is still building it)."""
+        self._tell("build")
+
+    def stop(self) -> None:
+        """End it without building."""
+        self._tell("stop")
+        self._process.wait()
+
+    def _tell(self, word: str) -> None:
+        assert self._process.stdin is not None
+        with contextlib.suppress(OSError):  # it ended already: its result says why
+            self._process.stdin.write(word + "\n")
+            self._process.stdin.close()
 
     def _relay(self, emit: Emit) -> None:
         assert self._process.stdout is not None
