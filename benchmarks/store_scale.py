@@ -4,7 +4,8 @@ Precompiles a small model once (`--no-bytecode`, so each manifest is small; `--b
 keeps the compile stack's bytecode and a manifest of about 0.9 MB), then copies its
 manifest into N entries that differ only in their key (the sizes they name), all
 sharing the same blobs, and times, for N = 1, 100 and 1,000, each command as a user
-runs it: `inspect --json`, `env`, `run -- true`, `verify` and `verify ENTRY` (the median of three runs,
+runs it: `inspect` (its table) and `inspect --json`, `env`, `run -- true`, `verify`
+(table and `--json`) and `verify ENTRY` (the median of three runs,
 after a first `inspect` that brings the store's index up to date and a first `env` that
 lays out the entries' view, each timed apart). Own
 time is the wall time less that of `ccache --help` (the interpreter's and the CLI's
@@ -31,10 +32,12 @@ from ccache_cli.store.hashing import hash_json
 
 MODEL = Path(__file__).resolve().parents[1] / "tests" / "models" / "small.py"
 COMMANDS = {
+    "inspect": ["inspect"],
     "inspect --json": ["inspect", "--json"],
     "env": ["env"],
     "run -- true": ["run", "--", "true"],
-    "verify": ["verify", "--json"],
+    "verify": ["verify"],
+    "verify --json": ["verify", "--json"],
 }
 
 

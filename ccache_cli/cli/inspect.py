@@ -17,7 +17,7 @@ from ccache_cli.store.manifest import Manifest, label_order
 
 from .pack import TRUST_OPTION
 from .registry import INSECURE_OPTION
-from .render import TIMING_COLUMNS, age, human_bytes, out, show, timing_cells, yes_no
+from .render import TIMING_COLUMNS, age, human_bytes, out, print_columns, show, timing_cells, yes_no, yes_no_cell
 
 
 def command(
@@ -50,7 +50,7 @@ def _print_table(report: InspectReport, root: object) -> None:
     if not report.entries:
         out.print(f"No entries in {root}. `ccache precompile MODEL --sizes 1,8,32` makes one.")
         return
-    table = Table("id", "name", "sizes", "device", "torch", "size", "age", "used", "compatible")
+    rows = []
     for item in report.entries:
         e = item.entry
         sizes = ",".join(e.size_labels) + (",dyn" if e.dynamic else "")
@@ -60,18 +60,20 @@ def _print_table(report: InspectReport, root: object) -> None:
             if item.usage is None or not item.usage.times_used
             else f"{item.usage.times_used}x, {age(item.usage.last_used)}"
         )
-        table.add_row(
-            e.short_id,
-            e.name,
-            sizes,
-            device,
-            e.fingerprint["torch"],
-            human_bytes(item.bytes),
-            age(e.created),
-            used,
-            yes_no(item.compatible),
+        rows.append(
+            [
+                e.short_id,
+                e.name,
+                sizes,
+                device,
+                e.fingerprint["torch"],
+                human_bytes(item.bytes),
+                age(e.created),
+                used,
+                yes_no_cell(item.compatible),
+            ]
         )
-    out.print(table)
+    print_columns(("id", "name", "sizes", "device", "torch", "size", "age", "used", "compatible"), rows)
     if not report.machine_exact:
         out.print(
             "? = the components readable without torch match; `ccache fingerprint` records the rest for this machine."

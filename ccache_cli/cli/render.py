@@ -14,10 +14,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
+from rich.cells import cell_len
 from rich.console import Console
+from rich.markup import escape
 
 
 def _console(stderr: bool) -> Console:
@@ -101,4 +103,35 @@ def timing_cells(timing: Any) -> list[str]:
 
 
 def yes_no(value: bool | None) -> str:
-    return {True: "[green]yes[/green]", False: "[red]no[/red]", None: "[yellow]?[/yellow]"}[value]
+    text, style = yes_no_cell(value)
+    return f"[{style}]{text}[/{style}]"
+
+
+def yes_no_cell(value: bool | None) -> tuple[str, str]:
+    return {True: ("yes", "green"), False: ("no", "red"), None: ("?", "yellow")}[value]
+
+
+Cell = str | tuple[str, str]  # a cell's text, or its text and a rich style
+
+
+def print_columns(headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> None:
+    """A list of many rows (entries, checks), as aligned columns under a bold header.
+    A rich Table measures and renders each cell as an object of its own: 1,000 entries
+    took 0.8 s to print that way, more than everything else `inspect` does with them."""
+    texts = [[cell if isinstance(cell, str) else cell[0] for cell in row] for row in rows]
+    widths = [
+        max([cell_len(header), *(cell_len(row[column]) for row in texts)]) for column, header in enumerate(headers)
+    ]
+
+    widths[-1] = 0  # the last column unpadded: no trailing spaces
+
+    def line(cells: Sequence[Cell]) -> str:
+        padded = []
+        for cell, width in zip(cells, widths):
+            text, style = (cell, None) if isinstance(cell, str) else cell
+            shown = escape(text) + " " * max(width - cell_len(text), 0)
+            padded.append(f"[{style}]{shown}[/{style}]" if style else shown)
+        return "  ".join(padded)
+
+    header = "  ".join(f"{name:<{width}}" for name, width in zip(headers, widths))
+    out.print("\n".join([f"[bold]{escape(header)}[/bold]", *map(line, rows)]), soft_wrap=True)

@@ -7,7 +7,6 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import typer
-from rich.table import Table
 
 from ccache_cli.archive.signing import trusted_keys
 from ccache_cli.check import verify as core
@@ -15,7 +14,7 @@ from ccache_cli.errors import ExitCode
 
 from .pack import TRUST_OPTION
 from .registry import INSECURE_OPTION
-from .render import err, out, show
+from .render import err, out, print_columns, show
 
 
 def command(
@@ -57,13 +56,14 @@ def command(
 
 
 def _print_report(report: core.VerifyReport) -> None:
-    table = Table(
-        "entry", "check", "result", "detail", title=f"ccache verify against {report.target}", title_justify="left"
+    out.print(f"ccache verify against {report.target}")
+    print_columns(
+        ("entry", "check", "result", "detail"),
+        [
+            (check.entry[:12], check.check, ("pass", "green") if check.ok else ("FAIL", "red"), check.detail)
+            for check in report.checks
+        ],
     )
-    for check in report.checks:
-        verdict = "[green]pass[/green]" if check.ok else "[red]FAIL[/red]"
-        table.add_row(check.entry[:12], check.check, verdict, check.detail)
-    out.print(table)
     failed = sum(not check.ok for check in report.checks)
     out.print(f"{len(report.checks) - failed} passed, {failed} failed")
 
