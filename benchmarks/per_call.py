@@ -125,6 +125,7 @@ def main() -> None:
         )
         if compiled.returncode != 0:
             raise SystemExit(compiled.stderr)
+        print(compiled.stdout.strip())  # precompile's report: each first call, the packages, the entry
         results = {}
         for way, options in WAYS.items():
             command = [*ccache, *store, "run", *options, "--", sys.executable, __file__, "--child", way]
