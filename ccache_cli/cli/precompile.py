@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from ccache_cli.precompile import precompile as core
 from ccache_cli.store.manifest import PackageStatus
 
 from . import parsing
-from .render import TIMING_COLUMNS, human_bytes, out, show, timing_cells
+from .render import TIMING_COLUMNS, err, human_bytes, out, show, timing_cells
 
 
 def command(
@@ -98,7 +99,7 @@ def command(
         jobs=jobs,
     )
     store = ctx.obj
-    with _progress(enabled=out.is_terminal and not json_output) as on_progress:
+    with _progress(live=out.is_terminal, shown=not json_output) as on_progress:
         result = core.precompile(store, request, on_progress)
     show(Precompiled(result, report_entry(result.entry, *this_machine(store))), json_output, _print_summary)
 
@@ -122,9 +123,20 @@ class Precompiled:
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[core.Progress], None]]:
-    if not enabled:
+def _progress(live: bool, shown: bool) -> Iterator[Callable[[core.Progress], None]]:
+    """Each step as it goes: drawn live at a terminal; elsewhere (a CI log) one line on
+    stderr as a step starts and as it ends, at the seconds since precompile began."""
+    if not shown:
         yield lambda _: None
+        return
+    if not live:
+        began = time.perf_counter()
+
+        def log_line(event: core.Progress) -> None:
+            took = f" done ({event.wall_s:.1f} s)" if event.done and event.wall_s is not None else ""
+            err.print(f"{time.perf_counter() - began:7.1f} s  {_step(event)}{took}", soft_wrap=True)
+
+        yield log_line
         return
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=out, transient=False) as progress:
@@ -136,27 +148,28 @@ def _progress(enabled: bool) -> Iterator[Callable[[core.Progress], None]]:
                 for (phase, _), other in tasks.items():  # one step at a time, but packages beside others
                     if phase not in ("package", "export"):
                         progress.update(other, total=1, completed=1)
-                what = {
-                    "loading": "loading model and torch",
-                    "compile": "compile",
-                    "aot": "aot_compile",
-                    "package": "AOTInductor package",
-                    "export": "torch.export for the package of",
-                    "check": "loading the packages in a fresh process",
-                    "bytecode": "bytecode of the imported modules",
-                }[event.phase]
-                label = (
-                    ""
-                    if event.label in (None, "bytecode")
-                    else (" dynamic shape" if event.label == "dynamic" else f" size {event.label}")
-                )
-                tasks[key] = progress.add_task(what + label, total=None)
+                tasks[key] = progress.add_task(_step(event), total=None)
             if event.done:
                 progress.update(tasks[key], total=1, completed=1)
 
         yield on_progress
         for task in tasks.values():
             progress.update(task, total=1, completed=1)
+
+
+def _step(event: core.Progress) -> str:
+    what = {
+        "loading": "loading model and torch",
+        "compile": "compile",
+        "aot": "aot_compile",
+        "package": "AOTInductor package",
+        "export": "torch.export for the package of",
+        "check": "loading the packages in a fresh process",
+        "bytecode": "bytecode of the imported modules",
+    }[event.phase]
+    if event.label in (None, "bytecode"):
+        return what
+    return what + (" dynamic shape" if event.label == "dynamic" else f" size {event.label}")
 
 
 def _print_summary(precompiled: Precompiled) -> None:

@@ -68,6 +68,7 @@ def build(job: dict[str, Any], emit: aot.Emit) -> dict[str, Any]:
         )
         for label, batch_range in ranges.items()
     }
+    _prepare_build()
     if sys.stdin.readline().strip() != "build":  # the compile process stopped it, or ended
         return {"weights": {}, "seconds": {}, "structure": None, "error": "stopped before building"}
     weights: dict[str, list[str]] = {}
@@ -81,6 +82,17 @@ def build(job: dict[str, Any], emit: aot.Emit) -> dict[str, Any]:
         emit,
     )
     return {"weights": weights, "seconds": seconds, "structure": plan.model_structure(model), "error": error}
+
+
+def _prepare_build() -> None:
+    """What a package build does first, done while the compile process still runs its
+    first calls: AOTInductor picks the CPU's vector ISA even for a GPU package (for the
+    C++ wrapper's flags), building and loading a probe for each ISA the CPU lists, and on
+    torch 2.11 each probe is loaded in a new Python that imports torch. The pick is
+    torch's own, cached for this process."""
+    from torch._inductor import cpu_vec_isa
+
+    cpu_vec_isa.pick_vec_isa()
 
 
 if __name__ == "__main__":
