@@ -64,11 +64,11 @@ def test_a_capture_stores_each_function_s_compiled_calls(captured: dict) -> None
 
 def test_an_unchanged_program_runs_the_captured_functions(captured: dict, tmp_path: Path) -> None:
     report, _ = run(captured, tmp_path, "none", [2, 4])
-    assert report == {"same": True, "graphs": 0, "misses": 0}
+    assert report == {"same": True, "graphs": 0, "misses": 0, "api": True}
     # Size 3 was not called at capture: Dynamo's guards of the function compiled at size 4
     # (dynamic, as torch.compile makes a function called at a second size) let it serve.
     report, _ = run(captured, tmp_path, "none", [3])
-    assert report == {"same": True, "graphs": 0, "misses": 0}
+    assert report == {"same": True, "graphs": 0, "misses": 0, "api": True}
 
 
 @pytest.mark.parametrize(

@@ -81,17 +81,24 @@ def builtins_as_globals(namespace: Mapping[str, Any]) -> dict[str, Any]:
     return {**vars(builtins), **namespace}
 
 
-def routed(compiled: Any, call: Callable[..., Any]) -> Callable[..., Any]:
+def routed(compiled: Any, call: Callable[..., Any], own: Callable[[], Any]) -> Callable[..., Any]:
     """What a routed `torch.compile(compiled)` returns: a function that calls `call`,
     which an enclosing torch.compile traces as `compiled` itself, as it does
-    torch.compile's own result (Dynamo inlines `_torchdynamo_inline`)."""
+    torch.compile's own result (Dynamo inlines `_torchdynamo_inline`, as an inner
+    compile: `_is_torch_compile`). torch.compile's methods on its result
+    (`aot_compile`, `get_compiler_config`) are those of `own()`, the program's own
+    compile of `compiled`, made when one is first called (it imports Dynamo)."""
 
     @functools.wraps(compiled)
     def compiled_function(*args: Any, **kwargs: Any) -> Any:
         return call(*args, **kwargs)
 
+    program_compile = functools.cache(own)
     compiled_function._torchdynamo_inline = compiled  # type: ignore[attr-defined]
     compiled_function._torchdynamo_orig_callable = compiled  # type: ignore[attr-defined]
+    compiled_function._is_torch_compile = True  # type: ignore[attr-defined]
+    compiled_function.get_compiler_config = lambda: program_compile().get_compiler_config()  # type: ignore[attr-defined]
+    compiled_function.aot_compile = lambda example_inputs: program_compile().aot_compile(example_inputs)  # type: ignore[attr-defined]
     return compiled_function
 
 
@@ -173,7 +180,7 @@ def serving(
     served = _Served(
         torch, unwrapped, [s for s in mine if s.code == digest], lambda: original(unwrapped.inner, **kwargs)
     )
-    return routed(compiled, unwrapped.rebuilt(served)), None
+    return routed(compiled, unwrapped.rebuilt(served), lambda: original(compiled, **kwargs)), None
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ list) after CHANGE: "none", "global" (a module global the code reads) or "attrib
 another compile too (as transformers' generate compiles `__call__` on a GPU), one that
 ccache leaves to torch.compile.
 
-Prints JSON: whether every output equals eager's, the graphs Dynamo traced and the
-FX graphs Inductor missed in its cache.
+Prints JSON: whether every output equals eager's, the graphs Dynamo traced, the
+FX graphs Inductor missed in its cache, and whether the compiled function has
+torch.compile's own attributes.
 
     python function_compiles.py CHANGE SIZES
 """
@@ -77,4 +78,6 @@ graphs = misses = 0
 if "torch._dynamo.utils" in sys.modules:
     counters = sys.modules["torch._dynamo.utils"].counters
     graphs, misses = counters["stats"]["unique_graphs"], counters["inductor"]["fxgraph_cache_miss"]
-print(json.dumps({"same": bool(same), "graphs": graphs, "misses": misses}))
+# torch.compile's own attributes on what it returned, routed or not (after the counters: it imports Dynamo)
+api = compiled_plain._is_torch_compile and isinstance(compiled_plain.get_compiler_config(), dict)
+print(json.dumps({"same": bool(same), "graphs": graphs, "misses": misses, "api": api}))
