@@ -159,3 +159,22 @@ def test_gc_removes_what_a_killed_writer_left_in_staging(world: dict) -> None:
     assert done["abandoned_staging"] == [str(killed)] and done["freed_bytes"] >= 5000 and done["removed"] == []
     assert not killed.exists() and working.exists()
     assert remaining(world) == {"alpha", "beta", "gamma"}
+
+
+def test_gc_clears_precompiles_bytecode_cache_and_counts_it(world: dict, tmp_path: Path) -> None:
+    """`<store>/pycache/`: the .pyc precompile's processes write where the environment
+    has none (written here by Python itself, as they do); gc counts it and removes it."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "stack.py").write_text("X = 1\n" * 500)
+    pycache = world["store"] / "pycache"
+    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(pycache), "PYTHONPATH": str(tmp_path / "src")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run([sys.executable, "-c", "import stack"], env=env, check=True)
+    written = sum(path.stat().st_size for path in pycache.rglob("*.pyc"))
+    assert written > 0
+    dry = ccache_json("gc", "--dry-run", store=world["store"], env=world["env"])
+    assert dry["pycache_bytes"] == written and dry["freed_bytes"] >= written and pycache.is_dir()
+    assert "would remove pycache/" in ccache("gc", "--dry-run", store=world["store"], env=world["env"]).stdout
+    done = ccache_json("gc", store=world["store"], env=world["env"])
+    assert done["pycache_bytes"] == written and not pycache.exists()
+    assert remaining(world) == {"alpha", "beta", "gamma"}

@@ -12,6 +12,7 @@ removed blob fails its own check-lock-check cleanly instead of publishing it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -29,7 +30,7 @@ from ccache_cli.store import bytecode_list, durable, owners
 from ccache_cli.store.leftovers import remove
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.schema import ManifestError
-from ccache_cli.store.store import Store
+from ccache_cli.store.store import PYCACHE_FOLDER, Store
 
 
 class EntryInUseError(CcacheError):
@@ -46,10 +47,11 @@ class Plan:
     abandoned_bytes: int  # of `abandoned`
     store_bytes: int  # every blob before the plan
     warnings: tuple[str, ...] = ()  # entries that could not be read, which stay
+    pycache_bytes: int = 0  # of precompile's bytecode cache, which gc clears (store.PYCACHE_FOLDER)
 
     @property
     def freed_bytes(self) -> int:
-        return self.blob_bytes + self.abandoned_bytes
+        return self.blob_bytes + self.abandoned_bytes + self.pycache_bytes
 
     @property
     def store_bytes_after(self) -> int:
@@ -75,6 +77,7 @@ class Cleanup:
             "kept_in_use": [entry.id for entry in plan.in_use],
             "blobs": len(plan.blobs),
             "abandoned_staging": [str(path) for path in plan.abandoned],
+            "pycache_bytes": plan.pycache_bytes,
             "freed_bytes": plan.freed_bytes,
             "store_bytes": plan.store_bytes if self.dry_run else plan.store_bytes_after,
             "warnings": list(plan.warnings),
@@ -121,7 +124,9 @@ def plan_gc(store: Store, max_size: int | None, older_than: dt.timedelta | None)
             names[sha256] -= 1
             if not names[sha256]:
                 size -= sizes.get(sha256, 0)
-    return _plan(store, entries, chosen, kept_busy, sizes, store.leftovers(), scan.warnings)
+    plan = _plan(store, entries, chosen, kept_busy, sizes, store.leftovers(), scan.warnings)
+    # precompile's own bytecode, for environments without .pyc: the next precompile writes it again
+    return dataclasses.replace(plan, pycache_bytes=_tree_bytes(store.root / PYCACHE_FOLDER))
 
 
 def _blobs_of(entry: Manifest) -> set[str]:
@@ -174,6 +179,8 @@ def apply(store: Store, plan: Plan) -> None:
                     os.unlink(store.blob_file(sha256))
     for folder in [*trash, *plan.abandoned]:
         remove(folder)
+    if plan.pycache_bytes:
+        remove(store.root / PYCACHE_FOLDER)
 
 
 def in_use(store: Store) -> dict[str, int]:
