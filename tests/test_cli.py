@@ -8,6 +8,9 @@ import shutil
 from pathlib import Path
 
 from helpers.cli import ccache, ccache_json, imported_modules
+from helpers.stores import make_entry
+
+from ccache_cli.store.store import Store
 
 
 def test_help_does_not_import_torch() -> None:
@@ -147,3 +150,19 @@ def test_plain_forms_are_parsed_without_the_app_and_anything_else_goes_to_it() -
     assert plain_command(["unpack", "a.tar.zst", "--export-dir", "d"]) is None
     assert plain_command(["unpack", "a.tar.zst", "b.tar.zst"]) is None  # Typer's usage error
     assert plain_command(["unpack"]) is None
+
+
+def test_inspect_lists_names_as_they_are_in_aligned_columns(tmp_path: Path) -> None:
+    """Names holding rich markup or ending in a backslash are printed as given, each
+    column aligned (the list is printed as columns, not a rich Table)."""
+    store = Store(tmp_path / "store")
+    names = ["back\\", "[red]x[/red]", "plain"]
+    ids = {name: make_entry(store, name, {f"inductor/{index}.py": name.encode()}) for index, name in enumerate(names)}
+    listed = ccache("inspect", store=store.root)
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["id", "name", "sizes", "device", "torch", "size", "age", "used", "compatible"]
+    start = header.index("sizes")
+    for name in names:
+        [row] = [row for row in rows if row.startswith(ids[name][:12])]
+        assert row.split()[1] == name and row[start:].startswith("1 "), listed.stdout

@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 from rich.cells import cell_len
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 
 def _console(stderr: bool) -> Console:
@@ -122,16 +122,14 @@ def print_columns(headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> Non
     widths = [
         max([cell_len(header), *(cell_len(row[column]) for row in texts)]) for column, header in enumerate(headers)
     ]
-
     widths[-1] = 0  # the last column unpadded: no trailing spaces
-
-    def line(cells: Sequence[Cell]) -> str:
-        padded = []
-        for cell, width in zip(cells, widths):
+    shown = Text(no_wrap=True)
+    for row in [[(header, "bold") for header in headers], *rows]:
+        for column, (cell, width) in enumerate(zip(row, widths)):
             text, style = (cell, None) if isinstance(cell, str) else cell
-            shown = escape(text) + " " * max(width - cell_len(text), 0)
-            padded.append(f"[{style}]{shown}[/{style}]" if style else shown)
-        return "  ".join(padded)
-
-    header = "  ".join(f"{name:<{width}}" for name, width in zip(headers, widths))
-    out.print("\n".join([f"[bold]{escape(header)}[/bold]", *map(line, rows)]), soft_wrap=True)
+            shown.append("  " if column else "")
+            shown.append(text, style)
+            shown.append(" " * max(width - cell_len(text), 0))
+        shown.append("\n")
+    shown.rstrip()
+    out.print(shown, soft_wrap=True)

@@ -56,7 +56,7 @@ def command(
 
 
 def _print_report(report: core.VerifyReport) -> None:
-    out.print(f"ccache verify against {report.target}")
+    out.print(f"ccache verify against {report.target}", markup=False)
     print_columns(
         ("entry", "check", "result", "detail"),
         [
