@@ -19,7 +19,7 @@ from ccache_cli.precompile import precompile as core
 from ccache_cli.store.manifest import PackageStatus
 
 from . import parsing
-from .render import TIMING_COLUMNS, err, human_bytes, out, show, timing_cells
+from .render import TIMING_COLUMNS, human_bytes, out, show, timing_cells
 
 
 def command(
@@ -124,26 +124,18 @@ class Precompiled:
 
 @contextlib.contextmanager
 def _progress(live: bool, shown: bool) -> Iterator[Callable[[core.Progress], None]]:
-    """Each step as it goes: drawn live at a terminal; elsewhere (a CI log) one line on
-    stderr as a step starts and as it ends, at the seconds since precompile began, from
-    the end of loading on."""
+    """Each step as it goes, on stdout (stderr keeps to warnings and the one line of an
+    error): drawn live at a terminal; elsewhere (a CI log) a line as a step starts and
+    as it ends, at the seconds since precompile began."""
     if not shown:
         yield lambda _: None
         return
     if not live:
         began = time.perf_counter()
-        loaded = False
 
         def log_line(event: core.Progress) -> None:
-            nonlocal loaded
-            at = time.perf_counter() - began
-            if event.phase == "loading":  # told as the next step starts: bad input leaves one line, its error
-                return
-            if not loaded:
-                loaded = True
-                err.print(f"{at:7.1f} s  loading model and torch done")
             took = f" done ({event.wall_s:.1f} s)" if event.done and event.wall_s is not None else ""
-            err.print(f"{at:7.1f} s  {_step(event)}{took}", soft_wrap=True)
+            out.print(f"{time.perf_counter() - began:7.1f} s  {_step(event)}{took}", soft_wrap=True, markup=False)
 
         yield log_line
         return
