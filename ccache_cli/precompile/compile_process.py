@@ -50,7 +50,10 @@ def main(argv: list[str]) -> int:
             events.write(json.dumps({"event": event, **fields}) + "\n")
 
     try:
-        run(request, Path(argv[2]), emit, sys.stdin)
+        try:
+            run(request, Path(argv[2]), emit, sys.stdin)
+        finally:  # before the parent hears of a failure: it ends this process then
+            packages.kill_workers()
     except CcacheError as exc:
         emit("error", **ReportedError.of(exc, with_traceback=True).to_json())
         return exc.exit_code

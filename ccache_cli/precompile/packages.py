@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -37,6 +38,7 @@ from ccache_cli.precompile.aot import Emit, one_line
 from ccache_cli.store.manifest import range_label
 
 Status = dict[str, Any]
+_started: list[_Worker] = []  # this process's package workers (kill_workers)
 
 
 def start_workers(request: dict[str, Any], options: dict[str, Any], folder: Path, emit: Emit) -> list[_Worker]:
@@ -80,7 +82,7 @@ def start(
         skipped = skipped or "an example input is not contiguous"
     if skipped is not None:
         for worker in workers:
-            worker.stop()
+            worker.kill()
         return _done({"status": "skipped", "reason": skipped})
     folder.mkdir(parents=True, exist_ok=True)
     build_dir = _build_dir(folder)
@@ -203,7 +205,20 @@ def _seed_triton_kernels(inductor_dir: Path, build_dir: Path) -> None:
     copies): a kernel the same in both is then compiled once."""
     kernels = inductor_dir / "triton"
     if kernels.is_dir():
-        shutil.copytree(kernels, build_dir / "triton", copy_function=os.link, dirs_exist_ok=True)
+        shutil.copytree(kernels, build_dir / "triton", copy_function=_link, dirs_exist_ok=True)
+
+
+def _link(source: str, target: str) -> None:
+    """A hard link, unless the workers' build already has that file."""
+    with contextlib.suppress(FileExistsError):
+        os.link(source, target)
+
+
+def kill_workers() -> None:
+    """End the package workers still running, with what they started: the compile
+    process failed before it let them build or stopped them."""
+    for worker in _started:
+        worker.kill()
 
 
 class _Worker:
@@ -229,25 +244,26 @@ class _Worker:
             stderr=None,  # the compile worker's log
             env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(build_dir)},
             text=True,
+            start_new_session=True,  # a group of its own, with the compilers it runs, that kill() ends
         )
+        _started.append(self)
         self._result: Status = {"error": "the package worker exited before it finished"}
         self._thread = threading.Thread(target=self._relay, args=(emit,), daemon=True)
         self._thread.start()
 
     def go(self) -> None:
         """Let it build (it has its model built by now, or is still building it)."""
-        self._tell("build")
-
-    def stop(self) -> None:
-        """End it without building."""
-        self._tell("stop")
-        self._process.wait()
-
-    def _tell(self, word: str) -> None:
         assert self._process.stdin is not None
         with contextlib.suppress(OSError):  # it ended already: its result says why
-            self._process.stdin.write(word + "\n")
+            self._process.stdin.write("build\n")
             self._process.stdin.close()
+
+    def kill(self) -> None:
+        """End it, with what it started (a compiler, a probe), where it still runs."""
+        if self._process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
 
     def _relay(self, emit: Emit) -> None:
         assert self._process.stdout is not None
