@@ -44,7 +44,7 @@ _started: list[_Worker] = []  # this process's package workers (kill_workers)
 def start_workers(request: dict[str, Any], options: dict[str, Any], folder: Path, emit: Emit) -> list[_Worker]:
     """Start the package workers, where `jobs` asks for more than one, before the first
     calls: each imports torch and builds the model while the compile process compiles,
-    then waits for `start` to let it build, or stops it. `options`: the compile options
+    then waits for `start` to let it build (or to kill it). `options`: the compile options
     (device, mode, sizes, ranges); `request`: the compile worker's (the model's and
     inputs' specs, and `jobs`); `folder`: the entry's `aot/`."""
     labels = package_labels(options["sizes"], options.get("ranges", ()))
