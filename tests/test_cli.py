@@ -7,7 +7,7 @@ import platform
 import shutil
 from pathlib import Path
 
-from helpers.cli import ccache, ccache_json, imported_modules
+from helpers.cli import ccache, ccache_json, cpu_fingerprint, imported_modules, machine_fingerprint_json
 from helpers.stores import make_entry
 
 from ccache_cli.store.store import Store
@@ -166,3 +166,19 @@ def test_inspect_lists_names_as_they_are_in_aligned_columns(tmp_path: Path) -> N
     for name in names:
         [row] = [row for row in rows if row.startswith(ids[name][:12])]
         assert row.split()[1] == name and row[start:].startswith("1 "), listed.stdout
+
+
+def test_a_machine_fingerprint_without_the_cpu_components_tells_nothing_of_cpu_entries(tmp_path: Path) -> None:
+    """A GPU precompile records this machine's fingerprint without the CPU's components
+    (its key needs none, and their probes take seconds): a CPU entry is then of unknown
+    fit to `inspect`, never a fit, and `verify` learns the whole fingerprint."""
+    from ccache_cli.in_program.fingerprint import CPU_COMPONENTS, probe_digest
+
+    store = Store(tmp_path / "store")
+    make_entry(store, "cpu-entry", {"inductor/a.py": b"a"}, cpu_fingerprint())
+    whole = json.loads(machine_fingerprint_json())
+    store.save_machine_fingerprint(probe_digest(), {k: v for k, v in whole.items() if k not in CPU_COMPONENTS})
+    assert ccache_json("inspect", store=store.root)["entries"][0]["compatible"] is None
+    verified = ccache_json("verify", store=store.root)
+    assert [c["ok"] for c in verified["checks"] if c["check"] == "compatibility"] == [True], verified
+    assert ccache_json("inspect", store=store.root)["entries"][0]["compatible"] is True

@@ -149,7 +149,7 @@ def this_machine_exact(store: Store) -> dict[str, Any]:
     """This machine's full fingerprint: cached by an earlier run, else asked of torch."""
     probe = fingerprint.probe_digest()
     cached = store.cached_machine_fingerprint(probe)
-    if cached is not None:
+    if cached is not None and fingerprint.knows(cached):
         return cached
     machine = fingerprint.machine_fingerprint()
     store.save_machine_fingerprint(probe, machine)

@@ -85,6 +85,12 @@ def components_for(device: str) -> tuple[str, ...]:
     return BUILD_COMPONENTS + extra
 
 
+def knows(machine: Mapping[str, Any], device: str | None = None) -> bool:
+    """Whether `machine` holds every component of an entry for `device` (None: of any
+    entry). A GPU precompile records none of the CPU's: its key needs none."""
+    return set(COMPONENTS if device is None else components_for(device)) <= set(machine)
+
+
 def entry_fingerprint(machine: dict[str, Any], device: str) -> dict[str, Any]:
     """The components of `machine` that an entry compiled for `device` depends on."""
     return {name: machine.get(name) for name in components_for(device)}

@@ -22,7 +22,7 @@ def this_machine(store: Store) -> tuple[dict[str, Any], bool]:
 def compatibility(entry: Manifest, machine: dict[str, Any], exact: bool) -> tuple[bool | None, tuple[Mismatch, ...]]:
     """Whether `entry` fits `machine` (None: only a full fingerprint could tell), and why not."""
     found = tuple(fingerprint.mismatches(entry.fingerprint, entry.device, machine))
-    return (False if found else (True if exact else None)), found
+    return (False if found else (True if exact and fingerprint.knows(machine, entry.device) else None)), found
 
 
 def fits(entries: list[Manifest] | tuple[Manifest, ...], machine: dict[str, Any], exact: bool) -> list[Manifest]:

@@ -97,7 +97,9 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
     device = _check_device(torch, request["device"])
     others = [_check_device(torch, f"cuda:{index}") for index in request.get("devices", [])[1:]]
     _check_same_gpus(torch, [device, *others])
-    machine = request["machine"] or fingerprint.machine_fingerprint(device)
+    # A GPU entry's key holds no CPU component, whose ISA probes take seconds each (compile
+    # programs, and on torch 2.11 load each in a new Python that imports torch).
+    machine = request["machine"] or fingerprint.machine_fingerprint(device, cpu=not fingerprint.is_gpu_device(device))
     sizes: list[int] = request["sizes"]
     ranges = [(low, high) for low, high in request.get("ranges", [])]
     inputs = {size: plan.to_device(torch, plan.example_inputs(inputs_fn, size), device) for size in sizes}

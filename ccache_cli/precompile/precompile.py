@@ -136,9 +136,7 @@ def precompile(
                     "bytecode": request.bytecode,
                     "jobs": package_jobs(request.jobs),
                     "pycache": str(store.root / PYCACHE_FOLDER),
-                    "machine": store.cached_machine_fingerprint(probe)
-                    if device in fingerprint.PRIMARY_DEVICES
-                    else None,
+                    "machine": _cached_machine(store, probe, device),
                 }
             )
         )
@@ -171,6 +169,14 @@ def precompile(
         entry, new_bytes = _store_entry(store, staging, request, planned, lookup, event, compile_dir / "inductor")
     reports = tuple(SizeReport(**{k: v for k, v in r.items() if k != "graphs"}) for r in event["reports"])
     return PrecompileResult(entry, False, reports, new_bytes, time.perf_counter() - start)
+
+
+def _cached_machine(store: Store, probe: str, device: str) -> dict[str, Any] | None:
+    """This machine's fingerprint as an earlier run cached it, where it holds every
+    component an entry for `device` is keyed by (a GPU precompile caches none of the
+    CPU's); else None, and the compile worker asks torch."""
+    cached = store.cached_machine_fingerprint(probe) if device in fingerprint.PRIMARY_DEVICES else None
+    return cached if cached is not None and fingerprint.knows(cached, device) else None
 
 
 def _fresh_entry(store: Store, lookup: str, sys_path: list[str]) -> Manifest | None:
