@@ -64,7 +64,7 @@ def _print_cleanup(cleanup: removal.Cleanup) -> None:
         out.print(f"{verb} tmp/{folder.name}, left by a writer that was killed")
     if plan.pycache_bytes:
         out.print(
-            f"{verb} pycache/, precompile's bytecode of torch ({human_bytes(plan.pycache_bytes)}; made again as needed)"
+            f"{verb} pycache/, precompile's bytecode of the compile stack ({human_bytes(plan.pycache_bytes)}; made again as needed)"
         )
     out.print(
         f"{'Would free' if dry_run else 'Freed'} {human_bytes(plan.freed_bytes)} in {len(plan.blobs)} blobs; "
