@@ -48,9 +48,11 @@ def start_workers(request: dict[str, Any], options: dict[str, Any], folder: Path
     (device, mode, sizes, ranges); `request`: the compile worker's (the model's and
     inputs' specs, and `jobs`); `folder`: the entry's `aot/`."""
     labels = package_labels(options["sizes"], options.get("ranges", ()))
-    jobs = min(request.get("jobs", 1), len(labels))
-    if jobs <= 1:
+    if request.get("jobs", 1) <= 1:
         return []
+    # One worker for one package too: the compile process builds the aot_compile
+    # functions meanwhile (9.5 s of a decoder's precompile on an H100, one after the other).
+    jobs = min(request["jobs"], len(labels))
     build_dir = _build_dir(folder)
     build_dir.mkdir(parents=True, exist_ok=True)
     job = {"model": request["model"], "inputs": request["inputs"], "device": options["device"], "mode": options["mode"]}
