@@ -84,9 +84,14 @@ def test_changed_python_state_goes_to_torch_compile(captured: dict, tmp_path: Pa
 def test_a_function_inside_another_compile_is_traced_as_the_program_s_own(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
-    """The enclosing compile (not captured: it has options) traces the same graphs under
-    the capture and under `ccache run`, so the second finds them all in the cache."""
+    """The enclosing compile with options (not captured) traces the same graphs under
+    the capture and under `ccache run`, so the second finds them all in the cache; the
+    forward, reached as a frame from a compile of the module's `__call__`, is captured
+    there too (not traced by that compile), and runs from stored code."""
     nested = capture(tmp_path_factory, "nested")
+    assert nested["capture"]["functions_not_stored"] == [], nested["capture"]
+    [entry] = ccache_json("inspect", store=nested["store"])["entries"]
+    assert entry["functions"]["__main__:Block.forward"] == 2, entry["functions"]
     report, stderr = run(nested, tmp_path, "nested", [2, 4])
     assert report["same"] and report["graphs"] > 0 and report["misses"] == 0, stderr
 

@@ -341,3 +341,21 @@ def test_packages_of_cuda_graph_modes_replay_graphs(tmp_path: Path, mode: str) -
     usage = ccache_json("inspect", store=store)["entries"][0]["usage"]
     graphs = {reason: n for reason, n in usage["not_routed"].items() if reason.startswith("CUDA graphs")}
     assert usage["served"] == 8 and graphs == ({"CUDA graphs: recorded": 2} if mode != "default" else {}), usage
+
+
+def test_a_captured_reduce_overhead_function_replays_torch_s_cuda_graphs(tmp_path: Path) -> None:
+    """A function compiled with mode reduce-overhead (a decode step writing a static
+    cache) is captured, and the unchanged program runs the stored function with no graph
+    traced, through CUDA graphs torch records in the process, as its own compile does:
+    every output and the cache equal eager's."""
+    shutil.copyfile(Path(__file__).parent / "programs" / "graphed_step.py", tmp_path / "step.py")
+    command = ["--", sys.executable, "step.py", "6"]
+    store, views = tmp_path / "store", {"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
+    result = ccache("run", "--capture", "step", "--json", *command, store=store, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["functions"] == 1, result.stdout
+    result = ccache("run", "step", *command, store=store, cwd=tmp_path, env=views)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["same"] and report["graphs"] == 0 and report["recorded"] > 0, (report, result.stderr)
+    assert ccache_json("inspect", store=store)["entries"][0]["usage"]["served"] == 6

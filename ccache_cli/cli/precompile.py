@@ -16,6 +16,7 @@ from ccache_cli.check.inspect import EntryReport, report_entry
 from ccache_cli.key.compat import this_machine
 from ccache_cli.key.interpreter import PYTHON_ENV
 from ccache_cli.precompile import precompile as core
+from ccache_cli.precompile.plan import MODES
 from ccache_cli.store.manifest import PackageStatus
 
 from . import parsing
@@ -43,7 +44,7 @@ def command(
     dynamic: bool = typer.Option(
         False, "--dynamic", help="Also compile a general shape with the batch dimension dynamic"
     ),
-    mode: str = typer.Option("default", "--mode", help="torch.compile mode: " + ", ".join(core.MODES)),
+    mode: str = typer.Option("default", "--mode", help="torch.compile mode: " + ", ".join(MODES)),
     name: str | None = typer.Option(None, "--name", help="A name for the entry [default: module:attr]"),
     inputs: str | None = typer.Option(
         None,
@@ -79,8 +80,8 @@ def command(
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
 ) -> None:
     """Compile MODEL for each size in an isolated cache and store the artifacts as one entry."""
-    if mode not in core.MODES:
-        raise typer.BadParameter(f"expected one of {', '.join(core.MODES)}", param_hint="--mode")
+    if mode not in MODES:
+        raise typer.BadParameter(f"expected one of {', '.join(MODES)}", param_hint="--mode")
     static_sizes, ranges = parsing.parse_sizes(sizes)
     request = core.PrecompileRequest(
         model=model,

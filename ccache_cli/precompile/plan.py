@@ -28,6 +28,8 @@ from ccache_cli.store.manifest import range_label
 # An AOTInductor package holds no CUDA graphs (each process records its own, on its own
 # memory: serve/cuda_graphs.py); every other Inductor option of a mode applies.
 _NOT_FOR_PACKAGES = {"triton.cudagraphs"}
+# torch.compile's modes, as entries and captured functions record them.
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # The modes whose Inductor options record CUDA graphs (`triton.cudagraphs`).
 CUDA_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
 

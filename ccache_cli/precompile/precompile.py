@@ -32,7 +32,6 @@ from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.staging import space_free, stage_artifacts, stage_bytecode_list, staged_blobs
 from ccache_cli.store.store import PYCACHE_FOLDER, Store
 
-MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 

@@ -49,7 +49,7 @@ def capturing(torch: Any, compiled: Any, kwargs: dict[str, Any], original: Calla
     if why is not None or unwrapped is None:
         return original(compiled, **kwargs)
     capture = _Capture(torch, unwrapped, mode, lambda: original(unwrapped.inner, **kwargs))
-    return routed(compiled, unwrapped.rebuilt(capture), lambda: original(compiled, **kwargs))
+    return routed(torch, compiled, unwrapped.rebuilt(capture), lambda: original(compiled, **kwargs))
 
 
 class _Capture:

@@ -18,6 +18,12 @@ function through a wrapper's closure, and a wrapper computes nothing a graph hol
 Inside another compile (transformers compiles `__call__` with reduce-overhead on a GPU),
 the function is traced as the program's own: Dynamo inlines what torch.compile was given.
 
+Modes that record CUDA graphs (reduce-overhead, max-autotune): a saved function holds
+Inductor's compiled graph with what torch's CUDA graph trees need of it, and applies them
+where it is loaded with `triton.cudagraphs` on, as torch.compile's own cache hits do; a
+served call starts a new generation of those trees, as each call of torch.compile's own
+function does. Graphs are recorded in the process, by torch, as its own compile would.
+
 Imports torch only through the `torch` its callers hand it.
 """
 
@@ -39,14 +45,12 @@ from ccache_cli.in_program.usage import VIEW_ENV
 from ccache_cli.key import assumptions as a
 from ccache_cli.key.sources import all_fresh, search_path
 from ccache_cli.precompile.aot import one_line
+from ccache_cli.precompile.plan import MODES
 from ccache_cli.serve import decisions
 from ccache_cli.serve.unwrapping import Unwrapped, unwrap
 from ccache_cli.serve.views import read_description
 from ccache_cli.store.assumptions import SizeAssumptions
 from ccache_cli.store.manifest import Source
-
-# Modes whose compiled code a saved function holds whole (CUDA graphs it does not).
-CAPTURED_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 def compile_options(torch: Any, kwargs: Mapping[str, Any]) -> tuple[str | None, str]:
@@ -62,8 +66,8 @@ def compile_options(torch: Any, kwargs: Mapping[str, Any]) -> tuple[str | None, 
         return "options= given", mode
     if kwargs.get("dynamic"):
         return "dynamic=True", mode
-    if mode not in CAPTURED_MODES:
-        return f"mode {mode!r}: a captured function cannot hold CUDA graphs", mode
+    if mode not in MODES:
+        return f"mode {mode!r}", mode
     return None, mode
 
 
@@ -81,18 +85,30 @@ def builtins_as_globals(namespace: Mapping[str, Any]) -> dict[str, Any]:
     return {**vars(builtins), **namespace}
 
 
-def routed(compiled: Any, call: Callable[..., Any], own: Callable[[], Any]) -> Callable[..., Any]:
+def routed(torch: Any, compiled: Any, call: Callable[..., Any], own: Callable[[], Any]) -> Callable[..., Any]:
     """What a routed `torch.compile(compiled)` returns: a function that calls `call`,
     which an enclosing torch.compile traces as `compiled` itself, as it does
     torch.compile's own result (Dynamo inlines `_torchdynamo_inline`, as an inner
     compile: `_is_torch_compile`). torch.compile's methods on its result
     (`aot_compile`, `get_compiler_config`) are those of `own()`, the program's own
-    compile of `compiled`, made when one is first called (it imports Dynamo)."""
+    compile of `compiled`, made when one is first called (it imports Dynamo).
+
+    Where an enclosing compile reaches it as a frame instead (a compile of a module's
+    `__call__` skips nn.Module's own frames, so the module's forward is the first frame
+    it would convert), it runs as torch.compile's own function does, under no compile
+    but its own: its frame is skipped, and `call` runs with Dynamo's frame hook unset
+    (else the enclosing compile would trace ccache's code, and the code a stored function
+    calls)."""
 
     @functools.wraps(compiled)
     def compiled_function(*args: Any, **kwargs: Any) -> Any:
-        return call(*args, **kwargs)
+        enclosing = torch._C._dynamo.eval_frame.set_eval_frame(None)
+        try:
+            return call(*args, **kwargs)
+        finally:
+            torch._C._dynamo.eval_frame.set_eval_frame(enclosing)
 
+    torch._dynamo.eval_frame.skip_code(compiled_function.__code__)
     program_compile = functools.cache(own)
     compiled_function._torchdynamo_inline = compiled  # type: ignore[attr-defined]
     compiled_function._torchdynamo_orig_callable = compiled  # type: ignore[attr-defined]
@@ -180,7 +196,7 @@ def serving(
     served = _Served(
         torch, unwrapped, [s for s in mine if s.code == digest], lambda: original(unwrapped.inner, **kwargs)
     )
-    return routed(compiled, unwrapped.rebuilt(served), lambda: original(compiled, **kwargs)), None
+    return routed(torch, compiled, unwrapped.rebuilt(served), lambda: original(compiled, **kwargs)), None
 
 
 @dataclass(frozen=True)
@@ -207,6 +223,9 @@ class _Served:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         function, why = self._serving(args, kwargs)
         if function is not None:
+            # torch.compile's function does this on each call: its CUDA graph trees may
+            # then reuse the memory of the outputs of the previous call.
+            self._torch._dynamo.mutation_guard.GenerationTracker.generation += 1
             return function(*args, **kwargs)
         decisions.count(f"fallback: {why}")
         if self._compiled is None:
@@ -297,8 +316,15 @@ class _Served:
         # by compiling and loading a probe program per ISA. The entry's key held the ISA
         # this machine picks (activation matched it), so the ISAs the CPU's flags name are
         # trusted instead, for the pick only: the setting enters no cache key from here.
+        # The mode's CUDA graphs are applied when the function is loaded (torch keeps them
+        # out of the saved function), where the mode's options say so.
+        cuda_graphs = {
+            name: value
+            for name, value in self._torch._inductor.list_mode_options(stored.mode).items()
+            if name == "triton.cudagraphs"
+        }
         with (
-            self._torch._inductor.config.patch({"cpp.vec_isa_ok": True}),
+            self._torch._inductor.config.patch({"cpp.vec_isa_ok": True, **cuda_graphs}),
             self._torch.inference_mode(stored.inference_mode),  # its tensor guards take this thread's dispatch keys
         ):
             return self._torch.compiler.load_compiled_function(io.BytesIO(data), f_globals=module_globals)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ccache_cli.precompile import packages, plan
-from ccache_cli.precompile.precompile import MODES
+from ccache_cli.precompile.plan import MODES
 
 
 def test_the_modes_that_record_cuda_graphs_are_torch_s() -> None:
