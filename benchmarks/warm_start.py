@@ -214,10 +214,11 @@ def main() -> None:
             (work / "empty-pycache").mkdir()
             env.update({"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": str(work / "empty-pycache")})
         started = time.perf_counter()
-        subprocess.run(
+        precompiled = subprocess.run(
             [*ccache, "precompile", args.model, "--sizes", args.sizes, "--device", args.device, "--mode", args.mode],
             check=True,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
             env=env,
         )
         what = f"reference model d={dim}, {blocks} blocks" if args.model == EXAMPLE else args.model
@@ -225,6 +226,8 @@ def main() -> None:
             f"{what}, mode {args.mode}, sizes {args.sizes}, {args.device}; "
             f"precompiled in {time.perf_counter() - started:.1f} s"
         )
+        # Its steps as it printed them (seconds since its start), for where the time went.
+        print("\n".join(line for line in precompiled.stdout.splitlines() if line.lstrip()[:1].isdigit()))
         inspected = json.loads(
             subprocess.run([*ccache, "inspect", "--json"], check=True, capture_output=True, text=True, env=env).stdout
         )["entries"][0]
