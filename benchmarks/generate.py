@@ -9,6 +9,7 @@ tokens equal the cold run's and the cold/warm ratio, and under it what ccache sa
 (why stored code was not used, graphs that missed).
 
     python benchmarks/generate.py [--device cpu|cuda] [--layers N] [--hidden N]
+        [--ways cold,torch-warm,capture,run] [--all-devices]
 """
 
 from __future__ import annotations
@@ -44,12 +45,19 @@ def main() -> None:
         default="cold,torch-warm,capture,run",
         help="which ways, comma-separated (run: twice); tokens are compared with the first way's",
     )
+    parser.add_argument(
+        "--all-devices",
+        action="store_true",
+        help="generate compiles the model's __call__ too (mode reduce-overhead), as it does on a GPU",
+    )
     args = parser.parse_args()
     chosen = set(args.ways.split(","))
     layers, hidden = args.layers or SHAPE[args.device][0], args.hidden or SHAPE[args.device][1]
     recipe = [sys.executable, str(PROGRAM), args.device, str(layers), str(hidden)]
+    recipe += ["all-devices"] if args.all_devices else []
     ccache = [sys.executable, "-m", "ccache_cli"]
-    print(f"generate recipe: {args.device}, Llama {layers} layers, hidden {hidden}, bf16", flush=True)
+    also = ", generate compiles __call__ too (as on a GPU)" if args.all_devices else ""
+    print(f"generate recipe: {args.device}, Llama {layers} layers, hidden {hidden}, bf16{also}", flush=True)
     print(f"{'way':<18}{'ready s':>9}{'total s':>9}{'graphs':>8}{'same tokens':>13}{'cold/ready':>12}", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         base = {

@@ -4,8 +4,10 @@
 
 Prints one JSON line: the tokens, the seconds from the compile call to both generates
 done ("ready"), from the process's start ("total"), and what torch compiled here.
+With `all-devices`, `generate` compiles the model's `__call__` too (its auto-compile for
+static caches, mode reduce-overhead), as it does on a GPU, whatever the device.
 
-    python generate_recipe.py DEVICE LAYERS HIDDEN [MODE]
+    python generate_recipe.py DEVICE LAYERS HIDDEN [MODE] [all-devices]
 """
 
 import time
@@ -19,7 +21,9 @@ import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 device, layers, hidden = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-mode = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] != "default" else None
+options = sys.argv[4:]
+all_devices = "all-devices" in options
+mode = next((option for option in options if option not in ("all-devices", "default")), None)
 
 torch.manual_seed(0)
 config = LlamaConfig(
@@ -34,6 +38,11 @@ config = LlamaConfig(
 model = LlamaForCausalLM(config).to(device=device, dtype=torch.bfloat16).eval()
 model.generation_config.cache_implementation = "static"
 model.generation_config.pad_token_id = 0
+if all_devices:
+    from transformers import CompileConfig
+
+    model.generation_config.compile_config = CompileConfig()
+    model.generation_config.compile_config._compile_all_devices = True
 prompts = {
     batch: torch.randint(1, 1024, (batch, 12), generator=torch.Generator().manual_seed(batch)) for batch in (1, 4)
 }
