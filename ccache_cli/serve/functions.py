@@ -16,7 +16,9 @@ Decorators written with functools.wraps (transformers wraps every forward) stay 
 Python around the compiled code: aot_compile cannot save code that reaches the wrapped
 function through a wrapper's closure, and a wrapper computes nothing a graph holds.
 Inside another compile (transformers compiles `__call__` with reduce-overhead on a GPU),
-the function is traced as the program's own: Dynamo inlines what torch.compile was given.
+the function is what torch.compile's own would be there (`routed`): traced as the
+program's own where Dynamo inlines it, run under no compile but its own where the
+enclosing compile meets it as a frame.
 
 Modes that record CUDA graphs (reduce-overhead, max-autotune): a saved function holds
 Inductor's compiled graph with what torch's CUDA graph trees need of it, and applies them
