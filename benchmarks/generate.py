@@ -5,8 +5,9 @@ and warm under `ccache run` on what `ccache run --capture` stored.
 
 Prints, per way, the seconds from the compile call to both generates done ("ready"),
 the measured process's whole run ("total"), the graphs torch traced, whether the
-tokens equal the cold run's and the cold/warm ratio, and under it what ccache said
-(why stored code was not used, graphs that missed).
+tokens equal the cold run's, the cold/warm ratio and the time of one warm `generate` at
+batch 1, and under it what ccache said (why stored code was not used, graphs that
+missed).
 
     python benchmarks/generate.py [--device cpu|cuda] [--layers N] [--hidden N]
         [--ways cold,torch-warm,capture,run] [--all-devices]
@@ -58,7 +59,10 @@ def main() -> None:
     ccache = [sys.executable, "-m", "ccache_cli"]
     also = ", generate compiles __call__ too (as on a GPU)" if args.all_devices else ""
     print(f"generate recipe: {args.device}, Llama {layers} layers, hidden {hidden}, bf16{also}", flush=True)
-    print(f"{'way':<18}{'ready s':>9}{'total s':>9}{'graphs':>8}{'same tokens':>13}{'cold/ready':>12}", flush=True)
+    print(
+        f"{'way':<18}{'ready s':>9}{'total s':>9}{'graphs':>8}{'same tokens':>13}{'cold/ready':>12}{'ms/generate':>13}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as scratch:
         base = {
             **os.environ,
@@ -84,7 +88,7 @@ def main() -> None:
             same = found["tokens"] == first["tokens"]
             print(
                 f"{way:<18}{found['ready_s']:>9.2f}{found['total_s']:>9.2f}{found.get('graphs', 0):>8}"
-                f"{str(same):>13}{ratio}",
+                f"{str(same):>13}{ratio}{found['per_generate_ms']:>13.1f}",
                 flush=True,
             )
             for line in said:

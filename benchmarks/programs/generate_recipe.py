@@ -3,7 +3,8 @@
 `generate` at batch 1 and at batch 4, 8 new tokens each, greedy.
 
 Prints one JSON line: the tokens, the seconds from the compile call to both generates
-done ("ready"), from the process's start ("total"), and what torch compiled here.
+done ("ready"), from the process's start ("total"), the time of one warm `generate` at
+batch 1 (the median of 10), and what torch compiled here (all of it, the warm calls too).
 With `all-devices`, `generate` compiles the model's `__call__` too (its auto-compile for
 static caches, mode reduce-overhead), as it does on a GPU, whatever the device.
 
@@ -58,6 +59,17 @@ if device != "cpu":
     torch.cuda.synchronize()
 done = time.perf_counter()
 
+# Per generate, warm: the median of 10 calls at batch 1 after 5 (a prefill and 7 decode steps each).
+seconds = []
+with torch.no_grad():
+    for _ in range(15):
+        started = time.perf_counter()
+        model.generate(prompts[1].to(device), max_new_tokens=8, do_sample=False, min_new_tokens=8)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - started)
+per_generate_ms = sorted(seconds[5:])[5] * 1000
+
 compiled = {}
 if "torch._dynamo.utils" in sys.modules:
     counters = sys.modules["torch._dynamo.utils"].counters
@@ -72,6 +84,7 @@ print(
             "tokens": tokens,
             "ready_s": done - built,
             "total_s": done - STARTED,
+            "per_generate_ms": per_generate_ms,
             "dynamo_imported": "torch._dynamo" in sys.modules,
             **compiled,
         }
