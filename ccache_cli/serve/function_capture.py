@@ -27,7 +27,7 @@ from typing import Any
 from ccache_cli.key import assumptions as a
 from ccache_cli.precompile import guards
 from ccache_cli.precompile.aot import one_line
-from ccache_cli.serve.functions import builtins_as_globals, compile_options, routed, unsaved_guard_kinds
+from ccache_cli.serve.functions import builtins_as_globals, compile_options, load_function, routed, unsaved_guard_kinds
 from ccache_cli.serve.unwrapping import Unwrapped, copied, unwrap
 
 CAPTURE_FUNCTIONS_ENV = "CCACHE_CLI_CAPTURE_FUNCTIONS"  # where a capture's processes write compiled functions
@@ -94,10 +94,18 @@ class _Capture:
         if recorded is None:
             raise RuntimeError("Dynamo recorded no guards")
         _check_no_snapshot(function, inner)
+        inference = torch.is_inference_mode_enabled()
         folder = os.environ[CAPTURE_FUNCTIONS_ENV]
         file = f"{_owner_key(self._unwrapped.name)}/{_next_name()}.pt"
         os.makedirs(os.path.join(folder, os.path.dirname(file)), exist_ok=True)
-        function.save_compiled_function(os.path.join(folder, file))
+        path = os.path.join(folder, file)
+        function.save_compiled_function(path)
+        try:  # stored only where `ccache run` can load it (torch rebuilds its guards on loading)
+            with open(path, "rb") as saved:
+                load_function(torch, saved.read(), builtins_as_globals(inner.__globals__), self._mode, inference)
+        except Exception as exc:
+            os.unlink(path)
+            raise RuntimeError(f"its saved code does not load: {type(exc).__name__}: {one_line(str(exc))}") from exc
         _write_record(
             self._unwrapped,
             {
@@ -105,7 +113,7 @@ class _Capture:
                 "mode": self._mode,
                 # A loaded function's tensor guards take the dispatch keys of the thread
                 # that loads it: it is loaded in the mode it was captured in.
-                "inference_mode": torch.is_inference_mode_enabled(),
+                "inference_mode": inference,
                 "globals": _installed_modules(function, inner.__globals__),
                 "assumptions": recorded.to_json(),
             },

@@ -35,6 +35,7 @@ import builtins
 import functools
 import importlib
 import io
+import logging
 import os
 import platform
 import threading
@@ -102,6 +103,10 @@ def routed(torch: Any, compiled: Any, call: Callable[..., Any], own: Callable[[]
     (else the enclosing compile would trace ccache's code, and the code a stored function
     calls)."""
 
+    # torch 2.13: an enclosing fullgraph compile counts the compiled frames that run
+    # within it and fails where none did; torch.compile's own function counts as one.
+    frame_count = getattr(torch._C._dynamo.eval_frame, "set_fullgraph_compiled_frame_count", None)
+
     @functools.wraps(compiled)
     def compiled_function(*args: Any, **kwargs: Any) -> Any:
         enclosing = torch._C._dynamo.eval_frame.set_eval_frame(None)
@@ -109,6 +114,9 @@ def routed(torch: Any, compiled: Any, call: Callable[..., Any], own: Callable[[]
             return call(*args, **kwargs)
         finally:
             torch._C._dynamo.eval_frame.set_eval_frame(enclosing)
+            if frame_count is not None:
+                counted = frame_count(-1)
+                frame_count(counted + 1 if counted >= 0 else counted)
 
     torch._dynamo.eval_frame.skip_code(compiled_function.__code__)
     program_compile = functools.cache(own)
@@ -291,7 +299,7 @@ class _Served:
             try:
                 loaded.append((stored, self._load_one(stored), self._checks(stored.assumptions)))
             except Exception as exc:  # a function this torch cannot load: torch.compile serves
-                decisions.count(f"fallback: stored code failed to load ({type(exc).__name__})")
+                decisions.count(f"fallback: stored code failed to load ({type(exc).__name__}: {one_line(str(exc))})")
         return loaded
 
     def _checks(self, recorded: SizeAssumptions) -> _Checks:
@@ -314,19 +322,29 @@ class _Served:
         module_globals.update({name: importlib.import_module(module) for name, module in stored.globals.items()})
         with open(stored.path, "rb") as handle:
             data = handle.read()
-        # Loading a function's C++ kernels picks this CPU's vector ISA once per process,
-        # by compiling and loading a probe program per ISA. The entry's key held the ISA
-        # this machine picks (activation matched it), so the ISAs the CPU's flags name are
-        # trusted instead, for the pick only: the setting enters no cache key from here.
-        # The mode's CUDA graphs are applied when the function is loaded (torch keeps them
-        # out of the saved function), where the mode's options say so.
-        cuda_graphs = {
-            name: value
-            for name, value in self._torch._inductor.list_mode_options(stored.mode).items()
-            if name == "triton.cudagraphs"
-        }
+        return load_function(self._torch, data, module_globals, stored.mode, stored.inference_mode)
+
+
+def load_function(torch: Any, data: bytes, module_globals: dict[str, Any], mode: str, inference_mode: bool) -> Any:
+    """A saved function loaded as `ccache run` serves it (the capture loads each once too,
+    storing only what loads)."""
+    # Loading a function's C++ kernels picks this CPU's vector ISA once per process,
+    # by compiling and loading a probe program per ISA. The entry's key held the ISA
+    # this machine picks (activation matched it), so the ISAs the CPU's flags name are
+    # trusted instead, for the pick only: the setting enters no cache key from here.
+    # The mode's CUDA graphs are applied when the function is loaded (torch keeps them
+    # out of the saved function), where the mode's options say so.
+    cuda_graphs = {
+        name: value for name, value in torch._inductor.list_mode_options(mode).items() if name == "triton.cudagraphs"
+    }
+    guard_log = logging.getLogger("torch._guards")
+    level = guard_log.level
+    guard_log.setLevel(logging.CRITICAL)  # a guard torch cannot rebuild fails the load, whose reason ccache gives
+    try:
         with (
-            self._torch._inductor.config.patch({"cpp.vec_isa_ok": True, **cuda_graphs}),
-            self._torch.inference_mode(stored.inference_mode),  # its tensor guards take this thread's dispatch keys
+            torch._inductor.config.patch({"cpp.vec_isa_ok": True, **cuda_graphs}),
+            torch.inference_mode(inference_mode),  # its tensor guards take this thread's dispatch keys
         ):
-            return self._torch.compiler.load_compiled_function(io.BytesIO(data), f_globals=module_globals)
+            return torch.compiler.load_compiled_function(io.BytesIO(data), f_globals=module_globals)
+    finally:
+        guard_log.setLevel(level)

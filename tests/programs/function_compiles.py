@@ -5,10 +5,10 @@ recipe compiles them) and the `@torch.compile` decorator (mode reduce-overhead, 
 transformers' generate compiles a model's `__call__` on a GPU), called at SIZES (a JSON
 list) after CHANGE: "none", "global" (a module global the code reads) or "attribute"
 (a model attribute set after building); with "nested", the model is called through
-two other compiles first: of its `__call__` in mode reduce-overhead (as transformers'
-generate compiles it on a GPU: Dynamo skips nn.Module's frames, so the compiled forward
-is the first frame it meets) and of a function calling it, with options (which ccache
-leaves to torch.compile).
+other compiles first: of its `__call__` in mode reduce-overhead (as transformers'
+generate compiles it on a GPU) and of the model with fullgraph=True (Dynamo skips
+nn.Module's frames, so the compiled forward is the first frame each meets), and of a
+function calling it, with options (which ccache leaves to torch.compile).
 
 Prints JSON: whether every output equals eager's, the graphs Dynamo traced, the
 FX graphs Inductor missed in its cache, and whether the compiled function has
@@ -69,12 +69,14 @@ compiled_plain = torch.compile(plain)
 model.forward = torch.compile(model.forward)
 nested = torch.compile(lambda x: model(x)["out"] + 1, options={"epilogue_fusion": True})
 model_call = torch.compile(model.__call__, mode="reduce-overhead")
+whole = torch.compile(model, fullgraph=True)
 same = True
 with torch.no_grad():
     for size in sizes:
         x, y = torch.randn(size, 16), torch.randn(16, 16)
         if change == "nested":
             same &= torch.allclose(model_call(x)["out"], type(model).forward(model, x)["out"])
+            same &= torch.allclose(whole(x)["out"], type(model).forward(model, x)["out"])
         same &= torch.allclose(compiled_plain(x, y), plain(x, y))
         same &= torch.allclose(model(x)["out"], type(model).forward(model, x)["out"])
         same &= torch.allclose(decorated(x), eager_decorated(x))
