@@ -338,8 +338,11 @@ def load_function(torch: Any, data: bytes, module_globals: dict[str, Any], mode:
         name: value for name, value in torch._inductor.list_mode_options(mode).items() if name == "triton.cudagraphs"
     }
     guard_log = logging.getLogger("torch._guards")
-    level = guard_log.level
-    guard_log.setLevel(logging.CRITICAL)  # a guard torch cannot rebuild fails the load, whose reason ccache gives
+
+    def quiet(record: logging.LogRecord) -> bool:  # a guard torch cannot rebuild fails the load; ccache says why
+        return False
+
+    guard_log.addFilter(quiet)  # a filter of its own, removed after: loads in other threads keep theirs
     try:
         with (
             torch._inductor.config.patch({"cpp.vec_isa_ok": True, **cuda_graphs}),
@@ -347,4 +350,4 @@ def load_function(torch: Any, data: bytes, module_globals: dict[str, Any], mode:
         ):
             return torch.compiler.load_compiled_function(io.BytesIO(data), f_globals=module_globals)
     finally:
-        guard_log.setLevel(level)
+        guard_log.removeFilter(quiet)
