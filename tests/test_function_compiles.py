@@ -65,6 +65,9 @@ def test_a_capture_stores_each_function_s_compiled_calls(captured: dict) -> None
 def test_an_unchanged_program_runs_the_captured_functions(captured: dict, tmp_path: Path) -> None:
     report, _ = run(captured, tmp_path, "none", [2, 4])
     assert report == {"same": True, "graphs": 0, "misses": 0, "api": True}
+    # The call under torch.compiler.set_stance("force_eager") went to torch.compile, as told.
+    usage = ccache_json("inspect", store=captured["store"])["entries"][0]["usage"]
+    assert usage["not_routed"].get("fallback: torch.compile is set to force_eager") == 1, usage
     # Size 3 was not called at capture: Dynamo's guards of the function compiled at size 4
     # (dynamic, as torch.compile makes a function called at a second size) let it serve.
     report, _ = run(captured, tmp_path, "none", [3])

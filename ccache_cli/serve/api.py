@@ -16,9 +16,7 @@ This module imports torch only inside `compile`.
 from __future__ import annotations
 
 import functools
-import os
 import platform
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -314,8 +312,4 @@ def _state_torch_compile_would_see(torch: Any) -> str | None:
         torch._C._len_torch_dispatch_stack() > 0
     ):
         return "a dispatch mode is active"
-    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
-    stance = getattr(getattr(eval_frame, "_stance", None), "stance", "default")
-    if stance != "default" or os.environ.get("TORCH_COMPILE_DISABLE") == "1":
-        return f"torch.compile is set to {stance if stance != 'default' else 'disabled'}"
-    return None
+    return decisions.compiler_stance()

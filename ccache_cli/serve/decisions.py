@@ -1,5 +1,5 @@
-"""The guard policy, and the tally of what routing and the API decided in this
-process: calls routed or declined (with why), calls an entry's stored code ran, and
+"""The guard policy, whether torch.compile is set to run nothing compiled, and the
+tally of what routing and the API decided in this process: calls routed or declined (with why), calls an entry's stored code ran, and
 those it did not serve because an assumption of it did not hold. routing.py counts
 its decisions here and api.py its own, and neither needs the other for it; the
 start-up hook reads `summary` for the usage logs at exit. Standard library only.
@@ -8,6 +8,7 @@ start-up hook reads `summary` for the usage logs at exit. Standard library only.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections import Counter
 from typing import Any
@@ -21,6 +22,17 @@ _counts: Counter[str] = Counter()
 _served: Counter[str] = Counter()
 # Per entry id: why its stored code was not used for a model (an assumption that does not hold).
 _refused: dict[str, Counter[str]] = {}
+
+
+def compiler_stance() -> str | None:
+    """Why torch.compile would run nothing compiled here, else None: a stance set with
+    `torch.compiler.set_stance` (which imports Dynamo: no import here) or
+    TORCH_COMPILE_DISABLE=1. Stored code then does not run either: torch.compile does."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    stance = getattr(getattr(eval_frame, "_stance", None), "stance", "default")
+    if stance != "default" or os.environ.get("TORCH_COMPILE_DISABLE") == "1":
+        return f"torch.compile is set to {stance if stance != 'default' else 'disabled'}"
+    return None
 
 
 def count(what: str, entry: str | None = None) -> None:

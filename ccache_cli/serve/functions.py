@@ -122,6 +122,8 @@ def routed(torch: Any, compiled: Any, call: Callable[..., Any], own: Callable[[]
     program_compile = functools.cache(own)
     compiled_function._torchdynamo_inline = compiled  # type: ignore[attr-defined]
     compiled_function._torchdynamo_orig_callable = compiled  # type: ignore[attr-defined]
+    # torch unwraps its own compiled functions by this (torch.compiler.disable(fn) disables fn's code).
+    compiled_function._torchdynamo_wrapper_id = id(compiled_function)  # type: ignore[attr-defined]
     compiled_function._is_torch_compile = True  # type: ignore[attr-defined]
     compiled_function.get_compiler_config = lambda: program_compile().get_compiler_config()  # type: ignore[attr-defined]
     compiled_function.aot_compile = lambda example_inputs: program_compile().aot_compile(example_inputs)  # type: ignore[attr-defined]
@@ -243,6 +245,9 @@ class _Served:
         return self._compiled(*args, **kwargs)
 
     def _serving(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str]:
+        stance = decisions.compiler_stance()
+        if stance is not None:
+            return None, stance
         if self._loaded is None:
             with self._loading:  # threads calling at once load the functions once
                 if self._loaded is None:

@@ -82,6 +82,9 @@ with torch.no_grad():
         same &= torch.allclose(decorated(x), eager_decorated(x))
         if change == "nested":
             same &= torch.allclose(nested(x), type(model).forward(model, x)["out"] + 1)
+    # torch.compile runs its functions eagerly under this stance: stored code does not run either.
+    with torch.compiler.set_stance("force_eager"):
+        same &= torch.allclose(compiled_plain(x, y), plain(x, y))
 graphs = misses = 0
 if "torch._dynamo.utils" in sys.modules:
     counters = sys.modules["torch._dynamo.utils"].counters
