@@ -48,17 +48,16 @@ def capturing(torch: Any, compiled: Any, kwargs: dict[str, Any], original: Calla
     unwrapped = unwrap(compiled)
     if why is not None or unwrapped is None:
         return original(compiled, **kwargs)
-    capture = _Capture(torch, unwrapped, mode, lambda: original(unwrapped.inner, **kwargs))
+    capture = _Capture(torch, unwrapped, mode, original(unwrapped.inner, **kwargs))
     return routed(torch, compiled, unwrapped.rebuilt(capture), lambda: original(compiled, **kwargs))
 
 
 class _Capture:
-    def __init__(self, torch: Any, unwrapped: Unwrapped, mode: str, compile_inner: Callable[[], Any]) -> None:
+    def __init__(self, torch: Any, unwrapped: Unwrapped, mode: str, program_compile: Any) -> None:
         self._torch = torch
         self._unwrapped = unwrapped
         self._mode = mode
-        self._compile_inner = compile_inner
-        self._compiled: Any = None
+        self._program_compile = program_compile  # made now, as torch makes its own (see functions._Served)
         self._captured: list[Any] = []
         self._stopped = False  # a capture failed: the function is left to the program's compile
 
@@ -71,10 +70,8 @@ class _Capture:
                     self._stopped = True
                     _write_record(self._unwrapped, {"error": f"{type(exc).__name__}: {one_line(str(exc))}"})
                 self._stopped = self._stopped or len(self._captured) >= MAX_PER_FUNCTION
-            if self._compiled is None:
-                self._compiled = self._compile_inner()
         # Not the call: it may wait on a thread that calls another captured function.
-        return self._compiled(*args, **kwargs)
+        return self._program_compile(*args, **kwargs)
 
     def _capture(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         torch, inner = self._torch, self._unwrapped.inner

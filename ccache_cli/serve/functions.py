@@ -205,9 +205,7 @@ def serving(
     digest = a.code_digest(unwrapped.inner.__code__)
     if all(s.code != digest for s in mine):
         return None, f"{unwrapped.name} is not the code the active entries captured"
-    served = _Served(
-        torch, unwrapped, [s for s in mine if s.code == digest], lambda: original(unwrapped.inner, **kwargs)
-    )
+    served = _Served(torch, unwrapped, [s for s in mine if s.code == digest], original(unwrapped.inner, **kwargs))
     return routed(torch, compiled, unwrapped.rebuilt(served), lambda: original(compiled, **kwargs)), None
 
 
@@ -218,14 +216,13 @@ class _Checks:
 
 
 class _Served:
-    def __init__(
-        self, torch: Any, unwrapped: Unwrapped, stored: list[StoredFunction], compile_inner: Callable[[], Any]
-    ) -> None:
+    def __init__(self, torch: Any, unwrapped: Unwrapped, stored: list[StoredFunction], program_compile: Any) -> None:
         self._torch = torch
         self._unwrapped = unwrapped
         self._stored = stored
-        self._compile_inner = compile_inner
-        self._compiled: Any = None
+        # The program's own compile of the code, made with the routed one, as torch makes
+        # its own: made at a first fallback inside torch.export, it would be the plain code.
+        self._program_compile = program_compile
         self._loaded: list[tuple[StoredFunction, Any, _Checks]] | None = None
         self._held: dict[str, tuple[int, str | None]] = {}  # per path: the `self` checked, and why it failed
         self._every_call = decisions.guard_policy() == "every-call"
@@ -240,9 +237,7 @@ class _Served:
             self._torch._dynamo.mutation_guard.GenerationTracker.generation += 1
             return function(*args, **kwargs)
         decisions.count(f"fallback: {why}")
-        if self._compiled is None:
-            self._compiled = self._compile_inner()
-        return self._compiled(*args, **kwargs)
+        return self._program_compile(*args, **kwargs)
 
     def _serving(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str]:
         stance = decisions.compiler_stance()
