@@ -63,7 +63,11 @@ class _Capture:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with _CAPTURING:  # one capture at a time in the process: Dynamo's recording is process-wide
-            if not self._stopped and not any(function.guard_check(*args, **kwargs) for function in self._captured):
+            if (
+                not self._stopped
+                and not self._torch.compiler.is_exporting()  # torch.compile compiles nothing there
+                and not any(function.guard_check(*args, **kwargs) for function in self._captured)
+            ):
                 try:
                     self._captured.append(self._capture(args, kwargs))
                 except Exception as exc:

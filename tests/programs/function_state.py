@@ -3,10 +3,12 @@ writes a global, one reads a global tensor that is rebound, one reads a tensor f
 closure, one through a nested function's closure, one from a default argument, one
 counts its calls in a global's object), and
 one whose argument is a function, called with another the second time, and one called
-under no_grad and then under inference_mode.
+under no_grad and then under inference_mode; and one first called at a new shape inside
+torch.export.
 PHASE: "capture", or "run" (the closure holds another tensor).
 
-Prints JSON: whether every result equals eager's, and the counts of the two that count.
+Prints JSON: whether every result equals eager's, the counts of the two that count, and
+whether the compiled function's call after the export ran compiled code.
 
     python function_state.py PHASE
 """
@@ -106,4 +108,23 @@ with torch.no_grad():
         same &= torch.equal(compiled_tallies(x), x * 4)
 with torch.inference_mode():
     same &= torch.equal(compiled_doubled(x), x * 2)
-print(json.dumps({"same": bool(same), "step": STEP, "tally": TALLY.calls}))
+
+
+def marked(t):  # +100 where compiled: tells compiled code from the plain function
+    return t * 2 + (100.0 if torch.compiler.is_compiling() else 0.0)
+
+
+class Exported(torch.nn.Module):
+    def forward(self, t):
+        return compiled_marked(t)
+
+
+# A shape no stored function serves, first called inside torch.export (where torch.compile
+# traces the plain code); another after it runs the program's own compile, as without ccache.
+compiled_marked = torch.compile(marked)
+compiled_marked(x)
+torch.export.export(Exported(), (torch.ones(3),), strict=False)
+compiled_after_export = bool(compiled_marked(torch.ones(4))[0] > 50)
+print(
+    json.dumps({"same": bool(same), "step": STEP, "tally": TALLY.calls, "compiled_after_export": compiled_after_export})
+)
