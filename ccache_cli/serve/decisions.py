@@ -1,8 +1,9 @@
 """The guard policy, whether torch.compile is set to run nothing compiled, and the
-tally of what routing and the API decided in this process: calls routed or declined (with why), calls an entry's stored code ran, and
-those it did not serve because an assumption of it did not hold. routing.py counts
-its decisions here and api.py its own, and neither needs the other for it; the
-start-up hook reads `summary` for the usage logs at exit. Standard library only.
+tally of what routing and the API decided in this process: calls routed or declined
+(with why), calls an entry's stored code ran, and those it did not serve because an
+assumption of it did not hold. routing.py counts its decisions here and api.py its
+own, and neither needs the other for it; the start-up hook reads `summary` for the
+usage logs at exit. Standard library only.
 """
 
 from __future__ import annotations

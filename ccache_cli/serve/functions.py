@@ -114,9 +114,8 @@ def routed(torch: Any, compiled: Any, call: Callable[..., Any], own: Callable[[]
             return call(*args, **kwargs)
         finally:
             torch._C._dynamo.eval_frame.set_eval_frame(enclosing)
-            if frame_count is not None:
-                counted = frame_count(-1)
-                frame_count(counted + 1 if counted >= 0 else counted)
+            if frame_count is not None and (counted := frame_count(-1)) >= 0:  # -1: no such compile
+                frame_count(counted + 1)
 
     torch._dynamo.eval_frame.skip_code(compiled_function.__code__)
     program_compile = functools.cache(own)
