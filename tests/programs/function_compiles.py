@@ -90,7 +90,7 @@ if "torch._dynamo.utils" in sys.modules:
     counters = sys.modules["torch._dynamo.utils"].counters
     graphs, misses = counters["stats"]["unique_graphs"], counters["inductor"]["fxgraph_cache_miss"]
 # torch.compile's own attributes on what it returned, routed or not (after the counters: it imports Dynamo)
-api = getattr(compiled_plain, "_is_torch_compile", True) and isinstance(  # torch 2.11's own has none
-    compiled_plain.get_compiler_config(), dict
-)
+# (torch 2.11's own result has no `_is_torch_compile`; from 2.13 on, every result has it)
+has_marker = getattr(compiled_plain, "_is_torch_compile", torch.torch_version.TorchVersion(torch.__version__) < "2.13")
+api = has_marker and isinstance(compiled_plain.get_compiler_config(), dict)
 print(json.dumps({"same": bool(same), "graphs": graphs, "misses": misses, "api": api}))
