@@ -5,12 +5,12 @@ and warm under `ccache run` on what `ccache run --capture` stored.
 
 Prints, per way, the seconds from the compile call to both generates done ("ready"),
 the measured process's whole run ("total"), the graphs torch traced, whether the
-tokens equal the cold run's, the cold/warm ratio and the time of one warm `generate` at
-batch 1, and under it what ccache said (why stored code was not used, graphs that
-missed).
+tokens equal the first way's, the cold/warm ratio and the time of one warm `generate`
+at batch 1, and under it the parts of "ready" and what ccache said (why stored code was
+not used, graphs that missed). The way `eager` compiles nothing: the floor of "ready".
 
     python benchmarks/generate.py [--device cpu|cuda] [--layers N] [--hidden N]
-        [--ways cold,torch-warm,capture,run] [--all-devices]
+        [--ways cold,torch-warm,capture,run,eager] [--all-devices]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int)
     parser.add_argument(
         "--ways",
-        default="cold,torch-warm,capture,run",
+        default="cold,torch-warm,capture,run,eager",
         help="which ways, comma-separated (run: twice); tokens are compared with the first way's",
     )
     parser.add_argument(
@@ -77,6 +77,7 @@ def main() -> None:
             ("ccache capture", "capture"): [*ccache, *store, "run", "--capture", "gen", "--", *recipe],
             ("ccache run #1", "run"): [*ccache, *store, "run", "gen", "--", *recipe],
             ("ccache run #2", "run"): [*ccache, *store, "run", "gen", "--", *recipe],
+            ("eager", "eager"): [*recipe, "eager"],
         }
         first: dict = {}
         for (way, key), command in ways.items():
@@ -91,6 +92,7 @@ def main() -> None:
                 f"{str(same):>13}{ratio}{found['per_generate_ms']:>13.1f}",
                 flush=True,
             )
+            print("  " + ", ".join(f"{part} {s:.2f} s" for part, s in found["phases_s"].items()), flush=True)
             for line in said:
                 print(f"  {line}", flush=True)
 
