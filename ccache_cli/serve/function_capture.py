@@ -27,7 +27,14 @@ from typing import Any
 from ccache_cli.key import assumptions as a
 from ccache_cli.precompile import guards
 from ccache_cli.precompile.aot import one_line
-from ccache_cli.serve.functions import builtins_as_globals, compile_options, load_function, routed, unsaved_guard_kinds
+from ccache_cli.serve.functions import (
+    ProgramCompile,
+    builtins_as_globals,
+    compile_options,
+    load_function,
+    routed,
+    unsaved_guard_kinds,
+)
 from ccache_cli.serve.unwrapping import Unwrapped, copied, unwrap
 
 CAPTURE_FUNCTIONS_ENV = "CCACHE_CLI_CAPTURE_FUNCTIONS"  # where a capture's processes write compiled functions
@@ -48,16 +55,16 @@ def capturing(torch: Any, compiled: Any, kwargs: dict[str, Any], original: Calla
     unwrapped = unwrap(compiled)
     if why is not None or unwrapped is None:
         return original(compiled, **kwargs)
-    capture = _Capture(torch, unwrapped, mode, original(unwrapped.inner, **kwargs))
+    capture = _Capture(torch, unwrapped, mode, ProgramCompile(torch, lambda: original(unwrapped.inner, **kwargs)))
     return routed(torch, compiled, unwrapped.rebuilt(capture), lambda: original(compiled, **kwargs))
 
 
 class _Capture:
-    def __init__(self, torch: Any, unwrapped: Unwrapped, mode: str, program_compile: Any) -> None:
+    def __init__(self, torch: Any, unwrapped: Unwrapped, mode: str, program_compile: ProgramCompile) -> None:
         self._torch = torch
         self._unwrapped = unwrapped
         self._mode = mode
-        self._program_compile = program_compile  # made now, as torch makes its own (see functions._Served)
+        self._program_compile = program_compile
         self._captured: list[Any] = []
         self._stopped = False  # a capture failed: the function is left to the program's compile
 

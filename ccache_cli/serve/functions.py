@@ -118,7 +118,7 @@ def routed(torch: Any, compiled: Any, call: Callable[..., Any], own: Callable[[]
                 frame_count(counted + 1)
 
     torch._dynamo.eval_frame.skip_code(compiled_function.__code__)
-    program_compile = functools.cache(own)
+    program_compile = ProgramCompile(torch, own).compiled
     compiled_function._torchdynamo_inline = compiled  # type: ignore[attr-defined]
     compiled_function._torchdynamo_orig_callable = compiled  # type: ignore[attr-defined]
     # torch unwraps its own compiled functions by this (torch.compiler.disable(fn) disables fn's code).
@@ -127,6 +127,29 @@ def routed(torch: Any, compiled: Any, call: Callable[..., Any], own: Callable[[]
     compiled_function.get_compiler_config = lambda: program_compile().get_compiler_config()  # type: ignore[attr-defined]
     compiled_function.aot_compile = lambda example_inputs: program_compile().aot_compile(example_inputs)  # type: ignore[attr-defined]
     return compiled_function
+
+
+class ProgramCompile:
+    """The program's own torch.compile of what a routed compile serves, made when first
+    needed: making it imports Dynamo's backends, which a served function never needs.
+    Inside torch.export, torch.compile returns the plain code, which export traces as it
+    would the compile; that is used for the call only, and the compile is made outside."""
+
+    def __init__(self, torch: Any, make: Callable[[], Any]) -> None:
+        self._torch = torch
+        self._make = make
+        self._compiled: Any = None
+
+    def compiled(self) -> Any:
+        if self._compiled is not None:
+            return self._compiled
+        compiled = self._make()
+        if not self._torch.compiler.is_exporting():
+            self._compiled = compiled
+        return compiled
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.compiled()(*args, **kwargs)
 
 
 def _failed_guard(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -204,7 +227,8 @@ def serving(
     digest = a.code_digest(unwrapped.inner.__code__)
     if all(s.code != digest for s in mine):
         return None, f"{unwrapped.name} is not the code the active entries captured"
-    served = _Served(torch, unwrapped, [s for s in mine if s.code == digest], original(unwrapped.inner, **kwargs))
+    program_compile = ProgramCompile(torch, lambda: original(unwrapped.inner, **kwargs))
+    served = _Served(torch, unwrapped, [s for s in mine if s.code == digest], program_compile)
     return routed(torch, compiled, unwrapped.rebuilt(served), lambda: original(compiled, **kwargs)), None
 
 
@@ -215,13 +239,13 @@ class _Checks:
 
 
 class _Served:
-    def __init__(self, torch: Any, unwrapped: Unwrapped, stored: list[StoredFunction], program_compile: Any) -> None:
+    def __init__(
+        self, torch: Any, unwrapped: Unwrapped, stored: list[StoredFunction], program_compile: ProgramCompile
+    ) -> None:
         self._torch = torch
         self._unwrapped = unwrapped
         self._stored = stored
-        # The program's own compile of the code, made with the routed one, as torch makes
-        # its own: made at a first fallback inside torch.export, it would be the plain code.
-        self._program_compile = program_compile
+        self._program_compile = program_compile  # what a call no stored function serves runs
         self._loaded: list[tuple[StoredFunction, Any, _Checks]] | None = None
         self._held: dict[str, tuple[int, str | None]] = {}  # per path: the `self` checked, and why it failed
         self._every_call = decisions.guard_policy() == "every-call"
