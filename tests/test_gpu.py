@@ -347,7 +347,7 @@ def test_a_captured_reduce_overhead_function_replays_torch_s_cuda_graphs(tmp_pat
     """A function compiled with mode reduce-overhead (a decode step writing a static
     cache) is captured, and the unchanged program runs the stored function with no graph
     traced, through CUDA graphs torch records in the process, as its own compile does:
-    every output and the cache equal eager's."""
+    every output and the cache equal eager's; loading it started no compile workers."""
     shutil.copyfile(Path(__file__).parent / "programs" / "graphed_step.py", tmp_path / "step.py")
     command = ["--", sys.executable, "step.py", "6"]
     store, views = tmp_path / "store", {"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
@@ -358,4 +358,5 @@ def test_a_captured_reduce_overhead_function_replays_torch_s_cuda_graphs(tmp_pat
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["same"] and report["graphs"] == 0 and report["recorded"] > 0, (report, result.stderr)
+    assert report["pools"] == 0, report  # its Triton kernels loaded in the process, with no compile workers
     assert ccache_json("inspect", store=store)["entries"][0]["usage"]["served"] == 6

@@ -5,7 +5,8 @@
 Prints one JSON line: the tokens, the seconds from the compile call to both generates
 done ("ready", and its parts: the compile call and each generate), from the process's
 start ("total"), the time of one warm `generate` at batch 1 (the median of 10), and what
-torch compiled here (all of it, the warm calls too).
+torch compiled here (all of it, the warm calls too) and the pools of compile workers
+Inductor started.
 With `all-devices`, `generate` compiles the model's `__call__` too (its auto-compile for
 static caches, mode reduce-overhead), as it does on a GPU, whatever the device. With
 `eager`, nothing is compiled (the floor any warm start is measured against).
@@ -100,6 +101,7 @@ print(
             "total_s": done - STARTED,
             "per_generate_ms": per_generate_ms,
             "dynamo_imported": "torch._dynamo" in sys.modules,
+            "compile_pools": len(getattr(sys.modules.get("torch._inductor.async_compile"), "_pool_set", ())),
             **compiled,
         }
     )

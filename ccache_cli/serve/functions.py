@@ -356,7 +356,9 @@ def load_function(torch: Any, data: bytes, module_globals: dict[str, Any], mode:
     # this machine picks (activation matched it), so the ISAs the CPU's flags name are
     # trusted instead, for the pick only: the setting enters no cache key from here.
     # The mode's CUDA graphs are applied when the function is loaded (torch keeps them
-    # out of the saved function), where the mode's options say so.
+    # out of the saved function), where the mode's options say so. Its Triton kernels
+    # load in this process: with compile threads, the first would start Inductor's pool
+    # of compile workers (a process per core, each importing torch) to compile nothing.
     cuda_graphs = {
         name: value for name, value in torch._inductor.list_mode_options(mode).items() if name == "triton.cudagraphs"
     }
@@ -368,7 +370,7 @@ def load_function(torch: Any, data: bytes, module_globals: dict[str, Any], mode:
     guard_log.addFilter(quiet)  # a filter of its own, removed after: loads in other threads keep theirs
     try:
         with (
-            torch._inductor.config.patch({"cpp.vec_isa_ok": True, **cuda_graphs}),
+            torch._inductor.config.patch({"cpp.vec_isa_ok": True, "compile_threads": 1, **cuda_graphs}),
             torch.inference_mode(inference_mode),  # its tensor guards take this thread's dispatch keys
         ):
             return torch.compiler.load_compiled_function(io.BytesIO(data), f_globals=module_globals)

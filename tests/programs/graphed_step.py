@@ -4,8 +4,9 @@ address marked static, as transformers' static cache does) and reading the whole
 Calls it STEPS times with new inputs, keeps each output and compares it with eager's,
 run on a copy of the cache.
 
-Prints JSON: whether every output equals eager's, the graphs Dynamo traced, and the
-CUDA graphs torch recorded (its CUDA graph trees' roots).
+Prints JSON: whether every output equals eager's, the graphs Dynamo traced, the CUDA
+graphs torch recorded (its CUDA graph trees' roots), and the pools of compile workers
+Inductor started (loading stored code needs none).
 
     python graphed_step.py STEPS
 """
@@ -42,4 +43,5 @@ if "torch._dynamo.utils" in sys.modules:
 if "torch._inductor.cudagraph_trees" in sys.modules:
     manager = sys.modules["torch._inductor.cudagraph_trees"].get_manager(0, create_if_none_exists=False)
     recorded = 0 if manager is None else sum(len(nodes) for nodes in manager.roots.values())
-print(json.dumps({"same": bool(same), "graphs": graphs, "recorded": recorded}))
+pools = len(getattr(sys.modules.get("torch._inductor.async_compile"), "_pool_set", ()))
+print(json.dumps({"same": bool(same), "graphs": graphs, "recorded": recorded, "pools": pools}))
