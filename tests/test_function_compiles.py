@@ -113,15 +113,16 @@ def test_state_a_loaded_copy_would_get_wrong_is_never_stored_and_arguments_are_c
     function's closure, a default argument or a global's object changed after the graph:
     no stored code (the capture says why); a
     function argument's identity: checked on every call; a function captured under
-    no_grad and under inference_mode: served in both; a shape first called inside
+    no_grad and under inference_mode: served in both; a constant default changed after
+    the compile: the call gets the new one; a shape first called inside
     torch.export: compiled by the program's own compile after it, as without ccache."""
     program = Path(__file__).parent / "programs" / "function_state.py"
     command = ["--", sys.executable, str(program)]
     result = ccache("run", "--capture", "state", "--json", *command, "capture", store=tmp_path / "store", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     captured = json.loads(result.stdout)
-    # `applies`, for double; `doubled` in each mode; `marked` before and after the export (not in it)
-    assert captured["functions"] == 5, captured
+    # `applies`, for double; `doubled` in each mode; `scales`; `marked` before and after the export (not in it)
+    assert captured["functions"] == 6, captured
     not_stored = " ".join(captured["functions_not_stored"])
     for why in (
         "writes the global(s) STEP",

@@ -50,7 +50,7 @@ from ccache_cli.key.sources import all_fresh, search_path
 from ccache_cli.precompile.aot import one_line
 from ccache_cli.precompile.plan import MODES
 from ccache_cli.serve import decisions
-from ccache_cli.serve.unwrapping import Unwrapped, unwrap
+from ccache_cli.serve.unwrapping import Unwrapped, unwrap, with_defaults
 from ccache_cli.serve.views import read_description
 from ccache_cli.store.assumptions import SizeAssumptions
 from ccache_cli.store.manifest import Source
@@ -253,6 +253,7 @@ class _Served:
         self._loading = threading.Lock()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        args, kwargs = with_defaults(self._unwrapped.inner, args, kwargs)  # as they are now, not as captured
         function, why = self._serving(args, kwargs)
         if function is not None:
             # torch.compile's function does this on each call: its CUDA graph trees may

@@ -125,3 +125,27 @@ def _holds(cell: Any, value: Any) -> bool:
         return cell.cell_contents is value
     except ValueError:  # an empty cell
         return False
+
+
+def with_defaults(
+    function: types.FunctionType, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A call of `function`'s code with the arguments it leaves out given as the
+    function's defaults hold them now: a stored copy of its compiled code keeps the
+    defaults it was captured with, and would otherwise fill them in from those."""
+    defaults, keyword_defaults = function.__defaults__, function.__kwdefaults__
+    if not defaults and not keyword_defaults:
+        return args, kwargs
+    code = function.__code__
+    names = code.co_varnames[: code.co_argcount]
+    args, added = list(args), {}
+    first_default = code.co_argcount - len(defaults or ())
+    for at in range(max(len(args), first_default), code.co_argcount):
+        if names[at] in kwargs:
+            continue
+        if at == len(args) and not added:  # positional while no gap: positional-only ones too
+            args.append(defaults[at - first_default])  # type: ignore[index]
+        else:
+            added[names[at]] = defaults[at - first_default]  # type: ignore[index]
+    added.update((name, value) for name, value in (keyword_defaults or {}).items() if name not in kwargs)
+    return tuple(args), {**kwargs, **added} if added else kwargs

@@ -1,7 +1,8 @@
 """Function compiles that a loaded copy of their compiled code would get wrong (one
 writes a global, one reads a global tensor that is rebound, one reads a tensor from its
 closure, one through a nested function's closure, one from a default argument, one
-counts its calls in a global's object), and
+counts its calls in a global's object), one whose constant default the program changes
+after its first call (in the run), and
 one whose argument is a function, called with another the second time, and one called
 under no_grad and then under inference_mode; and one first called at a new shape inside
 torch.export.
@@ -90,7 +91,17 @@ def with_default(x, w=weights):
 compiled_counts, compiled_adds, compiled_scaled, compiled_applies, compiled_nested, compiled_default = map(
     torch.compile, (counts, adds_global, scaled, applies, nested, with_default)
 )
-compiled_doubled, compiled_tallies = torch.compile(doubled), torch.compile(tallies)
+
+
+def scales(x, factor=2.0):
+    return x * factor
+
+
+compiled_doubled, compiled_tallies, compiled_scales = (
+    torch.compile(doubled),
+    torch.compile(tallies),
+    torch.compile(scales),
+)
 same = True
 with torch.no_grad():
     compiled_counts(x)
@@ -106,6 +117,10 @@ with torch.no_grad():
     same &= torch.equal(compiled_doubled(x), x * 2)
     for _ in range(3):
         same &= torch.equal(compiled_tallies(x), x * 4)
+    same &= torch.equal(compiled_scales(x), x * 2)
+    if sys.argv[1] == "run":  # after a served call: what the next reads, where a stored copy holds 2.0
+        scales.__defaults__ = (3.0,)
+    same &= torch.equal(compiled_scales(x), scales(x))
 with torch.inference_mode():
     same &= torch.equal(compiled_doubled(x), x * 2)
 

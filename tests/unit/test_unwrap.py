@@ -2,17 +2,21 @@
 stored code (serve/unwrapping.py `unwrap`): only those that do nothing with the function
 they wrap but call it, outside any try or with block, without asking whether they are
 compiled, and never past torch.compiler.disable. Any other layer is compiled whole, as
-torch.compile would."""
+torch.compile would. And the call a stored copy gets: every argument given, defaults as
+the function holds them now (`with_defaults`)."""
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ccache_cli.serve.unwrapping import unwrap
+from ccache_cli.serve.unwrapping import unwrap, with_defaults
 
 
 def passing(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -101,3 +105,20 @@ def test_nothing_past_torch_compiler_disable_is_unwrapped() -> None:
     compiled = passing(torch.compiler.disable(add_one))
     unwrapped = unwrap(compiled)
     assert unwrapped is not None and unwrapped.layers == () and unwrapped.inner is compiled
+
+
+def parameters(a, b=2, /, c=3, d=4, *, e=5, f=6):  # noqa: ANN001, ANN201
+    return (a, b, c, d, e, f)
+
+
+@given(positional=st.integers(1, 4), by_keyword=st.sets(st.sampled_from("cdef")))
+def test_a_call_with_defaults_names_every_argument_as_the_function_holds_it_now(
+    positional: int, by_keyword: set[str]
+) -> None:
+    args = tuple(range(10, 10 + positional))
+    kwargs = {name: 20 for name in by_keyword if name not in "abcd"[:positional]}
+    parameters.__defaults__ = (32, 33, 34)  # as a program may set them after compiling
+    full_args, full_kwargs = with_defaults(parameters, args, kwargs)
+    assert parameters(*full_args, **full_kwargs) == parameters(*args, **kwargs)
+    bound = inspect.signature(parameters).bind(*full_args, **full_kwargs)  # no default left to fill in
+    assert list(bound.arguments) == list(inspect.signature(parameters).parameters)
