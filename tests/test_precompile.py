@@ -161,3 +161,19 @@ def test_loader_crash_hint_names_a_compiler_that_links_the_cxx_runtime_staticall
         hints[name] = result.stdout.strip()
     assert str(static_only) in hints["static"] and "set CXX to a compiler that links it dynamically" in hints["static"]
     assert hints["system"] == ""
+
+
+def test_the_fresh_process_that_checks_packages_says_why_one_does_not_load(tmp_path: Path) -> None:
+    """The load check's process starts before the packages build and loads them once
+    told which: a file that is no package fails with torch's reason, and one stopped
+    before it is told ends without loading anything."""
+    from ccache_cli.precompile.packages import _FreshLoad
+
+    broken = tmp_path / "size-2.pt2"
+    broken.write_bytes(b"not a zip archive")
+    reason = _FreshLoad("cpu").load({str(broken): []})
+    assert reason is not None and reason != "exit 1", reason
+    stopped = _FreshLoad("cpu")
+    stopped.kill()
+    assert stopped._process.returncode is not None
+    assert _FreshLoad("cpu").load({}) is None

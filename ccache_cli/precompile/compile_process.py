@@ -161,6 +161,7 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
         graph_break = next(iter(torch._dynamo.utils.counters["graph_break"]), None)
         if not request["aot"]:
             functions = package_status = {"status": "disabled", "reason": "--no-aot"}
+            recorded = _record_bytecode(request, out, emit)
         else:
             built_packages = packages.start(
                 torch, model, inputs, range_inputs, compile_options, out / AOT_PREFIX, emit, package_workers
@@ -172,16 +173,12 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
                 }
             else:
                 functions = aot.aot_functions(torch, model, inputs, compile_options, out / AOT_PREFIX, emit)
+            # While package workers build: this process imports nothing more.
+            recorded = _record_bytecode(request, out, emit)
             package_status = built_packages()
     traced_sources = sources.collect(
         traced, sys.path, os.path.dirname(torch.__file__), modules_by_file(traced, sys.modules)
     )
-    recorded = {}
-    if request.get("bytecode", True):
-        emit("size_start", label="bytecode", phase="bytecode")
-        started = time.perf_counter()
-        recorded = bytecode.record(dict(sys.modules), str(out / bytecode.PREFIX))
-        emit("size_done", label="bytecode", phase="bytecode", wall_s=round(time.perf_counter() - started, 3))
     emit(
         "result",
         reports=reports,
@@ -191,6 +188,18 @@ def run(request: dict[str, Any], out: Path, emit: Emit, replies: TextIO) -> None
         assumptions={size: taken.to_json() for size, taken in assumptions.items()},
         bytecode=recorded,
     )
+
+
+def _record_bytecode(request: dict[str, Any], out: Path, emit: Emit) -> dict[str, dict[str, str]]:
+    """The bytecode of the modules this process imported (in_program/bytecode.py), where
+    the entry keeps it."""
+    if not request.get("bytecode", True):
+        return {}
+    emit("size_start", label="bytecode", phase="bytecode")
+    started = time.perf_counter()
+    recorded = bytecode.record(dict(sys.modules), str(out / bytecode.PREFIX))
+    emit("size_done", label="bytecode", phase="bytecode", wall_s=round(time.perf_counter() - started, 3))
+    return recorded
 
 
 def _compile_sizes(

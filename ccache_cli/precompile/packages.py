@@ -15,7 +15,8 @@ one after another.
 Either way `build` builds each, in an Inductor cache of their own (what a build writes
 there, kernels and autotuning results under torch.compile's names but for the
 package's options, stays out of the entry's), seeded with the Triton kernels the cold
-compile made, and the packages are stored only where a fresh process loads them all.
+compile made, and the packages are stored only where a fresh process loads them all:
+one started as the builds begin, which imports torch meanwhile.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def start(
             worker.kill()
         return _done({"status": "skipped", "reason": skipped})
     folder.mkdir(parents=True, exist_ok=True)
+    checker = _FreshLoad(device)
     build_dir = _build_dir(folder)
     _seed_triton_kernels(Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]), build_dir)
     labels = package_labels([*inputs], [*range_inputs])
@@ -100,7 +102,7 @@ def start(
                 lambda label, args: weights.update(build(torch, model, label, args, labels[label], mode, folder, emit)),
                 emit,
             )
-        return _done(_finish(folder, device, weights, seconds, error, structure, emit))
+        return _done(_finish(folder, checker, weights, seconds, error, structure, emit))
     for worker in workers:
         worker.go()
 
@@ -115,7 +117,7 @@ def start(
         weights = {label: used for result in results for label, used in result["weights"].items()}
         built = {label: wall for result in results for label, wall in result["seconds"].items()}
         seconds = {label: built[label] for label in labels if label in built}
-        return _finish(folder, device, weights, seconds, error, structure, emit)
+        return _finish(folder, checker, weights, seconds, error, structure, emit)
 
     return wait
 
@@ -179,7 +181,7 @@ def _done(status: Status) -> Callable[[], Status]:
 
 def _finish(
     folder: Path,
-    device: str,
+    checker: _FreshLoad,
     weights: dict[str, list[str]],
     seconds: dict[str, float],
     error: str | None,
@@ -188,12 +190,13 @@ def _finish(
 ) -> Status:
     """The packages' status; where they failed to build or to load, none is kept."""
     if error is not None:
+        checker.kill()
         reason = error.removeprefix(f"{ExportError.__name__}: ")
         if not reason.startswith(("torch.export", "the model built again")):
             reason = f"AOTInductor failed: {error}"
     else:
         with aot.reported(emit, "check", None):
-            failure = _load_in_fresh_process(folder, device, weights)
+            failure = checker.load({str(folder / f"size-{label}.pt2"): used for label, used in sorted(weights.items())})
         reason = None if failure is None else f"a fresh process could not load the packages: {failure}"
     if reason is not None:
         for package in folder.glob("*.pt2"):
@@ -291,34 +294,49 @@ class _Worker:
 
 # Loads packages as the runtime does, and checks that each takes every weight its
 # program used as a constant bound by name (none compiled into it); run by path, in a
-# process of its own.
+# process of its own, which imports torch first and then reads the packages from stdin.
 _LOAD_PACKAGES = """
 import json, sys, torch
-for path, weights in json.loads(sys.argv[2]).items():
+for path, weights in json.loads(sys.stdin.read() or "{}").items():
     loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, int(sys.argv[1]))
     if missing := set(weights) - set(loader.get_constant_fqns()):
         sys.exit(f"{sorted(missing)[0]} is compiled into the package, so new weights would not be seen")
 """
 
 
-def _load_in_fresh_process(folder: Path, device: str, weights: dict[str, list[str]]) -> str | None:
-    """Why loading the packages fails in a new process, or None when it works.
+class _FreshLoad:
+    """A new Python, started before the packages build (it imports torch meanwhile),
+    that loads them once built.
 
     A package is stored only if it loads and binds every weight its program used:
     some torch builds crash in AOTInductor's loader (a segmentation fault, which no
     `except` catches), and the runtime must never be handed one of those.
     """
-    packages = {str(folder / f"size-{label}.pt2"): used for label, used in sorted(weights.items())}
-    result = subprocess.run(
-        [sys.executable, "-c", _LOAD_PACKAGES, str(plan.package_device_index(device)), json.dumps(packages)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode == 0:
-        return None
-    if result.returncode < 0:
-        return f"it died of signal {-result.returncode} in torch's AOTInductor loader{static_cxx_runtime_hint()}"
-    return one_line(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}")
+
+    def __init__(self, device: str) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _LOAD_PACKAGES, str(plan.package_device_index(device))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def load(self, packages: dict[str, list[str]]) -> str | None:
+        """Why loading `packages` (path -> the weights its program used) fails, or None
+        when it works."""
+        _, stderr = self._process.communicate(json.dumps(packages))
+        code = self._process.returncode
+        if code == 0:
+            return None
+        if code < 0:
+            return f"it died of signal {-code} in torch's AOTInductor loader{static_cxx_runtime_hint()}"
+        return one_line(stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {code}")
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._process.kill()
+        self._process.communicate()
 
 
 def static_cxx_runtime_hint() -> str:
