@@ -169,3 +169,22 @@ def test_a_read_only_store_is_listed_without_an_index(tmp_path: Path) -> None:
         assert {entry["id"] for entry in json.loads(result.stdout)["entries"]} == ids
         assert not (root / "index.json").exists()
         subprocess.run(["mount", "-o", "remount,rw", str(image)], check=True)
+
+
+def test_an_id_prefix_is_found_among_the_folders_and_a_damaged_one_is_named(tmp_path: Path) -> None:
+    """A command given an id prefix reads that entry alone: another entry's damaged
+    manifest is no concern of it, and the damaged one, asked for, is named with what is
+    wrong (not "no entry matches"). A name is still looked up in the listing."""
+    root = tmp_path / "store"
+    store = Store(root)
+    good = make_entry(store, "good", {"inductor/a": b"a"})
+    damaged = make_entry(store, "damaged", {"inductor/b": b"b"})
+    (root / "entries" / damaged / "manifest.json").write_text('{"id": "not an id"}')
+    found = ccache_json("inspect", good[:12], store=root)
+    assert [entry["id"] for entry in found["entries"]] == [good] and found["warnings"] == []
+    assert ccache_json("inspect", "good", store=root)["entries"][0]["id"] == good
+    result = ccache("inspect", damaged[:12], store=root)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == f"ccache: error: manifest of entry {damaged[:12]}: id must be 64 lowercase hex digits"
+    )

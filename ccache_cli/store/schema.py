@@ -66,7 +66,8 @@ def check(manifest: Any, folder: str | None = None, with_files: bool = True) -> 
     m = _mapping(manifest, "manifest")
     entry_id = m.get("id")
     if not isinstance(entry_id, str) or not HEX64.fullmatch(entry_id):
-        raise ManifestError("manifest: id must be 64 lowercase hex digits")
+        named = "manifest" if folder is None else f"manifest of entry {folder[:12]}"
+        raise ManifestError(f"{named}: id must be 64 lowercase hex digits")
     where = f"manifest of entry {entry_id[:12]}"
     try:
         if folder is not None and folder != entry_id:

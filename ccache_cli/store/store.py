@@ -180,18 +180,20 @@ class Store:
         return Scan(tuple(entries), tuple(warnings))
 
     def find(self, ref: str) -> Manifest:
-        """The one entry whose id starts with `ref`, or whose name is `ref`."""
-        entries = self.scan().entries
-        matches = [entry for entry in entries if entry.id.startswith(ref.lower())]
-        if not matches:
-            matches = [entry for entry in entries if entry.name == ref]
-        if not matches:
+        """The one entry whose id starts with `ref` (of the folder names: no other entry is read), or named `ref`."""
+        self._check_format()
+        names = os.listdir(self.entries_dir) if self.entries_dir.is_dir() else []
+        ids = [name for name in names if name.startswith(ref.lower())]
+        if not ids:
+            ids = [entry.id for entry in self.scan().entries if entry.name == ref]
+        if not ids:
             raise EntryNotFoundError(f"no entry matches {ref!r} in store {self.root}; `ccache inspect` lists them")
-        if len(matches) > 1:
-            ids = ", ".join(entry.short_id for entry in matches)
-            raise BadInputError(f"{ref!r} matches {len(matches)} entries ({ids}); give a longer id prefix")
+        if len(ids) > 1:
+            shown = sorted(entry_id[: manifest.ID_DISPLAY_LENGTH] for entry_id in ids)[:6]
+            listed = ", ".join(shown[:5]) + ", ..." * (len(shown) > 5)
+            raise BadInputError(f"{ref!r} matches {len(ids)} entries ({listed}); give a longer id prefix")
         try:  # read whole now: the one entry a command works on
-            return self._read_entry(self.entries_dir / matches[0].id)
+            return self._read_entry(self.entries_dir / ids[0])
         except FileNotFoundError:
             raise EntryNotFoundError(f"no entry matches {ref!r} in store {self.root}: it was just removed") from None
 
