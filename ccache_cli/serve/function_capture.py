@@ -55,8 +55,8 @@ def capturing(torch: Any, compiled: Any, kwargs: dict[str, Any], original: Calla
     unwrapped = unwrap(compiled)
     if why is not None or unwrapped is None:
         return original(compiled, **kwargs)
-    capture = _Capture(torch, unwrapped, mode, ProgramCompile(torch, lambda: original(unwrapped.inner, **kwargs)))
-    return routed(torch, compiled, unwrapped.rebuilt(capture), lambda: original(compiled, **kwargs))
+    capture = _Capture(torch, unwrapped, mode, ProgramCompile(torch, original, unwrapped.inner, kwargs))
+    return routed(torch, compiled, unwrapped.rebuilt(capture), ProgramCompile(torch, original, compiled, kwargs))
 
 
 class _Capture:

@@ -88,13 +88,13 @@ def builtins_as_globals(namespace: Mapping[str, Any]) -> dict[str, Any]:
     return {**vars(builtins), **namespace}
 
 
-def routed(torch: Any, compiled: Any, call: Callable[..., Any], own: Callable[[], Any]) -> Callable[..., Any]:
+def routed(torch: Any, compiled: Any, call: Callable[..., Any], own: ProgramCompile) -> Callable[..., Any]:
     """What a routed `torch.compile(compiled)` returns: a function that calls `call`,
     which an enclosing torch.compile traces as `compiled` itself, as it does
     torch.compile's own result (Dynamo inlines `_torchdynamo_inline`, as an inner
     compile: `_is_torch_compile`). torch.compile's methods on its result
-    (`aot_compile`, `get_compiler_config`) are those of `own()`, the program's own
-    compile of `compiled`, made when one is first called (it imports Dynamo).
+    (`aot_compile`, `get_compiler_config`) are those of `own`, the program's own
+    compile of `compiled`.
 
     Where an enclosing compile reaches it as a frame instead (a compile of a module's
     `__call__` skips nn.Module's own frames, so the module's forward is the first frame
@@ -118,38 +118,48 @@ def routed(torch: Any, compiled: Any, call: Callable[..., Any], own: Callable[[]
                 frame_count(counted + 1)
 
     torch._dynamo.eval_frame.skip_code(compiled_function.__code__)
-    program_compile = ProgramCompile(torch, own).compiled
     compiled_function._torchdynamo_inline = compiled  # type: ignore[attr-defined]
     compiled_function._torchdynamo_orig_callable = compiled  # type: ignore[attr-defined]
     # torch unwraps its own compiled functions by this (torch.compiler.disable(fn) disables fn's code).
     compiled_function._torchdynamo_wrapper_id = id(compiled_function)  # type: ignore[attr-defined]
     compiled_function._is_torch_compile = True  # type: ignore[attr-defined]
-    compiled_function.get_compiler_config = lambda: program_compile().get_compiler_config()  # type: ignore[attr-defined]
-    compiled_function.aot_compile = lambda example_inputs: program_compile().aot_compile(example_inputs)  # type: ignore[attr-defined]
+    compiled_function.get_compiler_config = lambda: own.compiled().get_compiler_config()  # type: ignore[attr-defined]
+    compiled_function.aot_compile = lambda example_inputs: own.compiled().aot_compile(example_inputs)  # type: ignore[attr-defined]
     return compiled_function
 
 
 class ProgramCompile:
-    """The program's own torch.compile of what a routed compile serves, made when first
-    needed: making it imports Dynamo's backends, which a served function never needs.
-    Inside torch.export, torch.compile returns the plain code, which export traces as it
-    would the compile; that is used for the call only, and the compile is made outside."""
+    """The program's own `torch.compile(target, **options)` of what a routed compile
+    serves, made when first needed: making it imports Dynamo's backends, which a served
+    function never needs. Inside torch.export it is `target` itself, as torch.compile
+    returns there (with a warning the program did not cause), and is made outside."""
 
-    def __init__(self, torch: Any, make: Callable[[], Any]) -> None:
+    def __init__(self, torch: Any, compile: Callable[..., Any], target: Any, options: dict[str, Any]) -> None:
         self._torch = torch
-        self._make = make
+        self._compile = compile
+        self._target = target
+        self._options = options
         self._compiled: Any = None
 
     def compiled(self) -> Any:
-        if self._compiled is not None:
-            return self._compiled
-        compiled = self._make()
-        if not self._torch.compiler.is_exporting():
-            self._compiled = compiled
-        return compiled
+        if self._compiled is None:
+            if self._torch.compiler.is_exporting():
+                return self._target
+            self._compiled = self._compile(self._target, **self._options)
+        return self._compiled
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.compiled()(*args, **kwargs)
+
+
+def _guards_hold(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a loaded function's Dynamo guards hold for the call; not where its saved
+    signature cannot bind the arguments (Python 3.11's binds no keyword named like a
+    positional-only parameter into `**kwargs`), which torch.compile's own call takes."""
+    try:
+        return function.guard_check(*args, **kwargs)
+    except TypeError:
+        return False
 
 
 def _failed_guard(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -227,9 +237,9 @@ def serving(
     digest = a.code_digest(unwrapped.inner.__code__)
     if all(s.code != digest for s in mine):
         return None, f"{unwrapped.name} is not the code the active entries captured"
-    program_compile = ProgramCompile(torch, lambda: original(unwrapped.inner, **kwargs))
+    program_compile = ProgramCompile(torch, original, unwrapped.inner, kwargs)
     served = _Served(torch, unwrapped, [s for s in mine if s.code == digest], program_compile)
-    return routed(torch, compiled, unwrapped.rebuilt(served), lambda: original(compiled, **kwargs)), None
+    return routed(torch, compiled, unwrapped.rebuilt(served), ProgramCompile(torch, original, compiled, kwargs)), None
 
 
 @dataclass(frozen=True)
@@ -273,7 +283,7 @@ class _Served:
                     self._loaded = self._load()
         why = "no captured function's guards hold for these inputs"
         for stored, function, checks in self._loaded:
-            if not function.guard_check(*args, **kwargs):
+            if not _guards_hold(function, args, kwargs):
                 continue
             refused = (
                 checks.once.state_mismatch()

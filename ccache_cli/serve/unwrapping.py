@@ -141,9 +141,9 @@ def with_defaults(
     args, added = list(args), {}
     first_default = code.co_argcount - len(defaults or ())
     for at in range(max(len(args), first_default), code.co_argcount):
-        if names[at] in kwargs:
+        if at >= code.co_posonlyargcount and names[at] in kwargs:  # else a keyword of its **kwargs
             continue
-        if at == len(args) and not added:  # positional while no gap: positional-only ones too
+        if at == len(args) and not added:  # positional while no gap (every positional-only one)
             args.append(defaults[at - first_default])  # type: ignore[index]
         else:
             added[names[at]] = defaults[at - first_default]  # type: ignore[index]

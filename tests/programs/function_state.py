@@ -2,20 +2,23 @@
 writes a global, one reads a global tensor that is rebound, one reads a tensor from its
 closure, one through a nested function's closure, one from a default argument, one
 counts its calls in a global's object), one whose constant default the program changes
-after its first call (in the run), and
+after its first call (in the run), one with positional-only defaults and **kwargs
+called with a keyword named like one of them (in the run), and
 one whose argument is a function, called with another the second time, and one called
 under no_grad and then under inference_mode; and one first called at a new shape inside
 torch.export.
 PHASE: "capture", or "run" (the closure holds another tensor).
 
-Prints JSON: whether every result equals eager's, the counts of the two that count, and
-whether the compiled function's call after the export ran compiled code.
+Prints JSON: whether every result equals eager's, the counts of the two that count,
+whether the compiled function's call after the export ran compiled code, and the
+warnings about torch.compile that the export gave.
 
     python function_state.py PHASE
 """
 
 import json
 import sys
+import warnings
 
 import torch
 
@@ -97,10 +100,15 @@ def scales(x, factor=2.0):
     return x * factor
 
 
-compiled_doubled, compiled_tallies, compiled_scales = (
+def positional_only(x, a=1.0, b=2.0, /, **more):
+    return x * b + len(more)
+
+
+compiled_doubled, compiled_tallies, compiled_scales, compiled_positional = (
     torch.compile(doubled),
     torch.compile(tallies),
     torch.compile(scales),
+    torch.compile(positional_only),
 )
 same = True
 with torch.no_grad():
@@ -121,6 +129,11 @@ with torch.no_grad():
     if sys.argv[1] == "run":  # after a served call: what the next reads, where a stored copy holds 2.0
         scales.__defaults__ = (3.0,)
     same &= torch.equal(compiled_scales(x), scales(x))
+    same &= torch.equal(compiled_positional(x), x * 2)
+    if sys.argv[1] == "run":  # `a` by keyword: one of **more, served and under a stance alike
+        same &= torch.equal(compiled_positional(x, a=9.0), x * 2 + 1)
+        with torch.compiler.set_stance("force_eager"):
+            same &= torch.equal(compiled_positional(x, a=9.0), x * 2 + 1)
 with torch.inference_mode():
     same &= torch.equal(compiled_doubled(x), x * 2)
 
@@ -138,8 +151,9 @@ class Exported(torch.nn.Module):
 # traces the plain code); another after it runs the program's own compile, as without ccache.
 compiled_marked = torch.compile(marked)
 compiled_marked(x)
-torch.export.export(Exported(), (torch.ones(3),), strict=False)
+with warnings.catch_warnings(record=True) as warned:  # none of torch.compile's, as without ccache
+    warnings.simplefilter("always")
+    torch.export.export(Exported(), (torch.ones(3),), strict=False)
 compiled_after_export = bool(compiled_marked(torch.ones(4))[0] > 50)
-print(
-    json.dumps({"same": bool(same), "step": STEP, "tally": TALLY.calls, "compiled_after_export": compiled_after_export})
-)
+report = {"same": bool(same), "step": STEP, "tally": TALLY.calls, "compiled_after_export": compiled_after_export}
+print(json.dumps({**report, "export_warnings": [str(w.message) for w in warned if "torch.compile" in str(w.message)]}))
