@@ -152,3 +152,19 @@ def test_no_route_captures_no_function(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["functions"] == 0
+
+
+def test_first_calls_made_at_once_in_threads_are_all_captured(tmp_path: Path) -> None:
+    """Four threads make a function's first calls at once: each call is captured (the
+    program's own compile in one thread does not fail the capture in another), and
+    the run serves them all with the plain function's results."""
+    program = Path(__file__).parent / "programs" / "threaded_first_calls.py"
+    store, command = tmp_path / "store", ["--", sys.executable, str(program)]
+    result = ccache("run", "--capture", "threads", "--json", *command, store=store, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    captured = json.loads(result.stdout)
+    assert captured["functions"] >= 1 and captured["functions_not_stored"] == [], captured
+    result = ccache("run", "threads", *command, store=store, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {str(at): True for at in range(4)}
+    assert ccache_json("inspect", store=store)["entries"][0]["usage"]["served"] == 4, result.stderr

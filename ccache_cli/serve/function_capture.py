@@ -13,6 +13,7 @@ Imports torch only through the `torch` its callers hand it.
 
 from __future__ import annotations
 
+import contextlib
 import dis
 import hashlib
 import itertools
@@ -132,7 +133,10 @@ class _Capture:
         torch = self._torch
         # torch.compile takes the guard filter out of the options: a dict of their own each time
         options = {**torch._inductor.list_mode_options(self._mode), "guard_filter_fn": _serializable(torch)}
-        return torch.compile(function, fullgraph=True, options=options).aot_compile((args, kwargs))
+        # Under the lock each Dynamo compile holds (aot_compile takes none): a program's
+        # compile in another thread meanwhile fails the capture.
+        with getattr(torch._dynamo.convert_frame, "compile_lock", contextlib.nullcontext()):
+            return torch.compile(function, fullgraph=True, options=options).aot_compile((args, kwargs))
 
 
 def _reading_builtins_as_globals(inner: types.FunctionType) -> types.FunctionType:
