@@ -183,7 +183,7 @@ class Store:
         """The one entry whose id starts with `ref` (of the folder names: no other entry is read), or named `ref`."""
         self._check_format()
         names = os.listdir(self.entries_dir) if self.entries_dir.is_dir() else []
-        ids = [name for name in names if name.startswith(ref.lower())]
+        ids = [name for name in names if name.startswith(ref.lower()) and schema.HEX64.fullmatch(name)]
         if not ids:
             ids = [entry.id for entry in self.scan().entries if entry.name == ref]
         if not ids:
