@@ -140,12 +140,15 @@ class ProgramCompile:
         self._target = target
         self._options = options
         self._compiled: Any = None
+        self._making = threading.Lock()  # threads falling back at once make one (each would trace again)
 
     def compiled(self) -> Any:
         if self._compiled is None:
             if self._torch.compiler.is_exporting():
                 return self._target
-            self._compiled = self._compile(self._target, **self._options)
+            with self._making:
+                if self._compiled is None:
+                    self._compiled = self._compile(self._target, **self._options)
         return self._compiled
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
