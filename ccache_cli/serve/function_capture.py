@@ -32,6 +32,7 @@ from ccache_cli.serve.functions import (
     ProgramCompile,
     builtins_as_globals,
     compile_options,
+    guards_hold,
     load_function,
     routed,
     unsaved_guard_kinds,
@@ -74,7 +75,7 @@ class _Capture:
             if (
                 not self._stopped
                 and not self._torch.compiler.is_exporting()  # torch.compile compiles nothing there
-                and not any(function.guard_check(*args, **kwargs) for function in self._captured)
+                and not any(guards_hold(function, args, kwargs) for function in self._captured)
             ):
                 try:
                     self._captured.append(self._capture(args, kwargs))

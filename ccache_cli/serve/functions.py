@@ -155,9 +155,9 @@ class ProgramCompile:
         return self.compiled()(*args, **kwargs)
 
 
-def _guards_hold(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Whether a loaded function's Dynamo guards hold for the call; not where its saved
-    signature cannot bind the arguments (Python 3.11's binds no keyword named like a
+def guards_hold(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a saved function's Dynamo guards hold for the call (served or captured);
+    not where its saved signature cannot bind the arguments (Python 3.11's binds no keyword named like a
     positional-only parameter into `**kwargs`), which torch.compile's own call takes."""
     try:
         return function.guard_check(*args, **kwargs)
@@ -286,7 +286,7 @@ class _Served:
                     self._loaded = self._load()
         why = "no captured function's guards hold for these inputs"
         for stored, function, checks in self._loaded:
-            if not _guards_hold(function, args, kwargs):
+            if not guards_hold(function, args, kwargs):
                 continue
             refused = (
                 checks.once.state_mismatch()

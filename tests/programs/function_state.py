@@ -3,7 +3,7 @@ writes a global, one reads a global tensor that is rebound, one reads a tensor f
 closure, one through a nested function's closure, one from a default argument, one
 counts its calls in a global's object), one whose constant default the program changes
 after its first call (in the run), one with positional-only defaults and **kwargs
-called with a keyword named like one of them (in the run), and
+called with a keyword named like one of them (and under a stance, in the run), and
 one whose argument is a function, called with another the second time, and one called
 under no_grad and then under inference_mode; and one first called at a new shape inside
 torch.export.
@@ -130,8 +130,8 @@ with torch.no_grad():
         scales.__defaults__ = (3.0,)
     same &= torch.equal(compiled_scales(x), scales(x))
     same &= torch.equal(compiled_positional(x), x * 2)
-    if sys.argv[1] == "run":  # `a` by keyword: one of **more, served and under a stance alike
-        same &= torch.equal(compiled_positional(x, a=9.0), x * 2 + 1)
+    same &= torch.equal(compiled_positional(x, a=9.0), x * 2 + 1)  # `a` by keyword: one of **more
+    if sys.argv[1] == "run":  # and under a stance
         with torch.compiler.set_stance("force_eager"):
             same &= torch.equal(compiled_positional(x, a=9.0), x * 2 + 1)
 with torch.inference_mode():
