@@ -189,7 +189,7 @@ class Store:
         if not ids:
             raise EntryNotFoundError(f"no entry matches {ref!r} in store {self.root}; `ccache inspect` lists them")
         if len(ids) > 1:
-            shown = sorted(entry_id[: manifest.ID_DISPLAY_LENGTH] for entry_id in ids)[:6]
+            shown = sorted(entry_id[: manifest.ID_DISPLAY_LENGTH] for entry_id in ids)
             listed = ", ".join(shown[:5]) + ", ..." * (len(shown) > 5)
             raise BadInputError(f"{ref!r} matches {len(ids)} entries ({listed}); give a longer id prefix")
         try:  # read whole now: the one entry a command works on
