@@ -124,31 +124,70 @@ class EngineCache:
 HEAVY_FIELDS = ("files", "bytecode", "assumptions", "functions")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Manifest:
-    """An entry's manifest. Built from the whole document (`parse`), or from an index's
-    summary (`from_summary`), whose heavy fields are read from the entry's folder the
-    first time they are asked for."""
+    """An entry's manifest, from the whole document (`parse`) or an index's summary
+    (`from_summary`), whose heavy fields are read from the entry's folder when first
+    asked for. Each part is built when first asked for: a listing builds what it shows."""
 
-    id: str
-    name: str
-    created: str
-    lookup: str | None
-    fingerprint: Mapping[str, Any]
-    compile: CompileOptions
-    model: ModelRef | None  # None: captured from a command
-    inputs: Mapping[str, list[dict[str, Any]]]
-    sources: tuple[Source, ...]
-    timings: tuple[SizeTiming, ...]
-    aot_seconds: Mapping[str, float]  # per size, building the aot_compile functions
-    package_seconds: Mapping[str, float]  # per size, building the packages
-    aot: AotStatus
-    compiled_at: str | None  # the Inductor cache folder the entry was compiled in
-    summary: Mapping[str, Any] = field(repr=False)  # the document less HEAVY_FIELDS
-    recorded_totals: Totals | None = field(repr=False)  # from an index; else added up when asked
-    load: Callable[[], Mapping[str, Any]] = field(repr=False, compare=False)  # the whole document, checked
+    summary: Mapping[str, Any]  # the document less HEAVY_FIELDS
+    recorded_totals: Totals | None  # from an index; else added up when asked
+    load: Callable[[], Mapping[str, Any]] = field(compare=False)  # the whole document, checked
     # Reads a blob by sha256 where the entry's blobs are at hand (its bytecode list).
-    read_blob: bytecode_list.ReadBlob | None = field(default=None, repr=False, compare=False)
+    read_blob: bytecode_list.ReadBlob | None = field(default=None, compare=False)
+
+    def __repr__(self) -> str:
+        return f"Manifest({self.short_id}, {self.name!r})"
+
+    id = property(lambda self: self.summary["id"], doc="sha256 of the key's canonical JSON")
+    name = property(lambda self: self.summary["name"])
+    created = property(lambda self: self.summary["created"], doc="UTC, ISO 8601")
+    lookup = property(lambda self: self.summary.get("lookup"), doc="of the key parts known before compiling")
+    compiled_at = property(lambda self: self.summary.get("compiled_at"), doc="the Inductor cache folder compiled in")
+    fingerprint = property(lambda self: self.summary["key"]["fingerprint"])
+    inputs = property(lambda self: self.summary["key"]["inputs"], doc="size label -> input descriptions")
+    aot_seconds = property(lambda self: self.summary["timings"].get("aot") or {}, doc="per size, aot_compile")
+    package_seconds = property(lambda self: self.summary["timings"].get("packages") or {}, doc="per size")
+
+    @functools.cached_property
+    def compile(self) -> CompileOptions:
+        options = self.summary["key"]["compile"]
+        return CompileOptions(
+            device=options["device"],
+            sizes=tuple(options["sizes"]),
+            ranges=tuple((low, high) for low, high in options.get("ranges", ())),
+            dynamic=options["dynamic"],
+            mode=options.get("mode"),
+            backend=options.get("backend"),
+            devices=tuple(options.get("devices", ())),
+            inductor_env=options.get("inductor_env") or {},
+            engines=options.get("engines") or {},
+            document=options,
+        )
+
+    @functools.cached_property
+    def model(self) -> ModelRef | None:
+        """None: captured from a command."""
+        model = self.summary["key"].get("model")
+        return None if model is None else ModelRef(model["module"], model["attr"], model.get("inputs"))
+
+    @functools.cached_property
+    def sources(self) -> tuple[Source, ...]:
+        return tuple(Source(s["module"], s["path"], s["sha256"]) for s in self.summary["key"]["sources"])
+
+    @functools.cached_property
+    def timings(self) -> tuple[SizeTiming, ...]:
+        names = ("wall_s", "dynamo_s", "aot_autograd_s", "inductor_s", "kernel_compile_s")
+        sizes = self.summary["timings"]["sizes"]
+        return tuple(SizeTiming(t["label"], *(t.get(name) or 0.0 for name in names)) for t in sizes)
+
+    @functools.cached_property
+    def aot(self) -> AotStatus:
+        aot = self.summary["aot"]
+        packages = aot.get("packages")
+        if packages is not None:
+            packages = PackageStatus(packages["status"], packages.get("reason"), packages.get("model"))
+        return AotStatus(aot["status"], aot.get("reason"), packages)
 
     @functools.cached_property
     def document(self) -> Mapping[str, Any]:
@@ -313,56 +352,17 @@ def from_summary(
     load: Callable[[], Mapping[str, Any]],
     read_blob: bytecode_list.ReadBlob | None = None,
 ) -> Manifest:
-    """A manifest from a checked document's summary; `load` reads the whole document."""
-    key, options, aot = d["key"], d["key"]["compile"], d["aot"]
-    packages = aot.get("packages")
-    model = key.get("model")
-    return Manifest(
-        id=d["id"],
-        name=d["name"],
-        created=d["created"],
-        lookup=d.get("lookup"),
-        fingerprint=key["fingerprint"],
-        compile=CompileOptions(
-            device=options["device"],
-            sizes=tuple(options["sizes"]),
-            ranges=tuple((low, high) for low, high in options.get("ranges", ())),
-            dynamic=options["dynamic"],
-            mode=options.get("mode"),
-            backend=options.get("backend"),
-            devices=tuple(options.get("devices", ())),
-            inductor_env=options.get("inductor_env") or {},
-            engines=options.get("engines") or {},
-            document=options,
-        ),
-        model=None if model is None else ModelRef(model["module"], model["attr"], model.get("inputs")),
-        inputs=key["inputs"],
-        sources=tuple(Source(s["module"], s["path"], s["sha256"]) for s in key["sources"]),
-        timings=tuple(
-            SizeTiming(
-                t["label"],
-                *(
-                    t.get(name) or 0.0
-                    for name in ("wall_s", "dynamo_s", "aot_autograd_s", "inductor_s", "kernel_compile_s")
-                ),
-            )
-            for t in d["timings"]["sizes"]
-        ),
-        aot_seconds=d["timings"].get("aot") or {},
-        package_seconds=d["timings"].get("packages") or {},
-        aot=AotStatus(
-            aot["status"],
-            aot.get("reason"),
-            None
-            if packages is None
-            else PackageStatus(packages["status"], packages.get("reason"), packages.get("model")),
-        ),
-        compiled_at=d.get("compiled_at"),
-        summary=d,
-        recorded_totals=totals,
-        load=load,
-        read_blob=read_blob,
-    )
+    """A manifest from a checked document's summary; `load` reads the whole document.
+    KeyError or TypeError where the summary lacks a part every manifest has (a damaged
+    index record): the parts are built from it only when asked for."""
+    for path in _SUMMARY_PARTS:
+        functools.reduce(lambda part, name: part[name], path.split("."), d)
+    return Manifest(summary=d, recorded_totals=totals, load=load, read_blob=read_blob)
+
+
+_SUMMARY_PARTS = (
+    "id name created timings.sizes aot.status key.fingerprint key.inputs key.sources key.compile.device".split()
+)
 
 
 def build(
