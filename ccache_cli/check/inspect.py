@@ -10,7 +10,7 @@ from ccache_cli.in_program import usage
 from ccache_cli.in_program.fingerprint import Mismatch
 from ccache_cli.in_program.usage import Usage
 from ccache_cli.key.compat import compatibility, this_machine
-from ccache_cli.store import artifacts
+from ccache_cli.store import artifacts, usage_totals
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.store import Store
 
@@ -88,9 +88,11 @@ def inspect_store(store: Store, ref: str | None = None) -> InspectReport:
     if ref is None:
         scan = store.scan()
         entries, warnings = scan.entries, scan.warnings
+        used = usage_totals.read_all(store, [entry.id for entry in entries])
     else:
         entries, warnings = (store.find(ref),), ()
-    reports = tuple(report_entry(entry, machine, exact, None, usage.read(store, entry.id)) for entry in entries)
+        used = {entries[0].id: usage.read(store, entries[0].id)}
+    reports = tuple(report_entry(entry, machine, exact, None, used[entry.id]) for entry in entries)
     return InspectReport(reports, warnings, machine, exact)
 
 

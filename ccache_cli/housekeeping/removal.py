@@ -26,7 +26,7 @@ from typing import Any
 from ccache_cli.errors import CcacheError, StoreError, UnsafeFolderError
 from ccache_cli.in_program import usage
 from ccache_cli.serve import views
-from ccache_cli.store import bytecode_list, durable, owners
+from ccache_cli.store import bytecode_list, durable, owners, usage_totals
 from ccache_cli.store.leftovers import remove
 from ccache_cli.store.manifest import Manifest
 from ccache_cli.store.schema import ManifestError
@@ -91,16 +91,12 @@ def carry_out(store: Store, plan: Plan, dry_run: bool) -> Cleanup:
     return Cleanup(plan, dry_run)
 
 
-def last_used(store: Store, entry: Manifest) -> dt.datetime:
-    used = usage.read(store, entry.id).last_used
-    return usage.moment(used or entry.created)
-
-
 def plan_gc(store: Store, max_size: int | None, older_than: dt.timedelta | None) -> Plan:
     """Least recently used entries first, until every limit holds."""
     scan = store.scan(whole=True)
     scanned = scan.entries
-    used = {entry.id: last_used(store, entry) for entry in scanned}
+    logs = usage_totals.read_all(store, [entry.id for entry in scanned])
+    used = {entry.id: usage.moment(logs[entry.id].last_used or entry.created) for entry in scanned}
     entries = sorted(scanned, key=lambda entry: used[entry.id])
     busy = in_use(store)
     sizes = _blob_sizes(store)

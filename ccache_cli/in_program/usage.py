@@ -77,14 +77,23 @@ def log_paths(store: Store, entry_ids: Iterable[str]) -> list[str]:
     return [str(folder / f"{entry_id}.log") for entry_id in entry_ids]
 
 
+EMPTY = Usage(0, None, 0, 0)
+
+
 def read(store: Store, entry_id: str) -> Usage:
-    times, last, last_moment, hits, misses, reason = 0, None, None, 0, 0, None
-    routed, served, not_routed = 0, 0, Counter()
     try:
-        with open(f"{store.root}/usage/{entry_id}.log", encoding="utf-8") as log:
-            lines = log.read().splitlines()
+        with open(f"{store.root}/usage/{entry_id}.log", "rb") as log:
+            return added(EMPTY, log.read())
     except OSError:
-        lines = []
+        return EMPTY
+
+
+def added(usage: Usage, data: bytes) -> Usage:
+    """`usage` with the uses that `data`, lines of its log, record added to it."""
+    times, last, hits, misses, reason = usage.times_used, usage.last_used, usage.hits, usage.misses, usage.miss_reason
+    routed, served, not_routed = usage.routed, usage.served, Counter(usage.not_routed)
+    last_moment = None if last is None else moment(last)
+    lines = data.decode("utf-8", "replace").splitlines()
     try:  # one parse for the whole log; line by line where one was cut short
         parsed: list[Any] = json.loads(f"[{','.join(lines)}]")
     except ValueError:

@@ -1,7 +1,7 @@
 """What killed writers leave in a store's tmp/, told apart from what live ones are
 still writing: staging folders (each names its owner process in STAGING_OWNER),
-folders of removed entries being deleted (REMOVED_PREFIX) and an index's temporary
-files (index.py)."""
+folders of removed entries being deleted (REMOVED_PREFIX) and the temporary files
+of the indexes readers write (index.py, usage_totals.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ccache_cli.store import index, owners
+from ccache_cli.store import index, owners, usage_totals
 
 UNNAMED_AFTER_S = 60  # a staging folder still without its owner file was left by a killed writer
 REMOVED_PREFIX = "removed-"  # tmp/ folders being deleted: entries rm and gc removed, staging done with
@@ -21,7 +21,8 @@ STAGING_OWNER = ".owner"
 def find(tmp_dir: Path, other_hosts_after_s: float) -> tuple[Path, ...]:
     """Staging folders whose process has ended (or, written on another host, untouched
     for `other_hosts_after_s`), folders of removed entries that `rm` or `gc` did not
-    finish deleting, and index files a killed reader was writing."""
+    finish deleting, and index files (index.py, usage_totals.py) a killed reader was
+    writing."""
     try:
         names = sorted(os.listdir(tmp_dir))
     except OSError:
@@ -33,7 +34,7 @@ def find(tmp_dir: Path, other_hosts_after_s: float) -> tuple[Path, ...]:
         if name.startswith(REMOVED_PREFIX):
             found.append(folder)
             continue
-        if name.startswith(index.TEMP_PREFIX):  # an index write that was killed
+        if name.startswith((index.TEMP_PREFIX, usage_totals.TEMP_PREFIX)):  # an index's write that was killed
             if now - _mtime(folder, now) > UNNAMED_AFTER_S:
                 found.append(folder)
             continue

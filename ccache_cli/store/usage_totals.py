@@ -1,0 +1,114 @@
+"""What the entries' usage logs (in_program/usage.py) add up to, kept in
+`<store>/usage/totals.json`, so that listing many used entries reads only what each
+log gained since it was last added up, not every use ever recorded.
+
+A cache, never the truth, as the entries' index is (index.py). A log is only ever
+appended to, so a record [[inode, bytes added up, mtime], head, usage] holds while
+the log has that inode and still begins with `head` (its first bytes: the first use's
+line, with its time to the microsecond): the lines appended after those bytes are read
+and added. A log with other first bytes (removed with its entry, then made anew) is
+read whole, and one whose inode, size and mtime are as recorded is not opened. A
+reader that added something up writes the file anew, atomically and without the
+store's lock: each record is right on its own, so concurrent readers race only to
+replace one valid snapshot by another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ccache_cli.in_program import usage
+from ccache_cli.in_program.usage import Usage
+from ccache_cli.store import durable
+
+if TYPE_CHECKING:
+    from ccache_cli.store.store import Store
+
+TOTALS_FILE = "totals.json"
+TEMP_PREFIX = f".{TOTALS_FILE}."  # durable.atomic_write's temporary files, in the store's tmp/
+_FORMAT = 1
+_HEAD = 64  # bytes of a log's start that tell it from a log made anew
+
+
+def read_all(store: Store, entry_ids: Iterable[str]) -> dict[str, Usage]:
+    """Each entry's usage, as `usage.read` adds it up; records of the entries asked for
+    replace the file's where anything was added (ask for every entry of the store)."""
+    folder = f"{store.root}/usage"
+    recorded = _load(f"{folder}/{TOTALS_FILE}")
+    records: dict[str, list[Any]] = {}
+    found: dict[str, Usage] = {}
+    for entry_id in entry_ids:
+        path = f"{folder}/{entry_id}.log"
+        record = recorded.get(entry_id)
+        try:
+            stat = os.stat(path)
+            if record is None or record[0] != [stat.st_ino, stat.st_size, stat.st_mtime_ns]:
+                record = _added_up(path, record)
+            found[entry_id], records[entry_id] = record[2], record
+        except OSError:  # no log (never used), or unreadable: nothing recorded
+            found[entry_id] = usage.EMPTY
+    if records != recorded:
+        _save(store, folder, records)
+    return found
+
+
+def _added_up(path: str, record: list[Any] | None) -> list[Any]:
+    """The log's record: `record`'s usage with the log's new lines added, or the whole
+    log's where it is not the log `record` added up."""
+    with open(path, "rb") as log:
+        stat = os.fstat(log.fileno())
+        head = log.read(_HEAD)
+        start, total = 0, usage.EMPTY
+        if record is not None:
+            (inode, added_bytes, _), recorded_head, recorded_usage = record
+            known = recorded_head.encode("latin-1")
+            if inode == stat.st_ino and added_bytes <= stat.st_size and head[: len(known)] == known:
+                start, total = added_bytes, recorded_usage
+        log.seek(start)
+        data = log.read()
+    whole = data.rfind(b"\n") + 1  # a line still being appended is added up next time
+    return [[stat.st_ino, start + whole, stat.st_mtime_ns], head.decode("latin-1"), usage.added(total, data[:whole])]
+
+
+def _load(path: str) -> dict[str, list[Any]]:
+    """The file's records, their usage as Usage; none where it is missing, damaged or of
+    another format, and no record that is not of the recorded shape."""
+    try:
+        with open(path, "rb") as handle:
+            document = json.loads(handle.read())
+        if document["format"] != _FORMAT:
+            return {}
+        return {
+            entry_id: [signature, head, _usage(fields)]
+            for entry_id, (signature, head, fields) in document["logs"].items()
+            if isinstance(signature, list) and len(signature) == 3 and isinstance(head, str)
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _usage(fields: dict[str, Any]) -> Usage:
+    """A record's usage; TypeError or ValueError where a field is not of its type."""
+    found = Usage(**fields)
+    counts = (found.times_used, found.hits, found.misses, found.routed, found.served)
+    if not all(type(count) is int for count in counts) or not isinstance(found.not_routed, dict):
+        raise TypeError(fields)
+    if found.last_used is not None:
+        usage.moment(found.last_used)
+    return found
+
+
+def _save(store: Store, folder: str, records: dict[str, list[Any]]) -> None:
+    """Write the records where the store can be written to (as index.save)."""
+    logs = {
+        entry_id: [signature, head, dataclasses.asdict(found)] for entry_id, (signature, head, found) in records.items()
+    }
+    with contextlib.suppress(OSError):
+        if os.stat(store.root).st_mode & 0o222 and os.path.isdir(folder):
+            data = json.dumps({"format": _FORMAT, "logs": logs}, separators=(",", ":")).encode()
+            durable.atomic_write(f"{folder}/{TOTALS_FILE}", data, store.tmp_dir)
