@@ -355,14 +355,11 @@ def from_summary(
     """A manifest from a checked document's summary; `load` reads the whole document.
     KeyError or TypeError where the summary lacks a part every manifest has (a damaged
     index record): the parts are built from it only when asked for."""
-    for path in _SUMMARY_PARTS:
-        functools.reduce(lambda part, name: part[name], path.split("."), d)
+    key = d["key"]
+    parts = (d["id"], d["name"], d["created"], d["timings"]["sizes"], d["aot"]["status"], key["compile"]["device"])
+    if None in parts or None in (key["fingerprint"], key["inputs"], key["sources"]):
+        raise KeyError("a part every manifest has")
     return Manifest(summary=d, recorded_totals=totals, load=load, read_blob=read_blob)
-
-
-_SUMMARY_PARTS = (
-    "id name created timings.sizes aot.status key.fingerprint key.inputs key.sources key.compile.device".split()
-)
 
 
 def build(
