@@ -32,11 +32,11 @@ from ccache_cli.serve.functions import (
     ProgramCompile,
     builtins_as_globals,
     compile_options,
-    guards_hold,
     load_function,
     routed,
     unsaved_guard_kinds,
 )
+from ccache_cli.serve.stored_code import guards_hold
 from ccache_cli.serve.unwrapping import Unwrapped, copied, unwrap
 
 CAPTURE_FUNCTIONS_ENV = "CCACHE_CLI_CAPTURE_FUNCTIONS"  # where a capture's processes write compiled functions

@@ -50,6 +50,7 @@ from ccache_cli.key.sources import all_fresh, search_path
 from ccache_cli.precompile.aot import one_line
 from ccache_cli.precompile.plan import MODES
 from ccache_cli.serve import decisions
+from ccache_cli.serve.stored_code import guards_hold
 from ccache_cli.serve.unwrapping import Unwrapped, unwrap, with_defaults
 from ccache_cli.serve.views import read_description
 from ccache_cli.store.assumptions import SizeAssumptions
@@ -153,16 +154,6 @@ class ProgramCompile:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.compiled()(*args, **kwargs)
-
-
-def guards_hold(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Whether a saved function's Dynamo guards hold for the call (served or captured);
-    not where its saved signature cannot bind the arguments (Python 3.11's binds no keyword named like a
-    positional-only parameter into `**kwargs`), which torch.compile's own call takes."""
-    try:
-        return function.guard_check(*args, **kwargs)
-    except TypeError:
-        return False
 
 
 def _failed_guard(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -184,6 +184,17 @@ class _ForEntry:
         return self
 
 
+def guards_hold(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a saved function's Dynamo guards hold for the call (a function's, served or
+    captured, or a module's forward); not where its saved signature cannot bind the
+    arguments (Python 3.11's binds no keyword named like a positional-only parameter into
+    `**kwargs`), which torch.compile's own call takes."""
+    try:
+        return function.guard_check(*args, **kwargs)
+    except TypeError:
+        return False
+
+
 class GuardedFunction(_ForEntry):
     """An aot_compile function, serving the calls whose guards pass (its own guards
     drop every global one: the entry's assumptions check those)."""
@@ -192,7 +203,7 @@ class GuardedFunction(_ForEntry):
         self._function = function
 
     def serves(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        return bool(self._function.guard_check(model, *args, **kwargs))
+        return bool(guards_hold(self._function, (model, *args), kwargs))
 
     def __call__(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return self._function(model, *args, **kwargs)
