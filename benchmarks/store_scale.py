@@ -3,16 +3,17 @@
 Precompiles a small model once (`--no-bytecode`, so each manifest is small; `--bytecode`
 keeps the compile stack's bytecode and a manifest of about 0.9 MB), then copies its
 manifest into N entries that differ only in their key (the sizes they name), all
-sharing the same blobs, and times, for N = 1, 100 and 1,000, each command as a user
+sharing the same blobs, each with a usage log of `--uses` uses (a use's line and its
+process's result line each), and times, for N = 1, 100 and 1,000, each command as a user
 runs it: `inspect` (its table) and `inspect --json`, `env`, `run -- true`, `verify`
-(table and `--json`) and `verify ENTRY` (the median of three runs,
+(table and `--json`) and `verify ENTRY` (the median of five runs,
 after a first `inspect` that brings the store's index up to date and a first `env` that
 lays out the entries' view, each timed apart). Own
 time is the wall time less that of `ccache --help` (the interpreter's and the CLI's
 start). ccache-cli's modules are byte-compiled first, as an installed package is.
 Prints a table and JSON.
 
-    python benchmarks/store_scale.py [--counts 1,100,1000] [--bytecode]
+    python benchmarks/store_scale.py [--counts 1,100,1000] [--bytecode] [--uses 100]
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ COMMANDS = {
 }
 
 
-def grow(store: Path, template: dict, count: int) -> None:
-    """Entries up to `count`, each the template with other sizes in its key."""
+def grow(store: Path, template: dict, count: int, uses: int) -> None:
+    """Entries up to `count`, each the template with other sizes in its key, used `uses` times."""
     entries = store / "entries"
     have = len(os.listdir(entries))
+    (store / "usage").mkdir(exist_ok=True)
     for number in range(have, count):
         document = json.loads(json.dumps(template))
         document["key"]["compile"]["sizes"] = [1000 + number]
@@ -52,9 +54,15 @@ def grow(store: Path, template: dict, count: int) -> None:
         folder = entries / document["id"]
         folder.mkdir()
         (folder / "manifest.json").write_text(json.dumps(document))
+        lines = []
+        for use in range(uses):
+            at = f"2026-12-01T{use // 3600 % 24:02d}:{use // 60 % 60:02d}:{use % 60:02d}.{number:06d}Z"
+            lines.append(json.dumps({"at": at, "by": "run"}))
+            lines.append(json.dumps({"at": at, "by": "run", "result": True, "hits": 3, "misses": 0}))
+        (store / "usage" / f"{document['id']}.log").write_text("".join(line + "\n" for line in lines))
 
 
-def timed(store: Path, args: list[str], env: dict[str, str], runs: int = 3) -> float:
+def timed(store: Path, args: list[str], env: dict[str, str], runs: int = 5) -> float:
     """The median wall time of `runs` runs."""
     seconds = []
     for _ in range(runs):
@@ -72,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="1,100,1000")
     parser.add_argument("--bytecode", action="store_true")
+    parser.add_argument("--uses", type=int, default=100, help="uses recorded in each entry's usage log")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     import ccache_cli
@@ -95,7 +104,7 @@ def main() -> None:
         first_views: dict[str, float] = {}
         baseline = timed(store, ["--help"], env)  # the interpreter's and the CLI's own start
         for count in counts:
-            grow(store, template, count)
+            grow(store, template, count, args.uses)
             first_reads[str(count)] = timed(store, ["inspect", "--json"], env, runs=1)
             first_views[str(count)] = timed(store, ["env"], env, runs=1)
             results[str(count)] = {name: timed(store, command, env) for name, command in commands.items()}

@@ -13,6 +13,7 @@ app in app.py, which defines the same options.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import sys
 from typing import NamedTuple, NoReturn
@@ -42,6 +43,9 @@ def main() -> None:
             _check_usage(sys.argv[1:])
             from .app import app
 
+            # What the imports made lives as long as the process: the collections that
+            # reading a large store's index and listings sets off then skip it.
+            gc.freeze()
             app()
         else:
             _start(plain)
