@@ -9,8 +9,9 @@ runs it: `inspect` (its table) and `inspect --json`, `env`, `run -- true`, `veri
 (table and `--json`) and `verify ENTRY` (the median of five runs,
 after a first `inspect` that brings the store's index up to date and a first `env` that
 lays out the entries' view, each timed apart). Own
-time is the wall time less that of `ccache --help` (the interpreter's and the CLI's
-start). ccache-cli's modules are byte-compiled first, as an installed package is.
+time is a run's wall time, and its CPU time, less that of a `ccache --help` run just
+before it (the interpreter's and the CLI's start); CPU time is the steadier figure on
+a shared machine. ccache-cli's modules are byte-compiled first, as an installed package is.
 Prints a table and JSON.
 
     python benchmarks/store_scale.py [--counts 1,100,1000] [--bytecode] [--uses 100]
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -62,18 +64,30 @@ def grow(store: Path, template: dict, count: int, uses: int) -> None:
         (store / "usage" / f"{document['id']}.log").write_text("".join(line + "\n" for line in lines))
 
 
-def timed(store: Path, args: list[str], env: dict[str, str], runs: int = 5) -> float:
-    """The median wall time of `runs` runs."""
-    seconds = []
+def run_once(store: Path, args: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """One run's wall time and CPU time (user and system, of the process)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "ccache_cli", "--store", str(store), *args], env=env, capture_output=True, text=True
+    )
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode not in (0, 1):  # verify exits 1 where it finds a problem
+        raise SystemExit(f"{args}: {result.stderr}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def own_time(store: Path, args: list[str], env: dict[str, str], runs: int = 5) -> tuple[float, float]:
+    """ccache's own wall and CPU time for a command: the medians, over `runs` runs, of
+    the command's time less that of a `--help` run just before it."""
+    walls, cpus = [], []
     for _ in range(runs):
-        start = time.perf_counter()
-        result = subprocess.run(
-            [sys.executable, "-m", "ccache_cli", "--store", str(store), *args], env=env, capture_output=True, text=True
-        )
-        seconds.append(time.perf_counter() - start)
-        if result.returncode not in (0, 1):  # verify exits 1 where it finds a problem
-            raise SystemExit(f"{args}: {result.stderr}")
-    return statistics.median(seconds)
+        start_wall, start_cpu = run_once(store, ["--help"], env)
+        wall, cpu = run_once(store, args, env)
+        walls.append(wall - start_wall)
+        cpus.append(cpu - start_cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def main() -> None:
@@ -99,30 +113,29 @@ def main() -> None:
         commands = {**COMMANDS, "verify ENTRY": ["verify", "--json", entry[:12]]}
         shutil.rmtree(store / "usage", ignore_errors=True)
         manifest_kb = (store / "entries" / entry / "manifest.json").stat().st_size / 1024
-        results: dict[str, dict[str, float]] = {}
-        first_reads: dict[str, float] = {}
-        first_views: dict[str, float] = {}
-        baseline = timed(store, ["--help"], env)  # the interpreter's and the CLI's own start
+        results: dict[str, dict[str, tuple[float, float]]] = {}
+        first_reads: dict[str, tuple[float, float]] = {}
+        first_views: dict[str, tuple[float, float]] = {}
+        help_wall, _ = run_once(store, ["--help"], env)
         for count in counts:
             grow(store, template, count, args.uses)
-            first_reads[str(count)] = timed(store, ["inspect", "--json"], env, runs=1)
-            first_views[str(count)] = timed(store, ["env"], env, runs=1)
-            results[str(count)] = {name: timed(store, command, env) for name, command in commands.items()}
-    print(f"manifest {manifest_kb:.0f} KB each; `ccache --help` {baseline * 1e3:.0f} ms (the start alone)")
-    print("own time (wall less the start):")
+            first_reads[str(count)] = own_time(store, ["inspect", "--json"], env, runs=1)
+            first_views[str(count)] = own_time(store, ["env"], env, runs=1)
+            results[str(count)] = {name: own_time(store, command, env) for name, command in commands.items()}
+    print(f"manifest {manifest_kb:.0f} KB each; `ccache --help` {help_wall * 1e3:.0f} ms (the start alone)")
+    print("own time, wall / CPU (a run's less that of a `--help` run just before it; medians):")
     print(f"{'entries':>8} {'first read':>15} {'first env':>15} " + " ".join(f"{name:>15}" for name in commands))
     for count, row in results.items():
-        cells = " ".join(f"{(row[name] - baseline) * 1e3:>12.0f} ms" for name in commands)
-        firsts = " ".join(f"{(first[count] - baseline) * 1e3:>12.0f} ms" for first in (first_reads, first_views))
-        print(f"{count:>8} {firsts} {cells}")
+        cells = [*(first[count] for first in (first_reads, first_views)), *(row[name] for name in commands)]
+        print(f"{count:>8} " + " ".join(f"{wall * 1e3:>7.0f}/{cpu * 1e3:>4.0f} ms" for wall, cpu in cells))
     print(
         json.dumps(
             {
                 "manifest_kb": manifest_kb,
-                "help_s": baseline,
+                "help_s": help_wall,
                 "first_read_s": first_reads,
                 "first_env_s": first_views,
-                "seconds": results,
+                "own_wall_cpu_s": results,
             }
         )
     )

@@ -34,7 +34,7 @@ steps = st.one_of(
     st.tuples(st.just("append"), st.integers(0, 500)),
     st.tuples(st.just("cut"), st.integers(0, 500)),  # a line of which only a part is written yet
     st.tuples(st.just("made anew"), st.integers(0, 500)),  # removed with its entry, a new one used
-    st.tuples(st.just("damage totals"), st.just(0)),
+    st.tuples(st.just("damage totals"), st.integers(0, 1)),  # cut short, or a record of other types
 )
 
 
@@ -48,7 +48,8 @@ def test_totals_are_the_whole_logs_added_up(tmp_path: Path, history: list) -> No
     for serial, (entry_id, (what, number)) in enumerate(history):
         log = store.root / "usage" / f"{entry_id}.log"
         if what == "damage totals":
-            (store.root / "usage" / usage_totals.TOTALS_FILE).write_text('{"format": 1, "logs": {"x": [1, 2')
+            damaged = json.dumps({"format": 1, "logs": {entry_id: [["1", "2", 3], "", vars(usage.EMPTY)]}})
+            (store.root / "usage" / usage_totals.TOTALS_FILE).write_text(damaged if number % 2 else damaged[:40])
             continue
         if what == "made anew":  # in place: the same inode, as a file system may give a new file
             log.write_bytes(b"")

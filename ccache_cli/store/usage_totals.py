@@ -86,7 +86,10 @@ def _load(path: str) -> dict[str, list[Any]]:
         return {
             entry_id: [signature, head, _usage(fields)]
             for entry_id, (signature, head, fields) in document["logs"].items()
-            if isinstance(signature, list) and len(signature) == 3 and isinstance(head, str)
+            if isinstance(signature, list)
+            and len(signature) == 3
+            and all(type(n) is int for n in signature)
+            and isinstance(head, str)
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
