@@ -115,6 +115,26 @@ def test_damaged_records_of_listed_entries_are_read_from_their_manifests(tmp_pat
     assert json.loads((root / "index.json").read_text())["entries"][two][1][0]["name"] == "two"
 
 
+def test_parts_of_a_damaged_record_are_built_from_the_manifest(tmp_path: Path) -> None:
+    """A record whose parts are built only when asked for (sizes, sources, timings...):
+    where one cannot be built, the manifest is read for it, and every command goes on."""
+    root = tmp_path / "store"
+    one = make_entry(Store(root), "one", {"inductor/a": b"a"})
+    sizes = ccache_json("inspect", store=root)["entries"][0]["sizes"]
+    records = index.load(root)
+    key = records[one][1]["key"]
+    records[one][1]["key"] = {**key, "compile": {**key["compile"], "sizes": 5}, "sources": [{"module": 1}]}
+    index.save(root, records, root / "tmp")
+    [entry] = ccache_json("inspect", store=root)["entries"]
+    assert (
+        entry["sizes"] == sizes
+        and entry["sources"] == json.loads((root / "entries" / one / "manifest.json").read_text())["key"]["sources"]
+    )
+    for command in (["inspect"], ["env"], ["run", "--", "true"]):
+        result = ccache(*command, store=root)
+        assert result.returncode == 0, result.stderr
+
+
 def test_an_entry_replaced_after_listing_is_never_read_as_the_listed_one(tmp_path: Path) -> None:
     root = tmp_path / "store"
     entry_id = make_entry(Store(root), "kept", {"inductor/a": b"a"})

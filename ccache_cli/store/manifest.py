@@ -149,45 +149,19 @@ class Manifest:
     aot_seconds = property(lambda self: self.summary["timings"].get("aot") or {}, doc="per size, aot_compile")
     package_seconds = property(lambda self: self.summary["timings"].get("packages") or {}, doc="per size")
 
-    @functools.cached_property
-    def compile(self) -> CompileOptions:
-        options = self.summary["key"]["compile"]
-        return CompileOptions(
-            device=options["device"],
-            sizes=tuple(options["sizes"]),
-            ranges=tuple((low, high) for low, high in options.get("ranges", ())),
-            dynamic=options["dynamic"],
-            mode=options.get("mode"),
-            backend=options.get("backend"),
-            devices=tuple(options.get("devices", ())),
-            inductor_env=options.get("inductor_env") or {},
-            engines=options.get("engines") or {},
-            document=options,
-        )
+    compile = functools.cached_property(lambda self: self._part(_compile_options))
+    model = functools.cached_property(lambda self: self._part(_model))  # None: captured from a command
+    sources = functools.cached_property(lambda self: self._part(_sources))
+    timings = functools.cached_property(lambda self: self._part(_timings))
+    aot = functools.cached_property(lambda self: self._part(_aot_status))
 
-    @functools.cached_property
-    def model(self) -> ModelRef | None:
-        """None: captured from a command."""
-        model = self.summary["key"].get("model")
-        return None if model is None else ModelRef(model["module"], model["attr"], model.get("inputs"))
-
-    @functools.cached_property
-    def sources(self) -> tuple[Source, ...]:
-        return tuple(Source(s["module"], s["path"], s["sha256"]) for s in self.summary["key"]["sources"])
-
-    @functools.cached_property
-    def timings(self) -> tuple[SizeTiming, ...]:
-        names = ("wall_s", "dynamo_s", "aot_autograd_s", "inductor_s", "kernel_compile_s")
-        sizes = self.summary["timings"]["sizes"]
-        return tuple(SizeTiming(t["label"], *(t.get(name) or 0.0 for name in names)) for t in sizes)
-
-    @functools.cached_property
-    def aot(self) -> AotStatus:
-        aot = self.summary["aot"]
-        packages = aot.get("packages")
-        if packages is not None:
-            packages = PackageStatus(packages["status"], packages.get("reason"), packages.get("model"))
-        return AotStatus(aot["status"], aot.get("reason"), packages)
+    def _part(self, build: Callable[[Mapping[str, Any]], Any]) -> Any:
+        """A part built from the summary; from the manifest itself, checked, where an
+        index record is damaged (the command goes on, as if the index had no record)."""
+        try:
+            return build(self.summary)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return build(self.document)
 
     @functools.cached_property
     def document(self) -> Mapping[str, Any]:
@@ -249,21 +223,10 @@ class Manifest:
         """The same manifest, its blobs read with `read_blob`."""
         return dataclasses.replace(self, read_blob=read_blob)
 
-    @property
-    def short_id(self) -> str:
-        return self.id[:ID_DISPLAY_LENGTH]
-
-    @property
-    def device(self) -> str:
-        return self.compile.device
-
-    @property
-    def sizes(self) -> list[int]:
-        return list(self.compile.sizes)
-
-    @property
-    def dynamic(self) -> bool:
-        return self.compile.dynamic
+    short_id = property(lambda self: self.id[:ID_DISPLAY_LENGTH])
+    device = property(lambda self: self.compile.device)
+    sizes = property(lambda self: list(self.compile.sizes))
+    dynamic = property(lambda self: self.compile.dynamic)
 
     @property
     def size_labels(self) -> list[str]:
@@ -276,9 +239,7 @@ class Manifest:
         packages = self.aot.packages
         return self.aot.status == "stored" or (packages is not None and packages.status == "stored")
 
-    @property
-    def bytes(self) -> int:
-        return self.totals.bytes
+    bytes = property(lambda self: self.totals.bytes)
 
     @functools.cached_property  # built once, and only where asked for
     def refs(self) -> dict[str, FileRef]:
@@ -346,6 +307,43 @@ def summarize(document: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in document.items() if name not in HEAVY_FIELDS}
 
 
+def _compile_options(d: Mapping[str, Any]) -> CompileOptions:
+    options = d["key"]["compile"]
+    return CompileOptions(
+        device=options["device"],
+        sizes=tuple(options["sizes"]),
+        ranges=tuple((low, high) for low, high in options.get("ranges", ())),
+        dynamic=options["dynamic"],
+        mode=options.get("mode"),
+        backend=options.get("backend"),
+        devices=tuple(options.get("devices", ())),
+        inductor_env=options.get("inductor_env") or {},
+        engines=options.get("engines") or {},
+        document=options,
+    )
+
+
+def _model(d: Mapping[str, Any]) -> ModelRef | None:
+    model = d["key"].get("model")
+    return None if model is None else ModelRef(model["module"], model["attr"], model.get("inputs"))
+
+
+def _sources(d: Mapping[str, Any]) -> tuple[Source, ...]:
+    return tuple(Source(s["module"], s["path"], s["sha256"]) for s in d["key"]["sources"])
+
+
+def _timings(d: Mapping[str, Any]) -> tuple[SizeTiming, ...]:
+    names = ("wall_s", "dynamo_s", "aot_autograd_s", "inductor_s", "kernel_compile_s")
+    return tuple(SizeTiming(t["label"], *(t.get(name) or 0.0 for name in names)) for t in d["timings"]["sizes"])
+
+
+def _aot_status(d: Mapping[str, Any]) -> AotStatus:
+    aot, packages = d["aot"], d["aot"].get("packages")
+    if packages is not None:
+        packages = PackageStatus(packages["status"], packages.get("reason"), packages.get("model"))
+    return AotStatus(aot["status"], aot.get("reason"), packages)
+
+
 def from_summary(
     d: Mapping[str, Any],
     totals: Totals | None,
@@ -353,12 +351,12 @@ def from_summary(
     read_blob: bytecode_list.ReadBlob | None = None,
 ) -> Manifest:
     """A manifest from a checked document's summary; `load` reads the whole document.
-    KeyError or TypeError where the summary lacks a part every manifest has (a damaged
-    index record): the parts are built from it only when asked for."""
+    TypeError where a field read as it is (not built into a part) is damaged."""
     key = d["key"]
-    parts = (d["id"], d["name"], d["created"], d["timings"]["sizes"], d["aot"]["status"], key["compile"]["device"])
-    if None in parts or None in (key["fingerprint"], key["inputs"], key["sources"]):
-        raise KeyError("a part every manifest has")
+    if not all(isinstance(d[name], str) for name in ("id", "name", "created")) or not all(
+        isinstance(part, dict) for part in (key["fingerprint"], key["inputs"], key["compile"], d["timings"], d["aot"])
+    ):
+        raise TypeError("a damaged summary")
     return Manifest(summary=d, recorded_totals=totals, load=load, read_blob=read_blob)
 
 

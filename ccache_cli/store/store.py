@@ -174,7 +174,7 @@ class Store:
                     )
             except (OSError, ValueError) as exc:
                 warnings.append(f"entry {name[: manifest.ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})")
-        if records.keys() != recorded.keys() or any(records[name][0] != recorded[name][0] for name in records):
+        if records.keys() != recorded.keys() or any(records[name] is not recorded[name] for name in records):
             index.save(self.root, records, self.tmp_dir)
         entries.sort(key=lambda entry: entry.created, reverse=True)
         return Scan(tuple(entries), tuple(warnings))
