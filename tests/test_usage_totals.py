@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from helpers.cli import ccache, ccache_json
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ccache_cli.in_program import usage
@@ -29,17 +29,25 @@ def use_line(number: int) -> bytes:
     return (json.dumps(line) + "\n").encode()
 
 
+GARBAGE = (
+    b'{"at": "2026-12-01T00:00:00.000001Z", "by": "run"},{"at": "2026-12-01T00:00:00.000002Z", "by": "run"}\n',
+    b'{"at": "2026-12-01T00:00:00.000003Z", "result": true, "hits": 1e400}\n',
+    b"\xff\xfe not JSON\n",
+)
+
 # What happens to one entry's log between two listings.
 steps = st.one_of(
     st.tuples(st.just("append"), st.integers(0, 500)),
     st.tuples(st.just("cut"), st.integers(0, 500)),  # a line of which only a part is written yet
     st.tuples(st.just("made anew"), st.integers(0, 500)),  # removed with its entry, a new one used
+    st.tuples(st.just("garbage"), st.integers(0, 2)),  # lines this tool never writes
     st.tuples(st.just("damage totals"), st.integers(0, 1)),  # cut short, or a record of other types
 )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(history=st.lists(st.tuples(st.sampled_from(IDS), steps), max_size=12))
+@example(history=[(IDS[0], ("garbage", 0)), (IDS[0], ("garbage", 2))])  # a line of two, then one of none
 def test_totals_are_the_whole_logs_added_up(tmp_path: Path, history: list) -> None:
     store = Store(tmp_path / f"store{time.monotonic_ns()}")
     (store.root / "usage").mkdir(parents=True)
@@ -56,15 +64,15 @@ def test_totals_are_the_whole_logs_added_up(tmp_path: Path, history: list) -> No
             pending.pop(entry_id, None)
         with open(log, "ab") as handle:
             handle.write(pending.pop(entry_id, b""))
-            line = use_line(serial * 1000 + number)
+            line = GARBAGE[number] if what == "garbage" else use_line(serial * 1000 + number)
             if what == "cut":
-                cut = 1 + number % (len(line) - 2)
+                cut = 1 + number % (len(line) - 1)  # up to the newline alone left out
                 handle.write(line[:cut])
                 pending[entry_id] = line[cut:]
             else:
                 handle.write(line)
         totals = usage_totals.read_all(store, IDS)
-        # A cut line is not valid JSON: reading the log whole skips it, as the totals do.
+        # A line without its newline yet counts in neither.
         assert totals == {entry_id: usage.read(store, entry_id) for entry_id in IDS}
 
 

@@ -18,8 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from rich.cells import cell_len
-from rich.color import ColorSystem
-from rich.console import Console
+from rich.console import COLOR_SYSTEMS, Console
 from rich.style import Style
 
 
@@ -123,7 +122,7 @@ def print_columns(headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> Non
     if out.quiet:
         return
     styled = [[(header, "bold") for header in headers]]
-    styled += [[(cell, None) if isinstance(cell, str) else cell for cell in row] for row in rows]
+    styled += [[_printable(cell) if isinstance(cell, str) else cell for cell in row] for row in rows]
     lengths = [[cell_len(text) for text, _ in row] for row in styled]
     widths = [max(row[column] for row in lengths) for column in range(len(headers))]
     widths[-1] = 0  # the last column unpadded: no trailing spaces
@@ -137,18 +136,18 @@ def print_columns(headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> Non
     out.file.write("\n".join(lines) + "\n")
 
 
-_COLOR_SYSTEMS = {
-    "standard": ColorSystem.STANDARD,
-    "256": ColorSystem.EIGHT_BIT,
-    "truecolor": ColorSystem.TRUECOLOR,
-    "windows": ColorSystem.WINDOWS,
-}
+def _printable(cell: str) -> tuple[str, None]:
+    """A plain cell without the characters a terminal would act on (a carriage return,
+    an escape sequence in a value an archive or a registry gave), tabs as spaces."""
+    if not cell.isprintable():
+        cell = "".join(char for char in cell.expandtabs() if char.isprintable())
+    return cell, None
 
 
 def _painted(text: str, style: str | None) -> str:
     """`text` in a rich `style` as `out` would print it: plain in a pipe, and without
     colours where NO_COLOR is set."""
-    system = _COLOR_SYSTEMS.get(out.color_system or "")
+    system = COLOR_SYSTEMS.get(out.color_system or "")
     if style is None or system is None:
         return text
     parsed = Style.parse(style)

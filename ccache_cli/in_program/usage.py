@@ -83,19 +83,28 @@ EMPTY = Usage(0, None, 0, 0)
 def read(store: Store, entry_id: str) -> Usage:
     try:
         with open(f"{store.root}/usage/{entry_id}.log", "rb") as log:
-            return added(EMPTY, log.read())
+            data = log.read()
     except OSError:
         return EMPTY
+    return added(EMPTY, data[: whole_lines(data)])
+
+
+def whole_lines(data: bytes) -> int:
+    """How many bytes of a log's `data` its whole lines take: a line without its newline
+    is still being appended, or was cut short by a crash."""
+    return data.rfind(b"\n") + 1
 
 
 def added(usage: Usage, data: bytes) -> Usage:
-    """`usage` with the uses that `data`, lines of its log, record added to it."""
+    """`usage` with the uses that `data`, whole lines of its log, record added to it."""
     times, last, hits, misses, reason = usage.times_used, usage.last_used, usage.hits, usage.misses, usage.miss_reason
     routed, served, not_routed = usage.routed, usage.served, Counter(usage.not_routed)
     last_moment = None if last is None else moment(last)
     lines = data.decode("utf-8", "replace").splitlines()
-    try:  # one parse for the whole log; line by line where one was cut short
+    try:  # one parse for the whole log; line by line where a line is not one JSON object
         parsed: list[Any] = json.loads(f"[{','.join(lines)}]")
+        if len(parsed) != len(lines):
+            raise ValueError("a line of other than one value")
     except ValueError:
         parsed = [_parsed(text) for text in lines]
     for line in parsed:
@@ -116,8 +125,8 @@ def added(usage: Usage, data: bytes) -> Usage:
                 not_routed.update({str(why): int(n) for why, n in dict(routing.get("not_routed") or {}).items()})
                 refused = dict(routing.get("refused") or {})
                 not_routed.update({f"stored code not used: {why}": int(n) for why, n in refused.items()})
-        except (ValueError, TypeError, KeyError, AttributeError):
-            continue  # a line cut short by a crash, or not one this tool wrote
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            continue  # not a line this tool wrote
     return Usage(times, last, hits, misses, reason, routed, served, dict(not_routed))
 
 

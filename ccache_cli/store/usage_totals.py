@@ -4,13 +4,14 @@ log gained since it was last added up, not every use ever recorded.
 
 A cache, never the truth, as the entries' index is (index.py). A log is only ever
 appended to, so a record [[inode, bytes added up, mtime], head, usage] holds while
-the log has that inode and still begins with `head` (its first bytes: the first use's
-line, with its time to the microsecond): the lines appended after those bytes are read
-and added. A log with other first bytes (removed with its entry, then made anew) is
-read whole, and one whose inode, size and mtime are as recorded is not opened. A
-reader that added something up writes the file anew, atomically and without the
-store's lock: each record is right on its own, so concurrent readers race only to
-replace one valid snapshot by another.
+the log has that inode and still begins with `head` (its first bytes, in hex: the
+first use's line, with its time to the microsecond): the lines appended after those
+bytes are read and added. A log with other first bytes (removed with its entry, then
+made anew) is read whole, and one whose inode, size and mtime are as recorded (its
+lines all added up) is not opened. Only whole lines count, as `usage.read` counts
+them. A reader that added something up writes the file anew, atomically and without
+the store's lock: each record is right on its own, so concurrent readers race only
+to replace one valid snapshot by another.
 """
 
 from __future__ import annotations
@@ -66,44 +67,45 @@ def _added_up(path: str, record: list[Any] | None) -> list[Any]:
         start, total = 0, usage.EMPTY
         if record is not None:
             (inode, added_bytes, _), recorded_head, recorded_usage = record
-            known = recorded_head.encode("latin-1")
+            known = bytes.fromhex(recorded_head)
             if inode == stat.st_ino and added_bytes <= stat.st_size and head[: len(known)] == known:
                 start, total = added_bytes, recorded_usage
         log.seek(start)
         data = log.read()
-    whole = data.rfind(b"\n") + 1  # a line still being appended is added up next time
-    return [[stat.st_ino, start + whole, stat.st_mtime_ns], head.decode("latin-1"), usage.added(total, data[:whole])]
+    whole = usage.whole_lines(data)  # a line still being appended is added up next time
+    return [[stat.st_ino, start + whole, stat.st_mtime_ns], head.hex(), usage.added(total, data[:whole])]
 
 
 def _load(path: str) -> dict[str, list[Any]]:
-    """The file's records, their usage as Usage; none where it is missing, damaged or of
-    another format, and no record that is not of the recorded shape."""
+    """The file's records, their usage as Usage; none where it is missing, unreadable or
+    of another format, and no record that is not of the shape and types written."""
     try:
         with open(path, "rb") as handle:
             document = json.loads(handle.read())
-        if document["format"] != _FORMAT:
-            return {}
-        return {
-            entry_id: [signature, head, _usage(fields)]
-            for entry_id, (signature, head, fields) in document["logs"].items()
-            if isinstance(signature, list)
-            and len(signature) == 3
-            and all(type(n) is int for n in signature)
-            and isinstance(head, str)
-        }
+        records = document["logs"] if document["format"] == _FORMAT else {}
+        found = {}
+        for entry_id, record in records.items():
+            with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+                found[entry_id] = _record(*record)
+        return found
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 
 
-def _usage(fields: dict[str, Any]) -> Usage:
-    """A record's usage; TypeError or ValueError where a field is not of its type."""
+def _record(signature: list[Any], head: str, fields: dict[str, Any]) -> list[Any]:
+    """A record read back; TypeError or ValueError where a part is not of its type."""
     found = Usage(**fields)
-    counts = (found.times_used, found.hits, found.misses, found.routed, found.served)
-    if not all(type(count) is int for count in counts) or not isinstance(found.not_routed, dict):
+    counts = (*signature, found.times_used, found.hits, found.misses, found.routed, found.served)
+    if len(signature) != 3 or not all(type(count) is int and count >= 0 for count in counts):
+        raise TypeError(signature)
+    if not isinstance(found.not_routed, dict) or not all(type(n) is int for n in found.not_routed.values()):
+        raise TypeError(fields)
+    if not isinstance(found.miss_reason, str | None):
         raise TypeError(fields)
     if found.last_used is not None:
         usage.moment(found.last_used)
-    return found
+    bytes.fromhex(head)
+    return [signature, head, found]
 
 
 def _save(store: Store, folder: str, records: dict[str, list[Any]]) -> None:
