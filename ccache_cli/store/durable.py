@@ -36,6 +36,16 @@ def atomic_write(path: Path | str, data: bytes, tmp_dir: Path | str | None = Non
     fsync_dir(path.parent)
 
 
+def modes_allow_writes(root: Path | str) -> bool:
+    """Whether a store's modes let a reader write its caches (index.py, usage_totals.py):
+    a store made read-only by its modes is left alone even by a user they do not stop
+    (root), as the usage logs are."""
+    try:
+        return bool(os.stat(root).st_mode & 0o222)
+    except OSError:
+        return False
+
+
 def fsync_dir(path: Path | str) -> None:
     """Flush a folder's entries (names made, renamed or removed in it) to disk."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

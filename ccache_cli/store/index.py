@@ -93,12 +93,11 @@ def _split(document: Mapping[str, Any], shared: dict[str, int]) -> list[Any]:
 
 
 def save(root: Path, records: Records, tmp_dir: Path) -> None:
-    """Replace the index, where the store can be written to; else leave it. A store
-    made read-only by its modes is left too, even where they do not stop this user
-    (root), as the usage logs are."""
+    """Replace the index, where the store can be written to (durable.modes_allow_writes);
+    else leave it."""
+    if not durable.modes_allow_writes(root):
+        return
     with contextlib.suppress(OSError):
-        if not os.stat(root).st_mode & 0o222:
-            return
         shared: dict[str, int] = {}
         entries = {
             name: [found, _split(summary, shared), _split(totals, shared)]

@@ -17,7 +17,6 @@ to replace one valid snapshot by another.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 from collections.abc import Iterable
@@ -109,11 +108,9 @@ def _record(signature: list[Any], head: str, fields: dict[str, Any]) -> list[Any
 
 
 def _save(store: Store, folder: str, records: dict[str, list[Any]]) -> None:
-    """Write the records where the store can be written to (as index.save)."""
-    logs = {
-        entry_id: [signature, head, dataclasses.asdict(found)] for entry_id, (signature, head, found) in records.items()
-    }
+    """Write the records where the store can be written to (durable.modes_allow_writes)."""
+    logs = {entry_id: [signature, head, vars(found)] for entry_id, (signature, head, found) in records.items()}
     with contextlib.suppress(OSError):
-        if os.stat(store.root).st_mode & 0o222 and os.path.isdir(folder):
+        if durable.modes_allow_writes(store.root) and os.path.isdir(folder):
             data = json.dumps({"format": _FORMAT, "logs": logs}, separators=(",", ":")).encode()
             durable.atomic_write(f"{folder}/{TOTALS_FILE}", data, store.tmp_dir)
