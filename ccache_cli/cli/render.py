@@ -147,8 +147,10 @@ def _printable(cell: str) -> tuple[str, None]:
 def _painted(text: str, style: str | None) -> str:
     """`text` in a rich `style` as `out` would print it: plain in a pipe, and without
     colours where NO_COLOR is set."""
+    if style is None:  # most cells: no look at the terminal
+        return text
     system = COLOR_SYSTEMS.get(out.color_system or "")
-    if style is None or system is None:
+    if system is None:
         return text
     parsed = Style.parse(style)
     return (parsed.without_color if out.no_color else parsed).render(text, color_system=system)
