@@ -75,10 +75,13 @@ def test_the_index_follows_every_change_to_the_entries(tmp_path: Path) -> None:
     [
         b"",
         b"{not json",
-        b'{"format": 2, "shared": [], "entries": {"x": 1}}',
-        b'{"format": 2, "shared": [], "entries": {"x": [[1], [{}, {"key": 0}], [{}, {}]]}}',  # names no shared value
-        b'{"format": 2, "shared": [], "entries": {"x": [[1], [{}, []], [{}, {}]]}}',
-        b'{"format": 2, "shared": "a", "entries": {"x": [[1], [{}, {"key": 0}], [{}, {}]]}}',
+        b'{"format": 3, "shared": [], "entries": {"x": 1}}',
+        b'{"format": 3, "shared": [], "entries": {"x": [[1], [{}, {"key": 0}], [{}, {}]]}}',  # names no shared value
+        b'{"format": 3, "shared": [], "entries": {"x": [[1], [{}, []], [{}, {}]]}}',
+        b'{"format": 3, "shared": "a", "entries": {"x": [[1], [{}, {"key": 0}], [{}, {}]]}}',
+        b'{"format": 3, "shared": [1], "entries": {"x": [[1], [{}, {"key": {"compile": 0}}], [{}, {}]]}}',  # no key
+        b'{"format": 3, "shared": [1], "entries": {"x": [[1], [{"key": {}}, {"key": {"compile": 1}}], [{}, {}]]}}',
+        b'{"format": 2, "shared": [], "entries": {}}',  # an older format
         b'{"format": 99}',
     ],
 )
@@ -94,12 +97,24 @@ def test_values_entries_hold_alike_are_written_once(tmp_path: Path) -> None:
     root = tmp_path / "store"
     (root / "tmp").mkdir(parents=True)
     tops = [f"package_{number}" for number in range(100)]
+    sources = [{"module": f"module_{number}", "path": f"module_{number}.py"} for number in range(20)]
     records = {
-        name: [[1, 2, 3], {"name": name, "bytecode_list": {"tops": tops}}, {"bytes": 1, "bytecode_tops": tops}]
-        for name in ("one", "two", "three")
+        name: [
+            [1, 2, 3],
+            # keys differ (each entry's own), the traced sources in them do not
+            {
+                "name": name,
+                "bytecode_list": {"tops": tops},
+                "key": {"sources": sources, "compile": {"sizes": [size] * 50}},
+            },
+            {"bytes": 1, "bytecode_tops": tops},
+        ]
+        for size, name in enumerate(("one", "two", "three"))
     }
     index.save(root, records, root / "tmp")
-    assert (root / "index.json").read_text().count("package_99") == 2  # the summary's list and the totals'
+    text = (root / "index.json").read_text()
+    assert text.count("package_99") == 1  # the summary's list and the totals' are one value
+    assert text.count("module_19.py") == 1
     assert index.load(root) == records
 
 

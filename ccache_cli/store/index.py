@@ -9,9 +9,11 @@ incomplete, never wrong. A reader that found it stale and can write to the store
 writes a new one, atomically, without the store's lock: concurrent writers race only
 to replace one valid snapshot by another.
 
-Every command reads it, so it is kept small: a field's value that many entries hold
-alike (the top-level packages of a shared bytecode list) is written once, in `shared`,
-and each record names it by position.
+Every command reads it, so it is kept small: a value that many entries hold alike (the
+machine's fingerprint and the traced sources in their keys, the top-level packages of
+a shared bytecode list) is written once, in `shared`, and each record names it by
+position. A large object is split one level down, so that the parts entries share are
+shared though the whole differs (no two entries have the same key).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from ccache_cli.store import durable, schema
 
 INDEX_FILE = "index.json"
 TEMP_PREFIX = f".{INDEX_FILE}."  # durable.atomic_write's temporary files, in the store's tmp/
-_FORMAT = 2  # 2: repeated values shared
-_SHARED_FROM = 200  # characters of JSON from which a record's value is shared
+_FORMAT = 3  # 2: repeated values shared; 3: and the parts of large objects
+_SHARED_FROM = 64  # characters of JSON from which a record's value is shared
 
 # entry id -> [signature, summary, totals]
 Records = dict[str, list[Any]]
@@ -60,33 +62,49 @@ def load(root: Path) -> Records:
 
 
 def _well_formed(record: Any, shared: int) -> bool:
-    return (
-        isinstance(record, list)
-        and len(record) == 3
-        and isinstance(record[0], list)
-        and all(
-            isinstance(part, list) and len(part) == 2 and isinstance(part[0], dict) and isinstance(part[1], dict)
-            for part in record[1:]
-        )
-        and all(type(at) is int and 0 <= at < shared for part in record[1:] for at in part[1].values())
-    )
+    if not (isinstance(record, list) and len(record) == 3 and isinstance(record[0], list)):
+        return False
+    for part in record[1:]:
+        if not (isinstance(part, list) and len(part) == 2 and isinstance(part[0], dict) and isinstance(part[1], dict)):
+            return False
+        fields, named = part
+        for field, at in named.items():
+            if type(at) is int:
+                if not 0 <= at < shared:
+                    return False
+            elif not (isinstance(at, dict) and isinstance(fields.get(field), dict)):
+                return False
+            elif not all(type(sub) is int and 0 <= sub < shared for sub in at.values()):
+                return False
+    return True
 
 
 def _joined(part: list[Any], shared: list[Any]) -> dict[str, Any]:
-    """A summary or totals from its own fields and those it names in `shared`."""
+    """A summary or totals from its own fields and those it names in `shared` (filled
+    in where it was just parsed: a record's objects are its own)."""
     fields, named = part
-    return {**fields, **{field: shared[at] for field, at in named.items()}} if named else fields
+    for field, at in named.items():
+        if type(at) is int:
+            fields[field] = shared[at]
+        else:  # an object split one level down
+            fields[field].update({sub: shared[position] for sub, position in at.items()})
+    return fields
 
 
-def _split(document: Mapping[str, Any], shared: dict[str, int]) -> list[Any]:
-    """[its small fields, {field: position in shared}]; `shared` maps each shared value's
-    JSON to its position, and grows with the values first seen here."""
+def _split(document: Mapping[str, Any], shared: dict[str, int], nested: bool = True) -> list[Any]:
+    """[its small fields, {field: position in shared}], an object's field mapped to
+    {its field: position} where it is split; `shared` maps each shared value's JSON to
+    its position, and grows with the values first seen here."""
     fields: dict[str, Any] = {}
-    named: dict[str, int] = {}
+    named: dict[str, Any] = {}
     for field, value in document.items():
-        text = json.dumps(value, separators=(",", ":"))
-        if len(text) < _SHARED_FROM:
+        text = json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else ""
+        if len(text) < _SHARED_FROM:  # and every string: an id or a digest, each an entry's own
             fields[field] = value
+        elif nested and isinstance(value, dict):
+            fields[field], named[field] = _split(value, shared, nested=False)
+            if not named[field]:
+                del named[field]
         else:
             named[field] = shared.setdefault(text, len(shared))
     return [fields, named]
