@@ -1,7 +1,9 @@
 """How ccache's own time grows with the number of entries in a store.
 
-Precompiles a small model once (`--no-bytecode`, so each manifest is small; `--bytecode`
-keeps the compile stack's bytecode and a manifest of about 0.9 MB), then copies its
+Precompiles a model once (by default a transformers Llama from a small random config,
+whose key names the 14 files Dynamo traced; `--model` another), `--no-bytecode`, so
+each manifest is small (`--bytecode` keeps the compile stack's bytecode and a manifest
+of about 0.9 MB), then copies its
 manifest into N entries that differ only in their key (the sizes they name), all
 sharing the same blobs, each with a usage log of `--uses` uses (a use's line and its
 process's result line each), and times, for N = 1, 100 and 1,000, each command as a user
@@ -15,7 +17,7 @@ a shared machine, and the best run's wall time less the best `--help` run's (tim
 reading: slower runs are slowed by other work) the figure of the code itself. ccache-cli's modules are byte-compiled first, as an installed package is.
 Prints a table and JSON.
 
-    python benchmarks/store_scale.py [--counts 1,100,1000] [--bytecode] [--uses 100]
+    python benchmarks/store_scale.py [--counts 1,100,1000] [--bytecode] [--uses 100] [--model MODEL]
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 
 from ccache_cli.store.hashing import hash_json
 
-MODEL = Path(__file__).resolve().parents[1] / "tests" / "models" / "small.py"
+MODEL = Path(__file__).resolve().parents[1] / "tests" / "models" / "llama.py"
 COMMANDS = {
     "inspect": ["inspect"],
     "inspect --json": ["inspect", "--json"],
@@ -98,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="1,100,1000")
     parser.add_argument("--bytecode", action="store_true")
+    parser.add_argument("--model", default=str(MODEL), help="what `ccache precompile` takes")
     parser.add_argument("--uses", type=int, default=100, help="uses recorded in each entry's usage log")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
@@ -108,7 +111,7 @@ def main() -> None:
         store = Path(folder) / "store"
         env = {**os.environ, "CCACHE_CLI_VIEWS": str(Path(folder) / "views")}
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        precompile = ["precompile", str(MODEL), "--sizes", "2", "--no-aot"]
+        precompile = ["precompile", args.model, "--sizes", "2", "--no-aot"]
         precompile += [] if args.bytecode else ["--no-bytecode"]
         subprocess.run([sys.executable, "-m", "ccache_cli", "--store", str(store), *precompile], env=env, check=True)
         [entry] = os.listdir(store / "entries")
