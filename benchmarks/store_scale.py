@@ -14,7 +14,9 @@ lays out the entries' view, each timed apart). Own
 time is a run's wall time, and its CPU time, less that of a `ccache --help` run just
 before it (the interpreter's and the CLI's start); CPU time is the steadier figure on
 a shared machine, and the best run's wall time less the best `--help` run's (timeit's
-reading: slower runs are slowed by other work) the figure of the code itself. ccache-cli's modules are byte-compiled first, as an installed package is.
+reading: slower runs are slowed by other work) the figure of the code itself. `run`,
+`env` and `inspect` in their plain forms start without Typer's import (cli/main.py), so
+their own time may be below zero. ccache-cli's modules are byte-compiled first, as an installed package is.
 Prints a table and JSON.
 
     python benchmarks/store_scale.py [--counts 1,100,1000] [--bytecode] [--uses 100] [--model MODEL]

@@ -150,6 +150,35 @@ def test_plain_forms_are_parsed_without_the_app_and_anything_else_goes_to_it() -
     assert plain_command(["unpack", "a.tar.zst", "--export-dir", "d"]) is None
     assert plain_command(["unpack", "a.tar.zst", "b.tar.zst"]) is None  # Typer's usage error
     assert plain_command(["unpack"]) is None
+    assert plain_command(["-q", "env", "alpha", "--json"]) == Plain("env", None, True, ["alpha"], json_output=True)
+    assert plain_command(["inspect", "--json"]) == Plain("inspect", None, False, [], json_output=True)
+    assert plain_command(["inspect", "alpha"]) is None  # one entry, an archive or a registry's: the app's
+    assert plain_command(["env", "--help"]) is None
+
+
+def test_env_and_the_listing_start_without_typer_and_print_what_the_app_prints(
+    example_store: Path, tmp_path: Path
+) -> None:
+    """`env` runs in every container's start and `inspect` lists stores of thousands of
+    entries: their plain forms skip Typer's import, and print as the app's commands do
+    (an option the plain form does not take sends the same command to the app)."""
+    views = {"CCACHE_CLI_VIEWS": str(tmp_path / "views")}
+    for plain, through_app in (
+        (("env",), ("env", "--")),
+        (("inspect", "--json"), ("inspect", "--json", "--insecure")),
+        (("inspect",), ("inspect", "--insecure")),
+    ):
+        fast = ccache(*plain, store=example_store, env=views, python_flags=["-X", "importtime"])
+        assert fast.returncode == 0, fast.stderr
+        assert "typer" not in imported_modules(fast), plain
+        app = ccache(*through_app, store=example_store, env=views, python_flags=["-X", "importtime"])
+        assert app.returncode == 0, app.stderr
+        assert "typer" in imported_modules(app), through_app
+        if plain == ("inspect",):  # ages may tick between the two: the columns and the ids
+            rows = [(line.split()[0], len(line.split())) for line in fast.stdout.splitlines()]
+            assert rows == [(line.split()[0], len(line.split())) for line in app.stdout.splitlines()]
+        else:
+            assert fast.stdout == app.stdout and fast.stdout, plain
 
 
 def test_inspect_lists_names_as_they_are_in_aligned_columns(tmp_path: Path) -> None:

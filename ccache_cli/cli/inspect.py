@@ -15,9 +15,10 @@ from ccache_cli.registry.reference import is_reference
 from ccache_cli.store.assumptions import SizeAssumptions
 from ccache_cli.store.manifest import Manifest, label_order
 
+from .lists import print_table
 from .pack import TRUST_OPTION
 from .registry import INSECURE_OPTION
-from .render import TIMING_COLUMNS, age, human_bytes, out, print_columns, show, timing_cells, yes_no, yes_no_cell
+from .render import TIMING_COLUMNS, age, human_bytes, out, show, timing_cells, yes_no
 
 
 def command(
@@ -41,43 +42,9 @@ def command(
     else:
         report = inspect_store(ctx.obj, entry)
     if entry is None or archive or remote:
-        show(report, json_output, lambda r: _print_table(r, entry if archive or remote else ctx.obj.root))
+        show(report, json_output, lambda r: print_table(r, entry if archive or remote else ctx.obj.root))
     else:
         show(report, json_output, _print_detail)
-
-
-def _print_table(report: InspectReport, root: object) -> None:
-    if not report.entries:
-        out.print(f"No entries in {root}. `ccache precompile MODEL --sizes 1,8,32` makes one.")
-        return
-    rows = []
-    for item in report.entries:
-        e = item.entry
-        sizes = ",".join(e.size_labels) + (",dyn" if e.dynamic else "")
-        device = e.fingerprint.get("gpu") or e.device
-        used = (
-            "-"
-            if item.usage is None or not item.usage.times_used
-            else f"{item.usage.times_used}x, {age(item.usage.last_used)}"
-        )
-        rows.append(
-            [
-                e.short_id,
-                e.name,
-                sizes,
-                device,
-                e.fingerprint["torch"],
-                human_bytes(item.bytes),
-                age(e.created),
-                used,
-                yes_no_cell(item.compatible),
-            ]
-        )
-    print_columns(("id", "name", "sizes", "device", "torch", "size", "age", "used", "compatible"), rows)
-    if not report.machine_exact:
-        out.print(
-            "? = the components readable without torch match; `ccache fingerprint` records the rest for this machine."
-        )
 
 
 def _print_detail(report: InspectReport) -> None:

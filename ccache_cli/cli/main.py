@@ -4,6 +4,7 @@ start-up scripts and image builds.
 
 Typer's import and argument handling cost 0.3 s or more at each start. So the plain forms
 `ccache [--store PATH] [-q] run [--no-route] [ENTRY...] -- CMD...`,
+`... env [ENTRY...] [--json]`, `... inspect [--json]`,
 `... pack OUTPUT [ENTRY...] [--json]`, `... unpack ARCHIVE [--json]`,
 `... push REF [ENTRY...] [--json]` and `... pull REF [--json]` are parsed here
 without it; anything else (other options, --help, other commands) goes to the Typer
@@ -26,10 +27,12 @@ from . import launcher
 class Plain(NamedTuple):
     """A plain command line: what main.py runs without Typer."""
 
-    command: str  # run, pack, unpack, push or pull
+    command: str  # run, env, inspect, pack, unpack, push or pull
     store: str | None
     quiet: bool
-    args: list[str]  # run: the entries; pack: output and entries; unpack: the archive; push: REF and entries; pull: REF
+    # run, env: the entries; inspect: none; pack: output and entries; unpack: the archive;
+    # push: REF and entries; pull: REF
+    args: list[str]
     json_output: bool = False
     program: list[str] = []  # run: the command after --
     route: bool = True  # run: not with --no-route
@@ -112,6 +115,10 @@ def plain_command(argv: list[str]) -> Plain | None:
         refs = [ref for ref in refs if ref not in ("--route", "--no-route")]
         if program and not any(ref.startswith("-") for ref in refs):  # an option: the app's to handle
             return Plain(command, store, quiet, refs, program=program, route=route)
+    elif command in ("env", "inspect"):
+        args = [arg for arg in rest if arg != "--json"]
+        if not any(arg.startswith("-") for arg in args) and (command == "env" or not args):
+            return Plain(command, store, quiet, args, json_output="--json" in rest)
     elif command in ("pack", "unpack", "push", "pull"):
         args = [arg for arg in rest if arg != "--json"]
         if (
@@ -168,10 +175,21 @@ def _start(plain: Plain) -> None:
             sys.stderr.write(f"warning: {message}\n")
         activation.exec_command(plain.program)
         return
-    from . import render, transfer
+    from . import render
 
     if plain.quiet:
         render.set_quiet()
+    if plain.command in ("env", "inspect"):
+        from . import lists
+
+        gc.freeze()  # as for the app's commands
+        if plain.command == "env":
+            lists.env(store, plain.args, plain.json_output)
+        else:
+            lists.listing(store, plain.json_output)
+        return
+    from . import transfer
+
     if plain.command == "pack":
         transfer.pack(store, plain.args[0], plain.args[1:], json_output=plain.json_output)
     elif plain.command == "push":

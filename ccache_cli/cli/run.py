@@ -7,11 +7,11 @@ import sys
 import typer
 
 from ccache_cli.errors import BadInputError
-from ccache_cli.in_program import usage
 from ccache_cli.serve import activation, capture, decisions
 from ccache_cli.store.store import Store
 
-from .render import err, human_bytes, show, warn
+from . import lists
+from .render import err, human_bytes, show
 
 
 def env_command(
@@ -22,10 +22,7 @@ def env_command(
     json_output: bool = typer.Option(False, "--json", help="Write only JSON to stdout"),
 ) -> None:
     """Print shell exports that make entries active: eval "$(ccache env)". Does not import torch."""
-    active = activation.activation(ctx.obj, activation.select_entries(ctx.obj, entries or ()))
-    _warn_replaced(active)
-    usage.record(ctx.obj, [entry.id for entry in active.entries], "env")
-    show(active, json_output, lambda a: sys.stdout.write(a.shell_exports()))
+    lists.env(ctx.obj, entries or (), json_output)
 
 
 def run_command(
@@ -85,7 +82,7 @@ def run_command(
     if guards is not None and guards not in decisions.GUARD_POLICIES:
         raise BadInputError(f"--guards {guards!r}: use one of {', '.join(decisions.GUARD_POLICIES)}")
     active = activation.start(store, refs, route, command, guards)
-    _warn_replaced(active)
+    lists.warn_replaced(active)
     activation.exec_command(command)
 
 
@@ -106,11 +103,6 @@ def _print_capture(result: capture.CaptureResult) -> None:
         err.print(f"  function {function}: {count} compiled function{'s' if count != 1 else ''} stored")
     for line in result.functions_not_stored:
         err.print(f"  no stored code for function {line}")
-
-
-def _warn_replaced(active: activation.Activation) -> None:
-    for message in activation.replaced_warnings(active):
-        warn(message)
 
 
 def _split_command(args: list[str]) -> tuple[list[str], list[str]]:
