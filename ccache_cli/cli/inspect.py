@@ -15,7 +15,7 @@ from ccache_cli.registry.reference import is_reference
 from ccache_cli.store.assumptions import SizeAssumptions
 from ccache_cli.store.manifest import Manifest, label_order
 
-from .lists import print_table
+from . import lists
 from .pack import TRUST_OPTION
 from .registry import INSECURE_OPTION
 from .render import TIMING_COLUMNS, age, human_bytes, out, show, timing_cells, yes_no
@@ -33,18 +33,19 @@ def command(
     insecure: bool = INSECURE_OPTION,
 ) -> None:
     """List the stored entries, or show one in detail, or list an archive's or a pushed artifact's (its manifest and index only). Does not import torch."""
-    archive = entry is not None and is_archive_path(entry)
-    remote = entry is not None and not archive and is_reference(entry)
-    if archive:
-        report = inspect_archive(ctx.obj, entry, trusted_keys(trust or []))
-    elif remote:
+    if entry is None:
+        lists.listing(ctx.obj, json_output)
+    elif is_archive_path(entry):
+        show(
+            inspect_archive(ctx.obj, entry, trusted_keys(trust or [])),
+            json_output,
+            lambda r: lists.print_table(r, entry),
+        )
+    elif is_reference(entry):
         report = inspect_remote(ctx.obj, entry, insecure, trusted_keys(trust or []))
+        show(report, json_output, lambda r: lists.print_table(r, entry))
     else:
-        report = inspect_store(ctx.obj, entry)
-    if entry is None or archive or remote:
-        show(report, json_output, lambda r: print_table(r, entry if archive or remote else ctx.obj.root))
-    else:
-        show(report, json_output, _print_detail)
+        show(inspect_store(ctx.obj, entry), json_output, _print_detail)
 
 
 def _print_detail(report: InspectReport) -> None:
