@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from helpers.cli import ccache, ccache_json, cpu_fingerprint, imported_modules, machine_fingerprint_json
@@ -179,6 +182,22 @@ def test_env_and_the_listing_start_without_typer_and_print_what_the_app_prints(
             assert rows == [(line.split()[0], len(line.split())) for line in app.stdout.splitlines()]
         else:
             assert fast.stdout == app.stdout and fast.stdout, plain
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(example_store: Path, tmp_path: Path) -> None:
+    """`ccache inspect | head`: exit 1 with nothing on stderr, on the plain start and the app's."""
+    env = {**os.environ, "CCACHE_CLI_VIEWS": str(tmp_path / "views")}
+    env.pop("CCACHE_CLI_DEBUG", None)
+    for args in (("inspect",), ("inspect", "--json"), ("env",), ("inspect", "--insecure")):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ccache_cli", "--store", str(example_store), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        process.stdout.close()  # before the program writes: it starts in a tenth of a second at best
+        _, stderr = process.communicate(timeout=120)
+        assert (process.returncode, stderr) == (1, b""), args
 
 
 def test_inspect_lists_names_as_they_are_in_aligned_columns(tmp_path: Path) -> None:

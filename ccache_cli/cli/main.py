@@ -59,6 +59,9 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("ccache: interrupted\n")
         sys.exit(ExitCode.INTERRUPTED)
+    except BrokenPipeError:  # the reader went away (`ccache inspect | head`): nothing to say, as Typer does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit writes nowhere
+        sys.exit(ExitCode.FAILED)
     except OSError as exc:  # the system refused a read or write: say which, in one line
         if os.environ.get("CCACHE_CLI_DEBUG"):
             raise
