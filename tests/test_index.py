@@ -30,7 +30,13 @@ def listed(store: Path) -> dict[str, str]:
 
 
 def indexed(store: Path) -> set[str]:
-    return set(json.loads((store / "index.json").read_text())["entries"])
+    return set(index.load(store))
+
+
+def index_body(store: Path) -> tuple[bytes, dict]:
+    """The index's first line (its format and digest) and the rest, parsed."""
+    head, _, body = (store / "index.json").read_bytes().partition(b"\n")
+    return head, json.loads(body)
 
 
 def rewrite_manifest(folder: Path, change: dict) -> None:
@@ -75,14 +81,10 @@ def test_the_index_follows_every_change_to_the_entries(tmp_path: Path) -> None:
     [
         b"",
         b"{not json",
-        b'{"format": 3, "shared": [], "entries": {"x": 1}}',
-        b'{"format": 3, "shared": [], "entries": {"x": [[1], [{}, {"key": 0}], [{}, {}]]}}',  # names no shared value
-        b'{"format": 3, "shared": [], "entries": {"x": [[1], [{}, []], [{}, {}]]}}',
-        b'{"format": 3, "shared": "a", "entries": {"x": [[1], [{}, {"key": 0}], [{}, {}]]}}',
-        b'{"format": 3, "shared": [1], "entries": {"x": [[1], [{}, {"key": {"compile": 0}}], [{}, {}]]}}',  # no key
-        b'{"format": 3, "shared": [1], "entries": {"x": [[1], [{"key": {}}, {"key": {"compile": 1}}], [{}, {}]]}}',
-        b'{"format": 2, "shared": [], "entries": {}}',  # an older format
+        b'{"format": 4, "sha256": "00"}\n{"shared": [], "entries": {}}',  # not its digest
+        b'{"format": 3, "shared": [], "entries": {}}',  # an older format
         b'{"format": 99}',
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than the JSON parser goes
     ],
 )
 def test_a_damaged_index_is_rebuilt(tmp_path: Path, damage: bytes) -> None:
@@ -118,16 +120,22 @@ def test_values_entries_hold_alike_are_written_once(tmp_path: Path) -> None:
     assert index.load(root) == records
 
 
-def test_damaged_records_of_listed_entries_are_read_from_their_manifests(tmp_path: Path) -> None:
+def test_an_index_edited_by_hand_is_not_trusted(tmp_path: Path) -> None:
+    """Records whose manifests' signatures still match, edited: one that is no record, a
+    count that is a string. The index's digest no longer matches, so it is not read:
+    the entries are listed from their manifests, and the index is written anew."""
     root = tmp_path / "store"
     one, two = (make_entry(Store(root), name, {f"inductor/{name}": name.encode()}) for name in ("one", "two"))
-    document = json.loads((root / "index.json").read_text())
-    document["entries"][one] = 1  # not a record
-    document["entries"][two][1] = [{}, {}]  # its signature still matches: a summary that lacks everything
-    (root / "index.json").write_text(json.dumps(document))
+    head, document = index_body(root)
+    document["entries"][one] = 1
+    kinds = document["entries"][two][2][0]["kinds"]
+    document["entries"][two][2][0]["kinds"] = [[kind, count, str(size)] for kind, count, size in kinds]
+    (root / "index.json").write_bytes(head + b"\n" + json.dumps(document).encode())
+    assert index.load(root) == {}
     assert listed(root) == {one: "one", two: "two"}
+    assert ccache("inspect", store=root).returncode == 0
     assert indexed(root) == {one, two}
-    assert json.loads((root / "index.json").read_text())["entries"][two][1][0]["name"] == "two"
+    assert index_body(root)[1]["entries"][two][2][0]["kinds"] == kinds
 
 
 def test_parts_of_a_damaged_record_are_built_from_the_manifest(tmp_path: Path) -> None:

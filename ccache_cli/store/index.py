@@ -7,7 +7,10 @@ recorded; a manifest that differs, or that the index lacks, is read and checked 
 full. So an index that a concurrent writer or a kill -9 left behind is at worst
 incomplete, never wrong. A reader that found it stale and can write to the store
 writes a new one, atomically, without the store's lock: concurrent writers race only
-to replace one valid snapshot by another.
+to replace one valid snapshot by another. Its first line names its format and the
+SHA-256 of the rest, so that a file damaged or edited by hand is not read at all (its
+records were summaries of checked manifests, and are then rebuilt from them), instead
+of each record's every value being checked at every read.
 
 Every command reads it, so it is kept small: a value that many entries hold alike (the
 machine's fingerprint and the traced sources in their keys, the top-level packages of
@@ -19,6 +22,7 @@ shared though the whole differs (no two entries have the same key).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -30,7 +34,7 @@ from ccache_cli.store import durable, schema
 
 INDEX_FILE = "index.json"
 TEMP_PREFIX = f".{INDEX_FILE}."  # durable.atomic_write's temporary files, in the store's tmp/
-_FORMAT = 3  # 2: repeated values shared; 3: and the parts of large objects
+_FORMAT = 4  # 2: repeated values shared; 3: and the parts of large objects; 4: its digest first
 _SHARED_FROM = 64  # characters of JSON from which a record's value is shared
 
 # entry id -> [signature, summary, totals]
@@ -44,39 +48,19 @@ def signature(stat: os.stat_result) -> list[int]:
 
 def load(root: Path) -> Records:
     """The recorded entries, each [signature, summary, totals]; none where the index is
-    missing, unreadable or of another format, and no record that is not of that shape."""
+    missing, unreadable, of another format or not as it was written."""
     try:
-        document = json.loads((root / INDEX_FILE).read_bytes())
-        if isinstance(document, dict) and document.get("format") == _FORMAT and isinstance(document["entries"], dict):
-            shared = document["shared"]
-            if not isinstance(shared, list):
-                return {}
-            return {
-                name: [record[0], _joined(record[1], shared), _joined(record[2], shared)]
-                for name, record in document["entries"].items()
-                if _well_formed(record, len(shared))
-            }
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return {}
-
-
-def _well_formed(record: Any, shared: int) -> bool:
-    if not (isinstance(record, list) and len(record) == 3 and isinstance(record[0], list)):
-        return False
-    for part in record[1:]:
-        if not (isinstance(part, list) and len(part) == 2 and isinstance(part[0], dict) and isinstance(part[1], dict)):
-            return False
-        fields, named = part
-        for field, at in named.items():
-            if type(at) is int:
-                if not 0 <= at < shared:
-                    return False
-            elif not (isinstance(at, dict) and isinstance(fields.get(field), dict)):
-                return False
-            elif not all(type(sub) is int and 0 <= sub < shared for sub in at.values()):
-                return False
-    return True
+        head, _, body = (root / INDEX_FILE).read_bytes().partition(b"\n")
+        if json.loads(head) != {"format": _FORMAT, "sha256": hashlib.sha256(body).hexdigest()}:
+            return {}
+        document = json.loads(body)
+        shared = document["shared"]
+        return {
+            name: [found, _joined(summary, shared), _joined(totals, shared)]
+            for name, (found, summary, totals) in document["entries"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, IndexError, RecursionError):
+        return {}
 
 
 def _joined(part: list[Any], shared: list[Any]) -> dict[str, Any]:
@@ -122,10 +106,9 @@ def save(root: Path, records: Records, tmp_dir: Path) -> None:
             for name, (found, summary, totals) in records.items()
         }
         listed = json.dumps(entries, separators=(",", ":"))
-        text = (
-            f'{{"format":{_FORMAT},"shared":[{",".join(shared)}],"entries":{listed}}}'  # shared: JSON texts, in order
-        )
-        durable.atomic_write(root / INDEX_FILE, text.encode(), tmp_dir)
+        body = f'{{"shared":[{",".join(shared)}],"entries":{listed}}}'.encode()  # shared: JSON texts, in order
+        head = json.dumps({"format": _FORMAT, "sha256": hashlib.sha256(body).hexdigest()}).encode()
+        durable.atomic_write(root / INDEX_FILE, head + b"\n" + body, tmp_dir)
 
 
 def loader(folder: str, recorded: list[int]) -> Callable[[], Mapping[str, Any]]:
@@ -138,7 +121,7 @@ def loader(folder: str, recorded: list[int]) -> Callable[[], Mapping[str, Any]]:
             with open(f"{folder}/manifest.json", "rb") as handle:
                 if signature(os.fstat(handle.fileno())) == recorded:
                     return schema.check(json.loads(handle.read()), folder=name)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             pass
         raise StoreError(f"entry {name[:12]} was removed or replaced while ccache read it; run the command again")
 

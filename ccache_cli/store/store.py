@@ -172,7 +172,7 @@ class Store:
                     warnings.append(
                         f"entry {name[: manifest.ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})"
                     )
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
                 warnings.append(f"entry {name[: manifest.ID_DISPLAY_LENGTH]} is skipped: unreadable manifest ({exc})")
         if records.keys() != recorded.keys() or any(records[name] is not recorded[name] for name in records):
             index.save(self.root, records, self.tmp_dir)
@@ -204,7 +204,7 @@ class Store:
     def cached_machine_fingerprint(self, probe: str) -> dict[str, Any] | None:
         try:
             return json.loads((self.root / "machines" / f"{probe}.json").read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
 
     # -- writing -----------------------------------------------------------

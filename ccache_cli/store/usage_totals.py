@@ -87,7 +87,7 @@ def _load(path: str) -> dict[str, list[Any]]:
             with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
                 found[entry_id] = _record(*record)
         return found
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return {}
 
 
