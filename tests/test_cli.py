@@ -153,10 +153,6 @@ def test_plain_forms_are_parsed_without_the_app_and_anything_else_goes_to_it() -
     assert plain_command(["unpack", "a.tar.zst", "--export-dir", "d"]) is None
     assert plain_command(["unpack", "a.tar.zst", "b.tar.zst"]) is None  # Typer's usage error
     assert plain_command(["unpack"]) is None
-    assert plain_command(["-q", "env", "alpha", "--json"]) == Plain("env", None, True, ["alpha"], json_output=True)
-    assert plain_command(["inspect", "--json"]) == Plain("inspect", None, False, [], json_output=True)
-    assert plain_command(["inspect", "alpha"]) is None  # one entry, an archive or a registry's: the app's
-    assert plain_command(["env", "--help"]) is None
 
 
 def test_env_and_the_listing_start_without_typer_and_print_what_the_app_prints(

@@ -99,6 +99,9 @@ def test_human_bytes() -> None:
         (["unpack", "-"], ("unpack", None, False, ["-"], [])),
         (["push", "reg.io/t/c:v1", "a", "b"], ("push", None, False, ["reg.io/t/c:v1", "a", "b"], [])),
         (["-q", "pull", "reg.io/t/c:v1", "--json"], ("pull", None, True, ["reg.io/t/c:v1"], [])),
+        (["-q", "env", "a", "--json"], ("env", None, True, ["a"], [])),
+        (["--store", "/s", "inspect"], ("inspect", "/s", False, [], [])),
+        (["inspect", "--json"], ("inspect", None, False, [], [])),
     ],
 )
 def test_plain_command_lines_are_recognised(argv: list[str], expected: tuple) -> None:
@@ -115,7 +118,9 @@ def test_plain_command_lines_are_recognised(argv: list[str], expected: tuple) ->
         ["run", "--capture", "x", "--", "cmd"],
         ["pack", "--sign", "k", "o"],
         ["unpack", "a", "b"],
-        ["inspect"],
+        ["inspect", "a"],  # one entry, an archive's or a registry's: the app's
+        ["inspect", "--insecure"],
+        ["env", "--help"],
         ["run", "--"],
         ["pack"],
         ["pull", "reg.io/t/c:v1", "--insecure"],
