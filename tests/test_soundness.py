@@ -29,6 +29,7 @@ CASES = {
     "module constant": "configurable.SCALE is 3.0; the stored code was built with 2.0",
     "global function": "configurable.activation is builtin",
     "method on the class": "configurable.Norm.forward was replaced",
+    "forward on the instance": "its forward is set on the model itself",
     "matmul precision": "float32 matmul precision is medium; the stored code was built with highest",
     "backends flag": "float32 matmul precision is high; the stored code was built with highest",
     "deterministic algorithms": "torch deterministic_algorithms is true; the stored code was built with false",
@@ -141,6 +142,51 @@ def test_every_call_policy_sees_a_change_between_calls(configurable: dict, tmp_p
     assert "n1.eps is 0.5" in result.stderr
     refused = ccache("run", "--guards", "sometimes", "--", sys.executable, "-c", "pass", store=configurable["store"])
     assert refused.returncode == 2 and "--guards 'sometimes'" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("patch", "reason"),
+    [
+        ("configurable.Configurable.forward = doubled", "configurable.Configurable.forward was replaced"),
+        ("model.forward = types.MethodType(doubled, model)", "its forward is set on the model itself"),
+    ],
+)
+def test_a_forward_patched_between_calls_is_checked_again(
+    configurable: dict, tmp_path: Path, patch: str, reason: str
+) -> None:
+    """Under the default policy (the model's assumptions checked at a size's first call),
+    the forward itself is compared on every call: patched after the first call, on its
+    class or on the model, the stored code no longer serves it."""
+    program = tmp_path / "patched.py"
+    program.write_text(
+        "import json, sys, types, torch\n"
+        f"sys.path.insert(0, {str(configurable['models'])!r})\n"
+        "import configurable\n"
+        "from ccache_cli.precompile.outputs import compare_eager\n"
+        "model = configurable.build()\n"
+        "original = configurable.Configurable.forward\n"
+        "def doubled(self, x):\n"
+        "    return original(self, x) * 2\n"
+        "compiled = torch.compile(model)\n"
+        "(x,) = configurable.example_inputs(2)\n"
+        "with torch.no_grad():\n"
+        "    first = compare_eager(torch, compiled(x), model(x))\n"
+        f"    {patch}\n"
+        "    second = compare_eager(torch, compiled(x), model(x))\n"
+        "print(json.dumps([first, second]))\n"
+    )
+    result = ccache(
+        "run",
+        "--",
+        sys.executable,
+        str(program),
+        store=configurable["store"],
+        cwd=tmp_path,
+        env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [None, None]
+    assert reason in result.stderr, result.stderr
 
 
 def test_an_entry_without_recorded_assumptions_is_never_served(configurable: dict, tmp_path: Path) -> None:

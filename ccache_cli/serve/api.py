@@ -142,8 +142,10 @@ class _CompiledModel:
         self._chosen: dict[Any, stored_code.Package | stored_code.GuardedFunction | None] = {}
         self._packages: dict[tuple[str, str], stored_code.Package | None] = {}  # loaded, by path and device
         # Per signature, whether the stored code's assumptions held (None) or why not,
-        # checked at its first call; on every call under the every-call policy.
+        # checked at its first call and whenever the forward changes (_forward); on every
+        # call under the every-call policy. With the forward as the check saw it.
         self._assumed: dict[Any, str | None] = {}
+        self._checked_forward: dict[Any, tuple[Any, ...]] = {}
         self._every_call = decisions.guard_policy() == "every-call"
         self._fresh_sources: dict[tuple[Source, ...], bool] = {}
         self._compiled: Any = None
@@ -186,6 +188,11 @@ class _CompiledModel:
         if function is None:
             return None, "no stored code for these inputs"
         why = None if self._every_call else self._assumed.get(signature)  # refused once: for good, at no cost
+        # A forward set on the model itself (a library's hook or wrapper) is what a call
+        # runs, and the stored code is its class's (a routed bound forward is this object).
+        own_forward = getattr(self._model, "__dict__", {}).get("forward")
+        if why is None and own_forward is not None and own_forward is not self:
+            why = "its forward is set on the model itself (a hook or wrapper); the stored code is its class's"
         if why is None:
             if not function.serves(self._model, args, kwargs):
                 return None, (
@@ -201,9 +208,10 @@ class _CompiledModel:
         self, signature: Any, function: stored_code.Package | stored_code.GuardedFunction, args: Any, kwargs: Any
     ) -> str | None:
         """Why the stored code would not compute what torch.compile would for this call:
-        torch's global state is compared on every call (it is cheap); the model, its
-        code and its module's globals at a size's first call, or on every call under the
-        every-call policy (key/assumptions.py)."""
+        torch's global state and the forward's identity are compared on every call (it is
+        cheap); the model, its code and its module's globals at a size's first call and
+        when the forward changed, or on every call under the every-call policy
+        (key/assumptions.py)."""
         checker = function.checker
         if checker is None:
             return (
@@ -213,9 +221,23 @@ class _CompiledModel:
         why = checker.state_mismatch()
         if why is not None:
             return why
-        if self._every_call or signature not in self._assumed:
+        forward, checked = self._forward(), self._checked_forward.get(signature, ())
+        if self._every_call or not checked or any(now is not then for now, then in zip(forward, checked)):
             self._assumed[signature] = checker.program_mismatch(self._model, args, kwargs)
+            self._checked_forward[signature] = forward
         return self._assumed[signature]
+
+    def _forward(self) -> tuple[Any, ...]:
+        """The traced forward as it is now: its class's function, and that function's code
+        and defaults (a program that patches one between calls gets the model's
+        assumptions checked again)."""
+        function = type(self._model).forward
+        return (
+            function,
+            getattr(function, "__code__", None),
+            getattr(function, "__defaults__", None),
+            getattr(function, "__kwdefaults__", None),
+        )
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "_model":  # copy and pickle probe before __init__ ran

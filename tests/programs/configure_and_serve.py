@@ -8,6 +8,7 @@ whether its output equals eager and whether Dynamo traced anything.
 
 import json
 import sys
+import types
 
 import torch
 
@@ -36,6 +37,7 @@ CASES = {
     "module constant": lambda: setattr(configurable, "SCALE", 3.0),
     "global function": lambda: setattr(configurable, "activation", torch.sigmoid),
     "method on the class": lambda: setattr(configurable.Norm, "forward", doubled),
+    "forward on the instance": lambda: setattr(model, "forward", types.MethodType(doubled, model)),  # as hooks do
     "matmul precision": lambda: torch.set_float32_matmul_precision("medium"),
     "backends flag": lambda: setattr(torch.backends.cuda.matmul, "allow_tf32", True),
     "deterministic algorithms": lambda: torch.use_deterministic_algorithms(True),
