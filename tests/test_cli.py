@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers.cli import ccache, ccache_json, cpu_fingerprint, imported_modules, machine_fingerprint_json
 from helpers.stores import make_entry
 
@@ -226,3 +227,18 @@ def test_a_machine_fingerprint_without_the_cpu_components_tells_nothing_of_cpu_e
     verified = ccache_json("verify", store=store.root)
     assert [c["ok"] for c in verified["checks"] if c["check"] == "compatibility"] == [True], verified
     assert ccache_json("inspect", store=store.root)["entries"][0]["compatible"] is True
+
+
+def test_the_traceback_log_keeps_arguments_that_are_not_utf8(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug's traceback is written whatever the command line held (a file name in
+    another encoding reaches argv as surrogates)."""
+    from ccache_cli.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["ccache", "inspect", "caf\udce9.tar.zst"])
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log = Path(main._write_traceback())
+    text = log.read_text()
+    log.unlink()
+    assert "caf\\udce9.tar.zst" in text and "RuntimeError: boom" in text

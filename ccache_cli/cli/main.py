@@ -93,7 +93,7 @@ def _write_traceback() -> str:
     import traceback
 
     fd, path = tempfile.mkstemp(prefix="ccache-cli-error-", suffix=".log")
-    with os.fdopen(fd, "w") as log:
+    with os.fdopen(fd, "w", errors="backslashreplace") as log:  # argv may hold bytes that are not UTF-8
         log.write(f"ccache {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
     return path
 
