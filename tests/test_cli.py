@@ -242,3 +242,12 @@ def test_the_traceback_log_keeps_arguments_that_are_not_utf8(monkeypatch: pytest
     text = log.read_text()
     log.unlink()
     assert "caf\\udce9.tar.zst" in text and "RuntimeError: boom" in text
+
+
+def test_data_asked_for_with_stdout_closed_is_one_line_of_error(example_store: Path, tmp_path: Path) -> None:
+    """`ccache env >&-`: the exports would be lost, and the command says so."""
+    env = {**os.environ, "CCACHE_CLI_VIEWS": str(tmp_path / "views")}
+    for args in ("env", "inspect --json", "env --json"):
+        command = f"{sys.executable} -m ccache_cli --store {example_store} {args} >&-"
+        result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=120)
+        assert (result.returncode, result.stderr) == (1, "ccache: error: standard output is closed\n"), args

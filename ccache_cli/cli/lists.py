@@ -4,7 +4,6 @@ programs and list large stores) all call these."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from ccache_cli.check.inspect import InspectReport, inspect_store
@@ -12,7 +11,7 @@ from ccache_cli.in_program import usage
 from ccache_cli.serve import activation
 from ccache_cli.store.store import Store
 
-from .render import age, human_bytes, out, print_columns, show, warn, yes_no_cell
+from .render import age, human_bytes, out, print_columns, show, warn, write_data, yes_no_cell
 
 
 def env(store: Store, refs: Sequence[str], json_output: bool) -> None:
@@ -20,7 +19,7 @@ def env(store: Store, refs: Sequence[str], json_output: bool) -> None:
     active = activation.activation(store, activation.select_entries(store, refs))
     warn_replaced(active)
     usage.record(store, [entry.id for entry in active.entries], "env")
-    show(active, json_output, lambda a: sys.stdout.write(a.shell_exports()))
+    show(active, json_output, lambda a: write_data(a.shell_exports()))
 
 
 def warn_replaced(active: activation.Activation) -> None:

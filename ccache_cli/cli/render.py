@@ -12,6 +12,7 @@ formatted in cli/.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -25,8 +26,8 @@ from rich.style import Style
 def _console(stderr: bool) -> Console:
     # In a pipe or a CI log nothing is cut to fit a width: ids and versions are shown
     # whole. rich honours NO_COLOR (and FORCE_COLOR), and draws no progress in pipes.
-    stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 100_000)
+    stream = sys.stderr if stderr else sys.stdout  # None where the program was started with it closed
+    return Console(stderr=stderr, highlight=False, width=None if stream is not None and stream.isatty() else 100_000)
 
 
 out = _console(stderr=False)
@@ -62,8 +63,15 @@ def set_quiet() -> None:
 def _emit_json(data: Any) -> None:
     # Indented for a person at a terminal; one line for a program, which json's C
     # encoder writes (indenting falls back to the pure-Python one).
-    indent = 2 if sys.stdout.isatty() else None
-    sys.stdout.write(json.dumps(data, indent=indent, sort_keys=True) + "\n")
+    indent = 2 if sys.stdout is not None and sys.stdout.isatty() else None
+    write_data(json.dumps(data, indent=indent, sort_keys=True) + "\n")
+
+
+def write_data(text: str) -> None:
+    """Write what a command was asked for (JSON, shell exports) to stdout, as it is."""
+    if sys.stdout is None:  # started with it closed: the data would be lost
+        raise OSError(errno.EBADF, "standard output is closed")
+    sys.stdout.write(text)
 
 
 def warn(message: str) -> None:
