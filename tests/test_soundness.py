@@ -110,26 +110,31 @@ def test_the_reason_reaches_inspect_and_verify_checks_the_assumptions(configurab
     assert assumed["ok"] and "read the program" in assumed["detail"]
 
 
-def test_every_call_policy_sees_a_change_between_calls(configurable: dict, tmp_path: Path) -> None:
+def serve_twice(configurable: dict, tmp_path: Path, change: str, *options: str) -> tuple[list, str]:
+    """A program calling the model compiled with torch.compile (routed) twice, running
+    `change` between the calls (`doubled` is the model's forward, doubled): each call's
+    mismatch with eager, and stderr."""
     program = tmp_path / "two_calls.py"
     program.write_text(
-        "import json, sys, torch\n"
+        "import json, sys, types, torch\n"
         f"sys.path.insert(0, {str(configurable['models'])!r})\n"
         "import configurable\n"
         "from ccache_cli.precompile.outputs import compare_eager\n"
         "model = configurable.build()\n"
+        "original = configurable.Configurable.forward\n"
+        "def doubled(self, x):\n"
+        "    return original(self, x) * 2\n"
         "compiled = torch.compile(model)\n"
         "(x,) = configurable.example_inputs(2)\n"
         "with torch.no_grad():\n"
         "    first = compare_eager(torch, compiled(x), model(x))\n"
-        "    model.n1.eps = 0.5\n"
+        f"    {change}\n"
         "    second = compare_eager(torch, compiled(x), model(x))\n"
         "print(json.dumps([first, second]))\n"
     )
     result = ccache(
         "run",
-        "--guards",
-        "every-call",
+        *options,
         "--",
         sys.executable,
         str(program),
@@ -138,8 +143,13 @@ def test_every_call_policy_sees_a_change_between_calls(configurable: dict, tmp_p
         env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")},
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == [None, None]
-    assert "n1.eps is 0.5" in result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
+def test_every_call_policy_sees_a_change_between_calls(configurable: dict, tmp_path: Path) -> None:
+    mismatches, stderr = serve_twice(configurable, tmp_path, "model.n1.eps = 0.5", "--guards", "every-call")
+    assert mismatches == [None, None]
+    assert "n1.eps is 0.5" in stderr
     refused = ccache("run", "--guards", "sometimes", "--", sys.executable, "-c", "pass", store=configurable["store"])
     assert refused.returncode == 2 and "--guards 'sometimes'" in refused.stderr
 
@@ -157,36 +167,9 @@ def test_a_forward_patched_between_calls_is_checked_again(
     """Under the default policy (the model's assumptions checked at a size's first call),
     the forward itself is compared on every call: patched after the first call, on its
     class or on the model, the stored code no longer serves it."""
-    program = tmp_path / "patched.py"
-    program.write_text(
-        "import json, sys, types, torch\n"
-        f"sys.path.insert(0, {str(configurable['models'])!r})\n"
-        "import configurable\n"
-        "from ccache_cli.precompile.outputs import compare_eager\n"
-        "model = configurable.build()\n"
-        "original = configurable.Configurable.forward\n"
-        "def doubled(self, x):\n"
-        "    return original(self, x) * 2\n"
-        "compiled = torch.compile(model)\n"
-        "(x,) = configurable.example_inputs(2)\n"
-        "with torch.no_grad():\n"
-        "    first = compare_eager(torch, compiled(x), model(x))\n"
-        f"    {patch}\n"
-        "    second = compare_eager(torch, compiled(x), model(x))\n"
-        "print(json.dumps([first, second]))\n"
-    )
-    result = ccache(
-        "run",
-        "--",
-        sys.executable,
-        str(program),
-        store=configurable["store"],
-        cwd=tmp_path,
-        env={"CCACHE_CLI_VIEWS": str(tmp_path / "views")},
-    )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == [None, None]
-    assert reason in result.stderr, result.stderr
+    mismatches, stderr = serve_twice(configurable, tmp_path, patch)
+    assert mismatches == [None, None]
+    assert reason in stderr, stderr
 
 
 def test_an_entry_without_recorded_assumptions_is_never_served(configurable: dict, tmp_path: Path) -> None:
