@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ccache_cli.in_program import usage
-from ccache_cli.store import usage_totals
+from ccache_cli.store import durable, usage_totals
 from ccache_cli.store.store import Store
 
 IDS = ("a" * 64, "b" * 64)
@@ -55,9 +55,13 @@ def test_totals_are_the_whole_logs_added_up(tmp_path: Path, history: list) -> No
     pending: dict[str, bytes] = {}  # the rest of a cut line, written at the next step
     for serial, (entry_id, (what, number)) in enumerate(history):
         log = store.root / "usage" / f"{entry_id}.log"
-        if what == "damage totals":
-            damaged = json.dumps({"format": 1, "logs": {entry_id: [["1", "2", 3], "", vars(usage.EMPTY)]}})
-            (store.root / "usage" / usage_totals.TOTALS_FILE).write_text(damaged if number % 2 else damaged[:40])
+        if what == "damage totals":  # the file as written, a record edited in it (or cut short)
+            path = store.root / "usage" / usage_totals.TOTALS_FILE
+            line, _, data = path.read_bytes().partition(b"\n") if path.exists() else (b"{}", b"", b"")
+            document = json.loads(data) if data.startswith(b'{"logs"') and data.endswith(b"}") else {"logs": {}}
+            document["logs"][entry_id] = [["1", "2", 3], "", vars(usage.EMPTY)]
+            damaged = line + b"\n" + json.dumps(document).encode()
+            path.write_bytes(damaged if number % 2 else damaged[:40])
             continue
         if what == "made anew":  # in place: the same inode, as a file system may give a new file
             log.write_bytes(b"")
@@ -85,7 +89,8 @@ def test_inspect_and_gc_read_the_totals_and_a_killed_write_is_reclaimed(tmp_path
     (root / "usage" / f"{entry_id}.log").write_bytes(use_line(0) + use_line(1) + use_line(2))
     [listed] = ccache_json("inspect", store=root)["entries"]
     assert (listed["usage"]["times_used"], listed["usage"]["hits"]) == (2, 1)
-    recorded = json.loads((root / "usage" / usage_totals.TOTALS_FILE).read_text())["logs"][entry_id]
+    written = durable.read_checked(root / "usage" / usage_totals.TOTALS_FILE, usage_totals._FORMAT)
+    recorded = json.loads(written)["logs"][entry_id]
     assert recorded[0][1] == (root / "usage" / f"{entry_id}.log").stat().st_size
     with open(root / "usage" / f"{entry_id}.log", "ab") as log:
         log.write(use_line(4))

@@ -3,7 +3,9 @@ and file-system syncs, and the file mode that lets other users read what is writ
 
 A file is written to a temporary name beside it, flushed to disk, renamed over its
 target and its folder flushed too, so that after a crash at any moment the target is
-either the old file or the new one, whole. Standard library only.
+either the old file or the new one, whole. The caches readers write (the entries'
+index, the usage totals) start with a line naming their format and the SHA-256 of
+the rest, so that one damaged or edited by hand is not read. Standard library only.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -34,6 +38,26 @@ def atomic_write(path: Path | str, data: bytes, tmp_dir: Path | str | None = Non
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def write_checked(path: Path | str, data: bytes, version: int, tmp_dir: Path | str) -> None:
+    """`data` after a line naming its format `version` and its SHA-256, written atomically."""
+    atomic_write(path, _check_line(data, version) + b"\n" + data, tmp_dir)
+
+
+def read_checked(path: Path | str, version: int) -> bytes | None:
+    """What `write_checked` wrote with format `version`; None where the file is missing,
+    unreadable, of another format, or not as it was written."""
+    try:
+        with open(path, "rb") as handle:
+            line, _, data = handle.read().partition(b"\n")
+    except OSError:
+        return None
+    return data if line == _check_line(data, version) else None
+
+
+def _check_line(data: bytes, version: int) -> bytes:
+    return json.dumps({"format": version, "sha256": hashlib.sha256(data).hexdigest()}).encode()
 
 
 def modes_allow_writes(root: Path | str) -> bool:

@@ -7,10 +7,10 @@ recorded; a manifest that differs, or that the index lacks, is read and checked 
 full. So an index that a concurrent writer or a kill -9 left behind is at worst
 incomplete, never wrong. A reader that found it stale and can write to the store
 writes a new one, atomically, without the store's lock: concurrent writers race only
-to replace one valid snapshot by another. Its first line names its format and the
-SHA-256 of the rest, so that a file damaged or edited by hand is not read at all (its
-records were summaries of checked manifests, and are then rebuilt from them), instead
-of each record's every value being checked at every read.
+to replace one valid snapshot by another. It is written with its format and digest
+first (durable.write_checked), so that a file damaged or edited by hand is not read at
+all (its records were summaries of checked manifests, and are then rebuilt from them),
+instead of each record's every value being checked at every read.
 
 Every command reads it, so it is kept small: a value that many entries hold alike (the
 machine's fingerprint and the traced sources in their keys, the top-level packages of
@@ -22,7 +22,6 @@ shared though the whole differs (no two entries have the same key).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -49,17 +48,17 @@ def signature(stat: os.stat_result) -> list[int]:
 def load(root: Path) -> Records:
     """The recorded entries, each [signature, summary, totals]; none where the index is
     missing, unreadable, of another format or not as it was written."""
+    body = durable.read_checked(root / INDEX_FILE, _FORMAT)
+    if body is None:
+        return {}
     try:
-        head, _, body = (root / INDEX_FILE).read_bytes().partition(b"\n")
-        if json.loads(head) != {"format": _FORMAT, "sha256": hashlib.sha256(body).hexdigest()}:
-            return {}
         document = json.loads(body)
         shared = document["shared"]
         return {
             name: [found, _joined(summary, shared), _joined(totals, shared)]
             for name, (found, summary, totals) in document["entries"].items()
         }
-    except (OSError, ValueError, KeyError, TypeError, IndexError, RecursionError):
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
         return {}
 
 
@@ -107,8 +106,7 @@ def save(root: Path, records: Records, tmp_dir: Path) -> None:
         }
         listed = json.dumps(entries, separators=(",", ":"))
         body = f'{{"shared":[{",".join(shared)}],"entries":{listed}}}'.encode()  # shared: JSON texts, in order
-        head = json.dumps({"format": _FORMAT, "sha256": hashlib.sha256(body).hexdigest()}).encode()
-        durable.atomic_write(root / INDEX_FILE, head + b"\n" + body, tmp_dir)
+        durable.write_checked(root / INDEX_FILE, body, _FORMAT, tmp_dir)
 
 
 def loader(folder: str, recorded: list[int]) -> Callable[[], Mapping[str, Any]]:

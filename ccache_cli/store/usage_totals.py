@@ -11,7 +11,9 @@ made anew) is read whole, and one whose inode, size and mtime are as recorded (i
 lines all added up) is not opened. Only whole lines count, as `usage.read` counts
 them. A reader that added something up writes the file anew, atomically and without
 the store's lock: each record is right on its own, so concurrent readers race only
-to replace one valid snapshot by another.
+to replace one valid snapshot by another. It is written with its format and digest
+first (durable.write_checked): a file damaged or edited by hand is not read, and every
+log is then read whole.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 TOTALS_FILE = "totals.json"
 TEMP_PREFIX = f".{TOTALS_FILE}."  # durable.atomic_write's temporary files, in the store's tmp/
-_FORMAT = 1
+_FORMAT = 2  # 2: written with its digest (durable.write_checked)
 _HEAD = 64  # bytes of a log's start that tell it from a log made anew
 
 
@@ -76,35 +78,16 @@ def _added_up(path: str, record: list[Any] | None) -> list[Any]:
 
 
 def _load(path: str) -> dict[str, list[Any]]:
-    """The file's records, their usage as Usage; none where it is missing, unreadable or
-    of another format, and no record that is not of the shape and types written."""
-    try:
-        with open(path, "rb") as handle:
-            document = json.loads(handle.read())
-        records = document["logs"] if document["format"] == _FORMAT else {}
-        found = {}
-        for entry_id, record in records.items():
-            with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
-                found[entry_id] = _record(*record)
-        return found
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+    """The file's records, their usage as Usage; none where it is missing, unreadable, of
+    another format or not as it was written (durable.read_checked)."""
+    data = durable.read_checked(path, _FORMAT)
+    if data is None:
         return {}
-
-
-def _record(signature: list[Any], head: str, fields: dict[str, Any]) -> list[Any]:
-    """A record read back; TypeError or ValueError where a part is not of its type."""
-    found = Usage(**fields)
-    counts = (*signature, found.times_used, found.hits, found.misses, found.routed, found.served)
-    if len(signature) != 3 or not all(type(count) is int and count >= 0 for count in counts):
-        raise TypeError(signature)
-    if not isinstance(found.not_routed, dict) or not all(type(n) is int for n in found.not_routed.values()):
-        raise TypeError(fields)
-    if not isinstance(found.miss_reason, str | None):
-        raise TypeError(fields)
-    if found.last_used is not None:
-        usage.moment(found.last_used)
-    bytes.fromhex(head)
-    return [signature, head, found]
+    try:
+        logs = json.loads(data)["logs"]
+        return {entry_id: [signature, head, Usage(**fields)] for entry_id, (signature, head, fields) in logs.items()}
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return {}
 
 
 def _save(store: Store, folder: str, records: dict[str, list[Any]]) -> None:
@@ -112,5 +95,5 @@ def _save(store: Store, folder: str, records: dict[str, list[Any]]) -> None:
     logs = {entry_id: [signature, head, vars(found)] for entry_id, (signature, head, found) in records.items()}
     with contextlib.suppress(OSError):
         if durable.modes_allow_writes(store.root) and os.path.isdir(folder):
-            data = json.dumps({"format": _FORMAT, "logs": logs}, separators=(",", ":")).encode()
-            durable.atomic_write(f"{folder}/{TOTALS_FILE}", data, store.tmp_dir)
+            data = json.dumps({"logs": logs}, separators=(",", ":")).encode()
+            durable.write_checked(f"{folder}/{TOTALS_FILE}", data, _FORMAT, store.tmp_dir)
