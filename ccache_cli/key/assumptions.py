@@ -46,6 +46,7 @@ import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ccache_cli.key.fast_check import FastCheck, compile_fast
 from ccache_cli.key.paths import (
     FAILED,
     UNIMPORTED,
@@ -151,16 +152,27 @@ def torch_state(torch: Any) -> dict[str, Any]:
     """The torch state that Dynamo's global guards check, by readable name."""
     from torch._C._dynamo.guards import GlobalStateGuard
 
+    dtype, precision, device, modes = _state_beside_the_guard(torch)
     state = {
-        "default dtype": str(torch.get_default_dtype()),
-        "float32 matmul precision": torch.get_float32_matmul_precision(),
-        "default device": str(getattr(sys.modules.get("torch.utils._device"), "CURRENT_DEVICE", None)),
-        "torch function modes": torch._C._len_torch_function_stack(),
+        "default dtype": str(dtype),
+        "float32 matmul precision": precision,
+        "default device": str(device),
+        "torch function modes": modes,
     }
     for name, value in json.loads(GlobalStateGuard().__getstate__()).items():
         if name not in _IGNORED_STATE and name != "default_dtype":
             state[f"torch {name}"] = value
     return state
+
+
+def _state_beside_the_guard(torch: Any) -> tuple[Any, ...]:
+    """What of torch's state Dynamo's GlobalStateGuard does not hold, as torch has it."""
+    return (
+        torch.get_default_dtype(),
+        torch.get_float32_matmul_precision(),
+        getattr(sys.modules.get("torch.utils._device"), "CURRENT_DEVICE", None),
+        torch._C._len_torch_function_stack(),
+    )
 
 
 # --- the check -----------------------------------------------------------------------
@@ -184,6 +196,9 @@ def _render(value: Any) -> str:
     return value
 
 
+_HELD = 4  # generated checks a Checker keeps
+
+
 class Checker:
     """The assumptions of one size's stored code, compiled once, checked on a model."""
 
@@ -197,6 +212,12 @@ class Checker:
         self._paths = PathSet()
         self._nodes = [self._node(a) for a in self._program]
         self._self_name: str | None = None
+        # Where full checks repeat (every call), what held, as generated functions
+        # (fast_check.py) made from the second full check that passes on: the latest
+        # few, for a program that calls with several models in turn.
+        self._held: list[FastCheck] = []
+        self._passed = 0
+        self._state_held: tuple[Any, tuple[Any, ...]] | None = None  # a GlobalStateGuard, and the rest
 
     def _node(self, assumption: Assumption) -> int | None:
         if assumption.check in ("code", "unchecked"):
@@ -210,6 +231,9 @@ class Checker:
         """The first torch state that differs from the traced one (cheap: every call)."""
         if not self._state:
             return None
+        held = self._state_held  # the state as it last held, which torch compares at C speed
+        if held is not None and held[0].check() and _state_beside_the_guard(self._torch) == held[1]:
+            return None
         current = torch_state(self._torch)
         for assumption in self._state:
             if current.get(assumption.path) != assumption.expected:
@@ -217,6 +241,9 @@ class Checker:
                     f"{assumption.path} is {_render(current.get(assumption.path))}; "
                     f"the stored code was built with {_render(assumption.expected)}"
                 )
+        from torch._C._dynamo.guards import GlobalStateGuard
+
+        self._state_held = (GlobalStateGuard(), _state_beside_the_guard(self._torch))
         return None
 
     def program_mismatch(
@@ -233,6 +260,8 @@ class Checker:
             return f"the forward's locals or globals could not be read ({type(exc).__name__}: {exc})"
         first = next(iter(local), None)
         self._self_name = first if function is None or first == "self" else None
+        if any(held(local, global_) for held in self._held):
+            return None
         values = self._paths.evaluate(local, global_)
         read_again: list[Any] | None = None  # importing the compile stack, where needed
         for assumption, node in zip(self._program, self._nodes):
@@ -244,6 +273,15 @@ class Checker:
             why = self._mismatch(assumption, value)
             if why is not None:
                 return why
+        self._passed += 1
+        if self._passed >= 2 and read_again is None:
+            held = compile_fast(
+                self._paths.nodes,
+                values,
+                list(zip(self._program, self._nodes)),
+                lambda index, value: self._mismatch(self._program[index], value),
+            )
+            self._held = ([held] if held is not None else []) + self._held[: _HELD - 1]
         return None
 
     def _mismatch(self, assumption: Assumption, value: Any) -> str | None:

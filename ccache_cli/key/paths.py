@@ -138,6 +138,11 @@ class PathSet:
             node = found
         return node
 
+    @property
+    def nodes(self) -> list[tuple[int, str, Any]]:
+        """Each node as (its parent node or -1, the step's op, its argument), parents first."""
+        return self._nodes
+
     def evaluate(self, local: Mapping[str, Any], global_: Mapping[str, Any]) -> list[Any]:
         """Every node's value (FAILED where a step raised)."""
         values: list[Any] = []
@@ -238,13 +243,35 @@ def forward_locals(model: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -
 def call_locals(function: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """A traced function's locals at its start, as a call binds them: its arguments,
     and its closure's cells (`__class__`, for `super()`)."""
-    bound = inspect.signature(function, follow_wrapped=False).bind(*args, **kwargs)
+    bound = _signature(function).bind(*args, **kwargs)
     bound.apply_defaults()
     found = dict(bound.arguments)
     code = getattr(function, "__code__", None)
     for name, cell in zip(getattr(code, "co_freevars", ()), getattr(function, "__closure__", None) or ()):
         found.setdefault(name, cell.cell_contents)
     return found
+
+
+_signatures: dict[int, tuple[Any, ...]] = {}
+
+
+def _signature(function: Any) -> inspect.Signature:
+    """`function`'s signature, made again only where what it is made of changed (it
+    costs more than the rest of a call's check)."""
+    parts = (
+        function,
+        getattr(function, "__code__", None),
+        getattr(function, "__defaults__", None),
+        getattr(function, "__kwdefaults__", None),
+        getattr(function, "__signature__", None),
+    )
+    cached = _signatures.get(id(function))
+    if cached is not None and all(now is then for now, then in zip(parts, cached)):
+        return cached[-1]
+    signature = inspect.signature(function, follow_wrapped=False)
+    if isinstance(function, types.FunctionType):
+        _signatures[id(function)] = (*parts, signature)
+    return signature
 
 
 def resolve_code_owner(module: str, qualname: str) -> list[Any]:
