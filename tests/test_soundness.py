@@ -111,9 +111,9 @@ def test_the_reason_reaches_inspect_and_verify_checks_the_assumptions(configurab
 
 
 def serve_twice(configurable: dict, tmp_path: Path, change: str, *options: str) -> tuple[list, str]:
-    """A program calling the model compiled with torch.compile (routed) twice, running
-    `change` between the calls (`doubled` is the model's forward, doubled): each call's
-    mismatch with eager, and stderr."""
+    """A program calling the model compiled with torch.compile (routed) a few times,
+    then twice more with `change` between those two (`doubled` is the model's forward,
+    doubled): those two calls' mismatch with eager, and stderr."""
     program = tmp_path / "two_calls.py"
     program.write_text(
         "import json, sys, types, torch\n"
@@ -127,6 +127,8 @@ def serve_twice(configurable: dict, tmp_path: Path, change: str, *options: str) 
         "compiled = torch.compile(model)\n"
         "(x,) = configurable.example_inputs(2)\n"
         "with torch.no_grad():\n"
+        "    for _ in range(3):  # checks that passed twice are repeated by a generated one\n"
+        "        compiled(x)\n"
         "    first = compare_eager(torch, compiled(x), model(x))\n"
         f"    {change}\n"
         "    second = compare_eager(torch, compiled(x), model(x))\n"
@@ -146,10 +148,32 @@ def serve_twice(configurable: dict, tmp_path: Path, change: str, *options: str) 
     return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
 
 
-def test_every_call_policy_sees_a_change_between_calls(configurable: dict, tmp_path: Path) -> None:
-    mismatches, stderr = serve_twice(configurable, tmp_path, "model.n1.eps = 0.5", "--guards", "every-call")
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ("model.n1.eps = 0.5", "n1.eps is 0.5"),
+        ("configurable.SCALE = 3.0", "configurable.SCALE is 3.0"),
+        ("configurable.activation = torch.sigmoid", "configurable.activation is builtin"),
+        ("configurable.Norm.forward = lambda self, x: x * 2", "configurable.Norm.forward was replaced"),
+        ("torch.use_deterministic_algorithms(True)", "torch deterministic_algorithms is true"),
+    ],
+)
+def test_a_change_between_calls_is_seen(configurable: dict, tmp_path: Path, change: str, reason: str) -> None:
+    """By default every assumption is checked on every call: a change after the stored
+    code served (and after the check was generated that repeats the full one) sends
+    the next call to torch.compile, with the reason."""
+    mismatches, stderr = serve_twice(configurable, tmp_path, change)
     assert mismatches == [None, None]
-    assert "n1.eps is 0.5" in stderr
+    assert reason in stderr, stderr
+
+
+def test_the_once_policy_checks_the_model_at_its_first_call_only(configurable: dict, tmp_path: Path) -> None:
+    """`--guards once` is what a program that changes nothing between calls may ask for;
+    torch's state is still checked on every call."""
+    _, stderr = serve_twice(configurable, tmp_path, "model.n1.eps = 0.5", "--guards", "once")
+    assert "n1.eps" not in stderr
+    _, stderr = serve_twice(configurable, tmp_path, "torch.use_deterministic_algorithms(True)", "--guards", "once")
+    assert "torch deterministic_algorithms is true" in stderr, stderr
     refused = ccache("run", "--guards", "sometimes", "--", sys.executable, "-c", "pass", store=configurable["store"])
     assert refused.returncode == 2 and "--guards 'sometimes'" in refused.stderr
 
@@ -164,10 +188,10 @@ def test_every_call_policy_sees_a_change_between_calls(configurable: dict, tmp_p
 def test_a_forward_patched_between_calls_is_checked_again(
     configurable: dict, tmp_path: Path, patch: str, reason: str
 ) -> None:
-    """Under the default policy (the model's assumptions checked at a size's first call),
+    """Under the once policy (the model's assumptions checked at a size's first call),
     the forward itself is compared on every call: patched after the first call, on its
     class or on the model, the stored code no longer serves it."""
-    mismatches, stderr = serve_twice(configurable, tmp_path, patch)
+    mismatches, stderr = serve_twice(configurable, tmp_path, patch, "--guards", "once")
     assert mismatches == [None, None]
     assert reason in stderr, stderr
 

@@ -59,8 +59,8 @@ def run_command(
         "--guards",
         metavar="once|every-call",
         help="When stored code's assumptions of the program (attributes, globals, functions) are checked: "
-        "once per size and model, or on every call for programs that change them between calls "
-        "[default: once; also $CCACHE_CLI_GUARDS]",
+        "on every call, as torch.compile checks its guards, or once per size and model, for programs that "
+        "change none of them between calls [default: every-call; also $CCACHE_CLI_GUARDS]",
     ),
 ) -> None:
     """Run CMD with entries active (or, with --capture, record what it compiles). Does not import torch."""

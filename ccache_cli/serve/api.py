@@ -142,8 +142,9 @@ class _CompiledModel:
         self._chosen: dict[Any, stored_code.Package | stored_code.GuardedFunction | None] = {}
         self._packages: dict[tuple[str, str], stored_code.Package | None] = {}  # loaded, by path and device
         # Per signature, whether the stored code's assumptions held (None) or why not,
-        # checked at its first call and whenever the forward changes (_forward); on every
-        # call under the every-call policy. With the forward as the check saw it.
+        # checked on every call (the default policy), or under the once policy at its
+        # first call and whenever the forward changes (_forward). With the forward as
+        # the check saw it.
         self._assumed: dict[Any, str | None] = {}
         self._checked_forward: dict[Any, tuple[Any, ...]] = {}
         self._every_call = decisions.guard_policy() == "every-call"
@@ -208,10 +209,9 @@ class _CompiledModel:
         self, signature: Any, function: stored_code.Package | stored_code.GuardedFunction, args: Any, kwargs: Any
     ) -> str | None:
         """Why the stored code would not compute what torch.compile would for this call:
-        torch's global state and the forward's identity are compared on every call (it is
-        cheap); the model, its code and its module's globals at a size's first call and
-        when the forward changed, or on every call under the every-call policy
-        (key/assumptions.py)."""
+        torch's global state and the forward's identity on every call; the model, its
+        code and its module's globals on every call too, or under the once policy at a
+        size's first call and when the forward changed (key/assumptions.py)."""
         checker = function.checker
         if checker is None:
             return (

@@ -14,7 +14,7 @@ import threading
 from collections import Counter
 from typing import Any
 
-GUARDS_ENV = "CCACHE_CLI_GUARDS"  # "every-call": check stored code's assumptions on every call
+GUARDS_ENV = "CCACHE_CLI_GUARDS"  # "once": check stored code's assumptions at a size's first call only
 GUARD_POLICIES = ("once", "every-call")
 
 _lock = threading.Lock()
@@ -53,10 +53,11 @@ def refuse(entry: str, why: str) -> None:
 
 
 def guard_policy() -> str:
-    """When stored code's assumptions are checked: "once" per size and model (the
-    default), or on "every-call" (CCACHE_CLI_GUARDS)."""
-    policy = os.environ.get(GUARDS_ENV) or "once"
-    return policy if policy in GUARD_POLICIES else "once"
+    """When stored code's assumptions are checked: on "every-call" (the default, as
+    torch.compile checks its guards), or "once" per size and model (CCACHE_CLI_GUARDS),
+    for a program that changes nothing its forward reads between calls."""
+    policy = os.environ.get(GUARDS_ENV) or "every-call"
+    return policy if policy in GUARD_POLICIES else "every-call"
 
 
 def summary(entry: str) -> dict[str, Any] | None:

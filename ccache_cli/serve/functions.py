@@ -306,7 +306,7 @@ class _Served:
         self, stored: StoredFunction, checker: a.Checker, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> str | None:
         """What it assumes of `self`, the code and the globals: checked at a function's
-        first call and when `self` changes (every call under the every-call policy)."""
+        first call and when `self` changes under the once policy, else on every call."""
         owner = id(args[0]) if args and self._unwrapped.owner is not None else 0
         held = self._held.get(stored.path)
         if self._every_call or held is None or held[0] != owner:
