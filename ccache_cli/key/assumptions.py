@@ -276,6 +276,7 @@ class Checker:
         self._passed += 1
         if self._passed >= 2 and read_again is None:
             held = compile_fast(
+                self._frame.module,
                 self._paths.nodes,
                 values,
                 list(zip(self._program, self._nodes)),

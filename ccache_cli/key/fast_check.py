@@ -30,7 +30,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ccache_cli.key.paths import FAILED, UNIMPORTED
+from ccache_cli.key.paths import FAILED, IMPORT_PREFIX, UNIMPORTED
 from ccache_cli.store.assumptions import Assumption
 
 FastCheck = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]  # (locals, globals) -> all holds as before
@@ -44,15 +44,23 @@ _compiled: dict[str, types.CodeType] = {}
 
 
 def compile_fast(
+    module: str,
     nodes: Sequence[tuple[int, str, Any]],
     values: Sequence[Any],
     program: Sequence[tuple[Assumption, int | None]],
     slow: Slow,
 ) -> FastCheck | None:
     """The check that `program` (each assumption with its path's node, None for code)
-    still holds as it did where the full check read `values` (each node's value) and
-    found every assumption held; None where some assumption cannot be checked so."""
+    still holds as it did where the full check read `values` (each node's value, the
+    globals `G` being `module`'s) and found every assumption held; None where some
+    assumption cannot be checked so."""
     source = _Source()
+    frame_module = sys.modules.get(module)
+    if frame_module is None:
+        return None
+    # Globals read straight from the module's dict and sys.modules, not through paths.Globals.
+    source.add(f"if MODULES.get({source.constant(module)}) is not {source.constant(frame_module)}: return False")
+    frame_globals = vars(frame_module)
     sentinel: dict[int, str] = {}  # nodes whose value was FAILED or UNIMPORTED (and what follows them)
     variable: dict[int, str] = {}
     checks: dict[int, list[tuple[int, Assumption]]] = {}
@@ -69,8 +77,13 @@ def compile_fast(
             sentinel[node], variable[node] = sentinel[parent], variable[parent]
             continue
         name = variable[node] = f"v{node}"
-        step = source.step(op, argument, variable.get(parent, ""))
         value = values[node]
+        if op == "global" and frame_globals.get(argument, _MISSING) is value:
+            step = f"{source.constant(frame_globals)}[{source.constant(argument)}]"
+        elif op == "global" and argument.startswith(IMPORT_PREFIX) and isinstance(value, types.ModuleType):
+            step = f"MODULES[{source.constant(argument[len(IMPORT_PREFIX) :].replace('_dot_', '.'))}]"
+        else:
+            step = source.step(op, argument, variable.get(parent, ""))
         if value is FAILED:
             sentinel[node] = "FAILED"
             source.add("try:", f"    {name} = {step}", "except Exception:", f"    {name} = FAILED")
@@ -82,11 +95,13 @@ def compile_fast(
             source.add(f"{name} = {step}")
             for index, assumption in checks.get(node, ()):
                 source.add(_value_check(source, index, assumption, name, value))
+    emitted = set()
     for assumption in code_checks:
         lines = _code_check(source, assumption)
         if lines is None:
             return None
-        source.add(*lines)
+        source.add(*(line for line in lines if line not in emitted))  # owners that code checks share
+        emitted.update(lines)
     return source.function(slow)
 
 
@@ -162,7 +177,7 @@ def _code_check(source: _Source, assumption: Assumption) -> list[str] | None:
         if found is _MISSING or found is not inspect.getattr_static(owner, part, _MISSING):
             return None  # inherited, or read past a descriptor
         lines.append(
-            f"if {source.constant(owner)}.__dict__.get({source.constant(part)}, MISSING) is not {source.constant(found)}: return False"
+            f"if {source.constant(vars(owner))}.get({source.constant(part)}, MISSING) is not {source.constant(found)}: return False"
         )
         owner = found
     # From what was found to the function with the recorded code, as resolve_code_owner walks.
@@ -190,13 +205,16 @@ class _Source:
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.constants: dict[str, Any] = {}
+        self._named: dict[int, str] = {}  # one name per object
 
     def add(self, *lines: str) -> None:
         self.lines += lines
 
     def constant(self, value: Any) -> str:
-        name = f"k{len(self.constants)}"
-        self.constants[name] = value
+        name = self._named.get(id(value))
+        if name is None:  # (constants holds the object, so its id stays its own)
+            name = self._named[id(value)] = f"k{len(self.constants)}"
+            self.constants[name] = value
         return name
 
     def step(self, op: str, argument: Any, base: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from ccache_cli.store.assumptions import Frame
 
 # Names Dynamo installs into the traced frame's globals; resolved here without it.
-_IMPORT_PREFIX = "__import_"
+IMPORT_PREFIX = "__import_"
 _BUILTINS_PREFIX = "__builtins_dict__"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SUBSCRIPT = re.compile(r"""\[(-?[0-9]+|'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\]""")
@@ -181,7 +181,7 @@ def evaluate_one(path: str, local: Mapping[str, Any], global_: Mapping[str, Any]
 def module_global(module: str) -> str:
     """The path of a module as Dynamo names it among a frame's globals, which `Globals`
     resolves in any frame: `G['__import_a_dot_b']`."""
-    return f"G[{_IMPORT_PREFIX + module.replace('.', '_dot_')!r}]"
+    return f"G[{IMPORT_PREFIX + module.replace('.', '_dot_')!r}]"
 
 
 class Globals(dict):  # type: ignore[type-arg]
@@ -197,8 +197,8 @@ class Globals(dict):  # type: ignore[type-arg]
     def __missing__(self, name: str) -> Any:
         if name in self._names:
             return self._names[name]
-        if name.startswith(_IMPORT_PREFIX):
-            module = name[len(_IMPORT_PREFIX) :].replace("_dot_", ".")
+        if name.startswith(IMPORT_PREFIX):
+            module = name[len(IMPORT_PREFIX) :].replace("_dot_", ".")
             if self._lazy and module not in sys.modules and in_compile_stack(module):
                 return UNIMPORTED
             return _module(module)
@@ -218,8 +218,8 @@ def imported_module(path: str) -> str | None:
     steps = parse_path(path)
     root, name = steps[0]
     return (
-        name[len(_IMPORT_PREFIX) :].replace("_dot_", ".")
-        if root == "global" and name.startswith(_IMPORT_PREFIX)
+        name[len(IMPORT_PREFIX) :].replace("_dot_", ".")
+        if root == "global" and name.startswith(IMPORT_PREFIX)
         else None
     )
 
