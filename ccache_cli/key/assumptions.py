@@ -148,31 +148,34 @@ def code_digest(code: types.CodeType) -> str:
 _IGNORED_STATE = ("num_threads", "grad_mode")  # results do not depend on them; grad is checked per call
 
 
-def torch_state(torch: Any) -> dict[str, Any]:
-    """The torch state that Dynamo's global guards check, by readable name."""
-    from torch._C._dynamo.guards import GlobalStateGuard
-
-    dtype, precision, device, modes = _state_beside_the_guard(torch)
+def torch_state(torch: Any, read: tuple[str, tuple[Any, ...]] | None = None) -> dict[str, Any]:
+    """The torch state that Dynamo's global guards check, by readable name (from
+    `read`, what read_torch_state returned, where given)."""
+    guard_state, (dtype, precision, device, modes) = read or read_torch_state(torch)
     state = {
         "default dtype": str(dtype),
         "float32 matmul precision": precision,
         "default device": str(device),
         "torch function modes": modes,
     }
-    for name, value in json.loads(GlobalStateGuard().__getstate__()).items():
+    for name, value in json.loads(guard_state).items():
         if name not in _IGNORED_STATE and name != "default_dtype":
             state[f"torch {name}"] = value
     return state
 
 
-def _state_beside_the_guard(torch: Any) -> tuple[Any, ...]:
-    """What of torch's state Dynamo's GlobalStateGuard does not hold, as torch has it."""
-    return (
-        torch.get_default_dtype(),
-        torch.get_float32_matmul_precision(),
-        getattr(sys.modules.get("torch.utils._device"), "CURRENT_DEVICE", None),
-        torch._C._len_torch_function_stack(),
-    )
+def read_torch_state(torch: Any) -> tuple[str, tuple[Any, ...]]:
+    """Torch's global state as read: what Dynamo's GlobalStateGuard holds, as its
+    JSON, and the rest as torch has it (cheap to compare with an earlier reading)."""
+    from torch._C._dynamo.guards import GlobalStateGuard
+
+    try:
+        precision = torch.get_float32_matmul_precision()
+    except RuntimeError as exc:  # backends set to precisions it has no name for
+        precision = f"unreadable ({exc})"
+    device = getattr(sys.modules.get("torch.utils._device"), "CURRENT_DEVICE", None)
+    beside = (torch.get_default_dtype(), precision, device, torch._C._len_torch_function_stack())
+    return GlobalStateGuard().__getstate__(), beside
 
 
 # --- the check -----------------------------------------------------------------------
@@ -217,7 +220,8 @@ class Checker:
         # few, for a program that calls with several models in turn.
         self._held: list[FastCheck] = []
         self._passed = 0
-        self._state_held: tuple[Any, tuple[Any, ...]] | None = None  # a GlobalStateGuard, and the rest
+        self._unproven = 0  # generated checks made since one last passed
+        self._state_held: tuple[str, tuple[Any, ...]] | None = None  # read_torch_state's, where all held
 
     def _node(self, assumption: Assumption) -> int | None:
         if assumption.check in ("code", "unchecked"):
@@ -231,19 +235,17 @@ class Checker:
         """The first torch state that differs from the traced one (cheap: every call)."""
         if not self._state:
             return None
-        held = self._state_held  # the state as it last held, which torch compares at C speed
-        if held is not None and held[0].check() and _state_beside_the_guard(self._torch) == held[1]:
+        read = read_torch_state(self._torch)
+        if read == self._state_held:  # as it was where every assumption last held
             return None
-        current = torch_state(self._torch)
+        current = torch_state(self._torch, read)
         for assumption in self._state:
             if current.get(assumption.path) != assumption.expected:
                 return (
                     f"{assumption.path} is {_render(current.get(assumption.path))}; "
                     f"the stored code was built with {_render(assumption.expected)}"
                 )
-        from torch._C._dynamo.guards import GlobalStateGuard
-
-        self._state_held = (GlobalStateGuard(), _state_beside_the_guard(self._torch))
+        self._state_held = read
         return None
 
     def program_mismatch(
@@ -261,6 +263,7 @@ class Checker:
         first = next(iter(local), None)
         self._self_name = first if function is None or first == "self" else None
         if any(held(local, global_) for held in self._held):
+            self._unproven = 0
             return None
         values = self._paths.evaluate(local, global_)
         read_again: list[Any] | None = None  # importing the compile stack, where needed
@@ -274,7 +277,8 @@ class Checker:
             if why is not None:
                 return why
         self._passed += 1
-        if self._passed >= 2 and read_again is None:
+        # (Not where what they pin is made anew for each call: none of the last few passed.)
+        if self._passed >= 2 and read_again is None and self._unproven < _HELD:
             held = compile_fast(
                 self._frame.module,
                 self._paths.nodes,
@@ -283,6 +287,7 @@ class Checker:
                 lambda index, value: self._mismatch(self._program[index], value),
             )
             self._held = ([held] if held is not None else []) + self._held[: _HELD - 1]
+            self._unproven += 1
         return None
 
     def _mismatch(self, assumption: Assumption, value: Any) -> str | None:

@@ -10,7 +10,12 @@ class, a module, a float or a tuple of constants; the same type and value for an
 a string; the same length, attributes and keys. Anything else (a list's items, a
 tensor's shape) is handed to the full check's own comparison. It answers only "all
 holds as before" or "look again": any difference, and any exception, sends the call to
-the full check, which says why. So it may be stricter than the full check, never looser.
+the full check, which says why. So it may be stricter than the full check, never looser
+about what a call computes. What it pins is checked against the assumptions when it is
+made, not taken from the full check's reading some steps earlier. One difference is
+allowed: an object is compared by identity, as Dynamo's own guards compare it, so a
+class, module or function renamed in place (its `__qualname__`, `__module__` or
+`__name__` assigned) still passes here, where the full check would name the new name.
 
 The code is made of the paths' parsed steps (key/paths.py): attribute names that are
 plain identifiers, and every other value (a subscript's key, a name, an expected value)
@@ -25,6 +30,7 @@ import builtins
 import enum
 import inspect
 import keyword
+import math
 import sys
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -53,7 +59,7 @@ def compile_fast(
     """The check that `program` (each assumption with its path's node, None for code)
     still holds as it did where the full check read `values` (each node's value, the
     globals `G` being `module`'s) and found every assumption held; None where some
-    assumption cannot be checked so."""
+    assumption cannot be checked so, or no longer holds on what the check would pin."""
     source = _Source()
     frame_module = sys.modules.get(module)
     if frame_module is None:
@@ -61,8 +67,7 @@ def compile_fast(
     # Globals read straight from the module's dict and sys.modules, not through paths.Globals.
     source.add(f"if MODULES.get({source.constant(module)}) is not {source.constant(frame_module)}: return False")
     frame_globals = vars(frame_module)
-    sentinel: dict[int, str] = {}  # nodes whose value was FAILED or UNIMPORTED (and what follows them)
-    variable: dict[int, str] = {}
+    failing: set[int] = set()  # nodes whose value was FAILED or UNIMPORTED, and what follows them
     checks: dict[int, list[tuple[int, Assumption]]] = {}
     code_checks = []
     for index, (assumption, node) in enumerate(program):
@@ -73,28 +78,32 @@ def compile_fast(
         elif node >= 0:  # a path that does not parse reads nothing: its outcome never changes
             checks.setdefault(node, []).append((index, assumption))
     for node, (parent, op, argument) in enumerate(nodes):
-        if parent >= 0 and parent in sentinel:  # it fails as its parent does
-            sentinel[node], variable[node] = sentinel[parent], variable[parent]
+        if parent in failing:  # it fails as its parent does
+            failing.add(node)
             continue
-        name = variable[node] = f"v{node}"
-        value = values[node]
+        name, value = f"v{node}", values[node]
         if op == "global" and frame_globals.get(argument, _MISSING) is value:
             step = f"{source.constant(frame_globals)}[{source.constant(argument)}]"
         elif op == "global" and argument.startswith(IMPORT_PREFIX) and isinstance(value, types.ModuleType):
+            # Globals looks in the module's own names first
+            source.add(f"if {source.constant(argument)} in {source.constant(frame_globals)}: return False")
             step = f"MODULES[{source.constant(argument[len(IMPORT_PREFIX) :].replace('_dot_', '.'))}]"
         else:
-            step = source.step(op, argument, variable.get(parent, ""))
-        if value is FAILED:
-            sentinel[node] = "FAILED"
+            step = source.step(op, argument, f"v{parent}")
+        if value is FAILED or value is UNIMPORTED:
+            failing.add(node)
+            sentinel = "FAILED" if value is FAILED else "UNIMPORTED"
             source.add("try:", f"    {name} = {step}", "except Exception:", f"    {name} = FAILED")
-            source.add(f"if {name} is not FAILED: return False")
-        elif value is UNIMPORTED:
-            sentinel[node] = "UNIMPORTED"
-            source.add(f"{name} = {step}", f"if {name} is not UNIMPORTED: return False")
-        else:
-            source.add(f"{name} = {step}")
-            for index, assumption in checks.get(node, ()):
-                source.add(_value_check(source, index, assumption, name, value))
+            source.add(f"if {name} is not {sentinel}: return False")
+            continue
+        source.add(f"{name} = {step}")
+        for index, assumption in checks.get(node, ()):
+            line, pinned = _value_check(source, index, assumption, name, value)
+            # What the line compares with holds now (read after the pins, and they are
+            # still the value's): not what the full check saw some steps earlier.
+            if slow(index, value) is not None or not pinned():
+                return None
+            source.add(line)
     emitted = set()
     for assumption in code_checks:
         lines = _code_check(source, assumption)
@@ -105,34 +114,43 @@ def compile_fast(
     return source.function(slow)
 
 
-def _value_check(source: _Source, index: int, assumption: Assumption, name: str, value: Any) -> str:
-    """The line that returns False unless the value at `name` passes as `value` did."""
+def _value_check(
+    source: _Source, index: int, assumption: Assumption, name: str, value: Any
+) -> tuple[str, Callable[[], bool]]:
+    """The line that returns False unless the value at `name` passes as `value` does,
+    and whether what it pins (a function's code, a type) is still `value`'s."""
     check, expected = assumption.check, assumption.expected
+    always = lambda: True  # noqa: E731
     if check == "value" or (check == "identity" and not isinstance(value, (types.FunctionType, types.MethodType))):
-        if type(value) in (int, str):  # equal in type and value is what the full check compares
-            return f"if type({name}) is not {type(value).__name__} or {name} != {source.constant(value)}: return False"
-        same = _immutable(value) or (check == "identity" and _named(value))
-        return f"if {name} is not {source.constant(value)}: return False" if same else _slow(source, index, name)
+        kind = type(value)
+        if kind in (int, str) or (kind is float and value != 0 and math.isfinite(value)):
+            # equal in type and value is what the full check compares (reprs, for a float)
+            return f"if type({name}) is not {kind.__name__} or {name} != {source.constant(value)}: return False", always
+        if _immutable(value) or (check == "identity" and _named(value)):
+            return f"if {name} is not {source.constant(value)}: return False", always
+        return _slow(source, index, name), always
     if check == "identity" and isinstance(value, types.FunctionType):
-        function = source.constant(value)
-        return (
-            f"if {name} is not {function} or {function}.__code__ is not {source.constant(value.__code__)}: return False"
-        )
+        code = value.__code__
+        line = f"if {name} is not {source.constant(value)} or {source.constant(value)}.__code__ is not {source.constant(code)}: return False"
+        return line, lambda: value.__code__ is code
     if check == "identity" and isinstance(value.__func__, types.FunctionType):  # a bound method: made anew each read
-        function = source.constant(value.__func__)
-        code = source.constant(value.__func__.__code__)
-        return f"if type({name}) is not MethodType or {name}.__func__ is not {function} or {function}.__code__ is not {code}: return False"
+        function = value.__func__
+        code = function.__code__
+        line = f"if type({name}) is not MethodType or {name}.__func__ is not {source.constant(function)} or {source.constant(function)}.__code__ is not {source.constant(code)}: return False"
+        return line, lambda: value.__func__ is function and function.__code__ is code
     if check == "type":
-        return f"if type({name}) is not {source.constant(type(value))}: return False"
+        kind = type(value)
+        return f"if type({name}) is not {source.constant(kind)}: return False", lambda: type(value) is kind
     if check == "length":
-        return f"if len({name}) != {source.constant(expected)}: return False"
+        return f"if len({name}) != {source.constant(expected)}: return False", always
     if check == "attribute":
-        return f"if hasattr({name}, {source.constant(expected[0])}) is not {bool(expected[1])}: return False"
+        line = f"if hasattr({name}, {source.constant(expected[0])}) is not {bool(expected[1])}: return False"
+        return line, always
     if check == "own_attribute_absent":
-        return f"if {source.constant(expected)} in getattr({name}, '__dict__', ()): return False"
+        return f"if {source.constant(expected)} in getattr({name}, '__dict__', ()): return False", always
     if check == "dict_key":
-        return f"if ({source.constant(expected[0])} in {name}) is not {bool(expected[1])}: return False"
-    return _slow(source, index, name)  # keys, tensor: the full check's own comparison
+        return f"if ({source.constant(expected[0])} in {name}) is not {bool(expected[1])}: return False", always
+    return _slow(source, index, name), always  # keys, tensor: the full check's own comparison
 
 
 def _slow(source: _Source, index: int, name: str) -> str:
@@ -161,9 +179,11 @@ def _named(value: Any) -> bool:
 
 def _code_check(source: _Source, assumption: Assumption) -> list[str] | None:
     """The lines that return False unless `module:qualname` resolves through the same
-    objects to the same code as when the full check found it (None where the code is
-    found another way than through modules' and classes' own attributes)."""
+    objects, of the same types, to the same code as the full check finds now (None
+    where the code is found another way than through modules' and classes' own
+    attributes)."""
     from ccache_cli.key.assumptions import code_digest  # (here: assumptions.py imports this module)
+    from ccache_cli.key.paths import resolve_code_owner
 
     module, _, qualname = assumption.path.partition(":")
     owner = sys.modules.get(module)
@@ -176,9 +196,10 @@ def _code_check(source: _Source, assumption: Assumption) -> list[str] | None:
         found = vars(owner).get(part, _MISSING)
         if found is _MISSING or found is not inspect.getattr_static(owner, part, _MISSING):
             return None  # inherited, or read past a descriptor
-        lines.append(
-            f"if {source.constant(vars(owner))}.get({source.constant(part)}, MISSING) is not {source.constant(found)}: return False"
-        )
+        lines += [  # (its type: a module's or metaclass's descriptor would be read first)
+            f"if type({source.constant(owner)}) is not {source.constant(type(owner))}: return False",
+            f"if {source.constant(vars(owner))}.get({source.constant(part)}, MISSING) is not {source.constant(found)}: return False",
+        ]
         owner = found
     # From what was found to the function with the recorded code, as resolve_code_owner walks.
     pending: list[tuple[Any, list[tuple[str, Any]]]] = [(owner, [])]
@@ -186,6 +207,8 @@ def _code_check(source: _Source, assumption: Assumption) -> list[str] | None:
         item, hops = pending.pop()
         code = getattr(item, "__code__", None)
         if isinstance(code, types.CodeType) and code_digest(code) == assumption.expected:
+            if not any(candidate is item for candidate in resolve_code_owner(module, qualname)):
+                return None  # past what the full check looks at
             previous = owner
             for attribute, step in hops:
                 lines.append(

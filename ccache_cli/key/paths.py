@@ -19,6 +19,7 @@ import inspect
 import re
 import sys
 import types
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -252,25 +253,26 @@ def call_locals(function: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -
     return found
 
 
-_signatures: dict[int, tuple[Any, ...]] = {}
+_signatures: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
 def _signature(function: Any) -> inspect.Signature:
     """`function`'s signature, made again only where what it is made of changed (it
     costs more than the rest of a call's check)."""
+    kwdefaults = getattr(function, "__kwdefaults__", None) or {}
     parts = (
-        function,
         getattr(function, "__code__", None),
         getattr(function, "__defaults__", None),
-        getattr(function, "__kwdefaults__", None),
         getattr(function, "__signature__", None),
+        *kwdefaults.keys(),  # (a dict, changed in place too)
+        *kwdefaults.values(),
     )
-    cached = _signatures.get(id(function))
-    if cached is not None and all(now is then for now, then in zip(parts, cached)):
+    cached = _signatures.get(function) if isinstance(function, types.FunctionType) else None
+    if cached is not None and len(cached) == len(parts) + 1 and all(now is then for now, then in zip(parts, cached)):
         return cached[-1]
     signature = inspect.signature(function, follow_wrapped=False)
     if isinstance(function, types.FunctionType):
-        _signatures[id(function)] = (*parts, signature)
+        _signatures[function] = (*parts, signature)
     return signature
 
 

@@ -221,8 +221,10 @@ class _CompiledModel:
         why = checker.state_mismatch()
         if why is not None:
             return why
+        if self._every_call:
+            return checker.program_mismatch(self._model, args, kwargs)
         forward, checked = self._forward(), self._checked_forward.get(signature, ())
-        if self._every_call or not checked or any(now is not then for now, then in zip(forward, checked)):
+        if not checked or any(now is not then for now, then in zip(forward, checked)):
             self._assumed[signature] = checker.program_mismatch(self._model, args, kwargs)
             self._checked_forward[signature] = forward
         return self._assumed[signature]

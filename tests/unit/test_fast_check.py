@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ccache_cli.key import assumptions as a
+from ccache_cli.key import paths
 from ccache_cli.store.assumptions import Assumption, Frame, SizeAssumptions
 
 PROGRAM = "fast_check_program"
@@ -36,8 +37,14 @@ def _other_helper(x: float) -> float:
     return x - 1
 
 
-def _doubled_forward(self: Any, x: float, scale: float = 2.0) -> float:
-    return x * scale * 2
+def _doubled_forward(self: Any, x: float, scale: float = 2.0, *, shift: float = 0.0) -> float:
+    return x * scale * 2 + shift
+
+
+class _LibraryWithADescriptor(types.ModuleType):
+    @property
+    def Kernel(self) -> type:  # noqa: N802
+        return OtherSub
 
 
 def _scaled(x: float) -> float:
@@ -72,13 +79,14 @@ def _program() -> tuple[types.ModuleType, Any]:
     module.math = math
 
     class Model:
-        def forward(self, x: float, scale: float = 2.0) -> float:
-            return x * scale
+        def forward(self, x: float, scale: float = 2.0, *, shift: float = 0.0) -> float:
+            return x * scale + shift
 
     Model.__module__, Model.__qualname__ = PROGRAM, "Model"
     module.Model = Model
     model = Model()
     model.eps = float("1e-6")
+    model.bias = 0.0
     model.heads = 4
     model.label = "attention"
     model.flag = False
@@ -111,6 +119,9 @@ def _assumptions(module: types.ModuleType, model: Any) -> SizeAssumptions:
         held("value", "L['self'].shape", a.describe_value(model.shape)),
         held("value", "L['self'].items", a.describe_value(model.items)),
         held("value", "L['scale']", a.describe_value(2.0)),
+        held("value", "L['shift']", a.describe_value(0.0)),
+        held("identity", "G['__import_math']", "module:math"),
+        held("value", "L['self'].bias", a.describe_value(0.0)),
         held("keys", "L['self'].table", [a.describe_value(key) for key in model.table]),
         held("length", "L['self'].items", 2),
         held("length", "L['self'].layers", 2),
@@ -138,8 +149,8 @@ Change = Callable[[types.ModuleType, Any], None]
 
 
 def _replace_forward(module: types.ModuleType, model: Any) -> None:
-    def forward(self: Any, x: float, scale: float = 2.0) -> float:
-        return x * scale * 2
+    def forward(self: Any, x: float, scale: float = 2.0, *, shift: float = 0.0) -> float:
+        return x * scale * 2 + shift
 
     module.Model.forward = forward
 
@@ -193,6 +204,12 @@ CHANGES: dict[str, Change] = {
         UNIMPORTED, types.ModuleType("x")
     ),
     "forward's default changed": lambda m, o: setattr(m.Model.forward, "__defaults__", (3.0,)),
+    "forward's keyword default changed in place": lambda m, o: m.Model.forward.__kwdefaults__.__setitem__("shift", 1.0),
+    "an import name set in the module": lambda m, o: setattr(m, "__import_math", types.ModuleType("x")),
+    "bias negative zero": lambda m, o: setattr(o, "bias", -0.0),
+    "the library's class given a descriptor": lambda m, o: setattr(
+        sys.modules[LIBRARY], "__class__", _LibraryWithADescriptor
+    ),
     "module replaced in sys.modules": lambda m, o: sys.modules.__setitem__(PROGRAM, types.ModuleType(PROGRAM)),
 }
 
@@ -218,9 +235,9 @@ def _answers_as_a_fresh_one(changes: list[str], extra: tuple[Any, ...]) -> None:
         for name in changes:
             CHANGES[name](module, model)
         for _ in range(2):
-            assert checker.program_mismatch(model, (1.0, *extra), {}) == a.Checker(None, recorded).program_mismatch(
-                model, (1.0, *extra), {}
-            )
+            held = checker.program_mismatch(model, (1.0, *extra), {})
+            paths._signatures.clear()  # the reference answer: nothing held
+            assert held == a.Checker(None, recorded).program_mismatch(model, (1.0, *extra), {})
     finally:
         _helper.__code__, _other_helper.__code__ = CODES
         Kernel.apply, Kernel.scaled.__wrapped__ = KERNEL_APPLY, _WRAPPED
@@ -252,3 +269,73 @@ def test_a_size_that_assumes_nothing_of_the_program_is_checked_as_often() -> Non
     checker = a.Checker(None, SizeAssumptions(Frame("math", "f"), (), 0))
     assert [checker.program_mismatch(None, (1.0,), {}, function=_helper) for _ in range(3)] == [None] * 3
     assert checker._held  # the generated check of nothing
+
+
+def test_a_generated_check_pins_what_holds_when_it_is_made_not_what_the_full_check_read() -> None:
+    """A read with a side effect (a `__getattr__` reached by `hasattr`) that replaces a
+    function's code after the full check compared it: no check is generated on it."""
+    module, model = _program()
+
+    class Probe:
+        reads = 0
+
+        def __getattr__(self, name: str) -> Any:
+            Probe.reads += 1
+            if Probe.reads == 2:  # in the second full check, the one that generates
+                model.act.__code__ = _other_helper.__code__
+            raise AttributeError(name)
+
+    model.probe = Probe()
+    recorded = _assumptions(module, model)
+    recorded = SizeAssumptions(
+        recorded.frame, (*recorded.assumptions, Assumption("attribute", "L['self'].probe", ["x", False], "")), 0
+    )
+    try:
+        checker = a.Checker(None, recorded)
+        assert [checker.program_mismatch(model, (1.0,), {}) for _ in range(2)] == [None, None]
+        assert "act is function" in (checker.program_mismatch(model, (1.0,), {}) or "")
+    finally:
+        _helper.__code__, _other_helper.__code__ = CODES
+        sys.modules.pop(PROGRAM, None)
+        sys.modules.pop(LIBRARY, None)
+
+
+def _state_checker() -> a.Checker:
+    torch = pytest.importorskip("torch")
+    state = tuple(Assumption("torch_state", name, value, "") for name, value in a.torch_state(torch).items())
+    return a.Checker(torch, SizeAssumptions(Frame("math", "f"), state, 0))
+
+
+def test_the_held_torch_state_sees_what_the_full_check_compares() -> None:
+    import torch
+
+    checker = _state_checker()
+    assert [checker.state_mismatch() for _ in range(3)] == [None] * 3
+    before = torch.get_autocast_dtype("cpu")
+    try:
+        torch.set_autocast_dtype("cpu", torch.float16)  # autocast itself off: Dynamo's guard.check() skips it
+        assert "autocast_state" in (checker.state_mismatch() or "")
+    finally:
+        torch.set_autocast_dtype("cpu", before)
+    assert checker.state_mismatch() is None
+    try:
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"  # torch cannot name the precision then
+        assert "float32 matmul precision is unreadable" in (checker.state_mismatch() or "")
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = "none"
+
+
+def test_the_traced_module_replaced_in_sys_modules_is_read_anew() -> None:
+    module, model = _program()
+    recorded = SizeAssumptions(
+        Frame(PROGRAM, "Model.forward"), (Assumption("identity", "G['helper']", a.describe_identity(_helper), ""),), 0
+    )
+    try:
+        checker = a.Checker(None, recorded)
+        assert [checker.program_mismatch(model, (1.0,), {}) for _ in range(3)] == [None] * 3
+        sys.modules[PROGRAM] = types.ModuleType(PROGRAM)
+        sys.modules[PROGRAM].helper = _other_helper
+        assert "helper is function" in (checker.program_mismatch(model, (1.0,), {}) or "")
+    finally:
+        sys.modules.pop(PROGRAM, None)
+        sys.modules.pop(LIBRARY, None)
