@@ -141,10 +141,10 @@ class _CompiledModel:
         self._aot = [f for f in aot_functions if f.mode == self._mode and f.built_with == running] if plain else []
         self._chosen: dict[Any, stored_code.Package | stored_code.GuardedFunction | None] = {}
         self._packages: dict[tuple[str, str], stored_code.Package | None] = {}  # loaded, by path and device
-        # Per signature, whether the stored code's assumptions held (None) or why not,
-        # checked on every call (the default policy), or under the once policy at its
-        # first call and whenever the forward changes (_forward). With the forward as
-        # the check saw it.
+        # Under the once policy, per signature, whether the stored code's assumptions
+        # held (None) or why not, checked at its first call and whenever the forward
+        # changes (_forward), with the forward as the check saw it. (The default policy
+        # checks them on every call.)
         self._assumed: dict[Any, str | None] = {}
         self._checked_forward: dict[Any, tuple[Any, ...]] = {}
         self._every_call = decisions.guard_policy() == "every-call"
