@@ -102,6 +102,7 @@ def _program() -> tuple[types.ModuleType, Any]:
     library = types.ModuleType(LIBRARY)
     library.Kernel = Kernel
     Kernel.apply = KERNEL_APPLY
+    module.library = library  # (not read by the forward: for the changes below)
     sys.modules[PROGRAM], sys.modules[LIBRARY] = module, library
     return module, model
 
@@ -207,9 +208,7 @@ CHANGES: dict[str, Change] = {
     "forward's keyword default changed in place": lambda m, o: m.Model.forward.__kwdefaults__.__setitem__("shift", 1.0),
     "an import name set in the module": lambda m, o: setattr(m, "__import_math", types.ModuleType("x")),
     "bias negative zero": lambda m, o: setattr(o, "bias", -0.0),
-    "the library's class given a descriptor": lambda m, o: setattr(
-        sys.modules[LIBRARY], "__class__", _LibraryWithADescriptor
-    ),
+    "the library's class given a descriptor": lambda m, o: setattr(m.library, "__class__", _LibraryWithADescriptor),
     "module replaced in sys.modules": lambda m, o: sys.modules.__setitem__(PROGRAM, types.ModuleType(PROGRAM)),
 }
 
