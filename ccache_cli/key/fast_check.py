@@ -31,6 +31,7 @@ import enum
 import inspect
 import keyword
 import math
+import re
 import sys
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -68,6 +69,7 @@ def compile_fast(
     source.add(f"if MODULES.get({source.constant(module)}) is not {source.constant(frame_module)}: return False")
     frame_globals = vars(frame_module)
     failing: set[int] = set()  # nodes whose value was FAILED or UNIMPORTED, and what follows them
+    parents = {parent for parent, _, _ in nodes}
     checks: dict[int, list[tuple[int, Assumption]]] = {}
     code_checks = []
     for index, (assumption, node) in enumerate(program):
@@ -96,14 +98,18 @@ def compile_fast(
             source.add("try:", f"    {name} = {step}", "except Exception:", f"    {name} = FAILED")
             source.add(f"if {name} is not {sentinel}: return False")
             continue
-        source.add(f"{name} = {step}")
+        lines = []
         for index, assumption in checks.get(node, ()):
             line, pinned = _value_check(source, index, assumption, name, value)
             # What the line compares with holds now (read after the pins, and they are
             # still the value's): not what the full check saw some steps earlier.
             if slow(index, value) is not None or not pinned():
                 return None
-            source.add(line)
+            lines.append(line)
+        if node not in parents and len(lines) == 1 and len(re.findall(rf"\b{name}\b", lines[0])) == 1:
+            source.add(re.sub(rf"\b{name}\b", lambda _, read=step: read, lines[0]))  # a leaf read once: no variable
+        else:
+            source.add(f"{name} = {step}", *lines)
     emitted = set()
     for assumption in code_checks:
         lines = _code_check(source, assumption)
