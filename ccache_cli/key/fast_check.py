@@ -37,7 +37,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ccache_cli.key.paths import FAILED, IMPORT_PREFIX, UNIMPORTED
+from ccache_cli.key.paths import FAILED, UNIMPORTED, installed_module
 from ccache_cli.store.assumptions import Assumption
 
 FastCheck = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]  # (locals, globals) -> all holds as before
@@ -86,10 +86,10 @@ def compile_fast(
         name, value = f"v{node}", values[node]
         if op == "global" and frame_globals.get(argument, _MISSING) is value:
             step = f"{source.constant(frame_globals)}[{source.constant(argument)}]"
-        elif op == "global" and argument.startswith(IMPORT_PREFIX) and isinstance(value, types.ModuleType):
+        elif op == "global" and installed_module(argument) and isinstance(value, types.ModuleType):
             # Globals looks in the module's own names first
             source.add(f"if {source.constant(argument)} in {source.constant(frame_globals)}: return False")
-            step = f"MODULES[{source.constant(argument[len(IMPORT_PREFIX) :].replace('_dot_', '.'))}]"
+            step = f"MODULES[{source.constant(installed_module(argument))}]"
         else:
             step = source.step(op, argument, f"v{parent}")
         if value is FAILED or value is UNIMPORTED:

@@ -26,7 +26,7 @@ from typing import Any
 from ccache_cli.store.assumptions import Frame
 
 # Names Dynamo installs into the traced frame's globals; resolved here without it.
-IMPORT_PREFIX = "__import_"
+_IMPORT_PREFIX = "__import_"
 _BUILTINS_PREFIX = "__builtins_dict__"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SUBSCRIPT = re.compile(r"""\[(-?[0-9]+|'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\]""")
@@ -182,7 +182,7 @@ def evaluate_one(path: str, local: Mapping[str, Any], global_: Mapping[str, Any]
 def module_global(module: str) -> str:
     """The path of a module as Dynamo names it among a frame's globals, which `Globals`
     resolves in any frame: `G['__import_a_dot_b']`."""
-    return f"G[{IMPORT_PREFIX + module.replace('.', '_dot_')!r}]"
+    return f"G[{_IMPORT_PREFIX + module.replace('.', '_dot_')!r}]"
 
 
 class Globals(dict):  # type: ignore[type-arg]
@@ -198,8 +198,8 @@ class Globals(dict):  # type: ignore[type-arg]
     def __missing__(self, name: str) -> Any:
         if name in self._names:
             return self._names[name]
-        if name.startswith(IMPORT_PREFIX):
-            module = name[len(IMPORT_PREFIX) :].replace("_dot_", ".")
+        module = installed_module(name)
+        if module is not None:
             if self._lazy and module not in sys.modules and in_compile_stack(module):
                 return UNIMPORTED
             return _module(module)
@@ -214,15 +214,15 @@ def in_compile_stack(module: str) -> bool:
     return any(module == top or module.startswith(f"{top}.") for top in _COMPILE_STACK)
 
 
+def installed_module(name: str) -> str | None:
+    """The module a global name Dynamo installs stands for (`__import_a_dot_b`: a.b), or None."""
+    return name[len(_IMPORT_PREFIX) :].replace("_dot_", ".") if name.startswith(_IMPORT_PREFIX) else None
+
+
 def imported_module(path: str) -> str | None:
     """The module a path starts from where it is one Dynamo installed (`G['__import_a_dot_b']`)."""
-    steps = parse_path(path)
-    root, name = steps[0]
-    return (
-        name[len(IMPORT_PREFIX) :].replace("_dot_", ".")
-        if root == "global" and name.startswith(IMPORT_PREFIX)
-        else None
-    )
+    root, name = parse_path(path)[0]
+    return installed_module(name) if root == "global" else None
 
 
 def _module(name: str) -> types.ModuleType:
