@@ -37,14 +37,13 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ccache_cli.key.paths import FAILED, UNIMPORTED, installed_module
+from ccache_cli.key.paths import FAILED, UNIMPORTED, code_holders, installed_module
 from ccache_cli.store.assumptions import Assumption
 
 FastCheck = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]  # (locals, globals) -> all holds as before
 Slow = Callable[[int, Any], "str | None"]  # the full check of one assumption (by index) on a value
 
 _MISSING = object()
-_CODE_HOPS = ("__func__", "fget", "__wrapped__")  # as paths.resolve_code_owner walks them
 # Generated code by its source: a program checked again with other objects (another
 # model of the same class) gets new constants, not a new compile.
 _compiled: dict[str, types.CodeType] = {}
@@ -189,7 +188,6 @@ def _code_check(source: _Source, assumption: Assumption) -> list[str] | None:
     where the code is found another way than through modules' and classes' own
     attributes)."""
     from ccache_cli.key.assumptions import code_digest  # (here: assumptions.py imports this module)
-    from ccache_cli.key.paths import resolve_code_owner
 
     module, _, qualname = assumption.path.partition(":")
     owner = sys.modules.get(module)
@@ -207,24 +205,18 @@ def _code_check(source: _Source, assumption: Assumption) -> list[str] | None:
             f"if {source.constant(vars(owner))}.get({source.constant(part)}, MISSING) is not {source.constant(found)}: return False",
         ]
         owner = found
-    # From what was found to the function with the recorded code, as resolve_code_owner walks.
-    pending: list[tuple[Any, list[tuple[str, Any]]]] = [(owner, [])]
-    while pending:
-        item, hops = pending.pop()
+    # The holder with the recorded code, found by the walk the full check makes.
+    for item, steps in code_holders(owner):
         code = getattr(item, "__code__", None)
         if isinstance(code, types.CodeType) and code_digest(code) == assumption.expected:
-            if not any(candidate is item for candidate in resolve_code_owner(module, qualname)):
-                return None  # past what the full check looks at
             previous = owner
-            for attribute, step in hops:
+            for attribute, step in steps:
                 lines.append(
                     f"if getattr({source.constant(previous)}, {source.constant(attribute)}, None) is not {source.constant(step)}: return False"
                 )
                 previous = step
             lines.append(f"if {source.constant(item)}.__code__ is not {source.constant(code)}: return False")
             return lines
-        if len(hops) < 4:
-            pending += [(getattr(item, a), [*hops, (a, getattr(item, a))]) for a in _CODE_HOPS if hasattr(item, a)]
     return None
 
 

@@ -278,24 +278,29 @@ def _signature(function: Any) -> inspect.Signature:
 
 def resolve_code_owner(module: str, qualname: str) -> list[Any]:
     """The objects found at `module:qualname` that may hold the code: the attribute
-    itself and what it wraps (a property's getter, a method's function, decorators'
-    `__wrapped__`)."""
+    itself and what it wraps (code_holders)."""
     found: Any = _module(module)
     for part in qualname.split("."):
         found = inspect.getattr_static(found, part)
-    candidates, seen = [], set()
-    pending = [found]
-    while pending and len(candidates) < 16:
-        item = pending.pop()
+    return [item for item, _ in code_holders(found)]
+
+
+def code_holders(found: Any) -> list[tuple[Any, tuple[tuple[str, Any], ...]]]:
+    """`found` and what it wraps (a property's getter, a method's function, decorators'
+    `__wrapped__`), the first 16, each with the (attribute, object) steps to it."""
+    holders, seen = [], set()
+    pending: list[tuple[Any, tuple[tuple[str, Any], ...]]] = [(found, ())]
+    while pending and len(holders) < 16:
+        item, steps = pending.pop()
         if id(item) in seen:
             continue
         seen.add(id(item))
-        candidates.append(item)
+        holders.append((item, steps))
         for attribute in ("__func__", "fget", "__wrapped__"):
             inner = getattr(item, attribute, None)
             if inner is not None:
-                pending.append(inner)
-    return candidates
+                pending.append((inner, (*steps, (attribute, inner))))
+    return holders
 
 
 def display_path(path: str, frame: Frame, frame_self: str | None) -> str:
