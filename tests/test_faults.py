@@ -268,24 +268,40 @@ def test_writers_racing_on_one_store(source: dict, tmp_path: Path, clean: Clean)
 def test_a_writer_waiting_for_the_lock_says_who_holds_it(source: dict, tmp_path: Path) -> None:
     target = tmp_path / "store"
     shutil.copytree(source["store"], target)
-    holder = subprocess.Popen(
+    holder = subprocess.Popen(  # holds the lock until a line comes on its stdin
         [
             sys.executable,
             "-c",
             (
-                "import sys, time\nfrom ccache_cli.store.store import Store\n"
-                "with Store(sys.argv[1]).lock():\n    print('held', flush=True)\n    time.sleep(2.5)\n"
+                "import sys\nfrom ccache_cli.store.store import Store\n"
+                "with Store(sys.argv[1]).lock():\n    print('held', flush=True)\n    sys.stdin.readline()\n"
             ),
             str(target),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    result = ccache("gc", store=target)
-    holder.wait()
-    assert result.returncode == 0, result.stderr
-    assert f"waiting for the lock of store {target}, held by pid {holder.pid}" in result.stderr, result.stderr
+    assert holder.stdin is not None and holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "ccache_cli", "--store", str(target), "gc"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stderr is not None
+    said = []
+    for line in writer.stderr:  # until it says it waits, however long its start took
+        said.append(line)
+        if "waiting for the lock" in line:
+            break
+    holder.stdin.write("release\n")
+    holder.stdin.close()
+    holder.wait(timeout=60)
+    _, rest = writer.communicate(timeout=600)
+    stderr = "".join(said) + rest
+    assert writer.returncode == 0, stderr
+    assert f"waiting for the lock of store {target}, held by pid {holder.pid}" in stderr, stderr
 
 
 def _unpack_into_a_small_store(small: Path, source: dict) -> tuple[Path, list[Path], subprocess.CompletedProcess]:
